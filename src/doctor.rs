@@ -1,0 +1,493 @@
+//! `wasp doctor`: checks the host and explains each failure with a fix.
+//!
+//! Probing (touching the machine) and evaluation (turning probe results into
+//! checks) are separate: [`probe`] gathers [`Probes`], and [`evaluate`] is a
+//! pure function that unit tests drive with made-up probe results.
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::firecracker::{self, Version};
+use crate::netlink::{self, nft};
+use crate::storage::probe::{explain_reflink_errno, probe_reflink, ReflinkProbe, Strategy};
+use crate::sys;
+
+/// Outcome of one check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// Fine.
+    Ok,
+    /// Works, with a caveat.
+    Warn,
+    /// wasp cannot work until this is fixed.
+    Fail,
+}
+
+/// One line of the report.
+#[derive(Debug, Clone, Serialize)]
+pub struct Check {
+    /// Short stable name, e.g. `kvm`.
+    pub name: &'static str,
+    /// ok / warn / fail.
+    pub status: Status,
+    /// What was found, and for warn/fail, how to fix it.
+    pub detail: String,
+}
+
+/// The whole report.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// Every check, in a fixed order.
+    pub checks: Vec<Check>,
+}
+
+impl Report {
+    /// True when no check failed.
+    pub fn ok(&self) -> bool {
+        self.checks.iter().all(|c| c.status != Status::Fail)
+    }
+
+    /// The check called `name`.
+    pub fn get(&self, name: &str) -> Option<&Check> {
+        self.checks.iter().find(|c| c.name == name)
+    }
+}
+
+/// What doctor should look at.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// `--firecracker PATH`.
+    pub firecracker: Option<PathBuf>,
+    /// The runtime directory whose filesystem holds clone disks.
+    pub runtime_dir: PathBuf,
+}
+
+/// A probe's raw outcome: `Ok(value)` or the error text.
+pub type Probe<T> = Result<T, String>;
+
+/// Everything doctor measured, before interpretation.
+#[derive(Debug, Clone)]
+pub struct Probes {
+    /// Effective uid.
+    pub euid: u32,
+    /// `CapEff` from /proc/self/status.
+    pub cap_eff: Option<u64>,
+    /// Opening /dev/kvm read-write.
+    pub kvm_open: Probe<()>,
+    /// /sys/module/kvm_pvm exists.
+    pub kvm_pvm: bool,
+    /// Opening /dev/net/tun.
+    pub tun_open: Probe<()>,
+    /// Creating and deleting a table in a scratch netns.
+    pub nftables: Probe<()>,
+    /// io_uring setup and the supported opcodes wasp cares about.
+    pub io_uring: Probe<Vec<(&'static str, bool)>>,
+    /// userfaultfd open.
+    pub userfaultfd: Probe<()>,
+    /// cgroup2 controllers, when /sys/fs/cgroup is cgroup2.
+    pub cgroup2: Option<String>,
+    /// firecracker path and version.
+    pub firecracker: Probe<(PathBuf, Version)>,
+    /// jailer path and version.
+    pub jailer: Probe<(PathBuf, Version)>,
+    /// Runtime directory and its reflink probe.
+    pub reflink: (PathBuf, Probe<ReflinkProbe>),
+    /// RLIMIT_NOFILE (soft, hard) and open fds.
+    pub nofile: Probe<(u64, u64, u64)>,
+}
+
+/// Bit numbers from `<linux/capability.h>`.
+pub const CAP_NET_ADMIN: u32 = 12;
+/// `CAP_SYS_ADMIN`.
+pub const CAP_SYS_ADMIN: u32 = 21;
+
+/// Reads `CapEff:` (hex) from the text of /proc/self/status.
+pub fn parse_cap_eff(status: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+}
+
+/// The io_uring opcodes wasp's restore driver uses, by name.
+pub fn io_uring_opcodes() -> Vec<(&'static str, u8)> {
+    use io_uring::opcode;
+    vec![
+        ("read", opcode::Read::CODE),
+        ("write", opcode::Write::CODE),
+        ("socket", opcode::Socket::CODE),
+        ("connect", opcode::Connect::CODE),
+        ("send", opcode::Send::CODE),
+        ("recv", opcode::Recv::CODE),
+        ("poll_add", opcode::PollAdd::CODE),
+        ("timeout", opcode::Timeout::CODE),
+        ("link_timeout", opcode::LinkTimeout::CODE),
+        ("close", opcode::Close::CODE),
+        ("fadvise", opcode::Fadvise::CODE),
+        ("async_cancel", opcode::AsyncCancel::CODE),
+    ]
+}
+
+fn probe_io_uring() -> Probe<Vec<(&'static str, bool)>> {
+    let ring = io_uring::IoUring::new(8).map_err(|e| e.to_string())?;
+    let mut probe = io_uring::Probe::new();
+    ring.submitter()
+        .register_probe(&mut probe)
+        .map_err(|e| format!("IORING_REGISTER_PROBE: {e}"))?;
+    Ok(io_uring_opcodes()
+        .into_iter()
+        .map(|(n, c)| (n, probe.is_supported(c)))
+        .collect())
+}
+
+/// Creates and deletes a table in a throwaway namespace, over raw netlink.
+pub fn probe_nftables() -> Probe<()> {
+    sys::netns::run_in_scratch(|| -> Result<(), netlink::NetlinkError> {
+        let mut sock = netlink::Socket::netfilter()?;
+        let seq = sock.next_seq(8);
+        let mut b = nft::Batch::new(seq);
+        b.new_table(nft::NFPROTO_INET, "wasp_doctor");
+        b.commit(&mut sock)?;
+        let seq = sock.next_seq(8);
+        let mut b = nft::Batch::new(seq);
+        b.del_table(nft::NFPROTO_INET, "wasp_doctor");
+        b.commit(&mut sock)
+    })
+    .map_err(|e| format!("cannot create a scratch netns: {e}"))?
+    .map_err(|e| error_chain(&e))
+}
+
+/// Formats an error and its sources as `a: caused by b: caused by c`.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": caused by ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+fn open_rw(p: &str) -> Probe<()> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(p)
+        .map(drop)
+        .map_err(|e| e.to_string())
+}
+
+/// Gathers every probe. Needs no root to run, but most probes fail without it.
+pub fn probe(opts: &Options) -> Probes {
+    let fc = firecracker::locate_firecracker(opts.firecracker.as_deref());
+    let fc_path = fc.as_ref().ok().cloned();
+    let with_version = |r: Result<PathBuf, firecracker::FirecrackerError>| -> Probe<(PathBuf, Version)> {
+        let p = r.map_err(|e| e.to_string())?;
+        let v = firecracker::version_of(&p).map_err(|e| error_chain(&e))?;
+        Ok((p, v))
+    };
+    let cgroup2 = std::fs::read_to_string("/sys/fs/cgroup/cgroup.controllers").ok();
+    Probes {
+        euid: nix::unistd::geteuid().as_raw(),
+        cap_eff: std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| parse_cap_eff(&s)),
+        kvm_open: open_rw("/dev/kvm"),
+        kvm_pvm: Path::new("/sys/module/kvm_pvm").exists(),
+        tun_open: open_rw("/dev/net/tun"),
+        nftables: probe_nftables(),
+        io_uring: probe_io_uring(),
+        userfaultfd: sys::uffd::open().map(drop).map_err(|e| e.to_string()),
+        cgroup2,
+        firecracker: with_version(fc),
+        jailer: with_version(firecracker::locate_jailer(fc_path.as_deref())),
+        reflink: (
+            opts.runtime_dir.clone(),
+            probe_reflink(&opts.runtime_dir).map_err(|e| e.to_string()),
+        ),
+        nofile: sys::rlimit::nofile()
+            .and_then(|(s, h)| Ok((s, h, sys::rlimit::open_fds()?)))
+            .map_err(|e| e.to_string()),
+    }
+}
+
+fn check(name: &'static str, status: Status, detail: impl Into<String>) -> Check {
+    Check {
+        name,
+        status,
+        detail: detail.into(),
+    }
+}
+
+/// fds wasp wants to be able to open for a dense batch (1000 clones).
+pub const NOFILE_WANTED: u64 = 16 * 1024;
+
+/// Turns probe results into checks. Pure.
+pub fn evaluate(p: &Probes) -> Report {
+    let mut v = Vec::new();
+
+    let caps = p.cap_eff.unwrap_or(0);
+    let has = |bit: u32| caps & (1u64 << bit) != 0;
+    v.push(if p.euid == 0 && has(CAP_NET_ADMIN) && has(CAP_SYS_ADMIN) {
+        check("root", Status::Ok, "running as root with CAP_NET_ADMIN and CAP_SYS_ADMIN")
+    } else {
+        let mut missing = Vec::new();
+        if p.euid != 0 {
+            missing.push(format!("euid is {}, not 0", p.euid));
+        }
+        if !has(CAP_NET_ADMIN) {
+            missing.push("CAP_NET_ADMIN missing".into());
+        }
+        if !has(CAP_SYS_ADMIN) {
+            missing.push("CAP_SYS_ADMIN missing".into());
+        }
+        check(
+            "root",
+            Status::Fail,
+            format!("{}; run wasp as root (sudo) so it can create namespaces, links and nf_tables rules", missing.join(", ")),
+        )
+    });
+
+    v.push(match (&p.kvm_open, p.kvm_pvm) {
+        (Ok(()), false) => check("kvm", Status::Ok, "/dev/kvm opens read-write"),
+        (Ok(()), true) => check(
+            "kvm",
+            Status::Warn,
+            "/dev/kvm is kvm_pvm (/sys/module/kvm_pvm exists): Firecracker runs, but only PVM-enlightened guest kernels boot; use the stand-in VMM for networked demos",
+        ),
+        (Err(e), _) => check(
+            "kvm",
+            Status::Fail,
+            format!("/dev/kvm: {e}; load kvm_intel or kvm_amd (modprobe) and run as root or a member of the kvm group"),
+        ),
+    });
+
+    v.push(match &p.tun_open {
+        Ok(()) => check("tun", Status::Ok, "/dev/net/tun opens"),
+        Err(e) => check("tun", Status::Fail, format!("/dev/net/tun: {e}; run `modprobe tun`")),
+    });
+
+    v.push(match &p.nftables {
+        Ok(()) => check("nftables", Status::Ok, "created and deleted a table in a scratch netns over netlink"),
+        Err(e) => check(
+            "nftables",
+            Status::Fail,
+            format!("{e}; load nf_tables and nft_nat (modprobe nf_tables nft_nat) and run as root"),
+        ),
+    });
+
+    v.push(match &p.io_uring {
+        Ok(ops) => {
+            let missing: Vec<_> = ops.iter().filter(|(_, s)| !s).map(|(n, _)| *n).collect();
+            let have: Vec<_> = ops.iter().filter(|(_, s)| *s).map(|(n, _)| *n).collect();
+            if missing.is_empty() {
+                check("io_uring", Status::Ok, format!("opcodes: {}", have.join(" ")))
+            } else {
+                check(
+                    "io_uring",
+                    Status::Warn,
+                    format!(
+                        "opcodes: {}; missing: {} (wasp uses its plain-syscall fallback for those)",
+                        have.join(" "),
+                        missing.join(" ")
+                    ),
+                )
+            }
+        }
+        Err(e) => check(
+            "io_uring",
+            Status::Warn,
+            format!("{e}; wasp falls back to plain syscalls (check kernel.io_uring_disabled)"),
+        ),
+    });
+
+    v.push(match &p.userfaultfd {
+        Ok(()) => check("userfaultfd", Status::Ok, "userfaultfd opens (Uffd memory backend available)"),
+        Err(e) => check(
+            "userfaultfd",
+            Status::Warn,
+            format!("{e}; only the File memory backend is available (set vm.unprivileged_userfaultfd=1 or run as root)"),
+        ),
+    });
+
+    v.push(match &p.cgroup2 {
+        Some(ctrl) => {
+            let ctrl = ctrl.trim();
+            let has_all = ["cpu", "memory"].iter().all(|c| ctrl.split_whitespace().any(|x| x == *c));
+            if has_all {
+                check("cgroup2", Status::Ok, format!("cgroup v2 controllers: {ctrl}"))
+            } else {
+                check(
+                    "cgroup2",
+                    Status::Warn,
+                    format!("cgroup v2 controllers: {ctrl}; per-clone cpu/memory limits need the cpu and memory controllers"),
+                )
+            }
+        }
+        None => check(
+            "cgroup2",
+            Status::Warn,
+            "/sys/fs/cgroup is not cgroup v2; per-clone limits are unavailable (boot with systemd.unified_cgroup_hierarchy=1)",
+        ),
+    });
+
+    for (name, r) in [("firecracker", &p.firecracker), ("jailer", &p.jailer)] {
+        v.push(match r {
+            Ok((path, ver)) => check(name, Status::Ok, format!("{} is v{ver}", path.display())),
+            Err(e) if name == "jailer" => check(name, Status::Warn, format!("{e}; only needed for --jailer")),
+            Err(e) => check(
+                name,
+                Status::Warn,
+                format!("{e}; `--vmm standin` and `wasp demo` work without it"),
+            ),
+        });
+    }
+
+    let (dir, r) = &p.reflink;
+    v.push(match r {
+        Ok(ReflinkProbe::Supported) => check(
+            "reflink",
+            Status::Ok,
+            format!("{}: FICLONE works; clone disks use strategy {}", dir.display(), Strategy::Reflink),
+        ),
+        Ok(ReflinkProbe::Unsupported(errno)) => check(
+            "reflink",
+            Status::Warn,
+            format!(
+                "{}: {}; clone disks fall back to {} (put the runtime dir on XFS with reflink=1 or btrfs for O(1) clones)",
+                dir.display(),
+                explain_reflink_errno(*errno),
+                Strategy::CopyFileRange
+            ),
+        ),
+        Err(e) => check("reflink", Status::Fail, format!("{}: {e}; create it or pass --runtime-dir", dir.display())),
+    });
+
+    v.push(match &p.nofile {
+        Ok((soft, hard, open)) => {
+            let detail = format!("RLIMIT_NOFILE soft {soft}, hard {hard}, {open} open, headroom {}", soft.saturating_sub(*open));
+            if *hard >= NOFILE_WANTED {
+                check("nofile", Status::Ok, format!("{detail}; wasp raises the soft limit as needed"))
+            } else {
+                check(
+                    "nofile",
+                    Status::Warn,
+                    format!("{detail}; dense batches want >= {NOFILE_WANTED}: raise the hard limit (ulimit -Hn, LimitNOFILE=)"),
+                )
+            }
+        }
+        Err(e) => check("nofile", Status::Warn, e.clone()),
+    });
+
+    Report { checks: v }
+}
+
+/// Probes and evaluates.
+pub fn run(opts: &Options) -> Report {
+    evaluate(&probe(opts))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn good() -> Probes {
+        Probes {
+            euid: 0,
+            cap_eff: Some(0x000001ffffffffff),
+            kvm_open: Ok(()),
+            kvm_pvm: false,
+            tun_open: Ok(()),
+            nftables: Ok(()),
+            io_uring: Ok(vec![("read", true), ("socket", true)]),
+            userfaultfd: Ok(()),
+            cgroup2: Some("cpuset cpu io memory pids\n".into()),
+            firecracker: Ok(("/usr/bin/firecracker".into(), Version(1, 12, 1))),
+            jailer: Ok(("/usr/bin/jailer".into(), Version(1, 12, 1))),
+            reflink: ("/var/lib/wasp".into(), Ok(ReflinkProbe::Supported)),
+            nofile: Ok((1024, 1 << 20, 5)),
+        }
+    }
+
+    #[test]
+    fn cap_eff_parsing() {
+        let s = "Name:\tx\nCapInh:\t0000000000000000\nCapEff:\t000001ffffffffff\n";
+        assert_eq!(parse_cap_eff(s), Some(0x1ffffffffff));
+        assert_eq!(parse_cap_eff("CapEff:\tzz\n"), None);
+        assert_eq!(parse_cap_eff(""), None);
+    }
+
+    #[test]
+    fn all_good_is_ok_and_names_every_check() {
+        let r = evaluate(&good());
+        assert!(r.ok());
+        let names: Vec<_> = r.checks.iter().map(|c| c.name).collect();
+        assert_eq!(
+            names,
+            ["root", "kvm", "tun", "nftables", "io_uring", "userfaultfd", "cgroup2", "firecracker", "jailer", "reflink", "nofile"]
+        );
+        assert!(r.checks.iter().all(|c| c.status == Status::Ok), "{r:?}");
+    }
+
+    #[test]
+    fn kvm_pvm_is_reported() {
+        let mut p = good();
+        p.kvm_pvm = true;
+        let c = evaluate(&p).get("kvm").unwrap().clone();
+        assert_eq!(c.status, Status::Warn);
+        assert!(c.detail.contains("kvm_pvm"));
+    }
+
+    #[test]
+    fn not_root_fails_with_a_fix() {
+        let mut p = good();
+        p.euid = 1000;
+        p.cap_eff = Some(0);
+        let r = evaluate(&p);
+        assert!(!r.ok());
+        let c = r.get("root").unwrap();
+        assert_eq!(c.status, Status::Fail);
+        assert!(c.detail.contains("CAP_NET_ADMIN missing"));
+        assert!(c.detail.contains("run wasp as root"));
+    }
+
+    #[test]
+    fn missing_opcodes_and_reflink_warn() {
+        let mut p = good();
+        p.io_uring = Ok(vec![("read", true), ("socket", false)]);
+        p.reflink.1 = Ok(ReflinkProbe::Unsupported(libc::EOPNOTSUPP));
+        p.nofile = Ok((1024, 4096, 10));
+        let r = evaluate(&p);
+        assert!(r.ok());
+        assert_eq!(r.get("io_uring").unwrap().status, Status::Warn);
+        assert!(r.get("io_uring").unwrap().detail.contains("missing: socket"));
+        assert!(r.get("reflink").unwrap().detail.contains("copy-file-range"));
+        assert_eq!(r.get("nofile").unwrap().status, Status::Warn);
+    }
+
+    #[test]
+    fn tun_nft_kvm_failures_fail() {
+        let mut p = good();
+        p.tun_open = Err("No such file or directory (os error 2)".into());
+        p.nftables = Err("Operation not permitted".into());
+        p.kvm_open = Err("No such file or directory (os error 2)".into());
+        let r = evaluate(&p);
+        for n in ["tun", "nftables", "kvm"] {
+            assert_eq!(r.get(n).unwrap().status, Status::Fail, "{n}");
+        }
+        assert!(r.get("tun").unwrap().detail.contains("modprobe tun"));
+    }
+
+    #[test]
+    fn json_shape() {
+        let r = evaluate(&good());
+        let j = serde_json::to_value(&r).unwrap();
+        let c = &j["checks"][0];
+        assert_eq!(c["name"], "root");
+        assert_eq!(c["status"], "ok");
+        assert!(c["detail"].is_string());
+    }
+}

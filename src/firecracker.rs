@@ -1,0 +1,207 @@
+//! Finding the Firecracker and jailer binaries and checking their versions.
+//!
+//! Lookup order: an explicit `--firecracker PATH`, then `WASP_FIRECRACKER`,
+//! then `PATH`. The jailer is looked up as `WASP_JAILER`, then next to the
+//! firecracker binary, then on `PATH`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use thiserror::Error;
+
+/// Oldest Firecracker wasp supports: `network_overrides` on load came in 1.12.
+pub const MIN_VERSION: Version = Version(1, 12, 0);
+
+/// The version tests and CI pin.
+pub const PINNED_VERSION: Version = Version(1, 12, 1);
+
+/// A `major.minor.patch` version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+pub struct Version(pub u32, pub u32, pub u32);
+
+impl std::fmt::Display for Version {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}.{}", self.0, self.1, self.2)
+    }
+}
+
+impl std::str::FromStr for Version {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Self, ()> {
+        let s = s.trim().trim_start_matches('v');
+        let core = s.split(['-', '+']).next().ok_or(())?;
+        let mut it = core.split('.').map(|p| p.parse::<u32>().map_err(|_| ()));
+        let v = Version(it.next().ok_or(())??, it.next().ok_or(())??, it.next().ok_or(())??);
+        if it.next().is_some() {
+            return Err(());
+        }
+        Ok(v)
+    }
+}
+
+/// Parses the first line of `firecracker --version` / `jailer --version`,
+/// e.g. `Firecracker v1.12.1` or `Jailer v1.12.1`.
+pub fn parse_version_output(out: &str) -> Option<Version> {
+    let line = out.lines().next()?;
+    let mut words = line.split_whitespace();
+    let name = words.next()?;
+    if !name.eq_ignore_ascii_case("firecracker") && !name.eq_ignore_ascii_case("jailer") {
+        return None;
+    }
+    words.next()?.parse().ok()
+}
+
+/// Errors finding or running a VMM binary.
+#[derive(Debug, Error)]
+pub enum FirecrackerError {
+    /// No binary was found anywhere we looked.
+    #[error("{what} not found (looked at {looked}); install Firecracker >= {MIN_VERSION} from its official releases, or pass --firecracker PATH / set WASP_FIRECRACKER")]
+    NotFound {
+        /// firecracker or jailer.
+        what: &'static str,
+        /// Where we looked.
+        looked: String,
+    },
+    /// The binary did not run.
+    #[error("cannot run {path} --version")]
+    Run {
+        /// The binary.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The version line was not understood.
+    #[error("{path} --version printed {output:?}, which is not a Firecracker version line")]
+    BadVersion {
+        /// The binary.
+        path: PathBuf,
+        /// What it printed.
+        output: String,
+    },
+    /// Too old.
+    #[error("{path} is version {found}, but wasp needs >= {MIN_VERSION}; install a newer official release")]
+    TooOld {
+        /// The binary.
+        path: PathBuf,
+        /// Its version.
+        found: Version,
+    },
+}
+
+fn on_path(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| is_executable(p))
+}
+
+fn is_executable(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p)
+        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false)
+}
+
+/// Finds the firecracker binary.
+pub fn locate_firecracker(explicit: Option<&Path>) -> Result<PathBuf, FirecrackerError> {
+    if let Some(p) = explicit {
+        return if is_executable(p) {
+            Ok(p.to_owned())
+        } else {
+            Err(FirecrackerError::NotFound {
+                what: "firecracker",
+                looked: format!("--firecracker {}", p.display()),
+            })
+        };
+    }
+    if let Some(p) = std::env::var_os("WASP_FIRECRACKER") {
+        let p = PathBuf::from(p);
+        return if is_executable(&p) {
+            Ok(p)
+        } else {
+            Err(FirecrackerError::NotFound {
+                what: "firecracker",
+                looked: format!("WASP_FIRECRACKER={}", p.display()),
+            })
+        };
+    }
+    on_path("firecracker").ok_or(FirecrackerError::NotFound {
+        what: "firecracker",
+        looked: "--firecracker, WASP_FIRECRACKER, PATH".into(),
+    })
+}
+
+/// Finds the jailer binary, preferring the one beside `firecracker`.
+pub fn locate_jailer(firecracker: Option<&Path>) -> Result<PathBuf, FirecrackerError> {
+    if let Some(p) = std::env::var_os("WASP_JAILER") {
+        let p = PathBuf::from(p);
+        if is_executable(&p) {
+            return Ok(p);
+        }
+    }
+    if let Some(dir) = firecracker.and_then(Path::parent) {
+        let p = dir.join("jailer");
+        if is_executable(&p) {
+            return Ok(p);
+        }
+    }
+    on_path("jailer").ok_or(FirecrackerError::NotFound {
+        what: "jailer",
+        looked: "WASP_JAILER, beside firecracker, PATH".into(),
+    })
+}
+
+/// Runs `BIN --version` and checks it is at least [`MIN_VERSION`].
+pub fn version_of(path: &Path) -> Result<Version, FirecrackerError> {
+    let out = Command::new(path)
+        .arg("--version")
+        .output()
+        .map_err(|source| FirecrackerError::Run {
+            path: path.to_owned(),
+            source,
+        })?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let v = parse_version_output(&text).ok_or_else(|| FirecrackerError::BadVersion {
+        path: path.to_owned(),
+        output: text.lines().next().unwrap_or("").to_owned(),
+    })?;
+    if v < MIN_VERSION {
+        return Err(FirecrackerError::TooOld {
+            path: path.to_owned(),
+            found: v,
+        });
+    }
+    Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_version_lines() {
+        assert_eq!(
+            parse_version_output("Firecracker v1.12.1\n\nSupported snapshot data format versions: v5.0.0\n"),
+            Some(Version(1, 12, 1))
+        );
+        assert_eq!(parse_version_output("Jailer v1.12.1"), Some(Version(1, 12, 1)));
+        assert_eq!(
+            parse_version_output("Firecracker v1.13.0-dev"),
+            Some(Version(1, 13, 0))
+        );
+        assert_eq!(parse_version_output("wasp-standin v0.1.0"), None);
+        assert_eq!(parse_version_output("Firecracker 1.x"), None);
+        assert_eq!(parse_version_output(""), None);
+        assert!(Version(1, 11, 9) < MIN_VERSION);
+        assert!(PINNED_VERSION >= MIN_VERSION);
+    }
+
+    #[test]
+    fn explicit_missing_path_is_a_clear_error() {
+        let e = locate_firecracker(Some(Path::new("/nonexistent/fc"))).unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains("/nonexistent/fc"), "{msg}");
+        assert!(msg.contains("official releases"), "{msg}");
+    }
+}

@@ -1,0 +1,13 @@
+//! wasp: restores Firecracker microVM clones from one golden snapshot, fast
+//! and densely.
+//!
+//! The library holds all logic; `src/main.rs` is a thin CLI. See
+//! `docs/architecture.md` for the pipeline stages and the modules that
+//! implement them.
+
+pub mod doctor;
+pub mod firecracker;
+pub mod netlink;
+pub mod paths;
+pub mod storage;
+pub mod sys;

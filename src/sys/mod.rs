@@ -1,0 +1,66 @@
+//! The one place for raw syscalls and `unsafe`.
+//!
+//! Every `unsafe` block in wasp lives below this module and carries a
+//! `// SAFETY:` comment. Everything above it works with safe wrappers that
+//! return `std::io::Result`. Return codes go through [`cvt`] so that errno is
+//! captured in exactly one way.
+
+pub mod fs;
+pub mod netns;
+pub mod pidfd;
+pub mod rlimit;
+pub mod uffd;
+
+use std::io;
+
+/// Turns a C-style `-1 and errno` return into an `io::Result`.
+pub fn cvt<T: IsMinusOne>(ret: T) -> io::Result<T> {
+    if ret.is_minus_one() {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+/// Integer return types of raw syscalls.
+pub trait IsMinusOne: Copy {
+    /// True when the value is the error sentinel `-1`.
+    fn is_minus_one(self) -> bool;
+}
+
+impl IsMinusOne for i32 {
+    fn is_minus_one(self) -> bool {
+        self == -1
+    }
+}
+
+impl IsMinusOne for i64 {
+    fn is_minus_one(self) -> bool {
+        self == -1
+    }
+}
+
+impl IsMinusOne for isize {
+    fn is_minus_one(self) -> bool {
+        self == -1
+    }
+}
+
+/// True when the effective uid is 0.
+pub fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cvt_maps_minus_one_to_errno() {
+        // SAFETY: close(-1) touches no memory; it only fails with EBADF.
+        let r = cvt(unsafe { libc::close(-1) });
+        assert_eq!(r.unwrap_err().raw_os_error(), Some(libc::EBADF));
+        assert_eq!(cvt(5i32).unwrap(), 5);
+        assert_eq!(cvt(0isize).unwrap(), 0);
+    }
+}

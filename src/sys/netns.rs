@@ -1,0 +1,261 @@
+//! Network namespaces: named ones that `ip netns` sees, anonymous scratch
+//! ones, and running code inside one on a dedicated thread.
+//!
+//! `setns(CLONE_NEWNET)` and `unshare(CLONE_NEWNET)` act on the calling
+//! thread only, so every helper here runs the caller's closure on a fresh
+//! thread and never changes the namespace of a thread it did not create.
+//! Sockets opened inside the closure stay bound to that namespace for their
+//! whole life, which is how wasp's netlink sockets are meant to be used.
+
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::sched::{setns, unshare, CloneFlags};
+
+/// Where iproute2 keeps named namespaces.
+pub const NETNS_RUN_DIR: &str = "/run/netns";
+
+/// Longest name we accept (a file name, and we keep it short for logs).
+pub const MAX_NAME_LEN: usize = 64;
+
+/// Path of the named namespace `name`.
+pub fn path_of(name: &str) -> PathBuf {
+    Path::new(NETNS_RUN_DIR).join(name)
+}
+
+/// Checks a namespace name: non-empty, at most [`MAX_NAME_LEN`] bytes, and
+/// only `[A-Za-z0-9._-]` so it is a plain file name under /run/netns.
+pub fn validate_name(name: &str) -> io::Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_NAME_LEN
+        && name != "."
+        && name != ".."
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-' || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("invalid netns name {name:?}: use 1-{MAX_NAME_LEN} characters from [A-Za-z0-9._-]"),
+        ))
+    }
+}
+
+/// Makes /run/netns a shared mount point, as `ip netns add` does, so that
+/// namespace mounts propagate into mount namespaces created later (a VMM's
+/// private mount namespace still sees the slots).
+fn prepare_run_dir() -> io::Result<()> {
+    static DONE: OnceLock<Result<(), i32>> = OnceLock::new();
+    let r = DONE.get_or_init(|| {
+        let run = || -> io::Result<()> {
+            fs::create_dir_all(NETNS_RUN_DIR)?;
+            let shared = MsFlags::MS_SHARED | MsFlags::MS_REC;
+            match mount(None::<&str>, NETNS_RUN_DIR, Some("none"), shared, None::<&str>) {
+                Ok(()) => Ok(()),
+                Err(nix::errno::Errno::EINVAL) => {
+                    // Not a mount point yet: bind it onto itself, then share.
+                    mount(
+                        Some(NETNS_RUN_DIR),
+                        NETNS_RUN_DIR,
+                        Some("none"),
+                        MsFlags::MS_BIND | MsFlags::MS_REC,
+                        None::<&str>,
+                    )?;
+                    mount(None::<&str>, NETNS_RUN_DIR, Some("none"), shared, None::<&str>)?;
+                    Ok(())
+                }
+                Err(e) => Err(e.into()),
+            }
+        };
+        run().map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))
+    });
+    r.map_err(io::Error::from_raw_os_error)
+}
+
+/// Creates the named namespace `name` and runs `f` inside it, on one fresh
+/// thread, before returning its result. The namespace is visible to
+/// `ip netns` once this returns. If `f` fails, the namespace is deleted again.
+///
+/// Fails with `AlreadyExists` when the name is taken.
+pub fn create_named_with<T, E, F>(name: &str, f: F) -> Result<T, CreateError<E>>
+where
+    T: Send,
+    E: Send,
+    F: FnOnce() -> Result<T, E> + Send,
+{
+    validate_name(name).map_err(CreateError::Io)?;
+    prepare_run_dir().map_err(CreateError::Io)?;
+    let path = path_of(name);
+    // O_EXCL: a name clash is an error, never a takeover.
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .map_err(CreateError::Io)?;
+    let result = std::thread::scope(|s| {
+        s.spawn(|| -> Result<T, CreateError<E>> {
+            unshare(CloneFlags::CLONE_NEWNET).map_err(|e| CreateError::Io(e.into()))?;
+            mount(
+                Some("/proc/thread-self/ns/net"),
+                &path,
+                Some("none"),
+                MsFlags::MS_BIND,
+                None::<&str>,
+            )
+            .map_err(|e| CreateError::Io(e.into()))?;
+            f().map_err(CreateError::Inner)
+        })
+        .join()
+        .unwrap_or_else(|p| std::panic::resume_unwind(p))
+    });
+    if result.is_err() {
+        let _ = delete_named(name);
+    }
+    result
+}
+
+/// Creates the named namespace `name` (like `ip netns add`).
+pub fn create_named(name: &str) -> io::Result<()> {
+    create_named_with(name, || Ok::<(), io::Error>(())).map_err(CreateError::into_io)
+}
+
+/// Error of [`create_named_with`]: the namespace itself, or the closure.
+#[derive(Debug)]
+pub enum CreateError<E> {
+    /// Creating or mounting the namespace failed.
+    Io(io::Error),
+    /// The closure run inside the namespace failed.
+    Inner(E),
+}
+
+impl CreateError<io::Error> {
+    /// Flattens when the closure's error is itself an `io::Error`.
+    pub fn into_io(self) -> io::Error {
+        match self {
+            CreateError::Io(e) | CreateError::Inner(e) => e,
+        }
+    }
+}
+
+/// Deletes the named namespace (like `ip netns delete`): detaches the bind
+/// mount and removes the file. The namespace itself lives on while any
+/// process or fd still holds it.
+pub fn delete_named(name: &str) -> io::Result<()> {
+    validate_name(name)?;
+    let path = path_of(name);
+    let umount = umount2(&path, MntFlags::MNT_DETACH);
+    let rm = fs::remove_file(&path);
+    match (umount, rm) {
+        (_, Err(e)) => Err(e),
+        // A file that was never mounted (a crash between create and mount)
+        // is still removed, and that is success.
+        (Err(nix::errno::Errno::EINVAL), Ok(())) | (Ok(()), Ok(())) => Ok(()),
+        (Err(e), Ok(())) => Err(e.into()),
+    }
+}
+
+/// True when `/run/netns/NAME` exists.
+pub fn exists(name: &str) -> bool {
+    path_of(name).exists()
+}
+
+/// Names of all named namespaces, sorted.
+pub fn list_named() -> io::Result<Vec<String>> {
+    let mut v = Vec::new();
+    match fs::read_dir(NETNS_RUN_DIR) {
+        Ok(rd) => {
+            for e in rd {
+                if let Some(n) = e?.file_name().to_str() {
+                    v.push(n.to_owned());
+                }
+            }
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    v.sort();
+    Ok(v)
+}
+
+/// Opens a handle on the named namespace.
+pub fn open_named(name: &str) -> io::Result<OwnedFd> {
+    validate_name(name)?;
+    Ok(File::open(path_of(name))?.into())
+}
+
+/// Opens a handle on the calling thread's current namespace.
+pub fn open_current() -> io::Result<OwnedFd> {
+    Ok(File::open("/proc/thread-self/ns/net")?.into())
+}
+
+/// Moves the *calling thread* into `ns`. Only call this on a thread you own
+/// (see [`run_in`]); in a forked child before exec it is also fine.
+pub fn enter(ns: impl AsFd) -> io::Result<()> {
+    setns(ns, CloneFlags::CLONE_NEWNET).map_err(io::Error::from)
+}
+
+/// Moves the calling thread into a new anonymous namespace.
+pub fn unshare_current_thread() -> io::Result<()> {
+    unshare(CloneFlags::CLONE_NEWNET).map_err(io::Error::from)
+}
+
+/// Runs `f` on a fresh thread inside the namespace `ns` and returns its
+/// result.
+pub fn run_in<T, F>(ns: impl AsFd + Send, f: F) -> io::Result<T>
+where
+    T: Send,
+    F: FnOnce() -> T + Send,
+{
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            enter(ns)?;
+            Ok(f())
+        })
+        .join()
+        .unwrap_or_else(|p| std::panic::resume_unwind(p))
+    })
+}
+
+/// Runs `f` on a fresh thread inside a new anonymous namespace that vanishes
+/// when `f` returns (unless `f` kept an fd to it).
+pub fn run_in_scratch<T, F>(f: F) -> io::Result<T>
+where
+    T: Send,
+    F: FnOnce() -> T + Send,
+{
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            unshare_current_thread()?;
+            Ok(f())
+        })
+        .join()
+        .unwrap_or_else(|p| std::panic::resume_unwind(p))
+    })
+}
+
+/// The inode number identifying the namespace behind `ns`.
+pub fn inode_of(ns: impl AsFd) -> io::Result<u64> {
+    use std::os::unix::fs::MetadataExt;
+    let f = File::from(ns.as_fd().try_clone_to_owned()?);
+    Ok(f.metadata()?.ino())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_validated() {
+        assert!(validate_name("wasp-p-1").is_ok());
+        assert!(validate_name("a.b_c").is_ok());
+        for bad in ["", ".", "..", "a/b", "a b", &"x".repeat(65)] {
+            assert!(validate_name(bad).is_err(), "{bad:?}");
+        }
+    }
+}
