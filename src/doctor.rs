@@ -86,8 +86,8 @@ pub struct Probes {
     pub io_uring: Probe<Vec<(&'static str, bool)>>,
     /// userfaultfd open.
     pub userfaultfd: Probe<()>,
-    /// cgroup2 controllers, when /sys/fs/cgroup is cgroup2.
-    pub cgroup2: Option<String>,
+    /// Where cgroup2 is mounted and its controllers, if it is mounted.
+    pub cgroup2: Option<(PathBuf, String)>,
     /// firecracker path and version.
     pub firecracker: Probe<(PathBuf, Version)>,
     /// jailer path and version.
@@ -109,6 +109,21 @@ pub fn parse_cap_eff(status: &str) -> Option<u64> {
         .lines()
         .find_map(|l| l.strip_prefix("CapEff:"))
         .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+}
+
+/// Finds the cgroup2 mount point in the text of /proc/self/mounts,
+/// preferring /sys/fs/cgroup (unified) over a hybrid /sys/fs/cgroup/unified.
+pub fn find_cgroup2(mounts: &str) -> Option<PathBuf> {
+    let mut found: Vec<PathBuf> = mounts
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let (_, dir, ty) = (f.next()?, f.next()?, f.next()?);
+            (ty == "cgroup2").then(|| PathBuf::from(dir))
+        })
+        .collect();
+    found.sort_by_key(|p| p != Path::new("/sys/fs/cgroup"));
+    found.into_iter().next()
 }
 
 /// The io_uring opcodes wasp's restore driver uses, by name.
@@ -184,12 +199,19 @@ fn open_rw(p: &str) -> Probe<()> {
 pub fn probe(opts: &Options) -> Probes {
     let fc = firecracker::locate_firecracker(opts.firecracker.as_deref());
     let fc_path = fc.as_ref().ok().cloned();
-    let with_version = |r: Result<PathBuf, firecracker::FirecrackerError>| -> Probe<(PathBuf, Version)> {
-        let p = r.map_err(|e| e.to_string())?;
-        let v = firecracker::version_of(&p).map_err(|e| error_chain(&e))?;
-        Ok((p, v))
-    };
-    let cgroup2 = std::fs::read_to_string("/sys/fs/cgroup/cgroup.controllers").ok();
+    let with_version =
+        |r: Result<PathBuf, firecracker::FirecrackerError>| -> Probe<(PathBuf, Version)> {
+            let p = r.map_err(|e| e.to_string())?;
+            let v = firecracker::version_of(&p).map_err(|e| error_chain(&e))?;
+            Ok((p, v))
+        };
+    let cgroup2 = std::fs::read_to_string("/proc/self/mounts")
+        .ok()
+        .and_then(|m| find_cgroup2(&m))
+        .map(|dir| {
+            let ctrl = std::fs::read_to_string(dir.join("cgroup.controllers")).unwrap_or_default();
+            (dir, ctrl)
+        });
     Probes {
         euid: nix::unistd::geteuid().as_raw(),
         cap_eff: std::fs::read_to_string("/proc/self/status")
@@ -267,11 +289,19 @@ pub fn evaluate(p: &Probes) -> Report {
 
     v.push(match &p.tun_open {
         Ok(()) => check("tun", Status::Ok, "/dev/net/tun opens"),
-        Err(e) => check("tun", Status::Fail, format!("/dev/net/tun: {e}; run `modprobe tun`")),
+        Err(e) => check(
+            "tun",
+            Status::Fail,
+            format!("/dev/net/tun: {e}; run `modprobe tun`"),
+        ),
     });
 
     v.push(match &p.nftables {
-        Ok(()) => check("nftables", Status::Ok, "created and deleted a table in a scratch netns over netlink"),
+        Ok(()) => check(
+            "nftables",
+            Status::Ok,
+            "created and deleted a table in a scratch netns over netlink",
+        ),
         Err(e) => check(
             "nftables",
             Status::Fail,
@@ -284,7 +314,11 @@ pub fn evaluate(p: &Probes) -> Report {
             let missing: Vec<_> = ops.iter().filter(|(_, s)| !s).map(|(n, _)| *n).collect();
             let have: Vec<_> = ops.iter().filter(|(_, s)| *s).map(|(n, _)| *n).collect();
             if missing.is_empty() {
-                check("io_uring", Status::Ok, format!("opcodes: {}", have.join(" ")))
+                check(
+                    "io_uring",
+                    Status::Ok,
+                    format!("opcodes: {}", have.join(" ")),
+                )
             } else {
                 check(
                     "io_uring",
@@ -314,30 +348,36 @@ pub fn evaluate(p: &Probes) -> Report {
     });
 
     v.push(match &p.cgroup2 {
-        Some(ctrl) => {
+        Some((dir, ctrl)) => {
             let ctrl = ctrl.trim();
             let has_all = ["cpu", "memory"].iter().all(|c| ctrl.split_whitespace().any(|x| x == *c));
+            let shown = if ctrl.is_empty() { "none" } else { ctrl };
             if has_all {
-                check("cgroup2", Status::Ok, format!("cgroup v2 controllers: {ctrl}"))
+                check("cgroup2", Status::Ok, format!("cgroup v2 at {}, controllers: {shown}", dir.display()))
             } else {
                 check(
                     "cgroup2",
                     Status::Warn,
-                    format!("cgroup v2 controllers: {ctrl}; per-clone cpu/memory limits need the cpu and memory controllers"),
+                    format!(
+                        "cgroup v2 at {}, controllers: {shown}; per-clone memory.max/cpu.max need the cpu and memory controllers on cgroup v2 (boot with systemd.unified_cgroup_hierarchy=1)",
+                        dir.display()
+                    ),
                 )
             }
         }
         None => check(
             "cgroup2",
             Status::Warn,
-            "/sys/fs/cgroup is not cgroup v2; per-clone limits are unavailable (boot with systemd.unified_cgroup_hierarchy=1)",
+            "cgroup v2 is not mounted; per-clone limits are unavailable (mount -t cgroup2 none /sys/fs/cgroup, or boot with systemd.unified_cgroup_hierarchy=1)",
         ),
     });
 
     for (name, r) in [("firecracker", &p.firecracker), ("jailer", &p.jailer)] {
         v.push(match r {
             Ok((path, ver)) => check(name, Status::Ok, format!("{} is v{ver}", path.display())),
-            Err(e) if name == "jailer" => check(name, Status::Warn, format!("{e}; only needed for --jailer")),
+            Err(e) if name == "jailer" => {
+                check(name, Status::Warn, format!("{e}; only needed for --jailer"))
+            }
             Err(e) => check(
                 name,
                 Status::Warn,
@@ -404,7 +444,10 @@ mod tests {
             nftables: Ok(()),
             io_uring: Ok(vec![("read", true), ("socket", true)]),
             userfaultfd: Ok(()),
-            cgroup2: Some("cpuset cpu io memory pids\n".into()),
+            cgroup2: Some((
+                "/sys/fs/cgroup".into(),
+                "cpuset cpu io memory pids\n".into(),
+            )),
             firecracker: Ok(("/usr/bin/firecracker".into(), Version(1, 12, 1))),
             jailer: Ok(("/usr/bin/jailer".into(), Version(1, 12, 1))),
             reflink: ("/var/lib/wasp".into(), Ok(ReflinkProbe::Supported)),
@@ -421,13 +464,39 @@ mod tests {
     }
 
     #[test]
+    fn cgroup2_mount_is_found_in_hybrid_and_unified_layouts() {
+        let hybrid = "tmpfs /sys/fs/cgroup tmpfs rw 0 0\ncgroup /sys/fs/cgroup/cpu cgroup rw,cpu 0 0\ncgroup2 /sys/fs/cgroup/unified cgroup2 rw 0 0\n";
+        assert_eq!(find_cgroup2(hybrid), Some("/sys/fs/cgroup/unified".into()));
+        let unified = "cgroup2 /sys/fs/cgroup cgroup2 rw 0 0\ncgroup2 /mnt/x cgroup2 rw 0 0\n";
+        assert_eq!(find_cgroup2(unified), Some("/sys/fs/cgroup".into()));
+        assert_eq!(find_cgroup2("proc /proc proc rw 0 0\n"), None);
+        let mut p = good();
+        p.cgroup2 = Some(("/sys/fs/cgroup/unified".into(), "\n".into()));
+        let c = evaluate(&p).get("cgroup2").unwrap().clone();
+        assert_eq!(c.status, Status::Warn);
+        assert!(c.detail.contains("controllers: none"), "{}", c.detail);
+    }
+
+    #[test]
     fn all_good_is_ok_and_names_every_check() {
         let r = evaluate(&good());
         assert!(r.ok());
         let names: Vec<_> = r.checks.iter().map(|c| c.name).collect();
         assert_eq!(
             names,
-            ["root", "kvm", "tun", "nftables", "io_uring", "userfaultfd", "cgroup2", "firecracker", "jailer", "reflink", "nofile"]
+            [
+                "root",
+                "kvm",
+                "tun",
+                "nftables",
+                "io_uring",
+                "userfaultfd",
+                "cgroup2",
+                "firecracker",
+                "jailer",
+                "reflink",
+                "nofile"
+            ]
         );
         assert!(r.checks.iter().all(|c| c.status == Status::Ok), "{r:?}");
     }
@@ -463,7 +532,11 @@ mod tests {
         let r = evaluate(&p);
         assert!(r.ok());
         assert_eq!(r.get("io_uring").unwrap().status, Status::Warn);
-        assert!(r.get("io_uring").unwrap().detail.contains("missing: socket"));
+        assert!(r
+            .get("io_uring")
+            .unwrap()
+            .detail
+            .contains("missing: socket"));
         assert!(r.get("reflink").unwrap().detail.contains("copy-file-range"));
         assert_eq!(r.get("nofile").unwrap().status, Status::Warn);
     }

@@ -31,7 +31,11 @@ impl std::str::FromStr for Version {
         let s = s.trim().trim_start_matches('v');
         let core = s.split(['-', '+']).next().ok_or(())?;
         let mut it = core.split('.').map(|p| p.parse::<u32>().map_err(|_| ()));
-        let v = Version(it.next().ok_or(())??, it.next().ok_or(())??, it.next().ok_or(())??);
+        let v = Version(
+            it.next().ok_or(())??,
+            it.next().ok_or(())??,
+            it.next().ok_or(())??,
+        );
         if it.next().is_some() {
             return Err(());
         }
@@ -182,10 +186,15 @@ mod tests {
     #[test]
     fn parses_version_lines() {
         assert_eq!(
-            parse_version_output("Firecracker v1.12.1\n\nSupported snapshot data format versions: v5.0.0\n"),
+            parse_version_output(
+                "Firecracker v1.12.1\n\nSupported snapshot data format versions: v5.0.0\n"
+            ),
             Some(Version(1, 12, 1))
         );
-        assert_eq!(parse_version_output("Jailer v1.12.1"), Some(Version(1, 12, 1)));
+        assert_eq!(
+            parse_version_output("Jailer v1.12.1"),
+            Some(Version(1, 12, 1))
+        );
         assert_eq!(
             parse_version_output("Firecracker v1.13.0-dev"),
             Some(Version(1, 13, 0))

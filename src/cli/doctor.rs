@@ -37,11 +37,20 @@ pub fn doctor(a: DoctorArgs) -> anyhow::Result<ExitCode> {
     } else {
         print_table(&report);
     }
-    Ok(if report.ok() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if report.ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 fn print_table(report: &doctor::Report) {
-    let width = report.checks.iter().map(|c| c.name.len()).max().unwrap_or(0);
+    let width = report
+        .checks
+        .iter()
+        .map(|c| c.name.len())
+        .max()
+        .unwrap_or(0);
     for c in &report.checks {
         let s = match c.status {
             Status::Ok => "ok  ",
@@ -50,13 +59,26 @@ fn print_table(report: &doctor::Report) {
         };
         println!("{s}  {:width$}  {}", c.name, c.detail);
     }
-    let fails = report.checks.iter().filter(|c| c.status == Status::Fail).count();
-    let warns = report.checks.iter().filter(|c| c.status == Status::Warn).count();
-    println!("\n{} checks: {fails} failed, {warns} warnings", report.checks.len());
+    let fails = report
+        .checks
+        .iter()
+        .filter(|c| c.status == Status::Fail)
+        .count();
+    let warns = report
+        .checks
+        .iter()
+        .filter(|c| c.status == Status::Warn)
+        .count();
+    println!(
+        "\n{} checks: {fails} failed, {warns} warnings",
+        report.checks.len()
+    );
 }
 
 pub fn demo(a: DemoArgs) -> anyhow::Result<ExitCode> {
-    eprintln!("wasp demo: the spawn pipeline has not landed yet, so the demo runs `wasp doctor` for now.");
+    eprintln!(
+        "wasp demo: the spawn pipeline has not landed yet, so the demo runs `wasp doctor` for now."
+    );
     doctor(DoctorArgs {
         json: a.json,
         firecracker: None,

@@ -169,7 +169,8 @@ impl MsgBuf {
     pub fn nest_begin(&mut self, ty: u16) -> usize {
         let at = self.buf.len();
         self.buf.extend_from_slice(&0u16.to_ne_bytes());
-        self.buf.extend_from_slice(&(ty | NLA_F_NESTED).to_ne_bytes());
+        self.buf
+            .extend_from_slice(&(ty | NLA_F_NESTED).to_ne_bytes());
         at
     }
 
@@ -333,7 +334,10 @@ impl Socket {
         let mut pending: Vec<u32> = seqs.to_vec();
         let mut first_err = None;
         while !pending.is_empty() {
-            let n = self.sock.recv(&mut &mut self.rx[..], 0).map_err(NetlinkError::Recv)?;
+            let n = self
+                .sock
+                .recv(&mut &mut self.rx[..], 0)
+                .map_err(NetlinkError::Recv)?;
             for m in split_msgs(&self.rx[..n])? {
                 if m.ty != NLMSG_ERROR {
                     continue;
@@ -370,7 +374,10 @@ impl Socket {
         self.send(msgs)?;
         let mut out = Vec::new();
         loop {
-            let n = self.sock.recv(&mut &mut self.rx[..], 0).map_err(NetlinkError::Recv)?;
+            let n = self
+                .sock
+                .recv(&mut &mut self.rx[..], 0)
+                .map_err(NetlinkError::Recv)?;
             for m in split_msgs(&self.rx[..n])? {
                 if m.seq != seq {
                     continue;

@@ -64,7 +64,13 @@ impl Batch {
 
     /// Starts one nf_tables message in the batch and returns its builder.
     /// Close it with `.end()`.
-    pub fn msg(&mut self, msg: u16, flags: u16, family: u8, what: impl Into<String>) -> &mut MsgBuf {
+    pub fn msg(
+        &mut self,
+        msg: u16,
+        flags: u16,
+        family: u8,
+        what: impl Into<String>,
+    ) -> &mut MsgBuf {
         let seq = self.next_seq;
         self.next_seq += 1;
         self.labels.push((seq, what.into()));
@@ -76,10 +82,15 @@ impl Batch {
 
     /// Adds `NEWTABLE family name` (creating it if missing).
     pub fn new_table(&mut self, family: u8, name: &str) -> &mut Self {
-        self.msg(NFT_MSG_NEWTABLE, NLM_F_CREATE, family, format!("add table {name}"))
-            .attr_str(NFTA_TABLE_NAME, name)
-            .attr_be32(NFTA_TABLE_FLAGS, 0)
-            .end();
+        self.msg(
+            NFT_MSG_NEWTABLE,
+            NLM_F_CREATE,
+            family,
+            format!("add table {name}"),
+        )
+        .attr_str(NFTA_TABLE_NAME, name)
+        .attr_be32(NFTA_TABLE_FLAGS, 0)
+        .end();
         self
     }
 

@@ -71,7 +71,9 @@ pub fn explain_reflink_errno(errno: i32) -> &'static str {
     match errno {
         libc::EOPNOTSUPP => "the filesystem does not support reflinks (ext4, tmpfs)",
         libc::EXDEV => "source and destination are on different filesystems",
-        libc::EINVAL => "the filesystem does not support reflinks, or reflink is off (mkfs.xfs -m reflink=1)",
+        libc::EINVAL => {
+            "the filesystem does not support reflinks, or reflink is off (mkfs.xfs -m reflink=1)"
+        }
         libc::EPERM | libc::EACCES => "permission denied",
         _ => "FICLONE failed",
     }

@@ -42,7 +42,9 @@ pub fn validate_name(name: &str) -> io::Result<()> {
     } else {
         Err(io::Error::new(
             io::ErrorKind::InvalidInput,
-            format!("invalid netns name {name:?}: use 1-{MAX_NAME_LEN} characters from [A-Za-z0-9._-]"),
+            format!(
+                "invalid netns name {name:?}: use 1-{MAX_NAME_LEN} characters from [A-Za-z0-9._-]"
+            ),
         ))
     }
 }
@@ -56,7 +58,13 @@ fn prepare_run_dir() -> io::Result<()> {
         let run = || -> io::Result<()> {
             fs::create_dir_all(NETNS_RUN_DIR)?;
             let shared = MsFlags::MS_SHARED | MsFlags::MS_REC;
-            match mount(None::<&str>, NETNS_RUN_DIR, Some("none"), shared, None::<&str>) {
+            match mount(
+                None::<&str>,
+                NETNS_RUN_DIR,
+                Some("none"),
+                shared,
+                None::<&str>,
+            ) {
                 Ok(()) => Ok(()),
                 Err(nix::errno::Errno::EINVAL) => {
                     // Not a mount point yet: bind it onto itself, then share.
@@ -67,7 +75,13 @@ fn prepare_run_dir() -> io::Result<()> {
                         MsFlags::MS_BIND | MsFlags::MS_REC,
                         None::<&str>,
                     )?;
-                    mount(None::<&str>, NETNS_RUN_DIR, Some("none"), shared, None::<&str>)?;
+                    mount(
+                        None::<&str>,
+                        NETNS_RUN_DIR,
+                        Some("none"),
+                        shared,
+                        None::<&str>,
+                    )?;
                     Ok(())
                 }
                 Err(e) => Err(e.into()),

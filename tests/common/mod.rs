@@ -1,0 +1,180 @@
+//! Root test harness shared by the integration tests and the benches.
+//!
+//! - [`require_root`] fails the test with a clear message when not root and
+//!   `CI` is set, and otherwise skips loudly.
+//! - [`TestNetns`] is a named, throwaway network namespace deleted on drop,
+//!   even when the test panics. Its name starts with [`TEST_PREFIX`] and
+//!   carries the test process's pid, so [`sweep_stale`] can remove what a
+//!   killed test run left behind without touching anything else.
+//! - Tests never touch the machine's own network namespace: everything runs
+//!   inside namespaces made here, including a private "host" namespace.
+#![allow(dead_code)]
+
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Once;
+
+use wasp::sys::netns;
+
+/// Prefix of every namespace the harness creates.
+pub const TEST_PREFIX: &str = "wasptest-";
+
+/// Returns true when the test may go on. Not root: panics when `CI` is set,
+/// else prints a loud skip note and returns false.
+pub fn require_root(test: &str) -> bool {
+    if wasp::sys::is_root() {
+        sweep_stale_once();
+        return true;
+    }
+    if std::env::var_os("CI").is_some() {
+        panic!("{test}: this test needs root (network namespaces, links, nf_tables); CI must run it as root");
+    }
+    eprintln!(
+        "SKIPPED {test}: needs root; run the tests as root (sudo -E cargo test) to exercise it"
+    );
+    false
+}
+
+/// Skips the test body unless root (see [`require_root`]).
+#[macro_export]
+macro_rules! root_or_skip {
+    () => {
+        if !$crate::common::require_root(module_path!()) {
+            return;
+        }
+    };
+}
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// A unique name for a test object: `wasptest-<pid>-<n>-<tag>`.
+pub fn unique_name(tag: &str) -> String {
+    let n = SEQ.fetch_add(1, Ordering::Relaxed);
+    let mut name = format!("{TEST_PREFIX}{}-{n}-{tag}", std::process::id());
+    name.truncate(netns::MAX_NAME_LEN);
+    name
+}
+
+/// A named network namespace owned by one test; deleted on drop.
+#[derive(Debug)]
+pub struct TestNetns {
+    name: String,
+    fd: OwnedFd,
+}
+
+impl TestNetns {
+    /// Creates `wasptest-<pid>-<n>-<tag>`, with `lo` up.
+    pub fn new(tag: &str) -> Self {
+        let name = unique_name(tag);
+        netns::create_named(&name).unwrap_or_else(|e| panic!("create netns {name}: {e}"));
+        let fd = netns::open_named(&name).expect("open netns");
+        let ns = Self { name, fd };
+        ns.sh("ip link set lo up");
+        ns
+    }
+
+    /// The namespace's name under /run/netns.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// An fd on the namespace.
+    pub fn fd(&self) -> &OwnedFd {
+        &self.fd
+    }
+
+    /// Runs `f` on a thread inside this namespace.
+    pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        netns::run_in(&self.fd, f).expect("setns")
+    }
+
+    /// Runs a shell command inside the namespace (test tooling only, as an
+    /// independent reader or a peer) and returns stdout; panics on failure.
+    pub fn sh(&self, cmd: &str) -> String {
+        let out = std::process::Command::new("ip")
+            .args(["netns", "exec", &self.name, "sh", "-c", cmd])
+            .output()
+            .expect("spawn ip netns exec");
+        assert!(
+            out.status.success(),
+            "`{cmd}` in {} failed: {}",
+            self.name,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Like [`TestNetns::sh`] but returns whether it succeeded.
+    pub fn sh_ok(&self, cmd: &str) -> bool {
+        std::process::Command::new("ip")
+            .args(["netns", "exec", &self.name, "sh", "-c", cmd])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false)
+    }
+}
+
+impl Drop for TestNetns {
+    fn drop(&mut self) {
+        if let Err(e) = netns::delete_named(&self.name) {
+            eprintln!("warning: could not delete test netns {}: {e}", self.name);
+        }
+    }
+}
+
+/// Removes test namespaces whose creating process is gone.
+pub fn sweep_stale() {
+    let Ok(names) = netns::list_named() else {
+        return;
+    };
+    for n in names {
+        let Some(rest) = n.strip_prefix(TEST_PREFIX) else {
+            continue;
+        };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if !PathBuf::from(format!("/proc/{pid}")).exists() {
+            let _ = netns::delete_named(&n);
+        }
+    }
+}
+
+fn sweep_stale_once() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(sweep_stale);
+}
+
+/// The pinned Firecracker for tests: `WASP_FIRECRACKER`, else fetched (and
+/// cached) by `scripts/fetch-firecracker.sh`.
+pub fn firecracker_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("WASP_FIRECRACKER") {
+        return p.into();
+    }
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/fetch-firecracker.sh");
+    let out = std::process::Command::new("bash")
+        .arg(&script)
+        .output()
+        .expect("run scripts/fetch-firecracker.sh");
+    assert!(
+        out.status.success(),
+        "scripts/fetch-firecracker.sh failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+}
+
+/// Names of every named namespace, from `ip netns` (an independent reader).
+pub fn ip_netns_list() -> Vec<String> {
+    let out = std::process::Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .expect("ip netns list");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
+        .collect()
+}
