@@ -11,3 +11,4 @@ pub mod netlink;
 pub mod paths;
 pub mod storage;
 pub mod sys;
+pub mod vmstate;
