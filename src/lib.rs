@@ -7,6 +7,7 @@
 
 pub mod doctor;
 pub mod firecracker;
+pub mod launch;
 pub mod netlink;
 pub mod paths;
 pub mod stats;

@@ -8,7 +8,9 @@
 pub mod fs;
 pub mod netns;
 pub mod pidfd;
+pub mod poll;
 pub mod rlimit;
+pub mod spawn;
 pub mod uffd;
 
 use std::io;
