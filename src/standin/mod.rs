@@ -1,0 +1,1 @@
+//! The stand-in VMM (see `src/bin/wasp-standin.rs`).
