@@ -6,6 +6,7 @@
 //! implement them.
 
 pub mod doctor;
+pub mod env;
 pub mod firecracker;
 pub mod launch;
 pub mod netlink;
