@@ -11,6 +11,8 @@ pub mod firecracker;
 pub mod launch;
 pub mod netlink;
 pub mod paths;
+pub mod ready;
+pub mod restore;
 pub mod standin;
 pub mod stats;
 pub mod storage;
