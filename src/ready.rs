@@ -39,7 +39,9 @@ impl FromStr for Ready {
                     .ok_or_else(|| format!("readiness {s:?} is not tcp:PORT, running or none"))?;
                 match port.parse::<u16>() {
                     Ok(p) if p != 0 => Ok(Ready::Tcp(p)),
-                    _ => Err(format!("readiness {s:?}: {port:?} is not a TCP port (1-65535)")),
+                    _ => Err(format!(
+                        "readiness {s:?}: {port:?} is not a TCP port (1-65535)"
+                    )),
                 }
             }
         }

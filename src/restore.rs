@@ -17,7 +17,9 @@ use thiserror::Error;
 use zeroize::Zeroizing;
 
 use crate::ready::Ready;
-use crate::vmm_api::{self, BackendType, MemBackend, Method, NetworkOverride, SnapshotLoad, VmRunState};
+use crate::vmm_api::{
+    self, BackendType, MemBackend, Method, NetworkOverride, SnapshotLoad, VmRunState,
+};
 
 /// A phase of one clone's life, in order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -437,7 +439,9 @@ impl Machine {
                         self.checking_running = true;
                         self.request(Method::Get, "/", None);
                     }
-                    Ready::Tcp(port) => self.want = Want::ConnectTcp(SocketAddrV4::new(self.job.clone_ip, port)),
+                    Ready::Tcp(port) => {
+                        self.want = Want::ConnectTcp(SocketAddrV4::new(self.job.clone_ip, port))
+                    }
                 }
             }
             Phase::Ready => {
@@ -551,7 +555,10 @@ pub(crate) mod tests {
         let n = m.tx_pending().len();
         m.sent(n);
         assert_eq!(m.want(), Want::Recv);
-        let resp = format!("HTTP/1.1 {status}\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+        let resp = format!(
+            "HTTP/1.1 {status}\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
         // Deliver in two pieces to exercise partial parsing.
         let (a, b) = resp.as_bytes().split_at(resp.len() / 2);
         m.received(a, Instant::now());
@@ -565,7 +572,8 @@ pub(crate) mod tests {
         m.api_connected(Instant::now());
         let req = String::from_utf8(m.tx_pending().to_vec()).unwrap();
         assert!(req.starts_with("PUT /snapshot/load HTTP/1.1\r\n"), "{req}");
-        let body: serde_json::Value = serde_json::from_str(req.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+        let body: serde_json::Value =
+            serde_json::from_str(req.split("\r\n\r\n").nth(1).unwrap()).unwrap();
         assert_eq!(body["mem_backend"]["backend_type"], "File");
         assert_eq!(body["mem_backend"]["backend_path"], "/snap/mem");
         assert_eq!(body["network_overrides"][0]["host_dev_name"], "tap1");
@@ -577,7 +585,10 @@ pub(crate) mod tests {
         assert!(req.contains("canary"));
         answer(&mut m, "204 No Content", "");
         let req = String::from_utf8(m.tx_pending().to_vec()).unwrap();
-        assert!(req.starts_with("PATCH /vm ") && req.contains("Resumed"), "{req}");
+        assert!(
+            req.starts_with("PATCH /vm ") && req.contains("Resumed"),
+            "{req}"
+        );
         answer(&mut m, "204 No Content", "");
         assert_eq!(m.want(), Want::ConnectTcp("10.0.0.2:22".parse().unwrap()));
         m.tcp_failed(Instant::now());
@@ -616,36 +627,61 @@ pub(crate) mod tests {
     fn a_fault_names_phase_and_message() {
         let mut m = Machine::new(job(0), plan(Ready::None));
         m.api_connected(Instant::now());
-        answer(&mut m, "400 Bad Request", r#"{"fault_message":"Loading a microVM snapshot not allowed after configuring boot-specific resources."}"#);
+        answer(
+            &mut m,
+            "400 Bad Request",
+            r#"{"fault_message":"Loading a microVM snapshot not allowed after configuring boot-specific resources."}"#,
+        );
         let e = m.take_outcome().unwrap().unwrap_err();
         assert_eq!(e.phase(), Phase::Load);
-        assert!(e.to_string().contains("load: the VMM answered 400: Loading a microVM"), "{e}");
+        assert!(
+            e.to_string()
+                .contains("load: the VMM answered 400: Loading a microVM"),
+            "{e}"
+        );
     }
 
     #[test]
     fn exits_timeouts_and_eof_are_typed() {
         let mut m = Machine::new(job(0), plan(Ready::None));
         m.vmm_exited();
-        assert!(matches!(m.take_outcome().unwrap(), Err(RestoreError::VmmExited { phase: Phase::Socket })));
+        assert!(matches!(
+            m.take_outcome().unwrap(),
+            Err(RestoreError::VmmExited {
+                phase: Phase::Socket
+            })
+        ));
 
         let mut m = Machine::new(job(0), plan(Ready::None));
         let later = Instant::now() + Duration::from_secs(3600);
         assert!(m.check_deadline(later));
-        assert!(matches!(m.take_outcome().unwrap(), Err(RestoreError::Timeout { phase: Phase::Socket, .. })));
+        assert!(matches!(
+            m.take_outcome().unwrap(),
+            Err(RestoreError::Timeout {
+                phase: Phase::Socket,
+                ..
+            })
+        ));
 
         let mut m = Machine::new(job(0), plan(Ready::None));
         m.api_connected(Instant::now());
         let n = m.tx_pending().len();
         m.sent(n);
         m.received(b"", Instant::now());
-        assert!(matches!(m.take_outcome().unwrap(), Err(RestoreError::Closed { phase: Phase::Load })));
+        assert!(matches!(
+            m.take_outcome().unwrap(),
+            Err(RestoreError::Closed { phase: Phase::Load })
+        ));
 
         let mut m = Machine::new(job(0), plan(Ready::None));
         m.api_connected(Instant::now());
         let n = m.tx_pending().len();
         m.sent(n);
         m.received(b"\x00\x01 not http\r\n\r\n", Instant::now());
-        assert!(matches!(m.take_outcome().unwrap(), Err(RestoreError::Parse { .. })));
+        assert!(matches!(
+            m.take_outcome().unwrap(),
+            Err(RestoreError::Parse { .. })
+        ));
     }
 
     #[test]

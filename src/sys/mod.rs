@@ -10,8 +10,10 @@ pub mod netns;
 pub mod pidfd;
 pub mod poll;
 pub mod rlimit;
+pub mod sock;
 pub mod spawn;
 pub mod uffd;
+pub mod uring;
 
 use std::io;
 
