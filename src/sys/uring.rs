@@ -66,7 +66,9 @@ pub enum Op {
     },
 }
 
-/// Owned storage kept alive for an in-flight operation.
+/// Owned storage kept alive for an in-flight operation. The boxed fields
+/// are never read: holding them is the point.
+#[allow(dead_code)]
 enum Held {
     None,
     Addr(Box<SockAddr>),
