@@ -13,6 +13,7 @@ pub mod netlink;
 pub mod paths;
 pub mod ready;
 pub mod restore;
+pub mod ring;
 pub mod standin;
 pub mod stats;
 pub mod storage;

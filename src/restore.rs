@@ -271,6 +271,11 @@ impl Machine {
         }
     }
 
+    /// Gives the job back (after the machine is done).
+    pub fn into_job(self) -> Job {
+        self.job
+    }
+
     /// The job.
     pub fn job(&self) -> &Job {
         &self.job

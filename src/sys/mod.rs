@@ -6,6 +6,7 @@
 //! captured in exactly one way.
 
 pub mod fs;
+pub mod inotify;
 pub mod netns;
 pub mod pidfd;
 pub mod poll;

@@ -33,3 +33,14 @@ pub fn wait_readable(fds: &[RawFd], timeout_ms: i32) -> io::Result<Option<usize>
         }
     }
 }
+
+/// poll(2) over caller-built pollfds; returns how many are ready (0 on
+/// timeout). EINTR counts as 0 ready.
+pub fn poll_many(pfds: &mut [libc::pollfd], timeout_ms: i32) -> io::Result<usize> {
+    // SAFETY: pfds is a live, correctly sized slice of pollfd.
+    match cvt(unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, timeout_ms) }) {
+        Ok(n) => Ok(n as usize),
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(0),
+        Err(e) => Err(e),
+    }
+}
