@@ -9,6 +9,7 @@ pub mod doctor;
 pub mod firecracker;
 pub mod netlink;
 pub mod paths;
+pub mod snapshot;
 pub mod stats;
 pub mod storage;
 pub mod sys;

@@ -10,6 +10,7 @@ pub mod netns;
 pub mod pidfd;
 pub mod rlimit;
 pub mod uffd;
+pub mod uring;
 
 use std::io;
 
