@@ -287,7 +287,11 @@ fn write_patterned(path: &Path, len: u64, seed: u64, sha: bool) -> io::Result<Op
     while left > 0 {
         let n = left.min(CHUNK as u64) as usize;
         for p in buf[..n].chunks_mut(4096) {
-            let stamp = (page + 1).to_le_bytes();
+            // splitmix64 of the page index, with no zero byte.
+            let mut z = page.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            let stamp = ((z ^ (z >> 31)) | 0x0101_0101_0101_0101).to_le_bytes();
             let k = p.len().min(8);
             p[..k].copy_from_slice(&stamp[..k]);
             page += 1;
