@@ -14,6 +14,7 @@ pub mod paths;
 pub mod ready;
 pub mod restore;
 pub mod ring;
+pub mod snapshot;
 pub mod standin;
 pub mod stats;
 pub mod storage;
