@@ -41,12 +41,28 @@ use crate::vmstate::{VmState, VmStateError};
 /// cannot override it on load, so the recorded path must resolve to each
 /// clone's own disk. The spawn stage gives every clone a private mount
 /// namespace and bind-mounts that clone's rootfs (from
-/// [`crate::storage::CloneFiles`]) over this path before the VMM starts.
-pub const CLONE_ROOTFS_PATH: &str = "/wasp/rootfs";
+/// [`crate::storage::CloneFiles`]) over this path before the VMM starts
+/// (see [`crate::paths::STABLE_DRIVE_DIR`] and [`crate::launch`]).
+pub const CLONE_ROOTFS_PATH: &str = "/run/wasp/drives/rootfs";
 
 /// The `path_on_host` recorded for an optional per-clone scratch drive
 /// (bind-mounted per clone like [`CLONE_ROOTFS_PATH`]).
-pub const CLONE_SCRATCH_PATH: &str = "/wasp/scratch";
+pub const CLONE_SCRATCH_PATH: &str = "/run/wasp/drives/scratch";
+
+#[cfg(test)]
+mod stable_path_tests {
+    #[test]
+    fn recorded_paths_are_the_launch_stage_bind_targets() {
+        assert_eq!(
+            super::CLONE_ROOTFS_PATH,
+            crate::paths::stable_drive_path("rootfs").to_str().unwrap()
+        );
+        assert_eq!(
+            super::CLONE_SCRATCH_PATH,
+            crate::paths::stable_drive_path("scratch").to_str().unwrap()
+        );
+    }
+}
 
 /// Why a snapshot directory failed [`check`].
 #[derive(Debug, Error)]
