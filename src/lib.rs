@@ -16,6 +16,7 @@ pub mod restore;
 pub mod ring;
 pub mod snapshot;
 pub mod standin;
+pub mod state;
 pub mod stats;
 pub mod storage;
 pub mod sys;

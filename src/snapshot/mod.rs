@@ -474,21 +474,5 @@ pub fn hex(bytes: &[u8]) -> String {
 /// Writes `bytes` to `dir/name` through a temporary file and a rename, so a
 /// reader never sees a half-written file.
 pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8], mode: u32) -> io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = dir.join(format!(".{name}.wasp-tmp-{}", std::process::id()));
-    let res = (|| {
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        fs::rename(&tmp, dir.join(name))
-    })();
-    if res.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    res
+    crate::state::write_atomic(dir, name, bytes, mode)
 }
