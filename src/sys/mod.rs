@@ -6,9 +6,11 @@
 //! captured in exactly one way.
 
 pub mod fs;
+pub mod mem;
 pub mod netns;
 pub mod pidfd;
 pub mod rlimit;
+pub mod standin_tun;
 pub mod uffd;
 
 use std::io;
