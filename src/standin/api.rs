@@ -157,6 +157,14 @@ impl Reply {
             after: After::Continue,
         }
     }
+    /// Serializes a struct in its field order.
+    fn json_of<T: serde::Serialize>(v: &T) -> Self {
+        Reply {
+            status: 200,
+            body: Some(serde_json::to_vec(v).expect("json")),
+            after: After::Continue,
+        }
+    }
     fn json(v: &Value) -> Self {
         Reply {
             status: 200,
@@ -185,6 +193,18 @@ const NOT_AFTER_START: &str =
     "The requested operation is not supported after starting the microVM.";
 const MMDS_NOT_INIT: &str = "MMDS error: The MMDS data store is not initialized.";
 const LOAD_PREFIX: &str = "Load snapshot error: Failed to restore from snapshot: ";
+
+/// An I/O error as Firecracker prints it. Firecracker is a static musl
+/// binary, and musl words a few errno texts differently from glibc.
+pub fn fc_io(e: &io::Error) -> String {
+    let text = match e.raw_os_error() {
+        Some(libc::EBUSY) => "Resource busy",
+        Some(libc::ENOMEM) => "Out of memory",
+        Some(libc::ENOTSUP) => "Not supported",
+        _ => return e.to_string(),
+    };
+    format!("{text} (os error {})", e.raw_os_error().unwrap_or(0))
+}
 
 fn deser_err(e: serde_json::Error) -> Reply {
     Reply::fault(format!(
@@ -487,13 +507,25 @@ impl<H: Host> Vmm<H> {
             ("GET", "version", None) => {
                 Reply::json(&serde_json::json!({ "firecracker_version": VMM_VERSION }))
             }
-            ("GET", "machine-config", None) => Reply::json(&serde_json::json!({
-                "vcpu_count": self.machine.vcpu_count,
-                "mem_size_mib": self.machine.mem_size_mib,
-                "smt": self.machine.smt,
-                "track_dirty_pages": self.machine.track_dirty_pages,
-                "huge_pages": "None",
-            })),
+            ("GET", "machine-config", None) => {
+                // A struct keeps Firecracker's key order (json! sorts keys).
+                #[derive(serde::Serialize)]
+                struct Out {
+                    vcpu_count: u8,
+                    mem_size_mib: u64,
+                    smt: bool,
+                    track_dirty_pages: bool,
+                    huge_pages: &'static str,
+                }
+                let out = Out {
+                    vcpu_count: self.machine.vcpu_count,
+                    mem_size_mib: self.machine.mem_size_mib,
+                    smt: self.machine.smt,
+                    track_dirty_pages: self.machine.track_dirty_pages,
+                    huge_pages: "None",
+                };
+                Reply::json_of(&out)
+            }
             ("GET", "mmds", None) => {
                 let d = self.mmds.lock().expect("mmds lock").clone();
                 Reply::json(&d.unwrap_or_else(|| serde_json::json!({})))
@@ -573,12 +605,12 @@ impl<H: Host> Vmm<H> {
             (Phase::Started, false) => "Running",
             (Phase::Started, true) => "Paused",
         };
-        Reply::json(&serde_json::json!({
-            "id": self.id,
-            "state": state,
-            "vmm_version": VMM_VERSION,
-            "app_name": APP_NAME,
-        }))
+        Reply::json_of(&crate::vmm_api::InstanceInfo {
+            id: self.id.clone(),
+            state: state.to_owned(),
+            vmm_version: VMM_VERSION.to_owned(),
+            app_name: APP_NAME.to_owned(),
+        })
     }
 
     fn put_machine_config(&mut self, c: MachineConfigWire) -> Reply {
@@ -616,7 +648,8 @@ impl<H: Host> Vmm<H> {
                 Reply::no_content()
             }
             Err(e) => Reply::fault(format!(
-                "Boot source error: The kernel file cannot be opened: {e}"
+                "Boot source error: The kernel file cannot be opened: {}",
+                fc_io(&e)
             )),
         }
     }
@@ -646,7 +679,7 @@ impl<H: Host> Vmm<H> {
                 ));
                 Reply::no_content()
             }
-            Err(e) => Reply::fault(format!("Drive config error: Unable to create the virtio block device: Virtio backend error: Error manipulating the backing file: {e} {path}")),
+            Err(e) => Reply::fault(format!("Drive config error: Unable to create the virtio block device: Virtio backend error: Error manipulating the backing file: {} {path}", fc_io(&e))),
         }
     }
 
@@ -680,7 +713,7 @@ impl<H: Host> Vmm<H> {
                 ));
                 Reply::no_content()
             }
-            Err(e) => Reply::fault(format!("Network config error: Could not create the network device: Open tap device failed: Error while creating ifreq structure: {e}. Invalid TUN/TAP Backend provided by {}. Check our documentation on setting up the network devices.", n.host_dev_name)),
+            Err(e) => Reply::fault(format!("Network config error: Could not create the network device: Open tap device failed: Error while creating ifreq structure: {}. Invalid TUN/TAP Backend provided by {}. Check our documentation on setting up the network devices.", fc_io(&e), n.host_dev_name)),
         }
     }
 
@@ -915,7 +948,7 @@ impl<H: Host> Vmm<H> {
             Ok(s) => s,
             Err(VmStateError::Io { source, .. }) => {
                 return fatal(format!(
-                    "{LOAD_PREFIX}Failed to get snapshot state from file: Failed to open snapshot file: {source}"
+                    "{LOAD_PREFIX}Failed to get snapshot state from file: Failed to open snapshot file: {}", fc_io(&source)
                 ))
             }
             Err(e) => {
@@ -950,10 +983,10 @@ impl<H: Host> Vmm<H> {
             Ok(m) => m,
             Err(e) => {
                 let detail = match e {
-                    MemLoadError::Open(e) => format!("Error creating guest memory from file: Failed to load guest memory: {e}"),
+                    MemLoadError::Open(e) => format!("Error creating guest memory from file: Failed to load guest memory: {}", fc_io(&e)),
                     MemLoadError::TooSmall => "Error creating guest memory from file: Failed to restore guest memory: Cannot create mmap region: The specified file offset and length is greater then file length".to_owned(),
-                    MemLoadError::Map(e) => format!("Error creating guest memory from file: Failed to restore guest memory: Cannot create mmap region: {e}"),
-                    MemLoadError::UffdConnect(e) => format!("Error creating guest memory from uffd: Failed to connect to UDS Unix stream: {e}"),
+                    MemLoadError::Map(e) => format!("Error creating guest memory from file: Failed to restore guest memory: Cannot create mmap region: {}", fc_io(&e)),
+                    MemLoadError::UffdConnect(e) => format!("Error creating guest memory from uffd: Failed to connect to UDS Unix stream: {}", fc_io(&e)),
                     MemLoadError::UffdUnsupported => "Error creating guest memory from uffd: the stand-in VMM serves only the File memory backend".to_owned(),
                 };
                 return fatal(format!(
@@ -966,8 +999,8 @@ impl<H: Host> Vmm<H> {
             match self.host.open_drive(&d.path_on_host, d.is_read_only) {
                 Ok(fd) => drives.push((d.clone(), fd)),
                 Err(e) => return fatal(format!(
-                    "{LOAD_PREFIX}Failed to build microVM from snapshot: Failed to restore MMIO device: Cannot restore devices: Block: Virtio backend error: Error manipulating the backing file: {e} {}",
-                    d.path_on_host
+                    "{LOAD_PREFIX}Failed to build microVM from snapshot: Failed to restore MMIO device: Cannot restore devices: Block: Virtio backend error: Error manipulating the backing file: {} {}",
+                    fc_io(&e), d.path_on_host
                 )),
             }
         }
@@ -984,8 +1017,8 @@ impl<H: Host> Vmm<H> {
             match self.host.open_tap(&n.host_dev_name) {
                 Ok(fd) => nets.push((n, fd)),
                 Err(e) => return fatal(format!(
-                    "{LOAD_PREFIX}Failed to build microVM from snapshot: Failed to restore MMIO device: Cannot restore devices: Net: Open tap device failed: Error while creating ifreq structure: {e}. Invalid TUN/TAP Backend provided by {}. Check our documentation on setting up the network devices.",
-                    n.host_dev_name
+                    "{LOAD_PREFIX}Failed to build microVM from snapshot: Failed to restore MMIO device: Cannot restore devices: Net: Open tap device failed: Error while creating ifreq structure: {}. Invalid TUN/TAP Backend provided by {}. Check our documentation on setting up the network devices.",
+                    fc_io(&e), n.host_dev_name
                 )),
             }
         }
