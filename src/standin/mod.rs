@@ -1,1 +1,89 @@
-//! The stand-in VMM (see `src/bin/wasp-standin.rs`).
+//! The stand-in VMM: a separate binary (`wasp-standin`) that speaks
+//! Firecracker's API on a unix socket for the subset wasp uses, and is
+//! honest that it is a stand-in (`--version`, `GET /` and every log line say
+//! so). It is chosen only by `--vmm standin` or by the demo, never as a
+//! silent fallback.
+//!
+//! - [`http`]: the pure request parser and response encoder;
+//! - [`api`]: routing, bodies and the VM state machine behind a [`api::Host`]
+//!   trait;
+//! - [`host`]: the real host side (files, taps, MAP_PRIVATE memory, the
+//!   userspace guest);
+//! - [`server`]: the single-threaded blocking accept loop.
+
+pub mod agent;
+pub mod api;
+pub mod host;
+pub mod http;
+pub mod server;
+
+use thiserror::Error;
+
+/// `wasp-standin --version`.
+pub const VERSION_LINE: &str = concat!(
+    "wasp-standin v",
+    env!("CARGO_PKG_VERSION"),
+    " (stand-in VMM, not Firecracker)"
+);
+
+/// Environment variable holding fault-injection specs (same syntax as
+/// `--fault`).
+pub const FAULT_ENV: &str = "WASP_STANDIN_FAULT";
+
+/// Injected faults, for the reliability tests.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Faults {
+    /// `exit-on-load`: exit(1) as soon as a load starts, without answering.
+    pub exit_on_load: bool,
+    /// `no-socket`: never create the API socket (the process stays up).
+    pub no_socket: bool,
+    /// `load-400`: answer 400 to the load (then exit 1, as Firecracker does
+    /// after any failed load).
+    pub load_400: bool,
+    /// `hang-on-resume`: never answer `PATCH /vm Resumed` (or a load with
+    /// `resume_vm`).
+    pub hang_on_resume: bool,
+    /// `slow-load=MS`: delay each load by MS milliseconds.
+    pub slow_load_ms: Option<u64>,
+}
+
+/// A fault spec that was not understood.
+#[derive(Debug, Error, PartialEq, Eq)]
+#[error("unknown fault {0:?}: use a comma-separated list of exit-on-load, no-socket, load-400, hang-on-resume, slow-load=MS")]
+pub struct FaultSpecError(pub String);
+
+impl Faults {
+    /// Adds the faults in `spec` (comma-separated).
+    pub fn add_spec(&mut self, spec: &str) -> Result<(), FaultSpecError> {
+        for item in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            match item {
+                "exit-on-load" => self.exit_on_load = true,
+                "no-socket" => self.no_socket = true,
+                "load-400" => self.load_400 = true,
+                "hang-on-resume" => self.hang_on_resume = true,
+                other => match other.strip_prefix("slow-load=").map(str::parse::<u64>) {
+                    Some(Ok(ms)) => self.slow_load_ms = Some(ms),
+                    _ => return Err(FaultSpecError(other.to_owned())),
+                },
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fault_specs_parse() {
+        let mut f = Faults::default();
+        f.add_spec("exit-on-load, slow-load=25,hang-on-resume")
+            .unwrap();
+        assert!(f.exit_on_load && f.hang_on_resume && !f.load_400);
+        assert_eq!(f.slow_load_ms, Some(25));
+        assert!(f.add_spec("slow-load=x").is_err());
+        assert_eq!(f.add_spec("explode"), Err(FaultSpecError("explode".into())));
+        assert!(VERSION_LINE.contains("stand-in"));
+    }
+}

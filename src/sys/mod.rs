@@ -7,6 +7,7 @@
 
 pub mod fs;
 pub mod inotify;
+pub mod mem;
 pub mod netns;
 pub mod pagecache;
 pub mod pidfd;
@@ -14,6 +15,7 @@ pub mod poll;
 pub mod rlimit;
 pub mod sock;
 pub mod spawn;
+pub mod standin_tun;
 pub mod uffd;
 pub mod uring;
 
