@@ -250,6 +250,11 @@ impl CloneStore {
         &self.probe
     }
 
+    /// The snapshot directory.
+    pub fn snapshot_dir(&self) -> &Path {
+        &self.snapshot_dir
+    }
+
     /// The snapshot's manifest.
     pub fn manifest(&self) -> &Manifest {
         &self.manifest
