@@ -265,8 +265,7 @@ impl Batch<'_> {
         slot: Option<&SlotLease>,
         phases: PhasesMs,
         admitted: Instant,
-        phase: &str,
-        err: String,
+        (phase, err): (&str, String),
     ) {
         tracing::warn!(clone = %id, phase, "clone failed: {err}");
         self.rows[i] = Some(CloneReport {
@@ -294,7 +293,7 @@ impl Batch<'_> {
         let slot = match self.slots.take() {
             Ok(s) => s,
             Err(e) => {
-                self.fail_row(i, id, None, phases, admitted, "slot", chain(&*e));
+                self.fail_row(i, id, None, phases, admitted, ("slot", chain(&*e)));
                 return None;
             }
         };
@@ -305,7 +304,7 @@ impl Batch<'_> {
             Ok(f) => f,
             Err(e) => {
                 let _ = self.slots.give_back(slot.clone());
-                self.fail_row(i, id, Some(&slot), phases, admitted, "storage", chain(&e));
+                self.fail_row(i, id, Some(&slot), phases, admitted, ("storage", chain(&e)));
                 return None;
             }
         };
@@ -326,8 +325,7 @@ impl Batch<'_> {
                 Some(&slot),
                 phases,
                 admitted,
-                "slot",
-                format!("the slot's tap is missing: {}", chain(&*e)),
+                ("slot", format!("the slot's tap is missing: {}", chain(&*e))),
             );
             return None;
         }
@@ -350,7 +348,7 @@ impl Batch<'_> {
             Err(e) => {
                 reclaim_files(self.store, &id);
                 let _ = self.slots.give_back(slot.clone());
-                self.fail_row(i, id, Some(&slot), phases, admitted, "launch", chain(&e));
+                self.fail_row(i, id, Some(&slot), phases, admitted, ("launch", chain(&e)));
                 return None;
             }
         };
@@ -474,7 +472,7 @@ impl Feed for Batch<'_> {
                 if let Err(se) = self.slots.give_back(p.slot) {
                     tracing::warn!(clone = %id, "slot give-back failed: {}", chain(&*se));
                 }
-                self.fail_row(i, id, Some(&slot), phases, p.admitted, &phase, chain(&e));
+                self.fail_row(i, id, Some(&slot), phases, p.admitted, (&phase, chain(&e)));
             }
         }
     }
