@@ -51,6 +51,9 @@ pub struct LaunchSpec {
     pub drives: Vec<(PathBuf, String)>,
     /// Directory for `vmm.stdout` / `vmm.stderr`.
     pub log_dir: PathBuf,
+    /// Extra VMM arguments (e.g. the stand-in's `--fault`). Never secrets:
+    /// argv is world-readable.
+    pub extra_args: Vec<String>,
 }
 
 /// A started VMM.
@@ -171,6 +174,7 @@ pub fn launch(spec: &LaunchSpec) -> Result<Launched, LaunchError> {
     if let Vmm::Firecracker(_) = spec.vmm {
         cmd.arg("--id").arg(&spec.id);
     }
+    cmd.args(&spec.extra_args);
     // A clean environment: nothing of wasp's (secrets included) reaches the VMM.
     cmd.env_clear()
         .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")

@@ -81,6 +81,8 @@ pub struct SpawnOptions {
     pub state_dir: PathBuf,
     /// Retry delay for refused readiness connects.
     pub ready_retry: Duration,
+    /// Extra VMM arguments (the stand-in's `--fault` switches).
+    pub vmm_args: Vec<String>,
 }
 
 /// Largest batch accepted in one command.
@@ -342,6 +344,7 @@ impl Batch<'_> {
                 .map(|d| (d.file.clone(), d.drive_id.clone()))
                 .collect(),
             log_dir: files.dir.clone(),
+            extra_args: self.opts.vmm_args.clone(),
         };
         let launched = match launch::launch(&spec) {
             Ok(l) => l,

@@ -51,6 +51,7 @@ fn firecracker_runs_in_the_slot_netns_with_its_own_drive_view() {
             netns: Some(ns.name().to_owned()),
             drives: vec![(disk.clone(), "rootfs".into())],
             log_dir: cdir.clone(),
+            extra_args: vec![],
         };
         let l = launch::launch(&spec).unwrap();
         let guard = Kill(Some(l));
@@ -116,6 +117,7 @@ fn a_vmm_that_exits_early_is_reported_not_waited_for() {
         netns: None,
         drives: vec![],
         log_dir: dir.path().to_owned(),
+        extra_args: vec![],
     };
     let mut l = launch::launch(&spec).unwrap();
     let e = launch::wait_for_socket(
@@ -141,6 +143,7 @@ fn a_missing_slot_netns_is_a_clear_error() {
         netns: Some(common::unique_name("absent")),
         drives: vec![],
         log_dir: dir.path().to_owned(),
+        extra_args: vec![],
     };
     let e = launch::launch(&spec).unwrap_err();
     assert!(e.to_string().contains("network namespace"), "{e}");
