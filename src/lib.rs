@@ -8,6 +8,7 @@
 pub mod doctor;
 pub mod env;
 pub mod firecracker;
+pub mod golden;
 pub mod launch;
 pub mod netlink;
 pub mod paths;

@@ -249,6 +249,9 @@ pub struct Machine {
     result: Option<Result<(), RestoreError>>,
     /// Readiness uses GET / when `Ready::Running`.
     checking_running: bool,
+    /// The VMM exited while a response was awaited; the socket is drained
+    /// first so its last answer (e.g. a 400 before exiting) is not lost.
+    vmm_gone: bool,
 }
 
 impl Machine {
@@ -268,6 +271,7 @@ impl Machine {
             times: PhaseTimes::default(),
             result: None,
             checking_running: false,
+            vmm_gone: false,
         }
     }
 
@@ -398,7 +402,11 @@ impl Machine {
         }
         if data.is_empty() {
             let phase = self.phase;
-            return self.finish(Err(RestoreError::Closed { phase }));
+            return self.finish(Err(if self.vmm_gone {
+                RestoreError::VmmExited { phase }
+            } else {
+                RestoreError::Closed { phase }
+            }));
         }
         self.rx.extend_from_slice(data);
         let resp = match vmm_api::parse_response(&self.rx) {
@@ -501,11 +509,22 @@ impl Machine {
     /// An I/O error on the API socket.
     pub fn io_failed(&mut self, source: std::io::Error) {
         let phase = self.phase;
-        self.finish(Err(RestoreError::Io { phase, source }));
+        self.finish(Err(if self.vmm_gone {
+            RestoreError::VmmExited { phase }
+        } else {
+            RestoreError::Io { phase, source }
+        }));
     }
 
-    /// The VMM process exited.
+    /// The VMM process exited. While a response is awaited, the machine
+    /// keeps reading: the VMM may have answered before exiting (Firecracker
+    /// exits after a failed load), and that answer names the cause. The
+    /// closed socket then ends the read.
     pub fn vmm_exited(&mut self) {
+        if self.want == Want::Recv && !self.vmm_gone {
+            self.vmm_gone = true;
+            return;
+        }
         let phase = self.phase;
         self.finish(Err(RestoreError::VmmExited { phase }));
     }

@@ -114,6 +114,9 @@ struct Entry {
     wd: Option<i32>,
     /// Waiting for the socket file to appear.
     waiting_file: bool,
+    /// The VMM's exit was reported to the machine (reported once, as the
+    /// io_uring driver's one-shot poll does).
+    exit_seen: bool,
 }
 
 impl Entry {
@@ -124,6 +127,7 @@ impl Entry {
             tcp: None,
             wd: None,
             waiting_file: false,
+            exit_seen: false,
         }
     }
 
@@ -652,12 +656,14 @@ impl SyscallDriver {
                 let e = &entries[&idx];
                 let d = e.m.deadline();
                 timeout = Some(timeout.map_or(d, |x: Instant| x.min(d)));
-                pfds.push(libc::pollfd {
-                    fd: e.m.job().pidfd.as_raw_fd(),
-                    events: libc::POLLIN,
-                    revents: 0,
-                });
-                owners.push((idx, true));
+                if !e.exit_seen {
+                    pfds.push(libc::pollfd {
+                        fd: e.m.job().pidfd.as_raw_fd(),
+                        events: libc::POLLIN,
+                        revents: 0,
+                    });
+                    owners.push((idx, true));
+                }
             }
             if entries.is_empty() {
                 continue;
@@ -687,6 +693,7 @@ impl SyscallDriver {
                     }
                 } else if *is_pidfd {
                     if let Some(e) = entries.get_mut(idx) {
+                        e.exit_seen = true;
                         e.m.vmm_exited();
                     }
                 }

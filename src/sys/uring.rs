@@ -330,3 +330,33 @@ mod tests {
         assert_eq!(ring.in_flight(), usize::from(!seen.contains_key(&5)));
     }
 }
+
+#[cfg(test)]
+mod eof_tests {
+    use super::*;
+    use std::os::fd::AsRawFd;
+
+    #[test]
+    fn recv_sees_eof_when_the_peer_closes_later() {
+        let mut ring = Ring::new(8).unwrap();
+        let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        ring.push(
+            1,
+            Op::Recv {
+                fd: a.as_raw_fd(),
+                len: 64,
+            },
+        )
+        .unwrap();
+        ring.submit_and_wait(Some(Duration::from_millis(1)))
+            .unwrap();
+        assert!(ring.reap().is_empty());
+        drop(b);
+        let mut done = Vec::new();
+        while done.is_empty() {
+            ring.submit_and_wait(None).unwrap();
+            done = ring.reap();
+        }
+        assert_eq!(done[0].result, 0);
+    }
+}

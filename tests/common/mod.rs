@@ -17,6 +17,8 @@ use std::sync::Once;
 
 use wasp::sys::netns;
 
+pub mod fake_slots;
+
 /// Prefix of every namespace the harness creates.
 pub const TEST_PREFIX: &str = "wasptest-";
 

@@ -1,0 +1,160 @@
+//! A real golden snapshot with the pinned Firecracker 1.12.1 and wasp's
+//! built-in test guest (serial readiness), then clones restored from it:
+//! each reaches Running, holds its own rootfs inode at the recorded path,
+//! maps the shared memory file, and answers GET /mmds with its own AGENT_ID.
+
+mod common;
+
+use std::os::unix::fs::MetadataExt;
+use std::time::Duration;
+
+use common::fake_slots::FakeSlots;
+use common::TestNetns;
+use wasp::env::Env;
+use wasp::golden::{self, GoldenOptions};
+use wasp::launch::Vmm;
+use wasp::ready::Ready;
+use wasp::restore::Timeouts;
+use wasp::spawn::{self, SpawnOptions};
+use wasp::storage::clone::{CloneStore, Mode};
+
+fn teardown_all(state: &std::path::Path) {
+    let store = wasp::state::Store::open(state).unwrap();
+    for r in store.list().unwrap().0 {
+        let (_, errors) = wasp::teardown::teardown(&store, &r, Duration::from_secs(5));
+        assert!(errors.is_empty(), "{errors:?}");
+    }
+}
+
+#[test]
+fn firecracker_golden_snapshot_then_clones() {
+    root_or_skip!();
+    let fc = common::firecracker_bin();
+    let tmp = tempfile::tempdir().unwrap();
+    let kernel = tmp.path().join("testguest.elf");
+    wasp::testguest::write(&kernel).unwrap();
+    let rootfs = tmp.path().join("rootfs.img");
+    std::fs::write(&rootfs, vec![0x5au8; 1 << 20]).unwrap();
+    let boot_ns = TestNetns::new("gold");
+    boot_ns.sh("ip tuntap add tap0 mode tap && ip addr add 192.168.241.1/29 dev tap0 && ip link set tap0 up");
+    let out = tmp.path().join("golden");
+    let m = golden::create(&GoldenOptions {
+        vmm: Vmm::Firecracker(fc.clone()),
+        kernel,
+        rootfs,
+        vcpus: 1,
+        mem_mib: 128,
+        boot_args: String::new(),
+        ready: "serial:^wasp-testguest ready".parse().unwrap(),
+        timeout: Duration::from_secs(30),
+        out: out.clone(),
+        netns: boot_ns.name().to_owned(),
+        tap: "tap0".into(),
+        sha256: true,
+    })
+    .unwrap();
+    assert_eq!(m.vmm_version, "1.12.1");
+    assert_eq!(
+        m.drives[0].path_on_host,
+        wasp::paths::stable_drive_path("rootfs").to_str().unwrap()
+    );
+    assert_eq!(m.mmds.as_ref().unwrap().version, "V2");
+    wasp::snapshot::check(&out, true).unwrap();
+    // Nothing half-made beside it.
+    let leftovers: Vec<_> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+
+    let store = CloneStore::open(&out, &tmp.path().join("run"), Mode::Auto).unwrap();
+    let mut slots = FakeSlots::new(3, true);
+    let state = tmp.path().join("state");
+    let opts = SpawnOptions {
+        vmm: Vmm::Firecracker(fc),
+        count: 3,
+        parallel: 3,
+        ready: Ready::Running,
+        timeouts: Timeouts::default(),
+        driver: None,
+        state_dir: state.clone(),
+        ready_retry: Duration::from_millis(10),
+        vmm_args: vec![],
+    };
+    let report = spawn::spawn(&opts, &store, &mut slots, &Env::new()).unwrap();
+    struct G<'a>(&'a std::path::Path);
+    impl Drop for G<'_> {
+        fn drop(&mut self) {
+            teardown_all(self.0);
+        }
+    }
+    let _g = G(&state);
+    assert_eq!(report.summary.ready, 3, "{:#?}", report.clones);
+    let mem = std::fs::canonicalize(out.join("vm.mem")).unwrap();
+    for c in &report.clones {
+        let pid = c.pid.unwrap();
+        let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+        let line = maps
+            .lines()
+            .find(|l| l.ends_with(mem.to_str().unwrap()))
+            .expect("Firecracker maps the shared memory file");
+        assert_eq!(
+            line.split_whitespace().nth(1).unwrap().as_bytes()[3],
+            b'p',
+            "{line}"
+        );
+        let own = store.clone_dir(&c.id).join("rootfs");
+        let own_ino = std::fs::metadata(&own).unwrap().ino();
+        let held: Vec<u64> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .filter_map(|e| std::fs::metadata(e.unwrap().path()).ok())
+            .map(|m| m.ino())
+            .collect();
+        assert!(
+            held.contains(&own_ino),
+            "{} does not hold its own rootfs",
+            c.id
+        );
+        let mut client =
+            wasp::vmm_api::Client::connect(&store.clone_dir(&c.id).join("api.sock")).unwrap();
+        assert_eq!(client.get_instance_info().unwrap().state, "Running");
+        assert_eq!(client.get_mmds().unwrap()["env"]["AGENT_ID"], c.id.as_str());
+    }
+}
+
+#[test]
+fn a_failed_create_leaves_nothing_at_out() {
+    root_or_skip!();
+    let tmp = tempfile::tempdir().unwrap();
+    let kernel = tmp.path().join("testguest.elf");
+    wasp::testguest::write(&kernel).unwrap();
+    let rootfs = tmp.path().join("rootfs.img");
+    std::fs::write(&rootfs, vec![0u8; 4096]).unwrap();
+    let ns = TestNetns::new("goldfail");
+    ns.sh("ip tuntap add tap0 mode tap && ip link set tap0 up");
+    let out = tmp.path().join("golden");
+    let e = golden::create(&GoldenOptions {
+        vmm: Vmm::Firecracker(common::firecracker_bin()),
+        kernel,
+        rootfs,
+        vcpus: 1,
+        mem_mib: 128,
+        boot_args: String::new(),
+        // The guest never prints this: readiness fails at its deadline.
+        ready: "serial:^never printed$".parse().unwrap(),
+        timeout: Duration::from_millis(500),
+        out: out.clone(),
+        netns: ns.name().to_owned(),
+        tap: "tap0".into(),
+        sha256: false,
+    })
+    .unwrap_err();
+    assert!(matches!(e, golden::GoldenError::NotReady { .. }), "{e}");
+    let names: Vec<_> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names.len(), 2, "left behind: {names:?}");
+    assert!(!out.exists());
+}
