@@ -389,3 +389,37 @@ fn warm_reads_memory_and_vmstate() {
         assert!(r.mib_per_s.unwrap() > 0.0);
     }
 }
+
+#[test]
+fn fuzz_seed_corpus_parses_or_fails_cleanly() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/manifest");
+    let mut n = 0;
+    for e in fs::read_dir(&dir).unwrap() {
+        let p = e.unwrap().path();
+        let r = wasp::snapshot::Manifest::from_bytes(&fs::read(&p).unwrap(), "corpus");
+        let name = p.file_name().unwrap().to_string_lossy().into_owned();
+        match name.as_str() {
+            "standin.json" | "firecracker.json" => {
+                r.unwrap();
+            }
+            "future-version.json" => assert!(matches!(
+                r,
+                Err(ManifestError::UnknownFormatVersion { found: 2, .. })
+            )),
+            _ => assert!(r.is_err(), "{name} should be refused"),
+        }
+        n += 1;
+    }
+    assert!(n >= 6);
+}
+
+#[test]
+fn check_refuses_a_manifest_writable_by_others() {
+    let (_t, dir) = snap();
+    fs::set_permissions(dir.join(MANIFEST_FILE), fs::Permissions::from_mode(0o666)).unwrap();
+    let e = check(&dir, false).unwrap_err();
+    assert!(
+        matches!(&e, CheckError::WritableByOthers { role, .. } if role == "manifest"),
+        "{e:?}"
+    );
+}

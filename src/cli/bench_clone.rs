@@ -154,7 +154,13 @@ pub fn run_bench_clone(a: &BenchCloneArgs) -> anyhow::Result<BenchCloneReport> {
     let speedup_p50 = baseline.as_ref().map(|b| b.ms.p50 / prep_ms.p50.max(1e-6));
     Ok(BenchCloneReport {
         strategy: store.strategy(),
-        strategy_reason: store.probe().reason.clone(),
+        strategy_reason: match mode {
+            Mode::Auto => store.probe().reason.clone(),
+            Mode::Force(s) => format!(
+                "forced by --strategy {s}; the probe found: {}",
+                store.probe().reason
+            ),
+        },
         snapshot: a.snapshot.clone(),
         runtime_dir: a.runtime_dir.clone(),
         count: a.count,

@@ -264,6 +264,9 @@ pub fn check(dir: &Path, deep: bool) -> Result<CheckReport, CheckError> {
         path: dir.display().to_string(),
         source,
     })?;
+    // The manifest decides which files clones use: hold it to the same
+    // rules as the files it names.
+    file_meta("manifest", &dir.join(MANIFEST_FILE), &canon_dir)?;
     let mut files = Vec::new();
     let mut warnings = Vec::new();
     for (role, entry) in manifest.files() {

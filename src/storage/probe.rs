@@ -66,6 +66,23 @@ pub fn probe_reflink(dir: &Path) -> io::Result<ReflinkProbe> {
     result
 }
 
+/// The strategy clone disks would use in `dir` (for `wasp doctor`): probes
+/// FICLONE and then copy_file_range from a scratch base file made inside
+/// `dir`, as [`super::CloneStore::open`] does with the real base. Removes
+/// its scratch files.
+pub fn probe_dir_strategy(dir: &Path) -> io::Result<super::ProbeOutcome> {
+    fs::create_dir_all(dir)?;
+    let base = dir.join(format!(".wasp-probe-base-{}", std::process::id()));
+    let result = (|| {
+        let mut f = File::create(&base)?;
+        f.write_all(&[0x5a; 4096])?;
+        f.sync_all()?;
+        super::probe_clone_strategy(&base, dir)
+    })();
+    let _ = fs::remove_file(&base);
+    result
+}
+
 /// Words for an errno that FICLONE returned.
 pub fn explain_reflink_errno(errno: i32) -> &'static str {
     match errno {
@@ -90,6 +107,15 @@ mod tests {
         if let ReflinkProbe::Unsupported(e) = r {
             assert!(!explain_reflink_errno(e).is_empty());
         }
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn dir_strategy_probe_picks_one_and_cleans_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let o = probe_dir_strategy(dir.path()).unwrap();
+        assert_ne!(o.strategy, Strategy::SharedReadonly);
+        assert!(!o.reason.is_empty());
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
     }
 
