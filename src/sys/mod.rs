@@ -9,6 +9,7 @@ pub mod fs;
 pub mod netns;
 pub mod pidfd;
 pub mod rlimit;
+pub mod tap;
 pub mod uffd;
 
 use std::io;
