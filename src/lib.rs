@@ -10,6 +10,8 @@ pub mod firecracker;
 pub mod guestnet;
 pub mod netlink;
 pub mod paths;
+pub mod pool;
+pub mod slot;
 pub mod stats;
 pub mod storage;
 pub mod sys;

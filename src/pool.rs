@@ -1,0 +1,1 @@
+//! The slot pool (pipeline stage "slot pool"): see `Pool`.
