@@ -33,9 +33,6 @@ use crate::sys::{netns, tap};
 
 /// Prefix of every slot namespace, host veth and nft table wasp makes.
 pub const PREFIX: &str = "wasp";
-/// The ifindex wasp gives `veth0` inside a slot (a fresh netns has only
-/// `lo` = 1 and the tap).
-pub const VETH0_INDEX: u32 = 10;
 /// Name of the veth end inside the slot.
 pub const VETH0: &str = "veth0";
 /// Name of wasp's nf_tables table (in slots and in the host netns).
@@ -427,21 +424,23 @@ impl SlotNet {
     }
 
     /// The rtnetlink messages run inside a fresh slot netns once veth0
-    /// exists: lo up, tap up with its address, veth0's address, the
+    /// exists: lo, tap and veth0 up, their addresses, the
     /// default route. Returns the sequence numbers.
     pub fn inner_links(
         &self,
         b: &mut MsgBuf,
         seq: u32,
         tap_index: u32,
+        veth0_index: u32,
         clone_ip: Ipv4Addr,
     ) -> Vec<u32> {
         rtnl::set_up(b, seq, rtnl::Link::Index(1));
         rtnl::set_up(b, seq + 1, rtnl::Link::Index(tap_index));
-        rtnl::new_addr(b, seq + 2, tap_index, self.tap_ip, self.tap_prefix);
-        rtnl::new_addr(b, seq + 3, VETH0_INDEX, clone_ip, self.cidr.prefix);
-        rtnl::default_route(b, seq + 4, self.cidr.gateway());
-        (seq..seq + 5).collect()
+        rtnl::set_up(b, seq + 2, rtnl::Link::Index(veth0_index));
+        rtnl::new_addr(b, seq + 3, tap_index, self.tap_ip, self.tap_prefix);
+        rtnl::new_addr(b, seq + 4, veth0_index, clone_ip, self.cidr.prefix);
+        rtnl::default_route(b, seq + 5, self.cidr.gateway());
+        (seq..seq + 6).collect()
     }
 }
 
@@ -648,8 +647,13 @@ impl Kernel {
                     master: Some(bridge),
                     peer_name: VETH0,
                     peer_ns_fd: Some(me.as_raw_fd()),
-                    peer_index: VETH0_INDEX as i32,
-                    peer_up: true,
+                    // The kernel honours a peer ifindex only when the main
+                    // device's is given too; we look veth0 up instead.
+                    peer_index: 0,
+                    // Bringing the peer up in the create message fails
+                    // with ENOTCONN when a master is set (kernel 6.18);
+                    // it goes up with the inner batch instead.
+                    peer_up: false,
                 },
             );
             match host.request_acked(&b, &[seq], &|_| format!("create veth {host_veth}")) {
@@ -677,8 +681,9 @@ impl Kernel {
             let inner = (|| {
                 let mut sock = Socket::route().map_err(nl("open a route socket in the slot"))?;
                 b.clear();
-                let seq = sock.next_seq(5);
-                let seqs = net.inner_links(&mut b, seq, tap_index, clone_ip);
+                let seq = sock.next_seq(6);
+                let veth0 = tap::ifindex(VETH0).map_err(io_err("look up veth0"))?;
+                let seqs = net.inner_links(&mut b, seq, tap_index, veth0, clone_ip);
                 send_acked(&mut sock, &b, &seqs, "configure links in the slot")?;
                 std::fs::write("/proc/sys/net/ipv4/ip_forward", b"1")
                     .map_err(io_err("set net.ipv4.ip_forward=1 in the slot"))?;
