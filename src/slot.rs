@@ -600,6 +600,34 @@ impl Kernel {
         Ok(k)
     }
 
+    /// Attaches to an existing host side without creating anything (for
+    /// status, reconcile and drain). A missing bridge is fine (index 0).
+    pub fn attach(net: SlotNet, host: &HostNet) -> Result<Kernel, SlotError> {
+        net.validate()?;
+        let host_ns = match &host.netns {
+            Some(name) => netns::open_named(name).map_err(io_err(format!(
+                "open host netns {name} (does it exist? `ip netns list` shows it)"
+            )))?,
+            None => netns::open_current().map_err(io_err("open the current netns"))?,
+        };
+        let bridge = net.bridge.clone();
+        let bridge_index = in_ns(&host_ns, move || -> Result<u32, SlotError> {
+            let mut sock = Socket::route().map_err(nl("open a route socket"))?;
+            let links = dump_links(&mut sock).map_err(nl("list host links"))?;
+            Ok(links
+                .iter()
+                .find(|l| l.name == bridge && l.alias.as_deref() == Some(BRIDGE_ALIAS))
+                .map(|l| l.index)
+                .unwrap_or(0))
+        })??;
+        Ok(Kernel {
+            net,
+            host_ns,
+            bridge_index,
+            host_socks: Mutex::new(Vec::new()),
+        })
+    }
+
     /// The configuration.
     pub fn net(&self) -> &SlotNet {
         &self.net
@@ -839,7 +867,13 @@ fn remove_host_objects(net: &SlotNet) -> Result<(), SlotError> {
         Ok(mut sock) => match dump_links(&mut sock) {
             Ok(links) => {
                 if let Some(l) = links.iter().find(|l| l.name == net.bridge) {
-                    if l.alias.as_deref() == Some(BRIDGE_ALIAS) {
+                    let ports = links.iter().filter(|p| p.master == Some(l.index)).count();
+                    if ports > 0 && l.alias.as_deref() == Some(BRIDGE_ALIAS) {
+                        errs.push(SlotError::BadConfig(format!(
+                            "bridge {} still has {ports} port(s) (slots of other pools?); drain them first",
+                            net.bridge
+                        )));
+                    } else if l.alias.as_deref() == Some(BRIDGE_ALIAS) {
                         if let Err(e) = del_host_link(&mut sock, &net.bridge) {
                             errs.push(e);
                         }

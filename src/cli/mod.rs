@@ -1,6 +1,8 @@
 //! Command-line parsing, one file per subcommand.
 
+pub mod bench;
 mod doctor;
+pub mod pool;
 
 use std::process::ExitCode;
 
@@ -24,6 +26,11 @@ pub enum Command {
     Doctor(doctor::DoctorArgs),
     /// The main job on a fresh machine: a self-contained demo.
     Demo(doctor::DemoArgs),
+    /// The pre-warmed pool of network slots.
+    Pool(pool::PoolArgs),
+    /// Measure wasp's stages.
+    #[command(subcommand)]
+    Bench(bench::Bench),
 }
 
 /// Logs go to stderr through tracing; `-v` raises the level, RUST_LOG wins.
@@ -48,6 +55,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Doctor(a) => doctor::doctor(a),
         Command::Demo(a) => doctor::demo(a),
+        Command::Pool(a) => pool::run(a),
+        Command::Bench(b) => bench::run(b),
     }
 }
 
