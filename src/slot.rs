@@ -574,11 +574,12 @@ impl Kernel {
     /// one clear error and leaves nothing half-built.
     pub fn setup(net: SlotNet, host: &HostNet) -> Result<Kernel, SlotError> {
         net.validate()?;
+        let mut created = None;
         let host_ns = match &host.netns {
             Some(name) => {
                 if !netns::exists(name) {
                     match netns::create_named(name) {
-                        Ok(()) => {}
+                        Ok(()) => created = Some(name.clone()),
                         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
                         Err(e) => return Err(io_err(format!("create host netns {name}"))(e)),
                     }
@@ -587,10 +588,27 @@ impl Kernel {
             }
             None => netns::open_current().map_err(io_err("open the current netns"))?,
         };
-        let bridge_index = in_ns(&host_ns, || ensure_bridge(&net))??;
-        if let Some(up) = &host.egress_uplink {
-            in_ns(&host_ns, || set_egress(&net, up))??;
-        }
+        let r = (|| {
+            let bridge_index = in_ns(&host_ns, || ensure_bridge(&net))??;
+            if let Some(up) = &host.egress_uplink {
+                if let Err(e) = in_ns(&host_ns, || set_egress(&net, up))? {
+                    let n = net.clone();
+                    let _ = in_ns(&host_ns, move || remove_host_objects(&n));
+                    return Err(e);
+                }
+            }
+            Ok(bridge_index)
+        })();
+        let bridge_index = match r {
+            Ok(i) => i,
+            Err(e) => {
+                // Nothing half-built: a host netns made just now goes too.
+                if let Some(name) = created {
+                    let _ = netns::delete_named(&name);
+                }
+                return Err(e);
+            }
+        };
         let k = Kernel {
             net,
             host_ns,
