@@ -1,7 +1,9 @@
 //! Command-line parsing, one file per subcommand.
 
-mod bench_clone;
+pub mod bench;
+pub mod bench_clone;
 mod doctor;
+pub mod pool;
 mod snapshot;
 
 use std::process::ExitCode;
@@ -28,8 +30,11 @@ pub enum Command {
     Demo(doctor::DemoArgs),
     /// Snapshot store: check, adopt, synth, warm.
     Snapshot(snapshot::SnapshotArgs),
-    /// Clone-storage bench (moves under `wasp bench clone` at merge).
-    BenchClone(bench_clone::BenchCloneArgs),
+    /// The pre-warmed pool of network slots.
+    Pool(pool::PoolArgs),
+    /// Measure wasp's stages.
+    #[command(subcommand)]
+    Bench(bench::Bench),
 }
 
 /// Logs go to stderr through tracing; `-v` raises the level, RUST_LOG wins.
@@ -55,7 +60,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Doctor(a) => doctor::doctor(a),
         Command::Demo(a) => doctor::demo(a),
         Command::Snapshot(a) => snapshot::run(a),
-        Command::BenchClone(a) => bench_clone::bench_clone(a),
+        Command::Pool(a) => pool::run(a),
+        Command::Bench(b) => bench::run(b),
     }
 }
 

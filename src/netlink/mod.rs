@@ -7,6 +7,7 @@
 //! [`crate::sys::netns::run_in`]) and stays bound there.
 
 pub mod nft;
+pub mod rtnl;
 
 use std::io;
 
@@ -171,6 +172,16 @@ impl MsgBuf {
         self.buf.extend_from_slice(&0u16.to_ne_bytes());
         self.buf
             .extend_from_slice(&(ty | NLA_F_NESTED).to_ne_bytes());
+        at
+    }
+
+    /// Opens a nested attribute *without* `NLA_F_NESTED`, as iproute2 does
+    /// for rtnetlink (the kernel accepts both); close it with
+    /// [`MsgBuf::nest_end`].
+    pub fn nest_begin_plain(&mut self, ty: u16) -> usize {
+        let at = self.buf.len();
+        self.buf.extend_from_slice(&0u16.to_ne_bytes());
+        self.buf.extend_from_slice(&ty.to_ne_bytes());
         at
     }
 
@@ -359,6 +370,45 @@ impl Socket {
                     if m.seq != 0 {
                         pending.retain(|s| *s < m.seq);
                     }
+                }
+            }
+        }
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Sends messages that carry no `NLM_F_ACK` (an nf_tables batch as
+    /// `nft` sends it) and collects the errors the kernel queued. Netlink
+    /// requests to the kernel are processed synchronously inside `send`,
+    /// so every error is already queued when it returns: the queue is
+    /// drained without blocking, as libnftables does. The first error is
+    /// returned, labelled with `what(seq)`.
+    pub fn request_errors_only(
+        &mut self,
+        msgs: &MsgBuf,
+        what: &dyn Fn(u32) -> String,
+    ) -> Result<(), NetlinkError> {
+        self.send(msgs)?;
+        let mut first_err = None;
+        loop {
+            let n = match self.sock.recv(&mut &mut self.rx[..], libc::MSG_DONTWAIT) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(NetlinkError::Recv(e)),
+            };
+            for m in split_msgs(&self.rx[..n])? {
+                if m.ty != NLMSG_ERROR {
+                    continue;
+                }
+                let code = error_code(m.payload)?;
+                if code != 0 && first_err.is_none() {
+                    first_err = Some(NetlinkError::Kernel {
+                        seq: m.seq,
+                        what: what(m.seq),
+                        source: io::Error::from_raw_os_error(-code),
+                    });
                 }
             }
         }

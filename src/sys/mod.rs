@@ -15,7 +15,7 @@ pub mod poll;
 pub mod rlimit;
 pub mod sock;
 pub mod spawn;
-pub mod standin_tun;
+pub mod tap;
 pub mod uffd;
 pub mod uring;
 

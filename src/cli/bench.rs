@@ -1,0 +1,196 @@
+//! `wasp bench ...`: measurements of wasp's stages. `--json` prints exactly
+//! one JSON document.
+
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use serde::Serialize;
+
+use wasp::pool::{Pool, PoolConfig};
+use wasp::slot::{HostNet, Kernel, SlotNet, SlotOps};
+use wasp::stats::{ms, us, Percentiles};
+use wasp::sys::netns;
+
+/// Benchmarks.
+#[derive(Debug, Subcommand)]
+pub enum Bench {
+    /// Network slots: build, pool fill, take, recycle, destroy, kernel memory.
+    Slots(SlotsArgs),
+    /// Clone storage: per-clone disk prep and cleanup against a plain copy.
+    Clone(super::bench_clone::BenchCloneArgs),
+}
+
+/// `wasp bench slots`.
+#[derive(Debug, Args)]
+pub struct SlotsArgs {
+    /// Slots to build (all are held at once).
+    #[arg(long, default_value_t = 200)]
+    pub count: usize,
+    /// Print one JSON document.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs `wasp bench`.
+pub fn run(b: Bench) -> anyhow::Result<ExitCode> {
+    match b {
+        Bench::Slots(a) => slots(a),
+        Bench::Clone(a) => super::bench_clone::bench_clone(a),
+    }
+}
+
+/// Figures of `wasp bench slots`.
+#[derive(Debug, Serialize)]
+pub struct SlotFigures {
+    /// Slots per phase.
+    pub count: usize,
+    /// Per-slot build time, one after another (ms).
+    pub create_ms: Percentiles,
+    /// Pool warm on all cores.
+    pub fill_slots_per_s: f64,
+    /// `Pool::take` (µs).
+    pub take_us: Percentiles,
+    /// `Pool::give_back`: tap check + conntrack flush (µs).
+    pub recycle_us: Percentiles,
+    /// Per-slot destroy (ms).
+    pub destroy_ms: Percentiles,
+    /// MemAvailable drop per held slot (KiB).
+    pub kernel_mem_kib_per_slot: f64,
+    /// Slab growth per held slot (KiB).
+    pub slab_kib_per_slot: f64,
+    /// Worker threads used for the fill.
+    pub workers: usize,
+}
+
+fn meminfo() -> anyhow::Result<(f64, f64)> {
+    let s = std::fs::read_to_string("/proc/meminfo").context("read /proc/meminfo")?;
+    let get = |k: &str| -> f64 {
+        s.lines()
+            .find(|l| l.starts_with(k))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    };
+    Ok((get("MemAvailable:"), get("Slab:")))
+}
+
+/// Deletes the bench's host netns on every exit path.
+struct HostNs(String);
+impl Drop for HostNs {
+    fn drop(&mut self) {
+        if let Err(e) = netns::delete_named(&self.0) {
+            eprintln!("warning: could not delete {}: {e}", self.0);
+        }
+    }
+}
+
+fn slots(a: SlotsArgs) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(a.count > 0, "--count must be at least 1");
+    let pid = std::process::id();
+    // Not `wasp-<pool>-<n>`-shaped, so no pool's reconcile mistakes it.
+    let host_name = format!("waspbench-{pid}");
+    netns::create_named(&host_name).with_context(|| format!("create netns {host_name}"))?;
+    let _host = HostNs(host_name.clone());
+    let net = SlotNet {
+        pool: format!("bench{pid}"),
+        ..SlotNet::default()
+    };
+    let host = HostNet {
+        netns: Some(host_name),
+        egress_uplink: None,
+    };
+    let k = Kernel::setup(net, &host).context("set up the bench host side")?;
+    let cfg = PoolConfig {
+        low_water: 0,
+        ..PoolConfig::default()
+    };
+    let workers = cfg.workers;
+    let pool = Pool::new(k, cfg);
+    let r = measure(&pool, a.count, workers);
+    let drained = pool.drain();
+    let host_removed = pool.ops().remove_host();
+    let figs = r?;
+    drained.context("remove the bench slots")?;
+    host_removed.context("remove the bench bridge")?;
+    if a.json {
+        super::print_json(&figs)?;
+    } else {
+        let p = |n: &str, p: &Percentiles, u: &str| {
+            println!(
+                "{n:<12} p50 {:.3}{u} p90 {:.3}{u} p99 {:.3}{u} max {:.3}{u}",
+                p.p50, p.p90, p.p99, p.max
+            )
+        };
+        println!("{} slots", figs.count);
+        p("create", &figs.create_ms, "ms");
+        p("take", &figs.take_us, "us");
+        p("recycle", &figs.recycle_us, "us");
+        p("destroy", &figs.destroy_ms, "ms");
+        println!(
+            "fill         {:.0} slots/s ({} workers)",
+            figs.fill_slots_per_s, figs.workers
+        );
+        println!(
+            "kernel mem   {:.1} KiB/slot (slab {:.1} KiB/slot)",
+            figs.kernel_mem_kib_per_slot, figs.slab_kib_per_slot
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn measure(pool: &Pool<Kernel>, count: usize, workers: usize) -> anyhow::Result<SlotFigures> {
+    let k = pool.ops();
+    let (avail0, slab0) = meminfo()?;
+    let mut create = Vec::with_capacity(count);
+    for n in 0..count as u32 {
+        let t = Instant::now();
+        k.build(n).with_context(|| format!("build slot {n}"))?;
+        create.push(ms(t.elapsed()));
+    }
+    let (avail1, slab1) = meminfo()?;
+    // Adopt them into the pool (this is reconcile's path).
+    let rep = pool.reconcile().context("reconcile the built slots")?;
+    anyhow::ensure!(
+        rep.adopted.len() == count,
+        "reconcile adopted {} of {count} slots",
+        rep.adopted.len()
+    );
+    let mut taken = Vec::with_capacity(count);
+    let mut take = Vec::with_capacity(count);
+    for _ in 0..count {
+        let t = Instant::now();
+        let s = pool.take();
+        take.push(us(t.elapsed()));
+        taken.push(s.context("pool ran dry")?);
+    }
+    let mut recycle = Vec::with_capacity(count);
+    for s in taken {
+        let t = Instant::now();
+        pool.give_back(s).context("give a slot back")?;
+        recycle.push(us(t.elapsed()));
+    }
+    let mut destroy = Vec::with_capacity(count);
+    while let Some(s) = pool.take() {
+        let t = Instant::now();
+        k.destroy(s.index)
+            .with_context(|| format!("destroy slot {}", s.index))?;
+        destroy.push(ms(t.elapsed()));
+    }
+    pool.drain().context("clear the pool before the fill")?;
+    let t = Instant::now();
+    pool.warm(count).context("warm the pool")?;
+    let fill = count as f64 / t.elapsed().as_secs_f64();
+    Ok(SlotFigures {
+        count,
+        create_ms: Percentiles::of(&create),
+        fill_slots_per_s: fill,
+        take_us: Percentiles::of(&take),
+        recycle_us: Percentiles::of(&recycle),
+        destroy_ms: Percentiles::of(&destroy),
+        kernel_mem_kib_per_slot: (avail0 - avail1) / count as f64,
+        slab_kib_per_slot: (slab1 - slab0) / count as f64,
+        workers,
+    })
+}

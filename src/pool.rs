@@ -1,0 +1,678 @@
+//! The slot pool (pipeline stage "slot pool"): pre-warmed network slots.
+//!
+//! - [`Pool::take`] pops a free slot from a lock-free queue (crossbeam
+//!   `SegQueue`) in O(1) and never builds on the caller's path; when the
+//!   free count falls below the low-water mark it nudges the background
+//!   refill thread, which rebuilds up to the mark on all workers.
+//! - [`Pool::give_back`] recycles a slot whose VMM is gone (tap free,
+//!   conntrack flushed) or destroys it above the high-water mark.
+//! - [`Pool::reconcile`] finds what a crashed wasp left, by names and
+//!   ownership marks: healthy slots are adopted, broken ones removed.
+//!
+//! Kernel work goes through [`SlotOps`], so this logic is unit-tested with a
+//! recording fake.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use crossbeam::channel::{bounded, Receiver, Sender};
+use crossbeam::queue::SegQueue;
+use serde::Serialize;
+use thiserror::Error;
+
+use crate::slot::{Slot, SlotError, SlotOps};
+
+/// Pool sizing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolConfig {
+    /// The refill thread keeps at least this many free slots (0: no refill).
+    pub low_water: usize,
+    /// Slots given back above this many free ones are destroyed.
+    pub high_water: usize,
+    /// Threads building slots in parallel (warm and refill).
+    pub workers: usize,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        PoolConfig {
+            low_water: 0,
+            high_water: usize::MAX,
+            workers: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2),
+        }
+    }
+}
+
+/// Errors of pool operations.
+#[derive(Debug, Error)]
+pub enum PoolError {
+    /// Building slots failed.
+    #[error("warming the pool built {built} of {wanted} slots")]
+    Warm {
+        /// Slots built.
+        built: usize,
+        /// Slots asked for.
+        wanted: usize,
+        /// The first failure.
+        #[source]
+        source: SlotError,
+    },
+    /// A slot could not be recycled; it is handed back to the caller when
+    /// its tap is still held.
+    #[error("slot {index} could not be given back")]
+    GiveBack {
+        /// Slot index.
+        index: u32,
+        /// The slot, when it is still intact (tap busy): retry later.
+        slot: Option<Box<Slot>>,
+        /// Cause.
+        #[source]
+        source: SlotError,
+    },
+    /// A slot operation failed.
+    #[error(transparent)]
+    Slot(#[from] SlotError),
+    /// Teardown had errors (every one is listed).
+    #[error("{} slot(s) could not be removed: {}", .0.len(), .0.join("; "))]
+    Teardown(Vec<String>),
+}
+
+/// What reconcile did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ReconcileReport {
+    /// Healthy slots adopted as free.
+    pub adopted: Vec<u32>,
+    /// Broken slots removed.
+    pub removed: Vec<u32>,
+    /// Errors while removing.
+    pub errors: Vec<String>,
+}
+
+/// A point-in-time view of the pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct PoolStatus {
+    /// Free slots ready to take.
+    pub free: usize,
+    /// Slots taken and not given back.
+    pub in_use: usize,
+    /// Low-water mark.
+    pub low_water: usize,
+    /// High-water mark.
+    pub high_water: usize,
+    /// Refill builds that failed so far.
+    pub refill_failures: usize,
+}
+
+struct Inner<O> {
+    ops: O,
+    cfg: PoolConfig,
+    free: SegQueue<Slot>,
+    free_len: AtomicUsize,
+    in_use: AtomicUsize,
+    next_index: AtomicU32,
+    spare: SegQueue<u32>,
+    refill_failures: AtomicUsize,
+    last_refill_error: Mutex<Option<String>>,
+    stop: AtomicBool,
+    /// Free count after each refill round (bounded; dropped when full).
+    refilled: (Sender<usize>, Receiver<usize>),
+}
+
+/// A pool of network slots over `O`.
+pub struct Pool<O: SlotOps + 'static> {
+    inner: Arc<Inner<O>>,
+    nudge: Sender<()>,
+    refill: Option<JoinHandle<()>>,
+}
+
+impl<O: SlotOps + 'static> std::fmt::Debug for Pool<O> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool")
+            .field("status", &self.status())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<O: SlotOps> Inner<O> {
+    fn alloc_index(&self) -> u32 {
+        self.spare
+            .pop()
+            .unwrap_or_else(|| self.next_index.fetch_add(1, Ordering::Relaxed))
+    }
+
+    fn push_free(&self, s: Slot) {
+        self.free.push(s);
+        self.free_len.fetch_add(1, Ordering::Release);
+    }
+
+    fn pop_free(&self) -> Option<Slot> {
+        let s = self.free.pop()?;
+        self.free_len.fetch_sub(1, Ordering::AcqRel);
+        Some(s)
+    }
+
+    /// Builds until `want` slots were built by all workers, or one fails.
+    fn build_many(&self, want: usize) -> (usize, Option<SlotError>) {
+        let todo = AtomicUsize::new(want);
+        let built = AtomicUsize::new(0);
+        let first_err: Mutex<Option<SlotError>> = Mutex::new(None);
+        let workers = self.cfg.workers.clamp(1, want.max(1));
+        std::thread::scope(|s| {
+            for _ in 0..workers {
+                s.spawn(|| loop {
+                    if self.stop.load(Ordering::Relaxed)
+                        || todo
+                            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |t| t.checked_sub(1))
+                            .is_err()
+                    {
+                        return;
+                    }
+                    let n = self.alloc_index();
+                    match self.ops.build(n) {
+                        Ok(slot) => {
+                            self.push_free(slot);
+                            built.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(e) => {
+                            // Exhausted indices are not reused; others are.
+                            if !matches!(e, SlotError::Exhausted { .. }) {
+                                self.spare.push(n);
+                            }
+                            todo.store(0, Ordering::Release);
+                            if let Ok(mut g) = first_err.lock() {
+                                g.get_or_insert(e);
+                            }
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (
+            built.load(Ordering::Relaxed),
+            first_err.into_inner().ok().flatten(),
+        )
+    }
+
+    fn refill_loop(&self, rx: Receiver<()>) {
+        while rx.recv().is_ok() {
+            if self.stop.load(Ordering::Relaxed) {
+                return;
+            }
+            let have = self.free_len.load(Ordering::Acquire);
+            if have >= self.cfg.low_water {
+                continue;
+            }
+            let (_, err) = self.build_many(self.cfg.low_water - have);
+            let _ = self
+                .refilled
+                .0
+                .try_send(self.free_len.load(Ordering::Acquire));
+            if let Some(e) = err {
+                self.refill_failures.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    "slot pool refill failed: {}",
+                    crate::doctor::error_chain(&e)
+                );
+                if let Ok(mut g) = self.last_refill_error.lock() {
+                    *g = Some(crate::doctor::error_chain(&e));
+                }
+            }
+        }
+    }
+}
+
+impl<O: SlotOps + 'static> Pool<O> {
+    /// A pool over `ops`; starts the refill thread when `low_water > 0`.
+    pub fn new(ops: O, cfg: PoolConfig) -> Self {
+        let inner = Arc::new(Inner {
+            ops,
+            cfg,
+            free: SegQueue::new(),
+            free_len: AtomicUsize::new(0),
+            in_use: AtomicUsize::new(0),
+            next_index: AtomicU32::new(0),
+            spare: SegQueue::new(),
+            refill_failures: AtomicUsize::new(0),
+            last_refill_error: Mutex::new(None),
+            stop: AtomicBool::new(false),
+            refilled: bounded(64),
+        });
+        let (tx, rx) = bounded(1);
+        let refill = (cfg.low_water > 0).then(|| {
+            let i = Arc::clone(&inner);
+            std::thread::Builder::new()
+                .name("wasp-slot-refill".into())
+                .spawn(move || i.refill_loop(rx))
+                .expect("spawn the slot refill thread")
+        });
+        let p = Pool {
+            inner,
+            nudge: tx,
+            refill,
+        };
+        p.nudge_if_low();
+        p
+    }
+
+    /// The kernel operations.
+    pub fn ops(&self) -> &O {
+        &self.inner.ops
+    }
+
+    fn nudge_if_low(&self) {
+        if self.refill.is_some()
+            && self.inner.free_len.load(Ordering::Acquire) < self.inner.cfg.low_water
+        {
+            // A full channel means a nudge is already pending.
+            let _ = self.nudge.try_send(());
+        }
+    }
+
+    /// Builds `n` slots on all workers and adds them to the free queue.
+    pub fn warm(&self, n: usize) -> Result<(), PoolError> {
+        match self.inner.build_many(n) {
+            (_, None) => Ok(()),
+            (built, Some(source)) => Err(PoolError::Warm {
+                built,
+                wanted: n,
+                source,
+            }),
+        }
+    }
+
+    /// A free slot, or `None` when the pool is empty. O(1), lock-free.
+    pub fn take(&self) -> Option<Slot> {
+        let s = self.inner.pop_free();
+        if s.is_some() {
+            self.inner.in_use.fetch_add(1, Ordering::Relaxed);
+        }
+        self.nudge_if_low();
+        s
+    }
+
+    /// Returns a slot whose VMM is gone: recycled into the free queue, or
+    /// destroyed above the high-water mark (or when recycling fails). A
+    /// slot whose tap is still held comes back in the error.
+    pub fn give_back(&self, slot: Slot) -> Result<(), PoolError> {
+        let i = &self.inner;
+        let index = slot.index;
+        i.in_use.fetch_sub(1, Ordering::Relaxed);
+        if i.free_len.load(Ordering::Acquire) >= i.cfg.high_water {
+            return self.destroy_index(index);
+        }
+        match i.ops.recycle(&slot) {
+            Ok(()) => {
+                i.push_free(slot);
+                Ok(())
+            }
+            Err(source @ SlotError::TapBusy { .. }) => {
+                i.in_use.fetch_add(1, Ordering::Relaxed);
+                Err(PoolError::GiveBack {
+                    index,
+                    slot: Some(Box::new(slot)),
+                    source,
+                })
+            }
+            Err(source) => {
+                let _ = self.destroy_index(index);
+                Err(PoolError::GiveBack {
+                    index,
+                    slot: None,
+                    source,
+                })
+            }
+        }
+    }
+
+    fn destroy_index(&self, index: u32) -> Result<(), PoolError> {
+        let r = self.inner.ops.destroy(index);
+        if r.is_ok() {
+            self.inner.spare.push(index);
+        }
+        r.map_err(PoolError::from)
+    }
+
+    /// Finds this pool's slots in the kernel: adopts healthy ones that the
+    /// pool does not hold yet as free, removes broken ones. Never touches
+    /// anything without wasp's names and marks (that is [`SlotOps::scan`]'s
+    /// contract).
+    pub fn reconcile(&self) -> Result<ReconcileReport, PoolError> {
+        let i = &self.inner;
+        let found = i.ops.scan()?;
+        let mut held = BTreeSet::new();
+        let mut tmp = Vec::new();
+        while let Some(s) = i.pop_free() {
+            held.insert(s.index);
+            tmp.push(s);
+        }
+        for s in tmp {
+            i.push_free(s);
+        }
+        let mut rep = ReconcileReport::default();
+        let mut max = None;
+        for f in found {
+            max = max.max(Some(f.index));
+            if held.contains(&f.index) {
+                continue;
+            }
+            if f.healthy() {
+                match i.ops.describe(f.index) {
+                    Ok(s) => {
+                        i.push_free(s);
+                        rep.adopted.push(f.index);
+                        continue;
+                    }
+                    Err(e) => rep.errors.push(format!("slot {}: {e}", f.index)),
+                }
+            }
+            match i.ops.destroy(f.index) {
+                Ok(()) => rep.removed.push(f.index),
+                Err(e) => rep.errors.push(format!(
+                    "slot {}: {}",
+                    f.index,
+                    crate::doctor::error_chain(&e)
+                )),
+            }
+        }
+        // Fresh indices continue after everything seen; the holes below
+        // are reused first.
+        if let Some(m) = max {
+            let next = i.next_index.load(Ordering::Acquire).max(m + 1);
+            let adopted: BTreeSet<u32> = rep.adopted.iter().copied().collect();
+            let old_next = i.next_index.swap(next, Ordering::AcqRel);
+            for n in old_next..next {
+                if !adopted.contains(&n) && !held.contains(&n) {
+                    i.spare.push(n);
+                }
+            }
+        }
+        Ok(rep)
+    }
+
+    /// Destroys every free slot and every slot of this pool the kernel
+    /// still has (taken ones too). Best effort; every error is reported.
+    pub fn drain(&self) -> Result<usize, PoolError> {
+        let i = &self.inner;
+        let mut errs = Vec::new();
+        let mut done = BTreeSet::new();
+        while let Some(s) = i.pop_free() {
+            match i.ops.destroy(s.index) {
+                Ok(()) => {
+                    done.insert(s.index);
+                }
+                Err(e) => errs.push(format!(
+                    "slot {}: {}",
+                    s.index,
+                    crate::doctor::error_chain(&e)
+                )),
+            }
+        }
+        match i.ops.scan() {
+            Ok(found) => {
+                for f in found {
+                    match i.ops.destroy(f.index) {
+                        Ok(()) => {
+                            done.insert(f.index);
+                        }
+                        Err(e) => errs.push(format!(
+                            "slot {}: {}",
+                            f.index,
+                            crate::doctor::error_chain(&e)
+                        )),
+                    }
+                }
+            }
+            Err(e) => errs.push(crate::doctor::error_chain(&e)),
+        }
+        i.in_use.store(0, Ordering::Relaxed);
+        i.next_index.store(0, Ordering::Relaxed);
+        while i.spare.pop().is_some() {}
+        if errs.is_empty() {
+            Ok(done.len())
+        } else {
+            Err(PoolError::Teardown(errs))
+        }
+    }
+
+    /// Counters.
+    pub fn status(&self) -> PoolStatus {
+        let i = &self.inner;
+        PoolStatus {
+            free: i.free_len.load(Ordering::Acquire),
+            in_use: i.in_use.load(Ordering::Relaxed),
+            low_water: i.cfg.low_water,
+            high_water: i.cfg.high_water,
+            refill_failures: i.refill_failures.load(Ordering::Relaxed),
+        }
+    }
+
+    /// A receiver of the free count after each background refill round
+    /// (the last 64 are kept when nobody listens).
+    pub fn refill_events(&self) -> Receiver<usize> {
+        self.inner.refilled.1.clone()
+    }
+
+    /// The last refill failure, if any.
+    pub fn last_refill_error(&self) -> Option<String> {
+        self.inner
+            .last_refill_error
+            .lock()
+            .ok()
+            .and_then(|g| g.clone())
+    }
+}
+
+impl<O: SlotOps + 'static> Drop for Pool<O> {
+    fn drop(&mut self) {
+        self.inner.stop.store(true, Ordering::Relaxed);
+        // Wake the refill thread so it sees `stop`, then wait for it.
+        let (tx, _) = bounded::<()>(1);
+        let nudge = std::mem::replace(&mut self.nudge, tx);
+        let _ = nudge.try_send(());
+        drop(nudge);
+        if let Some(t) = self.refill.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::slot::Found;
+    use std::net::Ipv4Addr;
+
+    /// Records every kernel call; `existing` plays the kernel's state.
+    #[derive(Default)]
+    struct Fake {
+        calls: Mutex<Vec<String>>,
+        existing: Mutex<BTreeSet<u32>>,
+        broken: Mutex<BTreeSet<u32>>,
+        busy: Mutex<BTreeSet<u32>>,
+        fail_build_at: Option<u32>,
+    }
+
+    fn slot(n: u32) -> Slot {
+        Slot {
+            index: n,
+            netns: format!("wasp-t-{n}"),
+            clone_ip: Ipv4Addr::from(0x0a00_0002 + n),
+            host_veth: format!("wasp{n}"),
+        }
+    }
+
+    impl Fake {
+        fn log(&self, s: String) {
+            self.calls.lock().unwrap().push(s);
+        }
+        fn calls(&self) -> Vec<String> {
+            self.calls.lock().unwrap().clone()
+        }
+    }
+
+    impl SlotOps for Fake {
+        fn build(&self, n: u32) -> Result<Slot, SlotError> {
+            self.log(format!("build {n}"));
+            if Some(n) == self.fail_build_at {
+                return Err(SlotError::BadConfig("injected".into()));
+            }
+            self.existing.lock().unwrap().insert(n);
+            Ok(slot(n))
+        }
+        fn recycle(&self, s: &Slot) -> Result<(), SlotError> {
+            self.log(format!("recycle {}", s.index));
+            if self.busy.lock().unwrap().contains(&s.index) {
+                return Err(SlotError::TapBusy {
+                    tap: "tap0".into(),
+                    netns: s.netns.clone(),
+                });
+            }
+            Ok(())
+        }
+        fn destroy(&self, n: u32) -> Result<(), SlotError> {
+            self.log(format!("destroy {n}"));
+            self.existing.lock().unwrap().remove(&n);
+            Ok(())
+        }
+        fn scan(&self) -> Result<Vec<Found>, SlotError> {
+            self.log("scan".into());
+            let broken = self.broken.lock().unwrap().clone();
+            Ok(self
+                .existing
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|&n| Found {
+                    index: n,
+                    has_netns: true,
+                    host_veth: Some(format!("wasp{n}")),
+                    on_bridge: !broken.contains(&n),
+                })
+                .collect())
+        }
+        fn describe(&self, n: u32) -> Result<Slot, SlotError> {
+            Ok(slot(n))
+        }
+    }
+
+    fn cfg(low: usize, high: usize) -> PoolConfig {
+        PoolConfig {
+            low_water: low,
+            high_water: high,
+            workers: 2,
+        }
+    }
+
+    #[test]
+    fn warm_take_give_back_and_high_water() {
+        let p = Pool::new(Fake::default(), cfg(0, 2));
+        p.warm(3).unwrap();
+        assert_eq!(p.status().free, 3);
+        let mut taken: Vec<Slot> = (0..3).map(|_| p.take().unwrap()).collect();
+        assert!(p.take().is_none(), "empty pool never builds on take");
+        let mut idx: Vec<u32> = taken.iter().map(|s| s.index).collect();
+        idx.sort();
+        assert_eq!(idx, vec![0, 1, 2]);
+        assert_eq!(p.status().in_use, 3);
+        // Two fit under the high-water mark, the third is destroyed.
+        let third = taken.pop().unwrap();
+        for s in taken {
+            p.give_back(s).unwrap();
+        }
+        p.give_back(third.clone()).unwrap();
+        let calls = p.ops().calls();
+        assert_eq!(calls.iter().filter(|c| c.starts_with("recycle")).count(), 2);
+        assert!(calls.contains(&format!("destroy {}", third.index)));
+        assert_eq!(p.status().free, 2);
+        assert_eq!(p.status().in_use, 0);
+        // The destroyed index is reused first.
+        p.warm(1).unwrap();
+        assert!(p.ops().calls().contains(&format!("build {}", third.index)));
+    }
+
+    #[test]
+    fn busy_tap_hands_the_slot_back() {
+        let p = Pool::new(Fake::default(), cfg(0, 10));
+        p.warm(1).unwrap();
+        let s = p.take().unwrap();
+        p.ops().busy.lock().unwrap().insert(s.index);
+        match p.give_back(s.clone()) {
+            Err(PoolError::GiveBack {
+                slot: Some(back), ..
+            }) => assert_eq!(*back, s),
+            other => panic!("{other:?}"),
+        }
+        assert!(!p.ops().calls().contains(&format!("destroy {}", s.index)));
+        assert_eq!(p.status().in_use, 1);
+    }
+
+    #[test]
+    fn warm_failure_reports_progress() {
+        let fake = Fake {
+            fail_build_at: Some(0),
+            ..Default::default()
+        };
+        let p = Pool::new(
+            fake,
+            PoolConfig {
+                workers: 1,
+                ..cfg(0, 10)
+            },
+        );
+        let e = p.warm(3).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                PoolError::Warm {
+                    built: 0,
+                    wanted: 3,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn refill_keeps_the_low_water_mark() {
+        let p = Pool::new(Fake::default(), cfg(3, 10));
+        let ev = p.refill_events();
+        // The refill thread fills to the mark at start.
+        assert_eq!(ev.recv().unwrap(), 3);
+        let _a = p.take().unwrap();
+        // Below the mark: the background builds one more.
+        assert_eq!(ev.recv().unwrap(), 3);
+        assert_eq!(p.ops().calls().len(), 4);
+    }
+
+    #[test]
+    fn reconcile_adopts_healthy_and_removes_broken() {
+        let fake = Fake::default();
+        fake.existing.lock().unwrap().extend([0, 3, 4]);
+        fake.broken.lock().unwrap().insert(3);
+        let p = Pool::new(fake, cfg(0, 10));
+        let rep = p.reconcile().unwrap();
+        assert_eq!(rep.adopted, vec![0, 4]);
+        assert_eq!(rep.removed, vec![3]);
+        assert_eq!(p.status().free, 2);
+        // Holes (1, 2, 3) are reused before fresh indices (5..).
+        p.warm(4).unwrap();
+        let mut built: Vec<String> = p
+            .ops()
+            .calls()
+            .into_iter()
+            .filter(|c| c.starts_with("build"))
+            .collect();
+        built.sort();
+        assert_eq!(built, vec!["build 1", "build 2", "build 3", "build 5"]);
+        // Drain removes every slot the kernel still has.
+        let n = p.drain().unwrap();
+        assert_eq!(n, 6);
+        assert!(p.ops().existing.lock().unwrap().is_empty());
+    }
+}

@@ -1,0 +1,1122 @@
+//! Network slots: one named netns per clone with a veth to the host bridge,
+//! the snapshot's tap, and SNAT/DNAT in nf_tables, all over raw netlink.
+//!
+//! A slot `n` of pool `p` is:
+//! - the named netns `wasp-<p>-<n>` (visible to `ip netns`);
+//! - a veth pair: host end [`SlotNet::host_veth`] (`wasp` + 11 hex digits)
+//!   enslaved to the bridge, isolated as a bridge port, with the ownership
+//!   mark IFLA_IFALIAS `wasp:<p>:<n>`; the end inside is `veth0` with the
+//!   clone IP and the CIDR's prefix, default route via the bridge address;
+//! - the tap (default `tap0`, 192.168.241.1/29), `lo` up, ip_forward=1;
+//! - one nf_tables batch: table `ip wasp` with DNAT clone->guest on input
+//!   from veth0, SNAT guest->clone on output to veth0, and a forward chain
+//!   (policy drop) that lets the host reach the guest and the guest reach
+//!   only the allowed host ports (plus, with egress, anything outside the
+//!   clone CIDR).
+//!
+//! Everything for one slot runs on the one thread that unshares into the
+//! new namespace: netlink messages are batched per socket. Kernel work sits
+//! behind [`SlotOps`] so the pool can be tested with a recording fake.
+
+use std::fmt;
+use std::io;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::str::FromStr;
+use std::sync::Mutex;
+
+use thiserror::Error;
+
+use crate::netlink::nft::{self, BaseChain, Batch, ChainType, CmpOp, Expr, Hook};
+use crate::netlink::{self, rtnl, MsgBuf, NetlinkError, Socket};
+use crate::sys::{netns, tap};
+
+/// Prefix of every slot namespace, host veth and nft table wasp makes.
+pub const PREFIX: &str = "wasp";
+/// Name of the veth end inside the slot.
+pub const VETH0: &str = "veth0";
+/// Name of wasp's nf_tables table (in slots and in the host netns).
+pub const NFT_TABLE: &str = "wasp";
+/// IFLA_IFALIAS of a bridge wasp created.
+pub const BRIDGE_ALIAS: &str = "wasp:bridge";
+
+/// An IPv4 CIDR.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    /// Network address (host bits cleared).
+    pub net: Ipv4Addr,
+    /// Prefix length.
+    pub prefix: u8,
+}
+
+impl Cidr {
+    /// Checks and normalises `addr/prefix`.
+    pub fn new(addr: Ipv4Addr, prefix: u8) -> Result<Self, SlotError> {
+        if prefix > 32 {
+            return Err(SlotError::BadConfig(format!(
+                "CIDR prefix /{prefix} is longer than 32"
+            )));
+        }
+        Ok(Cidr {
+            net: Ipv4Addr::from(u32::from(addr) & Self::mask_of(prefix)),
+            prefix,
+        })
+    }
+
+    fn mask_of(prefix: u8) -> u32 {
+        if prefix == 0 {
+            0
+        } else {
+            u32::MAX << (32 - prefix)
+        }
+    }
+
+    /// The netmask as an integer.
+    pub fn mask(&self) -> u32 {
+        Self::mask_of(self.prefix)
+    }
+
+    /// True when `a` is inside.
+    pub fn contains(&self, a: Ipv4Addr) -> bool {
+        u32::from(a) & self.mask() == u32::from(self.net)
+    }
+
+    /// True when the two ranges share any address.
+    pub fn overlaps(&self, other: &Cidr) -> bool {
+        let p = self.prefix.min(other.prefix);
+        let m = Self::mask_of(p);
+        u32::from(self.net) & m == u32::from(other.net) & m
+    }
+
+    /// Number of clone addresses: all hosts minus network, gateway and
+    /// broadcast.
+    pub fn capacity(&self) -> u32 {
+        if self.prefix > 30 {
+            return 0;
+        }
+        ((1u64 << (32 - self.prefix)) - 3) as u32
+    }
+
+    /// The bridge (gateway) address: the first host.
+    pub fn gateway(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.net) + 1)
+    }
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.net, self.prefix)
+    }
+}
+
+impl FromStr for Cidr {
+    type Err = SlotError;
+    fn from_str(s: &str) -> Result<Self, SlotError> {
+        let bad = || {
+            SlotError::BadConfig(format!(
+                "invalid CIDR {s:?}: write an IPv4 network like 10.0.0.0/16"
+            ))
+        };
+        let (a, p) = s.split_once('/').ok_or_else(bad)?;
+        let a: Ipv4Addr = a.parse().map_err(|_| bad())?;
+        let p: u8 = p.parse().map_err(|_| bad())?;
+        Cidr::new(a, p)
+    }
+}
+
+/// The configuration all slots of a pool share.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlotNet {
+    /// Pool name: 1-40 characters from `[A-Za-z0-9_]`.
+    pub pool: String,
+    /// Clone address space; the bridge holds its first address.
+    pub cidr: Cidr,
+    /// Host bridge name.
+    pub bridge: String,
+    /// Tap name the snapshot expects.
+    pub tap: String,
+    /// Tap address (the guest's gateway).
+    pub tap_ip: Ipv4Addr,
+    /// Tap prefix length.
+    pub tap_prefix: u8,
+    /// Guest address behind the tap.
+    pub guest_ip: Ipv4Addr,
+    /// Host ports (on bridge addresses) a clone may reach.
+    pub allow_host: Vec<SocketAddrV4>,
+    /// Let clones reach addresses outside the clone CIDR (pair it with
+    /// host-side masquerade, see [`HostNet::egress_uplink`]).
+    pub egress: bool,
+}
+
+impl Default for SlotNet {
+    fn default() -> Self {
+        SlotNet {
+            pool: "default".into(),
+            cidr: Cidr {
+                net: Ipv4Addr::new(10, 0, 0, 0),
+                prefix: 16,
+            },
+            bridge: "wasp0".into(),
+            tap: "tap0".into(),
+            tap_ip: Ipv4Addr::new(192, 168, 241, 1),
+            tap_prefix: 29,
+            guest_ip: Ipv4Addr::new(192, 168, 241, 2),
+            allow_host: vec![SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 1), 8080)],
+            egress: false,
+        }
+    }
+}
+
+/// Errors of slot operations.
+#[derive(Debug, Error)]
+pub enum SlotError {
+    /// The configuration is unusable.
+    #[error("bad slot configuration: {0}")]
+    BadConfig(String),
+    /// No address left in the CIDR.
+    #[error("clone CIDR {cidr} is exhausted: slot index {index} needs more than its {capacity} clone addresses; use a larger --cidr (e.g. a /16 holds 65533)")]
+    Exhausted {
+        /// The CIDR.
+        cidr: Cidr,
+        /// Requested index.
+        index: u32,
+        /// Addresses available.
+        capacity: u32,
+    },
+    /// A name wasp would use belongs to something that is not wasp's.
+    #[error("{what} already exists and is not wasp's (no ownership mark); rename or remove it, or pick another name")]
+    Foreign {
+        /// What clashed.
+        what: String,
+    },
+    /// A netlink request failed.
+    #[error("{what}")]
+    Netlink {
+        /// The step.
+        what: String,
+        /// Cause.
+        #[source]
+        source: NetlinkError,
+    },
+    /// A system call failed.
+    #[error("{what}")]
+    Io {
+        /// The step.
+        what: String,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
+    /// The tap is still attached (a VMM holds it).
+    #[error("tap {tap} in {netns} is still attached; stop the VMM before giving the slot back")]
+    TapBusy {
+        /// Tap name.
+        tap: String,
+        /// Slot namespace.
+        netns: String,
+    },
+    /// Several teardown steps failed.
+    #[error("teardown had {} error(s): {}", .0.len(), .0.iter().map(|e| crate::doctor::error_chain(e)).collect::<Vec<_>>().join("; "))]
+    Teardown(Vec<SlotError>),
+}
+
+fn nl(what: impl Into<String>) -> impl FnOnce(NetlinkError) -> SlotError {
+    let what = what.into();
+    move |source| SlotError::Netlink { what, source }
+}
+
+fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> SlotError {
+    let what = what.into();
+    move |source| SlotError::Io { what, source }
+}
+
+/// FNV-1a, for the short pool tag in host link names.
+fn fnv1a(s: &str) -> u32 {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in s.bytes() {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    h
+}
+
+/// Largest slot index (the host veth name holds 6 hex digits).
+pub const MAX_INDEX: u32 = 0xff_ffff;
+
+impl SlotNet {
+    /// Checks the configuration; one clear error for the first problem.
+    pub fn validate(&self) -> Result<(), SlotError> {
+        let bad = |m: String| Err(SlotError::BadConfig(m));
+        if self.pool.is_empty()
+            || self.pool.len() > 40
+            || !self
+                .pool
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        {
+            return bad(format!(
+                "pool name {:?}: use 1-40 characters from [A-Za-z0-9_]",
+                self.pool
+            ));
+        }
+        for (what, n) in [("bridge", &self.bridge), ("tap", &self.tap)] {
+            if let Err(e) = tap::check_ifname(n) {
+                return bad(format!("{what} name: {e}"));
+            }
+        }
+        if !self.bridge.starts_with(PREFIX) {
+            return bad(format!(
+                "bridge name {:?} must start with {PREFIX:?} so wasp can find it again",
+                self.bridge
+            ));
+        }
+        if self.tap == VETH0 || self.tap == "lo" {
+            return bad(format!("tap name {:?} clashes with a slot link", self.tap));
+        }
+        if self.cidr.prefix > 30 {
+            return bad(format!(
+                "clone CIDR {} is too small: it needs room for the bridge address and at least one clone (use /30 or shorter)",
+                self.cidr
+            ));
+        }
+        let tap_net = Cidr::new(self.tap_ip, self.tap_prefix)?;
+        if !tap_net.contains(self.guest_ip) || self.guest_ip == self.tap_ip {
+            return bad(format!(
+                "guest IP {} is not a host of the tap network {}/{}",
+                self.guest_ip, self.tap_ip, self.tap_prefix
+            ));
+        }
+        if tap_net.overlaps(&self.cidr) {
+            return bad(format!(
+                "tap network {tap_net} overlaps the clone CIDR {}",
+                self.cidr
+            ));
+        }
+        for a in &self.allow_host {
+            if !self.cidr.contains(*a.ip()) {
+                return bad(format!(
+                    "allowed host port {a} is outside the clone CIDR {}; allow an address of the bridge",
+                    self.cidr
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// `wasp-<pool>-<n>`.
+    pub fn netns_name(&self, n: u32) -> String {
+        format!("{PREFIX}-{}-{n}", self.pool)
+    }
+
+    /// The host veth end: `wasp` + 5 hex digits of the pool's hash + 6 hex
+    /// digits of the index (15 characters, the kernel's limit).
+    pub fn host_veth(&self, n: u32) -> String {
+        format!("{PREFIX}{:05x}{n:06x}", fnv1a(&self.pool) & 0xf_ffff)
+    }
+
+    /// The ownership mark `wasp:<pool>:<n>`.
+    pub fn alias(&self, n: u32) -> String {
+        format!("{PREFIX}:{}:{n}", self.pool)
+    }
+
+    /// Parses an ownership mark of this pool back into the index.
+    pub fn index_of_alias(&self, alias: &str) -> Option<u32> {
+        let rest = alias.strip_prefix(&format!("{PREFIX}:{}:", self.pool))?;
+        rest.parse().ok()
+    }
+
+    /// Parses a slot netns name of this pool back into the index.
+    pub fn index_of_netns(&self, name: &str) -> Option<u32> {
+        let rest = name.strip_prefix(&format!("{PREFIX}-{}-", self.pool))?;
+        if rest.starts_with('0') && rest.len() > 1 {
+            return None;
+        }
+        rest.parse().ok()
+    }
+
+    /// The clone address of slot `n`: the CIDR's hosts after the gateway,
+    /// in order. Exhaustion is an error.
+    pub fn clone_ip(&self, n: u32) -> Result<Ipv4Addr, SlotError> {
+        let cap = self.cidr.capacity();
+        if n >= cap || n > MAX_INDEX {
+            return Err(SlotError::Exhausted {
+                cidr: self.cidr,
+                index: n,
+                capacity: cap.min(MAX_INDEX + 1),
+            });
+        }
+        Ok(Ipv4Addr::from(u32::from(self.cidr.net) + 2 + n))
+    }
+
+    /// The nf_tables batch of slot `n` (one atomic batch): table `ip wasp`,
+    /// NAT chains and the forward filter.
+    pub fn ruleset(&self, seq: u32, clone_ip: Ipv4Addr) -> Batch {
+        let f = nft::NFPROTO_IPV4;
+        let t = NFT_TABLE;
+        let mut b = Batch::new(seq);
+        b.new_table(f, t);
+        let base = |ty, hook, priority, policy| {
+            Some(BaseChain {
+                ty,
+                hook,
+                priority,
+                policy,
+            })
+        };
+        b.new_chain(
+            f,
+            t,
+            "prerouting",
+            base(ChainType::Nat, Hook::Prerouting, -100, nft::NF_ACCEPT),
+        );
+        b.new_chain(
+            f,
+            t,
+            "postrouting",
+            base(ChainType::Nat, Hook::Postrouting, 100, nft::NF_ACCEPT),
+        );
+        b.new_chain(
+            f,
+            t,
+            "forward",
+            base(ChainType::Filter, Hook::Forward, 0, nft::NF_DROP),
+        );
+        let accept = Expr::Verdict(nft::NF_ACCEPT);
+        // DNAT clone -> guest on input from veth0.
+        let mut r: Vec<Expr> = nft::iifname(VETH0).into();
+        r.extend(nft::ip_addr_eq(nft::IP_DADDR, clone_ip));
+        r.extend(nft::nat_to(nft::NFT_NAT_DNAT, self.guest_ip));
+        b.new_rule(f, t, "prerouting", &r);
+        // SNAT guest -> clone on output to veth0.
+        let mut r: Vec<Expr> = nft::oifname(VETH0).into();
+        r.extend(nft::ip_addr_eq(nft::IP_SADDR, self.guest_ip));
+        r.extend(nft::nat_to(nft::NFT_NAT_SNAT, clone_ip));
+        b.new_rule(f, t, "postrouting", &r);
+        // Forward: replies, host -> guest, guest -> allowed host ports.
+        let mut r: Vec<Expr> = nft::ct_established_related().into();
+        r.push(accept.clone());
+        b.new_rule(f, t, "forward", &r);
+        let mut r: Vec<Expr> = nft::iifname(VETH0).into();
+        r.extend(nft::oifname(&self.tap));
+        r.push(accept.clone());
+        b.new_rule(f, t, "forward", &r);
+        for a in &self.allow_host {
+            let mut r: Vec<Expr> = nft::iifname(&self.tap).into();
+            r.extend(nft::oifname(VETH0));
+            r.extend(nft::ip_addr_eq(nft::IP_DADDR, *a.ip()));
+            r.extend(nft::l4_dport(libc::IPPROTO_TCP as u8, a.port()));
+            r.push(accept.clone());
+            b.new_rule(f, t, "forward", &r);
+        }
+        if self.egress {
+            let mut r: Vec<Expr> = nft::iifname(&self.tap).into();
+            r.extend(nft::oifname(VETH0));
+            r.extend(nft::ip_addr_match(
+                nft::IP_DADDR,
+                CmpOp::Neq,
+                self.cidr.net,
+                self.cidr.prefix,
+            ));
+            r.push(accept);
+            b.new_rule(f, t, "forward", &r);
+        }
+        b
+    }
+
+    /// The rtnetlink messages run inside a fresh slot netns once veth0
+    /// exists: lo, tap and veth0 up, their addresses, the
+    /// default route. Returns the sequence numbers.
+    pub fn inner_links(
+        &self,
+        b: &mut MsgBuf,
+        seq: u32,
+        tap_index: u32,
+        veth0_index: u32,
+        clone_ip: Ipv4Addr,
+    ) -> Vec<u32> {
+        rtnl::set_up(b, seq, rtnl::Link::Index(1));
+        rtnl::set_up(b, seq + 1, rtnl::Link::Index(tap_index));
+        rtnl::set_up(b, seq + 2, rtnl::Link::Index(veth0_index));
+        rtnl::new_addr(b, seq + 3, tap_index, self.tap_ip, self.tap_prefix);
+        rtnl::new_addr(b, seq + 4, veth0_index, clone_ip, self.cidr.prefix);
+        rtnl::default_route(b, seq + 5, self.cidr.gateway());
+        (seq..seq + 6).collect()
+    }
+}
+
+/// A built slot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Slot {
+    /// Index in the pool.
+    pub index: u32,
+    /// Named netns.
+    pub netns: String,
+    /// Clone IP on the bridge.
+    pub clone_ip: Ipv4Addr,
+    /// Host veth end.
+    pub host_veth: String,
+}
+
+/// A slot found in the kernel during reconcile.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Found {
+    /// Index parsed from the names.
+    pub index: u32,
+    /// The namespace exists.
+    pub has_netns: bool,
+    /// The host veth with the right alias exists (and its name).
+    pub host_veth: Option<String>,
+    /// The host veth is enslaved to the pool's bridge.
+    pub on_bridge: bool,
+}
+
+impl Found {
+    /// Both halves exist and are wired.
+    pub fn healthy(&self) -> bool {
+        self.has_netns && self.host_veth.is_some() && self.on_bridge
+    }
+}
+
+/// The kernel operations the pool needs. [`Kernel`] is the real one; tests
+/// use a recording fake.
+pub trait SlotOps: Send + Sync {
+    /// Builds slot `n` (nothing is left behind on failure).
+    fn build(&self, n: u32) -> Result<Slot, SlotError>;
+    /// Makes a returned slot reusable: flush conntrack, check the tap is free.
+    fn recycle(&self, slot: &Slot) -> Result<(), SlotError>;
+    /// Removes slot `n` (best effort, every error reported).
+    fn destroy(&self, n: u32) -> Result<(), SlotError>;
+    /// Every slot of this pool found by names and ownership marks.
+    fn scan(&self) -> Result<Vec<Found>, SlotError>;
+    /// The slot description of index `n` (for adopting a found slot).
+    fn describe(&self, n: u32) -> Result<Slot, SlotError>;
+}
+
+/// Host-side setup: where the bridge lives and optional egress.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HostNet {
+    /// `--host-netns NAME` (created if missing); `None`: the current one.
+    pub netns: Option<String>,
+    /// Masquerade the clone CIDR out of this uplink (in the host netns).
+    pub egress_uplink: Option<String>,
+}
+
+/// The real kernel implementation.
+pub struct Kernel {
+    net: SlotNet,
+    host_ns: OwnedFd,
+    bridge_index: u32,
+    /// Route sockets bound in the host netns, reused across builds.
+    host_socks: Mutex<Vec<Socket>>,
+}
+
+impl fmt::Debug for Kernel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Kernel")
+            .field("net", &self.net)
+            .field("bridge_index", &self.bridge_index)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Runs `f` in the host netns (a fresh thread when it is a named one).
+fn in_ns<T: Send>(ns: &OwnedFd, f: impl FnOnce() -> T + Send) -> Result<T, SlotError> {
+    netns::run_in(ns, f).map_err(io_err("enter the host netns"))
+}
+
+/// Dumps the links of the calling thread's netns.
+pub fn dump_links(sock: &mut Socket) -> Result<Vec<rtnl::LinkInfo>, NetlinkError> {
+    let seq = sock.next_seq(1);
+    let mut b = MsgBuf::new();
+    rtnl::dump_links(&mut b, seq);
+    let msgs = sock.dump(&b, seq)?;
+    Ok(msgs
+        .iter()
+        .filter(|(ty, _)| *ty == rtnl::RTM_NEWLINK)
+        .filter_map(|(_, p)| rtnl::parse_link(p))
+        .collect())
+}
+
+/// IPv4 addresses of the calling thread's netns: (ifindex, addr, prefix).
+pub fn dump_addrs(sock: &mut Socket) -> Result<Vec<(u32, Ipv4Addr, u8)>, NetlinkError> {
+    let seq = sock.next_seq(1);
+    let mut b = MsgBuf::new();
+    b.begin(22, netlink::NLM_F_REQUEST | netlink::NLM_F_DUMP, seq)
+        .raw(&[rtnl::AF_INET, 0, 0, 0, 0, 0, 0, 0])
+        .end();
+    let msgs = sock.dump(&b, seq)?;
+    let mut out = Vec::new();
+    for (ty, p) in msgs {
+        if ty != rtnl::RTM_NEWADDR || p.len() < 8 || p[0] != rtnl::AF_INET {
+            continue;
+        }
+        let prefix = p[1];
+        let index = u32::from_ne_bytes(p[4..8].try_into().unwrap_or_default());
+        for (t, v) in netlink::attrs(&p[8..]) {
+            if t == rtnl::IFA_LOCAL && v.len() == 4 {
+                out.push((index, Ipv4Addr::new(v[0], v[1], v[2], v[3]), prefix));
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn send_acked(sock: &mut Socket, b: &MsgBuf, seqs: &[u32], what: &str) -> Result<(), SlotError> {
+    let w = what.to_owned();
+    sock.request_acked(b, seqs, &|seq| format!("{w} (message {seq})"))
+        .map_err(nl(what))
+}
+
+impl Kernel {
+    /// Prepares the host side: enters or creates the host netns, checks the
+    /// CIDR against the host's addresses, creates (or adopts) the bridge
+    /// with the gateway address, and optional egress masquerade. Fails with
+    /// one clear error and leaves nothing half-built.
+    pub fn setup(net: SlotNet, host: &HostNet) -> Result<Kernel, SlotError> {
+        net.validate()?;
+        let mut created = None;
+        let host_ns = match &host.netns {
+            Some(name) => {
+                if !netns::exists(name) {
+                    match netns::create_named(name) {
+                        Ok(()) => created = Some(name.clone()),
+                        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                        Err(e) => return Err(io_err(format!("create host netns {name}"))(e)),
+                    }
+                }
+                netns::open_named(name).map_err(io_err(format!("open host netns {name}")))?
+            }
+            None => netns::open_current().map_err(io_err("open the current netns"))?,
+        };
+        let r = (|| {
+            let bridge_index = in_ns(&host_ns, || ensure_bridge(&net))??;
+            if let Some(up) = &host.egress_uplink {
+                if let Err(e) = in_ns(&host_ns, || set_egress(&net, up))? {
+                    let n = net.clone();
+                    let _ = in_ns(&host_ns, move || remove_host_objects(&n));
+                    return Err(e);
+                }
+            }
+            Ok(bridge_index)
+        })();
+        let bridge_index = match r {
+            Ok(i) => i,
+            Err(e) => {
+                // Nothing half-built: a host netns made just now goes too.
+                if let Some(name) = created {
+                    let _ = netns::delete_named(&name);
+                }
+                return Err(e);
+            }
+        };
+        let k = Kernel {
+            net,
+            host_ns,
+            bridge_index,
+            host_socks: Mutex::new(Vec::new()),
+        };
+        Ok(k)
+    }
+
+    /// Attaches to an existing host side without creating anything (for
+    /// status, reconcile and drain). A missing bridge is fine (index 0).
+    pub fn attach(net: SlotNet, host: &HostNet) -> Result<Kernel, SlotError> {
+        net.validate()?;
+        let host_ns = match &host.netns {
+            Some(name) => netns::open_named(name).map_err(io_err(format!(
+                "open host netns {name} (does it exist? `ip netns list` shows it)"
+            )))?,
+            None => netns::open_current().map_err(io_err("open the current netns"))?,
+        };
+        let bridge = net.bridge.clone();
+        let bridge_index = in_ns(&host_ns, move || -> Result<u32, SlotError> {
+            let mut sock = Socket::route().map_err(nl("open a route socket"))?;
+            let links = dump_links(&mut sock).map_err(nl("list host links"))?;
+            Ok(links
+                .iter()
+                .find(|l| l.name == bridge && l.alias.as_deref() == Some(BRIDGE_ALIAS))
+                .map(|l| l.index)
+                .unwrap_or(0))
+        })??;
+        Ok(Kernel {
+            net,
+            host_ns,
+            bridge_index,
+            host_socks: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// The configuration.
+    pub fn net(&self) -> &SlotNet {
+        &self.net
+    }
+
+    fn host_sock(&self) -> Result<Socket, SlotError> {
+        if let Some(s) = self.host_socks.lock().ok().and_then(|mut v| v.pop()) {
+            return Ok(s);
+        }
+        in_ns(&self.host_ns, Socket::route)?.map_err(nl("open a route socket in the host netns"))
+    }
+
+    fn put_host_sock(&self, s: Socket) {
+        if let Ok(mut v) = self.host_socks.lock() {
+            v.push(s);
+        }
+    }
+
+    /// Removes the bridge (if wasp's) and wasp's host nft table. Slots are
+    /// not touched (drain them first).
+    pub fn remove_host(&self) -> Result<(), SlotError> {
+        let net = self.net.clone();
+        in_ns(&self.host_ns, move || remove_host_objects(&net))?
+    }
+
+    fn build_inner(&self, n: u32, host: &mut Socket) -> Result<Slot, SlotError> {
+        let net = &self.net;
+        let clone_ip = net.clone_ip(n)?;
+        let name = net.netns_name(n);
+        let host_veth = net.host_veth(n);
+        let bridge = self.bridge_index;
+        let r = netns::create_named_with(&name, || -> Result<(), SlotError> {
+            tap::create_persistent(&net.tap).map_err(io_err(format!("create tap {}", net.tap)))?;
+            let tap_index = tap::ifindex(&net.tap).map_err(io_err("look up the tap index"))?;
+            let me = netns::open_current().map_err(io_err("open the slot netns"))?;
+            // Host socket: the veth pair, peer created directly in here.
+            let seq = host.next_seq(2);
+            let mut b = MsgBuf::new();
+            rtnl::new_veth(
+                &mut b,
+                seq,
+                &rtnl::VethSpec {
+                    name: &host_veth,
+                    up: true,
+                    master: Some(bridge),
+                    peer_name: VETH0,
+                    peer_ns_fd: Some(me.as_raw_fd()),
+                    // The kernel honours a peer ifindex only when the main
+                    // device's is given too; we look veth0 up instead.
+                    peer_index: 0,
+                    // Bringing the peer up in the create message fails
+                    // with ENOTCONN when a master is set (kernel 6.18);
+                    // it goes up with the inner batch instead.
+                    peer_up: false,
+                },
+            );
+            match host.request_acked(&b, &[seq], &|_| format!("create veth {host_veth}")) {
+                Ok(()) => {}
+                Err(NetlinkError::Kernel { source, .. })
+                    if source.raw_os_error() == Some(libc::EEXIST) =>
+                {
+                    return Err(SlotError::Foreign {
+                        what: format!("host link {host_veth}"),
+                    })
+                }
+                Err(e) => return Err(nl(format!("create veth {host_veth}"))(e)),
+            }
+            // Only once the link is ours: the mark and port isolation.
+            b.clear();
+            let seq = host.next_seq(2);
+            rtnl::set_alias(&mut b, seq, rtnl::Link::Name(&host_veth), &net.alias(n));
+            rtnl::set_isolated(&mut b, seq + 1, rtnl::Link::Name(&host_veth), true);
+            let marked = send_acked(host, &b, &[seq, seq + 1], "mark and isolate the host veth");
+            if let Err(e) = marked {
+                let _ = del_host_link(host, &host_veth);
+                return Err(e);
+            }
+            // Inside: addresses, routes, links up, in one datagram.
+            let inner = (|| {
+                let mut sock = Socket::route().map_err(nl("open a route socket in the slot"))?;
+                b.clear();
+                let seq = sock.next_seq(6);
+                let veth0 = tap::ifindex(VETH0).map_err(io_err("look up veth0"))?;
+                let seqs = net.inner_links(&mut b, seq, tap_index, veth0, clone_ip);
+                send_acked(&mut sock, &b, &seqs, "configure links in the slot")?;
+                std::fs::write("/proc/sys/net/ipv4/ip_forward", b"1")
+                    .map_err(io_err("set net.ipv4.ip_forward=1 in the slot"))?;
+                let mut nfs = Socket::netfilter().map_err(nl("open a netfilter socket"))?;
+                let seq = nfs.next_seq(64);
+                net.ruleset(seq, clone_ip)
+                    .commit(&mut nfs)
+                    .map_err(nl("program the slot's nf_tables batch"))
+            })();
+            if let Err(e) = inner {
+                let _ = del_host_link(host, &host_veth);
+                return Err(e);
+            }
+            Ok(())
+        });
+        match r {
+            Ok(()) => Ok(Slot {
+                index: n,
+                netns: name,
+                clone_ip,
+                host_veth,
+            }),
+            Err(netns::CreateError::Inner(e)) => Err(e),
+            Err(netns::CreateError::Io(e)) if e.kind() == io::ErrorKind::AlreadyExists => {
+                Err(SlotError::Foreign {
+                    what: format!("netns {name}"),
+                })
+            }
+            Err(netns::CreateError::Io(e)) => Err(io_err(format!("create netns {name}"))(e)),
+        }
+    }
+}
+
+fn del_host_link(sock: &mut Socket, name: &str) -> Result<(), SlotError> {
+    let mut b = MsgBuf::new();
+    let seq = sock.next_seq(1);
+    rtnl::del_link(&mut b, seq, rtnl::Link::Name(name));
+    send_acked(sock, &b, &[seq], &format!("delete host link {name}"))
+}
+
+/// Creates the bridge with the gateway address, or adopts wasp's. Runs in
+/// the host netns.
+fn ensure_bridge(net: &SlotNet) -> Result<u32, SlotError> {
+    let mut sock = Socket::route().map_err(nl("open a route socket in the host netns"))?;
+    let links = dump_links(&mut sock).map_err(nl("list host links"))?;
+    let gw = net.cidr.gateway();
+    let existing = links.iter().find(|l| l.name == net.bridge);
+    if let Some(l) = existing {
+        if l.alias.as_deref() != Some(BRIDGE_ALIAS) || l.kind.as_deref() != Some("bridge") {
+            return Err(SlotError::Foreign {
+                what: format!("link {}", net.bridge),
+            });
+        }
+    }
+    // The clone CIDR must not overlap any other address of the host.
+    let addrs = dump_addrs(&mut sock).map_err(nl("list host addresses"))?;
+    for (idx, a, p) in &addrs {
+        let on_bridge = existing.map(|l| l.index) == Some(*idx);
+        if on_bridge && *a == gw && *p == net.cidr.prefix {
+            continue;
+        }
+        let theirs = Cidr::new(*a, *p)?;
+        if theirs.overlaps(&net.cidr) {
+            let dev = links
+                .iter()
+                .find(|l| l.index == *idx)
+                .map(|l| l.name.clone())
+                .unwrap_or_else(|| format!("ifindex {idx}"));
+            return Err(SlotError::BadConfig(format!(
+                "clone CIDR {} overlaps the host address {a}/{p} on {dev}; choose another --cidr",
+                net.cidr
+            )));
+        }
+    }
+    if let Some(l) = existing {
+        return Ok(l.index);
+    }
+    let mut b = MsgBuf::new();
+    let seq = sock.next_seq(2);
+    rtnl::new_bridge(&mut b, seq, &net.bridge);
+    rtnl::set_alias(&mut b, seq + 1, rtnl::Link::Name(&net.bridge), BRIDGE_ALIAS);
+    match sock.request_acked(&b, &[seq, seq + 1], &|_| {
+        format!("create bridge {}", net.bridge)
+    }) {
+        Ok(()) => {}
+        Err(NetlinkError::Kernel { seq: s, source, .. })
+            if s == seq && source.raw_os_error() == Some(libc::EEXIST) =>
+        {
+            return Err(SlotError::Foreign {
+                what: format!("link {}", net.bridge),
+            })
+        }
+        Err(e) => {
+            let _ = del_host_link(&mut sock, &net.bridge);
+            return Err(nl(format!("create bridge {}", net.bridge))(e));
+        }
+    }
+    let index = match tap::ifindex(&net.bridge) {
+        Ok(i) => i,
+        Err(e) => {
+            let _ = del_host_link(&mut sock, &net.bridge);
+            return Err(io_err("look up the bridge index")(e));
+        }
+    };
+    b.clear();
+    let seq = sock.next_seq(2);
+    rtnl::new_addr(&mut b, seq, index, gw, net.cidr.prefix);
+    rtnl::set_up(&mut b, seq + 1, rtnl::Link::Index(index));
+    if let Err(e) = send_acked(&mut sock, &b, &[seq, seq + 1], "address the bridge") {
+        let _ = del_host_link(&mut sock, &net.bridge);
+        return Err(e);
+    }
+    Ok(index)
+}
+
+/// Masquerade of the clone CIDR out of `uplink`, in table `ip wasp` of the
+/// host netns. Runs in the host netns.
+fn set_egress(net: &SlotNet, uplink: &str) -> Result<(), SlotError> {
+    tap::check_ifname(uplink).map_err(|e| SlotError::BadConfig(format!("egress uplink: {e}")))?;
+    let mut s = Socket::netfilter().map_err(nl("open a netfilter socket"))?;
+    let f = nft::NFPROTO_IPV4;
+    let mut b = Batch::new(s.next_seq(8));
+    b.new_table(f, NFT_TABLE);
+    b.new_chain(
+        f,
+        NFT_TABLE,
+        "postrouting",
+        Some(BaseChain {
+            ty: ChainType::Nat,
+            hook: Hook::Postrouting,
+            priority: 100,
+            policy: nft::NF_ACCEPT,
+        }),
+    );
+    let mut r: Vec<Expr> = nft::oifname(uplink).into();
+    r.extend(nft::ip_addr_match(
+        nft::IP_SADDR,
+        CmpOp::Eq,
+        net.cidr.net,
+        net.cidr.prefix,
+    ));
+    r.push(Expr::Masquerade);
+    b.new_rule(f, NFT_TABLE, "postrouting", &r);
+    b.commit(&mut s)
+        .map_err(nl("program host egress masquerade"))
+}
+
+/// Deletes wasp's bridge (only if marked) and host table. Runs in the host
+/// netns; best effort, every error reported.
+fn remove_host_objects(net: &SlotNet) -> Result<(), SlotError> {
+    let mut errs = Vec::new();
+    match Socket::route() {
+        Ok(mut sock) => match dump_links(&mut sock) {
+            Ok(links) => {
+                if let Some(l) = links.iter().find(|l| l.name == net.bridge) {
+                    let ports = links.iter().filter(|p| p.master == Some(l.index)).count();
+                    if ports > 0 && l.alias.as_deref() == Some(BRIDGE_ALIAS) {
+                        errs.push(SlotError::BadConfig(format!(
+                            "bridge {} still has {ports} port(s) (slots of other pools?); drain them first",
+                            net.bridge
+                        )));
+                    } else if l.alias.as_deref() == Some(BRIDGE_ALIAS) {
+                        if let Err(e) = del_host_link(&mut sock, &net.bridge) {
+                            errs.push(e);
+                        }
+                    }
+                }
+            }
+            Err(e) => errs.push(nl("list host links")(e)),
+        },
+        Err(e) => errs.push(nl("open a route socket")(e)),
+    }
+    match Socket::netfilter() {
+        Ok(mut s) => {
+            let mut b = Batch::new(s.next_seq(4));
+            b.del_table(nft::NFPROTO_IPV4, NFT_TABLE);
+            match b.commit(&mut s) {
+                Ok(()) => {}
+                Err(NetlinkError::Kernel { source, .. })
+                    if source.raw_os_error() == Some(libc::ENOENT) => {}
+                Err(e) => errs.push(nl("delete host nft table wasp")(e)),
+            }
+        }
+        Err(e) => errs.push(nl("open a netfilter socket")(e)),
+    }
+    if errs.is_empty() {
+        Ok(())
+    } else {
+        Err(SlotError::Teardown(errs))
+    }
+}
+
+/// `IPCTNL_MSG_CT_DELETE` without attributes: flush the conntrack table.
+pub fn conntrack_flush_msg(b: &mut MsgBuf, seq: u32) {
+    const NFNL_SUBSYS_CTNETLINK: u16 = 1;
+    const IPCTNL_MSG_CT_DELETE: u16 = 2;
+    b.begin(
+        (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_DELETE,
+        netlink::NLM_F_REQUEST | netlink::NLM_F_ACK,
+        seq,
+    )
+    .raw(&nft::nfgenmsg(rtnl::AF_INET, 0))
+    .end();
+}
+
+impl SlotOps for Kernel {
+    fn build(&self, n: u32) -> Result<Slot, SlotError> {
+        let mut host = self.host_sock()?;
+        let r = self.build_inner(n, &mut host);
+        self.put_host_sock(host);
+        r
+    }
+
+    fn recycle(&self, slot: &Slot) -> Result<(), SlotError> {
+        let ns = netns::open_named(&slot.netns)
+            .map_err(io_err(format!("open slot netns {}", slot.netns)))?;
+        let tap_name = self.net.tap.clone();
+        netns::run_in(&ns, || -> Result<(), SlotError> {
+            if !tap::is_free(&tap_name).map_err(io_err("check the tap"))? {
+                return Err(SlotError::TapBusy {
+                    tap: tap_name.clone(),
+                    netns: slot.netns.clone(),
+                });
+            }
+            let mut s = Socket::netfilter().map_err(nl("open a ctnetlink socket"))?;
+            let mut b = MsgBuf::new();
+            let seq = s.next_seq(1);
+            conntrack_flush_msg(&mut b, seq);
+            match s.request_acked(&b, &[seq], &|_| "flush conntrack".into()) {
+                Ok(()) => Ok(()),
+                // Nothing tracked yet.
+                Err(NetlinkError::Kernel { source, .. })
+                    if source.raw_os_error() == Some(libc::ENOENT) =>
+                {
+                    Ok(())
+                }
+                Err(e) => Err(nl(format!("flush conntrack in {}", slot.netns))(e)),
+            }
+        })
+        .map_err(io_err("enter the slot netns"))?
+    }
+
+    fn destroy(&self, n: u32) -> Result<(), SlotError> {
+        let mut errs = Vec::new();
+        let name = self.net.netns_name(n);
+        let veth = self.net.host_veth(n);
+        let alias = self.net.alias(n);
+        // The host end, only if it carries our mark.
+        match self.host_sock() {
+            Ok(mut s) => {
+                match dump_links(&mut s) {
+                    Ok(links) => {
+                        if let Some(l) = links.iter().find(|l| l.name == veth) {
+                            if l.alias.as_deref() == Some(alias.as_str()) {
+                                if let Err(e) = del_host_link(&mut s, &veth) {
+                                    errs.push(e);
+                                }
+                            }
+                        }
+                    }
+                    Err(e) => errs.push(nl("list host links")(e)),
+                }
+                self.put_host_sock(s);
+            }
+            Err(e) => errs.push(e),
+        }
+        if netns::exists(&name) {
+            if let Err(e) = netns::delete_named(&name) {
+                errs.push(io_err(format!("delete netns {name}"))(e));
+            }
+        }
+        if errs.is_empty() {
+            Ok(())
+        } else {
+            Err(SlotError::Teardown(errs))
+        }
+    }
+
+    fn scan(&self) -> Result<Vec<Found>, SlotError> {
+        let mut found: std::collections::BTreeMap<u32, Found> = Default::default();
+        let blank = |index| Found {
+            index,
+            has_netns: false,
+            host_veth: None,
+            on_bridge: false,
+        };
+        for name in netns::list_named().map_err(io_err("list /run/netns"))? {
+            if let Some(i) = self.net.index_of_netns(&name) {
+                found.entry(i).or_insert_with(|| blank(i)).has_netns = true;
+            }
+        }
+        let mut s = self.host_sock()?;
+        let links = dump_links(&mut s).map_err(nl("list host links"));
+        self.put_host_sock(s);
+        for l in links? {
+            let Some(i) = l.alias.as_deref().and_then(|a| self.net.index_of_alias(a)) else {
+                continue;
+            };
+            let f = found.entry(i).or_insert_with(|| blank(i));
+            f.on_bridge = l.master == Some(self.bridge_index);
+            f.host_veth = Some(l.name);
+        }
+        Ok(found.into_values().collect())
+    }
+
+    fn describe(&self, n: u32) -> Result<Slot, SlotError> {
+        Ok(Slot {
+            index: n,
+            netns: self.net.netns_name(n),
+            clone_ip: self.net.clone_ip(n)?,
+            host_veth: self.net.host_veth(n),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cidr_parsing_capacity_and_overlap() {
+        let c: Cidr = "10.0.3.7/16".parse().unwrap();
+        assert_eq!(c.to_string(), "10.0.0.0/16");
+        assert_eq!(c.capacity(), 65533);
+        assert_eq!(c.gateway(), Ipv4Addr::new(10, 0, 0, 1));
+        assert!(c.overlaps(&"10.0.200.0/24".parse().unwrap()));
+        assert!(c.overlaps(&"8.0.0.0/5".parse().unwrap()));
+        assert!(!c.overlaps(&"10.1.0.0/16".parse().unwrap()));
+        assert!("10.0.0.0".parse::<Cidr>().is_err());
+        assert!("10.0.0.0/33".parse::<Cidr>().is_err());
+        assert!("x/8".parse::<Cidr>().is_err());
+        assert_eq!("10.0.0.0/30".parse::<Cidr>().unwrap().capacity(), 1);
+        assert_eq!("10.0.0.0/31".parse::<Cidr>().unwrap().capacity(), 0);
+    }
+
+    #[test]
+    fn default_holds_ten_thousand_and_allocation_is_deterministic() {
+        let n = SlotNet::default();
+        n.validate().unwrap();
+        assert!(n.cidr.capacity() >= 10_000);
+        assert_eq!(n.clone_ip(0).unwrap(), Ipv4Addr::new(10, 0, 0, 2));
+        assert_eq!(n.clone_ip(300).unwrap(), Ipv4Addr::new(10, 0, 1, 46));
+        assert_eq!(n.clone_ip(65532).unwrap(), Ipv4Addr::new(10, 0, 255, 254));
+        let e = n.clone_ip(65533).unwrap_err();
+        assert!(matches!(e, SlotError::Exhausted { .. }), "{e}");
+        assert!(e.to_string().contains("--cidr"));
+    }
+
+    #[test]
+    fn names_round_trip() {
+        let n = SlotNet {
+            pool: "t4242".into(),
+            ..Default::default()
+        };
+        assert_eq!(n.netns_name(7), "wasp-t4242-7");
+        assert_eq!(n.index_of_netns("wasp-t4242-7"), Some(7));
+        assert_eq!(n.index_of_netns("wasp-t4242-07"), None);
+        assert_eq!(n.index_of_netns("wasp-t42420-7"), None);
+        assert_eq!(n.alias(7), "wasp:t4242:7");
+        assert_eq!(n.index_of_alias("wasp:t4242:7"), Some(7));
+        assert_eq!(n.index_of_alias("wasp:other:7"), None);
+        let v = n.host_veth(MAX_INDEX);
+        assert_eq!(v.len(), 15);
+        assert!(v.starts_with("wasp"));
+        tap::check_ifname(&v).unwrap();
+    }
+
+    #[test]
+    fn validation_names_the_problem() {
+        let bad = |f: &dyn Fn(&mut SlotNet)| {
+            let mut n = SlotNet::default();
+            f(&mut n);
+            n.validate().unwrap_err().to_string()
+        };
+        assert!(bad(&|n| n.pool = "a-b".into()).contains("pool name"));
+        assert!(bad(&|n| n.cidr = "10.0.0.0/31".parse().unwrap()).contains("too small"));
+        assert!(bad(&|n| n.bridge = "br0".into()).contains("must start with"));
+        assert!(bad(&|n| n.guest_ip = Ipv4Addr::new(1, 1, 1, 1)).contains("guest IP"));
+        assert!(bad(&|n| n.cidr = "192.168.0.0/16".parse().unwrap()).contains("overlaps"));
+        assert!(bad(&|n| n.allow_host = vec!["1.2.3.4:80".parse().unwrap()])
+            .contains("outside the clone CIDR"));
+    }
+
+    #[test]
+    fn non_byte_aligned_prefix_uses_bitwise() {
+        let e = nft::ip_addr_match(nft::IP_DADDR, CmpOp::Neq, Ipv4Addr::new(10, 0, 0, 0), 12);
+        assert_eq!(e.len(), 3);
+        assert!(matches!(&e[1], Expr::Bitwise { mask, .. } if mask == &[255, 240, 0, 0]));
+    }
+}
