@@ -12,8 +12,9 @@ use crate::vmstate::{VmState, VmStateError};
 
 /// Writes one log line to stderr, marked as the stand-in's.
 pub fn log_line(id: &str, msg: &str) {
-    let mut e = io::stderr().lock();
-    let _ = writeln!(e, "[{id}:wasp-standin] stand-in: {msg}");
+    // One write per line, so lines from several VMMs never interleave.
+    let line = format!("[{id}:wasp-standin] stand-in: {msg}\n");
+    let _ = io::stderr().lock().write_all(line.as_bytes());
 }
 
 /// The real host.
