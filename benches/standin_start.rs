@@ -87,8 +87,11 @@ fn measure(name: &str, bin: &Path, runs: usize) {
 }
 
 fn main() {
-    // `cargo bench -- --list` style invocations from the harness: nothing to do.
-    if std::env::args().any(|a| a == "--list") {
+    // `cargo bench` passes --bench; `cargo test --all-targets` does not, and
+    // then this only checks that the stand-in starts once.
+    if !std::env::args().any(|a| a == "--bench") {
+        let dir = tempfile::tempdir().unwrap();
+        start_once(&PathBuf::from(env!("CARGO_BIN_EXE_wasp-standin")), dir.path(), 0);
         return;
     }
     let runs = std::env::var("WASP_BENCH_RUNS")

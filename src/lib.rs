@@ -7,6 +7,7 @@
 
 pub mod doctor;
 pub mod firecracker;
+pub mod guestnet;
 pub mod netlink;
 pub mod paths;
 pub mod standin;

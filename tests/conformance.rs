@@ -788,3 +788,175 @@ fn standin_is_honest_and_injects_faults() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// Stand-in only: after load + MMDS + resume, the userspace guest answers
+/// ping, TCP on the readiness port and the agent endpoint on the slot's tap,
+/// and polls API_URL naming its AGENT_ID, without ever echoing a secret.
+#[test]
+fn standin_guest_answers_on_the_tap() {
+    use std::io::{Read, Write};
+    use std::net::{SocketAddr, TcpListener, TcpStream};
+    root_or_skip!();
+    let dir = prepare_dir("net");
+    {
+        let mut v = Vmm::start(Kind::Standin, dir.path(), "netmk");
+        for (m, p, b) in [
+            (
+                Method::Put,
+                "/boot-source",
+                r#"{"kernel_image_path":"$DIR/guest.elf"}"#,
+            ),
+            (
+                Method::Put,
+                "/network-interfaces/eth0",
+                r#"{"iface_id":"eth0","host_dev_name":"wasptap0","guest_mac":"06:00:c0:a8:f1:02"}"#,
+            ),
+            (
+                Method::Put,
+                "/actions",
+                r#"{"action_type":"InstanceStart"}"#,
+            ),
+            (Method::Patch, "/vm", r#"{"state":"Paused"}"#),
+            (
+                Method::Put,
+                "/snapshot/create",
+                r#"{"snapshot_path":"$DIR/vmstate","mem_file_path":"$DIR/mem"}"#,
+            ),
+        ] {
+            assert_eq!(v.call(m, p, b).0, 204, "{p}");
+        }
+    }
+    let mut v = Vmm::start(Kind::Standin, dir.path(), "netrun");
+    // The slot's side: a configured tap with the gateway address.
+    v.ns.sh("ip tuntap add wasptap0 mode tap && ip addr add 192.168.241.1/29 dev wasptap0 && ip link set wasptap0 up");
+    let api = v.ns.run(|| TcpListener::bind("192.168.241.1:0")).unwrap();
+    let port = api.local_addr().unwrap().port();
+    let (tx, rx) = channel();
+    std::thread::spawn(move || {
+        let (mut s, _) = api.accept().unwrap();
+        let mut req = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = s.read(&mut buf).unwrap();
+            if n == 0 {
+                break;
+            }
+            req.extend_from_slice(&buf[..n]);
+        }
+        s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+            .unwrap();
+        let _ = tx.send(String::from_utf8_lossy(&req).into_owned());
+    });
+    let load = r#"{"snapshot_path":"$DIR/vmstate","mem_backend":{"backend_type":"File","backend_path":"$DIR/mem"}}"#;
+    assert_eq!(v.call(Method::Put, "/snapshot/load", load).0, 204);
+    let mmds = format!(
+        r#"{{"env":{{"AGENT_ID":"vm7","API_URL":"http://192.168.241.1:{port}","GITHUB_TOKEN":"s3cret-token"}}}}"#
+    );
+    let r = v
+        .client
+        .raw(Method::Put, "/mmds", Some(mmds.as_bytes()))
+        .unwrap();
+    assert_eq!(r.status, 204);
+    assert_eq!(
+        v.call(Method::Patch, "/vm", r#"{"state":"Resumed"}"#).0,
+        204
+    );
+
+    let poll_req = rx
+        .recv_timeout(STARTUP_LIMIT)
+        .expect("guest never polled API_URL");
+    assert!(poll_req.contains("X-Agent-Id: vm7\r\n"), "{poll_req}");
+    assert!(!poll_req.contains("s3cret"));
+
+    let gip = std::net::Ipv4Addr::new(192, 168, 241, 2);
+    assert!(
+        v.ns.run(|| icmp_echo(gip, STARTUP_LIMIT)),
+        "guest does not answer ICMP echo"
+    );
+    let guest = |port: u16| SocketAddr::from(([192, 168, 241, 2], port));
+    v.ns.run(|| TcpStream::connect_timeout(&guest(22), STARTUP_LIMIT))
+        .expect("readiness port 22");
+    let body =
+        v.ns.run(|| -> std::io::Result<String> {
+            let mut s = TcpStream::connect_timeout(&guest(8080), STARTUP_LIMIT)?;
+            s.set_read_timeout(Some(STARTUP_LIMIT))?;
+            s.write_all(b"GET / HTTP/1.1\r\nHost: guest\r\nConnection: close\r\n\r\n")?;
+            let mut out = String::new();
+            s.read_to_string(&mut out)?;
+            Ok(out)
+        })
+        .expect("agent endpoint");
+    assert!(body.starts_with("HTTP/1.1 200"), "{body}");
+    assert!(
+        !body.contains("s3cret"),
+        "the agent must never echo a value"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(body.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    assert_eq!(json["agent_id"], "vm7");
+    assert_eq!(
+        json["env_keys"],
+        serde_json::json!(["AGENT_ID", "API_URL", "GITHUB_TOKEN"])
+    );
+    // Pause stops the guest.
+    assert_eq!(v.call(Method::Patch, "/vm", r#"{"state":"Paused"}"#).0, 204);
+    assert!(
+        !v.ns.run(|| icmp_echo(gip, Duration::from_secs(1))),
+        "a paused guest must not answer"
+    );
+}
+
+/// Sends one ICMP echo request to `dst` from a raw socket (in the calling
+/// thread's namespace; `ping` is not installed here) and waits up to
+/// `limit` for the matching reply.
+fn icmp_echo(dst: std::net::Ipv4Addr, limit: Duration) -> bool {
+    use nix::sys::socket::{
+        recv, sendto, setsockopt, socket, sockopt, AddressFamily, MsgFlags, SockFlag, SockProtocol,
+        SockType, SockaddrIn,
+    };
+    use std::os::fd::AsRawFd;
+    let fd = socket(
+        AddressFamily::Inet,
+        SockType::Raw,
+        SockFlag::SOCK_CLOEXEC,
+        SockProtocol::Icmp,
+    )
+    .expect("raw ICMP socket (needs root)");
+    let id: u16 = (std::process::id() & 0xffff) as u16;
+    let mut pkt = vec![8u8, 0, 0, 0];
+    pkt.extend_from_slice(&id.to_be_bytes());
+    pkt.extend_from_slice(&1u16.to_be_bytes());
+    pkt.extend_from_slice(b"wasp-conformance");
+    let mut sum: u32 = pkt
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    pkt[2..4].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+    let to = SockaddrIn::from(std::net::SocketAddrV4::new(dst, 0));
+    sendto(fd.as_raw_fd(), &pkt, &to, MsgFlags::empty()).expect("send echo");
+    let deadline = Instant::now() + limit;
+    let mut buf = [0u8; 1500];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        let tv = nix::sys::time::TimeVal::new(left.as_secs() as _, left.subsec_micros() as _);
+        setsockopt(&fd, sockopt::ReceiveTimeout, &tv).unwrap();
+        let n = match recv(fd.as_raw_fd(), &mut buf, MsgFlags::empty()) {
+            Ok(n) => n,
+            Err(nix::errno::Errno::EAGAIN) => return false,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => panic!("recv: {e}"),
+        };
+        let ihl = usize::from(buf[0] & 0x0f) * 4;
+        let src = std::net::Ipv4Addr::new(buf[12], buf[13], buf[14], buf[15]);
+        if n >= ihl + 8 && src == dst && buf[ihl] == 0 && buf[ihl + 4..ihl + 6] == id.to_be_bytes()
+        {
+            return true;
+        }
+    }
+}

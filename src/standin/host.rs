@@ -6,7 +6,11 @@ use std::io::{self, Write};
 use std::os::fd::OwnedFd;
 use std::path::Path;
 
+use std::sync::{Arc, Mutex};
+
+use super::agent;
 use super::api::{GuestMem, GuestParams, Host, MemLoadError, RunningGuest};
+use crate::guestnet::{GuestNet, GuestNetConfig, Outbound};
 use crate::sys::mem::GuestMapping;
 use crate::vmstate::{VmState, VmStateError};
 
@@ -46,7 +50,8 @@ impl Host for RealHost {
     }
 
     fn open_tap(&mut self, name: &str) -> io::Result<OwnedFd> {
-        crate::sys::standin_tun::open_tap(name)
+        // IFF_TAP | IFF_NO_PI | IFF_VNET_HDR, as Firecracker opens its taps.
+        crate::sys::tap::open_tap(name, true)
     }
 
     fn anon_memory(&mut self, len: usize) -> io::Result<Box<dyn GuestMem>> {
@@ -86,7 +91,7 @@ impl Host for RealHost {
     }
 
     fn start_guest(&mut self, tap: OwnedFd, p: GuestParams) -> io::Result<Box<dyn RunningGuest>> {
-        start_userspace_guest(tap, p)
+        start_userspace_guest(tap, p, &self.id)
     }
 
     fn delay_ms(&mut self, ms: u64) {
@@ -99,9 +104,63 @@ impl Host for RealHost {
     }
 }
 
-fn start_userspace_guest(_tap: OwnedFd, _p: GuestParams) -> io::Result<Box<dyn RunningGuest>> {
-    Err(io::Error::new(
-        io::ErrorKind::Unsupported,
-        "this build has no userspace TCP/IP guest yet (src/guestnet.rs)",
-    ))
+struct Running(GuestNet);
+
+impl RunningGuest for Running {
+    fn stop(self: Box<Self>) -> io::Result<()> {
+        self.0.stop()
+    }
+}
+
+/// Starts the smoltcp guest on the tap: ICMP echo, TCP on the readiness
+/// port, the agent endpoint (built from the live MMDS store, never echoing a
+/// value), and one poll of `API_URL` when MMDS names one.
+fn start_userspace_guest(
+    tap: OwnedFd,
+    p: GuestParams,
+    id: &str,
+) -> io::Result<Box<dyn RunningGuest>> {
+    let lock = |m: &Mutex<Option<serde_json::Value>>| {
+        m.lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    };
+    let mmds = Arc::clone(&p.mmds);
+    let agent_body: Arc<dyn Fn() -> Vec<u8> + Send + Sync> =
+        Arc::new(move || agent::agent_body(lock(&mmds).as_ref()));
+    let outbound = agent::poll_request(lock(&p.mmds).as_ref()).map(|(to, request)| {
+        let id = id.to_owned();
+        Outbound {
+            to,
+            request,
+            on_response: Box::new(move |r: io::Result<Vec<u8>>| match r {
+                Ok(b) => log_line(
+                    &id,
+                    &format!("agent poll of {to} answered ({} bytes)", b.len()),
+                ),
+                Err(e) => log_line(&id, &format!("agent poll of {to} failed: {e}")),
+            }),
+        }
+    });
+    let net = GuestNet::start(
+        tap,
+        GuestNetConfig {
+            mac: p.mac,
+            ip: p.ip,
+            prefix_len: p.prefix_len,
+            gateway: p.gateway,
+            ready_port: p.ready_port,
+            agent_port: p.agent_port,
+            agent_body,
+            outbound,
+        },
+    )?;
+    log_line(
+        id,
+        &format!(
+            "userspace guest up at {}/{} (ready port {}, agent port {})",
+            p.ip, p.prefix_len, p.ready_port, p.agent_port
+        ),
+    );
+    Ok(Box::new(Running(net)))
 }

@@ -10,7 +10,7 @@ pub mod mem;
 pub mod netns;
 pub mod pidfd;
 pub mod rlimit;
-pub mod standin_tun;
+pub mod tap;
 pub mod uffd;
 
 use std::io;
