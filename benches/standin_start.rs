@@ -91,7 +91,11 @@ fn main() {
     // then this only checks that the stand-in starts once.
     if !std::env::args().any(|a| a == "--bench") {
         let dir = tempfile::tempdir().unwrap();
-        start_once(&PathBuf::from(env!("CARGO_BIN_EXE_wasp-standin")), dir.path(), 0);
+        start_once(
+            &PathBuf::from(env!("CARGO_BIN_EXE_wasp-standin")),
+            dir.path(),
+            0,
+        );
         return;
     }
     let runs = std::env::var("WASP_BENCH_RUNS")

@@ -570,6 +570,8 @@ fn same_answers_as_firecracker() {
     );
 }
 
+const LOAD_PLAIN: &str = r#"{"snapshot_path":"$DIR/vmstate","mem_backend":{"backend_type":"File","backend_path":"$DIR/mem"}}"#;
+
 /// Failed loads: both answer 400 and then exit with code 1.
 #[test]
 fn failed_loads_answer_then_exit() {
@@ -595,6 +597,8 @@ fn failed_loads_answer_then_exit() {
             "iface",
             r#"{"snapshot_path":"$DIR/vmstate","mem_backend":{"backend_type":"File","backend_path":"$DIR/mem"},"network_overrides":[{"iface_id":"eth9","host_dev_name":"wasptap9"}]}"#,
         ),
+        ("nodisk", LOAD_PLAIN),
+        ("busytap", LOAD_PLAIN),
     ];
     let mut results = Vec::new();
     for kind in [Kind::Firecracker, Kind::Standin] {
@@ -620,6 +624,11 @@ fn failed_loads_answer_then_exit() {
                 ),
                 (
                     Method::Put,
+                    "/drives/rootfs",
+                    r#"{"drive_id":"rootfs","path_on_host":"$DIR/disk.img","is_root_device":true,"is_read_only":false}"#,
+                ),
+                (
+                    Method::Put,
                     "/network-interfaces/eth0",
                     r#"{"iface_id":"eth0","host_dev_name":"wasptap0"}"#,
                 ),
@@ -642,8 +651,21 @@ fn failed_loads_answer_then_exit() {
         let mut out = Vec::new();
         for (name, body) in cases {
             let mut v = Vmm::start(kind, dir.path(), &format!("{tag}-{name}"));
+            let disk = dir.path().join("disk.img");
+            let away = dir.path().join("disk.away");
+            if *name == "nodisk" {
+                std::fs::rename(&disk, &away).unwrap();
+            }
+            // Another holder of the recorded tap: TUNSETIFF answers EBUSY.
+            let _holder = (*name == "busytap").then(|| {
+                v.ns.run(|| wasp::sys::tap::open_tap("wasptap0", true))
+                    .unwrap()
+            });
             let (s, t) = v.call(Method::Put, "/snapshot/load", body);
             let code = v.exit_code();
+            if *name == "nodisk" {
+                std::fs::rename(&away, &disk).unwrap();
+            }
             out.push((name.to_string(), s, t, code));
         }
         results.push(out);

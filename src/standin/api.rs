@@ -1017,7 +1017,7 @@ impl<H: Host> Vmm<H> {
             match self.host.open_tap(&n.host_dev_name) {
                 Ok(fd) => nets.push((n, fd)),
                 Err(e) => return fatal(format!(
-                    "{LOAD_PREFIX}Failed to build microVM from snapshot: Failed to restore MMIO device: Cannot restore devices: Net: Open tap device failed: Error while creating ifreq structure: {}. Invalid TUN/TAP Backend provided by {}. Check our documentation on setting up the network devices.",
+                    "{LOAD_PREFIX}Failed to build microVM from snapshot: Failed to restore MMIO device: Cannot restore devices: Net: Failed to create a network device: Open tap device failed: Error while creating ifreq structure: {}. Invalid TUN/TAP Backend provided by {}. Check our documentation on setting up the network devices.",
                     fc_io(&e), n.host_dev_name
                 )),
             }
