@@ -982,3 +982,115 @@ fn icmp_echo(dst: std::net::Ipv4Addr, limit: Duration) -> bool {
         }
     }
 }
+
+/// A userfaultfd page-fault handler for one VMM: serves every fault from the
+/// memory file. Returns the VMM's handover message and the pages served.
+fn spawn_uffd_handler(
+    sock: &Path,
+    mem_file: PathBuf,
+) -> (
+    UnixStream,
+    std::thread::JoinHandle<(serde_json::Value, usize)>,
+) {
+    use std::os::unix::fs::FileExt;
+    let listener = std::os::unix::net::UnixListener::bind(sock).unwrap();
+    let (stop_tx, stop_rx) = UnixStream::pair().unwrap();
+    let h = std::thread::spawn(move || {
+        let (conn, _) = listener.accept().unwrap();
+        let (msg, uffd) = wasp::sys::uffd_mem::recv_uffd(&conn).unwrap();
+        let msg: serde_json::Value = serde_json::from_slice(&msg).unwrap();
+        let base = msg[0]["base_host_virt_addr"].as_u64().unwrap();
+        let page = msg[0]["page_size"].as_u64().unwrap();
+        let file = std::fs::File::open(&mem_file).unwrap();
+        let mut buf = vec![0u8; page as usize];
+        let mut served = 0;
+        loop {
+            let mut fds = [
+                PollFd::new(uffd.as_fd(), PollFlags::POLLIN),
+                PollFd::new(stop_rx.as_fd(), PollFlags::POLLIN),
+            ];
+            poll(&mut fds, PollTimeout::NONE).unwrap();
+            if fds[1].revents().is_some_and(|r| !r.is_empty()) {
+                return (msg, served);
+            }
+            while let Some(addr) = uffd.read_fault().unwrap() {
+                let at = addr & !(page - 1);
+                file.read_exact_at(&mut buf, at - base).unwrap();
+                uffd.copy(at, &buf).unwrap();
+                served += 1;
+            }
+        }
+    });
+    (stop_tx, h)
+}
+
+/// The Uffd memory backend: both VMMs hand the same region list and a
+/// userfaultfd to the handler, then run on the pages it serves.
+#[test]
+fn uffd_backend_handover_matches() {
+    root_or_skip!();
+    let mut seen = Vec::new();
+    for kind in [Kind::Firecracker, Kind::Standin] {
+        let tag = if kind == Kind::Firecracker {
+            "fcu"
+        } else {
+            "siu"
+        };
+        let dir = prepare_dir(tag);
+        {
+            let mut v = Vmm::start(kind, dir.path(), &format!("{tag}-mk"));
+            for (m, p, b) in [
+                (
+                    Method::Put,
+                    "/machine-config",
+                    r#"{"vcpu_count":1,"mem_size_mib":16}"#,
+                ),
+                (
+                    Method::Put,
+                    "/boot-source",
+                    r#"{"kernel_image_path":"$DIR/guest.elf"}"#,
+                ),
+                (
+                    Method::Put,
+                    "/actions",
+                    r#"{"action_type":"InstanceStart"}"#,
+                ),
+                (Method::Patch, "/vm", r#"{"state":"Paused"}"#),
+                (
+                    Method::Put,
+                    "/snapshot/create",
+                    r#"{"snapshot_path":"$DIR/vmstate","mem_file_path":"$DIR/mem"}"#,
+                ),
+            ] {
+                assert_eq!(v.call(m, p, b).0, 204, "{kind:?} {p}");
+            }
+        }
+        let (stop, handler) =
+            spawn_uffd_handler(&dir.path().join("uffd.sock"), dir.path().join("mem"));
+        let mut v = Vmm::start(kind, dir.path(), &format!("{tag}-run"));
+        let load = r#"{"snapshot_path":"$DIR/vmstate","mem_backend":{"backend_type":"Uffd","backend_path":"$DIR/uffd.sock"}}"#;
+        let outcome = run_steps(
+            &mut v,
+            &[
+                (Method::Put, "/snapshot/load", load),
+                (Method::Patch, "/vm", r#"{"state":"Resumed"}"#),
+            ],
+        );
+        let state = v.state();
+        drop(v);
+        drop(stop);
+        let (mut msg, served) = handler.join().unwrap();
+        assert!(served > 0, "{kind:?}: no page was ever faulted in");
+        assert!(msg[0]["base_host_virt_addr"].as_u64().unwrap() > 0);
+        msg[0]["base_host_virt_addr"] = serde_json::json!("ADDR");
+        seen.push((outcome, state, msg));
+    }
+    assert_eq!(
+        seen[0], seen[1],
+        "stand-in diverges from Firecracker on the Uffd backend"
+    );
+    assert_eq!(
+        seen[0].2,
+        serde_json::json!([{"base_host_virt_addr":"ADDR","size":16<<20,"offset":0,"page_size":4096,"page_size_kib":4096}])
+    );
+}

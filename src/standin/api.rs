@@ -92,7 +92,9 @@ pub enum MemLoadError {
     Map(io::Error),
     /// The Uffd handler socket could not be reached.
     UffdConnect(io::Error),
-    /// The Uffd backend is not served by the stand-in.
+    /// Setting up or handing over the userfaultfd failed.
+    UffdSetup(io::Error),
+    /// The Uffd backend is not available (test fakes).
     UffdUnsupported,
 }
 
@@ -987,7 +989,8 @@ impl<H: Host> Vmm<H> {
                     MemLoadError::TooSmall => "Error creating guest memory from file: Failed to restore guest memory: Cannot create mmap region: The specified file offset and length is greater then file length".to_owned(),
                     MemLoadError::Map(e) => format!("Error creating guest memory from file: Failed to restore guest memory: Cannot create mmap region: {}", fc_io(&e)),
                     MemLoadError::UffdConnect(e) => format!("Error creating guest memory from uffd: Failed to connect to UDS Unix stream: {}", fc_io(&e)),
-                    MemLoadError::UffdUnsupported => "Error creating guest memory from uffd: the stand-in VMM serves only the File memory backend".to_owned(),
+                    MemLoadError::UffdSetup(e) => format!("Error creating guest memory from uffd: {}", fc_io(&e)),
+                    MemLoadError::UffdUnsupported => "Error creating guest memory from uffd: not available".to_owned(),
                 };
                 return fatal(format!(
                     "{LOAD_PREFIX}Failed to load guest memory: {detail}"

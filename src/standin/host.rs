@@ -2,8 +2,10 @@
 //! userspace guest.
 
 use std::fs::{File, OpenOptions};
+use std::io::IoSlice;
 use std::io::{self, Write};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
 use std::path::Path;
 
 use std::sync::{Arc, Mutex};
@@ -12,7 +14,9 @@ use super::agent;
 use super::api::{GuestMem, GuestParams, Host, MemLoadError, RunningGuest};
 use crate::guestnet::{GuestNet, GuestNetConfig, Outbound};
 use crate::sys::mem::GuestMapping;
+use crate::sys::uffd_mem::Userfault;
 use crate::vmstate::{VmState, VmStateError};
+use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
 
 /// Writes one log line to stderr, marked as the stand-in's.
 pub fn log_line(id: &str, msg: &str) {
@@ -69,15 +73,41 @@ impl Host for RealHost {
         ))
     }
 
-    fn uffd_memory(
-        &mut self,
-        socket: &str,
-        _len: usize,
-    ) -> Result<Box<dyn GuestMem>, MemLoadError> {
-        // Firecracker first connects to the handler; do the same so a
-        // missing handler fails identically, then say what is missing.
-        std::os::unix::net::UnixStream::connect(socket).map_err(MemLoadError::UffdConnect)?;
-        Err(MemLoadError::UffdUnsupported)
+    fn uffd_memory(&mut self, socket: &str, len: usize) -> Result<Box<dyn GuestMem>, MemLoadError> {
+        // As Firecracker: connect to the handler, map anonymous memory,
+        // register it with a new userfaultfd, and send the region list with
+        // the userfaultfd attached (SCM_RIGHTS).
+        let stream = UnixStream::connect(socket).map_err(MemLoadError::UffdConnect)?;
+        let setup = || -> io::Result<UffdMem> {
+            let map = GuestMapping::anon(len)?;
+            let uffd = Userfault::new()?;
+            uffd.register_missing(&map)?;
+            let page = crate::sys::mem::page_size();
+            // Firecracker 1.12.1 sends `page_size_kib` with the size in
+            // bytes too (seen on this machine); handlers read either.
+            let msg = serde_json::json!([{
+                "base_host_virt_addr": map.as_slice().as_ptr() as u64,
+                "size": len,
+                "offset": 0,
+                "page_size": page,
+                "page_size_kib": page,
+            }]);
+            let body = serde_json::to_vec(&msg).expect("json");
+            let fds = [uffd.as_fd().as_raw_fd()];
+            sendmsg::<()>(
+                stream.as_raw_fd(),
+                &[IoSlice::new(&body)],
+                &[ControlMessage::ScmRights(&fds)],
+                MsgFlags::empty(),
+                None,
+            )?;
+            Ok(UffdMem {
+                map,
+                _uffd: uffd,
+                _stream: stream,
+            })
+        };
+        Ok(Box::new(setup().map_err(MemLoadError::UffdSetup)?))
     }
 
     fn read_vmstate(&mut self, path: &str) -> Result<VmState, VmStateError> {
@@ -101,6 +131,22 @@ impl Host for RealHost {
 
     fn log(&mut self, msg: &str) {
         log_line(&self.id, msg);
+    }
+}
+
+/// Guest memory served by an external page-fault handler.
+struct UffdMem {
+    map: GuestMapping,
+    _uffd: Userfault,
+    _stream: UnixStream,
+}
+
+impl GuestMem for UffdMem {
+    fn bytes(&self) -> &[u8] {
+        self.map.as_slice()
+    }
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        self.map.as_mut_slice()
     }
 }
 

@@ -12,6 +12,7 @@ pub mod pidfd;
 pub mod rlimit;
 pub mod tap;
 pub mod uffd;
+pub mod uffd_mem;
 
 use std::io;
 
