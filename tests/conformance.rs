@@ -104,8 +104,17 @@ impl Vmm {
         let ns = TestNetns::new(tag);
         let sock = dir.join(format!("{tag}.sock"));
         let _ = std::fs::remove_file(&sock);
+        // Logs go to a file so that stdout carries only the guest's serial
+        // bytes (Firecracker writes them one at a time, and log lines would
+        // otherwise interleave with them).
+        let log = dir.join(format!("{tag}.log"));
+        std::fs::write(&log, b"").unwrap();
         let mut cmd = Command::new(kind.bin());
-        cmd.arg("--api-sock").arg(&sock).args(extra);
+        cmd.arg("--api-sock")
+            .arg(&sock)
+            .arg("--log-path")
+            .arg(&log)
+            .args(extra);
         // stdin is a pipe held open: Firecracker drops serial output when stdin
         // is /dev/null (it cannot be added to its epoll set).
         cmd.stdout(Stdio::piped())

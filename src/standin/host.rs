@@ -18,11 +18,24 @@ use crate::sys::uffd_mem::Userfault;
 use crate::vmstate::{VmState, VmStateError};
 use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
 
-/// Writes one log line to stderr, marked as the stand-in's.
+static LOG_FILE: std::sync::OnceLock<File> = std::sync::OnceLock::new();
+
+/// Sends later log lines to `path` (Firecracker's `--log-path`: an existing
+/// file or fifo, appended to) instead of stderr.
+pub fn set_log_path(path: &Path) -> io::Result<()> {
+    let f = OpenOptions::new().append(true).open(path)?;
+    let _ = LOG_FILE.set(f);
+    Ok(())
+}
+
+/// Writes one log line, marked as the stand-in's, to the log file or stderr.
 pub fn log_line(id: &str, msg: &str) {
-    // One write per line, so lines from several VMMs never interleave.
+    // One write per line, so lines never interleave with other output.
     let line = format!("[{id}:wasp-standin] stand-in: {msg}\n");
-    let _ = io::stderr().lock().write_all(line.as_bytes());
+    let _ = match LOG_FILE.get() {
+        Some(mut f) => f.write_all(line.as_bytes()),
+        None => io::stderr().lock().write_all(line.as_bytes()),
+    };
 }
 
 /// The real host.

@@ -158,43 +158,6 @@ impl Userfault {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn faults_are_served_by_copy() {
-        let Ok(uffd) = Userfault::new() else {
-            // No userfaultfd here (not root / disabled): nothing to test.
-            return;
-        };
-        let page = super::super::mem::page_size();
-        let mem = GuestMapping::anon(page * 4).unwrap();
-        uffd.register_missing(&mem).unwrap();
-        let base = mem.as_slice().as_ptr() as u64;
-        let handler = std::thread::scope(|s| {
-            let h = s.spawn(|| {
-                // Serve exactly one fault.
-                loop {
-                    let mut fds = [nix::poll::PollFd::new(
-                        uffd.as_fd(),
-                        nix::poll::PollFlags::POLLIN,
-                    )];
-                    nix::poll::poll(&mut fds, nix::poll::PollTimeout::NONE).unwrap();
-                    if let Some(addr) = uffd.read_fault().unwrap() {
-                        let at = addr & !(page as u64 - 1);
-                        uffd.copy(at, &vec![0x5a; page]).unwrap();
-                        return at;
-                    }
-                }
-            });
-            let v = mem.as_slice()[page * 2 + 7];
-            (h.join().unwrap(), v)
-        });
-        assert_eq!(handler, (base + 2 * page as u64, 0x5a));
-    }
-}
-
 /// The handler's side of the handover: receives one message and the
 /// userfaultfd attached to it (SCM_RIGHTS) from a VMM on `stream`.
 pub fn recv_uffd(stream: &std::os::unix::net::UnixStream) -> io::Result<(Vec<u8>, Userfault)> {
@@ -233,4 +196,41 @@ pub fn recv_uffd(stream: &std::os::unix::net::UnixStream) -> io::Result<(Vec<u8>
     })?;
     buf.truncate(n);
     Ok((buf, Userfault::from_fd(fd)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn faults_are_served_by_copy() {
+        let Ok(uffd) = Userfault::new() else {
+            // No userfaultfd here (not root / disabled): nothing to test.
+            return;
+        };
+        let page = super::super::mem::page_size();
+        let mem = GuestMapping::anon(page * 4).unwrap();
+        uffd.register_missing(&mem).unwrap();
+        let base = mem.as_slice().as_ptr() as u64;
+        let handler = std::thread::scope(|s| {
+            let h = s.spawn(|| {
+                // Serve exactly one fault.
+                loop {
+                    let mut fds = [nix::poll::PollFd::new(
+                        uffd.as_fd(),
+                        nix::poll::PollFlags::POLLIN,
+                    )];
+                    nix::poll::poll(&mut fds, nix::poll::PollTimeout::NONE).unwrap();
+                    if let Some(addr) = uffd.read_fault().unwrap() {
+                        let at = addr & !(page as u64 - 1);
+                        uffd.copy(at, &vec![0x5a; page]).unwrap();
+                        return at;
+                    }
+                }
+            });
+            let v = mem.as_slice()[page * 2 + 7];
+            (h.join().unwrap(), v)
+        });
+        assert_eq!(handler, (base + 2 * page as u64, 0x5a));
+    }
 }
