@@ -485,6 +485,9 @@ fn run_kind(kind: Kind) -> KindRun {
 
     let mut a = Vmm::start(kind, dir.path(), &format!("{tag}-cfg"));
     states.push(a.state());
+    // A second client is served while the first keeps its connection open.
+    let mut second = Client::connect(&dir.path().join(format!("{tag}-cfg.sock"))).unwrap();
+    assert_eq!(second.get_instance_info().unwrap().state, "Not started");
     // Up to InstanceStart; Firecracker's guest must print its marker before
     // it is paused and snapshotted.
     let start_at = 31;
