@@ -6,14 +6,23 @@
 //! implement them.
 
 pub mod doctor;
+pub mod env;
 pub mod firecracker;
 pub mod guestnet;
+pub mod launch;
 pub mod netlink;
 pub mod paths;
+pub mod ready;
+pub mod restore;
+pub mod ring;
+pub mod snapshot;
+pub mod spawn;
 pub mod standin;
+pub mod state;
 pub mod stats;
 pub mod storage;
 pub mod sys;
+pub mod teardown;
 pub mod testguest;
 pub mod vmm_api;
 pub mod vmstate;

@@ -1,6 +1,8 @@
 //! Command-line parsing, one file per subcommand.
 
+mod bench_clone;
 mod doctor;
+mod snapshot;
 
 use std::process::ExitCode;
 
@@ -24,6 +26,10 @@ pub enum Command {
     Doctor(doctor::DoctorArgs),
     /// The main job on a fresh machine: a self-contained demo.
     Demo(doctor::DemoArgs),
+    /// Snapshot store: check, adopt, synth, warm.
+    Snapshot(snapshot::SnapshotArgs),
+    /// Clone-storage bench (moves under `wasp bench clone` at merge).
+    BenchClone(bench_clone::BenchCloneArgs),
 }
 
 /// Logs go to stderr through tracing; `-v` raises the level, RUST_LOG wins.
@@ -48,6 +54,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Doctor(a) => doctor::doctor(a),
         Command::Demo(a) => doctor::demo(a),
+        Command::Snapshot(a) => snapshot::run(a),
+        Command::BenchClone(a) => bench_clone::bench_clone(a),
     }
 }
 

@@ -6,13 +6,19 @@
 //! captured in exactly one way.
 
 pub mod fs;
+pub mod inotify;
 pub mod mem;
 pub mod netns;
+pub mod pagecache;
 pub mod pidfd;
+pub mod poll;
 pub mod rlimit;
+pub mod sock;
+pub mod spawn;
 pub mod tap;
 pub mod uffd;
 pub mod uffd_mem;
+pub mod uring;
 
 use std::io;
 

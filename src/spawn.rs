@@ -1,0 +1,572 @@
+//! `wasp spawn`: the whole pipeline for a batch of clones.
+//!
+//! ```text
+//! slot pool -> clone storage -> VMM launch -> restore -> inject -> resume -> ready
+//! ```
+//!
+//! The first three stages run on the driver's thread as each clone is
+//! admitted ([`Feed::next_job`]); the rest run in the restore driver
+//! ([`crate::ring`]) as state machines, `parallel` clones at a time. A clone
+//! that fails at any stage is reclaimed at once (VMM killed through its
+//! pidfd, files removed, slot given back) and the rest of the batch goes on.
+
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::process::Child;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use thiserror::Error;
+
+use crate::env::Env;
+use crate::launch::{self, LaunchSpec, Vmm};
+use crate::ready::Ready;
+use crate::restore::{Job, Plan, Timeouts};
+use crate::ring::{self, DriverKind, Feed, Outcome};
+use crate::stats::{ms, Percentiles};
+use crate::storage::clone::CloneStore;
+use crate::storage::probe::Strategy;
+use crate::vmm_api::{BackendType, NetworkOverride};
+use crate::{state, sys};
+
+/// A network slot as spawn sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlotLease {
+    /// Pool name.
+    pub pool: String,
+    /// Slot index in the pool.
+    pub index: u32,
+    /// The slot's named netns.
+    pub netns: String,
+    /// The clone's address.
+    pub clone_ip: Ipv4Addr,
+    /// The slot's tap name.
+    pub tap: String,
+}
+
+/// A boxed error from a slot provider.
+pub type SlotError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The slot pool seam: the real pool, or a test fake.
+pub trait Slots: Send {
+    /// Takes a warm slot.
+    fn take(&mut self) -> Result<SlotLease, SlotError>;
+    /// Gives a slot back once its VMM is gone.
+    fn give_back(&mut self, slot: SlotLease) -> Result<(), SlotError>;
+    /// Checks the slot's tap exists (Firecracker would silently create a
+    /// bare one on load otherwise).
+    fn check_tap(&mut self, slot: &SlotLease) -> Result<(), SlotError>;
+    /// The host netns the bridge lives in, if not the current one.
+    fn host_netns(&self) -> Option<String>;
+}
+
+/// Options of one batch.
+#[derive(Debug, Clone)]
+pub struct SpawnOptions {
+    /// The VMM.
+    pub vmm: Vmm,
+    /// Number of clones.
+    pub count: usize,
+    /// Clones in flight at once.
+    pub parallel: usize,
+    /// Readiness check.
+    pub ready: Ready,
+    /// Per-phase limits.
+    pub timeouts: Timeouts,
+    /// Force a driver (default: io_uring when the probe passes).
+    pub driver: Option<DriverKind>,
+    /// State dir for clone records.
+    pub state_dir: PathBuf,
+    /// Retry delay for refused readiness connects.
+    pub ready_retry: Duration,
+    /// Extra VMM arguments (the stand-in's `--fault` switches).
+    pub vmm_args: Vec<String>,
+}
+
+/// Largest batch accepted in one command.
+pub const MAX_COUNT: usize = 100_000;
+
+/// Errors that stop a whole batch (per-clone failures are in the report).
+#[derive(Debug, Error)]
+pub enum SpawnError {
+    /// `--count` out of range.
+    #[error("--count {0} is out of range: use 1 to {MAX_COUNT}")]
+    Count(usize),
+    /// The snapshot was made by a different VMM.
+    #[error(
+        "the snapshot was made by {made_by}, but --vmm is {asked}; spawn it with --vmm {made_by}"
+    )]
+    VmmMismatch {
+        /// From the manifest.
+        made_by: String,
+        /// From the command line.
+        asked: String,
+    },
+    /// The state dir cannot be used.
+    #[error("cannot use the state dir")]
+    State(#[source] state::StateError),
+    /// The host netns cannot be entered.
+    #[error("cannot enter the host network namespace {0}")]
+    HostNetns(String, #[source] std::io::Error),
+    /// The driver failed as a whole.
+    #[error("the restore driver failed")]
+    Driver(#[source] ring::DriverError),
+}
+
+/// Milliseconds per phase of one clone.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct PhasesMs {
+    /// Taking a slot.
+    pub slot: f64,
+    /// Preparing storage.
+    pub storage: f64,
+    /// fork/exec of the VMM.
+    pub launch: f64,
+    /// Until the API socket accepted.
+    pub socket: f64,
+    /// Snapshot load.
+    pub load: f64,
+    /// MMDS put.
+    pub mmds: f64,
+    /// Resume.
+    pub resume: f64,
+    /// Readiness.
+    pub ready: f64,
+}
+
+impl PhasesMs {
+    /// The phase names, in order.
+    pub const NAMES: [&'static str; 8] = [
+        "slot", "storage", "launch", "socket", "load", "mmds", "resume", "ready",
+    ];
+
+    /// The values, in [`PhasesMs::NAMES`] order.
+    pub fn values(&self) -> [f64; 8] {
+        [
+            self.slot,
+            self.storage,
+            self.launch,
+            self.socket,
+            self.load,
+            self.mmds,
+            self.resume,
+            self.ready,
+        ]
+    }
+}
+
+/// One clone's row.
+#[derive(Debug, Clone, Serialize)]
+pub struct CloneReport {
+    /// Clone id (AGENT_ID).
+    pub id: String,
+    /// Slot netns.
+    pub netns: Option<String>,
+    /// Clone IP.
+    pub clone_ip: Option<Ipv4Addr>,
+    /// VMM pid.
+    pub pid: Option<i32>,
+    /// The host netns, when one is in use.
+    pub host_netns: Option<String>,
+    /// Readiness port.
+    pub ready_port: Option<u16>,
+    /// Phase timings.
+    pub phases_ms: PhasesMs,
+    /// Total from admission to ready.
+    pub total_ms: f64,
+    /// Success.
+    pub ok: bool,
+    /// The failure: phase and cause.
+    pub error: Option<String>,
+    /// The phase it failed in.
+    pub failed_phase: Option<String>,
+}
+
+/// The batch summary.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    /// Wall time of the batch.
+    pub wall_ms: f64,
+    /// Clones ready.
+    pub ready: usize,
+    /// Clones failed.
+    pub failed: usize,
+    /// Median total.
+    pub p50: f64,
+    /// 99th percentile total.
+    pub p99: f64,
+    /// Restore driver used.
+    pub driver: DriverKind,
+    /// Why io_uring was not used, if it was not.
+    pub driver_fallback_reason: Option<String>,
+    /// Clone disk strategy.
+    pub storage_strategy: Strategy,
+    /// Guest memory bytes copied (always 0).
+    pub mem_bytes_copied: u64,
+    /// Disk bytes copied in total.
+    pub disk_bytes_copied: u64,
+}
+
+/// The whole report (`--json`: `{"clones": [...], "summary": {...}}`).
+#[derive(Debug, Clone, Serialize)]
+pub struct SpawnReport {
+    /// One row per clone, by index.
+    pub clones: Vec<CloneReport>,
+    /// Summary.
+    pub summary: Summary,
+}
+
+/// A short random batch tag, so clone ids never collide across runs.
+pub fn batch_tag() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    h.write_u32(std::process::id());
+    format!("{:06x}", h.finish() & 0xff_ffff)
+}
+
+struct Pending {
+    slot: SlotLease,
+    child: Child,
+    files_dir: PathBuf,
+    admitted: Instant,
+    phases: PhasesMs,
+}
+
+struct Batch<'a> {
+    opts: &'a SpawnOptions,
+    store: &'a CloneStore,
+    slots: &'a mut dyn Slots,
+    env: &'a Env,
+    state: state::Store,
+    tag: String,
+    next: usize,
+    snapshot_tap: Option<(String, String)>,
+    host_netns: Option<String>,
+    pending: HashMap<usize, Pending>,
+    rows: Vec<Option<CloneReport>>,
+    disk_bytes: u64,
+}
+
+impl Batch<'_> {
+    fn clone_id(&self, i: usize) -> String {
+        format!("{}-{i}", self.tag)
+    }
+
+    fn fail_row(
+        &mut self,
+        i: usize,
+        id: String,
+        slot: Option<&SlotLease>,
+        phases: PhasesMs,
+        admitted: Instant,
+        (phase, err): (&str, String),
+    ) {
+        tracing::warn!(clone = %id, phase, "clone failed: {err}");
+        self.rows[i] = Some(CloneReport {
+            id,
+            netns: slot.map(|s| s.netns.clone()),
+            clone_ip: slot.map(|s| s.clone_ip),
+            pid: None,
+            host_netns: self.host_netns.clone(),
+            ready_port: ready_port(self.opts.ready),
+            phases_ms: phases,
+            total_ms: ms(admitted.elapsed()),
+            ok: false,
+            error: Some(err),
+            failed_phase: Some(phase.into()),
+        });
+    }
+
+    /// Admits clone `i`: slot, storage, launch. `Err` means it failed and
+    /// was reclaimed (its row is written).
+    fn admit(&mut self, i: usize) -> Option<Job> {
+        let id = self.clone_id(i);
+        let admitted = Instant::now();
+        let mut phases = PhasesMs::default();
+
+        let slot = match self.slots.take() {
+            Ok(s) => s,
+            Err(e) => {
+                self.fail_row(i, id, None, phases, admitted, ("slot", chain(&*e)));
+                return None;
+            }
+        };
+        phases.slot = ms(admitted.elapsed());
+
+        let t = Instant::now();
+        let files = match self.store.prepare(&id) {
+            Ok(f) => f,
+            Err(e) => {
+                let _ = self.slots.give_back(slot.clone());
+                self.fail_row(i, id, Some(&slot), phases, admitted, ("storage", chain(&e)));
+                return None;
+            }
+        };
+        phases.storage = ms(t.elapsed());
+        self.disk_bytes += files.bytes_copied;
+
+        let reclaim_files = |store: &CloneStore, id: &str| {
+            if let Err(e) = store.cleanup(id) {
+                tracing::warn!(clone = %id, "cleanup failed: {}", chain(&e));
+            }
+        };
+        if let Err(e) = self.slots.check_tap(&slot) {
+            reclaim_files(self.store, &id);
+            let _ = self.slots.give_back(slot.clone());
+            self.fail_row(
+                i,
+                id,
+                Some(&slot),
+                phases,
+                admitted,
+                ("slot", format!("the slot's tap is missing: {}", chain(&*e))),
+            );
+            return None;
+        }
+
+        let t = Instant::now();
+        let spec = LaunchSpec {
+            vmm: self.opts.vmm.clone(),
+            id: id.clone(),
+            api_sock: files.dir.join("api.sock"),
+            netns: Some(slot.netns.clone()),
+            drives: files
+                .drives
+                .iter()
+                .map(|d| (d.file.clone(), d.drive_id.clone()))
+                .collect(),
+            log_dir: files.dir.clone(),
+            extra_args: self.opts.vmm_args.clone(),
+        };
+        let launched = match launch::launch(&spec) {
+            Ok(l) => l,
+            Err(e) => {
+                reclaim_files(self.store, &id);
+                let _ = self.slots.give_back(slot.clone());
+                self.fail_row(i, id, Some(&slot), phases, admitted, ("launch", chain(&e)));
+                return None;
+            }
+        };
+        phases.launch = ms(t.elapsed());
+
+        let net_override = self.snapshot_tap.as_ref().and_then(|(iface, tap)| {
+            (*tap != slot.tap).then(|| NetworkOverride {
+                iface_id: iface.clone(),
+                host_dev_name: slot.tap.clone(),
+            })
+        });
+        let job = Job {
+            index: i,
+            id: id.clone(),
+            api_sock: spec.api_sock,
+            pid: launched.pid,
+            pidfd: launched.pidfd,
+            launched_at: launched.spawned_at,
+            net_override,
+            clone_ip: slot.clone_ip,
+            mmds_body: self.env.mmds_body(&id),
+        };
+        self.pending.insert(
+            i,
+            Pending {
+                slot,
+                child: launched.child,
+                files_dir: files.dir,
+                admitted,
+                phases,
+            },
+        );
+        Some(job)
+    }
+}
+
+fn ready_port(r: Ready) -> Option<u16> {
+    match r {
+        Ready::Tcp(p) => Some(p),
+        _ => None,
+    }
+}
+
+/// `a: caused by b: …`
+pub fn chain(e: &dyn std::error::Error) -> String {
+    crate::doctor::error_chain(e)
+}
+
+impl Feed for Batch<'_> {
+    fn next_job(&mut self) -> Option<Job> {
+        while self.next < self.opts.count {
+            let i = self.next;
+            self.next += 1;
+            if let Some(job) = self.admit(i) {
+                return Some(job);
+            }
+        }
+        None
+    }
+
+    fn done(&mut self, o: Outcome) {
+        let i = o.job.index;
+        let Some(mut p) = self.pending.remove(&i) else {
+            return;
+        };
+        let mut phases = p.phases;
+        phases.socket = ms(o.times.socket);
+        phases.load = ms(o.times.load);
+        phases.mmds = ms(o.times.mmds);
+        phases.resume = ms(o.times.resume);
+        phases.ready = ms(o.times.ready);
+        let id = o.job.id.clone();
+        match o.result {
+            Ok(()) => {
+                let record = state::CloneRecord {
+                    id: id.clone(),
+                    pid: o.job.pid,
+                    pid_start: state::pid_start_time(o.job.pid).unwrap_or(0),
+                    vmm: match self.opts.vmm {
+                        Vmm::Firecracker(_) => "firecracker".into(),
+                        Vmm::Standin(_) => "standin".into(),
+                    },
+                    netns: p.slot.netns.clone(),
+                    slot: p.slot.index,
+                    pool: p.slot.pool.clone(),
+                    host_netns: self.host_netns.clone(),
+                    clone_ip: p.slot.clone_ip,
+                    ready_port: ready_port(self.opts.ready),
+                    api_sock: o.job.api_sock.clone(),
+                    clone_dir: p.files_dir.clone(),
+                    snapshot: self.store.snapshot_dir().to_owned(),
+                    created_at: crate::snapshot::manifest::rfc3339_utc(std::time::SystemTime::now()),
+                };
+                if let Err(e) = self.state.put(&record) {
+                    tracing::warn!(clone = %id, "cannot record clone: {}", chain(&e));
+                }
+                self.rows[i] = Some(CloneReport {
+                    id,
+                    netns: Some(p.slot.netns.clone()),
+                    clone_ip: Some(p.slot.clone_ip),
+                    pid: Some(o.job.pid),
+                    host_netns: self.host_netns.clone(),
+                    ready_port: ready_port(self.opts.ready),
+                    phases_ms: phases,
+                    total_ms: ms(o.finished_at.saturating_duration_since(p.admitted)),
+                    ok: true,
+                    error: None,
+                    failed_phase: None,
+                });
+            }
+            Err(e) => {
+                // Reclaim: kill exactly this VMM, reap it, remove its files,
+                // give its slot back.
+                let _ = sys::pidfd::pidfd_send_signal(&o.job.pidfd, libc::SIGKILL);
+                let _ = p.child.wait();
+                if let Err(ce) = self.store.cleanup(&id) {
+                    tracing::warn!(clone = %id, "cleanup failed: {}", chain(&ce));
+                }
+                let phase = e.phase().to_string();
+                let slot = p.slot.clone();
+                if let Err(se) = self.slots.give_back(p.slot) {
+                    tracing::warn!(clone = %id, "slot give-back failed: {}", chain(&*se));
+                }
+                self.fail_row(i, id, Some(&slot), phases, p.admitted, (&phase, chain(&e)));
+            }
+        }
+    }
+}
+
+/// Runs a batch. The driver runs on a thread inside the host netns (for
+/// `tcp:` readiness from where a user of the clone connects).
+pub fn spawn(
+    opts: &SpawnOptions,
+    store: &CloneStore,
+    slots: &mut dyn Slots,
+    env: &Env,
+) -> Result<SpawnReport, SpawnError> {
+    if opts.count == 0 || opts.count > MAX_COUNT {
+        return Err(SpawnError::Count(opts.count));
+    }
+    let m = store.manifest();
+    let made_by = m.vmm.to_string();
+    let asked = match opts.vmm {
+        Vmm::Firecracker(_) => "firecracker",
+        Vmm::Standin(_) => "standin",
+    };
+    if made_by != asked {
+        return Err(SpawnError::VmmMismatch {
+            made_by,
+            asked: asked.into(),
+        });
+    }
+    let state = state::Store::open(&opts.state_dir).map_err(SpawnError::State)?;
+    let _ = sys::rlimit::raise_nofile((opts.parallel as u64) * 8 + 1024);
+    let (kind, reason) = match opts.driver {
+        Some(k) => (k, None),
+        None => ring::choose(),
+    };
+    let plan = Arc::new(Plan {
+        snapshot_path: store.snapshot_dir().join(&m.vmstate.file),
+        mem_path: store.snapshot_dir().join(&m.memory.file),
+        backend: BackendType::File,
+        ready: opts.ready,
+        timeouts: opts.timeouts,
+        ready_retry: opts.ready_retry,
+    });
+    let host_netns = slots.host_netns();
+    let mut batch = Batch {
+        opts,
+        store,
+        slots,
+        env,
+        state,
+        tag: batch_tag(),
+        next: 0,
+        snapshot_tap: m
+            .network_interfaces
+            .first()
+            .map(|n| (n.iface_id.clone(), n.host_dev_name.clone())),
+        host_netns: host_netns.clone(),
+        pending: HashMap::new(),
+        rows: vec![None; opts.count],
+        disk_bytes: 0,
+    };
+    let start = Instant::now();
+    let parallel = opts.parallel.max(1);
+    let run = |b: &mut Batch| ring::run(kind, plan.clone(), parallel, b);
+    let result = match &host_netns {
+        Some(ns) => {
+            let fd =
+                sys::netns::open_named(ns).map_err(|e| SpawnError::HostNetns(ns.clone(), e))?;
+            sys::netns::run_in(fd, || run(&mut batch))
+                .map_err(|e| SpawnError::HostNetns(ns.clone(), e))?
+        }
+        None => run(&mut batch),
+    };
+    result.map_err(SpawnError::Driver)?;
+    let wall = start.elapsed();
+    let clones: Vec<CloneReport> = batch.rows.into_iter().flatten().collect();
+    let totals: Vec<f64> = clones.iter().filter(|c| c.ok).map(|c| c.total_ms).collect();
+    let p = Percentiles::of(&totals);
+    let ready = clones.iter().filter(|c| c.ok).count();
+    Ok(SpawnReport {
+        summary: Summary {
+            wall_ms: ms(wall),
+            ready,
+            failed: clones.len() - ready,
+            p50: p.p50,
+            p99: p.p99,
+            driver: kind,
+            driver_fallback_reason: reason,
+            storage_strategy: store.strategy(),
+            mem_bytes_copied: 0,
+            disk_bytes_copied: batch.disk_bytes,
+        },
+        clones,
+    })
+}

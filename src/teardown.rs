@@ -1,0 +1,234 @@
+//! Tearing clones down: exactly the VMM wasp started (through a pidfd,
+//! checked against the recorded start time so a recycled pid is never
+//! signalled), then the clone's files and record. Best-effort: every step
+//! runs, and every error is reported.
+
+use std::path::Path;
+use std::time::Duration;
+
+use thiserror::Error;
+
+use crate::state::{self, CloneRecord};
+use crate::sys::pidfd;
+
+/// One failed teardown step.
+#[derive(Debug, Error)]
+pub enum TeardownError {
+    /// Signalling the VMM failed.
+    #[error("clone {id}: cannot signal VMM pid {pid}")]
+    Signal {
+        /// Clone.
+        id: String,
+        /// pid.
+        pid: i32,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The VMM survived SIGKILL's wait.
+    #[error("clone {id}: VMM pid {pid} did not exit after SIGKILL")]
+    Survived {
+        /// Clone.
+        id: String,
+        /// pid.
+        pid: i32,
+    },
+    /// Removing the clone's files failed.
+    #[error("clone {id}: cannot remove {path}")]
+    Files {
+        /// Clone.
+        id: String,
+        /// Dir.
+        path: String,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Removing the record failed.
+    #[error("clone {id}: cannot remove its record")]
+    Record {
+        /// Clone.
+        id: String,
+        /// Cause.
+        #[source]
+        source: state::StateError,
+    },
+}
+
+/// What happened to the VMM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum VmmFate {
+    /// Exited after SIGTERM.
+    Terminated,
+    /// Needed SIGKILL.
+    Killed,
+    /// Was already gone (or its pid now belongs to another process, which
+    /// was left alone).
+    AlreadyGone,
+}
+
+/// Stops the clone's VMM: SIGTERM, up to `grace` for it to exit, then
+/// SIGKILL. Never signals a process that is not the recorded one.
+pub fn stop_vmm(r: &CloneRecord, grace: Duration) -> Result<VmmFate, TeardownError> {
+    let Ok(fd) = pidfd::pidfd_open(r.pid) else {
+        return Ok(VmmFate::AlreadyGone);
+    };
+    // The pidfd pins the process; check it is the one we started.
+    if !state::same_process(r.pid, r.pid_start) {
+        return Ok(VmmFate::AlreadyGone);
+    }
+    let sig = |s| {
+        pidfd::pidfd_send_signal(&fd, s).map_err(|source| TeardownError::Signal {
+            id: r.id.clone(),
+            pid: r.pid,
+            source,
+        })
+    };
+    if let Err(e) = sig(libc::SIGTERM) {
+        return match e {
+            TeardownError::Signal { ref source, .. }
+                if source.raw_os_error() == Some(libc::ESRCH) =>
+            {
+                Ok(VmmFate::AlreadyGone)
+            }
+            e => Err(e),
+        };
+    }
+    let wait =
+        |ms: u128| pidfd::pidfd_exited(&fd, ms.min(i32::MAX as u128) as i32).unwrap_or(false);
+    if wait(grace.as_millis()) {
+        return Ok(VmmFate::Terminated);
+    }
+    sig(libc::SIGKILL)?;
+    if wait(5_000) {
+        Ok(VmmFate::Killed)
+    } else {
+        Err(TeardownError::Survived {
+            id: r.id.clone(),
+            pid: r.pid,
+        })
+    }
+}
+
+/// Removes a clone directory, but only one named with wasp's prefix.
+pub fn remove_clone_dir(id: &str, dir: &Path) -> Result<(), TeardownError> {
+    let named_ok = dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with(crate::paths::PREFIX));
+    if !named_ok {
+        return Err(TeardownError::Files {
+            id: id.into(),
+            path: dir.display().to_string(),
+            source: std::io::Error::other("not a wasp clone directory; left alone"),
+        });
+    }
+    match std::fs::remove_dir_all(dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(TeardownError::Files {
+            id: id.into(),
+            path: dir.display().to_string(),
+            source: e,
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// Stops the VMM, removes files and record. Returns the VMM's fate and
+/// every error met (teardown continues past each).
+pub fn teardown(
+    store: &state::Store,
+    r: &CloneRecord,
+    grace: Duration,
+) -> (Option<VmmFate>, Vec<TeardownError>) {
+    let mut errors = Vec::new();
+    let fate = match stop_vmm(r, grace) {
+        Ok(f) => Some(f),
+        Err(e) => {
+            errors.push(e);
+            None
+        }
+    };
+    if let Err(e) = remove_clone_dir(&r.id, &r.clone_dir) {
+        errors.push(e);
+    }
+    if let Err(source) = store.remove(&r.id) {
+        errors.push(TeardownError::Record {
+            id: r.id.clone(),
+            source,
+        });
+    }
+    (fate, errors)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+
+    fn record(pid: i32, start: u64, dir: &Path) -> CloneRecord {
+        CloneRecord {
+            id: "t-0".into(),
+            pid,
+            pid_start: start,
+            vmm: "standin".into(),
+            netns: "wasp-p-0".into(),
+            slot: 0,
+            pool: "p".into(),
+            host_netns: None,
+            clone_ip: Ipv4Addr::new(10, 0, 0, 2),
+            ready_port: None,
+            api_sock: dir.join("api.sock"),
+            clone_dir: dir.to_owned(),
+            snapshot: "/snap".into(),
+            created_at: "x".into(),
+        }
+    }
+
+    #[test]
+    fn stops_the_recorded_process_and_spares_a_recycled_pid() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("600")
+            .spawn()
+            .unwrap();
+        let pid = child.id() as i32;
+        let start = state::pid_start_time(pid).unwrap();
+        // Wrong start time: treated as a recycled pid, never signalled.
+        let fate = stop_vmm(
+            &record(pid, start + 1, Path::new("/x")),
+            Duration::from_millis(10),
+        )
+        .unwrap();
+        assert_eq!(fate, VmmFate::AlreadyGone);
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "a recycled pid was signalled"
+        );
+        let fate = stop_vmm(&record(pid, start, Path::new("/x")), Duration::from_secs(5)).unwrap();
+        assert_eq!(fate, VmmFate::Terminated);
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(child.wait().unwrap().signal(), Some(libc::SIGTERM));
+    }
+
+    #[test]
+    fn teardown_removes_files_and_record_and_refuses_foreign_dirs() {
+        let d = tempfile::tempdir().unwrap();
+        let s = state::Store::open(&d.path().join("state")).unwrap();
+        let dir = d.path().join("wasp-t-0");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("rootfs"), b"x").unwrap();
+        let r = record(i32::MAX, 0, &dir);
+        s.put(&r).unwrap();
+        let (fate, errors) = teardown(&s, &r, Duration::from_millis(10));
+        assert_eq!(fate, Some(VmmFate::AlreadyGone));
+        assert!(errors.is_empty(), "{errors:?}");
+        assert!(!dir.exists());
+        assert!(s.list().unwrap().0.is_empty());
+
+        let foreign = d.path().join("precious");
+        std::fs::create_dir_all(&foreign).unwrap();
+        let e = remove_clone_dir("t-0", &foreign).unwrap_err();
+        assert!(e.to_string().contains("precious"));
+        assert!(foreign.exists());
+    }
+}

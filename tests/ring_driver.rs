@@ -1,0 +1,316 @@
+//! Both restore drivers (io_uring and the syscall fallback) against fake
+//! VMM API servers on real unix sockets: the same batch must give the same
+//! outcomes. No root needed.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Ipv4Addr, TcpListener};
+use std::os::unix::net::UnixListener;
+use std::path::PathBuf;
+use std::process::{Child, Command};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+use wasp::ready::Ready;
+use wasp::restore::{Job, Phase, Plan, RestoreError, Timeouts};
+use wasp::ring::{self, DriverKind, Feed, Outcome};
+use wasp::vmm_api::BackendType;
+use zeroize::Zeroizing;
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Behaviour {
+    Good,
+    Fault400OnLoad,
+    HangOnResume,
+    ExitDuringLoad,
+}
+
+/// Reads one HTTP request (head + Content-Length body); None on EOF.
+fn read_request(r: &mut BufReader<std::os::unix::net::UnixStream>) -> Option<(String, Vec<u8>)> {
+    let mut line = String::new();
+    if r.read_line(&mut line).ok()? == 0 {
+        return None;
+    }
+    let mut len = 0usize;
+    loop {
+        let mut h = String::new();
+        r.read_line(&mut h).ok()?;
+        if h == "\r\n" || h.is_empty() {
+            break;
+        }
+        if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+            len = v.trim().parse().unwrap();
+        }
+    }
+    let mut body = vec![0u8; len];
+    r.read_exact(&mut body).ok()?;
+    Some((line.trim_end().to_owned(), body))
+}
+
+/// A fake VMM: binds `sock` once `go` fires (so the driver must wait for
+/// the file), serves one connection.
+fn fake_vmm(
+    sock: PathBuf,
+    behaviour: Behaviour,
+    child_pid: i32,
+    go: mpsc::Receiver<()>,
+    seen: mpsc::Sender<String>,
+) {
+    std::thread::spawn(move || {
+        let _ = go.recv();
+        let l = UnixListener::bind(&sock).unwrap();
+        let (s, _) = l.accept().unwrap();
+        let mut w = s.try_clone().unwrap();
+        let mut r = BufReader::new(s);
+        while let Some((line, body)) = read_request(&mut r) {
+            let _ = seen.send(format!("{line} {}", String::from_utf8_lossy(&body)));
+            let resp: String = match (behaviour, line.as_str()) {
+                (Behaviour::Fault400OnLoad, l) if l.starts_with("PUT /snapshot/load") => {
+                    let b = r#"{"fault_message":"Load snapshot error: bad vmstate"}"#;
+                    format!(
+                        "HTTP/1.1 400 Bad Request\r\nContent-Length: {}\r\n\r\n{b}",
+                        b.len()
+                    )
+                }
+                (Behaviour::ExitDuringLoad, l) if l.starts_with("PUT /snapshot/load") => {
+                    nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(child_pid),
+                        nix::sys::signal::SIGKILL,
+                    )
+                    .unwrap();
+                    // Keep the connection open and silent: only the pidfd
+                    // can tell the driver.
+                    let mut sink = Vec::new();
+                    let _ = r.read_to_end(&mut sink);
+                    return;
+                }
+                (Behaviour::HangOnResume, l) if l.starts_with("PATCH /vm") => {
+                    let mut sink = Vec::new();
+                    let _ = r.read_to_end(&mut sink);
+                    return;
+                }
+                (_, l) if l.starts_with("GET / ") => {
+                    let b = r#"{"id":"x","state":"Running","vmm_version":"fake"}"#;
+                    format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{b}", b.len())
+                }
+                _ => "HTTP/1.1 204 No Content\r\n\r\n".to_owned(),
+            };
+            if w.write_all(resp.as_bytes()).is_err() {
+                return;
+            }
+        }
+    });
+}
+
+struct Batch {
+    jobs: Vec<Job>,
+    gos: Vec<mpsc::Sender<()>>,
+    outcomes: Vec<Outcome>,
+}
+
+impl Feed for Batch {
+    fn next_job(&mut self) -> Option<Job> {
+        let job = self.jobs.pop()?;
+        // Let its fake VMM bind only now, after the driver has the job.
+        let _ = self.gos[job.index].send(());
+        Some(job)
+    }
+    fn done(&mut self, o: Outcome) {
+        self.outcomes.push(o);
+    }
+}
+
+fn run_batch(
+    kind: DriverKind,
+    behaviours: &[Behaviour],
+    ready: Ready,
+) -> (Vec<Outcome>, Vec<Child>, mpsc::Receiver<String>) {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_owned();
+    let (seen_tx, seen_rx) = mpsc::channel();
+    let mut jobs = Vec::new();
+    let mut gos = Vec::new();
+    let mut children = Vec::new();
+    for (i, b) in behaviours.iter().enumerate() {
+        let child = Command::new("sleep").arg("600").spawn().unwrap();
+        let pid = child.id() as i32;
+        let sock = dir.join(format!("c{i}")).join("api.sock");
+        std::fs::create_dir_all(sock.parent().unwrap()).unwrap();
+        let (go_tx, go_rx) = mpsc::channel();
+        fake_vmm(sock.clone(), *b, pid, go_rx, seen_tx.clone());
+        gos.push(go_tx);
+        jobs.push(Job {
+            index: i,
+            id: format!("wasp-test-{i}"),
+            api_sock: sock,
+            pid,
+            pidfd: wasp::sys::pidfd::pidfd_open(pid).unwrap(),
+            launched_at: Instant::now(),
+            net_override: None,
+            clone_ip: Ipv4Addr::LOCALHOST,
+            mmds_body: Zeroizing::new(
+                format!(r#"{{"env":{{"AGENT_ID":"wasp-test-{i}"}}}}"#).into_bytes(),
+            ),
+        });
+        children.push(child);
+    }
+    jobs.reverse();
+    let plan = Arc::new(Plan {
+        snapshot_path: "/snap/vmstate".into(),
+        mem_path: "/snap/mem".into(),
+        backend: BackendType::File,
+        ready,
+        timeouts: Timeouts {
+            socket: Duration::from_secs(20),
+            load: Duration::from_secs(20),
+            api: Duration::from_millis(300),
+            ready: Duration::from_millis(300),
+        },
+        ready_retry: Duration::from_millis(20),
+    });
+    let mut batch = Batch {
+        jobs,
+        gos,
+        outcomes: Vec::new(),
+    };
+    ring::run(kind, plan, 4, &mut batch).unwrap();
+    drop(tmp);
+    batch.outcomes.sort_by_key(|o| o.job.index);
+    (batch.outcomes, children, seen_rx)
+}
+
+fn kinds() -> Vec<DriverKind> {
+    let mut v = vec![DriverKind::Syscalls];
+    match ring::choose() {
+        (DriverKind::Uring, _) => v.push(DriverKind::Uring),
+        (_, why) => eprintln!("io_uring unavailable ({why:?}); testing the fallback only"),
+    }
+    v
+}
+
+fn cleanup(children: Vec<Child>) {
+    for mut c in children {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}
+
+#[test]
+fn a_good_batch_restores_every_clone_in_order_of_phases() {
+    for kind in kinds() {
+        let tcp = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = tcp.local_addr().unwrap().port();
+        let (outs, children, seen) = run_batch(kind, &[Behaviour::Good; 10], Ready::Tcp(port));
+        assert_eq!(outs.len(), 10, "{kind}");
+        for o in &outs {
+            assert!(o.result.is_ok(), "{kind}: {:?}", o.result);
+        }
+        let reqs: Vec<String> = seen.try_iter().collect();
+        // Every clone: load, then mmds with its own AGENT_ID, then resume.
+        for i in 0..10 {
+            let id = format!("wasp-test-{i}\"");
+            assert!(
+                reqs.iter()
+                    .any(|r| r.starts_with("PUT /mmds") && r.contains(&id)),
+                "{kind}: {reqs:?}"
+            );
+        }
+        assert_eq!(
+            reqs.iter()
+                .filter(|r| r.starts_with("PUT /snapshot/load"))
+                .count(),
+            10
+        );
+        assert_eq!(
+            reqs.iter()
+                .filter(|r| r.starts_with("PATCH /vm") && r.contains("Resumed"))
+                .count(),
+            10
+        );
+        cleanup(children);
+    }
+}
+
+#[test]
+fn running_readiness_uses_get_root() {
+    for kind in kinds() {
+        let (outs, children, seen) = run_batch(kind, &[Behaviour::Good; 3], Ready::Running);
+        assert!(outs.iter().all(|o| o.result.is_ok()), "{kind}");
+        assert_eq!(
+            seen.try_iter().filter(|r| r.starts_with("GET / ")).count(),
+            3
+        );
+        cleanup(children);
+    }
+}
+
+#[test]
+fn faults_are_typed_per_clone_and_the_rest_of_the_batch_completes() {
+    for kind in kinds() {
+        let b = [
+            Behaviour::Good,
+            Behaviour::Fault400OnLoad,
+            Behaviour::HangOnResume,
+            Behaviour::ExitDuringLoad,
+            Behaviour::Good,
+        ];
+        let (outs, children, _) = run_batch(kind, &b, Ready::None);
+        assert_eq!(outs.len(), 5);
+        assert!(outs[0].result.is_ok() && outs[4].result.is_ok(), "{kind}");
+        match &outs[1].result {
+            Err(RestoreError::Api {
+                phase: Phase::Load,
+                status: 400,
+                fault_message,
+            }) => {
+                assert!(fault_message.contains("bad vmstate"))
+            }
+            other => panic!("{kind}: {other:?}"),
+        }
+        assert!(
+            matches!(
+                outs[2].result,
+                Err(RestoreError::Timeout {
+                    phase: Phase::Resume,
+                    ..
+                })
+            ),
+            "{kind}: {:?}",
+            outs[2].result
+        );
+        assert!(
+            matches!(
+                outs[3].result,
+                Err(RestoreError::VmmExited { phase: Phase::Load })
+            ),
+            "{kind}: {:?}",
+            outs[3].result
+        );
+        cleanup(children);
+    }
+}
+
+#[test]
+fn refused_readiness_times_out_in_the_ready_phase() {
+    for kind in kinds() {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let (outs, children, _) = run_batch(kind, &[Behaviour::Good; 2], Ready::Tcp(port));
+        for o in &outs {
+            assert!(
+                matches!(
+                    o.result,
+                    Err(RestoreError::Timeout {
+                        phase: Phase::Ready,
+                        ..
+                    })
+                ),
+                "{kind}: {:?}",
+                o.result
+            );
+        }
+        cleanup(children);
+    }
+}

@@ -1,0 +1,259 @@
+//! The spawn pipeline end to end with the stand-in VMM, over fake slots made
+//! of test namespaces (the real pool has its own tests): every clone runs in
+//! its slot's netns, holds its own rootfs, maps the shared memory file and
+//! sees its own AGENT_ID in MMDS; failures are typed and reclaimed.
+
+mod common;
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::TestNetns;
+use wasp::env::Env;
+use wasp::launch::Vmm;
+use wasp::ready::Ready;
+use wasp::restore::Timeouts;
+use wasp::snapshot::synth::{synth, SynthOptions};
+use wasp::spawn::{self, SlotError, SlotLease, Slots, SpawnOptions};
+use wasp::storage::clone::{CloneStore, Mode};
+
+struct FakeSlots {
+    nss: Vec<TestNetns>,
+    free: Vec<SlotLease>,
+    given_back: Vec<u32>,
+}
+
+impl FakeSlots {
+    fn new(n: usize, with_tap: bool) -> Self {
+        let mut nss = Vec::new();
+        let mut free = Vec::new();
+        for i in 0..n {
+            let ns = TestNetns::new(&format!("sp{i}"));
+            if with_tap {
+                ns.sh("ip tuntap add tap0 mode tap && ip addr add 192.168.241.1/29 dev tap0 && ip link set tap0 up");
+            }
+            free.push(SlotLease {
+                pool: "test".into(),
+                index: i as u32,
+                netns: ns.name().to_owned(),
+                clone_ip: format!("10.0.0.{}", i + 2).parse().unwrap(),
+                tap: "tap0".into(),
+            });
+            nss.push(ns);
+        }
+        free.reverse();
+        Self {
+            nss,
+            free,
+            given_back: Vec::new(),
+        }
+    }
+}
+
+impl Slots for FakeSlots {
+    fn take(&mut self) -> Result<SlotLease, SlotError> {
+        self.free.pop().ok_or_else(|| "pool empty".into())
+    }
+    fn give_back(&mut self, slot: SlotLease) -> Result<(), SlotError> {
+        self.given_back.push(slot.index);
+        Ok(())
+    }
+    fn check_tap(&mut self, slot: &SlotLease) -> Result<(), SlotError> {
+        let ns = self.nss.iter().find(|n| n.name() == slot.netns).unwrap();
+        if ns.sh_ok("ip link show tap0") {
+            Ok(())
+        } else {
+            Err(format!("no tap0 in {}", slot.netns).into())
+        }
+    }
+    fn host_netns(&self) -> Option<String> {
+        None
+    }
+}
+
+fn setup(root: &Path) -> (PathBuf, CloneStore) {
+    let snap = root.join("snap");
+    synth(&SynthOptions {
+        out: snap.clone(),
+        mem_mib: 32,
+        rootfs_mib: 4,
+        vcpus: 1,
+        rootfs_read_only: false,
+        scratch_mib: None,
+        sha256: false,
+    })
+    .unwrap();
+    let store = CloneStore::open(&snap, &root.join("run"), Mode::Auto).unwrap();
+    (snap, store)
+}
+
+fn options(root: &Path, count: usize, args: &[&str]) -> SpawnOptions {
+    SpawnOptions {
+        vmm: Vmm::Standin(env!("CARGO_BIN_EXE_wasp-standin").into()),
+        count,
+        parallel: 4,
+        ready: Ready::Running,
+        timeouts: Timeouts {
+            socket: Duration::from_secs(10),
+            load: Duration::from_secs(10),
+            api: Duration::from_secs(2),
+            ready: Duration::from_secs(10),
+        },
+        driver: None,
+        state_dir: root.join("state"),
+        ready_retry: Duration::from_millis(10),
+        vmm_args: args.iter().map(|s| s.to_string()).collect(),
+    }
+}
+
+fn teardown_all(root: &Path) {
+    let store = wasp::state::Store::open(&root.join("state")).unwrap();
+    for r in store.list().unwrap().0 {
+        let (_, errors) = wasp::teardown::teardown(&store, &r, Duration::from_secs(5));
+        assert!(errors.is_empty(), "{errors:?}");
+    }
+}
+
+#[test]
+fn standin_clones_get_their_own_disk_shared_memory_and_own_agent_id() {
+    root_or_skip!();
+    let tmp = tempfile::tempdir().unwrap();
+    let (snap, store) = setup(tmp.path());
+    let mut slots = FakeSlots::new(3, true);
+    let mut env = Env::new();
+    env.add_plain("API_URL=http://10.0.0.1:8080").unwrap();
+    env.add_secret_from("TOKEN", |_| Some("canary-9f2c".into()))
+        .unwrap();
+    let report = spawn::spawn(&options(tmp.path(), 3, &[]), &store, &mut slots, &env).unwrap();
+    let guard = scopeguard(tmp.path());
+    assert_eq!(report.summary.ready, 3, "{:#?}", report.clones);
+    assert_eq!(report.summary.failed, 0);
+    assert_eq!(report.summary.mem_bytes_copied, 0);
+    let mem = std::fs::canonicalize(snap.join("vm.mem")).unwrap();
+    let base_rootfs_ino = std::fs::metadata(snap.join("rootfs.ext4")).unwrap().ino();
+    for c in &report.clones {
+        let pid = c.pid.unwrap();
+        // In its slot's netns.
+        let ns = slots
+            .nss
+            .iter()
+            .find(|n| Some(n.name()) == c.netns.as_deref())
+            .unwrap();
+        assert_eq!(
+            std::fs::metadata(format!("/proc/{pid}/ns/net"))
+                .unwrap()
+                .ino(),
+            wasp::sys::netns::inode_of(ns.fd()).unwrap()
+        );
+        // The shared memory file, mapped private.
+        let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+        let line = maps
+            .lines()
+            .find(|l| l.ends_with(mem.to_str().unwrap()))
+            .expect("memory file mapped");
+        assert_eq!(
+            line.split_whitespace().nth(1).unwrap().as_bytes()[3],
+            b'p',
+            "{line}"
+        );
+        // Its own rootfs inode open, not the base's.
+        let own = store.clone_dir(&c.id).join("rootfs");
+        let own_ino = std::fs::metadata(&own)
+            .unwrap_or_else(|_| panic!("{own:?}"))
+            .ino();
+        let fds: Vec<u64> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .filter_map(|e| std::fs::metadata(e.unwrap().path()).ok())
+            .map(|m| m.ino())
+            .collect();
+        assert!(
+            fds.contains(&own_ino),
+            "clone {} does not hold its own rootfs",
+            c.id
+        );
+        assert!(
+            !fds.contains(&base_rootfs_ino),
+            "clone {} holds the base rootfs",
+            c.id
+        );
+        // Its own AGENT_ID in MMDS.
+        let mut client =
+            wasp::vmm_api::Client::connect(&store.clone_dir(&c.id).join("api.sock")).unwrap();
+        let mmds = client.get_mmds().unwrap();
+        assert_eq!(mmds["env"]["AGENT_ID"], c.id.as_str());
+        // No secret in argv or environ.
+        for f in ["cmdline", "environ"] {
+            let b = std::fs::read(format!("/proc/{pid}/{f}")).unwrap();
+            assert!(
+                !String::from_utf8_lossy(&b).contains("canary-9f2c"),
+                "secret in /proc/{pid}/{f}"
+            );
+        }
+    }
+    drop(guard);
+    assert!(
+        std::fs::read_dir(store.clones_dir())
+            .unwrap()
+            .next()
+            .is_none(),
+        "clone dirs left"
+    );
+}
+
+#[test]
+fn a_missing_tap_and_a_failing_load_are_reclaimed_and_the_batch_goes_on() {
+    root_or_skip!();
+    let tmp = tempfile::tempdir().unwrap();
+    let (_snap, store) = setup(tmp.path());
+    // No taps at all: every clone fails in the slot phase, before load.
+    let mut slots = FakeSlots::new(2, false);
+    let report = spawn::spawn(
+        &options(tmp.path(), 2, &[]),
+        &store,
+        &mut slots,
+        &Env::new(),
+    )
+    .unwrap();
+    assert_eq!(report.summary.failed, 2);
+    for c in &report.clones {
+        assert_eq!(c.failed_phase.as_deref(), Some("slot"));
+        assert!(c.error.as_deref().unwrap().contains("tap"), "{:?}", c.error);
+    }
+    assert_eq!(slots.given_back.len(), 2);
+
+    // load-400 fault: typed error in phase load; slot and files reclaimed.
+    let mut slots = FakeSlots::new(2, true);
+    let report = spawn::spawn(
+        &options(tmp.path(), 2, &["--fault", "load-400"]),
+        &store,
+        &mut slots,
+        &Env::new(),
+    )
+    .unwrap();
+    let _guard = scopeguard(tmp.path());
+    assert_eq!(report.summary.failed, 2);
+    for c in &report.clones {
+        assert_eq!(c.failed_phase.as_deref(), Some("load"), "{c:?}");
+        assert!(c.error.as_deref().unwrap().contains("400"), "{:?}", c.error);
+    }
+    assert_eq!(slots.given_back.len(), 2);
+    assert!(
+        std::fs::read_dir(store.clones_dir())
+            .unwrap()
+            .next()
+            .is_none(),
+        "clone dirs left"
+    );
+}
+
+/// Tears every recorded clone down when dropped, even on panic.
+fn scopeguard(root: &Path) -> impl Drop + '_ {
+    struct G<'a>(&'a Path);
+    impl Drop for G<'_> {
+        fn drop(&mut self) {
+            teardown_all(self.0);
+        }
+    }
+    G(root)
+}
