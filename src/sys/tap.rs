@@ -278,6 +278,20 @@ pub fn poll_readable(fds: &[BorrowedFd<'_>], timeout_ms: i32) -> io::Result<Vec<
     Ok(pfds.iter().map(|p| p.revents != 0).collect())
 }
 
+/// The interface index of `name` in the calling thread's namespace
+/// (`if_nametoindex(3)`).
+pub fn ifindex(name: &str) -> io::Result<u32> {
+    check_ifname(name)?;
+    let c =
+        std::ffi::CString::new(name).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: c is a valid NUL-terminated string that outlives the call.
+    let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    if i == 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(i)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
