@@ -1106,3 +1106,72 @@ fn uffd_backend_handover_matches() {
         serde_json::json!([{"base_host_virt_addr":"ADDR","size":16<<20,"offset":0,"page_size":4096,"page_size_kib":4096}])
     );
 }
+
+/// Payload and MMDS size limits: a body over 51200 bytes is refused by the
+/// HTTP layer (400, `{ "error": ... }`, connection dropped); a PATCH that
+/// would grow the store past the limit answers 413.
+#[test]
+fn mmds_limits_match() {
+    root_or_skip!();
+    let big = format!(r#"{{"k":"{}"}}"#, "x".repeat(60_000));
+    let half = format!(r#"{{"k":"{}"}}"#, "x".repeat(30_000));
+    let more = format!(r#"{{"k2":"{}"}}"#, "y".repeat(30_000));
+    let mut seen = Vec::new();
+    for kind in [Kind::Firecracker, Kind::Standin] {
+        let dir = prepare_dir("lim");
+        let mut v = Vmm::start(kind, dir.path(), "lim");
+        let mut out = Vec::new();
+        // Over the payload limit: the client refuses to send it, and a raw
+        // sender gets the HTTP layer's 400 (compared on the first answer
+        // only; the connection is unusable afterwards).
+        assert!(matches!(
+            v.client.raw(Method::Put, "/mmds", Some(big.as_bytes())),
+            Err(wasp::vmm_api::ApiError::BodyTooLarge { .. })
+        ));
+        {
+            use std::io::{Read, Write};
+            let mut raw = UnixStream::connect(dir.path().join("lim.sock")).unwrap();
+            raw.write_all(&wasp::vmm_api::encode_request(
+                Method::Put,
+                "/mmds",
+                Some(big.as_bytes()),
+            ))
+            .unwrap();
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 4096];
+            let r = loop {
+                if let Some((r, _)) = wasp::vmm_api::parse_response(&buf).unwrap() {
+                    break r;
+                }
+                let n = raw.read(&mut chunk).unwrap();
+                assert!(n > 0, "{kind:?} closed without an answer");
+                buf.extend_from_slice(&chunk[..n]);
+            };
+            out.push((r.status, String::from_utf8_lossy(&r.body).into_owned()));
+        }
+        for (m, body) in [
+            (Method::Put, half.as_str()),
+            (Method::Patch, more.as_str()),
+            (Method::Patch, r#"{"k3":"z"}"#),
+        ] {
+            let r = v.client.raw(m, "/mmds", Some(body.as_bytes())).unwrap();
+            out.push((r.status, String::from_utf8_lossy(&r.body).into_owned()));
+        }
+        let (s, data) = v.call(Method::Get, "/mmds", "");
+        out.push((s, format!("{} bytes", data.len())));
+        seen.push(out);
+    }
+    assert_eq!(
+        seen[0], seen[1],
+        "stand-in diverges from Firecracker on size limits"
+    );
+    assert_eq!(seen[0][0].0, 400);
+    assert!(
+        seen[0][0].1.contains("larger than the limit of 51200"),
+        "{}",
+        seen[0][0].1
+    );
+    assert_eq!(seen[0][1].0, 204, "under the limit");
+    assert_eq!(seen[0][2].0, 413, "{}", seen[0][2].1);
+    assert_eq!(seen[0][3].0, 204);
+}

@@ -193,6 +193,8 @@ const NOT_BEFORE_START: &str =
     "The requested operation is not supported before starting the microVM.";
 const NOT_AFTER_START: &str =
     "The requested operation is not supported after starting the microVM.";
+/// Firecracker's default MMDS data store limit, in bytes.
+pub const MMDS_LIMIT: usize = 51_200;
 const MMDS_NOT_INIT: &str = "MMDS error: The MMDS data store is not initialized.";
 const LOAD_PREFIX: &str = "Load snapshot error: Failed to restore from snapshot: ";
 
@@ -544,7 +546,15 @@ impl<H: Host> Vmm<H> {
                     let mut g = self.mmds.lock().expect("mmds lock");
                     match g.as_mut() {
                         Some(d) => {
-                            merge_patch(d, &v);
+                            let mut patched = d.clone();
+                            merge_patch(&mut patched, &v);
+                            let size = serde_json::to_vec(&patched).map_or(0, |b| b.len());
+                            if size > MMDS_LIMIT {
+                                let mut r = Reply::fault("MMDS limit exceeded error: The MMDS patch request doesn't fit.");
+                                r.status = 413;
+                                return r;
+                            }
+                            *d = patched;
                             Reply::no_content()
                         }
                         None => Reply::fault(MMDS_NOT_INIT),

@@ -8,9 +8,9 @@ use thiserror::Error;
 
 /// Largest request head accepted.
 pub const MAX_HEAD: usize = 16 * 1024;
-/// Largest request body accepted (Firecracker's MMDS default limit is 51200
-/// bytes of data; API bodies are small).
-pub const MAX_BODY: usize = 1 << 20;
+/// Largest request body accepted: Firecracker's default payload limit (it
+/// is also the default MMDS data store limit).
+pub const MAX_BODY: usize = 51_200;
 
 /// One parsed request.
 #[derive(Clone, PartialEq, Eq)]
@@ -160,8 +160,8 @@ mod tests {
             Err(RequestError::ContentLength)
         );
         assert_eq!(
-            parse_request(b"PUT / HTTP/1.1\r\nContent-Length: 9999999\r\n\r\n"),
-            Err(RequestError::BodyTooLarge(9_999_999))
+            parse_request(b"PUT / HTTP/1.1\r\nContent-Length: 51201\r\n\r\n"),
+            Err(RequestError::BodyTooLarge(51_201))
         );
         let mut big = b"GET / HTTP/1.1\r\nX: ".to_vec();
         big.resize(MAX_HEAD + 1, b'a');

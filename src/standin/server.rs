@@ -11,7 +11,7 @@ use thiserror::Error;
 
 use super::api::{After, Host, Reply, Vmm};
 use super::host::{log_line, RealHost};
-use super::http::{encode_response, parse_request};
+use super::http::{encode_response, parse_request, RequestError, MAX_BODY};
 use super::Faults;
 
 /// Server options.
@@ -179,7 +179,24 @@ pub fn serve_buffered<H: Host>(vmm: &mut Vmm<H>, conn: &mut Conn, id: &str) -> C
             }
             Ok(None) => return ConnState::Open,
             Err(e) => {
-                let _ = send(&mut conn.s, &Reply::fault(format!("{e}")));
+                // Firecracker's HTTP layer answers these without the
+                // fault_message envelope and drops the connection.
+                let msg = match e {
+                    RequestError::BodyTooLarge(n) => format!(
+                        "Request payload with size {n} is larger than the limit of {MAX_BODY} allowed by server."
+                    ),
+                    other => other.to_string(),
+                };
+                let body = format!(
+                    "{{ \"error\": \"{msg}\nAll previous unanswered requests will be dropped.\" }}"
+                );
+                let reply = Reply {
+                    status: 400,
+                    body: Some(body.into_bytes()),
+                    after: After::Close,
+                };
+                log_line(id, &format!("bad request: {msg}"));
+                let _ = send(&mut conn.s, &reply);
                 return ConnState::Closed;
             }
         }
