@@ -23,6 +23,10 @@ use thiserror::Error;
 pub const MAX_HEAD: usize = 16 * 1024;
 /// Largest response body we accept (MMDS documents are capped well below).
 pub const MAX_BODY: usize = 1 << 20;
+/// Largest request body Firecracker accepts (its default payload limit).
+/// Larger bodies are refused here: Firecracker would answer 400 after the
+/// head and then parse the rest of the body as garbage requests.
+pub const MAX_REQUEST_BODY: usize = 51_200;
 /// Default read/write timeout; a Full snapshot of a large guest takes a while.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -207,6 +211,21 @@ pub enum ApiError {
         /// Firecracker's `fault_message` (or the raw body when absent).
         fault_message: String,
     },
+    /// The request body is over Firecracker's payload limit.
+    #[error("{method} {uri}: the request body is {len} bytes, over the VMM's {MAX_REQUEST_BODY}-byte limit; send less (MMDS data is limited to the same size)")]
+    BodyTooLarge {
+        /// Method.
+        method: &'static str,
+        /// Request path.
+        uri: String,
+        /// Body length.
+        len: usize,
+    },
+    /// Internal: a kept-alive connection turned out closed before any
+    /// answer byte (mapped to a retry or [`ApiError::Closed`]; never
+    /// returned by [`Client::raw`]).
+    #[error("stale keep-alive connection")]
+    Stale,
     /// A 2xx body was not the expected JSON.
     #[error("{method} {uri}: the VMM's answer is not the expected JSON")]
     Decode {
@@ -494,8 +513,46 @@ impl Client {
         Ok(s)
     }
 
-    /// Sends one request and reads its response, whatever the status.
+    /// Sends one request and reads its response, whatever the status. If
+    /// the VMM had closed a kept-alive connection since the last call (the
+    /// write fails, or EOF comes before any answer byte), it reconnects and
+    /// sends once more.
     pub fn raw(
+        &mut self,
+        method: Method,
+        uri: &str,
+        body: Option<&[u8]>,
+    ) -> Result<Response, ApiError> {
+        if let Some(b) = body.filter(|b| b.len() > MAX_REQUEST_BODY) {
+            return Err(ApiError::BodyTooLarge {
+                method: method.as_str(),
+                uri: uri.to_owned(),
+                len: b.len(),
+            });
+        }
+        let reused = self.stream.is_some();
+        match self.raw_once(method, uri, body) {
+            Err(ApiError::Stale) if reused => {
+                self.stream = None;
+                match self.raw_once(method, uri, body) {
+                    Err(ApiError::Stale) => Err(ApiError::Closed {
+                        method: method.as_str(),
+                        uri: uri.to_owned(),
+                        path: self.path.clone(),
+                    }),
+                    r => r,
+                }
+            }
+            Err(ApiError::Stale) => Err(ApiError::Closed {
+                method: method.as_str(),
+                uri: uri.to_owned(),
+                path: self.path.clone(),
+            }),
+            r => r,
+        }
+    }
+
+    fn raw_once(
         &mut self,
         method: Method,
         uri: &str,
@@ -514,7 +571,12 @@ impl Client {
         };
         let mut stream = stream;
         self.buf.clear();
-        stream.write_all(&req).map_err(io_err)?;
+        if let Err(e) = stream.write_all(&req) {
+            return Err(match e.kind() {
+                io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset => ApiError::Stale,
+                _ => io_err(e),
+            });
+        }
         let mut chunk = [0u8; 4096];
         loop {
             match parse_response(&self.buf) {
@@ -534,8 +596,14 @@ impl Client {
             let n = match stream.read(&mut chunk) {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::ConnectionReset && self.buf.is_empty() => {
+                    return Err(ApiError::Stale)
+                }
                 Err(e) => return Err(io_err(e)),
             };
+            if n == 0 && self.buf.is_empty() {
+                return Err(ApiError::Stale);
+            }
             if n == 0 {
                 return Err(ApiError::Closed {
                     method: method.as_str(),

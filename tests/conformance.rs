@@ -104,8 +104,17 @@ impl Vmm {
         let ns = TestNetns::new(tag);
         let sock = dir.join(format!("{tag}.sock"));
         let _ = std::fs::remove_file(&sock);
+        // Logs go to a file so that stdout carries only the guest's serial
+        // bytes (Firecracker writes them one at a time, and log lines would
+        // otherwise interleave with them).
+        let log = dir.join(format!("{tag}.log"));
+        std::fs::write(&log, b"").unwrap();
         let mut cmd = Command::new(kind.bin());
-        cmd.arg("--api-sock").arg(&sock).args(extra);
+        cmd.arg("--api-sock")
+            .arg(&sock)
+            .arg("--log-path")
+            .arg(&log)
+            .args(extra);
         // stdin is a pipe held open: Firecracker drops serial output when stdin
         // is /dev/null (it cannot be added to its epoll set).
         cmd.stdout(Stdio::piped())
@@ -476,6 +485,9 @@ fn run_kind(kind: Kind) -> KindRun {
 
     let mut a = Vmm::start(kind, dir.path(), &format!("{tag}-cfg"));
     states.push(a.state());
+    // A second client is served while the first keeps its connection open.
+    let mut second = Client::connect(&dir.path().join(format!("{tag}-cfg.sock"))).unwrap();
+    assert_eq!(second.get_instance_info().unwrap().state, "Not started");
     // Up to InstanceStart; Firecracker's guest must print its marker before
     // it is paused and snapshotted.
     let start_at = 31;
@@ -570,6 +582,8 @@ fn same_answers_as_firecracker() {
     );
 }
 
+const LOAD_PLAIN: &str = r#"{"snapshot_path":"$DIR/vmstate","mem_backend":{"backend_type":"File","backend_path":"$DIR/mem"}}"#;
+
 /// Failed loads: both answer 400 and then exit with code 1.
 #[test]
 fn failed_loads_answer_then_exit() {
@@ -595,6 +609,8 @@ fn failed_loads_answer_then_exit() {
             "iface",
             r#"{"snapshot_path":"$DIR/vmstate","mem_backend":{"backend_type":"File","backend_path":"$DIR/mem"},"network_overrides":[{"iface_id":"eth9","host_dev_name":"wasptap9"}]}"#,
         ),
+        ("nodisk", LOAD_PLAIN),
+        ("busytap", LOAD_PLAIN),
     ];
     let mut results = Vec::new();
     for kind in [Kind::Firecracker, Kind::Standin] {
@@ -620,6 +636,11 @@ fn failed_loads_answer_then_exit() {
                 ),
                 (
                     Method::Put,
+                    "/drives/rootfs",
+                    r#"{"drive_id":"rootfs","path_on_host":"$DIR/disk.img","is_root_device":true,"is_read_only":false}"#,
+                ),
+                (
+                    Method::Put,
                     "/network-interfaces/eth0",
                     r#"{"iface_id":"eth0","host_dev_name":"wasptap0"}"#,
                 ),
@@ -642,8 +663,21 @@ fn failed_loads_answer_then_exit() {
         let mut out = Vec::new();
         for (name, body) in cases {
             let mut v = Vmm::start(kind, dir.path(), &format!("{tag}-{name}"));
+            let disk = dir.path().join("disk.img");
+            let away = dir.path().join("disk.away");
+            if *name == "nodisk" {
+                std::fs::rename(&disk, &away).unwrap();
+            }
+            // Another holder of the recorded tap: TUNSETIFF answers EBUSY.
+            let _holder = (*name == "busytap").then(|| {
+                v.ns.run(|| wasp::sys::tap::open_tap("wasptap0", true))
+                    .unwrap()
+            });
             let (s, t) = v.call(Method::Put, "/snapshot/load", body);
             let code = v.exit_code();
+            if *name == "nodisk" {
+                std::fs::rename(&away, &disk).unwrap();
+            }
             out.push((name.to_string(), s, t, code));
         }
         results.push(out);
@@ -787,4 +821,361 @@ fn standin_is_honest_and_injects_faults() {
     assert!(!sock.exists());
     let _ = child.kill();
     let _ = child.wait();
+}
+
+/// Stand-in only: after load + MMDS + resume, the userspace guest answers
+/// ping, TCP on the readiness port and the agent endpoint on the slot's tap,
+/// and polls API_URL naming its AGENT_ID, without ever echoing a secret.
+#[test]
+fn standin_guest_answers_on_the_tap() {
+    use std::io::{Read, Write};
+    use std::net::{SocketAddr, TcpListener, TcpStream};
+    root_or_skip!();
+    let dir = prepare_dir("net");
+    {
+        let mut v = Vmm::start(Kind::Standin, dir.path(), "netmk");
+        for (m, p, b) in [
+            (
+                Method::Put,
+                "/boot-source",
+                r#"{"kernel_image_path":"$DIR/guest.elf"}"#,
+            ),
+            (
+                Method::Put,
+                "/network-interfaces/eth0",
+                r#"{"iface_id":"eth0","host_dev_name":"wasptap0","guest_mac":"06:00:c0:a8:f1:02"}"#,
+            ),
+            (
+                Method::Put,
+                "/actions",
+                r#"{"action_type":"InstanceStart"}"#,
+            ),
+            (Method::Patch, "/vm", r#"{"state":"Paused"}"#),
+            (
+                Method::Put,
+                "/snapshot/create",
+                r#"{"snapshot_path":"$DIR/vmstate","mem_file_path":"$DIR/mem"}"#,
+            ),
+        ] {
+            assert_eq!(v.call(m, p, b).0, 204, "{p}");
+        }
+    }
+    let mut v = Vmm::start(Kind::Standin, dir.path(), "netrun");
+    // The slot's side: a configured tap with the gateway address.
+    v.ns.sh("ip tuntap add wasptap0 mode tap && ip addr add 192.168.241.1/29 dev wasptap0 && ip link set wasptap0 up");
+    let api = v.ns.run(|| TcpListener::bind("192.168.241.1:0")).unwrap();
+    let port = api.local_addr().unwrap().port();
+    let (tx, rx) = channel();
+    std::thread::spawn(move || {
+        let (mut s, _) = api.accept().unwrap();
+        let mut req = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = s.read(&mut buf).unwrap();
+            if n == 0 {
+                break;
+            }
+            req.extend_from_slice(&buf[..n]);
+        }
+        s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+            .unwrap();
+        let _ = tx.send(String::from_utf8_lossy(&req).into_owned());
+    });
+    let load = r#"{"snapshot_path":"$DIR/vmstate","mem_backend":{"backend_type":"File","backend_path":"$DIR/mem"}}"#;
+    assert_eq!(v.call(Method::Put, "/snapshot/load", load).0, 204);
+    let mmds = format!(
+        r#"{{"wasp":{{"env":{{"AGENT_ID":"vm7","API_URL":"http://192.168.241.1:{port}","GITHUB_TOKEN":"s3cret-token"}}}}}}"#
+    );
+    let r = v
+        .client
+        .raw(Method::Put, "/mmds", Some(mmds.as_bytes()))
+        .unwrap();
+    assert_eq!(r.status, 204);
+    assert_eq!(
+        v.call(Method::Patch, "/vm", r#"{"state":"Resumed"}"#).0,
+        204
+    );
+
+    let poll_req = rx
+        .recv_timeout(STARTUP_LIMIT)
+        .expect("guest never polled API_URL");
+    assert!(poll_req.contains("X-Agent-Id: vm7\r\n"), "{poll_req}");
+    assert!(!poll_req.contains("s3cret"));
+
+    let gip = std::net::Ipv4Addr::new(192, 168, 241, 2);
+    assert!(
+        v.ns.run(|| icmp_echo(gip, STARTUP_LIMIT)),
+        "guest does not answer ICMP echo"
+    );
+    let guest = |port: u16| SocketAddr::from(([192, 168, 241, 2], port));
+    v.ns.run(|| TcpStream::connect_timeout(&guest(22), STARTUP_LIMIT))
+        .expect("readiness port 22");
+    let body =
+        v.ns.run(|| -> std::io::Result<String> {
+            let mut s = TcpStream::connect_timeout(&guest(8080), STARTUP_LIMIT)?;
+            s.set_read_timeout(Some(STARTUP_LIMIT))?;
+            s.write_all(b"GET / HTTP/1.1\r\nHost: guest\r\nConnection: close\r\n\r\n")?;
+            let mut out = String::new();
+            s.read_to_string(&mut out)?;
+            Ok(out)
+        })
+        .expect("agent endpoint");
+    assert!(body.starts_with("HTTP/1.1 200"), "{body}");
+    assert!(
+        !body.contains("s3cret"),
+        "the agent must never echo a value"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(body.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    assert_eq!(json["agent_id"], "vm7");
+    assert_eq!(
+        json["env_keys"],
+        serde_json::json!(["AGENT_ID", "API_URL", "GITHUB_TOKEN"])
+    );
+    // Pause stops the guest.
+    assert_eq!(v.call(Method::Patch, "/vm", r#"{"state":"Paused"}"#).0, 204);
+    assert!(
+        !v.ns.run(|| icmp_echo(gip, Duration::from_secs(1))),
+        "a paused guest must not answer"
+    );
+}
+
+/// Sends one ICMP echo request to `dst` from a raw socket (in the calling
+/// thread's namespace; `ping` is not installed here) and waits up to
+/// `limit` for the matching reply.
+fn icmp_echo(dst: std::net::Ipv4Addr, limit: Duration) -> bool {
+    use nix::sys::socket::{
+        recv, sendto, setsockopt, socket, sockopt, AddressFamily, MsgFlags, SockFlag, SockProtocol,
+        SockType, SockaddrIn,
+    };
+    use std::os::fd::AsRawFd;
+    let fd = socket(
+        AddressFamily::Inet,
+        SockType::Raw,
+        SockFlag::SOCK_CLOEXEC,
+        SockProtocol::Icmp,
+    )
+    .expect("raw ICMP socket (needs root)");
+    let id: u16 = (std::process::id() & 0xffff) as u16;
+    let mut pkt = vec![8u8, 0, 0, 0];
+    pkt.extend_from_slice(&id.to_be_bytes());
+    pkt.extend_from_slice(&1u16.to_be_bytes());
+    pkt.extend_from_slice(b"wasp-conformance");
+    let mut sum: u32 = pkt
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    pkt[2..4].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+    let to = SockaddrIn::from(std::net::SocketAddrV4::new(dst, 0));
+    sendto(fd.as_raw_fd(), &pkt, &to, MsgFlags::empty()).expect("send echo");
+    let deadline = Instant::now() + limit;
+    let mut buf = [0u8; 1500];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        let tv = nix::sys::time::TimeVal::new(left.as_secs() as _, left.subsec_micros() as _);
+        setsockopt(&fd, sockopt::ReceiveTimeout, &tv).unwrap();
+        let n = match recv(fd.as_raw_fd(), &mut buf, MsgFlags::empty()) {
+            Ok(n) => n,
+            Err(nix::errno::Errno::EAGAIN) => return false,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => panic!("recv: {e}"),
+        };
+        let ihl = usize::from(buf[0] & 0x0f) * 4;
+        let src = std::net::Ipv4Addr::new(buf[12], buf[13], buf[14], buf[15]);
+        if n >= ihl + 8 && src == dst && buf[ihl] == 0 && buf[ihl + 4..ihl + 6] == id.to_be_bytes()
+        {
+            return true;
+        }
+    }
+}
+
+/// A userfaultfd page-fault handler for one VMM: serves every fault from the
+/// memory file. Returns the VMM's handover message and the pages served.
+fn spawn_uffd_handler(
+    sock: &Path,
+    mem_file: PathBuf,
+) -> (
+    UnixStream,
+    std::thread::JoinHandle<(serde_json::Value, usize)>,
+) {
+    use std::os::unix::fs::FileExt;
+    let listener = std::os::unix::net::UnixListener::bind(sock).unwrap();
+    let (stop_tx, stop_rx) = UnixStream::pair().unwrap();
+    let h = std::thread::spawn(move || {
+        let (conn, _) = listener.accept().unwrap();
+        let (msg, uffd) = wasp::sys::uffd_mem::recv_uffd(&conn).unwrap();
+        let msg: serde_json::Value = serde_json::from_slice(&msg).unwrap();
+        let base = msg[0]["base_host_virt_addr"].as_u64().unwrap();
+        let page = msg[0]["page_size"].as_u64().unwrap();
+        let file = std::fs::File::open(&mem_file).unwrap();
+        let mut buf = vec![0u8; page as usize];
+        let mut served = 0;
+        loop {
+            let mut fds = [
+                PollFd::new(uffd.as_fd(), PollFlags::POLLIN),
+                PollFd::new(stop_rx.as_fd(), PollFlags::POLLIN),
+            ];
+            poll(&mut fds, PollTimeout::NONE).unwrap();
+            if fds[1].revents().is_some_and(|r| !r.is_empty()) {
+                return (msg, served);
+            }
+            while let Some(addr) = uffd.read_fault().unwrap() {
+                let at = addr & !(page - 1);
+                file.read_exact_at(&mut buf, at - base).unwrap();
+                uffd.copy(at, &buf).unwrap();
+                served += 1;
+            }
+        }
+    });
+    (stop_tx, h)
+}
+
+/// The Uffd memory backend: both VMMs hand the same region list and a
+/// userfaultfd to the handler, then run on the pages it serves.
+#[test]
+fn uffd_backend_handover_matches() {
+    root_or_skip!();
+    let mut seen = Vec::new();
+    for kind in [Kind::Firecracker, Kind::Standin] {
+        let tag = if kind == Kind::Firecracker {
+            "fcu"
+        } else {
+            "siu"
+        };
+        let dir = prepare_dir(tag);
+        {
+            let mut v = Vmm::start(kind, dir.path(), &format!("{tag}-mk"));
+            for (m, p, b) in [
+                (
+                    Method::Put,
+                    "/machine-config",
+                    r#"{"vcpu_count":1,"mem_size_mib":16}"#,
+                ),
+                (
+                    Method::Put,
+                    "/boot-source",
+                    r#"{"kernel_image_path":"$DIR/guest.elf"}"#,
+                ),
+                (
+                    Method::Put,
+                    "/actions",
+                    r#"{"action_type":"InstanceStart"}"#,
+                ),
+                (Method::Patch, "/vm", r#"{"state":"Paused"}"#),
+                (
+                    Method::Put,
+                    "/snapshot/create",
+                    r#"{"snapshot_path":"$DIR/vmstate","mem_file_path":"$DIR/mem"}"#,
+                ),
+            ] {
+                assert_eq!(v.call(m, p, b).0, 204, "{kind:?} {p}");
+            }
+        }
+        let (stop, handler) =
+            spawn_uffd_handler(&dir.path().join("uffd.sock"), dir.path().join("mem"));
+        let mut v = Vmm::start(kind, dir.path(), &format!("{tag}-run"));
+        let load = r#"{"snapshot_path":"$DIR/vmstate","mem_backend":{"backend_type":"Uffd","backend_path":"$DIR/uffd.sock"}}"#;
+        let outcome = run_steps(
+            &mut v,
+            &[
+                (Method::Put, "/snapshot/load", load),
+                (Method::Patch, "/vm", r#"{"state":"Resumed"}"#),
+            ],
+        );
+        let state = v.state();
+        drop(v);
+        drop(stop);
+        let (mut msg, served) = handler.join().unwrap();
+        assert!(served > 0, "{kind:?}: no page was ever faulted in");
+        assert!(msg[0]["base_host_virt_addr"].as_u64().unwrap() > 0);
+        msg[0]["base_host_virt_addr"] = serde_json::json!("ADDR");
+        seen.push((outcome, state, msg));
+    }
+    assert_eq!(
+        seen[0], seen[1],
+        "stand-in diverges from Firecracker on the Uffd backend"
+    );
+    assert_eq!(
+        seen[0].2,
+        serde_json::json!([{"base_host_virt_addr":"ADDR","size":16<<20,"offset":0,"page_size":4096,"page_size_kib":4096}])
+    );
+}
+
+/// Payload and MMDS size limits: a body over 51200 bytes is refused by the
+/// HTTP layer (400, `{ "error": ... }`, connection dropped); a PATCH that
+/// would grow the store past the limit answers 413.
+#[test]
+fn mmds_limits_match() {
+    root_or_skip!();
+    let big = format!(r#"{{"k":"{}"}}"#, "x".repeat(60_000));
+    let half = format!(r#"{{"k":"{}"}}"#, "x".repeat(30_000));
+    let more = format!(r#"{{"k2":"{}"}}"#, "y".repeat(30_000));
+    let mut seen = Vec::new();
+    for kind in [Kind::Firecracker, Kind::Standin] {
+        let dir = prepare_dir("lim");
+        let mut v = Vmm::start(kind, dir.path(), "lim");
+        let mut out = Vec::new();
+        // Over the payload limit: the client refuses to send it, and a raw
+        // sender gets the HTTP layer's 400 (compared on the first answer
+        // only; the connection is unusable afterwards).
+        assert!(matches!(
+            v.client.raw(Method::Put, "/mmds", Some(big.as_bytes())),
+            Err(wasp::vmm_api::ApiError::BodyTooLarge { .. })
+        ));
+        // Kept open to the end: Firecracker goes on answering the rest of
+        // the body as garbage requests, and is killed by SIGSYS (its own
+        // seccomp filter) if that connection is gone while it still writes
+        // (seen on 1.12.1).
+        let mut raw = UnixStream::connect(dir.path().join("lim.sock")).unwrap();
+        {
+            use std::io::{Read, Write};
+            raw.write_all(&wasp::vmm_api::encode_request(
+                Method::Put,
+                "/mmds",
+                Some(big.as_bytes()),
+            ))
+            .unwrap();
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 4096];
+            let r = loop {
+                if let Some((r, _)) = wasp::vmm_api::parse_response(&buf).unwrap() {
+                    break r;
+                }
+                let n = raw.read(&mut chunk).unwrap();
+                assert!(n > 0, "{kind:?} closed without an answer");
+                buf.extend_from_slice(&chunk[..n]);
+            };
+            out.push((r.status, String::from_utf8_lossy(&r.body).into_owned()));
+        }
+        for (m, body) in [
+            (Method::Put, half.as_str()),
+            (Method::Patch, more.as_str()),
+            (Method::Patch, r#"{"k3":"z"}"#),
+        ] {
+            let r = v.client.raw(m, "/mmds", Some(body.as_bytes())).unwrap();
+            out.push((r.status, String::from_utf8_lossy(&r.body).into_owned()));
+        }
+        let (s, data) = v.call(Method::Get, "/mmds", "");
+        out.push((s, format!("{} bytes", data.len())));
+        seen.push(out);
+    }
+    assert_eq!(
+        seen[0], seen[1],
+        "stand-in diverges from Firecracker on size limits"
+    );
+    assert_eq!(seen[0][0].0, 400);
+    assert!(
+        seen[0][0].1.contains("larger than the limit of 51200"),
+        "{}",
+        seen[0][0].1
+    );
+    assert_eq!(seen[0][1].0, 204, "under the limit");
+    assert_eq!(seen[0][2].0, 413, "{}", seen[0][2].1);
+    assert_eq!(seen[0][3].0, 204);
 }

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use wasp::standin::{server, Faults, FAULT_ENV, VERSION_LINE};
 
-const USAGE: &str = "usage: wasp-standin --api-sock PATH [--id ID] [--fault SPEC]\n\
+const USAGE: &str = "usage: wasp-standin --api-sock PATH [--id ID] [--log-path FILE] [--level L] [--fault SPEC]\n\
   a stand-in VMM speaking Firecracker's API subset; it is not Firecracker\n\
   --fault / WASP_STANDIN_FAULT: comma-separated exit-on-load, no-socket, load-400, hang-on-resume, slow-load=MS";
 
@@ -39,6 +39,12 @@ fn main() -> ExitCode {
             }
             "--api-sock" => value("--api-sock").map(|v| sock = Some(v.into())),
             "--id" => value("--id").map(|v| id = v),
+            // Firecracker's logger flags, so a launcher can pass the same.
+            "--log-path" => value("--log-path").and_then(|v| {
+                wasp::standin::host::set_log_path(std::path::Path::new(&v))
+                    .map_err(|e| format!("--log-path {v}: {e}; create the file or fifo first"))
+            }),
+            "--level" => value("--level").map(drop),
             "--fault" => value("--fault")
                 .and_then(|v| faults.add_spec(&v).map_err(|e| format!("--fault: {e}"))),
             other => Err(format!("unknown argument {other:?}\n{USAGE}")),

@@ -92,7 +92,9 @@ pub enum MemLoadError {
     Map(io::Error),
     /// The Uffd handler socket could not be reached.
     UffdConnect(io::Error),
-    /// The Uffd backend is not served by the stand-in.
+    /// Setting up or handing over the userfaultfd failed.
+    UffdSetup(io::Error),
+    /// The Uffd backend is not available (test fakes).
     UffdUnsupported,
 }
 
@@ -191,6 +193,8 @@ const NOT_BEFORE_START: &str =
     "The requested operation is not supported before starting the microVM.";
 const NOT_AFTER_START: &str =
     "The requested operation is not supported after starting the microVM.";
+/// Firecracker's default MMDS data store limit, in bytes.
+pub const MMDS_LIMIT: usize = 51_200;
 const MMDS_NOT_INIT: &str = "MMDS error: The MMDS data store is not initialized.";
 const LOAD_PREFIX: &str = "Load snapshot error: Failed to restore from snapshot: ";
 
@@ -542,7 +546,15 @@ impl<H: Host> Vmm<H> {
                     let mut g = self.mmds.lock().expect("mmds lock");
                     match g.as_mut() {
                         Some(d) => {
-                            merge_patch(d, &v);
+                            let mut patched = d.clone();
+                            merge_patch(&mut patched, &v);
+                            let size = serde_json::to_vec(&patched).map_or(0, |b| b.len());
+                            if size > MMDS_LIMIT {
+                                let mut r = Reply::fault("MMDS limit exceeded error: The MMDS patch request doesn't fit.");
+                                r.status = 413;
+                                return r;
+                            }
+                            *d = patched;
                             Reply::no_content()
                         }
                         None => Reply::fault(MMDS_NOT_INIT),
@@ -987,7 +999,8 @@ impl<H: Host> Vmm<H> {
                     MemLoadError::TooSmall => "Error creating guest memory from file: Failed to restore guest memory: Cannot create mmap region: The specified file offset and length is greater then file length".to_owned(),
                     MemLoadError::Map(e) => format!("Error creating guest memory from file: Failed to restore guest memory: Cannot create mmap region: {}", fc_io(&e)),
                     MemLoadError::UffdConnect(e) => format!("Error creating guest memory from uffd: Failed to connect to UDS Unix stream: {}", fc_io(&e)),
-                    MemLoadError::UffdUnsupported => "Error creating guest memory from uffd: the stand-in VMM serves only the File memory backend".to_owned(),
+                    MemLoadError::UffdSetup(e) => format!("Error creating guest memory from uffd: {}", fc_io(&e)),
+                    MemLoadError::UffdUnsupported => "Error creating guest memory from uffd: not available".to_owned(),
                 };
                 return fatal(format!(
                     "{LOAD_PREFIX}Failed to load guest memory: {detail}"
@@ -1017,7 +1030,7 @@ impl<H: Host> Vmm<H> {
             match self.host.open_tap(&n.host_dev_name) {
                 Ok(fd) => nets.push((n, fd)),
                 Err(e) => return fatal(format!(
-                    "{LOAD_PREFIX}Failed to build microVM from snapshot: Failed to restore MMIO device: Cannot restore devices: Net: Open tap device failed: Error while creating ifreq structure: {}. Invalid TUN/TAP Backend provided by {}. Check our documentation on setting up the network devices.",
+                    "{LOAD_PREFIX}Failed to build microVM from snapshot: Failed to restore MMIO device: Cannot restore devices: Net: Failed to create a network device: Open tap device failed: Error while creating ifreq structure: {}. Invalid TUN/TAP Backend provided by {}. Check our documentation on setting up the network devices.",
                     fc_io(&e), n.host_dev_name
                 )),
             }

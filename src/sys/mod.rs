@@ -17,6 +17,7 @@ pub mod sock;
 pub mod spawn;
 pub mod tap;
 pub mod uffd;
+pub mod uffd_mem;
 pub mod uring;
 
 use std::io;
