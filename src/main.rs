@@ -8,6 +8,14 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    // Run as the stand-in VMM when invoked under that name (see
+    // `wasp::standin::cli`).
+    let argv0 = std::env::args_os().next().unwrap_or_default();
+    if std::path::Path::new(&argv0).file_name()
+        == Some(std::ffi::OsStr::new(wasp::standin::STANDIN_NAME))
+    {
+        return wasp::standin::cli::main(std::env::args().skip(1));
+    }
     let args = match cli::Cli::try_parse() {
         Ok(a) => a,
         Err(e) => {

@@ -324,6 +324,7 @@ impl UringDriver {
                     continue;
                 };
                 let res = c.result;
+                let now = Instant::now();
                 match op {
                     OP_API_CONNECT => {
                         u.io = None;

@@ -25,6 +25,7 @@ use crate::launch::{self, LaunchSpec, Vmm};
 use crate::ready::Ready;
 use crate::restore::{Job, Plan, Timeouts};
 use crate::ring::{self, DriverKind, Feed, Outcome};
+use crate::slot::SlotOps;
 use crate::stats::{ms, Percentiles};
 use crate::storage::clone::CloneStore;
 use crate::storage::probe::Strategy;
@@ -569,4 +570,121 @@ pub fn spawn(
         },
         clones,
     })
+}
+
+/// The real slot pool behind the spawn seam. Slots that live clones hold
+/// (from earlier commands, found in the state dir) are set aside when the
+/// pool's reconcile adopted them, never handed out twice.
+pub struct PoolSlots {
+    pool: crate::pool::Pool<crate::slot::Kernel>,
+    tap: String,
+    pool_name: String,
+    host_netns: Option<String>,
+    in_use: std::collections::HashSet<u32>,
+    aside: Vec<crate::slot::Slot>,
+}
+
+impl std::fmt::Debug for PoolSlots {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PoolSlots")
+            .field("pool", &self.pool_name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Errors setting the pool up for a batch.
+#[derive(Debug, Error)]
+pub enum PoolSlotsError {
+    /// Host side or slot setup.
+    #[error("cannot set up the slot pool")]
+    Slot(#[from] crate::slot::SlotError),
+    /// Reconcile or warm.
+    #[error("cannot prepare the slot pool")]
+    Pool(#[from] crate::pool::PoolError),
+}
+
+impl PoolSlots {
+    /// Sets up the host side, reconciles the pool's existing slots, and
+    /// warms it to `count` free slots. `in_use` lists slot indexes live
+    /// clones hold.
+    pub fn open(
+        net: crate::slot::SlotNet,
+        host: &crate::slot::HostNet,
+        count: usize,
+        in_use: std::collections::HashSet<u32>,
+    ) -> Result<Self, PoolSlotsError> {
+        let tap = net.tap.clone();
+        let pool_name = net.pool.clone();
+        let kernel = crate::slot::Kernel::setup(net, host)?;
+        let pool = crate::pool::Pool::new(kernel, crate::pool::PoolConfig::default());
+        pool.reconcile()?;
+        let mut me = Self {
+            pool,
+            tap,
+            pool_name,
+            host_netns: host.netns.clone(),
+            in_use,
+            aside: Vec::new(),
+        };
+        // Set aside adopted slots that live clones hold.
+        let free = me.pool.status().free;
+        let mut keep = Vec::new();
+        for _ in 0..free {
+            match me.pool.take() {
+                Some(s) if me.in_use.contains(&s.index) => me.aside.push(s),
+                Some(s) => keep.push(s),
+                None => break,
+            }
+        }
+        for s in keep {
+            me.pool.give_back(s)?;
+        }
+        let need = count.saturating_sub(me.pool.status().free);
+        me.pool.warm(need)?;
+        Ok(me)
+    }
+
+    /// The pool.
+    pub fn pool(&self) -> &crate::pool::Pool<crate::slot::Kernel> {
+        &self.pool
+    }
+}
+
+impl Slots for PoolSlots {
+    fn take(&mut self) -> Result<SlotLease, SlotError> {
+        let s = match self.pool.take() {
+            Some(s) => s,
+            None => {
+                self.pool.warm(1)?;
+                self.pool
+                    .take()
+                    .ok_or("the slot pool is empty after warming")?
+            }
+        };
+        Ok(SlotLease {
+            pool: self.pool_name.clone(),
+            index: s.index,
+            netns: s.netns,
+            clone_ip: s.clone_ip,
+            tap: self.tap.clone(),
+        })
+    }
+
+    fn give_back(&mut self, slot: SlotLease) -> Result<(), SlotError> {
+        let s = self.pool.ops().describe(slot.index)?;
+        self.pool.give_back(s)?;
+        Ok(())
+    }
+
+    fn check_tap(&mut self, slot: &SlotLease) -> Result<(), SlotError> {
+        let fd = sys::netns::open_named(&slot.netns)?;
+        let tap = slot.tap.clone();
+        sys::netns::run_in(fd, move || sys::tap::ifindex(&tap))?
+            .map(drop)
+            .map_err(|e| format!("tap {} in {}: {e}", slot.tap, slot.netns).into())
+    }
+
+    fn host_netns(&self) -> Option<String> {
+        self.host_netns.clone()
+    }
 }

@@ -20,13 +20,6 @@ pub struct DoctorArgs {
     pub runtime_dir: PathBuf,
 }
 
-#[derive(Debug, Args)]
-pub struct DemoArgs {
-    /// Print one JSON document instead of a table.
-    #[arg(long)]
-    pub json: bool,
-}
-
 pub fn doctor(a: DoctorArgs) -> anyhow::Result<ExitCode> {
     let report = doctor::run(&doctor::Options {
         firecracker: a.firecracker,
@@ -73,15 +66,4 @@ fn print_table(report: &doctor::Report) {
         "\n{} checks: {fails} failed, {warns} warnings",
         report.checks.len()
     );
-}
-
-pub fn demo(a: DemoArgs) -> anyhow::Result<ExitCode> {
-    eprintln!(
-        "wasp demo: the spawn pipeline has not landed yet, so the demo runs `wasp doctor` for now."
-    );
-    doctor(DoctorArgs {
-        json: a.json,
-        firecracker: None,
-        runtime_dir: DEFAULT_RUNTIME_DIR.into(),
-    })
 }

@@ -5,6 +5,7 @@ pub mod bench_clone;
 mod doctor;
 pub mod pool;
 mod snapshot;
+mod spawn;
 
 use std::process::ExitCode;
 
@@ -26,8 +27,14 @@ pub struct Cli {
 pub enum Command {
     /// Check the host and explain each failure with a fix.
     Doctor(doctor::DoctorArgs),
-    /// The main job on a fresh machine: a self-contained demo.
-    Demo(doctor::DemoArgs),
+    /// The main job on a fresh machine: a self-contained demo on the stand-in VMM.
+    Demo(spawn::DemoArgs),
+    /// Restore clones from a snapshot.
+    Spawn(Box<spawn::SpawnArgs>),
+    /// List the clones wasp started.
+    Ls(spawn::LsArgs),
+    /// Stop clones (exactly the VMMs wasp started) and remove their files.
+    Kill(spawn::KillArgs),
     /// Snapshot store: check, adopt, synth, warm.
     Snapshot(snapshot::SnapshotArgs),
     /// The pre-warmed pool of network slots.
@@ -58,7 +65,10 @@ pub fn init_logging(verbose: u8) {
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Doctor(a) => doctor::doctor(a),
-        Command::Demo(a) => doctor::demo(a),
+        Command::Demo(a) => spawn::demo_cmd(a),
+        Command::Spawn(a) => spawn::spawn_cmd(*a),
+        Command::Ls(a) => spawn::ls(a),
+        Command::Kill(a) => spawn::kill(a),
         Command::Snapshot(a) => snapshot::run(a),
         Command::Pool(a) => pool::run(a),
         Command::Bench(b) => bench::run(b),

@@ -13,6 +13,7 @@
 
 pub mod agent;
 pub mod api;
+pub mod cli;
 pub mod host;
 pub mod http;
 pub mod server;
@@ -29,6 +30,31 @@ pub const VERSION_LINE: &str = concat!(
 /// Environment variable holding fault-injection specs (same syntax as
 /// `--fault`).
 pub const FAULT_ENV: &str = "WASP_STANDIN_FAULT";
+
+/// The stand-in's executable name. `wasp` runs as the stand-in when
+/// invoked under this name.
+pub const STANDIN_NAME: &str = "wasp-standin";
+
+/// Finds a stand-in executable: `WASP_STANDIN`, else `wasp-standin` beside
+/// the running binary, else a `wasp-standin` symlink to the running binary
+/// made in `link_dir` (the same code, clearly named).
+pub fn locate(link_dir: &std::path::Path) -> std::io::Result<std::path::PathBuf> {
+    if let Some(p) = std::env::var_os("WASP_STANDIN") {
+        return Ok(p.into());
+    }
+    let exe = std::env::current_exe()?;
+    if let Some(dir) = exe.parent() {
+        let sib = dir.join(STANDIN_NAME);
+        if sib.is_file() {
+            return Ok(sib);
+        }
+    }
+    std::fs::create_dir_all(link_dir)?;
+    let link = link_dir.join(STANDIN_NAME);
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(&exe, &link)?;
+    Ok(link)
+}
 
 /// Injected faults, for the reliability tests.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -1,0 +1,233 @@
+//! `wasp demo`: the whole pipeline on a fresh machine, with nothing to
+//! prepare and nothing left behind. It uses the stand-in VMM (and says so),
+//! a private host netns, a synthesized snapshot and a warm pool; spawns the
+//! clones with TCP readiness; asks each clone's agent over TCP at its clone
+//! IP for its AGENT_ID; then removes everything.
+
+use std::collections::HashSet;
+use std::io::{Read, Write};
+use std::net::{SocketAddrV4, TcpStream};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use thiserror::Error;
+
+use crate::env::Env;
+use crate::launch::Vmm;
+use crate::ready::Ready;
+use crate::restore::Timeouts;
+use crate::slot::{HostNet, SlotNet};
+use crate::snapshot::synth::{self, SynthOptions};
+use crate::spawn::{self, PoolSlots, SpawnOptions, SpawnReport};
+use crate::storage::clone::{CloneStore, Mode};
+use crate::{state, sys, teardown};
+
+/// The pool name the demo uses.
+pub const DEMO_POOL: &str = "demo";
+/// The agent port of synthesized snapshots.
+pub const AGENT_PORT: u16 = 8080;
+/// The host netns of `wasp spawn --demo-snapshot` clones.
+pub const DEMO_HOST_NETNS: &str = "wasp-hostns-demo";
+/// Where `--demo-snapshot` keeps its snapshot.
+pub const DEMO_SNAPSHOT_DIR: &str = "/var/lib/wasp/demo-snapshot";
+
+/// Demo settings.
+#[derive(Debug, Clone)]
+pub struct DemoOptions {
+    /// Clones.
+    pub count: usize,
+    /// In flight at once.
+    pub parallel: usize,
+    /// Work directory (snapshot, runtime, state); removed at the end.
+    pub work_dir: PathBuf,
+}
+
+/// What the demo saw.
+#[derive(Debug, serde::Serialize)]
+pub struct DemoReport {
+    /// The private host netns it used.
+    pub host_netns: String,
+    /// The spawn report.
+    pub spawn: SpawnReport,
+    /// Clones whose agent answered with their own AGENT_ID.
+    pub agents_ok: usize,
+    /// Clones whose agent did not (id and what happened).
+    pub agent_failures: Vec<(String, String)>,
+    /// Every cleanup error (cleanup goes on past each).
+    pub cleanup_errors: Vec<String>,
+}
+
+/// Demo failures before any clone ran.
+#[derive(Debug, Error)]
+pub enum DemoError {
+    /// The snapshot could not be made.
+    #[error("cannot synthesize the demo snapshot")]
+    Synth(#[from] synth::SynthError),
+    /// Storage.
+    #[error("cannot set up clone storage")]
+    Storage(#[from] crate::storage::clone::StorageError),
+    /// Pool.
+    #[error("cannot set up the slot pool")]
+    Pool(#[from] spawn::PoolSlotsError),
+    /// Spawn.
+    #[error("the spawn failed")]
+    Spawn(#[from] spawn::SpawnError),
+    /// Files.
+    #[error("cannot prepare {0}")]
+    Io(PathBuf, #[source] std::io::Error),
+}
+
+/// Makes the demo's stand-in snapshot at `dir` unless one is there.
+pub fn ensure_snapshot(dir: &Path) -> Result<(), DemoError> {
+    if dir.join(crate::snapshot::MANIFEST_FILE).exists() {
+        return Ok(());
+    }
+    synth::synth(&SynthOptions {
+        out: dir.to_owned(),
+        mem_mib: 64,
+        rootfs_mib: 16,
+        vcpus: 1,
+        rootfs_read_only: false,
+        scratch_mib: None,
+        sha256: false,
+    })?;
+    Ok(())
+}
+
+/// Asks the clone's agent for its AGENT_ID over TCP at its clone IP. Runs
+/// on the calling thread's netns.
+pub fn agent_id(ip: std::net::Ipv4Addr, timeout: Duration) -> Result<String, String> {
+    let addr = SocketAddrV4::new(ip, AGENT_PORT).into();
+    let mut s =
+        TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("connect {addr}: {e}"))?;
+    s.set_read_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
+    s.write_all(b"GET / HTTP/1.1\r\nHost: agent\r\nConnection: close\r\n\r\n")
+        .map_err(|e| format!("send: {e}"))?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).map_err(|e| format!("read: {e}"))?;
+    let text = String::from_utf8_lossy(&buf);
+    let body = text.split("\r\n\r\n").nth(1).ok_or("no HTTP body")?;
+    let v: serde_json::Value =
+        serde_json::from_str(body).map_err(|e| format!("agent body: {e}"))?;
+    v["agent_id"]
+        .as_str()
+        .map(str::to_owned)
+        .ok_or_else(|| "no agent_id in the agent's answer".into())
+}
+
+/// Runs the demo.
+pub fn run(o: &DemoOptions) -> Result<DemoReport, DemoError> {
+    let host_netns = format!("wasp-hostns-demo{}", std::process::id());
+    let mut cleanup_errors = Vec::new();
+    let result = run_inner(o, &host_netns, &mut cleanup_errors);
+    // Remove everything, whatever happened above.
+    let state_dir = o.work_dir.join("state");
+    if let Ok(store) = state::Store::open(&state_dir) {
+        if let Ok((records, _)) = store.list() {
+            for r in records {
+                let (_, errs) = teardown::teardown(&store, &r, Duration::from_secs(2));
+                cleanup_errors.extend(errs.iter().map(|e| crate::doctor::error_chain(e)));
+            }
+        }
+    }
+    if let Err(e) = std::fs::remove_dir_all(&o.work_dir) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            cleanup_errors.push(format!("remove {}: {e}", o.work_dir.display()));
+        }
+    }
+    if sys::netns::exists(&host_netns) {
+        if let Err(e) = sys::netns::delete_named(&host_netns) {
+            cleanup_errors.push(format!("delete netns {host_netns}: {e}"));
+        }
+    }
+    let (spawn, agents_ok, agent_failures) = result?;
+    Ok(DemoReport {
+        host_netns,
+        spawn,
+        agents_ok,
+        agent_failures,
+        cleanup_errors,
+    })
+}
+
+type Inner = (SpawnReport, usize, Vec<(String, String)>);
+
+fn run_inner(
+    o: &DemoOptions,
+    host_netns: &str,
+    cleanup_errors: &mut Vec<String>,
+) -> Result<Inner, DemoError> {
+    let snap = o.work_dir.join("snapshot");
+    std::fs::create_dir_all(&o.work_dir).map_err(|e| DemoError::Io(o.work_dir.clone(), e))?;
+    ensure_snapshot(&snap)?;
+    let store = CloneStore::open(&snap, &o.work_dir.join("run"), Mode::Auto)?;
+    let net = SlotNet {
+        pool: DEMO_POOL.into(),
+        ..SlotNet::default()
+    };
+    let host = HostNet {
+        netns: Some(host_netns.to_owned()),
+        egress_uplink: None,
+    };
+    let mut slots = PoolSlots::open(net, &host, o.count, HashSet::new())?;
+    let standin =
+        crate::standin::locate(&o.work_dir).map_err(|e| DemoError::Io(o.work_dir.clone(), e))?;
+    let opts = SpawnOptions {
+        vmm: Vmm::Standin(standin),
+        count: o.count,
+        parallel: o.parallel,
+        ready: Ready::Tcp(22),
+        timeouts: Timeouts::default(),
+        driver: None,
+        state_dir: o.work_dir.join("state"),
+        ready_retry: Duration::from_millis(5),
+        vmm_args: vec![],
+    };
+    let mut env = Env::new();
+    let _ = env.add_plain("API_URL=http://10.0.0.1:8080/");
+    let report = spawn::spawn(&opts, &store, &mut slots, &env);
+    // Check every ready clone's agent from the host netns, as a user would.
+    let (ok, failures) = match &report {
+        Ok(r) => {
+            let targets: Vec<(String, std::net::Ipv4Addr)> = r
+                .clones
+                .iter()
+                .filter(|c| c.ok)
+                .filter_map(|c| Some((c.id.clone(), c.clone_ip?)))
+                .collect();
+            let fd = sys::netns::open_named(host_netns)
+                .map_err(|e| DemoError::Io(host_netns.into(), e))?;
+            sys::netns::run_in(fd, || {
+                let mut ok = 0;
+                let mut bad = Vec::new();
+                for (id, ip) in targets {
+                    match agent_id(ip, Duration::from_secs(5)) {
+                        Ok(got) if got == id => ok += 1,
+                        Ok(got) => bad.push((id, format!("agent says it is {got:?}"))),
+                        Err(e) => bad.push((id, e)),
+                    }
+                }
+                (ok, bad)
+            })
+            .map_err(|e| DemoError::Io(host_netns.into(), e))?
+        }
+        Err(_) => (0, Vec::new()),
+    };
+    // Stop the clones before draining the pool (their slots go with it).
+    if let Ok(store) = state::Store::open(&o.work_dir.join("state")) {
+        if let Ok((records, _)) = store.list() {
+            for r in records {
+                let (_, errs) = teardown::teardown(&store, &r, Duration::from_secs(2));
+                cleanup_errors.extend(errs.iter().map(|e| crate::doctor::error_chain(e)));
+            }
+        }
+    }
+    if let Err(e) = slots.pool().drain() {
+        cleanup_errors.push(crate::doctor::error_chain(&e));
+    }
+    if let Err(e) = slots.pool().ops().remove_host() {
+        cleanup_errors.push(crate::doctor::error_chain(&e));
+    }
+    Ok((report?, ok, failures))
+}
