@@ -301,7 +301,6 @@ impl UringDriver {
             } else {
                 wait
             })?;
-            let now = Instant::now();
             for c in self.ring.reap() {
                 if c.user_data == UD_INOTIFY {
                     for idx in watchers(&inotify::parse_events(&c.data), &wds) {
