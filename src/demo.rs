@@ -31,6 +31,17 @@ pub const DEMO_HOST_NETNS: &str = "wasp-hostns-demo";
 /// Where `--demo-snapshot` keeps its snapshot.
 pub const DEMO_SNAPSHOT_DIR: &str = "/var/lib/wasp/demo-snapshot";
 
+/// Which VMM a demo or bench batch uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DemoVmm {
+    /// The stand-in with a synthesized snapshot; TCP readiness and agent
+    /// checks through the slot.
+    Standin,
+    /// Real Firecracker (this path) with wasp's built-in test guest booted
+    /// and snapshotted in a slot; `running` readiness (no guest network).
+    Firecracker(PathBuf),
+}
+
 /// Demo settings.
 #[derive(Debug, Clone)]
 pub struct DemoOptions {
@@ -40,6 +51,23 @@ pub struct DemoOptions {
     pub parallel: usize,
     /// Work directory (snapshot, runtime, state); removed at the end.
     pub work_dir: PathBuf,
+    /// The VMM.
+    pub vmm: DemoVmm,
+    /// Restore driver (default: probe).
+    pub driver: Option<crate::ring::DriverKind>,
+    /// Guest memory of the snapshot.
+    pub mem_mib: u64,
+}
+
+/// Memory figures taken while every clone is alive.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct MemFigures {
+    /// Median VMM resident set (KiB).
+    pub vmm_rss_kib_p50: f64,
+    /// Host memory used per clone beyond the VMM processes' RSS (KiB):
+    /// the drop in MemAvailable over the batch, per clone, minus the mean
+    /// VMM RSS.
+    pub host_kib_per_clone: f64,
 }
 
 /// What the demo saw.
@@ -55,6 +83,8 @@ pub struct DemoReport {
     pub agent_failures: Vec<(String, String)>,
     /// Every cleanup error (cleanup goes on past each).
     pub cleanup_errors: Vec<String>,
+    /// Memory while all clones lived.
+    pub memory: MemFigures,
 }
 
 /// Demo failures before any clone ran.
@@ -75,17 +105,43 @@ pub enum DemoError {
     /// Files.
     #[error("cannot prepare {0}")]
     Io(PathBuf, #[source] std::io::Error),
+    /// The golden snapshot.
+    #[error("cannot make the Firecracker golden snapshot")]
+    Golden(#[from] crate::golden::GoldenError),
+    /// A slot for the golden boot.
+    #[error("cannot take a slot for the golden boot: {0}")]
+    Slot(String),
+}
+
+/// `MemAvailable` from /proc/meminfo, KiB.
+pub fn mem_available_kib() -> Option<u64> {
+    let m = std::fs::read_to_string("/proc/meminfo").ok()?;
+    m.lines()
+        .find_map(|l| l.strip_prefix("MemAvailable:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// `VmRSS` of a process, KiB.
+pub fn rss_kib(pid: i32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
 /// Makes the demo's stand-in snapshot at `dir` unless one is there.
 pub fn ensure_snapshot(dir: &Path) -> Result<(), DemoError> {
+    ensure_snapshot_sized(dir, 64)
+}
+
+fn ensure_snapshot_sized(dir: &Path, mem_mib: u64) -> Result<(), DemoError> {
     if dir.join(crate::snapshot::MANIFEST_FILE).exists() {
         return Ok(());
     }
     synth::synth(&SynthOptions {
         out: dir.to_owned(),
-        mem_mib: 64,
-        rootfs_mib: 16,
+        mem_mib,
+        rootfs_mib: 4,
         vcpus: 1,
         rootfs_read_only: false,
         scratch_mib: None,
@@ -141,17 +197,18 @@ pub fn run(o: &DemoOptions) -> Result<DemoReport, DemoError> {
             cleanup_errors.push(format!("delete netns {host_netns}: {e}"));
         }
     }
-    let (spawn, agents_ok, agent_failures) = result?;
+    let (spawn, agents_ok, agent_failures, memory) = result?;
     Ok(DemoReport {
         host_netns,
         spawn,
         agents_ok,
         agent_failures,
         cleanup_errors,
+        memory,
     })
 }
 
-type Inner = (SpawnReport, usize, Vec<(String, String)>);
+type Inner = (SpawnReport, usize, Vec<(String, String)>, MemFigures);
 
 fn run_inner(
     o: &DemoOptions,
@@ -160,8 +217,6 @@ fn run_inner(
 ) -> Result<Inner, DemoError> {
     let snap = o.work_dir.join("snapshot");
     std::fs::create_dir_all(&o.work_dir).map_err(|e| DemoError::Io(o.work_dir.clone(), e))?;
-    ensure_snapshot(&snap)?;
-    let store = CloneStore::open(&snap, &o.work_dir.join("run"), Mode::Auto)?;
     let net = SlotNet {
         pool: DEMO_POOL.into(),
         ..SlotNet::default()
@@ -171,15 +226,52 @@ fn run_inner(
         egress_uplink: None,
     };
     let mut slots = PoolSlots::open(net, &host, o.count, HashSet::new())?;
-    let standin =
-        crate::standin::locate(&o.work_dir).map_err(|e| DemoError::Io(o.work_dir.clone(), e))?;
+    let (vmm, ready) = match &o.vmm {
+        DemoVmm::Standin => {
+            ensure_snapshot_sized(&snap, o.mem_mib)?;
+            let standin = crate::standin::locate(&o.work_dir)
+                .map_err(|e| DemoError::Io(o.work_dir.clone(), e))?;
+            (Vmm::Standin(standin), Ready::Tcp(22))
+        }
+        DemoVmm::Firecracker(fc) => {
+            use crate::spawn::Slots;
+            let kernel = o.work_dir.join("testguest.elf");
+            crate::testguest::write(&kernel).map_err(|e| DemoError::Io(kernel.clone(), e))?;
+            let rootfs = o.work_dir.join("rootfs.img");
+            std::fs::write(&rootfs, vec![0x5au8; 1 << 20])
+                .map_err(|e| DemoError::Io(rootfs.clone(), e))?;
+            let lease = slots.take().map_err(|e| DemoError::Slot(e.to_string()))?;
+            let made = crate::golden::create(&crate::golden::GoldenOptions {
+                vmm: Vmm::Firecracker(fc.clone()),
+                kernel,
+                rootfs,
+                vcpus: 1,
+                mem_mib: o.mem_mib,
+                boot_args: String::new(),
+                ready: crate::golden::GoldenReady::Serial(
+                    regex::Regex::new("^wasp-testguest ready").expect("regex"),
+                ),
+                timeout: Duration::from_secs(30),
+                out: snap.clone(),
+                netns: lease.netns.clone(),
+                tap: lease.tap.clone(),
+                sha256: false,
+            });
+            let back = slots.give_back(lease);
+            made?;
+            back.map_err(|e| DemoError::Slot(e.to_string()))?;
+            (Vmm::Firecracker(fc.clone()), Ready::Running)
+        }
+    };
+    let store = CloneStore::open(&snap, &o.work_dir.join("run"), Mode::Auto)?;
+    let avail_before = mem_available_kib();
     let opts = SpawnOptions {
-        vmm: Vmm::Standin(standin),
+        vmm,
         count: o.count,
         parallel: o.parallel,
-        ready: Ready::Tcp(22),
+        ready,
         timeouts: Timeouts::default(),
-        driver: None,
+        driver: o.driver,
         state_dir: o.work_dir.join("state"),
         ready_retry: Duration::from_millis(5),
         vmm_args: vec![],
@@ -187,9 +279,24 @@ fn run_inner(
     let mut env = Env::new();
     let _ = env.add_plain("API_URL=http://10.0.0.1:8080/");
     let report = spawn::spawn(&opts, &store, &mut slots, &env);
+    let mut memory = MemFigures::default();
+    if let (Ok(r), Some(before), Some(after)) = (&report, avail_before, mem_available_kib()) {
+        let rss: Vec<f64> = r
+            .clones
+            .iter()
+            .filter_map(|c| rss_kib(c.pid?))
+            .map(|k| k as f64)
+            .collect();
+        if !rss.is_empty() {
+            let p = crate::stats::Percentiles::of(&rss);
+            memory.vmm_rss_kib_p50 = p.p50;
+            let per_clone = before.saturating_sub(after) as f64 / rss.len() as f64;
+            memory.host_kib_per_clone = per_clone - p.mean;
+        }
+    }
     // Check every ready clone's agent from the host netns, as a user would.
     let (ok, failures) = match &report {
-        Ok(r) => {
+        Ok(r) if o.vmm == DemoVmm::Standin => {
             let targets: Vec<(String, std::net::Ipv4Addr)> = r
                 .clones
                 .iter()
@@ -212,7 +319,7 @@ fn run_inner(
             })
             .map_err(|e| DemoError::Io(host_netns.into(), e))?
         }
-        Err(_) => (0, Vec::new()),
+        _ => (0, Vec::new()),
     };
     // Stop the clones before draining the pool (their slots go with it).
     if let Ok(store) = state::Store::open(&o.work_dir.join("state")) {
@@ -229,5 +336,5 @@ fn run_inner(
     if let Err(e) = slots.pool().ops().remove_host() {
         cleanup_errors.push(crate::doctor::error_chain(&e));
     }
-    Ok((report?, ok, failures))
+    Ok((report?, ok, failures, memory))
 }

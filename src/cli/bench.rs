@@ -20,6 +20,8 @@ pub enum Bench {
     Slots(SlotsArgs),
     /// Clone storage: per-clone disk prep and cleanup against a plain copy.
     Clone(super::bench_clone::BenchCloneArgs),
+    /// A whole spawn batch in a private host netns.
+    Spawn(super::bench_spawn::SpawnBenchArgs),
 }
 
 /// `wasp bench slots`.
@@ -38,6 +40,7 @@ pub fn run(b: Bench) -> anyhow::Result<ExitCode> {
     match b {
         Bench::Slots(a) => slots(a),
         Bench::Clone(a) => super::bench_clone::bench_clone(a),
+        Bench::Spawn(a) => super::bench_spawn::run(a),
     }
 }
 

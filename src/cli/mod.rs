@@ -2,10 +2,11 @@
 
 pub mod bench;
 pub mod bench_clone;
+mod bench_spawn;
 mod doctor;
 pub mod pool;
 mod snapshot;
-mod spawn;
+pub mod spawn;
 
 use std::process::ExitCode;
 

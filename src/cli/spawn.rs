@@ -386,6 +386,9 @@ pub fn demo_cmd(a: DemoArgs) -> anyhow::Result<ExitCode> {
         count: a.count,
         parallel: a.parallel,
         work_dir: work,
+        vmm: demo::DemoVmm::Standin,
+        driver: None,
+        mem_mib: 64,
     })?;
     let ok = r.spawn.summary.failed == 0
         && r.agent_failures.is_empty()
