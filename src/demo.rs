@@ -64,10 +64,13 @@ pub struct DemoOptions {
 pub struct MemFigures {
     /// Median VMM resident set (KiB).
     pub vmm_rss_kib_p50: f64,
-    /// Host memory used per clone beyond the VMM processes' RSS (KiB):
-    /// the drop in MemAvailable over the batch, per clone, minus the mean
-    /// VMM RSS.
+    /// Host memory used per clone beyond the VMM processes' own memory
+    /// (KiB): the drop in MemAvailable over the batch, per clone, minus the
+    /// mean VMM private memory (`RssAnon`: its heap and the guest pages it
+    /// dirtied; shared page-cache pages of the memory file are not its own).
     pub host_kib_per_clone: f64,
+    /// Mean VMM private memory (`RssAnon`, KiB).
+    pub vmm_private_kib_mean: f64,
 }
 
 /// What the demo saw.
@@ -121,11 +124,11 @@ pub fn mem_available_kib() -> Option<u64> {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
-/// `VmRSS` of a process, KiB.
-pub fn rss_kib(pid: i32) -> Option<u64> {
+/// A `/proc/PID/status` field in KiB (`VmRSS`, `RssAnon`, …).
+pub fn status_kib(pid: i32, field: &str) -> Option<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     s.lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
@@ -281,17 +284,22 @@ fn run_inner(
     let report = spawn::spawn(&opts, &store, &mut slots, &env);
     let mut memory = MemFigures::default();
     if let (Ok(r), Some(before), Some(after)) = (&report, avail_before, mem_available_kib()) {
-        let rss: Vec<f64> = r
-            .clones
+        let pids: Vec<i32> = r.clones.iter().filter_map(|c| c.pid).collect();
+        let rss: Vec<f64> = pids
             .iter()
-            .filter_map(|c| rss_kib(c.pid?))
+            .filter_map(|p| status_kib(*p, "VmRSS"))
             .map(|k| k as f64)
             .collect();
-        if !rss.is_empty() {
-            let p = crate::stats::Percentiles::of(&rss);
-            memory.vmm_rss_kib_p50 = p.p50;
-            let per_clone = before.saturating_sub(after) as f64 / rss.len() as f64;
-            memory.host_kib_per_clone = per_clone - p.mean;
+        let anon: Vec<f64> = pids
+            .iter()
+            .filter_map(|p| status_kib(*p, "RssAnon"))
+            .map(|k| k as f64)
+            .collect();
+        if !rss.is_empty() && !anon.is_empty() {
+            memory.vmm_rss_kib_p50 = crate::stats::Percentiles::of(&rss).p50;
+            memory.vmm_private_kib_mean = crate::stats::Percentiles::of(&anon).mean;
+            let per_clone = before.saturating_sub(after) as f64 / pids.len() as f64;
+            memory.host_kib_per_clone = per_clone - memory.vmm_private_kib_mean;
         }
     }
     // Check every ready clone's agent from the host netns, as a user would.

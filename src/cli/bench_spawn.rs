@@ -53,6 +53,7 @@ struct Out {
     latency_ms: Percentiles,
     phases_ms: serde_json::Map<String, serde_json::Value>,
     vmm_rss_kib_p50: f64,
+    vmm_private_kib_mean: f64,
     host_kib_per_clone: f64,
     agents_ok: usize,
     failures: Vec<String>,
@@ -99,6 +100,7 @@ pub fn run(a: SpawnBenchArgs) -> anyhow::Result<ExitCode> {
         latency_ms: Percentiles::of(&totals),
         phases_ms: phases,
         vmm_rss_kib_p50: r.memory.vmm_rss_kib_p50,
+        vmm_private_kib_mean: r.memory.vmm_private_kib_mean,
         host_kib_per_clone: r.memory.host_kib_per_clone,
         agents_ok: r.agents_ok,
         failures: r
@@ -130,8 +132,8 @@ pub fn run(a: SpawnBenchArgs) -> anyhow::Result<ExitCode> {
             println!("    {k:<8} {:>8.3}", v.as_f64().unwrap_or(0.0));
         }
         println!(
-            "  VMM RSS p50 {:.0} KiB; host memory per clone beyond the VMM {:.0} KiB",
-            out.vmm_rss_kib_p50, out.host_kib_per_clone
+            "  VMM RSS p50 {:.0} KiB (private {:.0} KiB mean); host memory per clone beyond the VMM {:.0} KiB",
+            out.vmm_rss_kib_p50, out.vmm_private_kib_mean, out.host_kib_per_clone
         );
         if out.vmm == "standin" {
             println!(
