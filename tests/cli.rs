@@ -1,0 +1,195 @@
+//! The commands end to end, as a user runs them: `wasp demo`, and
+//! `wasp spawn` through the real pool in a private host netns, then `ls`,
+//! `kill` and `pool drain`, checked with `ip netns` as an independent reader.
+
+mod common;
+
+use std::process::Command;
+
+fn wasp() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_wasp"))
+}
+
+fn json(out: &std::process::Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "not one JSON document ({e}): stdout {} stderr {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+#[test]
+fn demo_spawns_checks_agents_and_removes_everything() {
+    root_or_skip!();
+    let before = common::ip_netns_list();
+    let out = wasp()
+        .args(["demo", "--count", "6", "--parallel", "3", "--json"])
+        .output()
+        .unwrap();
+    let v = json(&out);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(v["spawn"]["summary"]["ready"], 6);
+    assert_eq!(v["agents_ok"], 6);
+    assert_eq!(v["cleanup_errors"].as_array().unwrap().len(), 0);
+    let host = v["host_netns"].as_str().unwrap();
+    let after = common::ip_netns_list();
+    assert!(!after.iter().any(|n| n == host), "demo left {host}");
+    let new: Vec<_> = after
+        .iter()
+        .filter(|n| !before.contains(n) && n.starts_with("wasp-demo-"))
+        .collect();
+    assert!(new.is_empty(), "demo left slots: {new:?}");
+}
+
+#[test]
+fn spawn_ls_kill_drain_through_the_real_pool() {
+    root_or_skip!();
+    let tmp = tempfile::tempdir().unwrap();
+    let snap = tmp.path().join("snap");
+    let st = wasp()
+        .args([
+            "snapshot",
+            "synth",
+            "--mem-mib",
+            "32",
+            "--rootfs-mib",
+            "4",
+            "--out",
+        ])
+        .arg(&snap)
+        .output()
+        .unwrap();
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+    let host = common::unique_name("cli");
+    let pool = format!("c{}", std::process::id());
+    let state = tmp.path().join("state");
+    let loc = |c: &mut Command| {
+        c.args(["--host-netns", &host, "--pool", &pool]);
+    };
+    let mut c = wasp();
+    c.args([
+        "spawn",
+        "--vmm",
+        "standin",
+        "--count",
+        "3",
+        "--ready",
+        "tcp:22",
+        "--json",
+        "--snapshot",
+    ])
+    .arg(&snap)
+    .arg("--runtime-dir")
+    .arg(tmp.path().join("run"))
+    .arg("--state-dir")
+    .arg(&state)
+    .args(["--env", "API_URL=http://10.0.0.1:8080/"]);
+    loc(&mut c);
+    let out = c.output().unwrap();
+    let v = json(&out);
+    assert!(out.status.success(), "{v:#}");
+    let clones = v["clones"].as_array().unwrap();
+    assert_eq!(clones.len(), 3);
+    for cl in clones {
+        assert_eq!(cl["ok"], true);
+        assert_eq!(cl["host_netns"], host.as_str());
+        assert_eq!(cl["ready_port"], 22);
+        assert!(cl["phases_ms"]["load"].as_f64().unwrap() > 0.0);
+    }
+    // The slots exist, seen by ip.
+    let names = common::ip_netns_list();
+    for cl in clones {
+        assert!(names.contains(&cl["netns"].as_str().unwrap().to_owned()));
+    }
+    let out = wasp()
+        .args(["ls", "--json", "--state-dir"])
+        .arg(&state)
+        .output()
+        .unwrap();
+    let ls = json(&out);
+    assert_eq!(ls["clones"].as_array().unwrap().len(), 3);
+    assert!(ls["clones"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|c| c["alive"] == true));
+    let pids: Vec<i64> = ls["clones"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["pid"].as_i64().unwrap())
+        .collect();
+
+    let out = wasp()
+        .args(["kill", "--all", "--json", "--state-dir"])
+        .arg(&state)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    for p in pids {
+        assert!(
+            !std::path::Path::new(&format!("/proc/{p}")).exists()
+                || std::fs::read_to_string(format!("/proc/{p}/stat"))
+                    .unwrap()
+                    .contains(") Z"),
+            "VMM {p} still runs"
+        );
+    }
+    let out = wasp()
+        .args(["ls", "--json", "--state-dir"])
+        .arg(&state)
+        .output()
+        .unwrap();
+    assert_eq!(json(&out)["clones"].as_array().unwrap().len(), 0);
+
+    let mut c = wasp();
+    c.args(["pool", "drain", "--json"]);
+    loc(&mut c);
+    let out = c.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let prefix = format!("wasp-{pool}-");
+    assert!(
+        !common::ip_netns_list()
+            .iter()
+            .any(|n| n.starts_with(&prefix)),
+        "slots left"
+    );
+    let _ = wasp::sys::netns::delete_named(&host);
+}
+
+#[test]
+fn bad_counts_are_usage_or_runtime_errors_with_a_clear_message() {
+    root_or_skip!();
+    let tmp = tempfile::tempdir().unwrap();
+    let out = wasp()
+        .args(["spawn", "--vmm", "standin", "--count", "0", "--snapshot"])
+        .arg(tmp.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--count 0 is out of range"), "{err}");
+    let out = wasp()
+        .args(["spawn", "--count", "x", "--snapshot", "/x"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
