@@ -73,6 +73,10 @@ impl Default for Timeouts {
     }
 }
 
+/// How long a silent close of the API socket waits for the VMM's exit to
+/// show on its pidfd.
+pub const EXIT_GRACE: Duration = Duration::from_millis(500);
+
 /// What every clone of a batch shares.
 #[derive(Debug, Clone)]
 pub struct Plan {
@@ -230,6 +234,10 @@ pub enum Want {
     ConnectTcp(SocketAddrV4),
     /// Wait until this instant, then connect again (readiness retry).
     RetryTcpAt(Instant),
+    /// The VMM closed its API socket without answering: wait until this
+    /// instant for its pidfd to report an exit (then the failure is
+    /// `VmmExited`), else the failure is `Closed`.
+    AwaitExit(Instant),
     /// Finished; see [`Machine::outcome`].
     Done,
 }
@@ -402,11 +410,13 @@ impl Machine {
         }
         if data.is_empty() {
             let phase = self.phase;
-            return self.finish(Err(if self.vmm_gone {
-                RestoreError::VmmExited { phase }
-            } else {
-                RestoreError::Closed { phase }
-            }));
+            if self.vmm_gone {
+                return self.finish(Err(RestoreError::VmmExited { phase }));
+            }
+            // A VMM that is exiting closes its socket a moment before its
+            // pidfd reports the exit: give the exit a short grace to show.
+            self.want = Want::AwaitExit(now + EXIT_GRACE);
+            return;
         }
         self.rx.extend_from_slice(data);
         let resp = match vmm_api::parse_response(&self.rx) {
@@ -514,6 +524,14 @@ impl Machine {
         } else {
             RestoreError::Io { phase, source }
         }));
+    }
+
+    /// The grace after a silent close ran out with the VMM still alive.
+    pub fn exit_grace_over(&mut self) {
+        if let Want::AwaitExit(_) = self.want {
+            let phase = self.phase;
+            self.finish(Err(RestoreError::Closed { phase }));
+        }
     }
 
     /// The VMM process exited. While a response is awaited, the machine
@@ -692,6 +710,19 @@ pub(crate) mod tests {
         let n = m.tx_pending().len();
         m.sent(n);
         m.received(b"", Instant::now());
+        assert!(matches!(m.want(), Want::AwaitExit(_)));
+        m.vmm_exited();
+        assert!(matches!(
+            m.take_outcome().unwrap(),
+            Err(RestoreError::VmmExited { phase: Phase::Load })
+        ));
+
+        let mut m = Machine::new(job(0), plan(Ready::None));
+        m.api_connected(Instant::now());
+        let n = m.tx_pending().len();
+        m.sent(n);
+        m.received(b"", Instant::now());
+        m.exit_grace_over();
         assert!(matches!(
             m.take_outcome().unwrap(),
             Err(RestoreError::Closed { phase: Phase::Load })

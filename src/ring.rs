@@ -362,6 +362,7 @@ impl UringDriver {
                     OP_TIMEOUT => {
                         u.io = None;
                         u.e.m.retry_due();
+                        u.e.m.exit_grace_over();
                     }
                     OP_PIDFD => {
                         u.poll = false;
@@ -459,7 +460,7 @@ impl UringDriver {
                     OP_TCP_CONNECT,
                 )
             }
-            Want::RetryTcpAt(at) => (
+            Want::RetryTcpAt(at) | Want::AwaitExit(at) => (
                 Op::Timeout {
                     after: at.saturating_duration_since(Instant::now()),
                 },
@@ -593,9 +594,10 @@ impl SyscallDriver {
                         }
                     }
                 },
-                Want::RetryTcpAt(at) => {
+                Want::RetryTcpAt(at) | Want::AwaitExit(at) => {
                     if now >= at {
                         e.m.retry_due();
+                        e.m.exit_grace_over();
                     } else {
                         return Wait::Until(at);
                     }
