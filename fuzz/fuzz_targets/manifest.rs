@@ -9,7 +9,8 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(m) = Manifest::from_bytes(data, "fuzz") {
         let bytes = m.to_bytes();
         if bytes.len() as u64 <= MAX_MANIFEST_SIZE {
-            let again = Manifest::from_bytes(&bytes, "fuzz").expect("an accepted manifest re-parses");
+            let again =
+                Manifest::from_bytes(&bytes, "fuzz").expect("an accepted manifest re-parses");
             assert_eq!(m, again);
         }
     }
