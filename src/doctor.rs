@@ -94,6 +94,8 @@ pub struct Probes {
     pub jailer: Probe<(PathBuf, Version)>,
     /// Runtime directory and its reflink probe.
     pub reflink: (PathBuf, Probe<ReflinkProbe>),
+    /// The clone-disk strategy the runtime directory gets.
+    pub strategy: Probe<Strategy>,
     /// RLIMIT_NOFILE (soft, hard) and open fds.
     pub nofile: Probe<(u64, u64, u64)>,
 }
@@ -230,6 +232,9 @@ pub fn probe(opts: &Options) -> Probes {
             opts.runtime_dir.clone(),
             probe_reflink(&opts.runtime_dir).map_err(|e| e.to_string()),
         ),
+        strategy: crate::storage::probe::probe_dir_strategy(&opts.runtime_dir)
+            .map(|o| o.strategy)
+            .map_err(|e| e.to_string()),
         nofile: sys::rlimit::nofile()
             .and_then(|(s, h)| Ok((s, h, sys::rlimit::open_fds()?)))
             .map_err(|e| e.to_string()),
@@ -400,7 +405,7 @@ pub fn evaluate(p: &Probes) -> Report {
                 "{}: {}; clone disks fall back to {} (put the runtime dir on XFS with reflink=1 or btrfs for O(1) clones)",
                 dir.display(),
                 explain_reflink_errno(*errno),
-                Strategy::CopyFileRange
+                p.strategy.as_ref().map(|s| s.to_string()).unwrap_or_else(|e| format!("an unprobed strategy ({e})"))
             ),
         ),
         Err(e) => check("reflink", Status::Fail, format!("{}: {e}; create it or pass --runtime-dir", dir.display())),
@@ -451,6 +456,7 @@ mod tests {
             firecracker: Ok(("/usr/bin/firecracker".into(), Version(1, 12, 1))),
             jailer: Ok(("/usr/bin/jailer".into(), Version(1, 12, 1))),
             reflink: ("/var/lib/wasp".into(), Ok(ReflinkProbe::Supported)),
+            strategy: Ok(Strategy::Reflink),
             nofile: Ok((1024, 1 << 20, 5)),
         }
     }
@@ -528,6 +534,7 @@ mod tests {
         let mut p = good();
         p.io_uring = Ok(vec![("read", true), ("socket", false)]);
         p.reflink.1 = Ok(ReflinkProbe::Unsupported(libc::EOPNOTSUPP));
+        p.strategy = Ok(Strategy::CopyFileRange);
         p.nofile = Ok((1024, 4096, 10));
         let r = evaluate(&p);
         assert!(r.ok());
