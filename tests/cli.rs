@@ -193,3 +193,88 @@ fn bad_counts_are_usage_or_runtime_errors_with_a_clear_message() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn snapshot_create_with_firecracker_then_spawn_from_it() {
+    root_or_skip!();
+    let fc = common::firecracker_bin();
+    let tmp = tempfile::tempdir().unwrap();
+    let kernel = tmp.path().join("guest.elf");
+    wasp::testguest::write(&kernel).unwrap();
+    let rootfs = tmp.path().join("rootfs.img");
+    std::fs::write(&rootfs, vec![7u8; 1 << 20]).unwrap();
+    let host = common::unique_name("mk");
+    let pool = format!("m{}", std::process::id());
+    let out_dir = tmp.path().join("golden");
+    let out = wasp()
+        .args([
+            "snapshot",
+            "create",
+            "--mem-mib",
+            "128",
+            "--ready",
+            "serial:^wasp-testguest ready",
+            "--json",
+        ])
+        .arg("--kernel")
+        .arg(&kernel)
+        .arg("--rootfs")
+        .arg(&rootfs)
+        .arg("--out")
+        .arg(&out_dir)
+        .arg("--firecracker")
+        .arg(&fc)
+        .args(["--host-netns", &host, "--pool", &pool])
+        .output()
+        .unwrap();
+    let v = json(&out);
+    assert!(out.status.success(), "{v:#}");
+    assert_eq!(v["manifest"]["vmm"], "firecracker");
+    assert_eq!(v["manifest"]["mmds"]["version"], "V2");
+    let state = tmp.path().join("state");
+    let out = wasp()
+        .args([
+            "spawn",
+            "--vmm",
+            "firecracker",
+            "--count",
+            "2",
+            "--ready",
+            "running",
+            "--json",
+            "--snapshot",
+        ])
+        .arg(&out_dir)
+        .arg("--firecracker")
+        .arg(&fc)
+        .arg("--runtime-dir")
+        .arg(tmp.path().join("run"))
+        .arg("--state-dir")
+        .arg(&state)
+        .args(["--host-netns", &host, "--pool", &pool])
+        .output()
+        .unwrap();
+    let v = json(&out);
+    let kill = wasp()
+        .args(["kill", "--all", "--state-dir"])
+        .arg(&state)
+        .output()
+        .unwrap();
+    let drain = wasp()
+        .args(["pool", "drain", "--host-netns", &host, "--pool", &pool])
+        .output()
+        .unwrap();
+    let _ = wasp::sys::netns::delete_named(&host);
+    assert!(out.status.success(), "{v:#}");
+    assert_eq!(v["summary"]["ready"], 2);
+    assert!(
+        kill.status.success(),
+        "{}",
+        String::from_utf8_lossy(&kill.stdout)
+    );
+    assert!(
+        drain.status.success(),
+        "{}",
+        String::from_utf8_lossy(&drain.stderr)
+    );
+}

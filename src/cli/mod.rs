@@ -6,6 +6,7 @@ mod bench_spawn;
 mod doctor;
 pub mod pool;
 mod snapshot;
+mod snapshot_create;
 pub mod spawn;
 
 use std::process::ExitCode;

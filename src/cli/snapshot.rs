@@ -23,6 +23,8 @@ pub enum SnapshotCmd {
     Synth(SynthArgs),
     /// Read memory and vmstate into the page cache (io_uring) and report MiB/s.
     Warm(WarmArgs),
+    /// Boot a guest in a slot, wait until ready, and take a golden snapshot.
+    Create(Box<super::snapshot_create::CreateArgs>),
 }
 
 #[derive(Debug, Args)]
@@ -151,6 +153,7 @@ pub fn run(a: SnapshotArgs) -> anyhow::Result<ExitCode> {
         SnapshotCmd::Adopt(a) => adopt_cmd(*a),
         SnapshotCmd::Synth(a) => synth_cmd(a),
         SnapshotCmd::Warm(a) => warm_cmd(a),
+        SnapshotCmd::Create(a) => super::snapshot_create::create(*a),
     }
 }
 

@@ -1,0 +1,125 @@
+//! `wasp snapshot create`: boot a guest in a slot, wait until it is ready,
+//! snapshot it, write the manifest (see `wasp::golden`).
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+
+use wasp::golden::{self, GoldenOptions, GoldenReady};
+use wasp::launch::Vmm;
+use wasp::slot::HostNet;
+use wasp::spawn::{PoolSlots, Slots};
+use wasp::storage::probe::{probe_reflink, ReflinkProbe};
+
+use super::pool::Where;
+use super::spawn::VmmArg;
+
+/// `wasp snapshot create`.
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    /// Guest kernel (an ELF for x86-64).
+    #[arg(long)]
+    pub kernel: PathBuf,
+    /// Root filesystem image (copied into the snapshot as its base).
+    #[arg(long)]
+    pub rootfs: PathBuf,
+    /// vCPUs.
+    #[arg(long, default_value_t = 1)]
+    pub vcpus: u8,
+    /// Guest memory (MiB).
+    #[arg(long, default_value_t = 256)]
+    pub mem_mib: u64,
+    /// Extra kernel arguments (wasp adds console and the ip= clone addressing).
+    #[arg(long, default_value = "")]
+    pub boot_args: String,
+    /// When the guest is ready: tcp:PORT, serial:REGEX or delay:MS.
+    #[arg(long, default_value = "tcp:22")]
+    pub ready: GoldenReady,
+    /// Seconds readiness may take.
+    #[arg(long, default_value_t = 60)]
+    pub timeout: u64,
+    /// The VMM.
+    #[arg(long, value_enum, default_value = "firecracker")]
+    pub vmm: VmmArg,
+    /// The firecracker binary (default: WASP_FIRECRACKER, then PATH).
+    #[arg(long)]
+    pub firecracker: Option<PathBuf>,
+    /// Output directory (must not exist).
+    #[arg(long)]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub at: Where,
+    /// Print one JSON document.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs `wasp snapshot create`.
+pub fn create(a: CreateArgs) -> anyhow::Result<ExitCode> {
+    let vmm = match a.vmm {
+        VmmArg::Firecracker => {
+            let p = wasp::firecracker::locate_firecracker(a.firecracker.as_deref())?;
+            wasp::firecracker::version_of(&p)?;
+            Vmm::Firecracker(p)
+        }
+        VmmArg::Standin => {
+            let dir = std::env::temp_dir().join(format!("wasp-standin-{}", std::process::id()));
+            Vmm::Standin(wasp::standin::locate(&dir).context("find the stand-in VMM")?)
+        }
+    };
+    let host = HostNet {
+        netns: a.at.host_netns.clone(),
+        egress_uplink: None,
+    };
+    let mut slots = PoolSlots::open(a.at.net(), &host, 1, HashSet::new())
+        .context("prepare a slot to boot in")?;
+    let lease = slots
+        .take()
+        .map_err(|e| anyhow::anyhow!("take a slot: {e}"))?;
+    let made = golden::create(&GoldenOptions {
+        vmm,
+        kernel: a.kernel,
+        rootfs: a.rootfs,
+        vcpus: a.vcpus,
+        mem_mib: a.mem_mib,
+        boot_args: a.boot_args,
+        ready: a.ready,
+        timeout: Duration::from_secs(a.timeout),
+        out: a.out.clone(),
+        netns: lease.netns.clone(),
+        tap: lease.tap.clone(),
+        sha256: true,
+    });
+    let back = slots.give_back(lease);
+    let m = made?;
+    back.map_err(|e| anyhow::anyhow!("give the slot back: {e}"))?;
+    let parent = a
+        .out
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or_else(|| ".".into());
+    let reflink = matches!(probe_reflink(&parent), Ok(ReflinkProbe::Supported));
+    if !reflink {
+        eprintln!(
+            "warning: {} has no reflink support; clones of this snapshot get copied disks (put it on XFS with reflink=1 or btrfs)",
+            parent.display()
+        );
+    }
+    if a.json {
+        super::print_json(&serde_json::json!({ "out": a.out, "manifest": m, "reflink": reflink }))?;
+    } else {
+        println!(
+            "snapshot {}: {} {} guest, {} MiB, {} vCPU; base files are read-only (clones share them)",
+            a.out.display(),
+            m.vmm,
+            m.vmm_version,
+            m.mem_mib,
+            m.vcpus
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
