@@ -278,3 +278,159 @@ fn snapshot_create_with_firecracker_then_spawn_from_it() {
         String::from_utf8_lossy(&drain.stderr)
     );
 }
+
+/// Every file below `dir`, recursively (symlinks not followed).
+fn files_below(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let t = e.file_type().unwrap();
+        if t.is_dir() {
+            files_below(&e.path(), out);
+        } else if t.is_file() {
+            out.push(e.path());
+        }
+    }
+}
+
+#[test]
+fn secrets_appear_nowhere_but_in_the_guest() {
+    root_or_skip!();
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let snap = tmp.path().join("snap");
+    let st = wasp()
+        .args([
+            "snapshot",
+            "synth",
+            "--mem-mib",
+            "32",
+            "--rootfs-mib",
+            "4",
+            "--out",
+        ])
+        .arg(&snap)
+        .output()
+        .unwrap();
+    assert!(st.status.success());
+    let canary_file = format!("canary-file-{}", std::process::id());
+    let canary_env = format!("canary-env-{}", std::process::id());
+    let env_file = tmp.path().join("secrets.env");
+    std::fs::write(&env_file, format!("ANTHROPIC_API_KEY={canary_file}\n")).unwrap();
+    std::fs::set_permissions(&env_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let host = common::unique_name("sec");
+    let pool = format!("s{}", std::process::id());
+    let state = tmp.path().join("state");
+    let run = tmp.path().join("run");
+    let out = wasp()
+        .args([
+            "spawn",
+            "--vmm",
+            "standin",
+            "--count",
+            "2",
+            "--ready",
+            "tcp:22",
+            "--json",
+            "-vv",
+            "--snapshot",
+        ])
+        .arg(&snap)
+        .arg("--env-file")
+        .arg(&env_file)
+        .args(["--secret-env", "GITHUB_TOKEN"])
+        .env("GITHUB_TOKEN", &canary_env)
+        .arg("--runtime-dir")
+        .arg(&run)
+        .arg("--state-dir")
+        .arg(&state)
+        .args(["--host-netns", &host, "--pool", &pool])
+        .output()
+        .unwrap();
+    let v = json(&out);
+    let check = || -> Vec<String> {
+        let mut leaks = Vec::new();
+        let out_text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for c in [&canary_file, &canary_env] {
+            if out_text.contains(c.as_str()) {
+                leaks.push(format!("wasp's own output holds {c}"));
+            }
+        }
+        let mut files = Vec::new();
+        files_below(&run, &mut files);
+        files_below(&state, &mut files);
+        for f in files {
+            if f.file_name().is_some_and(|n| n == "rootfs") {
+                continue;
+            }
+            let b = std::fs::read(&f).unwrap_or_default();
+            let t = String::from_utf8_lossy(&b);
+            for c in [&canary_file, &canary_env] {
+                if t.contains(c.as_str()) {
+                    leaks.push(format!("{} holds {c}", f.display()));
+                }
+            }
+        }
+        for cl in v["clones"].as_array().into_iter().flatten() {
+            let Some(pid) = cl["pid"].as_i64() else {
+                continue;
+            };
+            for what in ["cmdline", "environ"] {
+                let b = std::fs::read(format!("/proc/{pid}/{what}")).unwrap_or_default();
+                let t = String::from_utf8_lossy(&b);
+                for c in [&canary_file, &canary_env] {
+                    if t.contains(c.as_str()) {
+                        leaks.push(format!("/proc/{pid}/{what} holds {c}"));
+                    }
+                }
+            }
+        }
+        leaks
+    };
+    let leaks = check();
+    // The guest did get both: its agent reports the keys (never values).
+    let mut agent_keys = Vec::new();
+    if let Some(ip) = v["clones"][0]["clone_ip"].as_str() {
+        let ns = wasp::sys::netns::open_named(&host).unwrap();
+        let ip: std::net::Ipv4Addr = ip.parse().unwrap();
+        let body = wasp::sys::netns::run_in(ns, move || {
+            use std::io::{Read, Write};
+            let mut s = std::net::TcpStream::connect((ip, 8080)).unwrap();
+            s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+                .unwrap();
+            let mut b = String::new();
+            s.read_to_string(&mut b).unwrap();
+            b
+        })
+        .unwrap();
+        let j: serde_json::Value =
+            serde_json::from_str(body.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+        agent_keys = j["env_keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| k.as_str().unwrap().to_owned())
+            .collect();
+    }
+    let _ = wasp()
+        .args(["kill", "--all", "--state-dir"])
+        .arg(&state)
+        .output();
+    let _ = wasp()
+        .args(["pool", "drain", "--host-netns", &host, "--pool", &pool])
+        .output();
+    let _ = wasp::sys::netns::delete_named(&host);
+    assert!(out.status.success(), "{v:#}");
+    assert!(leaks.is_empty(), "secret leaks: {leaks:?}");
+    for k in ["AGENT_ID", "ANTHROPIC_API_KEY", "GITHUB_TOKEN"] {
+        assert!(
+            agent_keys.iter().any(|x| x == k),
+            "guest lacks {k}: {agent_keys:?}"
+        );
+    }
+}
