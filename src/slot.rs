@@ -537,6 +537,24 @@ pub fn dump_links(sock: &mut Socket) -> Result<Vec<rtnl::LinkInfo>, NetlinkError
         .collect())
 }
 
+/// One link of the socket's netns looked up by name (`None`: no such
+/// link), without dumping every link.
+pub fn get_link(sock: &mut Socket, name: &str) -> Result<Option<rtnl::LinkInfo>, NetlinkError> {
+    let seq = sock.next_seq(1);
+    let mut b = MsgBuf::new();
+    rtnl::get_link(&mut b, seq, rtnl::Link::Name(name));
+    match sock.dump(&b, seq) {
+        Ok(msgs) => Ok(msgs
+            .iter()
+            .filter(|(ty, _)| *ty == rtnl::RTM_NEWLINK)
+            .find_map(|(_, p)| rtnl::parse_link(p))),
+        Err(NetlinkError::Kernel { source, .. }) if source.raw_os_error() == Some(libc::ENODEV) => {
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// IPv4 addresses of the calling thread's netns: (ifindex, addr, prefix).
 pub fn dump_addrs(sock: &mut Socket) -> Result<Vec<(u32, Ipv4Addr, u8)>, NetlinkError> {
     let seq = sock.next_seq(1);
@@ -980,17 +998,22 @@ impl SlotOps for Kernel {
         // The host end, only if it carries our mark.
         match self.host_sock() {
             Ok(mut s) => {
-                match dump_links(&mut s) {
-                    Ok(links) => {
-                        if let Some(l) = links.iter().find(|l| l.name == veth) {
-                            if l.alias.as_deref() == Some(alias.as_str()) {
-                                if let Err(e) = del_host_link(&mut s, &veth) {
-                                    errs.push(e);
-                                }
-                            }
+                // One lookup by name, not a dump of every host link.
+                match get_link(&mut s, &veth) {
+                    Ok(Some(l)) if l.alias.as_deref() == Some(alias.as_str()) => {
+                        // By the index just checked; deleting the host end
+                        // also removes veth0 inside.
+                        let mut b = MsgBuf::new();
+                        let seq = s.next_seq(1);
+                        rtnl::del_link(&mut b, seq, rtnl::Link::Index(l.index));
+                        if let Err(e) =
+                            send_acked(&mut s, &b, &[seq], &format!("delete host link {veth}"))
+                        {
+                            errs.push(e);
                         }
                     }
-                    Err(e) => errs.push(nl("list host links")(e)),
+                    Ok(_) => {}
+                    Err(e) => errs.push(nl(format!("look up host link {veth}"))(e)),
                 }
                 self.put_host_sock(s);
             }
