@@ -498,6 +498,11 @@ pub trait SlotOps: Send + Sync {
     fn recycle(&self, slot: &Slot) -> Result<(), SlotError>;
     /// Removes slot `n` (best effort, every error reported).
     fn destroy(&self, n: u32) -> Result<(), SlotError>;
+    /// Removes several slots, one result per index in order. The default
+    /// removes them one after another.
+    fn destroy_many(&self, ns: &[u32]) -> Vec<Result<(), SlotError>> {
+        ns.iter().map(|n| self.destroy(*n)).collect()
+    }
     /// Every slot of this pool found by names and ownership marks.
     fn scan(&self) -> Result<Vec<Found>, SlotError>;
     /// The slot description of index `n` (for adopting a found slot).
@@ -1213,6 +1218,25 @@ impl SlotOps for Kernel {
         } else {
             Err(SlotError::Teardown(errs))
         }
+    }
+
+    /// Deleting a link waits for RCU grace periods in the kernel, not for
+    /// the CPU: several threads overlap those waits.
+    fn destroy_many(&self, ns: &[u32]) -> Vec<Result<(), SlotError>> {
+        const THREADS: usize = 8;
+        if ns.len() < 2 {
+            return ns.iter().map(|n| self.destroy(*n)).collect();
+        }
+        let per = ns.len().div_ceil(THREADS);
+        std::thread::scope(|s| {
+            let hs: Vec<_> = ns
+                .chunks(per)
+                .map(|c| s.spawn(move || c.iter().map(|n| self.destroy(*n)).collect::<Vec<_>>()))
+                .collect();
+            hs.into_iter()
+                .flat_map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+                .collect()
+        })
     }
 
     fn scan(&self) -> Result<Vec<Found>, SlotError> {
