@@ -400,33 +400,23 @@ impl<O: SlotOps + 'static> Pool<O> {
         let i = &self.inner;
         let mut errs = Vec::new();
         let mut done = BTreeSet::new();
-        while let Some(s) = i.pop_free() {
-            match i.ops.destroy(s.index) {
-                Ok(()) => {
-                    done.insert(s.index);
-                }
-                Err(e) => errs.push(format!(
-                    "slot {}: {}",
-                    s.index,
-                    crate::doctor::error_chain(&e)
-                )),
-            }
-        }
-        match i.ops.scan() {
-            Ok(found) => {
-                for f in found {
-                    match i.ops.destroy(f.index) {
-                        Ok(()) => {
-                            done.insert(f.index);
-                        }
-                        Err(e) => errs.push(format!(
-                            "slot {}: {}",
-                            f.index,
-                            crate::doctor::error_chain(&e)
-                        )),
+        let mut destroy_all = |idx: Vec<u32>| {
+            for (n, r) in idx.iter().zip(i.ops.destroy_many(&idx)) {
+                match r {
+                    Ok(()) => {
+                        done.insert(*n);
                     }
+                    Err(e) => errs.push(format!("slot {n}: {}", crate::doctor::error_chain(&e))),
                 }
             }
+        };
+        let mut free = Vec::new();
+        while let Some(s) = i.pop_free() {
+            free.push(s.index);
+        }
+        destroy_all(free);
+        match i.ops.scan() {
+            Ok(found) => destroy_all(found.iter().map(|f| f.index).collect()),
             Err(e) => errs.push(crate::doctor::error_chain(&e)),
         }
         i.in_use.store(0, Ordering::Relaxed);

@@ -23,7 +23,9 @@ use std::io;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::str::FromStr;
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
+
+use crossbeam::channel::{bounded, unbounded, Receiver, Sender};
 
 use thiserror::Error;
 
@@ -303,6 +305,16 @@ impl SlotNet {
         Ok(())
     }
 
+    /// The description of slot `n` (names and clone address).
+    pub fn slot(&self, n: u32) -> Result<Slot, SlotError> {
+        Ok(Slot {
+            index: n,
+            netns: self.netns_name(n),
+            clone_ip: self.clone_ip(n)?,
+            host_veth: self.host_veth(n),
+        })
+    }
+
     /// `wasp-<pool>-<n>`.
     pub fn netns_name(&self, n: u32) -> String {
         format!("{PREFIX}-{}-{n}", self.pool)
@@ -486,6 +498,11 @@ pub trait SlotOps: Send + Sync {
     fn recycle(&self, slot: &Slot) -> Result<(), SlotError>;
     /// Removes slot `n` (best effort, every error reported).
     fn destroy(&self, n: u32) -> Result<(), SlotError>;
+    /// Removes several slots, one result per index in order. The default
+    /// removes them one after another.
+    fn destroy_many(&self, ns: &[u32]) -> Vec<Result<(), SlotError>> {
+        ns.iter().map(|n| self.destroy(*n)).collect()
+    }
     /// Every slot of this pool found by names and ownership marks.
     fn scan(&self) -> Result<Vec<Found>, SlotError>;
     /// The slot description of index `n` (for adopting a found slot).
@@ -508,6 +525,8 @@ pub struct Kernel {
     bridge_index: u32,
     /// Route sockets bound in the host netns, reused across builds.
     host_socks: Mutex<Vec<Socket>>,
+    /// Namespace worker threads for build and recycle.
+    workers: OnceLock<Workers>,
 }
 
 impl fmt::Debug for Kernel {
@@ -535,6 +554,24 @@ pub fn dump_links(sock: &mut Socket) -> Result<Vec<rtnl::LinkInfo>, NetlinkError
         .filter(|(ty, _)| *ty == rtnl::RTM_NEWLINK)
         .filter_map(|(_, p)| rtnl::parse_link(p))
         .collect())
+}
+
+/// One link of the socket's netns looked up by name (`None`: no such
+/// link), without dumping every link.
+pub fn get_link(sock: &mut Socket, name: &str) -> Result<Option<rtnl::LinkInfo>, NetlinkError> {
+    let seq = sock.next_seq(1);
+    let mut b = MsgBuf::new();
+    rtnl::get_link(&mut b, seq, rtnl::Link::Name(name));
+    match sock.dump(&b, seq) {
+        Ok(msgs) => Ok(msgs
+            .iter()
+            .filter(|(ty, _)| *ty == rtnl::RTM_NEWLINK)
+            .find_map(|(_, p)| rtnl::parse_link(p))),
+        Err(NetlinkError::Kernel { source, .. }) if source.raw_os_error() == Some(libc::ENODEV) => {
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// IPv4 addresses of the calling thread's netns: (ifindex, addr, prefix).
@@ -614,6 +651,7 @@ impl Kernel {
             host_ns,
             bridge_index,
             host_socks: Mutex::new(Vec::new()),
+            workers: OnceLock::new(),
         };
         Ok(k)
     }
@@ -643,6 +681,7 @@ impl Kernel {
             host_ns,
             bridge_index,
             host_socks: Mutex::new(Vec::new()),
+            workers: OnceLock::new(),
         })
     }
 
@@ -673,93 +712,234 @@ impl Kernel {
 
     fn build_inner(&self, n: u32, host: &mut Socket) -> Result<Slot, SlotError> {
         let net = &self.net;
-        let clone_ip = net.clone_ip(n)?;
-        let name = net.netns_name(n);
-        let host_veth = net.host_veth(n);
+        let slot = net.slot(n)?;
         let bridge = self.bridge_index;
-        let r = netns::create_named_with(&name, || -> Result<(), SlotError> {
-            tap::create_persistent(&net.tap).map_err(io_err(format!("create tap {}", net.tap)))?;
-            let tap_index = tap::ifindex(&net.tap).map_err(io_err("look up the tap index"))?;
-            let me = netns::open_current().map_err(io_err("open the slot netns"))?;
-            // Host socket: the veth pair, peer created directly in here.
-            let seq = host.next_seq(2);
-            let mut b = MsgBuf::new();
-            rtnl::new_veth(
-                &mut b,
-                seq,
-                &rtnl::VethSpec {
-                    name: &host_veth,
-                    up: true,
-                    master: Some(bridge),
-                    peer_name: VETH0,
-                    peer_ns_fd: Some(me.as_raw_fd()),
-                    // The kernel honours a peer ifindex only when the main
-                    // device's is given too; we look veth0 up instead.
-                    peer_index: 0,
-                    // Bringing the peer up in the create message fails
-                    // with ENOTCONN when a master is set (kernel 6.18);
-                    // it goes up with the inner batch instead.
-                    peer_up: false,
-                },
-            );
-            match host.request_acked(&b, &[seq], &|_| format!("create veth {host_veth}")) {
-                Ok(()) => {}
-                Err(NetlinkError::Kernel { source, .. })
-                    if source.raw_os_error() == Some(libc::EEXIST) =>
-                {
-                    return Err(SlotError::Foreign {
-                        what: format!("host link {host_veth}"),
-                    })
-                }
-                Err(e) => return Err(nl(format!("create veth {host_veth}"))(e)),
-            }
-            // Only once the link is ours: the mark and port isolation.
-            b.clear();
-            let seq = host.next_seq(2);
-            rtnl::set_alias(&mut b, seq, rtnl::Link::Name(&host_veth), &net.alias(n));
-            rtnl::set_isolated(&mut b, seq + 1, rtnl::Link::Name(&host_veth), true);
-            let marked = send_acked(host, &b, &[seq, seq + 1], "mark and isolate the host veth");
-            if let Err(e) = marked {
-                let _ = del_host_link(host, &host_veth);
-                return Err(e);
-            }
-            // Inside: addresses, routes, links up, in one datagram.
-            let inner = (|| {
-                let mut sock = Socket::route().map_err(nl("open a route socket in the slot"))?;
-                b.clear();
-                let seq = sock.next_seq(6);
-                let veth0 = tap::ifindex(VETH0).map_err(io_err("look up veth0"))?;
-                let seqs = net.inner_links(&mut b, seq, tap_index, veth0, clone_ip);
-                send_acked(&mut sock, &b, &seqs, "configure links in the slot")?;
-                std::fs::write("/proc/sys/net/ipv4/ip_forward", b"1")
-                    .map_err(io_err("set net.ipv4.ip_forward=1 in the slot"))?;
-                let mut nfs = Socket::netfilter().map_err(nl("open a netfilter socket"))?;
-                let seq = nfs.next_seq(64);
-                net.ruleset(seq, clone_ip)
-                    .commit(&mut nfs)
-                    .map_err(nl("program the slot's nf_tables batch"))
-            })();
-            if let Err(e) = inner {
-                let _ = del_host_link(host, &host_veth);
-                return Err(e);
-            }
-            Ok(())
-        });
+        let r = netns::create_named_with(&slot.netns, || fill_slot(net, bridge, &slot, host));
         match r {
-            Ok(()) => Ok(Slot {
-                index: n,
-                netns: name,
-                clone_ip,
-                host_veth,
-            }),
+            Ok(()) => Ok(slot),
             Err(netns::CreateError::Inner(e)) => Err(e),
-            Err(netns::CreateError::Io(e)) if e.kind() == io::ErrorKind::AlreadyExists => {
-                Err(SlotError::Foreign {
-                    what: format!("netns {name}"),
-                })
-            }
-            Err(netns::CreateError::Io(e)) => Err(io_err(format!("create netns {name}"))(e)),
+            Err(netns::CreateError::Io(e)) => Err(create_ns_err(&slot.netns, e)),
         }
+    }
+
+    /// The worker threads, started on first use.
+    fn workers(&self) -> &Workers {
+        self.workers.get_or_init(|| Workers::start(&self.host_ns))
+    }
+}
+
+fn create_ns_err(name: &str, e: io::Error) -> SlotError {
+    if e.kind() == io::ErrorKind::AlreadyExists {
+        SlotError::Foreign {
+            what: format!("netns {name}"),
+        }
+    } else {
+        io_err(format!("create netns {name}"))(e)
+    }
+}
+
+/// Everything of slot `slot` once the calling thread is inside its fresh
+/// namespace: tap, veth pair (through `host`, a route socket of the host
+/// netns), marks, links, addresses, route, ip_forward and the nft batch.
+/// On error the host veth is removed again (the caller removes the netns).
+fn fill_slot(net: &SlotNet, bridge: u32, slot: &Slot, host: &mut Socket) -> Result<(), SlotError> {
+    let n = slot.index;
+    let clone_ip = slot.clone_ip;
+    let host_veth = &slot.host_veth;
+    tap::create_persistent(&net.tap).map_err(io_err(format!("create tap {}", net.tap)))?;
+    let tap_index = tap::ifindex(&net.tap).map_err(io_err("look up the tap index"))?;
+    let me = netns::open_current().map_err(io_err("open the slot netns"))?;
+    // Host socket: the veth pair, peer created directly in here.
+    let seq = host.next_seq(2);
+    let mut b = MsgBuf::new();
+    rtnl::new_veth(
+        &mut b,
+        seq,
+        &rtnl::VethSpec {
+            name: host_veth,
+            up: true,
+            master: Some(bridge),
+            peer_name: VETH0,
+            peer_ns_fd: Some(me.as_raw_fd()),
+            // The kernel honours a peer ifindex only when the main
+            // device's is given too; we look veth0 up instead.
+            peer_index: 0,
+            // Bringing the peer up in the create message fails
+            // with ENOTCONN when a master is set (kernel 6.18);
+            // it goes up with the inner batch instead.
+            peer_up: false,
+        },
+    );
+    match host.request_acked(&b, &[seq], &|_| format!("create veth {host_veth}")) {
+        Ok(()) => {}
+        Err(NetlinkError::Kernel { source, .. }) if source.raw_os_error() == Some(libc::EEXIST) => {
+            return Err(SlotError::Foreign {
+                what: format!("host link {host_veth}"),
+            })
+        }
+        Err(e) => return Err(nl(format!("create veth {host_veth}"))(e)),
+    }
+    // Only once the link is ours: the mark and port isolation.
+    b.clear();
+    let seq = host.next_seq(2);
+    rtnl::set_alias(&mut b, seq, rtnl::Link::Name(host_veth), &net.alias(n));
+    rtnl::set_isolated(&mut b, seq + 1, rtnl::Link::Name(host_veth), true);
+    let marked = send_acked(host, &b, &[seq, seq + 1], "mark and isolate the host veth");
+    if let Err(e) = marked {
+        let _ = del_host_link(host, host_veth);
+        return Err(e);
+    }
+    // Inside: addresses, routes, links up, in one datagram.
+    let inner = (|| {
+        let mut sock = Socket::route().map_err(nl("open a route socket in the slot"))?;
+        b.clear();
+        let seq = sock.next_seq(6);
+        let veth0 = tap::ifindex(VETH0).map_err(io_err("look up veth0"))?;
+        let seqs = net.inner_links(&mut b, seq, tap_index, veth0, clone_ip);
+        send_acked(&mut sock, &b, &seqs, "configure links in the slot")?;
+        std::fs::write("/proc/sys/net/ipv4/ip_forward", b"1")
+            .map_err(io_err("set net.ipv4.ip_forward=1 in the slot"))?;
+        let mut nfs = Socket::netfilter().map_err(nl("open a netfilter socket"))?;
+        let seq = nfs.next_seq(64);
+        net.ruleset(seq, clone_ip)
+            .commit(&mut nfs)
+            .map_err(nl("program the slot's nf_tables batch"))
+    })();
+    if let Err(e) = inner {
+        let _ = del_host_link(host, host_veth);
+        return Err(e);
+    }
+    Ok(())
+}
+
+/// A job for a namespace worker thread: it may move the thread anywhere,
+/// the worker moves it home (the host netns) afterwards.
+type Job = Box<dyn FnOnce(&mut WorkerCtx) + Send>;
+
+/// What a namespace worker thread owns.
+struct WorkerCtx {
+    /// The host netns, where the thread lives between jobs.
+    home: OwnedFd,
+    /// A route socket bound in the host netns (opened on first use).
+    host: Option<Socket>,
+}
+
+impl WorkerCtx {
+    fn host(&mut self) -> Result<&mut Socket, SlotError> {
+        if self.host.is_none() {
+            self.host = Some(Socket::route().map_err(nl("open a route socket in the host netns"))?);
+        }
+        Ok(self.host.as_mut().expect("just set"))
+    }
+}
+
+/// Long-lived threads that build and recycle slots, so no thread is
+/// spawned per slot: each creates a namespace with `unshare` on itself and
+/// returns to the host netns with `setns` afterwards. They are Kernel's
+/// own threads; no caller's thread ever changes namespace.
+struct Workers {
+    tx: Option<Sender<Job>>,
+    handles: Vec<std::thread::JoinHandle<()>>,
+}
+
+/// Why a job did not run on a worker.
+enum Dispatch {
+    /// No worker is left: run the job another way.
+    NoWorker,
+    /// The worker died (panicked) while running it.
+    Died,
+}
+
+impl Workers {
+    fn start(host_ns: &OwnedFd) -> Workers {
+        let (tx, rx) = unbounded::<Job>();
+        let count = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2);
+        let mut handles = Vec::new();
+        for i in 0..count {
+            let Ok(home) = host_ns.try_clone() else {
+                continue;
+            };
+            let rx = rx.clone();
+            let h = std::thread::Builder::new()
+                .name(format!("wasp-slot-{i}"))
+                .spawn(move || Self::run(home, rx));
+            if let Ok(h) = h {
+                handles.push(h);
+            }
+        }
+        Workers {
+            tx: Some(tx),
+            handles,
+        }
+    }
+
+    fn run(home: OwnedFd, rx: Receiver<Job>) {
+        if netns::enter(&home).is_err() {
+            return;
+        }
+        let mut cx = WorkerCtx { home, host: None };
+        while let Ok(job) = rx.recv() {
+            let panicked =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(&mut cx))).is_err();
+            // Home again; a thread that cannot get home stops working.
+            if netns::enter(&cx.home).is_err() {
+                return;
+            }
+            if panicked {
+                // The socket may be mid-request: start afresh.
+                cx.host = None;
+            }
+        }
+    }
+
+    /// Runs `f` on a worker and waits for its result.
+    fn call<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut WorkerCtx) -> T + Send + 'static,
+    ) -> Result<T, Dispatch> {
+        let Some(tx) = &self.tx else {
+            return Err(Dispatch::NoWorker);
+        };
+        let (rtx, rrx) = bounded(1);
+        let job: Job = Box::new(move |cx| {
+            let _ = rtx.send(f(cx));
+        });
+        tx.send(job).map_err(|_| Dispatch::NoWorker)?;
+        rrx.recv().map_err(|_| Dispatch::Died)
+    }
+}
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        self.tx = None;
+        for h in self.handles.drain(..) {
+            let _ = h.join();
+        }
+    }
+}
+
+/// Recycle checks on the calling thread, which is inside the slot netns:
+/// the tap must be free, then conntrack is flushed.
+fn recycle_here(tap_name: &str, netns_name: &str) -> Result<(), SlotError> {
+    if !tap::is_free(tap_name).map_err(io_err("check the tap"))? {
+        return Err(SlotError::TapBusy {
+            tap: tap_name.to_owned(),
+            netns: netns_name.to_owned(),
+        });
+    }
+    let mut s = Socket::netfilter().map_err(nl("open a ctnetlink socket"))?;
+    let mut b = MsgBuf::new();
+    let seq = s.next_seq(1);
+    conntrack_flush_msg(&mut b, seq);
+    match s.request_acked(&b, &[seq], &|_| "flush conntrack".into()) {
+        Ok(()) => Ok(()),
+        // Nothing tracked yet.
+        Err(NetlinkError::Kernel { source, .. }) if source.raw_os_error() == Some(libc::ENOENT) => {
+            Ok(())
+        }
+        Err(e) => Err(nl(format!("flush conntrack in {}", netns_name))(e)),
     }
 }
 
@@ -937,39 +1117,66 @@ pub fn conntrack_flush_msg(b: &mut MsgBuf, seq: u32) {
 
 impl SlotOps for Kernel {
     fn build(&self, n: u32) -> Result<Slot, SlotError> {
-        let mut host = self.host_sock()?;
-        let r = self.build_inner(n, &mut host);
-        self.put_host_sock(host);
-        r
+        let slot = self.net.slot(n)?;
+        let net = self.net.clone();
+        let bridge = self.bridge_index;
+        let r = self.workers().call(move |cx| {
+            let r = (|| {
+                // Opened (once) while the thread is still in the host netns.
+                cx.host()?;
+                netns::create_named_here(&slot.netns, &cx.home)
+                    .map_err(|e| create_ns_err(&slot.netns, e))?;
+                let r = fill_slot(&net, bridge, &slot, cx.host()?);
+                if r.is_err() {
+                    // Leave the namespace before removing it.
+                    let _ = netns::enter(&cx.home);
+                    let _ = netns::delete_named(&slot.netns);
+                }
+                r
+            })();
+            r.map(|()| slot)
+        });
+        match r {
+            Ok(r) => r,
+            Err(Dispatch::Died) => Err(SlotError::Io {
+                what: format!("build slot {n}"),
+                source: io::Error::other("the slot worker thread panicked"),
+            }),
+            Err(Dispatch::NoWorker) => {
+                let mut host = self.host_sock()?;
+                let r = self.build_inner(n, &mut host);
+                self.put_host_sock(host);
+                r
+            }
+        }
     }
 
     fn recycle(&self, slot: &Slot) -> Result<(), SlotError> {
-        let ns = netns::open_named(&slot.netns)
-            .map_err(io_err(format!("open slot netns {}", slot.netns)))?;
+        let open = || {
+            netns::open_named(&slot.netns)
+                .map_err(io_err(format!("open slot netns {}", slot.netns)))
+        };
+        let ns = open()?;
         let tap_name = self.net.tap.clone();
-        netns::run_in(&ns, || -> Result<(), SlotError> {
-            if !tap::is_free(&tap_name).map_err(io_err("check the tap"))? {
-                return Err(SlotError::TapBusy {
-                    tap: tap_name.clone(),
-                    netns: slot.netns.clone(),
-                });
+        let name = slot.netns.clone();
+        // On a worker thread (it goes home afterwards), else a fresh one.
+        let r = self.workers().call(move |_cx| {
+            netns::enter(&ns)?;
+            Ok(recycle_here(&tap_name, &name))
+        });
+        let r = match r {
+            Ok(r) => r,
+            Err(Dispatch::Died) => {
+                return Err(SlotError::Io {
+                    what: format!("recycle slot {}", slot.index),
+                    source: io::Error::other("the slot worker thread panicked"),
+                })
             }
-            let mut s = Socket::netfilter().map_err(nl("open a ctnetlink socket"))?;
-            let mut b = MsgBuf::new();
-            let seq = s.next_seq(1);
-            conntrack_flush_msg(&mut b, seq);
-            match s.request_acked(&b, &[seq], &|_| "flush conntrack".into()) {
-                Ok(()) => Ok(()),
-                // Nothing tracked yet.
-                Err(NetlinkError::Kernel { source, .. })
-                    if source.raw_os_error() == Some(libc::ENOENT) =>
-                {
-                    Ok(())
-                }
-                Err(e) => Err(nl(format!("flush conntrack in {}", slot.netns))(e)),
+            Err(Dispatch::NoWorker) => {
+                netns::run_in(open()?, || recycle_here(&self.net.tap, &slot.netns))
             }
-        })
-        .map_err(io_err("enter the slot netns"))?
+        };
+        r.map_err(io_err("enter the slot netns"))?
     }
 
     fn destroy(&self, n: u32) -> Result<(), SlotError> {
@@ -980,17 +1187,22 @@ impl SlotOps for Kernel {
         // The host end, only if it carries our mark.
         match self.host_sock() {
             Ok(mut s) => {
-                match dump_links(&mut s) {
-                    Ok(links) => {
-                        if let Some(l) = links.iter().find(|l| l.name == veth) {
-                            if l.alias.as_deref() == Some(alias.as_str()) {
-                                if let Err(e) = del_host_link(&mut s, &veth) {
-                                    errs.push(e);
-                                }
-                            }
+                // One lookup by name, not a dump of every host link.
+                match get_link(&mut s, &veth) {
+                    Ok(Some(l)) if l.alias.as_deref() == Some(alias.as_str()) => {
+                        // By the index just checked; deleting the host end
+                        // also removes veth0 inside.
+                        let mut b = MsgBuf::new();
+                        let seq = s.next_seq(1);
+                        rtnl::del_link(&mut b, seq, rtnl::Link::Index(l.index));
+                        if let Err(e) =
+                            send_acked(&mut s, &b, &[seq], &format!("delete host link {veth}"))
+                        {
+                            errs.push(e);
                         }
                     }
-                    Err(e) => errs.push(nl("list host links")(e)),
+                    Ok(_) => {}
+                    Err(e) => errs.push(nl(format!("look up host link {veth}"))(e)),
                 }
                 self.put_host_sock(s);
             }
@@ -1006,6 +1218,25 @@ impl SlotOps for Kernel {
         } else {
             Err(SlotError::Teardown(errs))
         }
+    }
+
+    /// Deleting a link waits for RCU grace periods in the kernel, not for
+    /// the CPU: several threads overlap those waits.
+    fn destroy_many(&self, ns: &[u32]) -> Vec<Result<(), SlotError>> {
+        const THREADS: usize = 8;
+        if ns.len() < 2 {
+            return ns.iter().map(|n| self.destroy(*n)).collect();
+        }
+        let per = ns.len().div_ceil(THREADS);
+        std::thread::scope(|s| {
+            let hs: Vec<_> = ns
+                .chunks(per)
+                .map(|c| s.spawn(move || c.iter().map(|n| self.destroy(*n)).collect::<Vec<_>>()))
+                .collect();
+            hs.into_iter()
+                .flat_map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+                .collect()
+        })
     }
 
     fn scan(&self) -> Result<Vec<Found>, SlotError> {

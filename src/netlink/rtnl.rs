@@ -253,6 +253,15 @@ pub fn dump_links(b: &mut MsgBuf, seq: u32) {
         .end();
 }
 
+/// `ip link show dev X` as one request (no dump): the kernel answers with
+/// one RTM_NEWLINK, then the ack, or ENODEV.
+pub fn get_link(b: &mut MsgBuf, seq: u32, link: Link<'_>) {
+    b.begin(RTM_GETLINK, NLM_F_REQUEST | NLM_F_ACK, seq)
+        .raw(&ifinfomsg(link.index(), 0, 0));
+    link.name_attr(b);
+    b.attr_u32(IFLA_EXT_MASK, 0).end();
+}
+
 /// What reconcile needs to know about a link.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LinkInfo {

@@ -134,6 +134,45 @@ where
     result
 }
 
+/// Creates the named namespace `name` and moves the *calling thread* into
+/// it, for long-lived worker threads that build many namespaces without a
+/// thread spawn each. Only call this on a thread you own, and move it back
+/// with [`enter`] when done. On failure the thread is moved back into
+/// `back` (where it must have been) and nothing is left behind.
+///
+/// Fails with `AlreadyExists` when the name is taken.
+pub fn create_named_here(name: &str, back: impl AsFd) -> io::Result<()> {
+    validate_name(name)?;
+    prepare_run_dir()?;
+    let path = path_of(name);
+    // O_EXCL: a name clash is an error, never a takeover.
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&path)?;
+    let r = unshare(CloneFlags::CLONE_NEWNET)
+        .map_err(io::Error::from)
+        .and_then(|()| {
+            let m = mount(
+                Some("/proc/thread-self/ns/net"),
+                &path,
+                Some("none"),
+                MsFlags::MS_BIND,
+                None::<&str>,
+            )
+            .map_err(io::Error::from);
+            if m.is_err() {
+                // Back out of the fresh namespace before reporting.
+                enter(&back)?;
+            }
+            m
+        });
+    if r.is_err() {
+        let _ = delete_named(name);
+    }
+    r
+}
+
 /// Creates the named namespace `name` (like `ip netns add`).
 pub fn create_named(name: &str) -> io::Result<()> {
     create_named_with(name, || Ok::<(), io::Error>(())).map_err(CreateError::into_io)
