@@ -293,6 +293,7 @@ fn create_in(o: &GoldenOptions, tmp: &Path, work: &Path) -> Result<Manifest, Gol
         drives: vec![(rootfs.clone(), "rootfs".into())],
         log_dir: work.to_owned(),
         extra_args: vec![],
+        stdin_pipe: true,
     };
     let console = work.join("vmm.stdout");
     let vm = Vm {

@@ -54,6 +54,11 @@ pub struct LaunchSpec {
     /// Extra VMM arguments (e.g. the stand-in's `--fault`). Never secrets:
     /// argv is world-readable.
     pub extra_args: Vec<String>,
+    /// Give the VMM a pipe on stdin, held open as long as the returned
+    /// `Child` lives, instead of /dev/null. Firecracker 1.12.1 can drop
+    /// serial output when its stdin is at EOF, so a boot that waits for a
+    /// serial line needs this.
+    pub stdin_pipe: bool,
 }
 
 /// A started VMM.
@@ -178,7 +183,11 @@ pub fn launch(spec: &LaunchSpec) -> Result<Launched, LaunchError> {
     // A clean environment: nothing of wasp's (secrets included) reaches the VMM.
     cmd.env_clear()
         .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-        .stdin(Stdio::null())
+        .stdin(if spec.stdin_pipe {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(stdout)
         .stderr(stderr);
     let spawned_at = Instant::now();

@@ -346,6 +346,7 @@ impl Batch<'_> {
                 .collect(),
             log_dir: files.dir.clone(),
             extra_args: self.opts.vmm_args.clone(),
+            stdin_pipe: false,
         };
         let launched = match launch::launch(&spec) {
             Ok(l) => l,

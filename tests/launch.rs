@@ -52,6 +52,7 @@ fn firecracker_runs_in_the_slot_netns_with_its_own_drive_view() {
             drives: vec![(disk.clone(), "rootfs".into())],
             log_dir: cdir.clone(),
             extra_args: vec![],
+            stdin_pipe: false,
         };
         let l = launch::launch(&spec).unwrap();
         let guard = Kill(Some(l));
@@ -118,6 +119,7 @@ fn a_vmm_that_exits_early_is_reported_not_waited_for() {
         drives: vec![],
         log_dir: dir.path().to_owned(),
         extra_args: vec![],
+        stdin_pipe: false,
     };
     let mut l = launch::launch(&spec).unwrap();
     let e = launch::wait_for_socket(
@@ -144,6 +146,7 @@ fn a_missing_slot_netns_is_a_clear_error() {
         drives: vec![],
         log_dir: dir.path().to_owned(),
         extra_args: vec![],
+        stdin_pipe: false,
     };
     let e = launch::launch(&spec).unwrap_err();
     assert!(e.to_string().contains("network namespace"), "{e}");
