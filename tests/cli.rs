@@ -20,6 +20,36 @@ fn json(out: &std::process::Output) -> serde_json::Value {
     })
 }
 
+/// Kills the recorded clones, drains the pool and deletes the host netns
+/// when dropped, so a failing test leaves nothing behind.
+struct Cleanup {
+    state: Option<std::path::PathBuf>,
+    host: String,
+    pool: String,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        if let Some(st) = &self.state {
+            let _ = wasp()
+                .args(["kill", "--all", "--state-dir"])
+                .arg(st)
+                .output();
+        }
+        let _ = wasp()
+            .args([
+                "pool",
+                "drain",
+                "--host-netns",
+                &self.host,
+                "--pool",
+                &self.pool,
+            ])
+            .output();
+        let _ = wasp::sys::netns::delete_named(&self.host);
+    }
+}
+
 #[test]
 fn demo_spawns_checks_agents_and_removes_everything() {
     root_or_skip!();
@@ -73,6 +103,11 @@ fn spawn_ls_kill_drain_through_the_real_pool() {
     let host = common::unique_name("cli");
     let pool = format!("c{}", std::process::id());
     let state = tmp.path().join("state");
+    let _cleanup = Cleanup {
+        state: Some(state.clone()),
+        host: host.clone(),
+        pool: pool.clone(),
+    };
     let loc = |c: &mut Command| {
         c.args(["--host-netns", &host, "--pool", &pool]);
     };
@@ -205,6 +240,11 @@ fn snapshot_create_with_firecracker_then_spawn_from_it() {
     std::fs::write(&rootfs, vec![7u8; 1 << 20]).unwrap();
     let host = common::unique_name("mk");
     let pool = format!("m{}", std::process::id());
+    let _cleanup = Cleanup {
+        state: Some(tmp.path().join("state")),
+        host: host.clone(),
+        pool: pool.clone(),
+    };
     let out_dir = tmp.path().join("golden");
     let out = wasp()
         .args([
@@ -322,6 +362,11 @@ fn secrets_appear_nowhere_but_in_the_guest() {
     let host = common::unique_name("sec");
     let pool = format!("s{}", std::process::id());
     let state = tmp.path().join("state");
+    let _cleanup = Cleanup {
+        state: Some(state.clone()),
+        host: host.clone(),
+        pool: pool.clone(),
+    };
     let run = tmp.path().join("run");
     let out = wasp()
         .args([
