@@ -67,15 +67,21 @@ pub fn seek_data_hole(f: &File, offset: i64, whence: Whence) -> io::Result<Optio
     }
 }
 
-/// `posix_fadvise(WILLNEED)` over the whole file: asks for readahead into
-/// the page cache.
-pub fn fadvise_willneed(f: &File) -> io::Result<()> {
+/// `posix_fadvise` over the whole file with `advice`
+/// (`POSIX_FADV_WILLNEED`, `POSIX_FADV_DONTNEED`, …).
+pub fn fadvise(f: &File, advice: libc::c_int) -> io::Result<()> {
     // SAFETY: fadvise only reads its integer arguments.
-    let rc = unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_WILLNEED) };
+    let rc = unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, advice) };
     if rc != 0 {
         return Err(io::Error::from_raw_os_error(rc));
     }
     Ok(())
+}
+
+/// `posix_fadvise(WILLNEED)` over the whole file: asks for readahead into
+/// the page cache.
+pub fn fadvise_willneed(f: &File) -> io::Result<()> {
+    fadvise(f, libc::POSIX_FADV_WILLNEED)
 }
 
 #[cfg(test)]

@@ -152,12 +152,7 @@ pub fn fadvise_willneed_files(files: &[&File]) -> io::Result<()> {
 /// pages (pages mapped by a running process stay). Used to measure a cold
 /// warm-up of wasp's own files.
 pub fn fadvise_dontneed(f: &File) -> io::Result<()> {
-    // SAFETY: fadvise only reads its integer arguments.
-    let rc = unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
-    if rc != 0 {
-        return Err(io::Error::from_raw_os_error(rc));
-    }
-    Ok(())
+    super::fs::fadvise(f, libc::POSIX_FADV_DONTNEED)
 }
 
 #[cfg(test)]
