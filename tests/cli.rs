@@ -479,3 +479,34 @@ fn secrets_appear_nowhere_but_in_the_guest() {
         );
     }
 }
+
+#[test]
+fn not_root_is_one_clear_error_and_nothing_is_built() {
+    root_or_skip!();
+    use std::os::unix::process::CommandExt;
+    for args in [
+        &["pool", "warm", "--size", "1", "--pool", "nr"][..],
+        &[
+            "spawn",
+            "--vmm",
+            "standin",
+            "--count",
+            "1",
+            "--snapshot",
+            "/nonexistent",
+        ][..],
+        &["demo", "--count", "1"][..],
+    ] {
+        let out = wasp().args(args).uid(65534).gid(65534).output().unwrap();
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("needs root") && err.contains("sudo"),
+            "{args:?}: {err}"
+        );
+    }
+    // Other tests run in parallel, so look only for this test's pool.
+    assert!(!common::ip_netns_list()
+        .iter()
+        .any(|n| n.starts_with("wasp-nr-")));
+}

@@ -67,14 +67,37 @@ pub fn init_logging(verbose: u8) {
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Doctor(a) => doctor::doctor(a),
-        Command::Demo(a) => spawn::demo_cmd(a),
-        Command::Spawn(a) => spawn::spawn_cmd(*a),
+        Command::Demo(a) => {
+            require_root("demo")?;
+            spawn::demo_cmd(a)
+        }
+        Command::Spawn(a) => {
+            require_root("spawn")?;
+            spawn::spawn_cmd(*a)
+        }
         Command::Ls(a) => spawn::ls(a),
-        Command::Kill(a) => spawn::kill(a),
+        Command::Kill(a) => {
+            require_root("kill")?;
+            spawn::kill(a)
+        }
         Command::Snapshot(a) => snapshot::run(a),
-        Command::Pool(a) => pool::run(a),
+        Command::Pool(a) => {
+            require_root("pool")?;
+            pool::run(a)
+        }
         Command::Bench(b) => bench::run(b),
     }
+}
+
+/// Commands that create namespaces, links and nf_tables rules, or signal
+/// VMMs, need root: say so once, clearly, before touching anything.
+pub fn require_root(cmd: &str) -> anyhow::Result<()> {
+    if wasp::sys::is_root() {
+        return Ok(());
+    }
+    anyhow::bail!(
+        "wasp {cmd} needs root (CAP_NET_ADMIN and CAP_SYS_ADMIN) to create network namespaces, links and nf_tables rules and to start VMMs; run it as root (sudo), and see `wasp doctor`"
+    )
 }
 
 /// Prints exactly one JSON document on stdout. A reader that went away
