@@ -252,17 +252,22 @@ impl UringDriver {
         })
     }
 
-    fn run(&mut self, feed: &mut dyn Feed) -> io::Result<()> {
-        let mut entries: HashMap<usize, UringEntry> = HashMap::new();
-        let mut wds: HashMap<i32, Vec<usize>> = HashMap::new();
-        let mut exhausted = false;
+    /// (Re-)arms the one read on the shared inotify fd.
+    fn arm_inotify(&mut self) -> io::Result<()> {
         self.ring.push(
             UD_INOTIFY,
             Op::Read {
                 fd: self.ino.as_raw_fd(),
                 len: 4096,
             },
-        )?;
+        )
+    }
+
+    fn run(&mut self, feed: &mut dyn Feed) -> io::Result<()> {
+        let mut entries: HashMap<usize, UringEntry> = HashMap::new();
+        let mut wds: HashMap<i32, Vec<usize>> = HashMap::new();
+        let mut exhausted = false;
+        self.arm_inotify()?;
         loop {
             while !exhausted && entries.len() < self.parallel {
                 match feed.next_job() {
@@ -308,13 +313,7 @@ impl UringDriver {
                             u.e.waiting_file = false;
                         }
                     }
-                    self.ring.push(
-                        UD_INOTIFY,
-                        Op::Read {
-                            fd: self.ino.as_raw_fd(),
-                            len: 4096,
-                        },
-                    )?;
+                    self.arm_inotify()?;
                     continue;
                 }
                 let idx = (c.user_data >> 8) as usize;

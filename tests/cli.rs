@@ -50,6 +50,23 @@ impl Drop for Cleanup {
     }
 }
 
+/// `wasp snapshot synth` of a small stand-in snapshot at `out`.
+fn synth(out: &std::path::Path) -> std::process::Output {
+    wasp()
+        .args([
+            "snapshot",
+            "synth",
+            "--mem-mib",
+            "32",
+            "--rootfs-mib",
+            "4",
+            "--out",
+        ])
+        .arg(out)
+        .output()
+        .unwrap()
+}
+
 #[test]
 fn demo_spawns_checks_agents_and_removes_everything() {
     root_or_skip!();
@@ -82,19 +99,7 @@ fn spawn_ls_kill_drain_through_the_real_pool() {
     root_or_skip!();
     let tmp = tempfile::tempdir().unwrap();
     let snap = tmp.path().join("snap");
-    let st = wasp()
-        .args([
-            "snapshot",
-            "synth",
-            "--mem-mib",
-            "32",
-            "--rootfs-mib",
-            "4",
-            "--out",
-        ])
-        .arg(&snap)
-        .output()
-        .unwrap();
+    let st = synth(&snap);
     assert!(
         st.status.success(),
         "{}",
@@ -340,19 +345,7 @@ fn secrets_appear_nowhere_but_in_the_guest() {
     use std::os::unix::fs::PermissionsExt;
     let tmp = tempfile::tempdir().unwrap();
     let snap = tmp.path().join("snap");
-    let st = wasp()
-        .args([
-            "snapshot",
-            "synth",
-            "--mem-mib",
-            "32",
-            "--rootfs-mib",
-            "4",
-            "--out",
-        ])
-        .arg(&snap)
-        .output()
-        .unwrap();
+    let st = synth(&snap);
     assert!(st.status.success());
     let canary_file = format!("canary-file-{}", std::process::id());
     let canary_env = format!("canary-env-{}", std::process::id());
