@@ -27,4 +27,4 @@ if [ -z "${WASP_FIRECRACKER:-}" ]; then
 fi
 "$WASP_FIRECRACKER" --version | head -1
 
-exec cargo test --all-targets "$@"
+exec cargo test --workspace --all-targets "$@"

@@ -237,7 +237,7 @@ pub enum FetchError {
         waited_ms: u128,
         /// Why the last attempt failed.
         #[source]
-        last: Pending,
+        last: Box<Pending>,
     },
 }
 
@@ -296,7 +296,7 @@ pub fn fetch(
                 path: cfg.path.clone(),
                 attempts: attempt,
                 waited_ms: waited.as_millis(),
-                last: pending,
+                last: Box::new(pending),
             });
         }
         if attempt == 1 {
