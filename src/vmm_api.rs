@@ -19,10 +19,10 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-/// Largest response head we accept.
-pub const MAX_HEAD: usize = 16 * 1024;
-/// Largest response body we accept (MMDS documents are capped well below).
-pub const MAX_BODY: usize = 1 << 20;
+/// Response framing is shared with the guest binary (`wasp-guest-env`), which
+/// reads MMDS with the same parser.
+pub use wasp_guest_env::http::{parse_response, ParseError, Response, MAX_BODY, MAX_HEAD};
+
 /// Largest request body Firecracker accepts (its default payload limit).
 /// Larger bodies are refused here: Firecracker would answer 400 after the
 /// head and then parse the rest of the body as garbage requests.
@@ -50,90 +50,6 @@ impl Method {
             Method::Patch => "PATCH",
         }
     }
-}
-
-/// A parsed HTTP response.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Response {
-    /// Status code.
-    pub status: u16,
-    /// Body bytes (may hold MMDS secrets: not shown by `Debug`).
-    pub body: Vec<u8>,
-}
-
-impl std::fmt::Debug for Response {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Response")
-            .field("status", &self.status)
-            .field("body_len", &self.body.len())
-            .finish()
-    }
-}
-
-/// Malformed response bytes.
-#[derive(Debug, Error, PartialEq, Eq)]
-pub enum ParseError {
-    /// httparse rejected the head.
-    #[error("malformed HTTP response head: {0}")]
-    Head(String),
-    /// Head larger than [`MAX_HEAD`].
-    #[error("HTTP response head is over {MAX_HEAD} bytes")]
-    HeadTooLarge,
-    /// Content-Length missing where a body is expected, or not a number.
-    #[error("HTTP response has a missing or invalid Content-Length")]
-    ContentLength,
-    /// Body larger than [`MAX_BODY`].
-    #[error("HTTP response body of {0} bytes is over the {MAX_BODY}-byte limit")]
-    BodyTooLarge(usize),
-    /// Transfer-Encoding (chunked) is not used by Firecracker.
-    #[error("HTTP response uses Transfer-Encoding, which Firecracker never sends")]
-    TransferEncoding,
-}
-
-/// Parses one response from the start of `buf`. `Ok(None)` means "need more
-/// bytes"; `Ok(Some((response, consumed)))` hands back how many bytes it
-/// used, so pipelined bytes after it stay in the caller's buffer.
-pub fn parse_response(buf: &[u8]) -> Result<Option<(Response, usize)>, ParseError> {
-    let mut headers = [httparse::EMPTY_HEADER; 32];
-    let mut resp = httparse::Response::new(&mut headers);
-    let head_len = match resp.parse(buf) {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => {
-            if buf.len() > MAX_HEAD {
-                return Err(ParseError::HeadTooLarge);
-            }
-            return Ok(None);
-        }
-        Err(e) => return Err(ParseError::Head(e.to_string())),
-    };
-    let status = resp
-        .code
-        .ok_or_else(|| ParseError::Head("no status".into()))?;
-    let mut content_length = None;
-    for h in resp.headers.iter() {
-        if h.name.eq_ignore_ascii_case("content-length") {
-            let v = std::str::from_utf8(h.value)
-                .ok()
-                .and_then(|s| s.trim().parse::<usize>().ok())
-                .ok_or(ParseError::ContentLength)?;
-            content_length = Some(v);
-        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
-            return Err(ParseError::TransferEncoding);
-        }
-    }
-    let len = match content_length {
-        Some(n) => n,
-        None if status == 204 || status == 304 || (100..200).contains(&status) => 0,
-        None => return Err(ParseError::ContentLength),
-    };
-    if len > MAX_BODY {
-        return Err(ParseError::BodyTooLarge(len));
-    }
-    if buf.len() < head_len + len {
-        return Ok(None);
-    }
-    let body = buf[head_len..head_len + len].to_vec();
-    Ok(Some((Response { status, body }, head_len + len)))
 }
 
 /// Encodes one request. A body gets `Content-Type: application/json`.
