@@ -19,9 +19,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-/// Response framing is shared with the guest binary (`wasp-guest-env`), which
-/// reads MMDS with the same parser.
-pub use wasp_guest_env::http::{parse_response, ParseError, Response, MAX_BODY, MAX_HEAD};
+/// Response framing (crate `wasp-http1`) is shared with the guest binary
+/// (`wasp-guest-env`), which reads MMDS with the same parser.
+pub use wasp_http1::{parse_response, ParseError, Response, MAX_BODY, MAX_HEAD};
 
 /// Largest request body Firecracker accepts (its default payload limit).
 /// Larger bodies are refused here: Firecracker would answer 400 after the
