@@ -11,7 +11,7 @@ use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 use common::TestNetns;
-use wasp::guestnet::{GuestNet, GuestNetConfig, Outbound};
+use wasp::guestnet::{GuestAddr, GuestNet, GuestNetConfig, Outbound};
 use wasp::slot::{HostNet, Kernel, Slot, SlotError, SlotNet, SlotOps};
 use wasp::sys::{netns, tap};
 
@@ -60,12 +60,14 @@ fn guest(slot: &Slot, outbound: Option<Outbound>) -> GuestNet {
     GuestNet::start(
         fd,
         GuestNetConfig {
-            mac: [0x06, 0, 0xac, 0x10, 0, 2],
-            ip: Ipv4Addr::new(192, 168, 241, 2),
-            prefix_len: 29,
-            gateway: Ipv4Addr::new(192, 168, 241, 1),
-            ready_port: 22,
-            agent_port: 8081,
+            addr: GuestAddr {
+                mac: [0x06, 0, 0xac, 0x10, 0, 2],
+                ip: Ipv4Addr::new(192, 168, 241, 2),
+                prefix_len: 29,
+                gateway: Ipv4Addr::new(192, 168, 241, 1),
+                ready_port: 22,
+                agent_port: 8081,
+            },
             agent_body: Arc::new(|| br#"{"agent":"up"}"#.to_vec()),
             outbound,
         },
