@@ -28,8 +28,10 @@ use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr, IpEndpo
 
 use crate::sys::tap::{self, EventFd};
 
-/// What the guest looks like on the wire and which services it runs.
-pub struct GuestNetConfig {
+/// The guest's addressing and the ports of its services: what the
+/// stand-in reads from its vmstate and what tests pick directly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GuestAddr {
     /// Ethernet address (must be unicast).
     pub mac: [u8; 6],
     /// Guest IPv4 address.
@@ -41,8 +43,14 @@ pub struct GuestNetConfig {
     /// Accepts TCP connections (readiness, like the seed's ssh on 22).
     pub ready_port: u16,
     /// Tiny HTTP/1.1 server: any GET answers 200 application/json with the
-    /// body from `agent_body`.
+    /// body from [`GuestNetConfig::agent_body`].
     pub agent_port: u16,
+}
+
+/// What the guest looks like on the wire and which services it runs.
+pub struct GuestNetConfig {
+    /// Addressing and service ports.
+    pub addr: GuestAddr,
     /// The agent's response body, computed per request.
     pub agent_body: Arc<dyn Fn() -> Vec<u8> + Send + Sync>,
     /// One outbound request made once at start, if any.
@@ -52,12 +60,7 @@ pub struct GuestNetConfig {
 impl std::fmt::Debug for GuestNetConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("GuestNetConfig")
-            .field("mac", &EthernetAddress(self.mac))
-            .field("ip", &self.ip)
-            .field("prefix_len", &self.prefix_len)
-            .field("gateway", &self.gateway)
-            .field("ready_port", &self.ready_port)
-            .field("agent_port", &self.agent_port)
+            .field("addr", &self.addr)
             .field("outbound", &self.outbound.as_ref().map(|o| o.to))
             .finish_non_exhaustive()
     }
@@ -99,19 +102,19 @@ impl GuestNet {
     /// Starts the guest on `tap` (an fd from [`tap::open_tap`]) in a new
     /// thread.
     pub fn start(tap: OwnedFd, cfg: GuestNetConfig) -> io::Result<GuestNet> {
-        let mac = EthernetAddress(cfg.mac);
+        let mac = EthernetAddress(cfg.addr.mac);
         if !mac.is_unicast() {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!("guest MAC {mac} is not a unicast address: clear the multicast bit (lowest bit of the first byte)"),
             ));
         }
-        if cfg.prefix_len > 32 || cfg.ip.is_unspecified() {
+        if cfg.addr.prefix_len > 32 || cfg.addr.ip.is_unspecified() {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!(
                     "guest address {}/{} is not a usable IPv4 address/prefix",
-                    cfg.ip, cfg.prefix_len
+                    cfg.addr.ip, cfg.addr.prefix_len
                 ),
             ));
         }
@@ -119,7 +122,7 @@ impl GuestNet {
         let stop = Arc::new(EventFd::new()?);
         let stop2 = Arc::clone(&stop);
         let thread = std::thread::Builder::new()
-            .name(format!("guestnet-{}", cfg.ip))
+            .name(format!("guestnet-{}", cfg.addr.ip))
             .spawn(move || run(tap, hdr_len, cfg, &stop2))?;
         Ok(GuestNet {
             stop,
@@ -277,15 +280,18 @@ fn run(fd: OwnedFd, hdr_len: usize, mut cfg: GuestNetConfig, stop: &EventFd) -> 
         rx: vec![0u8; MAX_FRAME],
         error: None,
     };
-    let mut config = Config::new(HardwareAddress::Ethernet(EthernetAddress(cfg.mac)));
-    config.random_seed = u64::from(u32::from(cfg.ip)) ^ epoch.elapsed().as_nanos() as u64;
+    let mut config = Config::new(HardwareAddress::Ethernet(EthernetAddress(cfg.addr.mac)));
+    config.random_seed = u64::from(u32::from(cfg.addr.ip)) ^ epoch.elapsed().as_nanos() as u64;
     let mut iface = Interface::new(config, &mut dev, now());
     iface.update_ip_addrs(|a| {
-        let _ = a.push(IpCidr::new(IpAddress::Ipv4(cfg.ip), cfg.prefix_len));
+        let _ = a.push(IpCidr::new(
+            IpAddress::Ipv4(cfg.addr.ip),
+            cfg.addr.prefix_len,
+        ));
     });
     iface
         .routes_mut()
-        .add_default_ipv4_route(cfg.gateway)
+        .add_default_ipv4_route(cfg.addr.gateway)
         .map_err(|_| io::Error::other("smoltcp route table full"))?;
 
     let mut sockets = SocketSet::new(Vec::new());
@@ -294,7 +300,7 @@ fn run(fd: OwnedFd, hdr_len: usize, mut cfg: GuestNetConfig, stop: &EventFd) -> 
     if let Some(ob) = cfg.outbound.take() {
         let mut s = new_tcp();
         s.set_timeout(Some(OUTBOUND_TIMEOUT));
-        let local_port = 49152 + (u32::from(cfg.ip) % 16000) as u16;
+        let local_port = 49152 + (u32::from(cfg.addr.ip) % 16000) as u16;
         let remote = IpEndpoint::new(IpAddress::Ipv4(*ob.to.ip()), ob.to.port());
         match s.connect(iface.context(), remote, local_port) {
             Ok(()) => {
@@ -437,13 +443,13 @@ fn service(
         roles.remove(&h);
         sockets.remove(h);
     }
-    for port in [cfg.ready_port, cfg.agent_port] {
+    for port in [cfg.addr.ready_port, cfg.addr.agent_port] {
         let listening = roles
             .iter()
             .filter(|(h, r)| {
                 let is_port = match r {
-                    Role::Ready => port == cfg.ready_port,
-                    Role::Agent { .. } => port == cfg.agent_port,
+                    Role::Ready => port == cfg.addr.ready_port,
+                    Role::Agent { .. } => port == cfg.addr.agent_port,
                     Role::Outbound { .. } => false,
                 };
                 is_port && sockets.get_mut::<tcp::Socket>(**h).is_listening()
@@ -455,7 +461,7 @@ fn service(
                 break;
             }
             let h = sockets.add(s);
-            let role = if port == cfg.ready_port {
+            let role = if port == cfg.addr.ready_port {
                 Role::Ready
             } else {
                 Role::Agent {

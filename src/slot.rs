@@ -609,7 +609,9 @@ impl Kernel {
     /// CIDR against the host's addresses, creates (or adopts) the bridge
     /// with the gateway address, and optional egress masquerade. Fails with
     /// one clear error and leaves nothing half-built.
-    pub fn setup(net: SlotNet, host: &HostNet) -> Result<Kernel, SlotError> {
+    pub fn setup(mut net: SlotNet, host: &HostNet) -> Result<Kernel, SlotError> {
+        // An egress uplink means the slots must forward to it too.
+        net.egress |= host.egress_uplink.is_some();
         net.validate()?;
         let mut created = None;
         let host_ns = match &host.netns {
@@ -628,7 +630,8 @@ impl Kernel {
         let r = (|| {
             let bridge_index = in_ns(&host_ns, || ensure_bridge(&net))??;
             if let Some(up) = &host.egress_uplink {
-                if let Err(e) = in_ns(&host_ns, || set_egress(&net, up))? {
+                let owned = created.is_some();
+                if let Err(e) = in_ns(&host_ns, || set_egress(&net, up, owned))? {
                     let n = net.clone();
                     let _ = in_ns(&host_ns, move || remove_host_objects(&n));
                     return Err(e);
@@ -1026,9 +1029,33 @@ fn ensure_bridge(net: &SlotNet) -> Result<u32, SlotError> {
 }
 
 /// Masquerade of the clone CIDR out of `uplink`, in table `ip wasp` of the
-/// host netns. Runs in the host netns.
-fn set_egress(net: &SlotNet, uplink: &str) -> Result<(), SlotError> {
+/// host netns. Runs in the host netns. Routing clones out of the uplink
+/// needs `net.ipv4.ip_forward=1` there: wasp sets it only in a host netns
+/// it has just created (`owned`), and otherwise refuses with what to do,
+/// since forwarding is host-wide policy that outlives wasp's objects.
+fn set_egress(net: &SlotNet, uplink: &str, owned: bool) -> Result<(), SlotError> {
     tap::check_ifname(uplink).map_err(|e| SlotError::BadConfig(format!("egress uplink: {e}")))?;
+    let mut sock = Socket::route().map_err(nl("open a route socket"))?;
+    if get_link(&mut sock, uplink)
+        .map_err(nl("look up the egress uplink"))?
+        .is_none()
+    {
+        return Err(SlotError::BadConfig(format!(
+            "egress uplink {uplink}: no such link in the host netns; name an existing uplink (`ip link` lists them)"
+        )));
+    }
+    const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
+    let fwd = std::fs::read_to_string(IP_FORWARD).map_err(io_err("read net.ipv4.ip_forward"))?;
+    if fwd.trim() != "1" {
+        if !owned {
+            return Err(SlotError::BadConfig(format!(
+                "egress out of {uplink} needs net.ipv4.ip_forward=1 in the host netns, and it is 0; \
+                 wasp does not change host-wide forwarding: run `sysctl -w net.ipv4.ip_forward=1` there"
+            )));
+        }
+        std::fs::write(IP_FORWARD, b"1")
+            .map_err(io_err("set net.ipv4.ip_forward=1 in the host netns"))?;
+    }
     let mut s = Socket::netfilter().map_err(nl("open a netfilter socket"))?;
     let f = nft::NFPROTO_IPV4;
     let mut b = Batch::new(s.next_seq(8));

@@ -9,7 +9,7 @@ use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 use common::TestNetns;
-use wasp::guestnet::{GuestNet, GuestNetConfig, Outbound};
+use wasp::guestnet::{GuestAddr, GuestNet, GuestNetConfig, Outbound};
 use wasp::sys::tap;
 
 const GUEST: Ipv4Addr = Ipv4Addr::new(192, 168, 241, 2);
@@ -19,12 +19,14 @@ const NET: Option<Duration> = Some(Duration::from_secs(10));
 
 fn cfg(outbound: Option<Outbound>) -> GuestNetConfig {
     GuestNetConfig {
-        mac: [0x06, 0, 0xac, 0x10, 0, 2],
-        ip: GUEST,
-        prefix_len: 29,
-        gateway: GW,
-        ready_port: 22,
-        agent_port: 8080,
+        addr: GuestAddr {
+            mac: [0x06, 0, 0xac, 0x10, 0, 2],
+            ip: GUEST,
+            prefix_len: 29,
+            gateway: GW,
+            ready_port: 22,
+            agent_port: 8080,
+        },
         agent_body: Arc::new(|| br#"{"status":"ok"}"#.to_vec()),
         outbound,
     }

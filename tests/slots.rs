@@ -11,7 +11,7 @@ use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 use common::TestNetns;
-use wasp::guestnet::{GuestNet, GuestNetConfig, Outbound};
+use wasp::guestnet::{GuestAddr, GuestNet, GuestNetConfig, Outbound};
 use wasp::slot::{HostNet, Kernel, Slot, SlotError, SlotNet, SlotOps};
 use wasp::sys::{netns, tap};
 
@@ -60,12 +60,14 @@ fn guest(slot: &Slot, outbound: Option<Outbound>) -> GuestNet {
     GuestNet::start(
         fd,
         GuestNetConfig {
-            mac: [0x06, 0, 0xac, 0x10, 0, 2],
-            ip: Ipv4Addr::new(192, 168, 241, 2),
-            prefix_len: 29,
-            gateway: Ipv4Addr::new(192, 168, 241, 1),
-            ready_port: 22,
-            agent_port: 8081,
+            addr: GuestAddr {
+                mac: [0x06, 0, 0xac, 0x10, 0, 2],
+                ip: Ipv4Addr::new(192, 168, 241, 2),
+                prefix_len: 29,
+                gateway: Ipv4Addr::new(192, 168, 241, 1),
+                ready_port: 22,
+                agent_port: 8081,
+            },
             agent_body: Arc::new(|| br#"{"agent":"up"}"#.to_vec()),
             outbound,
         },
@@ -111,7 +113,7 @@ fn packets_flow_both_ways_and_clones_are_isolated() {
     let g2 = guest(&s2, Some(ob2));
 
     // Guest 0 -> host API: arrives with the clone IP as source.
-    let (mut c, peer) = api.accept().expect("guest reaches the host API");
+    let (mut c, peer) = netutil::accept_within(&api, NET);
     assert_eq!(peer.ip(), std::net::IpAddr::V4(s0.clone_ip));
     c.set_read_timeout(Some(NET)).unwrap();
     let mut req = [0u8; 11];
@@ -321,4 +323,88 @@ fn bad_input_errors_leave_nothing_behind() {
     assert!(matches!(e, SlotError::Exhausted { .. }), "{e}");
     k.remove_host().expect("remove host objects");
     assert!(!host.sh("ip -o link").contains("wasp0"));
+}
+
+#[test]
+fn egress_is_masqueraded_out_of_the_uplink_and_drain_leaves_no_trace() {
+    root_or_skip!();
+    // The "internet": a peer namespace behind an uplink of the host netns.
+    let host = TestNetns::new("eg");
+    let inet = TestNetns::new("egi");
+    host.sh(&format!(
+        "ip link add wup0 type veth peer name wupi netns {} && \
+         ip addr add 198.51.100.1/24 dev wup0 && ip link set wup0 up",
+        inet.name()
+    ));
+    inet.sh("ip addr add 198.51.100.2/24 dev wupi && ip link set wupi up");
+    let net = SlotNet {
+        pool: pool_name("eg"),
+        ..SlotNet::default()
+    };
+    let hn = HostNet {
+        netns: Some(host.name().to_owned()),
+        egress_uplink: Some("wup0".into()),
+    };
+
+    // Forwarding is host-wide policy: wasp refuses rather than flip it in a
+    // netns it did not create, and leaves nothing behind.
+    host.sh("sysctl -qw net.ipv4.ip_forward=0");
+    let e = Kernel::setup(net.clone(), &hn).unwrap_err().to_string();
+    assert!(e.contains("net.ipv4.ip_forward=1"), "{e}");
+    assert!(!host.sh("ip -o link").contains("wasp0"), "no bridge left");
+    assert!(
+        !host.sh("nft list tables").contains("wasp"),
+        "no table left"
+    );
+    // An uplink that does not exist is named.
+    let e = Kernel::setup(
+        net.clone(),
+        &HostNet {
+            egress_uplink: Some("nosuch9".into()),
+            ..hn.clone()
+        },
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("egress uplink nosuch9: no such link"), "{e}");
+
+    host.sh("sysctl -qw net.ipv4.ip_forward=1");
+    let k = Kernel::setup(net, &hn).expect("setup with egress");
+    let s0 = k.build(0).expect("build slot 0");
+    let guard = Slots(&k, vec![0]);
+    let table = host.sh("nft list table ip wasp");
+    assert!(
+        table.contains("oifname \"wup0\" ip saddr 10.0.0.0/16 masquerade"),
+        "{table}"
+    );
+
+    // Guest -> a server beyond the uplink: source-NATed twice, so the
+    // server sees the uplink's address, never the guest or clone IP.
+    let srv = inet.run(|| TcpListener::bind(("198.51.100.2", 7070)).expect("bind"));
+    let (ob, rx) = outbound(SocketAddrV4::new(Ipv4Addr::new(198, 51, 100, 2), 7070));
+    let g = guest(&s0, Some(ob));
+    let (mut c, peer) = netutil::accept_within(&srv, NET);
+    assert_eq!(
+        peer.ip(),
+        std::net::IpAddr::V4(Ipv4Addr::new(198, 51, 100, 1))
+    );
+    c.set_read_timeout(Some(NET)).unwrap();
+    let mut req = [0u8; 11];
+    c.read_exact(&mut req).unwrap();
+    assert_eq!(&req, b"hello host\n");
+    c.write_all(b"out").unwrap();
+    drop(c);
+    assert_eq!(rx.recv_timeout(NET).unwrap().as_deref(), Ok(&b"out"[..]));
+    g.stop().expect("guest ran cleanly");
+
+    // Drain: slots, bridge and the host table go; the uplink stays.
+    drop(guard);
+    k.remove_host().expect("remove host objects");
+    assert!(
+        !host.sh("nft list tables").contains("wasp"),
+        "table removed"
+    );
+    let links = host.sh("ip -o link");
+    assert!(!links.contains("wasp0"), "{links}");
+    assert!(links.contains("wup0"), "the uplink is not wasp's: {links}");
 }

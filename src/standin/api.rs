@@ -65,18 +65,8 @@ pub trait RunningGuest: Send {
 /// What the userspace guest needs to run.
 #[derive(Clone)]
 pub struct GuestParams {
-    /// Guest MAC.
-    pub mac: [u8; 6],
-    /// Guest IP.
-    pub ip: Ipv4Addr,
-    /// Prefix length.
-    pub prefix_len: u8,
-    /// Gateway.
-    pub gateway: Ipv4Addr,
-    /// Readiness port.
-    pub ready_port: u16,
-    /// Agent HTTP port.
-    pub agent_port: u16,
+    /// Addressing and service ports.
+    pub addr: crate::guestnet::GuestAddr,
     /// The MMDS data store (shared: the agent reads it live).
     pub mmds: Arc<Mutex<Option<Value>>>,
 }
@@ -803,12 +793,14 @@ impl<H: Host> Vmm<H> {
         };
         let params = (|| {
             Some(GuestParams {
-                mac: parse_mac(&net.guest_mac)?,
-                ip: self.guest.ip.parse().ok()?,
-                prefix_len: self.guest.prefix_len,
-                gateway: self.guest.gateway.parse().ok()?,
-                ready_port: self.guest.ready_port,
-                agent_port: self.guest.agent_port,
+                addr: crate::guestnet::GuestAddr {
+                    mac: parse_mac(&net.guest_mac)?,
+                    ip: self.guest.ip.parse().ok()?,
+                    prefix_len: self.guest.prefix_len,
+                    gateway: self.guest.gateway.parse().ok()?,
+                    ready_port: self.guest.ready_port,
+                    agent_port: self.guest.agent_port,
+                },
                 mmds: self.mmds.clone(),
             })
         })();
@@ -1141,7 +1133,8 @@ mod tests {
             Ok(())
         }
         fn start_guest(&mut self, _: OwnedFd, p: GuestParams) -> io::Result<Box<dyn RunningGuest>> {
-            self.calls.push(format!("guest {} gw {}", p.ip, p.gateway));
+            self.calls
+                .push(format!("guest {} gw {}", p.addr.ip, p.addr.gateway));
             Ok(Box::new(FakeGuest))
         }
         fn delay_ms(&mut self, ms: u64) {

@@ -204,12 +204,7 @@ fn start_userspace_guest(
     let net = GuestNet::start(
         tap,
         GuestNetConfig {
-            mac: p.mac,
-            ip: p.ip,
-            prefix_len: p.prefix_len,
-            gateway: p.gateway,
-            ready_port: p.ready_port,
-            agent_port: p.agent_port,
+            addr: p.addr,
             agent_body,
             outbound,
         },
@@ -218,7 +213,7 @@ fn start_userspace_guest(
         id,
         &format!(
             "userspace guest up at {}/{} (ready port {}, agent port {})",
-            p.ip, p.prefix_len, p.ready_port, p.agent_port
+            p.addr.ip, p.addr.prefix_len, p.addr.ready_port, p.addr.agent_port
         ),
     );
     Ok(Box::new(Running(net)))

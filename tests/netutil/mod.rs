@@ -67,3 +67,18 @@ pub fn ping(to: Ipv4Addr, timeout_s: i64) -> bool {
         }
     }
 }
+
+/// Accepts one connection on `l`, waiting at most `limit` (a safety net so
+/// a broken path fails the test instead of hanging it).
+pub fn accept_within(
+    l: &std::net::TcpListener,
+    limit: std::time::Duration,
+) -> (std::net::TcpStream, std::net::SocketAddr) {
+    let fd = l.as_raw_fd();
+    let ms = i32::try_from(limit.as_millis()).unwrap_or(i32::MAX);
+    let ready = wasp::sys::poll::wait_readable(&[fd], ms).expect("poll the listener");
+    assert!(ready.is_some(), "no connection arrived within {limit:?}");
+    let (s, peer) = l.accept().expect("accept");
+    s.set_nonblocking(false).expect("blocking stream");
+    (s, peer)
+}
