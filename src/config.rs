@@ -50,6 +50,7 @@ use crate::firecracker::Chosen;
 use crate::paths::{DEFAULT_RUNTIME_DIR, DEFAULT_STATE_DIR};
 use crate::ready::Ready;
 use crate::slot::{Cidr, HostNet, SlotError, SlotNet};
+use crate::snapshot::manifest::Manifest;
 use crate::sys::netns;
 
 /// The config file read when no `--config` or `WASP_CONFIG` names one.
@@ -194,6 +195,16 @@ pub enum ConfigError {
         line: Option<usize>,
         /// The parser's message.
         message: String,
+    },
+    /// The snapshot's guest has another address than `guest.guest_ip`.
+    #[error("the snapshot's guest has address {snapshot} (network_interfaces[0].guest_ip in its manifest), but guest.guest_ip is {configured} ({from}); set guest.guest_ip = \"{snapshot}\" and the tap addressing the guest was booted with, or use a snapshot made with this config")]
+    GuestMismatch {
+        /// What the manifest records.
+        snapshot: String,
+        /// The effective setting.
+        configured: Ipv4Addr,
+        /// Where the setting came from.
+        from: Source,
     },
     /// Each value parses, but together they make no usable network.
     #[error("config file {path} describes an unusable slot network")]
@@ -561,6 +572,25 @@ impl Config {
         }
     }
 
+    /// Checks the snapshot's guest address (when its manifest records one)
+    /// is `guest.guest_ip`: the slots DNAT clone traffic to that address.
+    pub fn check_guest(&self, m: &Manifest) -> Result<(), ConfigError> {
+        let recorded = m
+            .network_interfaces
+            .first()
+            .and_then(|n| n.guest_ip.as_ref());
+        match recorded {
+            Some(ip) if ip.parse::<Ipv4Addr>().ok() != Some(self.guest_ip.value) => {
+                Err(ConfigError::GuestMismatch {
+                    snapshot: ip.clone(),
+                    configured: self.guest_ip.value,
+                    from: self.guest_ip.source.clone(),
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+
     fn chosen(s: &Setting<Option<PathBuf>>, key: &str) -> Option<Chosen> {
         let path = s.value.clone()?;
         let origin = match &s.source {
@@ -587,10 +617,18 @@ impl Config {
     pub fn entries(&self) -> Vec<Entry> {
         use serde_json::{json, Value};
         fn e<T>(key: &'static str, s: &Setting<T>, value: Value) -> Entry {
+            let note = match (key, &s.source) {
+                ("pool.host_netns", _) if value.is_null() => Some("the current netns"),
+                ("pool.allow_host", Source::Default) => Some("the bridge address, port 8080"),
+                ("paths.firecracker", _) if value.is_null() => Some("looked up on PATH"),
+                ("paths.jailer", _) if value.is_null() => Some("beside firecracker, then on PATH"),
+                _ => None,
+            };
             Entry {
                 key,
                 value,
                 source: s.source.clone(),
+                note,
             }
         }
         let path = |p: &Path| json!(p.display().to_string());
@@ -665,6 +703,8 @@ pub struct Entry {
     /// Where it came from.
     #[serde(serialize_with = "source_kind")]
     pub source: Source,
+    /// What an unset or derived value means.
+    pub note: Option<&'static str>,
 }
 
 fn source_kind<S: serde::Serializer>(s: &Source, ser: S) -> Result<S::Ok, S::Error> {
@@ -885,6 +925,19 @@ parallel = 64
         // The derived allow_host default follows the flag's CIDR.
         assert_eq!(c.allow_host(), ["10.7.0.1:8080".parse().unwrap()]);
         assert!(c.slot_net().validate().is_ok());
+    }
+
+    #[test]
+    fn a_snapshot_with_another_guest_address_is_refused() {
+        let mut m = crate::snapshot::manifest::tests::sample();
+        assert!(Config::default().check_guest(&m).is_ok());
+        let c = parse("[guest]\nguest_ip = \"192.168.241.3\"\n").unwrap();
+        let e = c.check_guest(&m).unwrap_err().to_string();
+        assert!(e.contains("192.168.241.2"), "{e}");
+        assert!(e.contains("guest.guest_ip is 192.168.241.3"), "{e}");
+        assert!(e.contains("/etc/wasp/test.toml"), "{e}");
+        m.network_interfaces[0].guest_ip = None;
+        assert!(c.check_guest(&m).is_ok());
     }
 
     #[test]
