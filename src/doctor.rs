@@ -109,6 +109,8 @@ pub struct Probes {
     pub max_netns: Probe<u64>,
     /// `kernel.pid_max`.
     pub pid_max: Probe<u64>,
+    /// `net.ipv4.neigh.default.gc_thresh3`.
+    pub neigh_max: Probe<u64>,
 }
 
 /// Reads a numeric sysctl from /proc/sys; `Ok(None)` when it does not exist.
@@ -273,6 +275,7 @@ pub fn probe(opts: &Options) -> Probes {
         conntrack_max: read_sysctl(CONNTRACK_MAX),
         max_netns: required_sysctl(MAX_NETNS),
         pid_max: required_sysctl(PID_MAX),
+        neigh_max: required_sysctl(NEIGH_MAX),
     }
 }
 
@@ -302,6 +305,12 @@ pub const NETNS_WANTED: u64 = DENSE_CLONES + 64;
 pub const PID_MAX: &str = "/proc/sys/kernel/pid_max";
 /// Tasks wanted: a Firecracker VMM runs about 3 threads plus one per vCPU.
 pub const PIDS_WANTED: u64 = DENSE_CLONES * 8;
+/// `net.ipv4.neigh.default.gc_thresh3` (exists only in the initial netns).
+pub const NEIGH_MAX: &str = "/proc/sys/net/ipv4/neigh/default/gc_thresh3";
+/// ARP entries wanted: the table is shared by all namespaces, and a clone
+/// with traffic holds about three (the guest on the tap and the gateway in
+/// its slot, its clone IP on the host bridge).
+pub const NEIGH_WANTED: u64 = DENSE_CLONES * 4;
 
 /// Turns probe results into checks. Pure.
 pub fn evaluate(p: &Probes) -> Report {
@@ -431,9 +440,11 @@ pub fn evaluate(p: &Probes) -> Report {
     for (name, r) in [("firecracker", &p.firecracker), ("jailer", &p.jailer)] {
         v.push(match r {
             Ok((path, ver)) => check(name, Status::Ok, format!("{} is v{ver}", path.display())),
-            Err(e) if name == "jailer" => {
-                check(name, Status::Warn, format!("{e}; only needed for --jailer"))
-            }
+            Err(e) if name == "jailer" => check(
+                name,
+                Status::Warn,
+                format!("{e}; wasp does not run the jailer yet (informational)"),
+            ),
             Err(e) => check(
                 name,
                 Status::Warn,
@@ -482,7 +493,7 @@ pub fn evaluate(p: &Probes) -> Report {
         Ok(Some(max)) if *max >= CONNTRACK_WANTED => check(
             "conntrack",
             Status::Ok,
-            format!("net.netfilter.nf_conntrack_max is {max} (per-namespace count)"),
+            format!("net.netfilter.nf_conntrack_max is {max} (each netns counts its own entries against it)"),
         ),
         Ok(Some(max)) => check(
             "conntrack",
@@ -525,6 +536,20 @@ pub fn evaluate(p: &Probes) -> Report {
         Err(e) => check("pid_max", Status::Warn, e.clone()),
     });
 
+    v.push(match &p.neigh_max {
+        Ok(n) if *n >= NEIGH_WANTED => check(
+            "neigh",
+            Status::Ok,
+            format!("net.ipv4.neigh.default.gc_thresh3 is {n}"),
+        ),
+        Ok(n) => check(
+            "neigh",
+            Status::Warn,
+            format!("net.ipv4.neigh.default.gc_thresh3 is {n}; the ARP table is shared by every netns and a clone with traffic holds about 3 entries, so {DENSE_CLONES} clones want >= {NEIGH_WANTED} (else \"neighbour table overflow\"): sysctl -w net.ipv4.neigh.default.gc_thresh3={} net.ipv4.neigh.default.gc_thresh2={NEIGH_WANTED}", 2 * NEIGH_WANTED),
+        ),
+        Err(e) => check("neigh", Status::Warn, e.clone()),
+    });
+
     Report { checks: v }
 }
 
@@ -559,6 +584,7 @@ mod tests {
             conntrack_max: Ok(Some(262_144)),
             max_netns: Ok(96_365),
             pid_max: Ok(4_194_304),
+            neigh_max: Ok(8192),
         }
     }
 
@@ -605,7 +631,8 @@ mod tests {
                 "nofile",
                 "conntrack",
                 "netns_max",
-                "pid_max"
+                "pid_max",
+                "neigh"
             ]
         );
         assert!(r.checks.iter().all(|c| c.status == Status::Ok), "{r:?}");
@@ -658,12 +685,14 @@ mod tests {
         p.conntrack_max = Ok(Some(4096));
         p.max_netns = Ok(100);
         p.pid_max = Ok(4096);
+        p.neigh_max = Ok(1024);
         let r = evaluate(&p);
         assert!(r.ok());
         for (name, fix) in [
             ("conntrack", "sysctl -w net.netfilter.nf_conntrack_max="),
             ("netns_max", "sysctl -w user.max_net_namespaces="),
             ("pid_max", "sysctl -w kernel.pid_max="),
+            ("neigh", "sysctl -w net.ipv4.neigh.default.gc_thresh3="),
         ] {
             let c = r.get(name).unwrap();
             assert_eq!(c.status, Status::Warn, "{name}");
