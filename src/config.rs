@@ -9,31 +9,9 @@
 //! The file is `--config FILE`, else `$WASP_CONFIG`, else
 //! [`DEFAULT_CONFIG_PATH`] when it exists, else there is none. Unknown keys
 //! and bad values are errors that name the file, the line and the key.
-//!
-//! ```toml
-//! [pool]
-//! name = "default"            # slot namespaces are wasp-<name>-<n>
-//! cidr = "10.0.0.0/16"        # clone addresses; the bridge takes the first
-//! bridge = "wasp0"
-//! host_netns = "wasp-host"    # leave out for the current netns
-//! allow_host = ["10.0.0.1:8080"]  # leave out for <bridge address>:8080
-//!
-//! [guest]                     # must match the golden snapshot
-//! tap = "tap0"
-//! tap_ip = "192.168.241.1"
-//! tap_prefix = 29
-//! guest_ip = "192.168.241.2"
-//!
-//! [paths]
-//! runtime_dir = "/var/lib/wasp"
-//! state_dir = "/run/wasp"
-//! firecracker = "/usr/local/bin/firecracker"  # leave out for PATH
-//! jailer = "/usr/local/bin/jailer"            # leave out: beside firecracker
-//!
-//! [spawn]
-//! ready = "tcp:22"            # tcp:PORT, running or none
-//! parallel = 32
-//! ```
+//! The keys, their defaults and an example file are in
+//! `docs/operations.md` (section "The config file"); a test parses that
+//! example.
 
 use std::ffi::OsString;
 use std::fmt;

@@ -271,3 +271,25 @@ fn completions_cover_every_subcommand_and_parse() {
     let o = wasp().args(["completions", "tcsh"]).output().unwrap();
     assert_eq!(o.status.code(), Some(2));
 }
+
+#[test]
+fn the_example_in_operations_md_sets_every_key() {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/operations.md"))
+        .unwrap();
+    let start = doc.find("```toml\n").expect("a toml example") + "```toml\n".len();
+    let len = doc[start..].find("```").unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let file = write_config(tmp.path(), &doc[start..start + len]);
+    let v = show_json(
+        wasp()
+            .arg("--config")
+            .arg(&file)
+            .args(["config", "show", "--json"]),
+    );
+    for e in v["entries"].as_array().unwrap() {
+        assert_eq!(e["source"]["kind"], "file", "{e}");
+        // The reference table documents every key.
+        let key = e["key"].as_str().unwrap();
+        assert!(doc.contains(&format!("| `{key}` |")), "{key} undocumented");
+    }
+}
