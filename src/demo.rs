@@ -28,8 +28,9 @@ pub const DEMO_POOL: &str = "demo";
 pub const AGENT_PORT: u16 = 8080;
 /// The host netns of `wasp spawn --demo-snapshot` clones.
 pub const DEMO_HOST_NETNS: &str = "wasp-hostns-demo";
-/// Where `--demo-snapshot` keeps its snapshot.
-pub const DEMO_SNAPSHOT_DIR: &str = "/var/lib/wasp/demo-snapshot";
+/// Where `--demo-snapshot` keeps its snapshot, under the runtime dir (on
+/// the clones' filesystem, so their disks can be reflinked).
+pub const DEMO_SNAPSHOT_NAME: &str = "demo-snapshot";
 
 /// Which VMM a demo or bench batch uses.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -228,6 +229,7 @@ fn run_inner(
         netns: Some(host_netns.to_owned()),
         egress_uplink: None,
     };
+    let guest = crate::golden::GuestAddr::of(&net);
     let mut slots = PoolSlots::open(net, &host, o.count, HashSet::new())?;
     let (vmm, ready) = match &o.vmm {
         DemoVmm::Standin => {
@@ -258,6 +260,7 @@ fn run_inner(
                 out: snap.clone(),
                 netns: lease.netns.clone(),
                 tap: lease.tap.clone(),
+                guest,
                 sha256: false,
             });
             let back = slots.give_back(lease);

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::firecracker::{self, Version};
+use crate::firecracker::{self, Chosen, Version};
 use crate::netlink::{self, nft};
 use crate::storage::probe::{explain_reflink_errno, probe_reflink, ReflinkProbe, Strategy};
 use crate::sys;
@@ -58,8 +58,12 @@ impl Report {
 /// What doctor should look at.
 #[derive(Debug, Clone)]
 pub struct Options {
-    /// `--firecracker PATH`.
-    pub firecracker: Option<PathBuf>,
+    /// The firecracker binary chosen by flag, environment or config file
+    /// (`None`: look on `PATH`).
+    pub firecracker: Option<Chosen>,
+    /// The jailer chosen by environment or config file (`None`: beside
+    /// firecracker, then `PATH`).
+    pub jailer: Option<Chosen>,
     /// The runtime directory whose filesystem holds clone disks.
     pub runtime_dir: PathBuf,
 }
@@ -98,6 +102,32 @@ pub struct Probes {
     pub strategy: Probe<Strategy>,
     /// RLIMIT_NOFILE (soft, hard) and open fds.
     pub nofile: Probe<(u64, u64, u64)>,
+    /// `net.netfilter.nf_conntrack_max`; `Ok(None)` when nf_conntrack is
+    /// not loaded yet (the first slot's NAT rules load it).
+    pub conntrack_max: Probe<Option<u64>>,
+    /// `user.max_net_namespaces`.
+    pub max_netns: Probe<u64>,
+    /// `kernel.pid_max`.
+    pub pid_max: Probe<u64>,
+    /// `net.ipv4.neigh.default.gc_thresh3`.
+    pub neigh_max: Probe<u64>,
+}
+
+/// Reads a numeric sysctl from /proc/sys; `Ok(None)` when it does not exist.
+pub fn read_sysctl(path: &str) -> Probe<Option<u64>> {
+    match std::fs::read_to_string(path) {
+        Ok(t) => t
+            .trim()
+            .parse()
+            .map(Some)
+            .map_err(|_| format!("{path}: {t:?} is not a number")),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(format!("{path}: {e}")),
+    }
+}
+
+fn required_sysctl(path: &str) -> Probe<u64> {
+    read_sysctl(path)?.ok_or_else(|| format!("{path} does not exist"))
 }
 
 /// Bit numbers from `<linux/capability.h>`.
@@ -199,7 +229,7 @@ fn open_rw(p: &str) -> Probe<()> {
 
 /// Gathers every probe. Needs no root to run, but most probes fail without it.
 pub fn probe(opts: &Options) -> Probes {
-    let fc = firecracker::locate_firecracker(opts.firecracker.as_deref());
+    let fc = firecracker::locate("firecracker", opts.firecracker.as_ref(), None);
     let fc_path = fc.as_ref().ok().cloned();
     let with_version =
         |r: Result<PathBuf, firecracker::FirecrackerError>| -> Probe<(PathBuf, Version)> {
@@ -227,7 +257,11 @@ pub fn probe(opts: &Options) -> Probes {
         userfaultfd: sys::uffd::open().map(drop).map_err(|e| e.to_string()),
         cgroup2,
         firecracker: with_version(fc),
-        jailer: with_version(firecracker::locate_jailer(fc_path.as_deref())),
+        jailer: with_version(firecracker::locate(
+            "jailer",
+            opts.jailer.as_ref(),
+            fc_path.as_deref().and_then(Path::parent),
+        )),
         reflink: (
             opts.runtime_dir.clone(),
             probe_reflink(&opts.runtime_dir).map_err(|e| e.to_string()),
@@ -238,6 +272,10 @@ pub fn probe(opts: &Options) -> Probes {
         nofile: sys::rlimit::nofile()
             .and_then(|(s, h)| Ok((s, h, sys::rlimit::open_fds()?)))
             .map_err(|e| e.to_string()),
+        conntrack_max: read_sysctl(CONNTRACK_MAX),
+        max_netns: required_sysctl(MAX_NETNS),
+        pid_max: required_sysctl(PID_MAX),
+        neigh_max: required_sysctl(NEIGH_MAX),
     }
 }
 
@@ -249,8 +287,30 @@ fn check(name: &'static str, status: Status, detail: impl Into<String>) -> Check
     }
 }
 
-/// fds wasp wants to be able to open for a dense batch (1000 clones).
+/// The clone count doctor sizes its limit checks for.
+pub const DENSE_CLONES: u64 = 1000;
+/// fds wasp wants to be able to open for a dense batch ([`DENSE_CLONES`]).
 pub const NOFILE_WANTED: u64 = 16 * 1024;
+/// `net.netfilter.nf_conntrack_max`.
+pub const CONNTRACK_MAX: &str = "/proc/sys/net/netfilter/nf_conntrack_max";
+/// Tracked connections wanted: the limit is one value, but each namespace
+/// counts its own entries, and the host netns tracks the connections to
+/// every clone.
+pub const CONNTRACK_WANTED: u64 = 64 * 1024;
+/// `user.max_net_namespaces`.
+pub const MAX_NETNS: &str = "/proc/sys/user/max_net_namespaces";
+/// Namespaces wanted: one per slot plus a few (host, scratch).
+pub const NETNS_WANTED: u64 = DENSE_CLONES + 64;
+/// `kernel.pid_max`.
+pub const PID_MAX: &str = "/proc/sys/kernel/pid_max";
+/// Tasks wanted: a Firecracker VMM runs about 3 threads plus one per vCPU.
+pub const PIDS_WANTED: u64 = DENSE_CLONES * 8;
+/// `net.ipv4.neigh.default.gc_thresh3` (exists only in the initial netns).
+pub const NEIGH_MAX: &str = "/proc/sys/net/ipv4/neigh/default/gc_thresh3";
+/// ARP entries wanted: the table is shared by all namespaces, and a clone
+/// with traffic holds about three (the guest on the tap and the gateway in
+/// its slot, its clone IP on the host bridge).
+pub const NEIGH_WANTED: u64 = DENSE_CLONES * 4;
 
 /// Turns probe results into checks. Pure.
 pub fn evaluate(p: &Probes) -> Report {
@@ -380,9 +440,11 @@ pub fn evaluate(p: &Probes) -> Report {
     for (name, r) in [("firecracker", &p.firecracker), ("jailer", &p.jailer)] {
         v.push(match r {
             Ok((path, ver)) => check(name, Status::Ok, format!("{} is v{ver}", path.display())),
-            Err(e) if name == "jailer" => {
-                check(name, Status::Warn, format!("{e}; only needed for --jailer"))
-            }
+            Err(e) if name == "jailer" => check(
+                name,
+                Status::Warn,
+                format!("{e}; wasp does not run the jailer yet (informational)"),
+            ),
             Err(e) => check(
                 name,
                 Status::Warn,
@@ -427,6 +489,67 @@ pub fn evaluate(p: &Probes) -> Report {
         Err(e) => check("nofile", Status::Warn, e.clone()),
     });
 
+    v.push(match &p.conntrack_max {
+        Ok(Some(max)) if *max >= CONNTRACK_WANTED => check(
+            "conntrack",
+            Status::Ok,
+            format!("net.netfilter.nf_conntrack_max is {max} (each netns counts its own entries against it)"),
+        ),
+        Ok(Some(max)) => check(
+            "conntrack",
+            Status::Warn,
+            format!("net.netfilter.nf_conntrack_max is {max}; the host netns tracks every connection to the clones, so dense batches want >= {CONNTRACK_WANTED}: sysctl -w net.netfilter.nf_conntrack_max={CONNTRACK_WANTED} (it can only be set from the initial netns)"),
+        ),
+        Ok(None) => check(
+            "conntrack",
+            Status::Ok,
+            "nf_conntrack is not loaded yet (the first slot's NAT rules load it); check again after `wasp pool warm`",
+        ),
+        Err(e) => check("conntrack", Status::Warn, e.clone()),
+    });
+
+    v.push(match &p.max_netns {
+        Ok(n) if *n >= NETNS_WANTED => check(
+            "netns_max",
+            Status::Ok,
+            format!("user.max_net_namespaces is {n}; each slot is one netns"),
+        ),
+        Ok(n) => check(
+            "netns_max",
+            Status::Warn,
+            format!("user.max_net_namespaces is {n}; each slot is one netns, so {DENSE_CLONES} clones want >= {NETNS_WANTED}: sysctl -w user.max_net_namespaces={NETNS_WANTED}"),
+        ),
+        Err(e) => check("netns_max", Status::Warn, e.clone()),
+    });
+
+    v.push(match &p.pid_max {
+        Ok(n) if *n >= PIDS_WANTED => check(
+            "pid_max",
+            Status::Ok,
+            format!("kernel.pid_max is {n}"),
+        ),
+        Ok(n) => check(
+            "pid_max",
+            Status::Warn,
+            format!("kernel.pid_max is {n}; every VMM runs several threads, so {DENSE_CLONES} clones want >= {PIDS_WANTED}: sysctl -w kernel.pid_max=4194304"),
+        ),
+        Err(e) => check("pid_max", Status::Warn, e.clone()),
+    });
+
+    v.push(match &p.neigh_max {
+        Ok(n) if *n >= NEIGH_WANTED => check(
+            "neigh",
+            Status::Ok,
+            format!("net.ipv4.neigh.default.gc_thresh3 is {n}"),
+        ),
+        Ok(n) => check(
+            "neigh",
+            Status::Warn,
+            format!("net.ipv4.neigh.default.gc_thresh3 is {n}; the ARP table is shared by every netns and a clone with traffic holds about 3 entries, so {DENSE_CLONES} clones want >= {NEIGH_WANTED} (else \"neighbour table overflow\"): sysctl -w net.ipv4.neigh.default.gc_thresh3={} net.ipv4.neigh.default.gc_thresh2={NEIGH_WANTED}", 2 * NEIGH_WANTED),
+        ),
+        Err(e) => check("neigh", Status::Warn, e.clone()),
+    });
+
     Report { checks: v }
 }
 
@@ -458,6 +581,10 @@ mod tests {
             reflink: ("/var/lib/wasp".into(), Ok(ReflinkProbe::Supported)),
             strategy: Ok(Strategy::Reflink),
             nofile: Ok((1024, 1 << 20, 5)),
+            conntrack_max: Ok(Some(262_144)),
+            max_netns: Ok(96_365),
+            pid_max: Ok(4_194_304),
+            neigh_max: Ok(8192),
         }
     }
 
@@ -501,7 +628,11 @@ mod tests {
                 "firecracker",
                 "jailer",
                 "reflink",
-                "nofile"
+                "nofile",
+                "conntrack",
+                "netns_max",
+                "pid_max",
+                "neigh"
             ]
         );
         assert!(r.checks.iter().all(|c| c.status == Status::Ok), "{r:?}");
@@ -546,6 +677,43 @@ mod tests {
             .contains("missing: socket"));
         assert!(r.get("reflink").unwrap().detail.contains("copy-file-range"));
         assert_eq!(r.get("nofile").unwrap().status, Status::Warn);
+    }
+
+    #[test]
+    fn low_kernel_limits_warn_with_the_sysctl_to_raise_them() {
+        let mut p = good();
+        p.conntrack_max = Ok(Some(4096));
+        p.max_netns = Ok(100);
+        p.pid_max = Ok(4096);
+        p.neigh_max = Ok(1024);
+        let r = evaluate(&p);
+        assert!(r.ok());
+        for (name, fix) in [
+            ("conntrack", "sysctl -w net.netfilter.nf_conntrack_max="),
+            ("netns_max", "sysctl -w user.max_net_namespaces="),
+            ("pid_max", "sysctl -w kernel.pid_max="),
+            ("neigh", "sysctl -w net.ipv4.neigh.default.gc_thresh3="),
+        ] {
+            let c = r.get(name).unwrap();
+            assert_eq!(c.status, Status::Warn, "{name}");
+            assert!(c.detail.contains(fix), "{name}: {}", c.detail);
+        }
+        p.conntrack_max = Ok(None);
+        let c = evaluate(&p).get("conntrack").unwrap().clone();
+        assert_eq!(c.status, Status::Ok);
+        assert!(c.detail.contains("not loaded"), "{}", c.detail);
+    }
+
+    #[test]
+    fn sysctls_are_read_and_missing_ones_are_none() {
+        assert!(read_sysctl(PID_MAX).unwrap().unwrap() > 0);
+        assert_eq!(
+            read_sysctl("/proc/sys/kernel/wasp-no-such-sysctl"),
+            Ok(None)
+        );
+        assert!(required_sysctl("/proc/sys/kernel/wasp-no-such-sysctl")
+            .unwrap_err()
+            .contains("does not exist"));
     }
 
     #[test]

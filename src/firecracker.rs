@@ -1,8 +1,9 @@
 //! Finding the Firecracker and jailer binaries and checking their versions.
 //!
 //! Lookup order: an explicit `--firecracker PATH`, then `WASP_FIRECRACKER`,
-//! then `PATH`. The jailer is looked up as `WASP_JAILER`, then next to the
-//! firecracker binary, then on `PATH`.
+//! then `paths.firecracker` in the config file (see [`crate::config`]), then
+//! `PATH`. The jailer is looked up as `WASP_JAILER`, then `paths.jailer`,
+//! then next to the firecracker binary, then on `PATH`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -59,7 +60,7 @@ pub fn parse_version_output(out: &str) -> Option<Version> {
 #[derive(Debug, Error)]
 pub enum FirecrackerError {
     /// No binary was found anywhere we looked.
-    #[error("{what} not found (looked at {looked}); install Firecracker >= {MIN_VERSION} from its official releases, or pass --firecracker PATH / set WASP_FIRECRACKER")]
+    #[error("{what} not found (looked at {looked}); install Firecracker >= {MIN_VERSION} from its official releases, or pass --firecracker PATH / set WASP_FIRECRACKER / set paths.firecracker in the config file")]
     NotFound {
         /// firecracker or jailer.
         what: &'static str,
@@ -107,33 +108,65 @@ fn is_executable(p: &Path) -> bool {
         .unwrap_or(false)
 }
 
-/// Finds the firecracker binary.
-pub fn locate_firecracker(explicit: Option<&Path>) -> Result<PathBuf, FirecrackerError> {
-    if let Some(p) = explicit {
-        return if is_executable(p) {
-            Ok(p.to_owned())
+/// A binary path someone chose, and who chose it (for error messages), e.g.
+/// `--firecracker /x`, `WASP_FIRECRACKER=/x` or `paths.firecracker in FILE`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Chosen {
+    /// The path.
+    pub path: PathBuf,
+    /// Where it came from.
+    pub origin: String,
+}
+
+/// Finds `what` (`firecracker` or `jailer`): the chosen path, which must be
+/// executable; else `beside/<what>` when that is executable; else `PATH`.
+pub fn locate(
+    what: &'static str,
+    chosen: Option<&Chosen>,
+    beside: Option<&Path>,
+) -> Result<PathBuf, FirecrackerError> {
+    if let Some(c) = chosen {
+        return if is_executable(&c.path) {
+            Ok(c.path.clone())
         } else {
             Err(FirecrackerError::NotFound {
-                what: "firecracker",
-                looked: format!("--firecracker {}", p.display()),
+                what,
+                looked: c.origin.clone(),
             })
         };
     }
-    if let Some(p) = std::env::var_os("WASP_FIRECRACKER") {
-        let p = PathBuf::from(p);
-        return if is_executable(&p) {
-            Ok(p)
-        } else {
-            Err(FirecrackerError::NotFound {
-                what: "firecracker",
-                looked: format!("WASP_FIRECRACKER={}", p.display()),
-            })
-        };
+    if let Some(p) = beside
+        .map(|dir| dir.join(what))
+        .filter(|p| is_executable(p))
+    {
+        return Ok(p);
     }
-    on_path("firecracker").ok_or(FirecrackerError::NotFound {
-        what: "firecracker",
-        looked: "--firecracker, WASP_FIRECRACKER, PATH".into(),
+    on_path(what).ok_or(FirecrackerError::NotFound {
+        what,
+        looked: if what == "jailer" {
+            "WASP_JAILER, paths.jailer, beside firecracker, PATH".into()
+        } else {
+            "--firecracker, WASP_FIRECRACKER, paths.firecracker, PATH".into()
+        },
     })
+}
+
+/// Finds the firecracker binary: `explicit`, then `WASP_FIRECRACKER`, then
+/// `PATH` (callers with a config file use [`locate`] with
+/// [`crate::config::Config::firecracker_choice`]).
+pub fn locate_firecracker(explicit: Option<&Path>) -> Result<PathBuf, FirecrackerError> {
+    let chosen = match (explicit, std::env::var_os("WASP_FIRECRACKER")) {
+        (Some(p), _) => Some(Chosen {
+            path: p.to_owned(),
+            origin: format!("--firecracker {}", p.display()),
+        }),
+        (None, Some(p)) => Some(Chosen {
+            origin: format!("WASP_FIRECRACKER={}", Path::new(&p).display()),
+            path: p.into(),
+        }),
+        (None, None) => None,
+    };
+    locate("firecracker", chosen.as_ref(), None)
 }
 
 /// Finds the jailer binary, preferring the one beside `firecracker`.
@@ -144,16 +177,7 @@ pub fn locate_jailer(firecracker: Option<&Path>) -> Result<PathBuf, FirecrackerE
             return Ok(p);
         }
     }
-    if let Some(dir) = firecracker.and_then(Path::parent) {
-        let p = dir.join("jailer");
-        if is_executable(&p) {
-            return Ok(p);
-        }
-    }
-    on_path("jailer").ok_or(FirecrackerError::NotFound {
-        what: "jailer",
-        looked: "WASP_JAILER, beside firecracker, PATH".into(),
-    })
+    locate("jailer", None, firecracker.and_then(Path::parent))
 }
 
 /// Runs `BIN --version` and checks it is at least [`MIN_VERSION`].

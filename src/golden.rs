@@ -19,17 +19,50 @@ use std::time::{Duration, Instant};
 use thiserror::Error;
 
 use crate::launch::{self, LaunchSpec, Vmm};
+use crate::slot::SlotNet;
 use crate::snapshot::manifest::{self, Drive, FileEntry, Manifest, Mmds, NetIface};
 use crate::snapshot::{self, MANIFEST_FILE};
 use crate::sys;
 use crate::vmm_api::{self, ApiError, Client};
 
-/// The guest's address in every clone (network-for-clones).
-pub const GUEST_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 241, 2);
-/// The tap's address, the guest's gateway.
-pub const GATEWAY_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 241, 1);
-/// The tap link's netmask (/29).
-pub const NETMASK: &str = "255.255.255.248";
+/// The guest's addressing behind the slot's tap: the same in every clone
+/// (the slot's NAT maps the clone IP to it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GuestAddr {
+    /// The guest's address.
+    pub ip: Ipv4Addr,
+    /// The tap's address, the guest's gateway.
+    pub gateway: Ipv4Addr,
+    /// The tap network's prefix length.
+    pub prefix: u8,
+}
+
+impl GuestAddr {
+    /// The addressing of the slots of `net` (`guest.*` in the config).
+    pub fn of(net: &SlotNet) -> Self {
+        GuestAddr {
+            ip: net.guest_ip,
+            gateway: net.tap_ip,
+            prefix: net.tap_prefix,
+        }
+    }
+
+    /// The netmask, e.g. `255.255.255.248` for /29.
+    pub fn netmask(&self) -> Ipv4Addr {
+        Ipv4Addr::from(
+            u32::MAX
+                .checked_shl(32 - u32::from(self.prefix))
+                .unwrap_or(0),
+        )
+    }
+}
+
+impl Default for GuestAddr {
+    /// The built-in slot addressing ([`SlotNet::default`]).
+    fn default() -> Self {
+        Self::of(&SlotNet::default())
+    }
+}
 /// The fixed guest MAC.
 pub const GUEST_MAC: &str = "06:00:c0:a8:f1:02";
 /// The interface id.
@@ -99,6 +132,8 @@ pub struct GoldenOptions {
     pub netns: String,
     /// The slot's tap.
     pub tap: String,
+    /// The guest's addressing behind the tap (the slot's `guest.*`).
+    pub guest: GuestAddr,
     /// Record sha256 sums.
     pub sha256: bool,
 }
@@ -167,9 +202,12 @@ fn api<T>(step: &'static str, r: Result<T, ApiError>) -> Result<T, GoldenError> 
 }
 
 /// The kernel command line: console, clone addressing, then the user's.
-pub fn boot_args(extra: &str) -> String {
+pub fn boot_args(guest: &GuestAddr, extra: &str) -> String {
     let mut s = format!(
-        "console=ttyS0 reboot=k panic=1 ip={GUEST_IP}::{GATEWAY_IP}:{NETMASK}::{IFACE_ID}:off"
+        "console=ttyS0 reboot=k panic=1 ip={}::{}:{}::{IFACE_ID}:off",
+        guest.ip,
+        guest.gateway,
+        guest.netmask()
     );
     if !extra.trim().is_empty() {
         s.push(' ');
@@ -227,14 +265,19 @@ fn wait_serial(
 
 /// Connects to the guest's port from inside the slot, retrying refused
 /// connects until the deadline.
-fn wait_tcp(netns: &str, port: u16, deadline: Instant) -> Result<bool, GoldenError> {
+fn wait_tcp(
+    netns: &str,
+    guest: Ipv4Addr,
+    port: u16,
+    deadline: Instant,
+) -> Result<bool, GoldenError> {
     let fd = sys::netns::open_named(netns).map_err(io("open netns", Path::new(netns)))?;
     sys::netns::run_in(fd, || loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             return false;
         }
-        let addr = SocketAddrV4::new(GUEST_IP, port).into();
+        let addr = SocketAddrV4::new(guest, port).into();
         match TcpStream::connect_timeout(&addr, left.min(Duration::from_secs(1))) {
             Ok(_) => return true,
             // The service is not up yet; a refused connect returns at once,
@@ -321,7 +364,7 @@ fn create_in(o: &GoldenOptions, tmp: &Path, work: &Path) -> Result<Manifest, Gol
         "PUT /boot-source",
         c.put_boot_source(&vmm_api::BootSource {
             kernel_image_path: o.kernel.display().to_string(),
-            boot_args: Some(boot_args(&o.boot_args)),
+            boot_args: Some(boot_args(&o.guest, &o.boot_args)),
             initrd_path: None,
         }),
     )?;
@@ -361,7 +404,10 @@ fn create_in(o: &GoldenOptions, tmp: &Path, work: &Path) -> Result<Manifest, Gol
             wait_serial(&console, re, &vm, deadline)?,
             format!("serial:{re}"),
         ),
-        GoldenReady::Tcp(p) => (wait_tcp(&o.netns, *p, deadline)?, format!("tcp:{p}")),
+        GoldenReady::Tcp(p) => (
+            wait_tcp(&o.netns, o.guest.ip, *p, deadline)?,
+            format!("tcp:{p}"),
+        ),
         GoldenReady::Delay(d) => {
             std::thread::park_timeout(*d);
             (true, format!("delay:{}", d.as_millis()))
@@ -427,7 +473,7 @@ fn create_in(o: &GoldenOptions, tmp: &Path, work: &Path) -> Result<Manifest, Gol
             iface_id: IFACE_ID.into(),
             host_dev_name: o.tap.clone(),
             guest_mac: GUEST_MAC.into(),
-            guest_ip: Some(GUEST_IP.to_string()),
+            guest_ip: Some(o.guest.ip.to_string()),
         }],
         mmds: Some(Mmds {
             version: "V2".into(),
@@ -471,11 +517,21 @@ mod tests {
 
     #[test]
     fn boot_args_carry_the_clone_addressing() {
-        let a = boot_args(" quiet ");
+        let a = boot_args(&GuestAddr::default(), " quiet ");
         assert!(
             a.contains("ip=192.168.241.2::192.168.241.1:255.255.255.248::eth0:off"),
             "{a}"
         );
         assert!(a.ends_with(" quiet"));
+        let other = GuestAddr {
+            ip: "172.16.5.6".parse().unwrap(),
+            gateway: "172.16.5.5".parse().unwrap(),
+            prefix: 30,
+        };
+        assert!(boot_args(&other, "").contains("ip=172.16.5.6::172.16.5.5:255.255.255.252::"));
+        assert_eq!(
+            GuestAddr { prefix: 0, ..other }.netmask(),
+            std::net::Ipv4Addr::UNSPECIFIED
+        );
     }
 }

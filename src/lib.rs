@@ -5,6 +5,7 @@
 //! `docs/architecture.md` for the pipeline stages and the modules that
 //! implement them.
 
+pub mod config;
 pub mod demo;
 pub mod doctor;
 pub mod env;

@@ -503,3 +503,97 @@ fn not_root_is_one_clear_error_and_nothing_is_built() {
         .iter()
         .any(|n| n.starts_with("wasp-nr-")));
 }
+
+#[test]
+fn pool_and_spawn_take_their_settings_from_the_config_file() {
+    root_or_skip!();
+    let tmp = tempfile::tempdir().unwrap();
+    let host = common::unique_name("cfg");
+    let pool = format!("f{}", std::process::id());
+    let state = tmp.path().join("state");
+    let _cleanup = Cleanup {
+        state: Some(state.clone()),
+        host: host.clone(),
+        pool: pool.clone(),
+    };
+    let base = format!(
+        "[pool]\nname = \"{pool}\"\nhost_netns = \"{host}\"\ncidr = \"10.77.0.0/24\"\n\n[paths]\nstate_dir = \"{}\"\nruntime_dir = \"{}\"\n",
+        state.display(),
+        tmp.path().join("run").display()
+    );
+    let file = tmp.path().join("wasp.toml");
+    std::fs::write(&file, &base).unwrap();
+    let with_config = |f: &std::path::Path| {
+        let mut c = wasp();
+        c.env_remove("WASP_CONFIG").arg("--config").arg(f);
+        c
+    };
+
+    let out = with_config(&file)
+        .args(["pool", "warm", "--size", "2", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(json(&out)["pool"], pool.as_str());
+    let ns = common::ip_netns_list();
+    for n in 0..2 {
+        assert!(ns.contains(&format!("wasp-{pool}-{n}")), "{ns:?}");
+    }
+    let addr = std::process::Command::new("ip")
+        .args(["-n", &host, "-j", "addr", "show", "dev", "wasp0"])
+        .output()
+        .unwrap();
+    let addr = String::from_utf8_lossy(&addr.stdout);
+    assert!(
+        addr.contains("\"local\":\"10.77.0.1\",\"prefixlen\":24"),
+        "{addr}"
+    );
+    let v = json(
+        &with_config(&file)
+            .args(["pool", "status", "--json"])
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(v["cidr"], "10.77.0.0/24");
+    assert_eq!(v["host_netns"], host.as_str());
+    assert_eq!(v["slots"], 2);
+
+    // A guest address the snapshot was not made with is refused before
+    // anything is built or recorded.
+    let snap = tmp.path().join("snap");
+    assert!(synth(&snap).status.success());
+    let other = tmp.path().join("other.toml");
+    std::fs::write(
+        &other,
+        format!("{base}\n[guest]\nguest_ip = \"192.168.241.3\"\n"),
+    )
+    .unwrap();
+    let out = with_config(&other)
+        .args(["spawn", "--vmm", "standin", "--count", "1", "--snapshot"])
+        .arg(&snap)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("guest.guest_ip is 192.168.241.3"), "{err}");
+    assert!(err.contains(other.to_str().unwrap()), "{err}");
+    let recorded = std::fs::read_dir(state.join(wasp::state::CLONES))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(recorded, 0);
+
+    let v = json(
+        &with_config(&file)
+            .args(["pool", "drain", "--json"])
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(v["removed"], 2);
+    assert!(!common::ip_netns_list()
+        .iter()
+        .any(|n| n.starts_with(&format!("wasp-{pool}-"))));
+}

@@ -50,6 +50,7 @@ fn firecracker_golden_snapshot_then_clones() {
         out: out.clone(),
         netns: boot_ns.name().to_owned(),
         tap: "tap0".into(),
+        guest: golden::GuestAddr::default(),
         sha256: true,
     })
     .unwrap();
@@ -147,6 +148,7 @@ fn a_failed_create_leaves_nothing_at_out() {
         out: out.clone(),
         netns: ns.name().to_owned(),
         tap: "tap0".into(),
+        guest: golden::GuestAddr::default(),
         sha256: false,
     })
     .unwrap_err();

@@ -110,6 +110,10 @@ fn doctor_json_reports_every_check_on_this_host() {
         "jailer",
         "reflink",
         "nofile",
+        "conntrack",
+        "netns_max",
+        "pid_max",
+        "neigh",
     ] {
         assert!(names.contains(&n), "missing check {n}");
     }

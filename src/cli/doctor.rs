@@ -1,29 +1,35 @@
-//! `wasp doctor` and, until the spawn pipeline lands, `wasp demo`.
+//! `wasp doctor`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Args;
+use wasp::config::Config;
 use wasp::doctor::{self, Status};
-use wasp::paths::DEFAULT_RUNTIME_DIR;
 
 #[derive(Debug, Args)]
 pub struct DoctorArgs {
     /// Print one JSON document instead of a table.
     #[arg(long)]
     pub json: bool,
-    /// The firecracker binary (default: WASP_FIRECRACKER, then PATH).
+    /// The firecracker binary [WASP_FIRECRACKER, then paths.firecracker;
+    /// default: PATH].
     #[arg(long)]
     pub firecracker: Option<PathBuf>,
-    /// Runtime directory whose filesystem holds clone disks.
-    #[arg(long, default_value = DEFAULT_RUNTIME_DIR)]
-    pub runtime_dir: PathBuf,
+    /// Runtime directory whose filesystem holds clone disks
+    /// [paths.runtime_dir; default: /var/lib/wasp].
+    #[arg(long)]
+    pub runtime_dir: Option<PathBuf>,
 }
 
-pub fn doctor(a: DoctorArgs) -> anyhow::Result<ExitCode> {
+pub fn doctor(a: DoctorArgs, mut cfg: Config) -> anyhow::Result<ExitCode> {
+    cfg.firecracker
+        .flag("--firecracker", a.firecracker.map(Some));
+    cfg.runtime_dir.flag("--runtime-dir", a.runtime_dir);
     let report = doctor::run(&doctor::Options {
-        firecracker: a.firecracker,
-        runtime_dir: a.runtime_dir,
+        firecracker: cfg.firecracker_choice(),
+        jailer: cfg.jailer_choice(),
+        runtime_dir: cfg.runtime_dir.value.clone(),
     });
     if a.json {
         super::print_json(&report)?;

@@ -3,15 +3,19 @@
 pub mod bench;
 pub mod bench_clone;
 mod bench_spawn;
+mod completions;
+mod config;
 mod doctor;
 pub mod pool;
 mod snapshot;
 mod snapshot_create;
 pub mod spawn;
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use wasp::config::Config;
 
 /// wasp: restore Firecracker microVM clones from one golden snapshot, fast and densely.
 #[derive(Debug, Parser)]
@@ -20,6 +24,11 @@ pub struct Cli {
     /// More log output on stderr (-v info, -vv debug, -vvv trace). RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
+
+    /// Config file (default: $WASP_CONFIG, else /etc/wasp/wasp.toml when it
+    /// exists). Flags override it; `wasp config show` prints the result.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
 
     #[command(subcommand)]
     pub command: Command,
@@ -44,7 +53,15 @@ pub enum Command {
     /// Measure wasp's stages.
     #[command(subcommand)]
     Bench(bench::Bench),
+    /// The effective configuration and where each value comes from.
+    Config(config::ConfigArgs),
+    /// Print a shell completion script (bash, zsh or fish) on stdout.
+    Completions(completions::CompletionsArgs),
 }
+
+/// Reads the config file on demand, so commands that need none (and
+/// `completions`) work even when it is broken.
+pub type LoadConfig<'a> = &'a dyn Fn() -> anyhow::Result<Config>;
 
 /// Logs go to stderr through tracing; `-v` raises the level, RUST_LOG wins.
 pub fn init_logging(verbose: u8) {
@@ -65,27 +82,31 @@ pub fn init_logging(verbose: u8) {
 
 /// Runs the parsed command.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let file = cli.config;
+    let cfg = move || Ok(Config::load(file.as_deref())?);
     match cli.command {
-        Command::Doctor(a) => doctor::doctor(a),
+        Command::Doctor(a) => doctor::doctor(a, cfg()?),
         Command::Demo(a) => {
             require_root("demo")?;
-            spawn::demo_cmd(a)
+            spawn::demo_cmd(a, cfg()?)
         }
         Command::Spawn(a) => {
             require_root("spawn")?;
-            spawn::spawn_cmd(*a)
+            spawn::spawn_cmd(*a, cfg()?)
         }
-        Command::Ls(a) => spawn::ls(a),
+        Command::Ls(a) => spawn::ls(a, cfg()?),
         Command::Kill(a) => {
             require_root("kill")?;
-            spawn::kill(a)
+            spawn::kill(a, cfg()?)
         }
-        Command::Snapshot(a) => snapshot::run(a),
+        Command::Snapshot(a) => snapshot::run(a, &cfg),
         Command::Pool(a) => {
             require_root("pool")?;
-            pool::run(a)
+            pool::run(a, cfg()?)
         }
         Command::Bench(b) => bench::run(b),
+        Command::Config(a) => config::run(a, cfg()?),
+        Command::Completions(a) => completions::run(a),
     }
 }
 
@@ -103,10 +124,16 @@ pub fn require_root(cmd: &str) -> anyhow::Result<()> {
 /// Prints exactly one JSON document on stdout. A reader that went away
 /// (`| head`) is not an error.
 pub fn print_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
+    let mut text = serde_json::to_string_pretty(v)?;
+    text.push('\n');
+    write_stdout(text.as_bytes())
+}
+
+/// Writes `bytes` to stdout; a reader that went away is not an error.
+pub fn write_stdout(bytes: &[u8]) -> anyhow::Result<()> {
     use std::io::Write;
-    let text = serde_json::to_string_pretty(v)?;
     let mut out = std::io::stdout().lock();
-    match writeln!(out, "{text}").and_then(|()| out.flush()) {
+    match out.write_all(bytes).and_then(|()| out.flush()) {
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
         r => Ok(r?),
     }

@@ -7,51 +7,46 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 use serde::Serialize;
 
+use wasp::config::Config;
 use wasp::pool::{Pool, PoolConfig};
-use wasp::slot::{Cidr, HostNet, Kernel, SlotNet, SlotOps};
+use wasp::slot::{Cidr, Kernel, SlotOps};
 
-/// Where the pool lives; shared by every pool subcommand.
+/// Where the pool lives; shared by every pool subcommand. Each flag
+/// overrides the config file's `[pool]` value (see `wasp config show`).
 #[derive(Debug, Clone, Args)]
 pub struct Where {
-    /// Pool name (slot namespaces are wasp-<pool>-<n>).
-    #[arg(long, default_value = "default")]
-    pub pool: String,
-    /// Host network namespace for the bridge (created if missing); default:
-    /// the current one.
+    /// Pool name (slot namespaces are wasp-<pool>-<n>) [pool.name; default: default].
+    #[arg(long)]
+    pub pool: Option<String>,
+    /// Host network namespace for the bridge (created if missing)
+    /// [pool.host_netns; default: the current one].
     #[arg(long, value_name = "NAME")]
     pub host_netns: Option<String>,
-    /// Clone address space; the bridge takes its first address.
-    #[arg(long, default_value = "10.0.0.0/16")]
-    pub cidr: Cidr,
-    /// Host bridge name.
-    #[arg(long, default_value = "wasp0")]
-    pub bridge: String,
-    /// Host ports clones may reach (repeatable), e.g. 10.0.0.1:8080.
-    #[arg(
-        long = "allow-host",
-        value_name = "ADDR:PORT",
-        default_value = "10.0.0.1:8080"
-    )]
+    /// Clone address space; the bridge takes its first address
+    /// [pool.cidr; default: 10.0.0.0/16].
+    #[arg(long)]
+    pub cidr: Option<Cidr>,
+    /// Host bridge name [pool.bridge; default: wasp0].
+    #[arg(long)]
+    pub bridge: Option<String>,
+    /// Host ports clones may reach (repeatable), e.g. 10.0.0.1:8080
+    /// [pool.allow_host; default: the bridge address, port 8080].
+    #[arg(long = "allow-host", value_name = "ADDR:PORT")]
     pub allow_host: Vec<SocketAddrV4>,
 }
 
 impl Where {
-    /// The slot configuration.
-    pub fn net(&self) -> SlotNet {
-        SlotNet {
-            pool: self.pool.clone(),
-            cidr: self.cidr,
-            bridge: self.bridge.clone(),
-            allow_host: self.allow_host.clone(),
-            ..SlotNet::default()
-        }
-    }
-
-    fn host(&self) -> HostNet {
-        HostNet {
-            netns: self.host_netns.clone(),
-            egress_uplink: None,
-        }
+    /// Lays the flags the user gave over `cfg`.
+    pub fn apply(&self, cfg: &mut Config) {
+        cfg.pool.flag("--pool", self.pool.clone());
+        cfg.host_netns
+            .flag("--host-netns", self.host_netns.clone().map(Some));
+        cfg.cidr.flag("--cidr", self.cidr);
+        cfg.bridge.flag("--bridge", self.bridge.clone());
+        cfg.allow_host.flag(
+            "--allow-host",
+            (!self.allow_host.is_empty()).then(|| Some(self.allow_host.clone())),
+        );
     }
 }
 
@@ -108,7 +103,7 @@ struct StatusOut {
 }
 
 /// Runs `wasp pool`.
-pub fn run(a: PoolArgs) -> anyhow::Result<ExitCode> {
+pub fn run(a: PoolArgs, mut cfg: Config) -> anyhow::Result<ExitCode> {
     match a.cmd {
         PoolCmd::Warm {
             size,
@@ -116,9 +111,10 @@ pub fn run(a: PoolArgs) -> anyhow::Result<ExitCode> {
             egress_uplink,
             json,
         } => {
-            let mut host = at.host();
+            at.apply(&mut cfg);
+            let mut host = cfg.host_net();
             host.egress_uplink = egress_uplink;
-            let k = Kernel::setup(at.net(), &host).context("set up the host side")?;
+            let k = Kernel::setup(cfg.slot_net(), &host).context("set up the host side")?;
             let pool = Pool::new(k, PoolConfig::default());
             let rep = pool.reconcile().context("reconcile existing slots")?;
             let need = size.saturating_sub(pool.status().free);
@@ -126,7 +122,7 @@ pub fn run(a: PoolArgs) -> anyhow::Result<ExitCode> {
             pool.warm(need).context("warm the pool")?;
             let secs = t.elapsed().as_secs_f64();
             let out = serde_json::json!({
-                "pool": at.pool,
+                "pool": cfg.pool.value,
                 "adopted": rep.adopted.len(),
                 "removed_broken": rep.removed.len(),
                 "built": need,
@@ -138,7 +134,7 @@ pub fn run(a: PoolArgs) -> anyhow::Result<ExitCode> {
             } else {
                 println!(
                     "pool {}: {} free slots ({} built in {:.3}s, {} adopted, {} broken removed)",
-                    at.pool,
+                    cfg.pool.value,
                     pool.status().free,
                     need,
                     secs,
@@ -149,12 +145,14 @@ pub fn run(a: PoolArgs) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         PoolCmd::Status { at, json } => {
-            let k = Kernel::attach(at.net(), &at.host()).context("attach to the host side")?;
+            at.apply(&mut cfg);
+            let k = Kernel::attach(cfg.slot_net(), &cfg.host_net())
+                .context("attach to the host side")?;
             let found = k.scan().context("scan for slots")?;
             let out = StatusOut {
-                pool: at.pool.clone(),
-                host_netns: at.host_netns.clone(),
-                cidr: at.cidr.to_string(),
+                pool: cfg.pool.value.clone(),
+                host_netns: cfg.host_netns.value.clone(),
+                cidr: cfg.cidr.value.to_string(),
                 slots: found.len(),
                 healthy: found.iter().filter(|f| f.healthy()).count(),
                 broken: found
@@ -174,18 +172,22 @@ pub fn run(a: PoolArgs) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         PoolCmd::Drain { at, json } => {
-            let k = Kernel::attach(at.net(), &at.host()).context("attach to the host side")?;
+            at.apply(&mut cfg);
+            let k = Kernel::attach(cfg.slot_net(), &cfg.host_net())
+                .context("attach to the host side")?;
             let pool = Pool::new(k, PoolConfig::default());
             let removed = pool.drain().context("drain the pool")?;
             pool.ops()
                 .remove_host()
                 .context("remove the bridge and host nft table")?;
             if json {
-                super::print_json(&serde_json::json!({ "pool": at.pool, "removed": removed }))?;
+                super::print_json(
+                    &serde_json::json!({ "pool": cfg.pool.value, "removed": removed }),
+                )?;
             } else {
                 println!(
                     "pool {}: removed {removed} slots, the bridge and the host table",
-                    at.pool
+                    cfg.pool.value
                 );
             }
             Ok(ExitCode::SUCCESS)

@@ -147,13 +147,13 @@ pub struct WarmArgs {
     pub json: bool,
 }
 
-pub fn run(a: SnapshotArgs) -> anyhow::Result<ExitCode> {
+pub fn run(a: SnapshotArgs, cfg: super::LoadConfig) -> anyhow::Result<ExitCode> {
     match a.cmd {
         SnapshotCmd::Check(a) => check(a),
         SnapshotCmd::Adopt(a) => adopt_cmd(*a),
         SnapshotCmd::Synth(a) => synth_cmd(a),
         SnapshotCmd::Warm(a) => warm_cmd(a),
-        SnapshotCmd::Create(a) => super::snapshot_create::create(*a),
+        SnapshotCmd::Create(a) => super::snapshot_create::create(*a, cfg()?),
     }
 }
 

@@ -9,9 +9,9 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 
+use wasp::config::Config;
 use wasp::golden::{self, GoldenOptions, GoldenReady};
 use wasp::launch::Vmm;
-use wasp::slot::HostNet;
 use wasp::spawn::{PoolSlots, Slots};
 use wasp::storage::probe::{probe_reflink, ReflinkProbe};
 
@@ -45,7 +45,8 @@ pub struct CreateArgs {
     /// The VMM.
     #[arg(long, value_enum, default_value = "firecracker")]
     pub vmm: VmmArg,
-    /// The firecracker binary (default: WASP_FIRECRACKER, then PATH).
+    /// The firecracker binary [WASP_FIRECRACKER, then paths.firecracker;
+    /// default: PATH].
     #[arg(long)]
     pub firecracker: Option<PathBuf>,
     /// Output directory (must not exist).
@@ -59,10 +60,14 @@ pub struct CreateArgs {
 }
 
 /// Runs `wasp snapshot create`.
-pub fn create(a: CreateArgs) -> anyhow::Result<ExitCode> {
+pub fn create(a: CreateArgs, mut cfg: Config) -> anyhow::Result<ExitCode> {
+    a.at.apply(&mut cfg);
+    cfg.firecracker
+        .flag("--firecracker", a.firecracker.clone().map(Some));
     let vmm = match a.vmm {
         VmmArg::Firecracker => {
-            let p = wasp::firecracker::locate_firecracker(a.firecracker.as_deref())?;
+            let p =
+                wasp::firecracker::locate("firecracker", cfg.firecracker_choice().as_ref(), None)?;
             wasp::firecracker::version_of(&p)?;
             Vmm::Firecracker(p)
         }
@@ -71,11 +76,8 @@ pub fn create(a: CreateArgs) -> anyhow::Result<ExitCode> {
             Vmm::Standin(wasp::standin::locate(&dir).context("find the stand-in VMM")?)
         }
     };
-    let host = HostNet {
-        netns: a.at.host_netns.clone(),
-        egress_uplink: None,
-    };
-    let mut slots = PoolSlots::open(a.at.net(), &host, 1, HashSet::new())
+    let net = cfg.slot_net();
+    let mut slots = PoolSlots::open(net.clone(), &cfg.host_net(), 1, HashSet::new())
         .context("prepare a slot to boot in")?;
     let lease = slots
         .take()
@@ -92,6 +94,7 @@ pub fn create(a: CreateArgs) -> anyhow::Result<ExitCode> {
         out: a.out.clone(),
         netns: lease.netns.clone(),
         tap: lease.tap.clone(),
+        guest: golden::GuestAddr::of(&net),
         sha256: true,
     });
     let back = slots.give_back(lease);

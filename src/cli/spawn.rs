@@ -8,13 +8,12 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
 
+use wasp::config::Config;
 use wasp::env::Env;
 use wasp::launch::Vmm;
-use wasp::paths::{DEFAULT_RUNTIME_DIR, DEFAULT_STATE_DIR};
 use wasp::ready::Ready;
 use wasp::restore::Timeouts;
 use wasp::ring::DriverKind;
-use wasp::slot::HostNet;
 use wasp::spawn::{self, PhasesMs, PoolSlots, SpawnOptions, SpawnReport};
 use wasp::stats::Percentiles;
 use wasp::storage::clone::{CloneStore, Mode};
@@ -56,12 +55,6 @@ pub struct SpawnArgs {
     /// The VMM.
     #[arg(long, value_enum)]
     pub vmm: Option<VmmArg>,
-    /// Clones in flight at once.
-    #[arg(long, default_value_t = 32)]
-    pub parallel: usize,
-    /// Readiness: tcp:PORT, running or none.
-    #[arg(long, default_value = "tcp:22")]
-    pub ready: Ready,
     /// A non-secret KEY=VALUE for every clone (repeatable).
     #[arg(long = "env", value_name = "KEY=VALUE")]
     pub env: Vec<String>,
@@ -71,18 +64,11 @@ pub struct SpawnArgs {
     /// Pass wasp's own environment variable NAME as a secret (repeatable).
     #[arg(long = "secret-env", value_name = "NAME")]
     pub secret_env: Vec<String>,
-    /// The firecracker binary (default: WASP_FIRECRACKER, then PATH).
-    #[arg(long)]
-    pub firecracker: Option<PathBuf>,
     /// Restore driver (default: io_uring when available).
     #[arg(long, value_enum)]
     pub driver: Option<DriverArg>,
-    /// Per-clone files.
-    #[arg(long, default_value = DEFAULT_RUNTIME_DIR)]
-    pub runtime_dir: PathBuf,
-    /// Clone records.
-    #[arg(long, default_value = DEFAULT_STATE_DIR)]
-    pub state_dir: PathBuf,
+    #[command(flatten)]
+    pub flags: SpawnFlags,
     /// Extra arguments for the stand-in VMM (e.g. --fault load-400).
     #[arg(long = "standin-arg", value_name = "ARG", allow_hyphen_values = true)]
     pub standin_args: Vec<String>,
@@ -93,12 +79,47 @@ pub struct SpawnArgs {
     pub json: bool,
 }
 
+/// Spawn settings the config file also holds; each flag given overrides it
+/// (see `wasp config show`).
+#[derive(Debug, Args)]
+pub struct SpawnFlags {
+    /// Clones in flight at once [spawn.parallel; default: 32].
+    #[arg(long)]
+    pub parallel: Option<usize>,
+    /// Readiness: tcp:PORT, running or none [spawn.ready; default: tcp:22].
+    #[arg(long)]
+    pub ready: Option<Ready>,
+    /// The firecracker binary [WASP_FIRECRACKER, then paths.firecracker;
+    /// default: PATH].
+    #[arg(long)]
+    pub firecracker: Option<PathBuf>,
+    /// Per-clone files [paths.runtime_dir; default: /var/lib/wasp].
+    #[arg(long)]
+    pub runtime_dir: Option<PathBuf>,
+    /// Clone records [paths.state_dir; default: /run/wasp].
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+}
+
+impl SpawnFlags {
+    /// Lays the flags the user gave over `cfg`.
+    pub fn apply(&self, cfg: &mut Config) {
+        cfg.parallel.flag("--parallel", self.parallel);
+        cfg.ready.flag("--ready", self.ready);
+        cfg.firecracker
+            .flag("--firecracker", self.firecracker.clone().map(Some));
+        cfg.runtime_dir
+            .flag("--runtime-dir", self.runtime_dir.clone());
+        cfg.state_dir.flag("--state-dir", self.state_dir.clone());
+    }
+}
+
 /// `wasp ls`.
 #[derive(Debug, Args)]
 pub struct LsArgs {
-    /// Clone records.
-    #[arg(long, default_value = DEFAULT_STATE_DIR)]
-    pub state_dir: PathBuf,
+    /// Clone records [paths.state_dir; default: /run/wasp].
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
     /// Print one JSON document.
     #[arg(long)]
     pub json: bool,
@@ -116,9 +137,9 @@ pub struct KillArgs {
     /// Seconds between SIGTERM and SIGKILL.
     #[arg(long, default_value_t = 2.0)]
     pub grace: f64,
-    /// Clone records.
-    #[arg(long, default_value = DEFAULT_STATE_DIR)]
-    pub state_dir: PathBuf,
+    /// Clone records [paths.state_dir; default: /run/wasp].
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
     /// Print one JSON document.
     #[arg(long)]
     pub json: bool,
@@ -165,7 +186,7 @@ fn in_use(state_dir: &std::path::Path, pool: &str) -> HashSet<u32> {
 }
 
 /// Runs `wasp spawn`.
-pub fn spawn_cmd(mut a: SpawnArgs) -> anyhow::Result<ExitCode> {
+pub fn spawn_cmd(a: SpawnArgs, mut cfg: Config) -> anyhow::Result<ExitCode> {
     if a.count == 0 || a.count > spawn::MAX_COUNT {
         bail!(
             "--count {} is out of range: use 1 to {}",
@@ -173,51 +194,57 @@ pub fn spawn_cmd(mut a: SpawnArgs) -> anyhow::Result<ExitCode> {
             spawn::MAX_COUNT
         );
     }
+    a.at.apply(&mut cfg);
+    a.flags.apply(&mut cfg);
     let env = build_env(&a).context("bad environment")?;
-    let vmm_arg = if a.demo_snapshot {
-        a.at.host_netns = Some(demo::DEMO_HOST_NETNS.into());
-        a.at.pool = demo::DEMO_POOL.into();
-        let dir = PathBuf::from(demo::DEMO_SNAPSHOT_DIR);
+    let (snapshot, vmm_arg) = if a.demo_snapshot {
+        cfg.host_netns
+            .flag("--demo-snapshot", Some(Some(demo::DEMO_HOST_NETNS.into())));
+        cfg.pool
+            .flag("--demo-snapshot", Some(demo::DEMO_POOL.into()));
+        let dir = cfg.runtime_dir.value.join(demo::DEMO_SNAPSHOT_NAME);
         demo::ensure_snapshot(&dir).context("make the demo snapshot")?;
-        a.snapshot = Some(dir);
         eprintln!(
             "wasp: --demo-snapshot uses the stand-in VMM (not Firecracker) in host netns {}",
             demo::DEMO_HOST_NETNS
         );
-        VmmArg::Standin
+        (dir, VmmArg::Standin)
     } else {
-        a.vmm.unwrap_or(VmmArg::Firecracker)
+        (
+            a.snapshot.clone().expect("clap requires it"),
+            a.vmm.unwrap_or(VmmArg::Firecracker),
+        )
     };
-    let snapshot = a.snapshot.clone().expect("clap requires it");
+    let runtime_dir = &cfg.runtime_dir.value;
+    let state_dir = &cfg.state_dir.value;
     let vmm = match vmm_arg {
         VmmArg::Firecracker => {
-            let p = wasp::firecracker::locate_firecracker(a.firecracker.as_deref())?;
+            let p =
+                wasp::firecracker::locate("firecracker", cfg.firecracker_choice().as_ref(), None)?;
             wasp::firecracker::version_of(&p)?;
             Vmm::Firecracker(p)
         }
         VmmArg::Standin => {
-            Vmm::Standin(wasp::standin::locate(&a.runtime_dir).context("find the stand-in VMM")?)
+            Vmm::Standin(wasp::standin::locate(runtime_dir).context("find the stand-in VMM")?)
         }
     };
     let store =
-        CloneStore::open(&snapshot, &a.runtime_dir, Mode::Auto).context("open the snapshot")?;
-    let host = HostNet {
-        netns: a.at.host_netns.clone(),
-        egress_uplink: None,
-    };
-    let mut slots = PoolSlots::open(a.at.net(), &host, a.count, in_use(&a.state_dir, &a.at.pool))
+        CloneStore::open(&snapshot, runtime_dir, Mode::Auto).context("open the snapshot")?;
+    cfg.check_guest(store.manifest())?;
+    let in_use = in_use(state_dir, &cfg.pool.value);
+    let mut slots = PoolSlots::open(cfg.slot_net(), &cfg.host_net(), a.count, in_use)
         .context("prepare the slot pool")?;
     let opts = SpawnOptions {
         vmm,
         count: a.count,
-        parallel: a.parallel,
-        ready: a.ready,
+        parallel: cfg.parallel.value,
+        ready: cfg.ready.value,
         timeouts: Timeouts::default(),
         driver: a.driver.map(|d| match d {
             DriverArg::Uring => DriverKind::Uring,
             DriverArg::Syscalls => DriverKind::Syscalls,
         }),
-        state_dir: a.state_dir.clone(),
+        state_dir: state_dir.clone(),
         ready_retry: Duration::from_millis(5),
         vmm_args: a.standin_args.clone(),
     };
@@ -290,8 +317,9 @@ pub fn print_report(r: &SpawnReport) {
 }
 
 /// Runs `wasp ls`.
-pub fn ls(a: LsArgs) -> anyhow::Result<ExitCode> {
-    let store = state::Store::open(&a.state_dir)?;
+pub fn ls(a: LsArgs, mut cfg: Config) -> anyhow::Result<ExitCode> {
+    cfg.state_dir.flag("--state-dir", a.state_dir);
+    let store = state::Store::open(&cfg.state_dir.value)?;
     let (recs, bad) = store.list()?;
     for e in &bad {
         eprintln!("warning: {}", wasp::doctor::error_chain(e));
@@ -329,8 +357,10 @@ pub fn ls(a: LsArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// Runs `wasp kill`.
-pub fn kill(a: KillArgs) -> anyhow::Result<ExitCode> {
-    let store = state::Store::open(&a.state_dir)?;
+pub fn kill(a: KillArgs, mut cfg: Config) -> anyhow::Result<ExitCode> {
+    cfg.state_dir.flag("--state-dir", a.state_dir);
+    let state_dir = &cfg.state_dir.value;
+    let store = state::Store::open(state_dir)?;
     let (recs, _) = store.list()?;
     let targets: Vec<_> = if a.all {
         recs
@@ -341,7 +371,7 @@ pub fn kill(a: KillArgs) -> anyhow::Result<ExitCode> {
                 Some(r) => v.push(r.clone()),
                 None => bail!(
                     "no clone {id} in {}; `wasp ls` lists the clones wasp started",
-                    a.state_dir.display()
+                    state_dir.display()
                 ),
             }
         }
@@ -376,12 +406,15 @@ pub fn kill(a: KillArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// Runs `wasp demo`.
-pub fn demo_cmd(a: DemoArgs) -> anyhow::Result<ExitCode> {
+pub fn demo_cmd(a: DemoArgs, cfg: Config) -> anyhow::Result<ExitCode> {
     eprintln!(
         "wasp demo: {} clones on the stand-in VMM (not Firecracker: no Linux guest boots on this host class), in a private host netns; everything is removed at the end",
         a.count
     );
-    let work = PathBuf::from(DEFAULT_RUNTIME_DIR).join(format!("demo-{}", std::process::id()));
+    let work = cfg
+        .runtime_dir
+        .value
+        .join(format!("demo-{}", std::process::id()));
     let r = demo::run(&demo::DemoOptions {
         count: a.count,
         parallel: a.parallel,

@@ -1,0 +1,934 @@
+//! The operator's configuration: one TOML file and the effective settings.
+//!
+//! Every default the commands use is resolved here, once. Precedence,
+//! highest first: a command-line flag ([`Setting::flag`]), an environment
+//! variable (only `WASP_FIRECRACKER` and `WASP_JAILER`), the config file, the
+//! built-in default ([`SlotNet::default`], [`crate::paths`], [`DEFAULT_READY`],
+//! [`DEFAULT_PARALLEL`]).
+//!
+//! The file is `--config FILE`, else `$WASP_CONFIG`, else
+//! [`DEFAULT_CONFIG_PATH`] when it exists, else there is none. Unknown keys
+//! and bad values are errors that name the file, the line and the key.
+//! The keys, their defaults and an example file are in
+//! `docs/operations.md` (section "The config file"); a test parses that
+//! example.
+
+use std::ffi::OsString;
+use std::fmt;
+use std::io::Read;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::num::NonZeroUsize;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use serde::{Deserialize, Deserializer, Serialize};
+use thiserror::Error;
+
+use crate::firecracker::Chosen;
+use crate::paths::{DEFAULT_RUNTIME_DIR, DEFAULT_STATE_DIR};
+use crate::ready::Ready;
+use crate::slot::{Cidr, HostNet, SlotError, SlotNet};
+use crate::snapshot::manifest::Manifest;
+use crate::sys::netns;
+
+/// The config file read when no `--config` or `WASP_CONFIG` names one.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/wasp/wasp.toml";
+/// Environment variable naming the config file (below `--config`).
+pub const CONFIG_ENV: &str = "WASP_CONFIG";
+/// Environment variable naming the firecracker binary.
+pub const FIRECRACKER_ENV: &str = "WASP_FIRECRACKER";
+/// Environment variable naming the jailer binary.
+pub const JAILER_ENV: &str = "WASP_JAILER";
+/// Clones in flight at once.
+pub const DEFAULT_PARALLEL: usize = 32;
+/// Readiness after resume.
+pub const DEFAULT_READY: Ready = Ready::Tcp(22);
+/// The host port clones may reach on the bridge address unless
+/// `pool.allow_host` says otherwise.
+pub const DEFAULT_ALLOW_HOST_PORT: u16 = 8080;
+/// Largest config file wasp reads.
+pub const MAX_FILE_BYTES: u64 = 1 << 20;
+
+/// Where a setting's value came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// wasp's built-in default.
+    Default,
+    /// The config file.
+    File(PathBuf),
+    /// An environment variable.
+    Env(&'static str),
+    /// A command-line flag.
+    Flag(&'static str),
+}
+
+impl Source {
+    /// `default`, `file`, `env` or `flag`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Source::Default => "default",
+            Source::File(_) => "file",
+            Source::Env(_) => "env",
+            Source::Flag(_) => "flag",
+        }
+    }
+
+    /// The file path, variable name or flag; `None` for the default.
+    pub fn origin(&self) -> Option<String> {
+        match self {
+            Source::Default => None,
+            Source::File(p) => Some(p.display().to_string()),
+            Source::Env(v) | Source::Flag(v) => Some((*v).to_owned()),
+        }
+    }
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.origin() {
+            None => f.write_str(self.kind()),
+            Some(o) => write!(f, "{} {o}", self.kind()),
+        }
+    }
+}
+
+/// A value and where it came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Setting<T> {
+    /// The effective value.
+    pub value: T,
+    /// Its source.
+    pub source: Source,
+}
+
+impl<T> Setting<T> {
+    fn default(value: T) -> Self {
+        Setting {
+            value,
+            source: Source::Default,
+        }
+    }
+
+    fn set(&mut self, v: Option<T>, source: impl FnOnce() -> Source) {
+        if let Some(v) = v {
+            self.value = v;
+            self.source = source();
+        }
+    }
+
+    /// A flag the user gave (`Some`) wins over everything else.
+    pub fn flag(&mut self, flag: &'static str, v: Option<T>) {
+        self.set(v, || Source::Flag(flag));
+    }
+}
+
+/// Why the configuration could not be loaded. Every variant names the file.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    /// The file could not be read (an explicitly named file must exist).
+    #[error("cannot read the config file {path}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is too large to be a config file.
+    #[error("the config file {path} is larger than {MAX_FILE_BYTES} bytes")]
+    TooLarge {
+        /// The file.
+        path: PathBuf,
+    },
+    /// A key wasp does not know.
+    #[error("config file {path}{}: unknown key `{key}` ({expected})", at_line(*.line))]
+    UnknownKey {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line, when known.
+        line: Option<usize>,
+        /// Dotted key, e.g. `pool.cidrr`.
+        key: String,
+        /// The keys allowed there.
+        expected: String,
+    },
+    /// A key whose value is not usable.
+    #[error("config file {path}{}: `{key}`: {reason}", at_line(*.line))]
+    BadValue {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line, when known.
+        line: Option<usize>,
+        /// Dotted key, e.g. `spawn.parallel`.
+        key: String,
+        /// What is wrong and how to write it.
+        reason: String,
+    },
+    /// Not TOML.
+    #[error("config file {path}{} is not valid TOML: {message}", at_line(*.line))]
+    Syntax {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line, when known.
+        line: Option<usize>,
+        /// The parser's message.
+        message: String,
+    },
+    /// The snapshot's guest has another address than `guest.guest_ip`.
+    #[error("the snapshot's guest has address {snapshot} (network_interfaces[0].guest_ip in its manifest), but guest.guest_ip is {configured} ({from}); set guest.guest_ip = \"{snapshot}\" and the tap addressing the guest was booted with, or use a snapshot made with this config")]
+    GuestMismatch {
+        /// What the manifest records.
+        snapshot: String,
+        /// The effective setting.
+        configured: Ipv4Addr,
+        /// Where the setting came from.
+        from: Source,
+    },
+    /// Each value parses, but together they make no usable network.
+    #[error("config file {path} describes an unusable slot network")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        #[source]
+        source: SlotError,
+    },
+}
+
+fn at_line(line: Option<usize>) -> String {
+    line.map(|l| format!(", line {l}")).unwrap_or_default()
+}
+
+/// A value written as a string in the file and parsed with `FromStr`, so a
+/// bad one is reported with its key and line.
+#[derive(Debug)]
+struct Parsed<T>(T);
+
+impl<'de, T> Deserialize<'de> for Parsed<T>
+where
+    T: FromStr,
+    T::Err: fmt::Display,
+{
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map(Parsed).map_err(serde::de::Error::custom)
+    }
+}
+
+/// An absolute path.
+#[derive(Debug)]
+struct AbsPath(PathBuf);
+
+impl FromStr for AbsPath {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let p = PathBuf::from(s);
+        if p.is_absolute() {
+            Ok(AbsPath(p))
+        } else {
+            Err(format!("{s:?} is not an absolute path; write it from /"))
+        }
+    }
+}
+
+/// A named network namespace (`/run/netns/NAME`).
+#[derive(Debug)]
+struct NetnsName(String);
+
+impl FromStr for NetnsName {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        netns::validate_name(s)
+            .map(|()| NetnsName(s.to_owned()))
+            .map_err(|e| format!("{s:?} is not a network namespace name: {e}"))
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    #[serde(default)]
+    pool: RawPool,
+    #[serde(default)]
+    guest: RawGuest,
+    #[serde(default)]
+    paths: RawPaths,
+    #[serde(default)]
+    spawn: RawSpawn,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPool {
+    name: Option<String>,
+    cidr: Option<Parsed<Cidr>>,
+    bridge: Option<String>,
+    host_netns: Option<Parsed<NetnsName>>,
+    allow_host: Option<Vec<Parsed<SocketAddrV4>>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGuest {
+    tap: Option<String>,
+    tap_ip: Option<Parsed<Ipv4Addr>>,
+    tap_prefix: Option<u8>,
+    guest_ip: Option<Parsed<Ipv4Addr>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPaths {
+    runtime_dir: Option<Parsed<AbsPath>>,
+    state_dir: Option<Parsed<AbsPath>>,
+    firecracker: Option<Parsed<AbsPath>>,
+    jailer: Option<Parsed<AbsPath>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSpawn {
+    ready: Option<Parsed<Ready>>,
+    parallel: Option<NonZeroUsize>,
+}
+
+/// The effective configuration, each value with its source.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// The file that was read, if any.
+    pub file: Option<PathBuf>,
+    /// `pool.name`: slot namespaces are `wasp-<name>-<n>`.
+    pub pool: Setting<String>,
+    /// `pool.cidr`: the clone address space.
+    pub cidr: Setting<Cidr>,
+    /// `pool.bridge`: the host bridge.
+    pub bridge: Setting<String>,
+    /// `pool.host_netns`: the host netns for the bridge (`None`: current).
+    pub host_netns: Setting<Option<String>>,
+    /// `pool.allow_host` (`None`: the bridge address, port
+    /// [`DEFAULT_ALLOW_HOST_PORT`]); see [`Config::allow_host`].
+    pub allow_host: Setting<Option<Vec<SocketAddrV4>>>,
+    /// `guest.tap`: the tap name the snapshot expects.
+    pub tap: Setting<String>,
+    /// `guest.tap_ip`: the tap address, the guest's gateway.
+    pub tap_ip: Setting<Ipv4Addr>,
+    /// `guest.tap_prefix`.
+    pub tap_prefix: Setting<u8>,
+    /// `guest.guest_ip`: the guest's own address behind the tap.
+    pub guest_ip: Setting<Ipv4Addr>,
+    /// `paths.runtime_dir`: per-clone files.
+    pub runtime_dir: Setting<PathBuf>,
+    /// `paths.state_dir`: clone records.
+    pub state_dir: Setting<PathBuf>,
+    /// `paths.firecracker` (`None`: look on `PATH`).
+    pub firecracker: Setting<Option<PathBuf>>,
+    /// `paths.jailer` (`None`: beside firecracker, then `PATH`).
+    pub jailer: Setting<Option<PathBuf>>,
+    /// `spawn.ready`.
+    pub ready: Setting<Ready>,
+    /// `spawn.parallel`: clones in flight at once.
+    pub parallel: Setting<usize>,
+}
+
+impl Default for Config {
+    /// The built-in defaults, with no file and no environment.
+    fn default() -> Self {
+        let net = SlotNet::default();
+        Config {
+            file: None,
+            pool: Setting::default(net.pool),
+            cidr: Setting::default(net.cidr),
+            bridge: Setting::default(net.bridge),
+            host_netns: Setting::default(None),
+            allow_host: Setting::default(None),
+            tap: Setting::default(net.tap),
+            tap_ip: Setting::default(net.tap_ip),
+            tap_prefix: Setting::default(net.tap_prefix),
+            guest_ip: Setting::default(net.guest_ip),
+            runtime_dir: Setting::default(DEFAULT_RUNTIME_DIR.into()),
+            state_dir: Setting::default(DEFAULT_STATE_DIR.into()),
+            firecracker: Setting::default(None),
+            jailer: Setting::default(None),
+            ready: Setting::default(DEFAULT_READY),
+            parallel: Setting::default(DEFAULT_PARALLEL),
+        }
+    }
+}
+
+/// 1-based line of byte offset `at` in `text`.
+fn line_of(text: &str, at: usize) -> usize {
+    text.as_bytes()[..at.min(text.len())]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
+}
+
+/// Turns a deserialization error into one naming the key.
+fn classify(
+    path: &Path,
+    text: &str,
+    e: serde_path_to_error::Error<toml::de::Error>,
+) -> ConfigError {
+    let at = e.path().to_string();
+    let inner = e.inner();
+    let line = inner.span().map(|s| line_of(text, s.start));
+    let msg = inner.message().trim().to_owned();
+    let path = path.to_owned();
+    if let Some(rest) = msg.strip_prefix("unknown field `") {
+        if let Some((field, expected)) = rest.split_once('`') {
+            // The path already ends with the unknown field itself.
+            let key = if at == "." || at.is_empty() {
+                field.to_owned()
+            } else if at == field || at.ends_with(&format!(".{field}")) {
+                at.clone()
+            } else {
+                format!("{at}.{field}")
+            };
+            let expected = expected.trim_start_matches(',').trim();
+            let expected = if expected.is_empty() {
+                "no keys are allowed there".to_owned()
+            } else {
+                expected.to_owned()
+            };
+            return ConfigError::UnknownKey {
+                path,
+                line,
+                key,
+                expected,
+            };
+        }
+    }
+    if at == "." || at.is_empty() {
+        ConfigError::Syntax {
+            path,
+            line,
+            message: msg,
+        }
+    } else {
+        ConfigError::BadValue {
+            path,
+            line,
+            key: at,
+            reason: msg,
+        }
+    }
+}
+
+impl Config {
+    /// Loads the configuration: the file (`explicit`, else `$WASP_CONFIG`,
+    /// else [`DEFAULT_CONFIG_PATH`] when it exists), then the environment.
+    pub fn load(explicit: Option<&Path>) -> Result<Config, ConfigError> {
+        Self::load_with(explicit, Path::new(DEFAULT_CONFIG_PATH), |k| {
+            std::env::var_os(k)
+        })
+    }
+
+    /// [`Config::load`] with the default file location and the environment
+    /// given (for tests).
+    pub fn load_with(
+        explicit: Option<&Path>,
+        default_path: &Path,
+        env: impl Fn(&str) -> Option<OsString>,
+    ) -> Result<Config, ConfigError> {
+        let file = match (explicit, env(CONFIG_ENV)) {
+            (Some(p), _) => Some(p.to_owned()),
+            (None, Some(p)) if !p.is_empty() => Some(PathBuf::from(p)),
+            _ => default_path.exists().then(|| default_path.to_owned()),
+        };
+        let mut cfg = match &file {
+            Some(p) => Self::from_file(p)?,
+            None => Config::default(),
+        };
+        let env_path = |k: &'static str| env(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+        cfg.firecracker
+            .set(env_path(FIRECRACKER_ENV).map(Some), || {
+                Source::Env(FIRECRACKER_ENV)
+            });
+        cfg.jailer
+            .set(env_path(JAILER_ENV).map(Some), || Source::Env(JAILER_ENV));
+        Ok(cfg)
+    }
+
+    /// Reads one file over the built-in defaults (no environment).
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let read = |source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        };
+        let mut text = String::new();
+        std::fs::File::open(path)
+            .map_err(read)?
+            .take(MAX_FILE_BYTES + 1)
+            .read_to_string(&mut text)
+            .map_err(read)?;
+        if text.len() as u64 > MAX_FILE_BYTES {
+            return Err(ConfigError::TooLarge {
+                path: path.to_owned(),
+            });
+        }
+        Self::from_toml(path, &text)
+    }
+
+    /// Parses `text` (the contents of `path`) over the built-in defaults.
+    pub fn from_toml(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let de = toml::Deserializer::new(text);
+        let raw: RawFile =
+            serde_path_to_error::deserialize(de).map_err(|e| classify(path, text, e))?;
+        let mut c = Config {
+            file: Some(path.to_owned()),
+            ..Config::default()
+        };
+        let src = || Source::File(path.to_owned());
+        let RawFile {
+            pool,
+            guest,
+            paths,
+            spawn,
+        } = raw;
+        c.pool.set(pool.name, src);
+        c.cidr.set(pool.cidr.map(|v| v.0), src);
+        c.bridge.set(pool.bridge, src);
+        c.host_netns.set(pool.host_netns.map(|v| Some(v.0 .0)), src);
+        c.allow_host.set(
+            pool.allow_host
+                .map(|v| Some(v.into_iter().map(|a| a.0).collect())),
+            src,
+        );
+        c.tap.set(guest.tap, src);
+        c.tap_ip.set(guest.tap_ip.map(|v| v.0), src);
+        c.tap_prefix.set(guest.tap_prefix, src);
+        c.guest_ip.set(guest.guest_ip.map(|v| v.0), src);
+        c.runtime_dir.set(paths.runtime_dir.map(|v| v.0 .0), src);
+        c.state_dir.set(paths.state_dir.map(|v| v.0 .0), src);
+        c.firecracker
+            .set(paths.firecracker.map(|v| Some(v.0 .0)), src);
+        c.jailer.set(paths.jailer.map(|v| Some(v.0 .0)), src);
+        c.ready.set(spawn.ready.map(|v| v.0), src);
+        c.parallel.set(spawn.parallel.map(NonZeroUsize::get), src);
+        c.slot_net()
+            .validate()
+            .map_err(|source| ConfigError::Invalid {
+                path: path.to_owned(),
+                source,
+            })?;
+        Ok(c)
+    }
+
+    /// The host ports clones may reach: `pool.allow_host`, else the bridge
+    /// address (the CIDR's first host) at [`DEFAULT_ALLOW_HOST_PORT`].
+    pub fn allow_host(&self) -> Vec<SocketAddrV4> {
+        self.allow_host.value.clone().unwrap_or_else(|| {
+            vec![SocketAddrV4::new(
+                self.cidr.value.gateway(),
+                DEFAULT_ALLOW_HOST_PORT,
+            )]
+        })
+    }
+
+    /// The slot network these settings describe (not yet validated:
+    /// [`SlotNet::validate`]).
+    pub fn slot_net(&self) -> SlotNet {
+        SlotNet {
+            pool: self.pool.value.clone(),
+            cidr: self.cidr.value,
+            bridge: self.bridge.value.clone(),
+            tap: self.tap.value.clone(),
+            tap_ip: self.tap_ip.value,
+            tap_prefix: self.tap_prefix.value,
+            guest_ip: self.guest_ip.value,
+            allow_host: self.allow_host(),
+            egress: false,
+        }
+    }
+
+    /// The host side (no egress uplink).
+    pub fn host_net(&self) -> HostNet {
+        HostNet {
+            netns: self.host_netns.value.clone(),
+            egress_uplink: None,
+        }
+    }
+
+    /// Checks the snapshot's guest address (when its manifest records one)
+    /// is `guest.guest_ip`: the slots DNAT clone traffic to that address.
+    pub fn check_guest(&self, m: &Manifest) -> Result<(), ConfigError> {
+        let recorded = m
+            .network_interfaces
+            .first()
+            .and_then(|n| n.guest_ip.as_ref());
+        match recorded {
+            Some(ip) if ip.parse::<Ipv4Addr>().ok() != Some(self.guest_ip.value) => {
+                Err(ConfigError::GuestMismatch {
+                    snapshot: ip.clone(),
+                    configured: self.guest_ip.value,
+                    from: self.guest_ip.source.clone(),
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn chosen(s: &Setting<Option<PathBuf>>, key: &str) -> Option<Chosen> {
+        let path = s.value.clone()?;
+        let origin = match &s.source {
+            Source::Flag(f) => format!("{f} {}", path.display()),
+            Source::Env(v) => format!("{v}={}", path.display()),
+            Source::File(file) => format!("{key} = {} in {}", path.display(), file.display()),
+            Source::Default => path.display().to_string(),
+        };
+        Some(Chosen { path, origin })
+    }
+
+    /// The chosen firecracker binary, for [`crate::firecracker::locate`].
+    pub fn firecracker_choice(&self) -> Option<Chosen> {
+        Self::chosen(&self.firecracker, "paths.firecracker")
+    }
+
+    /// The chosen jailer binary, for [`crate::firecracker::locate`].
+    pub fn jailer_choice(&self) -> Option<Chosen> {
+        Self::chosen(&self.jailer, "paths.jailer")
+    }
+
+    /// Every setting as `(key, value, source)`, in file order, for
+    /// `wasp config show`. Unset optional values are JSON `null`.
+    pub fn entries(&self) -> Vec<Entry> {
+        use serde_json::{json, Value};
+        fn e<T>(key: &'static str, s: &Setting<T>, value: Value) -> Entry {
+            let note = match (key, &s.source) {
+                ("pool.host_netns", _) if value.is_null() => Some("the current netns"),
+                ("pool.allow_host", Source::Default) => Some("the bridge address, port 8080"),
+                ("paths.firecracker", _) if value.is_null() => Some("looked up on PATH"),
+                ("paths.jailer", _) if value.is_null() => Some("beside firecracker, then on PATH"),
+                _ => None,
+            };
+            Entry {
+                key,
+                value,
+                source: s.source.clone(),
+                note,
+            }
+        }
+        let path = |p: &Path| json!(p.display().to_string());
+        let opt_path = |p: &Option<PathBuf>| p.as_deref().map_or(Value::Null, path);
+        vec![
+            e("pool.name", &self.pool, json!(self.pool.value)),
+            e("pool.cidr", &self.cidr, json!(self.cidr.value.to_string())),
+            e("pool.bridge", &self.bridge, json!(self.bridge.value)),
+            e(
+                "pool.host_netns",
+                &self.host_netns,
+                json!(self.host_netns.value),
+            ),
+            e(
+                "pool.allow_host",
+                &self.allow_host,
+                json!(self
+                    .allow_host()
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()),
+            ),
+            e("guest.tap", &self.tap, json!(self.tap.value)),
+            e(
+                "guest.tap_ip",
+                &self.tap_ip,
+                json!(self.tap_ip.value.to_string()),
+            ),
+            e(
+                "guest.tap_prefix",
+                &self.tap_prefix,
+                json!(self.tap_prefix.value),
+            ),
+            e(
+                "guest.guest_ip",
+                &self.guest_ip,
+                json!(self.guest_ip.value.to_string()),
+            ),
+            e(
+                "paths.runtime_dir",
+                &self.runtime_dir,
+                path(&self.runtime_dir.value),
+            ),
+            e(
+                "paths.state_dir",
+                &self.state_dir,
+                path(&self.state_dir.value),
+            ),
+            e(
+                "paths.firecracker",
+                &self.firecracker,
+                opt_path(&self.firecracker.value),
+            ),
+            e("paths.jailer", &self.jailer, opt_path(&self.jailer.value)),
+            e(
+                "spawn.ready",
+                &self.ready,
+                json!(self.ready.value.to_string()),
+            ),
+            e("spawn.parallel", &self.parallel, json!(self.parallel.value)),
+        ]
+    }
+}
+
+/// One line of `wasp config show`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Entry {
+    /// Dotted key as written in the file, e.g. `pool.cidr`.
+    pub key: &'static str,
+    /// The effective value (`null`: unset, see the key's meaning).
+    pub value: serde_json::Value,
+    /// Where it came from.
+    #[serde(serialize_with = "source_kind")]
+    pub source: Source,
+    /// What an unset or derived value means.
+    pub note: Option<&'static str>,
+}
+
+fn source_kind<S: serde::Serializer>(s: &Source, ser: S) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeMap;
+    let mut m = ser.serialize_map(Some(2))?;
+    m.serialize_entry("kind", s.kind())?;
+    m.serialize_entry("origin", &s.origin())?;
+    m.end()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::from_toml(Path::new("/etc/wasp/test.toml"), text)
+    }
+
+    fn err(text: &str) -> String {
+        crate::doctor::error_chain(&parse(text).unwrap_err())
+    }
+
+    const FULL: &str = r#"
+[pool]
+name = "batch"
+cidr = "10.20.0.0/16"
+bridge = "wasp1"
+host_netns = "wasp-host"
+allow_host = ["10.20.0.1:9000", "10.20.0.1:9001"]
+
+[guest]
+tap = "tap1"
+tap_ip = "172.16.0.1"
+tap_prefix = 30
+guest_ip = "172.16.0.2"
+
+[paths]
+runtime_dir = "/srv/wasp"
+state_dir = "/run/wasp2"
+firecracker = "/opt/fc/firecracker"
+jailer = "/opt/fc/jailer"
+
+[spawn]
+ready = "running"
+parallel = 64
+"#;
+
+    #[test]
+    fn empty_file_is_the_defaults_and_defaults_match_slotnet() {
+        let c = parse("").unwrap();
+        assert_eq!(c.file.as_deref(), Some(Path::new("/etc/wasp/test.toml")));
+        assert_eq!(
+            Config {
+                file: None,
+                ..c.clone()
+            },
+            Config::default()
+        );
+        assert_eq!(c.slot_net(), SlotNet::default());
+        assert_eq!(c.runtime_dir.value, Path::new(DEFAULT_RUNTIME_DIR));
+        assert_eq!(c.ready.value, Ready::Tcp(22));
+        assert!(c.entries().iter().all(|e| e.source == Source::Default));
+    }
+
+    #[test]
+    fn every_key_is_read_with_the_file_as_source() {
+        let c = parse(FULL).unwrap();
+        let net = c.slot_net();
+        assert_eq!(net.pool, "batch");
+        assert_eq!(net.cidr.to_string(), "10.20.0.0/16");
+        assert_eq!(net.bridge, "wasp1");
+        assert_eq!(net.tap, "tap1");
+        assert_eq!(net.tap_ip, Ipv4Addr::new(172, 16, 0, 1));
+        assert_eq!(net.tap_prefix, 30);
+        assert_eq!(net.guest_ip, Ipv4Addr::new(172, 16, 0, 2));
+        assert_eq!(net.allow_host.len(), 2);
+        assert_eq!(c.host_net().netns.as_deref(), Some("wasp-host"));
+        assert_eq!(c.runtime_dir.value, Path::new("/srv/wasp"));
+        assert_eq!(c.state_dir.value, Path::new("/run/wasp2"));
+        assert_eq!(c.ready.value, Ready::Running);
+        assert_eq!(c.parallel.value, 64);
+        let fc = c.firecracker_choice().unwrap();
+        assert_eq!(fc.path, Path::new("/opt/fc/firecracker"));
+        assert!(fc.origin.contains("paths.firecracker"), "{}", fc.origin);
+        assert!(fc.origin.contains("/etc/wasp/test.toml"), "{}", fc.origin);
+        let file = Source::File("/etc/wasp/test.toml".into());
+        for e in c.entries() {
+            assert_eq!(e.source, file, "{}", e.key);
+        }
+        // Every entry key appears in the example, so show and file agree.
+        for e in c.entries() {
+            let (section, key) = e.key.split_once('.').unwrap();
+            assert!(FULL.contains(&format!("[{section}]")), "{section}");
+            assert!(FULL.contains(&format!("\n{key} = ")), "{key}");
+        }
+    }
+
+    #[test]
+    fn allow_host_follows_the_cidr_unless_set() {
+        let c = parse("[pool]\ncidr = \"10.9.0.0/24\"\n").unwrap();
+        assert_eq!(c.allow_host(), ["10.9.0.1:8080".parse().unwrap()]);
+        let c = parse("[pool]\nallow_host = []\n").unwrap();
+        assert!(c.allow_host().is_empty());
+        assert_eq!(c.allow_host.source.kind(), "file");
+    }
+
+    #[test]
+    fn unknown_keys_name_the_key_the_file_and_the_line() {
+        let e = err("[pool]\nname = \"a\"\ncidrr = \"10.0.0.0/16\"\n");
+        assert!(e.contains("unknown key `pool.cidrr`"), "{e}");
+        assert!(e.contains("/etc/wasp/test.toml"), "{e}");
+        assert!(e.contains("line 3"), "{e}");
+        assert!(e.contains("`cidr`"), "{e}");
+        let e = err("[pools]\nname = \"a\"\n");
+        assert!(e.contains("unknown key `pools`"), "{e}");
+        let e = err("parallel = 3\n");
+        assert!(e.contains("unknown key `parallel`"), "{e}");
+        assert!(e.contains("line 1"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let cases = [
+            (
+                "[pool]\ncidr = \"10.0.0.0\"\n",
+                "`pool.cidr`",
+                "10.0.0.0/16",
+            ),
+            (
+                "[pool]\nallow_host = [\"10.0.0.1\"]\n",
+                "`pool.allow_host",
+                "",
+            ),
+            ("[pool]\nhost_netns = \"a/b\"\n", "`pool.host_netns`", ""),
+            (
+                "[guest]\nguest_ip = \"300.1.1.1\"\n",
+                "`guest.guest_ip`",
+                "",
+            ),
+            ("[guest]\ntap_prefix = 300\n", "`guest.tap_prefix`", ""),
+            (
+                "[paths]\nruntime_dir = \"var/lib\"\n",
+                "`paths.runtime_dir`",
+                "absolute",
+            ),
+            ("[spawn]\nready = \"ssh\"\n", "`spawn.ready`", "tcp:PORT"),
+            ("[spawn]\nparallel = 0\n", "`spawn.parallel`", "nonzero"),
+            ("[spawn]\nparallel = \"many\"\n", "`spawn.parallel`", ""),
+            ("[pool]\nname = 3\n", "`pool.name`", ""),
+        ];
+        for (text, key, hint) in cases {
+            let e = err(text);
+            assert!(e.contains(key), "{text}: {e}");
+            assert!(e.contains(hint), "{text}: {e}");
+            assert!(e.contains("line 2"), "{text}: {e}");
+            assert!(e.contains("/etc/wasp/test.toml"), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn syntax_and_network_errors_name_the_file() {
+        let e = err("[pool\n");
+        assert!(e.contains("not valid TOML"), "{e}");
+        assert!(e.contains("/etc/wasp/test.toml"), "{e}");
+        let e = err("[pool]\nbridge = \"br0\"\n");
+        assert!(e.contains("unusable slot network"), "{e}");
+        assert!(e.contains("must start with"), "{e}");
+        let e = err("[guest]\ntap_ip = \"10.0.0.1\"\nguest_ip = \"10.0.0.2\"\n");
+        assert!(e.contains("overlaps the clone CIDR"), "{e}");
+    }
+
+    #[test]
+    fn precedence_is_flag_env_file_default() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("wasp.toml");
+        std::fs::write(
+            &file,
+            "[pool]\ncidr = \"10.5.0.0/16\"\nbridge = \"wasp5\"\n[paths]\nfirecracker = \"/f/fc\"\n",
+        )
+        .unwrap();
+        let missing = dir.path().join("none.toml");
+        let no_env = |_: &str| None;
+
+        // No file anywhere: the defaults.
+        let c = Config::load_with(None, &missing, no_env).unwrap();
+        assert_eq!(c.file, None);
+        assert_eq!(c, Config::default());
+
+        // The default location, when it exists.
+        let c = Config::load_with(None, &file, no_env).unwrap();
+        assert_eq!(c.file.as_deref(), Some(file.as_path()));
+        assert_eq!(c.cidr.source, Source::File(file.clone()));
+
+        // WASP_CONFIG names the file; an explicit path beats it.
+        let env_cfg = |k: &str| (k == CONFIG_ENV).then(|| file.clone().into_os_string());
+        let c = Config::load_with(None, &missing, env_cfg).unwrap();
+        assert_eq!(c.bridge.value, "wasp5");
+        let e = Config::load_with(Some(&missing), &file, env_cfg).unwrap_err();
+        assert!(matches!(e, ConfigError::Read { .. }), "{e}");
+        assert!(e.to_string().contains("none.toml"), "{e}");
+
+        // The environment beats the file; a flag beats both.
+        let env_fc = |k: &str| (k == FIRECRACKER_ENV).then(|| "/e/fc".into());
+        let mut c = Config::load_with(Some(&file), &missing, env_fc).unwrap();
+        assert_eq!(c.firecracker.value.as_deref(), Some(Path::new("/e/fc")));
+        assert_eq!(c.firecracker.source, Source::Env(FIRECRACKER_ENV));
+        assert_eq!(
+            c.firecracker_choice().unwrap().origin,
+            "WASP_FIRECRACKER=/e/fc"
+        );
+        c.firecracker
+            .flag("--firecracker", Some(Some("/flag/fc".into())));
+        assert_eq!(c.firecracker.source, Source::Flag("--firecracker"));
+        c.cidr.flag("--cidr", None);
+        assert_eq!(c.cidr.source, Source::File(file.clone()));
+        c.cidr.flag("--cidr", Some("10.7.0.0/16".parse().unwrap()));
+        assert_eq!(c.cidr.source.to_string(), "flag --cidr");
+        // The derived allow_host default follows the flag's CIDR.
+        assert_eq!(c.allow_host(), ["10.7.0.1:8080".parse().unwrap()]);
+        assert!(c.slot_net().validate().is_ok());
+    }
+
+    #[test]
+    fn a_snapshot_with_another_guest_address_is_refused() {
+        let mut m = crate::snapshot::manifest::tests::sample();
+        assert!(Config::default().check_guest(&m).is_ok());
+        let c = parse("[guest]\nguest_ip = \"192.168.241.3\"\n").unwrap();
+        let e = c.check_guest(&m).unwrap_err().to_string();
+        assert!(e.contains("192.168.241.2"), "{e}");
+        assert!(e.contains("guest.guest_ip is 192.168.241.3"), "{e}");
+        assert!(e.contains("/etc/wasp/test.toml"), "{e}");
+        m.network_interfaces[0].guest_ip = None;
+        assert!(c.check_guest(&m).is_ok());
+    }
+
+    #[test]
+    fn entries_serialize_with_kind_and_origin() {
+        let c = parse(FULL).unwrap();
+        let v = serde_json::to_value(c.entries()).unwrap();
+        assert_eq!(v[0]["key"], "pool.name");
+        assert_eq!(v[0]["value"], "batch");
+        assert_eq!(v[0]["source"]["kind"], "file");
+        assert_eq!(v[0]["source"]["origin"], "/etc/wasp/test.toml");
+        let d = serde_json::to_value(Config::default().entries()).unwrap();
+        assert_eq!(d[3]["key"], "pool.host_netns");
+        assert!(d[3]["value"].is_null());
+        assert!(d[3]["source"]["origin"].is_null());
+    }
+}
