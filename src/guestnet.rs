@@ -31,7 +31,7 @@ use crate::sys::tap::{self, EventFd};
 /// The guest's addressing and the ports of its services: what the
 /// stand-in reads from its vmstate and what tests pick directly.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct GuestAddr {
+pub struct GuestIface {
     /// Ethernet address (must be unicast).
     pub mac: [u8; 6],
     /// Guest IPv4 address.
@@ -50,7 +50,7 @@ pub struct GuestAddr {
 /// What the guest looks like on the wire and which services it runs.
 pub struct GuestNetConfig {
     /// Addressing and service ports.
-    pub addr: GuestAddr,
+    pub addr: GuestIface,
     /// The agent's response body, computed per request.
     pub agent_body: Arc<dyn Fn() -> Vec<u8> + Send + Sync>,
     /// One outbound request made once at start, if any.

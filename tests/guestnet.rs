@@ -9,7 +9,7 @@ use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 use common::TestNetns;
-use wasp::guestnet::{GuestAddr, GuestNet, GuestNetConfig, Outbound};
+use wasp::guestnet::{GuestIface, GuestNet, GuestNetConfig, Outbound};
 use wasp::sys::tap;
 
 const GUEST: Ipv4Addr = Ipv4Addr::new(192, 168, 241, 2);
@@ -19,7 +19,7 @@ const NET: Option<Duration> = Some(Duration::from_secs(10));
 
 fn cfg(outbound: Option<Outbound>) -> GuestNetConfig {
     GuestNetConfig {
-        addr: GuestAddr {
+        addr: GuestIface {
             mac: [0x06, 0, 0xac, 0x10, 0, 2],
             ip: GUEST,
             prefix_len: 29,

@@ -11,7 +11,7 @@ use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 use common::TestNetns;
-use wasp::guestnet::{GuestAddr, GuestNet, GuestNetConfig, Outbound};
+use wasp::guestnet::{GuestIface, GuestNet, GuestNetConfig, Outbound};
 use wasp::slot::{HostNet, Kernel, Slot, SlotError, SlotNet, SlotOps};
 use wasp::sys::{netns, tap};
 
@@ -60,7 +60,7 @@ fn guest(slot: &Slot, outbound: Option<Outbound>) -> GuestNet {
     GuestNet::start(
         fd,
         GuestNetConfig {
-            addr: GuestAddr {
+            addr: GuestIface {
                 mac: [0x06, 0, 0xac, 0x10, 0, 2],
                 ip: Ipv4Addr::new(192, 168, 241, 2),
                 prefix_len: 29,

@@ -66,7 +66,7 @@ pub trait RunningGuest: Send {
 #[derive(Clone)]
 pub struct GuestParams {
     /// Addressing and service ports.
-    pub addr: crate::guestnet::GuestAddr,
+    pub addr: crate::guestnet::GuestIface,
     /// The MMDS data store (shared: the agent reads it live).
     pub mmds: Arc<Mutex<Option<Value>>>,
 }
@@ -793,7 +793,7 @@ impl<H: Host> Vmm<H> {
         };
         let params = (|| {
             Some(GuestParams {
-                addr: crate::guestnet::GuestAddr {
+                addr: crate::guestnet::GuestIface {
                     mac: parse_mac(&net.guest_mac)?,
                     ip: self.guest.ip.parse().ok()?,
                     prefix_len: self.guest.prefix_len,
