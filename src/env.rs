@@ -237,8 +237,8 @@ impl Env {
         self.vars.keys().map(String::as_str)
     }
 
-    /// The MMDS body for one clone: `{"wasp":{"env":{...,"AGENT_ID":id}}}`
-    /// plus the same map at the top level as `env` for simple agents.
+    /// The MMDS body for one clone: `{"env":{...,"AGENT_ID":id}}` (what
+    /// `wasp-guest-env` reads at `/env`; see docs/mmds.md).
     /// The bytes hold secrets: they are zeroized when dropped.
     pub fn mmds_body(&self, agent_id: &str) -> Zeroizing<Vec<u8>> {
         let mut m = serde_json::Map::new();

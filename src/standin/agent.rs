@@ -3,9 +3,8 @@
 //! environment keys, and a SHA-256 over the canonical `KEY=VALUE\n` lines, so
 //! tests can check that injection worked without printing a secret.
 //!
-//! Environment layout in MMDS: wasp's own `{"wasp":{"env":{...}}}` (see
-//! `crate::env`), else an object under `"env"`, else the top-level object;
-//! only string values count. `AGENT_ID` and `API_URL` are read from the same
+//! Environment layout in MMDS: wasp's own object under `"env"` (see
+//! `crate::env`), else the top-level object; only string values count. `AGENT_ID` and `API_URL` are read from the same
 //! place.
 
 use std::collections::BTreeMap;
@@ -18,10 +17,8 @@ pub fn env_of(mmds: Option<&Value>) -> BTreeMap<String, String> {
     let Some(doc) = mmds else {
         return BTreeMap::new();
     };
-    let obj = match (doc.pointer("/wasp/env"), doc.get("env"), doc) {
-        (Some(Value::Object(o)), _, _)
-        | (_, Some(Value::Object(o)), _)
-        | (_, _, Value::Object(o)) => o,
+    let obj = match (doc.get("env"), doc) {
+        (Some(Value::Object(o)), _) | (_, Value::Object(o)) => o,
         _ => return BTreeMap::new(),
     };
     obj.iter()
@@ -96,7 +93,7 @@ mod tests {
         env.insert("AGENT_ID".to_owned(), "vm3".to_owned());
         env.insert("GITHUB_TOKEN".to_owned(), "s3cret".to_owned());
         assert_eq!(v["env_sha256"], env_sha256(&env));
-        let wasp = serde_json::json!({"wasp": {"env": {"AGENT_ID": "wasp-7", "K": "v"}}, "env": {"AGENT_ID": "no"}});
+        let wasp = serde_json::json!({"env": {"AGENT_ID": "wasp-7", "K": "v"}, "AGENT_ID": "no"});
         let w: Value = serde_json::from_slice(&agent_body(Some(&wasp))).unwrap();
         assert_eq!(w["agent_id"], "wasp-7");
         assert_eq!(w["env_keys"], serde_json::json!(["AGENT_ID", "K"]));
