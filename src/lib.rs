@@ -5,12 +5,14 @@
 //! `docs/architecture.md` for the pipeline stages and the modules that
 //! implement them.
 
+pub mod cgroup;
 pub mod demo;
 pub mod doctor;
 pub mod env;
 pub mod firecracker;
 pub mod golden;
 pub mod guestnet;
+pub mod jailer;
 pub mod launch;
 pub mod netlink;
 pub mod paths;

@@ -44,6 +44,15 @@ pub enum TeardownError {
         #[source]
         source: std::io::Error,
     },
+    /// Removing the clone's cgroup or jail failed.
+    #[error("clone {id}: cannot remove its isolation")]
+    Isolation {
+        /// Clone.
+        id: String,
+        /// Cause.
+        #[source]
+        source: crate::launch::LaunchError,
+    },
     /// Removing the record failed.
     #[error("clone {id}: cannot remove its record")]
     Record {
@@ -152,6 +161,16 @@ pub fn teardown(
     if let Err(e) = remove_clone_dir(&r.id, &r.clone_dir) {
         errors.push(e);
     }
+    // After the VMM is gone: an empty cgroup can be removed (a busy one is
+    // killed through cgroup.kill first), and the jail has no user left.
+    if fate.is_some() {
+        for source in crate::launch::remove_isolation(r.cgroup.as_deref(), r.jail_dir.as_deref()) {
+            errors.push(TeardownError::Isolation {
+                id: r.id.clone(),
+                source,
+            });
+        }
+    }
     if let Err(source) = store.remove(&r.id) {
         errors.push(TeardownError::Record {
             id: r.id.clone(),
@@ -182,6 +201,8 @@ mod tests {
             clone_dir: dir.to_owned(),
             snapshot: "/snap".into(),
             created_at: "x".into(),
+            cgroup: None,
+            jail_dir: None,
         }
     }
 

@@ -81,6 +81,7 @@ fn firecracker_golden_snapshot_then_clones() {
         state_dir: state.clone(),
         ready_retry: Duration::from_millis(10),
         vmm_args: vec![],
+        isolation: Default::default(),
     };
     let report = spawn::spawn(&opts, &store, &mut slots, &Env::new()).unwrap();
     struct G<'a>(&'a std::path::Path);
