@@ -51,7 +51,7 @@ pub enum CgroupError {
     #[error("per-clone cgroup limits need cgroup v2, but no cgroup2 filesystem is mounted (none in /proc/self/mountinfo); mount one (mount -t cgroup2 none /sys/fs/cgroup, or boot with systemd.unified_cgroup_hierarchy=1), or leave out --memory-max/--cpu-max/--cgroup")]
     NoCgroup2,
     /// A controller the limits need is not available in cgroup v2.
-    #[error("{key} needs the cgroup v2 controller `{controller}`, but it is not available in the cgroup v2 hierarchy at {mount} (its cgroup.controllers lists: {available}){bound}; {fix}")]
+    #[error("{key} needs the cgroup v2 controller `{controller}`, but it is not available in the cgroup v2 hierarchy at {mount} {detail}")]
     ControllerUnavailable {
         /// The controller.
         controller: String,
@@ -59,12 +59,9 @@ pub enum CgroupError {
         key: String,
         /// The cgroup2 mount.
         mount: PathBuf,
-        /// What the mount offers.
-        available: String,
-        /// Where it is bound instead, when it is.
-        bound: String,
-        /// What to do.
-        fix: String,
+        /// What the mount offers, where the controller is bound instead,
+        /// and what to do.
+        detail: String,
     },
     /// A limit's key is not a cgroup interface file wasp writes.
     #[error("bad cgroup limit key {key:?}: {why}")]
@@ -216,7 +213,10 @@ fn unescape(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
             out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
             i += 4;
         } else {
@@ -289,9 +289,7 @@ pub fn unavailable(
         controller: controller.to_owned(),
         key: key.to_owned(),
         mount: mount.to_owned(),
-        available,
-        bound,
-        fix,
+        detail: format!("(its cgroup.controllers lists: {available}){bound}; {fix}"),
     }
 }
 
@@ -497,7 +495,8 @@ pub fn reconcile(parent: &Path, is_live: &dyn Fn(&str) -> bool) -> ReconcileRepo
         Ok(e) => e,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return r,
         Err(e) => {
-            r.errors.push(format!("cannot list {}: {e}", parent.display()));
+            r.errors
+                .push(format!("cannot list {}: {e}", parent.display()));
             return r;
         }
     };
@@ -544,7 +543,10 @@ mod tests {
         let only = "30 1 0:26 / /mnt/my\\040cg rw - cgroup2 cgroup2 rw\n";
         assert_eq!(find_cgroup2(only), Some("/mnt/my cg".into()));
         assert_eq!(find_cgroup2("22 27 0:21 / /proc rw - proc proc rw\n"), None);
-        assert_eq!(v1_mount_of(HYBRID, "memory"), Some("/sys/fs/cgroup/memory".into()));
+        assert_eq!(
+            v1_mount_of(HYBRID, "memory"),
+            Some("/sys/fs/cgroup/memory".into())
+        );
         assert_eq!(v1_mount_of(HYBRID, "pids"), None);
     }
 
@@ -556,22 +558,41 @@ mod tests {
         l.set_kv("hugetlb.2MB.max=0").unwrap();
         l.set(MEMORY_MAX, "512M").unwrap();
         assert_eq!(
-            l.entries().iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(),
+            l.entries()
+                .iter()
+                .map(|(k, _)| k.as_str())
+                .collect::<Vec<_>>(),
             ["cpu.max", "hugetlb.2MB.max", "memory.max"]
         );
         assert_eq!(
             l.controllers().iter().map(|(c, _)| *c).collect::<Vec<_>>(),
             ["cpu", "hugetlb", "memory"]
         );
-        for bad in ["memory", "../x.max", "memory/x.max", "cgroup.procs", ".max", "memory."] {
+        for bad in [
+            "memory",
+            "../x.max",
+            "memory/x.max",
+            "cgroup.procs",
+            ".max",
+            "memory.",
+        ] {
             assert!(
                 matches!(l.set(bad, "1"), Err(CgroupError::BadKey { .. })),
                 "{bad}"
             );
         }
-        assert!(matches!(l.set("memory.max", " "), Err(CgroupError::BadValue { .. })));
-        assert!(matches!(l.set("memory.max", "1\n2"), Err(CgroupError::BadValue { .. })));
-        assert!(matches!(l.set_kv("memory.max"), Err(CgroupError::Format(_))));
+        assert!(matches!(
+            l.set("memory.max", " "),
+            Err(CgroupError::BadValue { .. })
+        ));
+        assert!(matches!(
+            l.set("memory.max", "1\n2"),
+            Err(CgroupError::BadValue { .. })
+        ));
+        assert!(matches!(
+            l.set_kv("memory.max"),
+            Err(CgroupError::Format(_))
+        ));
     }
 
     #[test]
@@ -593,14 +614,19 @@ mod tests {
             assert!(msg.contains(want), "{want} missing from: {msg}");
         }
         assert!(check_controllers(HYBRID, mount, "cpu memory", &l).is_ok());
-        let e = check_controllers(HYBRID, mount, "", &l).unwrap_err().to_string();
+        let e = check_controllers(HYBRID, mount, "", &l)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("lists: nothing"), "{e}");
     }
 
     #[test]
     fn remove_refuses_foreign_names() {
         assert!(matches!(
-            remove(Path::new("/sys/fs/cgroup/unified/system.slice"), Duration::ZERO),
+            remove(
+                Path::new("/sys/fs/cgroup/unified/system.slice"),
+                Duration::ZERO
+            ),
             Err(CgroupError::NotOurs(_))
         ));
     }

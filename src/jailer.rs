@@ -81,7 +81,9 @@ pub enum JailerError {
     #[error("the chroot {0} already exists: a clone with this id is live, or a crash left it (run reconcile)")]
     Exists(PathBuf),
     /// The API socket path is too long for a unix socket address.
-    #[error("the jailed API socket path {0} is longer than 107 bytes; use a shorter --runtime-dir")]
+    #[error(
+        "the jailed API socket path {0} is longer than 107 bytes; use a shorter --runtime-dir"
+    )]
     SockPathTooLong(PathBuf),
     /// A path that is not a wasp chroot.
     #[error("{0} is not a wasp jail directory (<runtime>/{JAIL_DIR}/<exec>/<id>); left alone")]
@@ -327,7 +329,8 @@ pub fn reconcile(base: &Path, is_live: &dyn Fn(&str) -> bool) -> ReconcileReport
         Ok(e) => e,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return r,
         Err(e) => {
-            r.errors.push(format!("cannot list {}: {e}", base.display()));
+            r.errors
+                .push(format!("cannot list {}: {e}", base.display()));
             return r;
         }
     };
@@ -370,14 +373,26 @@ mod tests {
         let s = a.join(" ");
         assert!(s.starts_with("--id ab-1 --exec-file "), "{s}");
         assert!(s.contains("--uid 64000 --gid 64001"), "{s}");
-        assert!(s.contains(&format!("--chroot-base-dir {}", base.display())), "{s}");
-        assert!(s.ends_with("--netns /run/netns/wasp-p-3 -- --api-sock /run/firecracker.socket"), "{s}");
+        assert!(
+            s.contains(&format!("--chroot-base-dir {}", base.display())),
+            "{s}"
+        );
+        assert!(
+            s.ends_with("--netns /run/netns/wasp-p-3 -- --api-sock /run/firecracker.socket"),
+            "{s}"
+        );
         assert_eq!(
             Jailer::visible_path(Path::new("/snaps/g/vm.mem")),
             Path::new("/snapshot/vm.mem")
         );
         assert!(matches!(
-            Jailer::new(Path::new("j"), &t.path().join("firecracker"), t.path(), 0, 1),
+            Jailer::new(
+                Path::new("j"),
+                &t.path().join("firecracker"),
+                t.path(),
+                0,
+                1
+            ),
             Err(JailerError::Root)
         ));
     }
@@ -411,7 +426,11 @@ mod tests {
         assert!(root.join("run/wasp/drives").is_dir());
         let m = fs::metadata(own.join("rootfs")).unwrap();
         assert_eq!((m.uid(), m.gid()), (64_000, 64_001), "own drive chowned");
-        assert_eq!(fs::metadata(&shared).unwrap().uid(), 0, "shared file untouched");
+        assert_eq!(
+            fs::metadata(&shared).unwrap().uid(),
+            0,
+            "shared file untouched"
+        );
         assert!(matches!(
             j.prepare("ab-1", &[], &own, &[]),
             Err(JailerError::Exists(_))
@@ -433,7 +452,10 @@ mod tests {
         fs::write(&f, b"m").unwrap();
         fs::set_permissions(&f, fs::Permissions::from_mode(0o600)).unwrap();
         let e = j.check_readable(&[&f]).unwrap_err().to_string();
-        assert!(e.contains("uid 64000") && e.contains("mode 600") && e.contains("vm.mem"), "{e}");
+        assert!(
+            e.contains("uid 64000") && e.contains("mode 600") && e.contains("vm.mem"),
+            "{e}"
+        );
         fs::set_permissions(&f, fs::Permissions::from_mode(0o444)).unwrap();
         j.check_readable(&[&f]).unwrap();
     }

@@ -265,7 +265,11 @@ fn start(
             for (src, dst) in &plan.binds {
                 setup = setup.bind_file(src, dst).map_err(prepare(src))?;
             }
-            args.extend(j.args(&spec.id, spec.netns.as_deref()).into_iter().map(Into::into));
+            args.extend(
+                j.args(&spec.id, spec.netns.as_deref())
+                    .into_iter()
+                    .map(Into::into),
+            );
             (j.binary().to_owned(), plan.api_sock.clone())
         }
         _ => {

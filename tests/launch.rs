@@ -122,8 +122,8 @@ fn a_vmm_that_exits_early_is_reported_not_waited_for() {
         log_dir: dir.path().to_owned(),
         extra_args: vec![],
         stdin_pipe: false,
-            isolation: Default::default(),
-            snapshot_files: vec![],
+        isolation: Default::default(),
+        snapshot_files: vec![],
     };
     let mut l = launch::launch(&spec).unwrap();
     let e = launch::wait_for_socket(
@@ -151,8 +151,8 @@ fn a_missing_slot_netns_is_a_clear_error() {
         log_dir: dir.path().to_owned(),
         extra_args: vec![],
         stdin_pipe: false,
-            isolation: Default::default(),
-            snapshot_files: vec![],
+        isolation: Default::default(),
+        snapshot_files: vec![],
     };
     let e = launch::launch(&spec).unwrap_err();
     assert!(e.to_string().contains("network namespace"), "{e}");

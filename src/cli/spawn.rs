@@ -9,8 +9,8 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
 
-use wasp::env::Env;
 use wasp::cgroup;
+use wasp::env::Env;
 use wasp::jailer::Jailer;
 use wasp::launch::{Isolation, Vmm};
 use wasp::paths::{DEFAULT_RUNTIME_DIR, DEFAULT_STATE_DIR};
