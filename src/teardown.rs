@@ -161,15 +161,14 @@ pub fn teardown(
     if let Err(e) = remove_clone_dir(&r.id, &r.clone_dir) {
         errors.push(e);
     }
-    // After the VMM is gone: an empty cgroup can be removed (a busy one is
-    // killed through cgroup.kill first), and the jail has no user left.
-    if fate.is_some() {
-        for source in crate::launch::remove_isolation(r.cgroup.as_deref(), r.jail_dir.as_deref()) {
-            errors.push(TeardownError::Isolation {
-                id: r.id.clone(),
-                source,
-            });
-        }
+    // After the VMM: an empty cgroup is removed at once; one that still
+    // holds processes (the VMM survived its signals) is emptied through
+    // cgroup.kill first. Then the jail, like the clone's files above.
+    for source in crate::launch::remove_isolation(r.cgroup.as_deref(), r.jail_dir.as_deref()) {
+        errors.push(TeardownError::Isolation {
+            id: r.id.clone(),
+            source,
+        });
     }
     if let Err(source) = store.remove(&r.id) {
         errors.push(TeardownError::Record {
