@@ -491,14 +491,8 @@ pub fn remove(path: &Path, timeout: Duration) -> Result<(), CgroupError> {
 /// says is gone. Continues past errors and reports each.
 pub fn reconcile(parent: &Path, is_live: &dyn Fn(&str) -> bool) -> ReconcileReport {
     let mut r = ReconcileReport::default();
-    let entries = match fs::read_dir(parent) {
-        Ok(e) => e,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return r,
-        Err(e) => {
-            r.errors
-                .push(format!("cannot list {}: {e}", parent.display()));
-            return r;
-        }
+    let Some(entries) = r.list(parent) else {
+        return r;
     };
     let prefix = format!("{PREFIX}-");
     for entry in entries.flatten() {
@@ -509,14 +503,9 @@ pub fn reconcile(parent: &Path, is_live: &dyn Fn(&str) -> bool) -> ReconcileRepo
         if !entry.path().is_dir() {
             continue;
         }
-        if is_live(id) {
-            r.kept += 1;
-            continue;
-        }
-        match remove(&entry.path(), Duration::from_secs(5)) {
-            Ok(()) => r.removed.push(entry.path()),
-            Err(e) => r.errors.push(crate::doctor::error_chain(&e)),
-        }
+        r.settle(is_live(id), entry.path(), |p| {
+            remove(p, Duration::from_secs(5))
+        });
     }
     r
 }

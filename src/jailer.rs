@@ -325,29 +325,16 @@ pub fn remove_jail(dir: &Path) -> Result<(), JailerError> {
 /// gone. Continues past errors and reports each.
 pub fn reconcile(base: &Path, is_live: &dyn Fn(&str) -> bool) -> ReconcileReport {
     let mut r = ReconcileReport::default();
-    let execs = match fs::read_dir(base) {
-        Ok(e) => e,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return r,
-        Err(e) => {
-            r.errors
-                .push(format!("cannot list {}: {e}", base.display()));
-            return r;
-        }
+    let Some(execs) = r.list(base) else {
+        return r;
     };
     for exec in execs.flatten() {
-        let Ok(jails) = fs::read_dir(exec.path()) else {
+        let Some(jails) = r.list(&exec.path()) else {
             continue;
         };
         for j in jails.flatten() {
             let id = j.file_name().to_string_lossy().into_owned();
-            if is_live(&id) {
-                r.kept += 1;
-                continue;
-            }
-            match remove_jail(&j.path()) {
-                Ok(()) => r.removed.push(j.path()),
-                Err(e) => r.errors.push(crate::doctor::error_chain(&e)),
-            }
+            r.settle(is_live(&id), j.path(), remove_jail);
         }
     }
     r

@@ -277,44 +277,29 @@ fn snapshot_create_with_firecracker_then_spawn_from_it() {
     assert_eq!(v["manifest"]["vmm"], "firecracker");
     assert_eq!(v["manifest"]["mmds"]["version"], "V2");
     let state = tmp.path().join("state");
-    let out = wasp()
-        .args([
-            "spawn",
-            "--vmm",
-            "firecracker",
-            "--count",
-            "2",
-            "--ready",
-            "running",
-            "--json",
-            "--snapshot",
-        ])
-        .arg(&out_dir)
-        .arg("--firecracker")
-        .arg(&fc)
-        .arg("--runtime-dir")
-        .arg(tmp.path().join("run"))
-        .arg("--state-dir")
-        .arg(&state)
-        .args(["--host-netns", &host, "--pool", &pool])
-        .output()
-        .unwrap();
+    let spawn = |count: &str, extra: &[&str]| {
+        wasp()
+            .args(["spawn", "--count", count, "--ready", "running", "--json"])
+            .args(extra)
+            .arg("--snapshot")
+            .arg(&out_dir)
+            .arg("--firecracker")
+            .arg(&fc)
+            .arg("--runtime-dir")
+            .arg(tmp.path().join("run"))
+            .arg("--state-dir")
+            .arg(&state)
+            .args(["--host-netns", &host, "--pool", &pool])
+            .output()
+            .unwrap()
+    };
+    let out = spawn("2", &["--vmm", "firecracker"]);
     let v = json(&out);
     // One more clone in jailer mode, from the same snapshot and pool.
-    let jailed = wasp()
-        .args(["spawn", "--count", "1", "--ready", "running", "--json"])
-        .args(["--jailer", "--jailer-uid", "64002", "--jailer-gid", "64002"])
-        .arg("--snapshot")
-        .arg(&out_dir)
-        .arg("--firecracker")
-        .arg(&fc)
-        .arg("--runtime-dir")
-        .arg(tmp.path().join("run"))
-        .arg("--state-dir")
-        .arg(&state)
-        .args(["--host-netns", &host, "--pool", &pool])
-        .output()
-        .unwrap();
+    let jailed = spawn(
+        "1",
+        &["--jailer", "--jailer-uid", "64002", "--jailer-gid", "64002"],
+    );
     let jv = json(&jailed);
     let jail_uid = jv["clones"][0]["pid"].as_i64().and_then(|pid| {
         let st = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
