@@ -3,6 +3,13 @@
 //! snapshot recorded resolve to this clone's files) and its own process
 //! group, with a clean environment and per-clone log files; then wait for
 //! its API socket.
+//!
+//! Optional [`Isolation`] per batch: each VMM in its own cgroup v2 (made
+//! here with the batch's limits, entered with `CLONE_INTO_CGROUP`; see
+//! `cgroup`), and jailer mode (the official jailer drops to an unprivileged
+//! uid/gid and pivot_roots into a per-clone chroot where the same recorded
+//! drive paths and the snapshot's files are bind-mounted; see `jailer`).
+//! [`remove_isolation`] undoes both once the VMM is gone.
 
 use std::ffi::OsString;
 use std::fs::{self, File, OpenOptions};
