@@ -176,7 +176,7 @@ impl ChildSetup {
 pub enum Stdin {
     /// /dev/null.
     Null,
-    /// A pipe whose write end the parent keeps ([`Spawned::stdin`]).
+    /// A pipe whose write end the parent keeps ([`Process::stdin`]).
     Pipe,
 }
 
@@ -185,7 +185,7 @@ pub enum Stdin {
 pub struct Exec {
     /// The binary: a path with a `/`, or a name looked up on `PATH`.
     pub program: PathBuf,
-    /// Arguments after argv[0] (argv[0] is `program`). Never secrets.
+    /// Arguments after `argv[0]` (which is `program`). Never secrets.
     pub args: Vec<OsString>,
     /// The whole environment (nothing of the parent's is inherited).
     pub env: Vec<(OsString, OsString)>,
