@@ -190,8 +190,9 @@ impl Jailer {
 
     /// Checks the jailed uid/gid can read each of `files` (the snapshot's
     /// shared files), by their owner, group and mode.
-    pub fn check_readable(&self, files: &[&Path]) -> Result<(), JailerError> {
+    pub fn check_readable<P: AsRef<Path>>(&self, files: &[P]) -> Result<(), JailerError> {
         for f in files {
+            let f = f.as_ref();
             let m = fs::metadata(f).map_err(io_err("stat", f))?;
             let mode = m.mode() & 0o7777;
             let ok = mode & 0o004 != 0

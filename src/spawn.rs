@@ -532,8 +532,16 @@ pub fn spawn(
         store.snapshot_dir().join(&m.memory.file),
     );
     if let Some(j) = &opts.isolation.jailer {
-        j.check_readable(&[&vmstate, &mem])
-            .map_err(SpawnError::Jailer)?;
+        // What every jailed VMM opens but does not own: the snapshot's
+        // files and its read-only drives (shared, never chowned).
+        let shared: Vec<PathBuf> = m
+            .drives
+            .iter()
+            .filter(|d| d.read_only)
+            .map(|d| store.snapshot_dir().join(&d.file))
+            .chain([vmstate.clone(), mem.clone()])
+            .collect();
+        j.check_readable(&shared).map_err(SpawnError::Jailer)?;
     }
     let plan = Arc::new(Plan {
         snapshot_path: opts.isolation.visible_path(&vmstate),

@@ -349,9 +349,24 @@ fn jailed_firecracker_clones_from_a_real_snapshot() {
     let jail_execs = jailer.base().join("firecracker");
     let empty = |d: &Path| std::fs::read_dir(d).map(|r| r.count() == 0).unwrap_or(true);
 
+    // A snapshot file the jailed uid cannot read is refused up front, before
+    // any slot, file, jail or cgroup.
+    use std::os::unix::fs::PermissionsExt;
+    let vmstate = golden.join("vm.snapshot");
+    std::fs::set_permissions(&vmstate, std::fs::Permissions::from_mode(0o400)).unwrap();
+    let mut slots = FakeSlots::new(1, true);
+    let e = spawn::spawn(&opts(1, vec![]), &store, &mut slots, &Env::new()).unwrap_err();
+    std::fs::set_permissions(&vmstate, std::fs::Permissions::from_mode(0o444)).unwrap();
+    let msg = wasp::doctor::error_chain(&e);
+    assert!(
+        msg.contains("vm.snapshot") && msg.contains("uid 64000"),
+        "{msg}"
+    );
+    assert!(empty(&jail_execs) && empty(store.clones_dir()));
+    assert!(child_cgroups(tp.parent.dir()).is_empty());
+
     // A clone whose Firecracker refuses its arguments fails, and its jail
     // and cgroup are reclaimed with it.
-    let mut slots = FakeSlots::new(1, true);
     let bad = spawn::spawn(
         &opts(1, vec!["--no-such-flag".into()]),
         &store,
