@@ -281,6 +281,7 @@ fn run_inner(
         state_dir: o.work_dir.join("state"),
         ready_retry: Duration::from_millis(5),
         vmm_args: vec![],
+        isolation: Default::default(),
     };
     let mut env = Env::new();
     let _ = env.add_plain("API_URL=http://10.0.0.1:8080/");

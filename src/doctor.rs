@@ -92,6 +92,9 @@ pub struct Probes {
     pub userfaultfd: Probe<()>,
     /// Where cgroup2 is mounted and its controllers, if it is mounted.
     pub cgroup2: Option<(PathBuf, String)>,
+    /// /proc/self/mountinfo (where a controller missing from cgroup v2 is
+    /// bound instead).
+    pub mountinfo: String,
     /// firecracker path and version.
     pub firecracker: Probe<(PathBuf, Version)>,
     /// jailer path and version.
@@ -141,21 +144,6 @@ pub fn parse_cap_eff(status: &str) -> Option<u64> {
         .lines()
         .find_map(|l| l.strip_prefix("CapEff:"))
         .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-}
-
-/// Finds the cgroup2 mount point in the text of /proc/self/mounts,
-/// preferring /sys/fs/cgroup (unified) over a hybrid /sys/fs/cgroup/unified.
-pub fn find_cgroup2(mounts: &str) -> Option<PathBuf> {
-    let mut found: Vec<PathBuf> = mounts
-        .lines()
-        .filter_map(|l| {
-            let mut f = l.split_whitespace();
-            let (_, dir, ty) = (f.next()?, f.next()?, f.next()?);
-            (ty == "cgroup2").then(|| PathBuf::from(dir))
-        })
-        .collect();
-    found.sort_by_key(|p| p != Path::new("/sys/fs/cgroup"));
-    found.into_iter().next()
 }
 
 /// The io_uring opcodes wasp's restore driver uses, by name.
@@ -237,13 +225,11 @@ pub fn probe(opts: &Options) -> Probes {
             let v = firecracker::version_of(&p).map_err(|e| error_chain(&e))?;
             Ok((p, v))
         };
-    let cgroup2 = std::fs::read_to_string("/proc/self/mounts")
-        .ok()
-        .and_then(|m| find_cgroup2(&m))
-        .map(|dir| {
-            let ctrl = std::fs::read_to_string(dir.join("cgroup.controllers")).unwrap_or_default();
-            (dir, ctrl)
-        });
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let cgroup2 = crate::cgroup::find_cgroup2(&mountinfo).map(|dir| {
+        let ctrl = std::fs::read_to_string(dir.join("cgroup.controllers")).unwrap_or_default();
+        (dir, ctrl)
+    });
     Probes {
         euid: nix::unistd::geteuid().as_raw(),
         cap_eff: std::fs::read_to_string("/proc/self/status")
@@ -256,6 +242,7 @@ pub fn probe(opts: &Options) -> Probes {
         io_uring: probe_io_uring(),
         userfaultfd: sys::uffd::open().map(drop).map_err(|e| e.to_string()),
         cgroup2,
+        mountinfo,
         firecracker: with_version(fc),
         jailer: with_version(firecracker::locate(
             "jailer",
@@ -414,26 +401,29 @@ pub fn evaluate(p: &Probes) -> Report {
 
     v.push(match &p.cgroup2 {
         Some((dir, ctrl)) => {
-            let ctrl = ctrl.trim();
-            let has_all = ["cpu", "memory"].iter().all(|c| ctrl.split_whitespace().any(|x| x == *c));
-            let shown = if ctrl.is_empty() { "none" } else { ctrl };
-            if has_all {
-                check("cgroup2", Status::Ok, format!("cgroup v2 at {}, controllers: {shown}", dir.display()))
-            } else {
-                check(
+            let shown = if ctrl.trim().is_empty() { "none" } else { ctrl.trim() };
+            // The same check, and the same words, as `wasp spawn
+            // --memory-max/--cpu-max`.
+            let mut limits = crate::cgroup::Limits::new();
+            for key in [crate::cgroup::MEMORY_MAX, crate::cgroup::CPU_MAX] {
+                limits.set(key, "max").expect("valid key");
+            }
+            match crate::cgroup::check_controllers(&p.mountinfo, dir, ctrl, &limits) {
+                Ok(()) => check("cgroup2", Status::Ok, format!("cgroup v2 at {}, controllers: {shown}", dir.display())),
+                Err(e) => check(
                     "cgroup2",
                     Status::Warn,
                     format!(
-                        "cgroup v2 at {}, controllers: {shown}; per-clone memory.max/cpu.max need the cpu and memory controllers on cgroup v2 (boot with systemd.unified_cgroup_hierarchy=1)",
+                        "cgroup v2 at {}, controllers: {shown}; per-clone --memory-max/--cpu-max are unavailable: {e}",
                         dir.display()
                     ),
-                )
+                ),
             }
         }
         None => check(
             "cgroup2",
             Status::Warn,
-            "cgroup v2 is not mounted; per-clone limits are unavailable (mount -t cgroup2 none /sys/fs/cgroup, or boot with systemd.unified_cgroup_hierarchy=1)",
+            crate::cgroup::CgroupError::NoCgroup2.to_string(),
         ),
     });
 
@@ -443,7 +433,7 @@ pub fn evaluate(p: &Probes) -> Report {
             Err(e) if name == "jailer" => check(
                 name,
                 Status::Warn,
-                format!("{e}; wasp does not run the jailer yet (informational)"),
+                format!("{e}; needed only for `wasp spawn --jailer`"),
             ),
             Err(e) => check(
                 name,
@@ -576,6 +566,7 @@ mod tests {
                 "/sys/fs/cgroup".into(),
                 "cpuset cpu io memory pids\n".into(),
             )),
+            mountinfo: "29 1 0:25 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n".into(),
             firecracker: Ok(("/usr/bin/firecracker".into(), Version(1, 12, 1))),
             jailer: Ok(("/usr/bin/jailer".into(), Version(1, 12, 1))),
             reflink: ("/var/lib/wasp".into(), Ok(ReflinkProbe::Supported)),
@@ -597,17 +588,29 @@ mod tests {
     }
 
     #[test]
-    fn cgroup2_mount_is_found_in_hybrid_and_unified_layouts() {
-        let hybrid = "tmpfs /sys/fs/cgroup tmpfs rw 0 0\ncgroup /sys/fs/cgroup/cpu cgroup rw,cpu 0 0\ncgroup2 /sys/fs/cgroup/unified cgroup2 rw 0 0\n";
-        assert_eq!(find_cgroup2(hybrid), Some("/sys/fs/cgroup/unified".into()));
-        let unified = "cgroup2 /sys/fs/cgroup cgroup2 rw 0 0\ncgroup2 /mnt/x cgroup2 rw 0 0\n";
-        assert_eq!(find_cgroup2(unified), Some("/sys/fs/cgroup".into()));
-        assert_eq!(find_cgroup2("proc /proc proc rw 0 0\n"), None);
+    fn a_hybrid_host_without_v2_memory_is_a_warning_with_the_fix() {
         let mut p = good();
-        p.cgroup2 = Some(("/sys/fs/cgroup/unified".into(), "\n".into()));
+        p.cgroup2 = Some(("/sys/fs/cgroup/unified".into(), "hugetlb\n".into()));
+        p.mountinfo = "35 31 0:32 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n\
+                       41 31 0:38 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw\n"
+            .into();
         let c = evaluate(&p).get("cgroup2").unwrap().clone();
         assert_eq!(c.status, Status::Warn);
-        assert!(c.detail.contains("controllers: none"), "{}", c.detail);
+        for want in [
+            "controllers: hugetlb",
+            "`memory`",
+            "cgroup v1 at /sys/fs/cgroup/memory",
+            "systemd.unified_cgroup_hierarchy=1",
+        ] {
+            assert!(c.detail.contains(want), "{want}: {}", c.detail);
+        }
+        p.cgroup2 = None;
+        let c = evaluate(&p).get("cgroup2").unwrap().clone();
+        assert!(
+            c.detail.contains("no cgroup2 filesystem is mounted"),
+            "{}",
+            c.detail
+        );
     }
 
     #[test]

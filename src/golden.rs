@@ -337,6 +337,8 @@ fn create_in(o: &GoldenOptions, tmp: &Path, work: &Path) -> Result<Manifest, Gol
         log_dir: work.to_owned(),
         extra_args: vec![],
         stdin_pipe: true,
+        isolation: Default::default(),
+        snapshot_files: vec![],
     };
     let console = work.join("vmm.stdout");
     let vm = Vm {

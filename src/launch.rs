@@ -3,20 +3,56 @@
 //! snapshot recorded resolve to this clone's files) and its own process
 //! group, with a clean environment and per-clone log files; then wait for
 //! its API socket.
+//!
+//! Optional [`Isolation`] per batch: each VMM in its own cgroup v2 (made
+//! here with the batch's limits, entered with `CLONE_INTO_CGROUP`; see
+//! `cgroup`), and jailer mode (the official jailer drops to an unprivileged
+//! uid/gid and pivot_roots into a per-clone chroot where the same recorded
+//! drive paths and the snapshot's files are bind-mounted; see `jailer`).
+//! [`remove_isolation`] undoes both once the VMM is gone.
 
+use std::ffi::OsString;
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 use thiserror::Error;
 
+use crate::cgroup::{CgroupError, CgroupParent, CloneCgroup};
+use crate::jailer::{JailPlan, Jailer, JailerError};
 use crate::paths::STABLE_DRIVE_DIR;
 use crate::sys;
+
+pub use crate::sys::spawn::{Placement, Process};
+
+/// Optional isolation for every VMM of a batch: a per-clone cgroup with
+/// limits, and jailer mode. The default is neither.
+#[derive(Debug, Clone, Default)]
+pub struct Isolation {
+    /// Per-clone cgroups under this parent, with its limits.
+    pub cgroup: Option<Arc<CgroupParent>>,
+    /// Jailer mode.
+    pub jailer: Option<Arc<Jailer>>,
+    /// Place VMMs by writing `cgroup.procs` in the child instead of
+    /// CLONE_INTO_CGROUP (tests of the fallback).
+    pub force_procs_write: bool,
+}
+
+impl Isolation {
+    /// The path the VMM sees for a host file of the snapshot (vmstate,
+    /// memory): inside the chroot in jailer mode, else the same path.
+    pub fn visible_path(&self, host: &Path) -> PathBuf {
+        match &self.jailer {
+            Some(_) => Jailer::visible_path(host),
+            None => host.to_owned(),
+        }
+    }
+}
 
 /// Which VMM binary, and how it takes its socket argument.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,7 +79,8 @@ pub struct LaunchSpec {
     pub vmm: Vmm,
     /// Instance id (`--id` for Firecracker), e.g. the clone id.
     pub id: String,
-    /// Where the API socket goes (must not exist yet).
+    /// Where the API socket goes (must not exist yet); in jailer mode the
+    /// socket is inside the chroot instead ([`Launched::api_sock`]).
     pub api_sock: PathBuf,
     /// The slot's named network namespace, if any.
     pub netns: Option<String>,
@@ -59,19 +96,32 @@ pub struct LaunchSpec {
     /// serial output when its stdin is at EOF, so a boot that waits for a
     /// serial line needs this.
     pub stdin_pipe: bool,
+    /// cgroup and jailer.
+    pub isolation: Isolation,
+    /// The snapshot's shared files (vmstate, memory) that a jailed VMM must
+    /// see at [`Isolation::visible_path`]; unused otherwise.
+    pub snapshot_files: Vec<PathBuf>,
 }
 
 /// A started VMM.
 #[derive(Debug)]
 pub struct Launched {
     /// The child (reaped by whoever waits on it).
-    pub child: Child,
+    pub child: Process,
     /// Its pid.
     pub pid: i32,
     /// A pidfd: signals always reach this process, never a recycled pid.
     pub pidfd: OwnedFd,
     /// When the process was spawned.
     pub spawned_at: Instant,
+    /// Its API socket (inside the chroot in jailer mode).
+    pub api_sock: PathBuf,
+    /// How it was put into its cgroup, when it has one.
+    pub placement: Option<Placement>,
+    /// Its cgroup (removed with [`remove_isolation`]).
+    pub cgroup: Option<PathBuf>,
+    /// Its jail directory (removed with [`remove_isolation`]).
+    pub jail_dir: Option<PathBuf>,
 }
 
 /// Errors of the launch stage.
@@ -124,6 +174,12 @@ pub enum LaunchError {
         /// The bound.
         timeout: Duration,
     },
+    /// The clone's cgroup could not be made or removed.
+    #[error("per-clone cgroup")]
+    Cgroup(#[source] CgroupError),
+    /// The clone's jail could not be made or removed.
+    #[error("jailer mode")]
+    Jail(#[source] JailerError),
     /// inotify or connect failed unexpectedly.
     #[error("waiting for the API socket {sock} failed")]
     Wait {
@@ -142,8 +198,59 @@ fn prepare(path: &Path) -> impl Fn(io::Error) -> LaunchError + '_ {
     }
 }
 
-/// Starts the VMM described by `spec`.
+/// Starts the VMM described by `spec`: makes its cgroup and jail when the
+/// isolation asks for them (removed again if the launch fails), then
+/// clones it into them.
 pub fn launch(spec: &LaunchSpec) -> Result<Launched, LaunchError> {
+    let iso = &spec.isolation;
+    let jail = match &iso.jailer {
+        Some(j) => {
+            if !matches!(spec.vmm, Vmm::Firecracker(_)) {
+                return Err(LaunchError::Jail(JailerError::NotFirecracker));
+            }
+            Some(
+                j.prepare(&spec.id, &spec.drives, &spec.log_dir, &spec.snapshot_files)
+                    .map_err(LaunchError::Jail)?,
+            )
+        }
+        None => None,
+    };
+    let cgroup = match iso.cgroup.as_ref().map(|c| c.create(&spec.id)).transpose() {
+        Ok(c) => c,
+        Err(e) => {
+            remove_isolation(None, jail.as_ref().map(|j| j.dir.as_path()));
+            return Err(LaunchError::Cgroup(e));
+        }
+    };
+    let cgroup_path = cgroup.as_ref().map(|c| c.path.clone());
+    let jail_dir = jail.as_ref().map(|j| j.dir.clone());
+    start(spec, jail, cgroup).inspect_err(|_| {
+        remove_isolation(cgroup_path.as_deref(), jail_dir.as_deref());
+    })
+}
+
+/// Removes a clone's cgroup and jail directory (after its VMM is gone).
+/// Best-effort: returns every error.
+pub fn remove_isolation(cgroup: Option<&Path>, jail_dir: Option<&Path>) -> Vec<LaunchError> {
+    let mut errors = Vec::new();
+    if let Some(c) = cgroup {
+        if let Err(e) = crate::cgroup::remove(c, Duration::from_secs(5)) {
+            errors.push(LaunchError::Cgroup(e));
+        }
+    }
+    if let Some(j) = jail_dir {
+        if let Err(e) = crate::jailer::remove_jail(j) {
+            errors.push(LaunchError::Jail(e));
+        }
+    }
+    errors
+}
+
+fn start(
+    spec: &LaunchSpec,
+    jail: Option<JailPlan>,
+    cgroup: Option<CloneCgroup>,
+) -> Result<Launched, LaunchError> {
     fs::create_dir_all(&spec.log_dir).map_err(prepare(&spec.log_dir))?;
     let out_path = spec.log_dir.join("vmm.stdout");
     let err_path = spec.log_dir.join("vmm.stderr");
@@ -157,53 +264,80 @@ pub fn launch(spec: &LaunchSpec) -> Result<Launched, LaunchError> {
     let (stdout, stderr) = (open_log(&out_path)?, open_log(&err_path)?);
 
     let mut setup = sys::spawn::ChildSetup::new();
-    if let Some(ns) = &spec.netns {
-        let fd = sys::netns::open_named(ns).map_err(|source| LaunchError::Netns {
-            netns: ns.clone(),
-            source,
-        })?;
-        setup = setup.netns(fd);
-    }
-    if !spec.drives.is_empty() {
-        let dir = Path::new(STABLE_DRIVE_DIR);
-        fs::create_dir_all(dir).map_err(prepare(dir))?;
-        for (file, drive_id) in &spec.drives {
-            setup = setup
-                .bind_drive(dir, file, &crate::paths::stable_drive_path(drive_id))
-                .map_err(prepare(file))?;
+    let mut args: Vec<OsString> = Vec::new();
+    let (program, api_sock) = match (&jail, &spec.isolation.jailer) {
+        (Some(plan), Some(j)) => {
+            // The jailer joins the netns itself (--netns) and pivot_roots
+            // into the chroot, keeping these binds.
+            for (src, dst) in &plan.binds {
+                setup = setup.bind_file(src, dst).map_err(prepare(src))?;
+            }
+            args.extend(
+                j.args(&spec.id, spec.netns.as_deref())
+                    .into_iter()
+                    .map(Into::into),
+            );
+            (j.binary().to_owned(), plan.api_sock.clone())
         }
+        _ => {
+            if let Some(ns) = &spec.netns {
+                let fd = sys::netns::open_named(ns).map_err(|source| LaunchError::Netns {
+                    netns: ns.clone(),
+                    source,
+                })?;
+                setup = setup.netns(fd);
+            }
+            if !spec.drives.is_empty() {
+                let dir = Path::new(STABLE_DRIVE_DIR);
+                fs::create_dir_all(dir).map_err(prepare(dir))?;
+                for (file, drive_id) in &spec.drives {
+                    setup = setup
+                        .bind_drive(dir, file, &crate::paths::stable_drive_path(drive_id))
+                        .map_err(prepare(file))?;
+                }
+            }
+            args.push("--api-sock".into());
+            args.push(spec.api_sock.clone().into());
+            if let Vmm::Firecracker(_) = spec.vmm {
+                args.push("--id".into());
+                args.push(spec.id.clone().into());
+            }
+            (spec.vmm.binary().to_owned(), spec.api_sock.clone())
+        }
+    };
+    args.extend(spec.extra_args.iter().map(Into::into));
+    let cgroup_path = cgroup.as_ref().map(|c| c.path.clone());
+    if let Some(c) = cgroup {
+        setup = setup.cgroup(c.dir, c.procs, spec.isolation.force_procs_write);
     }
-
-    let mut cmd = Command::new(spec.vmm.binary());
-    cmd.arg("--api-sock").arg(&spec.api_sock);
-    if let Vmm::Firecracker(_) = spec.vmm {
-        cmd.arg("--id").arg(&spec.id);
-    }
-    cmd.args(&spec.extra_args);
-    // A clean environment: nothing of wasp's (secrets included) reaches the VMM.
-    cmd.env_clear()
-        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-        .stdin(if spec.stdin_pipe {
-            Stdio::piped()
+    let exec = sys::spawn::Exec {
+        program: program.clone(),
+        args,
+        // A clean environment: nothing of wasp's (secrets included)
+        // reaches the VMM.
+        env: vec![("PATH".into(), "/usr/sbin:/usr/bin:/sbin:/bin".into())],
+        stdin: if spec.stdin_pipe {
+            sys::spawn::Stdin::Pipe
         } else {
-            Stdio::null()
-        })
-        .stdout(stdout)
-        .stderr(stderr);
+            sys::spawn::Stdin::Null
+        },
+        stdout,
+        stderr,
+    };
     let spawned_at = Instant::now();
-    let binary = spec.vmm.binary().to_owned();
-    let child = sys::spawn::spawn(&mut cmd, setup).map_err(|source| LaunchError::Spawn {
-        binary: binary.clone(),
+    let spawned = sys::spawn::spawn(exec, setup).map_err(|source| LaunchError::Spawn {
+        binary: program,
         source,
     })?;
-    let pid = child.id() as i32;
-    let pidfd =
-        sys::pidfd::pidfd_open(pid).map_err(|source| LaunchError::Spawn { binary, source })?;
     Ok(Launched {
-        child,
-        pid,
-        pidfd,
+        pid: spawned.process.id() as i32,
+        child: spawned.process,
+        pidfd: spawned.pidfd,
         spawned_at,
+        api_sock,
+        placement: spawned.placement,
+        cgroup: cgroup_path,
+        jail_dir: jail.map(|j| j.dir),
     })
 }
 

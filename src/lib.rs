@@ -5,6 +5,7 @@
 //! `docs/architecture.md` for the pipeline stages and the modules that
 //! implement them.
 
+pub mod cgroup;
 pub mod config;
 pub mod demo;
 pub mod doctor;
@@ -12,6 +13,7 @@ pub mod env;
 pub mod firecracker;
 pub mod golden;
 pub mod guestnet;
+pub mod jailer;
 pub mod launch;
 pub mod netlink;
 pub mod paths;

@@ -13,7 +13,6 @@
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
-use std::process::Child;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,7 +20,7 @@ use serde::Serialize;
 use thiserror::Error;
 
 use crate::env::Env;
-use crate::launch::{self, LaunchSpec, Vmm};
+use crate::launch::{self, Isolation, LaunchSpec, Vmm};
 use crate::ready::Ready;
 use crate::restore::{Job, Plan, Timeouts};
 use crate::ring::{self, DriverKind, Feed, Outcome};
@@ -84,6 +83,8 @@ pub struct SpawnOptions {
     pub ready_retry: Duration,
     /// Extra VMM arguments (the stand-in's `--fault` switches).
     pub vmm_args: Vec<String>,
+    /// Per-clone cgroup limits and jailer mode (default: neither).
+    pub isolation: Isolation,
 }
 
 /// Largest batch accepted in one command.
@@ -111,6 +112,9 @@ pub enum SpawnError {
     /// The host netns cannot be entered.
     #[error("cannot enter the host network namespace {0}")]
     HostNetns(String, #[source] std::io::Error),
+    /// Jailer mode cannot work with this snapshot.
+    #[error("jailer mode")]
+    Jailer(#[source] crate::jailer::JailerError),
     /// The driver failed as a whole.
     #[error("the restore driver failed")]
     Driver(#[source] ring::DriverError),
@@ -235,7 +239,9 @@ pub fn batch_tag() -> String {
 
 struct Pending {
     slot: SlotLease,
-    child: Child,
+    child: launch::Process,
+    cgroup: Option<PathBuf>,
+    jail_dir: Option<PathBuf>,
     files_dir: PathBuf,
     admitted: Instant,
     phases: PhasesMs,
@@ -347,6 +353,8 @@ impl Batch<'_> {
             log_dir: files.dir.clone(),
             extra_args: self.opts.vmm_args.clone(),
             stdin_pipe: false,
+            isolation: self.opts.isolation.clone(),
+            snapshot_files: vec![files.vmstate.clone(), files.memory.clone()],
         };
         let launched = match launch::launch(&spec) {
             Ok(l) => l,
@@ -368,7 +376,7 @@ impl Batch<'_> {
         let job = Job {
             index: i,
             id: id.clone(),
-            api_sock: spec.api_sock,
+            api_sock: launched.api_sock,
             pid: launched.pid,
             pidfd: launched.pidfd,
             launched_at: launched.spawned_at,
@@ -381,6 +389,8 @@ impl Batch<'_> {
             Pending {
                 slot,
                 child: launched.child,
+                cgroup: launched.cgroup,
+                jail_dir: launched.jail_dir,
                 files_dir: files.dir,
                 admitted,
                 phases,
@@ -446,6 +456,8 @@ impl Feed for Batch<'_> {
                     clone_dir: p.files_dir.clone(),
                     snapshot: self.store.snapshot_dir().to_owned(),
                     created_at: crate::snapshot::manifest::rfc3339_utc(std::time::SystemTime::now()),
+                    cgroup: p.cgroup.clone(),
+                    jail_dir: p.jail_dir.clone(),
                 };
                 if let Err(e) = self.state.put(&record) {
                     tracing::warn!(clone = %id, "cannot record clone: {}", chain(&e));
@@ -471,6 +483,9 @@ impl Feed for Batch<'_> {
                 let _ = p.child.wait();
                 if let Err(ce) = self.store.cleanup(&id) {
                     tracing::warn!(clone = %id, "cleanup failed: {}", chain(&ce));
+                }
+                for ie in launch::remove_isolation(p.cgroup.as_deref(), p.jail_dir.as_deref()) {
+                    tracing::warn!(clone = %id, "cleanup failed: {}", chain(&ie));
                 }
                 let phase = e.phase().to_string();
                 let slot = p.slot.clone();
@@ -512,9 +527,25 @@ pub fn spawn(
         Some(k) => (k, None),
         None => ring::choose(),
     };
+    let (vmstate, mem) = (
+        store.snapshot_dir().join(&m.vmstate.file),
+        store.snapshot_dir().join(&m.memory.file),
+    );
+    if let Some(j) = &opts.isolation.jailer {
+        // What every jailed VMM opens but does not own: the snapshot's
+        // files and its read-only drives (shared, never chowned).
+        let shared: Vec<PathBuf> = m
+            .drives
+            .iter()
+            .filter(|d| d.read_only)
+            .map(|d| store.snapshot_dir().join(&d.file))
+            .chain([vmstate.clone(), mem.clone()])
+            .collect();
+        j.check_readable(&shared).map_err(SpawnError::Jailer)?;
+    }
     let plan = Arc::new(Plan {
-        snapshot_path: store.snapshot_dir().join(&m.vmstate.file),
-        mem_path: store.snapshot_dir().join(&m.memory.file),
+        snapshot_path: opts.isolation.visible_path(&vmstate),
+        mem_path: opts.isolation.visible_path(&mem),
         backend: BackendType::File,
         ready: opts.ready,
         timeouts: opts.timeouts,

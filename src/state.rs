@@ -51,6 +51,12 @@ pub struct CloneRecord {
     pub snapshot: PathBuf,
     /// RFC 3339 UTC.
     pub created_at: String,
+    /// The clone's cgroup, when it has one (removed on teardown).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<PathBuf>,
+    /// Its jailer chroot directory in jailer mode (removed on teardown).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jail_dir: Option<PathBuf>,
 }
 
 /// Errors of the state store.
@@ -252,6 +258,8 @@ mod tests {
             clone_dir: "/x".into(),
             snapshot: "/snap".into(),
             created_at: "2026-11-28T00:00:00Z".into(),
+            cgroup: None,
+            jail_dir: None,
         }
     }
 

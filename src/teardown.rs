@@ -44,6 +44,15 @@ pub enum TeardownError {
         #[source]
         source: std::io::Error,
     },
+    /// Removing the clone's cgroup or jail failed.
+    #[error("clone {id}: cannot remove its isolation")]
+    Isolation {
+        /// Clone.
+        id: String,
+        /// Cause.
+        #[source]
+        source: crate::launch::LaunchError,
+    },
     /// Removing the record failed.
     #[error("clone {id}: cannot remove its record")]
     Record {
@@ -152,6 +161,15 @@ pub fn teardown(
     if let Err(e) = remove_clone_dir(&r.id, &r.clone_dir) {
         errors.push(e);
     }
+    // After the VMM: an empty cgroup is removed at once; one that still
+    // holds processes (the VMM survived its signals) is emptied through
+    // cgroup.kill first. Then the jail, like the clone's files above.
+    for source in crate::launch::remove_isolation(r.cgroup.as_deref(), r.jail_dir.as_deref()) {
+        errors.push(TeardownError::Isolation {
+            id: r.id.clone(),
+            source,
+        });
+    }
     if let Err(source) = store.remove(&r.id) {
         errors.push(TeardownError::Record {
             id: r.id.clone(),
@@ -182,6 +200,8 @@ mod tests {
             clone_dir: dir.to_owned(),
             snapshot: "/snap".into(),
             created_at: "x".into(),
+            cgroup: None,
+            jail_dir: None,
         }
     }
 

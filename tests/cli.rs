@@ -277,34 +277,44 @@ fn snapshot_create_with_firecracker_then_spawn_from_it() {
     assert_eq!(v["manifest"]["vmm"], "firecracker");
     assert_eq!(v["manifest"]["mmds"]["version"], "V2");
     let state = tmp.path().join("state");
-    let out = wasp()
-        .args([
-            "spawn",
-            "--vmm",
-            "firecracker",
-            "--count",
-            "2",
-            "--ready",
-            "running",
-            "--json",
-            "--snapshot",
-        ])
-        .arg(&out_dir)
-        .arg("--firecracker")
-        .arg(&fc)
-        .arg("--runtime-dir")
-        .arg(tmp.path().join("run"))
-        .arg("--state-dir")
-        .arg(&state)
-        .args(["--host-netns", &host, "--pool", &pool])
-        .output()
-        .unwrap();
+    let spawn = |count: &str, extra: &[&str]| {
+        wasp()
+            .args(["spawn", "--count", count, "--ready", "running", "--json"])
+            .args(extra)
+            .arg("--snapshot")
+            .arg(&out_dir)
+            .arg("--firecracker")
+            .arg(&fc)
+            .arg("--runtime-dir")
+            .arg(tmp.path().join("run"))
+            .arg("--state-dir")
+            .arg(&state)
+            .args(["--host-netns", &host, "--pool", &pool])
+            .output()
+            .unwrap()
+    };
+    let out = spawn("2", &["--vmm", "firecracker"]);
     let v = json(&out);
+    // One more clone in jailer mode, from the same snapshot and pool.
+    let jailed = spawn(
+        "1",
+        &["--jailer", "--jailer-uid", "64002", "--jailer-gid", "64002"],
+    );
+    let jv = json(&jailed);
+    let jail_uid = jv["clones"][0]["pid"].as_i64().and_then(|pid| {
+        let st = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        st.lines()
+            .find(|l| l.starts_with("Uid:"))
+            .map(str::to_owned)
+    });
+    let jail_dir = tmp.path().join("run/jail/firecracker");
+    let jails = std::fs::read_dir(&jail_dir).map(|d| d.count()).unwrap_or(0);
     let kill = wasp()
         .args(["kill", "--all", "--state-dir"])
         .arg(&state)
         .output()
         .unwrap();
+    let jails_after = std::fs::read_dir(&jail_dir).map(|d| d.count()).unwrap_or(0);
     let drain = wasp()
         .args(["pool", "drain", "--host-netns", &host, "--pool", &pool])
         .output()
@@ -312,6 +322,16 @@ fn snapshot_create_with_firecracker_then_spawn_from_it() {
     let _ = wasp::sys::netns::delete_named(&host);
     assert!(out.status.success(), "{v:#}");
     assert_eq!(v["summary"]["ready"], 2);
+    assert!(jailed.status.success(), "{jv:#}");
+    assert_eq!(
+        jail_uid.as_deref(),
+        Some("Uid:\t64002\t64002\t64002\t64002")
+    );
+    assert_eq!(
+        (jails, jails_after),
+        (1, 0),
+        "one jail while it ran, none after kill"
+    );
     assert!(
         kill.status.success(),
         "{}",

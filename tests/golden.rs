@@ -18,42 +18,12 @@ use wasp::restore::Timeouts;
 use wasp::spawn::{self, SpawnOptions};
 use wasp::storage::clone::{CloneStore, Mode};
 
-fn teardown_all(state: &std::path::Path) {
-    let store = wasp::state::Store::open(state).unwrap();
-    for r in store.list().unwrap().0 {
-        let (_, errors) = wasp::teardown::teardown(&store, &r, Duration::from_secs(5));
-        assert!(errors.is_empty(), "{errors:?}");
-    }
-}
-
 #[test]
 fn firecracker_golden_snapshot_then_clones() {
     root_or_skip!();
     let fc = common::firecracker_bin();
     let tmp = tempfile::tempdir().unwrap();
-    let kernel = tmp.path().join("testguest.elf");
-    wasp::testguest::write(&kernel).unwrap();
-    let rootfs = tmp.path().join("rootfs.img");
-    std::fs::write(&rootfs, vec![0x5au8; 1 << 20]).unwrap();
-    let boot_ns = TestNetns::new("gold");
-    boot_ns.sh("ip tuntap add tap0 mode tap && ip addr add 192.168.241.1/29 dev tap0 && ip link set tap0 up");
-    let out = tmp.path().join("golden");
-    let m = golden::create(&GoldenOptions {
-        vmm: Vmm::Firecracker(fc.clone()),
-        kernel,
-        rootfs,
-        vcpus: 1,
-        mem_mib: 128,
-        boot_args: String::new(),
-        ready: "serial:^wasp-testguest ready".parse().unwrap(),
-        timeout: Duration::from_secs(30),
-        out: out.clone(),
-        netns: boot_ns.name().to_owned(),
-        tap: "tap0".into(),
-        guest: golden::GuestAddr::default(),
-        sha256: true,
-    })
-    .unwrap();
+    let (out, m) = common::firecracker_golden(tmp.path());
     assert_eq!(m.vmm_version, "1.12.1");
     assert_eq!(
         m.drives[0].path_on_host,
@@ -82,12 +52,13 @@ fn firecracker_golden_snapshot_then_clones() {
         state_dir: state.clone(),
         ready_retry: Duration::from_millis(10),
         vmm_args: vec![],
+        isolation: Default::default(),
     };
     let report = spawn::spawn(&opts, &store, &mut slots, &Env::new()).unwrap();
     struct G<'a>(&'a std::path::Path);
     impl Drop for G<'_> {
         fn drop(&mut self) {
-            teardown_all(self.0);
+            common::teardown_all(self.0);
         }
     }
     let _g = G(&state);

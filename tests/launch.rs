@@ -53,6 +53,8 @@ fn firecracker_runs_in_the_slot_netns_with_its_own_drive_view() {
             log_dir: cdir.clone(),
             extra_args: vec![],
             stdin_pipe: false,
+            isolation: Default::default(),
+            snapshot_files: vec![],
         };
         let l = launch::launch(&spec).unwrap();
         let guard = Kill(Some(l));
@@ -120,6 +122,8 @@ fn a_vmm_that_exits_early_is_reported_not_waited_for() {
         log_dir: dir.path().to_owned(),
         extra_args: vec![],
         stdin_pipe: false,
+        isolation: Default::default(),
+        snapshot_files: vec![],
     };
     let mut l = launch::launch(&spec).unwrap();
     let e = launch::wait_for_socket(
@@ -147,6 +151,8 @@ fn a_missing_slot_netns_is_a_clear_error() {
         log_dir: dir.path().to_owned(),
         extra_args: vec![],
         stdin_pipe: false,
+        isolation: Default::default(),
+        snapshot_files: vec![],
     };
     let e = launch::launch(&spec).unwrap_err();
     assert!(e.to_string().contains("network namespace"), "{e}");

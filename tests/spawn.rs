@@ -50,6 +50,7 @@ fn options(root: &Path, count: usize, args: &[&str]) -> SpawnOptions {
         state_dir: root.join("state"),
         ready_retry: Duration::from_millis(10),
         vmm_args: args.iter().map(|s| s.to_string()).collect(),
+        isolation: Default::default(),
     }
 }
 

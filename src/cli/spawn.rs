@@ -3,14 +3,17 @@
 use std::collections::HashSet;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
 
+use wasp::cgroup;
 use wasp::config::Config;
 use wasp::env::Env;
-use wasp::launch::Vmm;
+use wasp::jailer::Jailer;
+use wasp::launch::{Isolation, Vmm};
 use wasp::ready::Ready;
 use wasp::restore::Timeouts;
 use wasp::ring::DriverKind;
@@ -72,6 +75,28 @@ pub struct SpawnArgs {
     /// Extra arguments for the stand-in VMM (e.g. --fault load-400).
     #[arg(long = "standin-arg", value_name = "ARG", allow_hyphen_values = true)]
     pub standin_args: Vec<String>,
+    /// Per-clone cgroup v2 memory.max (e.g. 256M); needs the memory
+    /// controller on cgroup v2 (`wasp doctor` tells).
+    #[arg(long, value_name = "BYTES")]
+    pub memory_max: Option<String>,
+    /// Per-clone cgroup v2 cpu.max, "QUOTA PERIOD" in µs (e.g. "50000 100000").
+    #[arg(long, value_name = "QUOTA PERIOD")]
+    pub cpu_max: Option<String>,
+    /// Any other per-clone cgroup v2 file, KEY=VALUE (repeatable), e.g.
+    /// pids.max=64.
+    #[arg(long = "cgroup", value_name = "KEY=VALUE")]
+    pub cgroup: Vec<String>,
+    /// Run each Firecracker under the official jailer (uid/gid drop, chroot
+    /// under <runtime-dir>/jail, the slot netns); jailer from WASP_JAILER,
+    /// beside firecracker, or PATH.
+    #[arg(long, conflicts_with = "demo_snapshot")]
+    pub jailer: bool,
+    /// uid the jailed Firecracker runs as.
+    #[arg(long, default_value_t = wasp::jailer::DEFAULT_ID, requires = "jailer")]
+    pub jailer_uid: u32,
+    /// gid the jailed Firecracker runs as.
+    #[arg(long, default_value_t = wasp::jailer::DEFAULT_ID, requires = "jailer")]
+    pub jailer_gid: u32,
     #[command(flatten)]
     pub at: Where,
     /// Print one JSON document.
@@ -173,6 +198,37 @@ fn build_env(a: &SpawnArgs) -> anyhow::Result<Env> {
     Ok(env)
 }
 
+/// The batch's cgroup limits and jailer mode. The cgroup parent is made
+/// (and every controller checked) here, before any slot is taken.
+fn build_isolation(a: &SpawnArgs, vmm: &Vmm, cfg: &Config) -> anyhow::Result<Isolation> {
+    let mut limits = cgroup::Limits::new();
+    if let Some(v) = &a.memory_max {
+        limits.set(cgroup::MEMORY_MAX, v)?;
+    }
+    if let Some(v) = &a.cpu_max {
+        limits.set(cgroup::CPU_MAX, v)?;
+    }
+    for kv in &a.cgroup {
+        limits.set_kv(kv)?;
+    }
+    let mut iso = Isolation::default();
+    if a.jailer {
+        let Vmm::Firecracker(fc) = vmm else {
+            bail!("--jailer runs Firecracker only; drop --vmm standin or --jailer");
+        };
+        let bin = wasp::firecracker::locate("jailer", cfg.jailer_choice().as_ref(), fc.parent())?;
+        wasp::firecracker::version_of(&bin)?;
+        let j = Jailer::new(&bin, fc, &cfg.runtime_dir.value, a.jailer_uid, a.jailer_gid)
+            .context("jailer mode")?;
+        iso.jailer = Some(Arc::new(j));
+    }
+    if !limits.is_empty() {
+        let parent = cgroup::CgroupParent::open(limits).context("per-clone cgroup limits")?;
+        iso.cgroup = Some(Arc::new(parent));
+    }
+    Ok(iso)
+}
+
 fn in_use(state_dir: &std::path::Path, pool: &str) -> HashSet<u32> {
     state::Store::open(state_dir)
         .and_then(|s| s.list())
@@ -231,6 +287,7 @@ pub fn spawn_cmd(a: SpawnArgs, mut cfg: Config) -> anyhow::Result<ExitCode> {
     let store =
         CloneStore::open(&snapshot, runtime_dir, Mode::Auto).context("open the snapshot")?;
     cfg.check_guest(store.manifest())?;
+    let isolation = build_isolation(&a, &vmm, &cfg)?;
     let in_use = in_use(state_dir, &cfg.pool.value);
     let mut slots = PoolSlots::open(cfg.slot_net(), &cfg.host_net(), a.count, in_use)
         .context("prepare the slot pool")?;
@@ -247,6 +304,7 @@ pub fn spawn_cmd(a: SpawnArgs, mut cfg: Config) -> anyhow::Result<ExitCode> {
         state_dir: state_dir.clone(),
         ready_retry: Duration::from_millis(5),
         vmm_args: a.standin_args.clone(),
+        isolation,
     };
     let report = spawn::spawn(&opts, &store, &mut slots, &env)?;
     if a.json {

@@ -163,6 +163,40 @@ pub struct ReconcileReport {
     pub errors: Vec<String>,
 }
 
+impl ReconcileReport {
+    /// Keeps a live clone's `path`, or removes a dead one's with `remove`,
+    /// and records which (or the error).
+    pub fn settle<E: std::error::Error>(
+        &mut self,
+        live: bool,
+        path: PathBuf,
+        remove: impl FnOnce(&Path) -> Result<(), E>,
+    ) {
+        if live {
+            self.kept += 1;
+            return;
+        }
+        match remove(&path) {
+            Ok(()) => self.removed.push(path),
+            Err(e) => self.errors.push(crate::doctor::error_chain(&e)),
+        }
+    }
+
+    /// Lists `dir` for a reconcile: `None` when it is missing (nothing to
+    /// do) or cannot be listed (the error is recorded).
+    pub fn list(&mut self, dir: &Path) -> Option<fs::ReadDir> {
+        match fs::read_dir(dir) {
+            Ok(e) => Some(e),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => {
+                self.errors
+                    .push(format!("cannot list {}: {e}", dir.display()));
+                None
+            }
+        }
+    }
+}
+
 /// Clone storage for one snapshot in one runtime directory.
 #[derive(Debug, Clone)]
 pub struct CloneStore {
@@ -363,14 +397,8 @@ impl CloneStore {
 /// [`CloneStore::reconcile`] for a clones directory, without a snapshot.
 pub fn reconcile_dir(clones_dir: &Path, is_live: &dyn Fn(&str) -> bool) -> ReconcileReport {
     let mut r = ReconcileReport::default();
-    let entries = match fs::read_dir(clones_dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return r,
-        Err(e) => {
-            r.errors
-                .push(format!("cannot list {}: {e}", clones_dir.display()));
-            return r;
-        }
+    let Some(entries) = r.list(clones_dir) else {
+        return r;
     };
     let clone_prefix = format!("{PREFIX}-");
     let probe_prefix = format!(".{PREFIX}-probe-");
@@ -386,14 +414,7 @@ pub fn reconcile_dir(clones_dir: &Path, is_live: &dyn Fn(&str) -> bool) -> Recon
         let name = entry.file_name().to_string_lossy().into_owned();
         let path = entry.path();
         if let Some(id) = name.strip_prefix(&clone_prefix) {
-            if is_live(id) {
-                r.kept += 1;
-                continue;
-            }
-            match remove_clone_dir(&path) {
-                Ok(()) => r.removed.push(path),
-                Err(e) => r.errors.push(crate::doctor::error_chain(&e)),
-            }
+            r.settle(is_live(id), path, remove_clone_dir);
         } else if let Some(pid) = name.strip_prefix(&probe_prefix) {
             let alive = pid
                 .parse::<u32>()

@@ -180,3 +180,43 @@ pub fn ip_netns_list() -> Vec<String> {
         .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
         .collect()
 }
+
+/// A real golden snapshot at `dir/golden`: the pinned Firecracker boots
+/// wasp's built-in test guest (serial readiness) with a 1 MiB rootfs in a
+/// throwaway netns with `tap0`, and snapshots it.
+pub fn firecracker_golden(dir: &std::path::Path) -> (PathBuf, wasp::snapshot::manifest::Manifest) {
+    let kernel = dir.join("testguest.elf");
+    wasp::testguest::write(&kernel).unwrap();
+    let rootfs = dir.join("rootfs.img");
+    std::fs::write(&rootfs, vec![0x5au8; 1 << 20]).unwrap();
+    let boot_ns = TestNetns::new("gold");
+    boot_ns.sh("ip tuntap add tap0 mode tap && ip addr add 192.168.241.1/29 dev tap0 && ip link set tap0 up");
+    let out = dir.join("golden");
+    let m = wasp::golden::create(&wasp::golden::GoldenOptions {
+        vmm: wasp::launch::Vmm::Firecracker(firecracker_bin()),
+        kernel,
+        rootfs,
+        vcpus: 1,
+        mem_mib: 128,
+        boot_args: String::new(),
+        ready: "serial:^wasp-testguest ready".parse().unwrap(),
+        timeout: std::time::Duration::from_secs(30),
+        out: out.clone(),
+        netns: boot_ns.name().to_owned(),
+        tap: "tap0".into(),
+        guest: wasp::golden::GuestAddr::default(),
+        sha256: true,
+    })
+    .unwrap();
+    (out, m)
+}
+
+/// Tears down every clone recorded in `state` (`wasp kill --all`), failing
+/// on any teardown error.
+pub fn teardown_all(state: &std::path::Path) {
+    let store = wasp::state::Store::open(state).unwrap();
+    for r in store.list().unwrap().0 {
+        let (_, errors) = wasp::teardown::teardown(&store, &r, std::time::Duration::from_secs(5));
+        assert!(errors.is_empty(), "{errors:?}");
+    }
+}

@@ -1,0 +1,474 @@
+//! Per-clone cgroup v2 placement and limits, and jailer mode, with real
+//! kernel objects and the real pinned Firecracker 1.12.1 + jailer:
+//! - a child started with CLONE_INTO_CGROUP (and with the cgroup.procs
+//!   fallback) is in its cgroup when its first program reads
+//!   /proc/self/cgroup; a limit file is written; a busy cgroup is killed
+//!   and removed;
+//! - a limit whose controller is not on cgroup v2 is one clear error up
+//!   front and nothing is created (library and CLI);
+//! - jailed clones from a real golden snapshot run as the jailed uid in
+//!   their chroot, in their slot netns and cgroup, hold their own rootfs,
+//!   map the shared memory file, answer with their own AGENT_ID, and
+//!   teardown (or a failed clone's reclaim) leaves no chroot and no cgroup.
+//!
+//! Test cgroups live under `<cgroup2 mount>/wasptest-<pid>-<tag>`; a
+//! controller the test enabled at the mount's root is disabled again.
+
+mod common;
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use common::fake_slots::FakeSlots;
+use wasp::cgroup::{self, CgroupParent, Limits};
+use wasp::env::Env;
+use wasp::jailer::Jailer;
+use wasp::launch::{Isolation, Vmm};
+use wasp::ready::Ready;
+use wasp::restore::Timeouts;
+use wasp::spawn::{self, SpawnOptions};
+use wasp::storage::clone::{CloneStore, Mode};
+use wasp::sys::spawn::{ChildSetup, Exec, Placement, Stdin};
+
+/// Tests that enable controllers at the root take turns, so each can put
+/// the root's subtree_control back as it found it.
+static ROOT_CONTROLLERS: Mutex<()> = Mutex::new(());
+
+fn mount() -> PathBuf {
+    let mi = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    cgroup::find_cgroup2(&mi).expect("cgroup2 is mounted")
+}
+
+fn words(p: &Path) -> Vec<String> {
+    std::fs::read_to_string(p)
+        .unwrap()
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// A limit this host's cgroup v2 can take: hugetlb here (hybrid host), or
+/// pids on a unified one.
+fn available_limit() -> (&'static str, &'static str) {
+    let ctl = words(&mount().join("cgroup.controllers"));
+    if ctl.iter().any(|c| c == "hugetlb")
+        && Path::new("/sys/kernel/mm/hugepages/hugepages-2048kB").exists()
+    {
+        ("hugetlb.2MB.max", "4194304")
+    } else if ctl.iter().any(|c| c == "pids") {
+        ("pids.max", "64")
+    } else {
+        panic!("cgroup v2 here offers neither hugetlb nor pids: {ctl:?}")
+    }
+}
+
+/// A test-owned cgroup parent; on drop its clone cgroups and itself are
+/// removed, and controllers it enabled at the root are disabled again.
+struct TestParent {
+    parent: Arc<CgroupParent>,
+    enabled_at_root: Vec<String>,
+    _turn: MutexGuard<'static, ()>,
+}
+
+impl TestParent {
+    fn open(tag: &str, limits: Limits) -> Self {
+        let turn = ROOT_CONTROLLERS.lock().unwrap_or_else(|e| e.into_inner());
+        let sc = mount().join("cgroup.subtree_control");
+        let before = words(&sc);
+        let name = format!("wasptest-{}-{tag}", std::process::id());
+        let parent = CgroupParent::open_named(&name, limits).unwrap();
+        let enabled_at_root = words(&sc)
+            .into_iter()
+            .filter(|c| !before.contains(c))
+            .collect();
+        Self {
+            parent: Arc::new(parent),
+            enabled_at_root,
+            _turn: turn,
+        }
+    }
+}
+
+impl Drop for TestParent {
+    fn drop(&mut self) {
+        let r = cgroup::reconcile(self.parent.dir(), &|_| false);
+        for e in r.errors {
+            eprintln!("warning: {e}");
+        }
+        if let Err(e) = std::fs::remove_dir(self.parent.dir()) {
+            eprintln!(
+                "warning: cannot remove {}: {e}",
+                self.parent.dir().display()
+            );
+        }
+        let sc = self.parent.mount().join("cgroup.subtree_control");
+        for c in &self.enabled_at_root {
+            if let Err(e) = std::fs::write(&sc, format!("-{c}")) {
+                eprintln!("warning: cannot disable {c} at {}: {e}", sc.display());
+            }
+        }
+    }
+}
+
+/// Runs `cat /proc/self/cgroup` as the child's very first program and
+/// returns its output and the placement.
+fn first_program_cgroup(cg: cgroup::CloneCgroup, force_procs_write: bool) -> (String, Placement) {
+    use std::io::{Read, Seek};
+    let mut out = tempfile::tempfile().unwrap();
+    let exec = Exec {
+        program: "cat".into(),
+        args: vec!["/proc/self/cgroup".into()],
+        env: vec![("PATH".into(), "/usr/bin:/bin".into())],
+        stdin: Stdin::Null,
+        stdout: out.try_clone().unwrap(),
+        stderr: out.try_clone().unwrap(),
+    };
+    let setup = ChildSetup::new().cgroup(cg.dir, cg.procs, force_procs_write);
+    let mut s = wasp::sys::spawn::spawn(exec, setup).unwrap();
+    assert!(s.process.wait().unwrap().success());
+    let mut text = String::new();
+    out.rewind().unwrap();
+    out.read_to_string(&mut text).unwrap();
+    (text, s.placement.unwrap())
+}
+
+fn v2_line(cgroup_dir: &Path) -> String {
+    format!(
+        "0::/{}",
+        cgroup_dir.strip_prefix(mount()).unwrap().display()
+    )
+}
+
+#[test]
+fn clone_into_cgroup_places_the_child_before_its_first_instruction() {
+    root_or_skip!();
+    let (key, value) = available_limit();
+    let mut limits = Limits::new();
+    limits.set(key, value).unwrap();
+    let tp = TestParent::open("place", limits);
+
+    let cg = tp.parent.create("t1").unwrap();
+    let path = cg.path.clone();
+    assert_eq!(
+        std::fs::read_to_string(path.join(key)).unwrap().trim(),
+        value,
+        "{key} written"
+    );
+    let (text, placement) = first_program_cgroup(cg, false);
+    assert_eq!(placement, Placement::CloneIntoCgroup);
+    assert!(text.lines().any(|l| l == v2_line(&path)), "{text}");
+    cgroup::remove(&path, Duration::from_secs(5)).unwrap();
+    assert!(!path.exists());
+
+    // The fallback: the child writes itself to cgroup.procs before exec.
+    let cg = tp.parent.create("t2").unwrap();
+    let path = cg.path.clone();
+    let (text, placement) = first_program_cgroup(cg, true);
+    assert_eq!(placement, Placement::ProcsWrite);
+    assert!(text.lines().any(|l| l == v2_line(&path)), "{text}");
+    cgroup::remove(&path, Duration::from_secs(5)).unwrap();
+
+    // A cgroup that still has a process: killed through cgroup.kill, then
+    // removed. `cat` blocks on its stdin pipe.
+    let cg = tp.parent.create("t3").unwrap();
+    let path = cg.path.clone();
+    let exec = Exec {
+        program: "cat".into(),
+        args: vec![],
+        env: vec![],
+        stdin: Stdin::Pipe,
+        stdout: tempfile::tempfile().unwrap(),
+        stderr: tempfile::tempfile().unwrap(),
+    };
+    let mut s =
+        wasp::sys::spawn::spawn(exec, ChildSetup::new().cgroup(cg.dir, cg.procs, false)).unwrap();
+    let procs = std::fs::read_to_string(path.join("cgroup.procs")).unwrap();
+    assert_eq!(procs.trim(), s.process.id().to_string());
+    cgroup::remove(&path, Duration::from_secs(5)).unwrap();
+    assert!(!path.exists());
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(s.process.wait().unwrap().signal(), Some(libc::SIGKILL));
+
+    // Crash leftovers are found by name; a live one is kept.
+    let a = tp.parent.create("live").unwrap().path;
+    let b = tp.parent.create("dead").unwrap().path;
+    let r = cgroup::reconcile(tp.parent.dir(), &|id| id == "live");
+    assert_eq!(
+        (r.kept, r.removed.clone()),
+        (1, vec![b.clone()]),
+        "{:?}",
+        r.errors
+    );
+    assert!(a.exists() && !b.exists());
+}
+
+#[test]
+fn memory_max_without_the_v2_memory_controller_is_one_clear_error() {
+    root_or_skip!();
+    let m = mount();
+    let ctl = words(&m.join("cgroup.controllers"));
+    let mut limits = Limits::new();
+    limits.set(cgroup::MEMORY_MAX, "128M").unwrap();
+    let name = format!("wasptest-{}-mem", std::process::id());
+    if ctl.iter().any(|c| c == "memory") {
+        // A unified host: the limit works instead.
+        let tp = TestParent::open("mem", limits);
+        let cg = tp.parent.create("m").unwrap();
+        let v = std::fs::read_to_string(cg.path.join("memory.max")).unwrap();
+        assert_eq!(v.trim(), (128u64 << 20).to_string());
+        return;
+    }
+    let _turn = ROOT_CONTROLLERS.lock().unwrap_or_else(|e| e.into_inner());
+    let before = std::fs::read_to_string(m.join("cgroup.subtree_control")).unwrap();
+    let e = CgroupParent::open_named(&name, limits).unwrap_err();
+    let msg = e.to_string();
+    for want in [
+        "memory.max",
+        "`memory`",
+        &m.display().to_string(),
+        "cgroup.controllers",
+        "leave out memory.max",
+    ] {
+        assert!(msg.contains(want), "{want:?} missing from: {msg}");
+    }
+    assert!(!m.join(&name).exists(), "nothing is created");
+    assert_eq!(
+        std::fs::read_to_string(m.join("cgroup.subtree_control")).unwrap(),
+        before,
+        "nothing is enabled"
+    );
+
+    // The CLI: one clear error before any slot, clone or record exists.
+    let tmp = tempfile::tempdir().unwrap();
+    let wasp = env!("CARGO_BIN_EXE_wasp");
+    let snap = tmp.path().join("snap");
+    let out = std::process::Command::new(wasp)
+        .args([
+            "snapshot",
+            "synth",
+            "--mem-mib",
+            "16",
+            "--rootfs-mib",
+            "1",
+            "--out",
+        ])
+        .arg(&snap)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = std::process::Command::new(wasp)
+        .args([
+            "spawn",
+            "--vmm",
+            "standin",
+            "--count",
+            "1",
+            "--memory-max",
+            "128M",
+        ])
+        .arg("--snapshot")
+        .arg(&snap)
+        .arg("--runtime-dir")
+        .arg(tmp.path().join("run"))
+        .arg("--state-dir")
+        .arg(tmp.path().join("state"))
+        .args([
+            "--host-netns",
+            &common::unique_name("memcli"),
+            "--pool",
+            "wasptest-memcli",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("`memory`") && err.contains(&m.display().to_string()),
+        "{err}"
+    );
+    assert!(!tmp.path().join("state").exists(), "no clone records");
+    assert!(
+        !common::ip_netns_list().iter().any(|n| n.contains("memcli")),
+        "no host netns or slot was made"
+    );
+}
+
+fn status_ids(pid: i32, field: &str) -> Vec<u32> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    s.lines()
+        .find_map(|l| l.strip_prefix(field))
+        .unwrap()
+        .split_whitespace()
+        .map(|v| v.parse().unwrap())
+        .collect()
+}
+
+fn dev_ino(p: impl AsRef<Path>) -> (u64, u64) {
+    let m = std::fs::metadata(p).unwrap();
+    (m.dev(), m.ino())
+}
+
+#[test]
+fn jailed_firecracker_clones_from_a_real_snapshot() {
+    root_or_skip!();
+    let fc = common::firecracker_bin();
+    let jailer_bin = wasp::firecracker::locate_jailer(Some(&fc)).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let (golden, _) = common::firecracker_golden(tmp.path());
+    let runtime = tmp.path().join("run");
+    let store = CloneStore::open(&golden, &runtime, Mode::Auto).unwrap();
+    let (key, value) = available_limit();
+    let mut limits = Limits::new();
+    limits.set(key, value).unwrap();
+    let tp = TestParent::open("jail", limits);
+    let (uid, gid) = (64_000, 64_001);
+    let jailer = Arc::new(Jailer::new(&jailer_bin, &fc, &runtime, uid, gid).unwrap());
+    let state = tmp.path().join("state");
+    let opts = |count, vmm_args: Vec<String>| SpawnOptions {
+        vmm: Vmm::Firecracker(fc.clone()),
+        count,
+        parallel: count,
+        ready: Ready::Running,
+        timeouts: Timeouts::default(),
+        driver: None,
+        state_dir: state.clone(),
+        ready_retry: Duration::from_millis(10),
+        vmm_args,
+        isolation: Isolation {
+            cgroup: Some(tp.parent.clone()),
+            jailer: Some(jailer.clone()),
+            force_procs_write: false,
+        },
+    };
+    let jail_execs = jailer.base().join("firecracker");
+    let empty = |d: &Path| std::fs::read_dir(d).map(|r| r.count() == 0).unwrap_or(true);
+
+    // A snapshot file the jailed uid cannot read is refused up front, before
+    // any slot, file, jail or cgroup.
+    use std::os::unix::fs::PermissionsExt;
+    let vmstate = golden.join("vm.snapshot");
+    std::fs::set_permissions(&vmstate, std::fs::Permissions::from_mode(0o400)).unwrap();
+    let mut slots = FakeSlots::new(1, true);
+    let e = spawn::spawn(&opts(1, vec![]), &store, &mut slots, &Env::new()).unwrap_err();
+    std::fs::set_permissions(&vmstate, std::fs::Permissions::from_mode(0o444)).unwrap();
+    let msg = wasp::doctor::error_chain(&e);
+    assert!(
+        msg.contains("vm.snapshot") && msg.contains("uid 64000"),
+        "{msg}"
+    );
+    assert!(empty(&jail_execs) && empty(store.clones_dir()));
+    assert!(child_cgroups(tp.parent.dir()).is_empty());
+
+    // A clone whose Firecracker refuses its arguments fails, and its jail
+    // and cgroup are reclaimed with it.
+    let bad = spawn::spawn(
+        &opts(1, vec!["--no-such-flag".into()]),
+        &store,
+        &mut slots,
+        &Env::new(),
+    )
+    .unwrap();
+    assert_eq!(bad.summary.failed, 1, "{:#?}", bad.clones);
+    let why = bad.clones[0].error.clone().unwrap();
+    eprintln!("failed as meant: {why}");
+    assert!(why.contains("exited"), "{why}");
+    assert!(empty(&jail_execs), "jail left behind");
+    assert!(
+        child_cgroups(tp.parent.dir()).is_empty(),
+        "cgroup left behind"
+    );
+    assert!(empty(store.clones_dir()));
+
+    let n = 3;
+    let mut slots = FakeSlots::new(n, true);
+    let mut env = Env::new();
+    env.add_plain("ROLE=jailed").unwrap();
+    let report = spawn::spawn(&opts(n, vec![]), &store, &mut slots, &env).unwrap();
+    struct G<'a>(&'a Path);
+    impl Drop for G<'_> {
+        fn drop(&mut self) {
+            common::teardown_all(self.0);
+        }
+    }
+    let guard = G(&state);
+    assert_eq!(report.summary.ready, n, "{:#?}", report.clones);
+    let mem = dev_ino(golden.join("vm.mem"));
+    let records = wasp::state::Store::open(&state).unwrap().list().unwrap().0;
+    for c in &report.clones {
+        let pid = c.pid.unwrap();
+        assert_eq!(status_ids(pid, "Uid:"), vec![uid; 4], "{}", c.id);
+        assert_eq!(status_ids(pid, "Gid:"), vec![gid; 4], "{}", c.id);
+        let root = jailer.root(&c.id);
+        assert_eq!(
+            dev_ino(format!("/proc/{pid}/root")),
+            dev_ino(&root),
+            "chrooted"
+        );
+        let ns = slots
+            .nss
+            .iter()
+            .find(|s| Some(s.name()) == c.netns.as_deref())
+            .unwrap();
+        assert_eq!(
+            dev_ino(format!("/proc/{pid}/ns/net")).1,
+            dev_ino(wasp::sys::netns::path_of(ns.name())).1,
+            "in its slot netns"
+        );
+        let cg = tp.parent.clone_path(&c.id);
+        let own_cg = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+        assert!(own_cg.lines().any(|l| l == v2_line(&cg)), "{own_cg}");
+        assert_eq!(std::fs::read_to_string(cg.join(key)).unwrap().trim(), value);
+
+        let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+        let line = maps
+            .lines()
+            .find(|l| l.split_whitespace().nth(4) == Some(&mem.1.to_string()))
+            .expect("maps the shared memory file");
+        assert_eq!(
+            line.split_whitespace().nth(1).unwrap().as_bytes()[3],
+            b'p',
+            "{line}"
+        );
+        let own = dev_ino(store.clone_dir(&c.id).join("rootfs"));
+        let held: Vec<(u64, u64)> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .filter_map(|e| std::fs::metadata(e.unwrap().path()).ok())
+            .map(|m| (m.dev(), m.ino()))
+            .collect();
+        assert!(held.contains(&own), "{} does not hold its own rootfs", c.id);
+
+        let sock = root.join("run/firecracker.socket");
+        let mut client = wasp::vmm_api::Client::connect(&sock).unwrap();
+        assert_eq!(client.get_instance_info().unwrap().state, "Running");
+        assert_eq!(client.get_mmds().unwrap()["env"]["AGENT_ID"], c.id.as_str());
+        let r = records.iter().find(|r| r.id == c.id).unwrap();
+        assert_eq!(r.api_sock, sock);
+        assert_eq!(
+            r.jail_dir.as_deref(),
+            Some(jailer.jail_dir(&c.id).as_path())
+        );
+        assert_eq!(r.cgroup.as_deref(), Some(cg.as_path()));
+    }
+    drop(guard);
+    assert!(empty(&jail_execs), "teardown left a jail");
+    assert!(
+        child_cgroups(tp.parent.dir()).is_empty(),
+        "teardown left a cgroup"
+    );
+    assert!(empty(store.clones_dir()), "teardown left clone files");
+}
+
+/// Sub-directories (child cgroups) of a cgroup directory.
+fn child_cgroups(d: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(d)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_dir())
+        .collect()
+}
