@@ -884,7 +884,7 @@ fn standin_guest_answers_on_the_tap() {
     let load = r#"{"snapshot_path":"$DIR/vmstate","mem_backend":{"backend_type":"File","backend_path":"$DIR/mem"}}"#;
     assert_eq!(v.call(Method::Put, "/snapshot/load", load).0, 204);
     let mmds = format!(
-        r#"{{"wasp":{{"env":{{"AGENT_ID":"vm7","API_URL":"http://192.168.241.1:{port}","GITHUB_TOKEN":"s3cret-token"}}}}}}"#
+        r#"{{"env":{{"AGENT_ID":"vm7","API_URL":"http://192.168.241.1:{port}","GITHUB_TOKEN":"s3cret-token"}}}}"#
     );
     let r = v
         .client
