@@ -5,6 +5,8 @@
 //! `docs/architecture.md` for the pipeline stages and the modules that
 //! implement them.
 
+pub mod benchcmp;
+pub mod benchgate;
 pub mod demo;
 pub mod doctor;
 pub mod env;
@@ -14,6 +16,7 @@ pub mod guestnet;
 pub mod launch;
 pub mod netlink;
 pub mod paths;
+pub mod plot;
 pub mod pool;
 pub mod ready;
 pub mod restore;
