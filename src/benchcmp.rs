@@ -57,7 +57,7 @@ pub struct Row {
 pub struct Comparison {
     /// The command both files came from.
     pub kind: String,
-    /// Figures in both, in A's order.
+    /// Figures in both, by name.
     pub rows: Vec<Row>,
     /// Figures only in A.
     pub only_in_a: Vec<String>,
@@ -83,7 +83,7 @@ pub fn kind_of(v: &serde_json::Value) -> Option<String> {
     }
 }
 
-/// Numeric leaves, depth first in document order (booleans, strings,
+/// Numeric leaves, depth first, keys sorted (booleans, strings,
 /// nulls and arrays of strings are not figures).
 fn leaves(prefix: &str, v: &serde_json::Value, out: &mut Vec<(String, f64)>) {
     let join = |k: &str| {
