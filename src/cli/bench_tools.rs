@@ -59,6 +59,10 @@ pub struct GateArgs {
     /// Accept benches without a baseline (new since the base), loudly.
     #[arg(long, env = "WASP_BENCH_GATE_ALLOW_NEW")]
     pub allow_new: bool,
+    /// When benches regress, write a criterion filter matching exactly them
+    /// to this file (for a confirming run).
+    #[arg(long, value_name = "FILE")]
+    pub regressed_filter: Option<PathBuf>,
     /// Print one JSON document.
     #[arg(long)]
     pub json: bool,
@@ -100,6 +104,11 @@ pub fn gate(a: GateArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let names: Vec<&str> = bad.iter().map(|b| b.name.as_str()).collect();
+    if let Some(f) = &a.regressed_filter {
+        let escaped: Vec<String> = names.iter().map(|n| regex::escape(n)).collect();
+        std::fs::write(f, format!("^({})$", escaped.join("|")))
+            .map_err(|e| anyhow::anyhow!(e).context(format!("write {}", f.display())))?;
+    }
     anyhow::bail!(
         "bench gate failed: {} of {} benches slower than the base by more than {}% with 95% confidence: {}",
         names.len(),
