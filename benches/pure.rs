@@ -11,6 +11,8 @@
 //! `WASP_BENCH_INJECT_SLOWDOWN=NAME` makes gate bench NAME do its work
 //! twice per iteration (used to prove the gate; see docs/benchmarks.md).
 
+#[path = "common/cputime.rs"]
+mod cputime;
 #[path = "../tests/common/fake_vmm.rs"]
 mod fake_vmm;
 #[path = "common/gate.rs"]
@@ -31,7 +33,7 @@ use wasp::slot::{Found, Slot, SlotError, SlotOps};
 use wasp::vmm_api::BackendType;
 use zeroize::Zeroizing;
 
-fn gate_benches(c: &mut Criterion) {
+fn gate_benches(c: &mut gate::GateCriterion) {
     let inject = std::env::var("WASP_BENCH_INJECT_SLOWDOWN").ok();
     gate::register(c, inject.as_deref().filter(|s| !s.is_empty()));
 }
@@ -177,7 +179,11 @@ fn driver_overhead(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(gate_group, gate_benches);
+criterion_group! {
+    name = gate_group;
+    config = gate::criterion();
+    targets = gate_benches
+}
 criterion_group! {
     name = threaded;
     config = Criterion::default().measurement_time(Duration::from_secs(3));

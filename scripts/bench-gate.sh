@@ -58,7 +58,7 @@ run_pair() {
         echo "bench gate: FAILED: no baseline: the benches did not run on the base commit $base_rev (log: $OUT/base.log)" >&2
         exit 1
     }
-    "$WASP" bench gate --clear "$CRITERION_HOME"
+    "$WASP" bench gate --clear "$CRITERION_HOME" || exit 1
     echo "== bench gate: head ($((SECONDS - t0)) s)"
     WASP_BENCH_INJECT_SLOWDOWN=$INJECT cargo bench --quiet --bench pure -- \
         --baseline-lenient base --noplot "${MEASURE[@]}" "$filter" >"$OUT/head.log" 2>&1 || {

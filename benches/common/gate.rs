@@ -1,6 +1,7 @@
 //! The regression gate's benches: pure, single-threaded, fast and stable
-//! (no kernel calls, no threads, no I/O), so that a 25% change is a change
-//! in wasp's code and not in the machine's load. `benches/pure.rs` runs them
+//! (no kernel calls, no threads, no I/O), measured in thread CPU time, so
+//! that a 25% change is a change in wasp's code and not in the machine's
+//! load. `benches/pure.rs` runs them
 //! with the other pure benches; `tests/bench_gate.rs` runs them in-process
 //! to prove the gate.
 //!
@@ -13,6 +14,16 @@ use std::hint::black_box;
 use std::net::Ipv4Addr;
 
 use criterion::Criterion;
+
+use super::cputime::ThreadCpuTime;
+
+/// The gate's criterion: thread CPU time (see `cputime.rs`).
+pub type GateCriterion = Criterion<ThreadCpuTime>;
+
+/// A criterion measuring thread CPU time.
+pub fn criterion() -> GateCriterion {
+    Criterion::default().with_measurement(ThreadCpuTime::default())
+}
 use wasp::netlink::{nft, rtnl, MsgBuf};
 use wasp::slot::SlotNet;
 use wasp::vmm_api::{parse_response, Response};
@@ -28,7 +39,7 @@ pub const NAMES: [&str; 5] = [
 
 /// Registers `name`, whose routine `work` runs twice per iteration when it
 /// is the injected one.
-fn bench<T>(c: &mut Criterion, inject: Option<&str>, name: &str, mut work: impl FnMut() -> T) {
+fn bench<T>(c: &mut GateCriterion, inject: Option<&str>, name: &str, mut work: impl FnMut() -> T) {
     let reps = if inject == Some(name) { 2 } else { 1 };
     c.bench_function(name, |b| {
         b.iter(|| {
@@ -40,7 +51,7 @@ fn bench<T>(c: &mut Criterion, inject: Option<&str>, name: &str, mut work: impl 
 }
 
 /// Registers the gate benches.
-pub fn register(c: &mut Criterion, inject: Option<&str>) {
+pub fn register(c: &mut GateCriterion, inject: Option<&str>) {
     if let Some(n) = inject {
         assert!(
             NAMES.contains(&n),
