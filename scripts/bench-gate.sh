@@ -43,8 +43,11 @@ cleanup() { git worktree remove --force "$OUT/base" >/dev/null 2>&1 || rm -rf "$
 trap cleanup EXIT
 git worktree add --quiet --detach "$OUT/base" "$base_rev"
 
+# The head's gate tool, kept aside: the base's build shares the target dir
+# and re-links target/release/wasp (the head's next cargo run re-links it).
 cargo build --release --quiet --bin wasp
-WASP=$CARGO_TARGET_DIR/release/wasp
+cp "$CARGO_TARGET_DIR/release/wasp" "$OUT/wasp"
+WASP=$OUT/wasp
 
 # run_pair FILTER: base with --save-baseline, stale results cleared, head
 # compared against it; the gate's verdict is the exit status.

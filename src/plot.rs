@@ -78,11 +78,17 @@ const COLORS: [RGBColor; 10] = [
     RGBColor(23, 190, 207),
 ];
 
-/// Draws `p` into the SVG file `path`.
-pub fn draw_svg(path: &Path, p: &Plot<'_>) -> Result<(), PlotError> {
+/// Checks a plot path before a long run: it must name an `.svg` file.
+pub fn check_path(path: &Path) -> Result<(), PlotError> {
     if path.extension().and_then(|e| e.to_str()) != Some("svg") {
         return Err(PlotError::NotSvg(path.to_owned()));
     }
+    Ok(())
+}
+
+/// Draws `p` into the SVG file `path`.
+pub fn draw_svg(path: &Path, p: &Plot<'_>) -> Result<(), PlotError> {
+    check_path(path)?;
     if p.series.iter().all(|s| s.samples.is_empty()) {
         return Err(PlotError::Empty(path.to_owned()));
     }

@@ -109,6 +109,9 @@ impl Drop for HostNs {
 
 fn slots(a: SlotsArgs) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(a.count > 0, "--count must be at least 1");
+    if let Some(p) = &a.plot {
+        wasp::plot::check_path(p)?;
+    }
     let pid = std::process::id();
     // Not `wasp-<pool>-<n>`-shaped, so no pool's reconcile mistakes it.
     let host_name = format!("waspbench-{pid}");

@@ -89,6 +89,9 @@ pub struct Baseline {
 }
 
 pub fn bench_clone(a: BenchCloneArgs) -> anyhow::Result<ExitCode> {
+    if let Some(p) = &a.plot {
+        wasp::plot::check_path(p)?;
+    }
     let r = run_bench_clone(&a)?;
     if let Some(path) = &a.plot {
         wasp::plot::draw_svg(

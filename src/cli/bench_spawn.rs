@@ -69,6 +69,9 @@ struct Out {
 
 /// Runs the bench.
 pub fn run(a: SpawnBenchArgs) -> anyhow::Result<ExitCode> {
+    if let Some(p) = &a.plot {
+        wasp::plot::check_path(p)?;
+    }
     let vmm = match a.vmm {
         VmmArg::Standin => DemoVmm::Standin,
         VmmArg::Firecracker => {
