@@ -11,7 +11,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, SamplingMode};
-use wasp::slot::{HostNet, Kernel, SlotNet, SlotOps};
+use wasp::slot::{Kernel, SlotOps};
 
 /// Destroys the slots it holds and the host side on drop.
 struct Built<'a> {
@@ -45,19 +45,7 @@ fn slot_build(c: &mut Criterion) {
         return;
     }
     common::sweep_stale();
-    let host = common::TestNetns::new("bench");
-    let net = SlotNet {
-        pool: format!("b{}", std::process::id()),
-        ..SlotNet::default()
-    };
-    let k = Kernel::setup(
-        net,
-        &HostNet {
-            netns: Some(host.name().to_owned()),
-            egress_uplink: None,
-        },
-    )
-    .expect("set up the bench host side");
+    let (host, k) = common::slot_host("bench", format!("b{}", std::process::id()));
     let mut built = Built {
         k: &k,
         slots: Vec::new(),

@@ -86,6 +86,28 @@ pub fn check_path(path: &Path) -> Result<(), PlotError> {
     Ok(())
 }
 
+/// Draws the CDF of labelled sample sets (no phase bars) into `path`.
+pub fn cdf_svg(
+    path: &Path,
+    title: &str,
+    x_label: &str,
+    sets: &[(&str, &[f64])],
+) -> Result<(), PlotError> {
+    let series: Vec<Series<'_>> = sets
+        .iter()
+        .map(|(label, samples)| Series { label, samples })
+        .collect();
+    draw_svg(
+        path,
+        &Plot {
+            title,
+            x_label,
+            series: &series,
+            phases: None,
+        },
+    )
+}
+
 /// Draws `p` into the SVG file `path`.
 pub fn draw_svg(path: &Path, p: &Plot<'_>) -> Result<(), PlotError> {
     check_path(path)?;

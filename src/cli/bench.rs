@@ -139,23 +139,14 @@ fn slots(a: SlotsArgs) -> anyhow::Result<ExitCode> {
     drained.context("remove the bench slots")?;
     host_removed.context("remove the bench bridge")?;
     if let Some(path) = &a.plot {
-        wasp::plot::draw_svg(
+        wasp::plot::cdf_svg(
             path,
-            &wasp::plot::Plot {
-                title: &format!("wasp bench slots: {} slots", figs.count),
-                x_label: "time per slot (ms)",
-                series: &[
-                    wasp::plot::Series {
-                        label: "build",
-                        samples: &figs.create_samples,
-                    },
-                    wasp::plot::Series {
-                        label: "destroy",
-                        samples: &figs.destroy_samples,
-                    },
-                ],
-                phases: None,
-            },
+            &format!("wasp bench slots: {} slots", figs.count),
+            "time per slot (ms)",
+            &[
+                ("build", &figs.create_samples),
+                ("destroy", &figs.destroy_samples),
+            ],
         )?;
     }
     if a.json {

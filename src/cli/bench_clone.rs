@@ -94,23 +94,11 @@ pub fn bench_clone(a: BenchCloneArgs) -> anyhow::Result<ExitCode> {
     }
     let r = run_bench_clone(&a)?;
     if let Some(path) = &a.plot {
-        wasp::plot::draw_svg(
+        wasp::plot::cdf_svg(
             path,
-            &wasp::plot::Plot {
-                title: &format!("wasp bench clone: {} clones by {}", r.count, r.strategy),
-                x_label: "time per clone (ms)",
-                series: &[
-                    wasp::plot::Series {
-                        label: "prep",
-                        samples: &r.prep_samples,
-                    },
-                    wasp::plot::Series {
-                        label: "cleanup",
-                        samples: &r.cleanup_samples,
-                    },
-                ],
-                phases: None,
-            },
+            &format!("wasp bench clone: {} clones by {}", r.count, r.strategy),
+            "time per clone (ms)",
+            &[("prep", &r.prep_samples), ("cleanup", &r.cleanup_samples)],
         )?;
     }
     if a.json {
