@@ -2,7 +2,8 @@
 # The benchmark regression gate (see docs/benchmarks.md, "Regression gate").
 #
 # Measures the gate benches (benches/common/gate.rs, in `cargo bench --bench
-# pure`) on the base commit and then on this work tree, in the same run on
+# pure`) on the base commit (extracted under target/bench-gate/base) and
+# then on this work tree, in the same run on
 # the same machine, and fails when a bench's median is slower than the
 # base's by more than the threshold with 95% confidence (the lower bound of
 # criterion's confidence interval of the change). A bench that regresses is
@@ -39,9 +40,12 @@ echo "bench gate: base $(git log -1 --format='%h %s' "$base_rev"), head $(git lo
 
 rm -rf "$OUT"
 mkdir -p "$OUT"
-cleanup() { git worktree remove --force "$OUT/base" >/dev/null 2>&1 || rm -rf "$OUT/base"; }
-trap cleanup EXIT
-git worktree add --quiet --detach "$OUT/base" "$base_rev"
+# The base's tree as plain files (no worktree is registered in the repo).
+mkdir -p "$OUT/base"
+git archive "$base_rev" | tar -x -C "$OUT/base"
+# git archive dates files at the commit; cargo would take the previous
+# base's artifacts at this path for fresh. Date them now: always rebuilt.
+find "$OUT/base" -type f -exec touch {} +
 
 # The head's gate tool, kept aside: the base's build shares the target dir
 # and re-links target/release/wasp (the head's next cargo run re-links it).
