@@ -1,51 +1,83 @@
-//! Pure message building for a slot: the nf_tables batch and the
-//! rtnetlink messages (no kernel calls).
+//! One slot build on real kernel objects (root only): namespace, tap, veth
+//! pair to the bridge, addresses, routes and the nf_tables batch, in a
+//! private host netns made by the test harness (`tests/common`), never the
+//! machine's own. Each sample times `build` only; the sample's slots are
+//! destroyed untimed afterwards, and everything is removed at the end, also
+//! on panic. The pure message building is in `benches/pure.rs`.
 
-use std::hint::black_box;
-use std::net::Ipv4Addr;
+#[path = "../tests/common/mod.rs"]
+mod common;
 
-use criterion::{criterion_group, criterion_main, Criterion};
-use wasp::netlink::{rtnl, MsgBuf};
-use wasp::slot::SlotNet;
+use std::time::{Duration, Instant};
 
-fn bench(c: &mut Criterion) {
-    let net = SlotNet::default();
-    let ip = Ipv4Addr::new(10, 0, 1, 2);
-    c.bench_function("slot nft batch encode", |b| {
-        b.iter(|| {
-            let (buf, _, _) = black_box(&net).ruleset(1, black_box(ip)).finish();
-            black_box(buf.as_bytes().len())
-        })
-    });
-    c.bench_function("slot rtnetlink messages", |b| {
-        let mut m = MsgBuf::new();
-        b.iter(|| {
-            m.clear();
-            rtnl::new_veth(
-                &mut m,
-                1,
-                &rtnl::VethSpec {
-                    name: "wasp12345000001",
-                    up: true,
-                    master: Some(2),
-                    peer_name: "veth0",
-                    peer_ns_fd: Some(9),
-                    peer_index: 0,
-                    peer_up: false,
-                },
-            );
-            rtnl::set_alias(
-                &mut m,
-                2,
-                rtnl::Link::Name("wasp12345000001"),
-                "wasp:default:1",
-            );
-            rtnl::set_isolated(&mut m, 3, rtnl::Link::Name("wasp12345000001"), true);
-            black_box(&net).inner_links(&mut m, 4, 2, 3, black_box(ip));
-            black_box(m.as_bytes().len())
-        })
-    });
+use criterion::{criterion_group, criterion_main, Criterion, SamplingMode};
+use wasp::slot::{Kernel, SlotOps};
+
+/// Destroys the slots it holds and the host side on drop.
+struct Built<'a> {
+    k: &'a Kernel,
+    slots: Vec<u32>,
 }
 
-criterion_group!(benches, bench);
+impl Built<'_> {
+    fn clear(&mut self) {
+        for (n, r) in self.slots.iter().zip(self.k.destroy_many(&self.slots)) {
+            if let Err(e) = r {
+                eprintln!("warning: destroy slot {n}: {e}");
+            }
+        }
+        self.slots.clear();
+    }
+}
+
+impl Drop for Built<'_> {
+    fn drop(&mut self) {
+        self.clear();
+        if let Err(e) = self.k.remove_host() {
+            eprintln!("warning: remove the bench bridge: {e}");
+        }
+    }
+}
+
+fn slot_build(c: &mut Criterion) {
+    if !wasp::sys::is_root() {
+        eprintln!("SKIPPED slot build: needs root (network namespaces, links, nf_tables)");
+        return;
+    }
+    common::sweep_stale();
+    let (host, k) = common::slot_host("bench", format!("b{}", std::process::id()));
+    let mut built = Built {
+        k: &k,
+        slots: Vec::new(),
+    };
+    let mut next = 0u32;
+    let mut g = c.benchmark_group("slot");
+    g.sampling_mode(SamplingMode::Flat);
+    g.bench_function("build", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let t = Instant::now();
+                let s = k.build(next).expect("build a slot");
+                total += t.elapsed();
+                built.slots.push(s.index);
+                next += 1;
+            }
+            built.clear();
+            total
+        })
+    });
+    g.finish();
+    drop(built);
+    drop(host);
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2));
+    targets = slot_build
+}
 criterion_main!(benches);

@@ -178,9 +178,18 @@ pub fn agent_id(ip: std::net::Ipv4Addr, timeout: Duration) -> Result<String, Str
 
 /// Runs the demo.
 pub fn run(o: &DemoOptions) -> Result<DemoReport, DemoError> {
+    run_observed(o, &mut |_| {})
+}
+
+/// [`run`], calling `on_done` as each clone of the batch finishes (see
+/// [`spawn::spawn_observed`]).
+pub fn run_observed(
+    o: &DemoOptions,
+    on_done: &mut (dyn FnMut(&spawn::CloneReport) + Send),
+) -> Result<DemoReport, DemoError> {
     let host_netns = format!("wasp-hostns-demo{}", std::process::id());
     let mut cleanup_errors = Vec::new();
-    let result = run_inner(o, &host_netns, &mut cleanup_errors);
+    let result = run_inner(o, &host_netns, &mut cleanup_errors, on_done);
     // Remove everything, whatever happened above.
     let state_dir = o.work_dir.join("state");
     if let Ok(store) = state::Store::open(&state_dir) {
@@ -218,6 +227,7 @@ fn run_inner(
     o: &DemoOptions,
     host_netns: &str,
     cleanup_errors: &mut Vec<String>,
+    on_done: &mut (dyn FnMut(&spawn::CloneReport) + Send),
 ) -> Result<Inner, DemoError> {
     let snap = o.work_dir.join("snapshot");
     std::fs::create_dir_all(&o.work_dir).map_err(|e| DemoError::Io(o.work_dir.clone(), e))?;
@@ -285,7 +295,7 @@ fn run_inner(
     };
     let mut env = Env::new();
     let _ = env.add_plain("API_URL=http://10.0.0.1:8080/");
-    let report = spawn::spawn(&opts, &store, &mut slots, &env);
+    let report = spawn::spawn_observed(&opts, &store, &mut slots, &env, on_done);
     let mut memory = MemFigures::default();
     if let (Ok(r), Some(before), Some(after)) = (&report, avail_before, mem_available_kib()) {
         let pids: Vec<i32> = r.clones.iter().filter_map(|c| c.pid).collect();

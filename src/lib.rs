@@ -5,6 +5,8 @@
 //! `docs/architecture.md` for the pipeline stages and the modules that
 //! implement them.
 
+pub mod benchcmp;
+pub mod benchgate;
 pub mod cgroup;
 pub mod config;
 pub mod demo;
@@ -17,6 +19,7 @@ pub mod jailer;
 pub mod launch;
 pub mod netlink;
 pub mod paths;
+pub mod plot;
 pub mod pool;
 pub mod ready;
 pub mod restore;

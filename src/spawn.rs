@@ -260,9 +260,16 @@ struct Batch<'a> {
     pending: HashMap<usize, Pending>,
     rows: Vec<Option<CloneReport>>,
     disk_bytes: u64,
+    on_done: &'a mut (dyn FnMut(&CloneReport) + Send),
 }
 
 impl Batch<'_> {
+    /// Records clone `i`'s row and tells the observer.
+    fn set_row(&mut self, i: usize, row: CloneReport) {
+        (self.on_done)(&row);
+        self.rows[i] = Some(row);
+    }
+
     fn clone_id(&self, i: usize) -> String {
         format!("{}-{i}", self.tag)
     }
@@ -277,19 +284,22 @@ impl Batch<'_> {
         (phase, err): (&str, String),
     ) {
         tracing::warn!(clone = %id, phase, "clone failed: {err}");
-        self.rows[i] = Some(CloneReport {
-            id,
-            netns: slot.map(|s| s.netns.clone()),
-            clone_ip: slot.map(|s| s.clone_ip),
-            pid: None,
-            host_netns: self.host_netns.clone(),
-            ready_port: ready_port(self.opts.ready),
-            phases_ms: phases,
-            total_ms: ms(admitted.elapsed()),
-            ok: false,
-            error: Some(err),
-            failed_phase: Some(phase.into()),
-        });
+        self.set_row(
+            i,
+            CloneReport {
+                id,
+                netns: slot.map(|s| s.netns.clone()),
+                clone_ip: slot.map(|s| s.clone_ip),
+                pid: None,
+                host_netns: self.host_netns.clone(),
+                ready_port: ready_port(self.opts.ready),
+                phases_ms: phases,
+                total_ms: ms(admitted.elapsed()),
+                ok: false,
+                error: Some(err),
+                failed_phase: Some(phase.into()),
+            },
+        );
     }
 
     /// Admits clone `i`: slot, storage, launch. `Err` means it failed and
@@ -462,19 +472,22 @@ impl Feed for Batch<'_> {
                 if let Err(e) = self.state.put(&record) {
                     tracing::warn!(clone = %id, "cannot record clone: {}", chain(&e));
                 }
-                self.rows[i] = Some(CloneReport {
-                    id,
-                    netns: Some(p.slot.netns.clone()),
-                    clone_ip: Some(p.slot.clone_ip),
-                    pid: Some(o.job.pid),
-                    host_netns: self.host_netns.clone(),
-                    ready_port: ready_port(self.opts.ready),
-                    phases_ms: phases,
-                    total_ms: ms(o.finished_at.saturating_duration_since(p.admitted)),
-                    ok: true,
-                    error: None,
-                    failed_phase: None,
-                });
+                self.set_row(
+                    i,
+                    CloneReport {
+                        id,
+                        netns: Some(p.slot.netns.clone()),
+                        clone_ip: Some(p.slot.clone_ip),
+                        pid: Some(o.job.pid),
+                        host_netns: self.host_netns.clone(),
+                        ready_port: ready_port(self.opts.ready),
+                        phases_ms: phases,
+                        total_ms: ms(o.finished_at.saturating_duration_since(p.admitted)),
+                        ok: true,
+                        error: None,
+                        failed_phase: None,
+                    },
+                );
             }
             Err(e) => {
                 // Reclaim: kill exactly this VMM, reap it, remove its files,
@@ -505,6 +518,18 @@ pub fn spawn(
     store: &CloneStore,
     slots: &mut dyn Slots,
     env: &Env,
+) -> Result<SpawnReport, SpawnError> {
+    spawn_observed(opts, store, slots, env, &mut |_| {})
+}
+
+/// [`spawn`], calling `on_done` with each clone's row as it finishes (ready
+/// or failed), in completion order: for progress displays.
+pub fn spawn_observed(
+    opts: &SpawnOptions,
+    store: &CloneStore,
+    slots: &mut dyn Slots,
+    env: &Env,
+    on_done: &mut (dyn FnMut(&CloneReport) + Send),
 ) -> Result<SpawnReport, SpawnError> {
     if opts.count == 0 || opts.count > MAX_COUNT {
         return Err(SpawnError::Count(opts.count));
@@ -568,6 +593,7 @@ pub fn spawn(
         pending: HashMap::new(),
         rows: vec![None; opts.count],
         disk_bytes: 0,
+        on_done,
     };
     let start = Instant::now();
     let parallel = opts.parallel.max(1);

@@ -2,7 +2,10 @@
 //! VMM API servers on real unix sockets: the same batch must give the same
 //! outcomes. No root needed.
 
-use std::io::{BufRead, BufReader, Read, Write};
+#[path = "common/fake_vmm.rs"]
+mod fake_vmm;
+
+use std::io::{BufReader, Read, Write};
 use std::net::{Ipv4Addr, TcpListener};
 use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
@@ -16,34 +19,14 @@ use wasp::ring::{self, DriverKind, Feed, Outcome};
 use wasp::vmm_api::BackendType;
 use zeroize::Zeroizing;
 
+use fake_vmm::{good_response, read_request};
+
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Behaviour {
     Good,
     Fault400OnLoad,
     HangOnResume,
     ExitDuringLoad,
-}
-
-/// Reads one HTTP request (head + Content-Length body); None on EOF.
-fn read_request(r: &mut BufReader<std::os::unix::net::UnixStream>) -> Option<(String, Vec<u8>)> {
-    let mut line = String::new();
-    if r.read_line(&mut line).ok()? == 0 {
-        return None;
-    }
-    let mut len = 0usize;
-    loop {
-        let mut h = String::new();
-        r.read_line(&mut h).ok()?;
-        if h == "\r\n" || h.is_empty() {
-            break;
-        }
-        if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
-            len = v.trim().parse().unwrap();
-        }
-    }
-    let mut body = vec![0u8; len];
-    r.read_exact(&mut body).ok()?;
-    Some((line.trim_end().to_owned(), body))
 }
 
 /// A fake VMM: binds `sock` once `go` fires (so the driver must wait for
@@ -85,11 +68,7 @@ fn fake_vmm(
                     let _ = r.read_to_end(&mut sink);
                     return;
                 }
-                (_, l) if l.starts_with("GET / ") => {
-                    let b = r#"{"id":"x","state":"Running","vmm_version":"fake"}"#;
-                    format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{b}", b.len())
-                }
-                _ => "HTTP/1.1 204 No Content\r\n\r\n".to_owned(),
+                (_, l) => good_response(l),
             };
             if w.write_all(resp.as_bytes()).is_err() {
                 return;

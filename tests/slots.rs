@@ -24,20 +24,7 @@ fn pool_name(tag: &str) -> String {
 }
 
 fn setup(tag: &str) -> (TestNetns, Kernel) {
-    let host = TestNetns::new(tag);
-    let net = SlotNet {
-        pool: pool_name(tag),
-        ..SlotNet::default()
-    };
-    let k = Kernel::setup(
-        net,
-        &HostNet {
-            netns: Some(host.name().to_owned()),
-            egress_uplink: None,
-        },
-    )
-    .expect("set up host side");
-    (host, k)
+    common::slot_host(tag, pool_name(tag))
 }
 
 /// Destroys slots on drop, even when the test panics.

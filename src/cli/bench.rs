@@ -22,6 +22,11 @@ pub enum Bench {
     Clone(super::bench_clone::BenchCloneArgs),
     /// A whole spawn batch in a private host netns.
     Spawn(super::bench_spawn::SpawnBenchArgs),
+    /// Two outputs of the same `wasp bench … --json`: A, B, B/A and B-A per figure.
+    Compare(super::bench_tools::CompareArgs),
+    /// The CI regression gate over criterion's results (scripts/bench-gate.sh).
+    #[command(hide = true)]
+    Gate(super::bench_tools::GateArgs),
 }
 
 /// `wasp bench slots`.
@@ -33,6 +38,9 @@ pub struct SlotsArgs {
     /// Print one JSON document.
     #[arg(long)]
     pub json: bool,
+    /// Also draw the CDF of the per-slot build and destroy times into this SVG file.
+    #[arg(long, value_name = "FILE.svg")]
+    pub plot: Option<std::path::PathBuf>,
 }
 
 /// Runs `wasp bench`.
@@ -41,12 +49,16 @@ pub fn run(b: Bench) -> anyhow::Result<ExitCode> {
         Bench::Slots(a) => slots(a),
         Bench::Clone(a) => super::bench_clone::bench_clone(a),
         Bench::Spawn(a) => super::bench_spawn::run(a),
+        Bench::Compare(a) => super::bench_tools::compare(a),
+        Bench::Gate(a) => super::bench_tools::gate(a),
     }
 }
 
 /// Figures of `wasp bench slots`.
 #[derive(Debug, Serialize)]
 pub struct SlotFigures {
+    /// The command (`slots`), for `wasp bench compare`.
+    pub kind: &'static str,
     /// Slots per phase.
     pub count: usize,
     /// Per-slot build time, one after another (ms).
@@ -65,6 +77,12 @@ pub struct SlotFigures {
     pub slab_kib_per_slot: f64,
     /// Worker threads used for the fill.
     pub workers: usize,
+    /// Per-slot build times (ms), for the plot.
+    #[serde(skip)]
+    pub create_samples: Vec<f64>,
+    /// Per-slot destroy times (ms), for the plot.
+    #[serde(skip)]
+    pub destroy_samples: Vec<f64>,
 }
 
 fn meminfo() -> anyhow::Result<(f64, f64)> {
@@ -91,6 +109,9 @@ impl Drop for HostNs {
 
 fn slots(a: SlotsArgs) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(a.count > 0, "--count must be at least 1");
+    if let Some(p) = &a.plot {
+        wasp::plot::check_path(p)?;
+    }
     let pid = std::process::id();
     // Not `wasp-<pool>-<n>`-shaped, so no pool's reconcile mistakes it.
     let host_name = format!("waspbench-{pid}");
@@ -117,28 +138,38 @@ fn slots(a: SlotsArgs) -> anyhow::Result<ExitCode> {
     let figs = r?;
     drained.context("remove the bench slots")?;
     host_removed.context("remove the bench bridge")?;
+    if let Some(path) = &a.plot {
+        wasp::plot::cdf_svg(
+            path,
+            &format!("wasp bench slots: {} slots", figs.count),
+            "time per slot (ms)",
+            &[
+                ("build", &figs.create_samples),
+                ("destroy", &figs.destroy_samples),
+            ],
+        )?;
+    }
     if a.json {
         super::print_json(&figs)?;
     } else {
-        let p = |n: &str, p: &Percentiles, u: &str| {
-            println!(
-                "{n:<12} p50 {:.3}{u} p90 {:.3}{u} p99 {:.3}{u} max {:.3}{u}",
-                p.p50, p.p90, p.p99, p.max
-            )
-        };
-        println!("{} slots", figs.count);
-        p("create", &figs.create_ms, "ms");
-        p("take", &figs.take_us, "us");
-        p("recycle", &figs.recycle_us, "us");
-        p("destroy", &figs.destroy_ms, "ms");
         println!(
-            "fill         {:.0} slots/s ({} workers)",
-            figs.fill_slots_per_s, figs.workers
+            "wasp bench slots: {} slots, fill on {} workers",
+            figs.count, figs.workers
         );
+        super::bench_tools::print_percentiles(&[
+            ("build", "ms", &figs.create_ms),
+            ("take", "us", &figs.take_us),
+            ("recycle", "us", &figs.recycle_us),
+            ("destroy", "ms", &figs.destroy_ms),
+        ]);
+        println!("  fill         {:.0} slots/s", figs.fill_slots_per_s);
         println!(
-            "kernel mem   {:.1} KiB/slot (slab {:.1} KiB/slot)",
+            "  kernel mem   {:.1} KiB/slot (slab {:.1} KiB/slot)",
             figs.kernel_mem_kib_per_slot, figs.slab_kib_per_slot
         );
+        if let Some(p) = &a.plot {
+            println!("  plot: {}", p.display());
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -146,11 +177,13 @@ fn slots(a: SlotsArgs) -> anyhow::Result<ExitCode> {
 fn measure(pool: &Pool<Kernel>, count: usize, workers: usize) -> anyhow::Result<SlotFigures> {
     let k = pool.ops();
     let (avail0, slab0) = meminfo()?;
+    let bar = super::progress::bar(count * 2, "slots");
     let mut create = Vec::with_capacity(count);
     for n in 0..count as u32 {
         let t = Instant::now();
         k.build(n).with_context(|| format!("build slot {n}"))?;
         create.push(ms(t.elapsed()));
+        bar.inc(1);
     }
     let (avail1, slab1) = meminfo()?;
     // Adopt them into the pool (this is reconcile's path).
@@ -180,12 +213,15 @@ fn measure(pool: &Pool<Kernel>, count: usize, workers: usize) -> anyhow::Result<
         k.destroy(s.index)
             .with_context(|| format!("destroy slot {}", s.index))?;
         destroy.push(ms(t.elapsed()));
+        bar.inc(1);
     }
+    bar.finish_and_clear();
     pool.drain().context("clear the pool before the fill")?;
     let t = Instant::now();
     pool.warm(count).context("warm the pool")?;
     let fill = count as f64 / t.elapsed().as_secs_f64();
     Ok(SlotFigures {
+        kind: "slots",
         count,
         create_ms: Percentiles::of(&create),
         fill_slots_per_s: fill,
@@ -195,5 +231,7 @@ fn measure(pool: &Pool<Kernel>, count: usize, workers: usize) -> anyhow::Result<
         kernel_mem_kib_per_slot: (avail0 - avail1) / count as f64,
         slab_kib_per_slot: (slab1 - slab0) / count as f64,
         workers,
+        create_samples: create,
+        destroy_samples: destroy,
     })
 }

@@ -1,4 +1,4 @@
-//! `wasp bench clone` (for now `wasp bench-clone`): per-clone storage prep
+//! `wasp bench clone`: per-clone storage prep
 //! and cleanup times, bytes copied, and a `cp`-equivalent baseline of the
 //! same files measured in the same run.
 //!
@@ -49,11 +49,16 @@ pub struct BenchCloneArgs {
     /// Print one JSON document.
     #[arg(long)]
     pub json: bool,
+    /// Also draw the CDF of the per-clone prep and cleanup times into this SVG file.
+    #[arg(long, value_name = "FILE.svg")]
+    pub plot: Option<PathBuf>,
 }
 
 /// The figures.
 #[derive(Debug, Serialize)]
 pub struct BenchCloneReport {
+    /// The command (`clone`), for `wasp bench compare`.
+    pub kind: &'static str,
     pub strategy: Strategy,
     pub strategy_reason: String,
     pub snapshot: PathBuf,
@@ -68,6 +73,12 @@ pub struct BenchCloneReport {
     pub baseline: Option<Baseline>,
     /// baseline p50 / prep p50.
     pub speedup_p50: Option<f64>,
+    /// Per-clone prep times (ms), for the plot.
+    #[serde(skip)]
+    pub prep_samples: Vec<f64>,
+    /// Per-clone cleanup times (ms), for the plot.
+    #[serde(skip)]
+    pub cleanup_samples: Vec<f64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -78,7 +89,18 @@ pub struct Baseline {
 }
 
 pub fn bench_clone(a: BenchCloneArgs) -> anyhow::Result<ExitCode> {
+    if let Some(p) = &a.plot {
+        wasp::plot::check_path(p)?;
+    }
     let r = run_bench_clone(&a)?;
+    if let Some(path) = &a.plot {
+        wasp::plot::cdf_svg(
+            path,
+            &format!("wasp bench clone: {} clones by {}", r.count, r.strategy),
+            "time per clone (ms)",
+            &[("prep", &r.prep_samples), ("cleanup", &r.cleanup_samples)],
+        )?;
+    }
     if a.json {
         super::print_json(&r)?;
     } else {
@@ -87,7 +109,7 @@ pub fn bench_clone(a: BenchCloneArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Runs the bench; the lead hooks this into `wasp bench clone`.
+/// Runs the bench.
 pub fn run_bench_clone(a: &BenchCloneArgs) -> anyhow::Result<BenchCloneReport> {
     anyhow::ensure!(a.count > 0, "--count must be at least 1");
     let mode = match a.strategy {
@@ -104,6 +126,7 @@ pub fn run_bench_clone(a: &BenchCloneArgs) -> anyhow::Result<BenchCloneReport> {
     let mut prep = Vec::with_capacity(a.count);
     let mut cleanup = Vec::with_capacity(a.count);
     let (mut copied, mut mem_copied) = (0u64, 0u64);
+    let bar = super::progress::bar(a.count, "clones");
     for i in 0..a.count {
         let id = format!("bench-{pid}-{i}");
         let t = Instant::now();
@@ -116,7 +139,9 @@ pub fn run_bench_clone(a: &BenchCloneArgs) -> anyhow::Result<BenchCloneReport> {
             .cleanup(&id)
             .with_context(|| format!("clone {i} cleanup"))?;
         cleanup.push(ms(t.elapsed()));
+        bar.inc(1);
     }
+    bar.finish_and_clear();
 
     let mut files: Vec<PathBuf> = vec![
         a.snapshot.join(&m.vmstate.file),
@@ -153,6 +178,7 @@ pub fn run_bench_clone(a: &BenchCloneArgs) -> anyhow::Result<BenchCloneReport> {
     let prep_ms = Percentiles::of(&prep);
     let speedup_p50 = baseline.as_ref().map(|b| b.ms.p50 / prep_ms.p50.max(1e-6));
     Ok(BenchCloneReport {
+        kind: "clone",
         strategy: store.strategy(),
         strategy_reason: match mode {
             Mode::Auto => store.probe().reason.clone(),
@@ -177,6 +203,8 @@ pub fn run_bench_clone(a: &BenchCloneArgs) -> anyhow::Result<BenchCloneReport> {
         mem_bytes_copied: mem_copied,
         baseline,
         speedup_p50,
+        prep_samples: prep,
+        cleanup_samples: cleanup,
     })
 }
 
@@ -205,12 +233,6 @@ fn plain_copy(src: &Path, dst: &Path) -> std::io::Result<u64> {
 }
 
 fn print_report(r: &BenchCloneReport) {
-    let p = |x: &Percentiles| {
-        format!(
-            "p50 {:.3} ms  p90 {:.3} ms  p99 {:.3} ms  max {:.3} ms",
-            x.p50, x.p90, x.p99, x.max
-        )
-    };
     println!("strategy:          {} ({})", r.strategy, r.strategy_reason);
     println!(
         "snapshot:          {} MiB memory, {} MiB writable disk",
@@ -218,18 +240,18 @@ fn print_report(r: &BenchCloneReport) {
         r.disk_bytes >> 20
     );
     println!("clones:            {}", r.count);
-    println!("prep:              {}", p(&r.prep_ms));
-    println!("cleanup:           {}", p(&r.cleanup_ms));
     println!("bytes copied:      {} total", r.bytes_copied_total);
     println!("mem bytes copied:  {}", r.mem_bytes_copied);
+    let mut rows = vec![("prep", "ms", &r.prep_ms), ("cleanup", "ms", &r.cleanup_ms)];
     if let Some(b) = &r.baseline {
         println!(
-            "baseline copy:     {} ({} MiB per run, {} runs)",
-            p(&b.ms),
-            b.bytes_per_run >> 20,
-            b.ms.n
+            "baseline copy:     {} ({} MiB per run)",
+            b.method,
+            b.bytes_per_run >> 20
         );
+        rows.push(("baseline copy", "ms", &b.ms));
     }
+    super::bench_tools::print_percentiles(&rows);
     if let Some(s) = r.speedup_p50 {
         println!("speedup (p50):     {s:.0}x");
     }

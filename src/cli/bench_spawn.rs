@@ -38,10 +38,15 @@ pub struct SpawnBenchArgs {
     /// Print one JSON document.
     #[arg(long)]
     pub json: bool,
+    /// Also draw the latency CDF and a stacked bar of phases per clone into this SVG file.
+    #[arg(long, value_name = "FILE.svg")]
+    pub plot: Option<PathBuf>,
 }
 
 #[derive(Debug, Serialize)]
 struct Out {
+    /// The command (`spawn`), for `wasp bench compare`.
+    kind: &'static str,
     vmm: String,
     count: usize,
     parallel: usize,
@@ -51,7 +56,10 @@ struct Out {
     ready: usize,
     failed: usize,
     latency_ms: Percentiles,
+    /// p50 per phase.
     phases_ms: serde_json::Map<String, serde_json::Value>,
+    /// Percentiles per phase.
+    phase_percentiles_ms: serde_json::Map<String, serde_json::Value>,
     vmm_rss_kib_p50: f64,
     vmm_private_kib_mean: f64,
     host_kib_per_clone: f64,
@@ -61,6 +69,9 @@ struct Out {
 
 /// Runs the bench.
 pub fn run(a: SpawnBenchArgs) -> anyhow::Result<ExitCode> {
+    if let Some(p) = &a.plot {
+        wasp::plot::check_path(p)?;
+    }
     let vmm = match a.vmm {
         VmmArg::Standin => DemoVmm::Standin,
         VmmArg::Firecracker => {
@@ -69,26 +80,62 @@ pub fn run(a: SpawnBenchArgs) -> anyhow::Result<ExitCode> {
             DemoVmm::Firecracker(p)
         }
     };
-    let r = demo::run(&demo::DemoOptions {
-        count: a.count,
-        parallel: a.parallel,
-        work_dir: PathBuf::from(DEFAULT_RUNTIME_DIR).join(format!("bench-{}", std::process::id())),
-        vmm,
-        driver: a.driver.map(|d| match d {
-            DriverArg::Uring => wasp::ring::DriverKind::Uring,
-            DriverArg::Syscalls => wasp::ring::DriverKind::Syscalls,
-        }),
-        mem_mib: a.mem_mib,
-    })?;
+    let bar = super::progress::bar(a.count, "clones");
+    let r = demo::run_observed(
+        &demo::DemoOptions {
+            count: a.count,
+            parallel: a.parallel,
+            work_dir: PathBuf::from(DEFAULT_RUNTIME_DIR)
+                .join(format!("bench-{}", std::process::id())),
+            vmm,
+            driver: a.driver.map(|d| match d {
+                DriverArg::Uring => wasp::ring::DriverKind::Uring,
+                DriverArg::Syscalls => wasp::ring::DriverKind::Syscalls,
+            }),
+            mem_mib: a.mem_mib,
+        },
+        &mut |_| bar.inc(1),
+    );
+    bar.finish_and_clear();
+    let r = r?;
     let ok: Vec<_> = r.spawn.clones.iter().filter(|c| c.ok).collect();
     let totals: Vec<f64> = ok.iter().map(|c| c.total_ms).collect();
     let mut phases = serde_json::Map::new();
+    let mut phase_pct = serde_json::Map::new();
+    let mut phase_rows = Vec::new();
     for (i, n) in PhasesMs::NAMES.iter().enumerate() {
         let v: Vec<f64> = ok.iter().map(|c| c.phases_ms.values()[i]).collect();
-        phases.insert((*n).into(), Percentiles::of(&v).p50.into());
+        let p = Percentiles::of(&v);
+        phases.insert((*n).into(), p.p50.into());
+        phase_pct.insert((*n).into(), serde_json::to_value(p)?);
+        phase_rows.push((*n, p));
+    }
+    if let Some(path) = &a.plot {
+        let rows: Vec<Vec<f64>> = ok.iter().map(|c| c.phases_ms.values().to_vec()).collect();
+        wasp::plot::draw_svg(
+            path,
+            &wasp::plot::Plot {
+                title: &format!(
+                    "wasp bench spawn: {} clones on {}, parallel {}",
+                    a.count,
+                    format!("{:?}", a.vmm).to_lowercase(),
+                    a.parallel
+                ),
+                x_label: "clone latency, admission to ready (ms)",
+                series: &[wasp::plot::Series {
+                    label: "ready clones",
+                    samples: &totals,
+                }],
+                phases: Some(wasp::plot::PhaseBars {
+                    names: &PhasesMs::NAMES,
+                    rows: &rows,
+                }),
+            },
+        )?;
     }
     let s = &r.spawn.summary;
     let out = Out {
+        kind: "spawn",
         vmm: format!("{:?}", a.vmm).to_lowercase(),
         count: a.count,
         parallel: a.parallel,
@@ -99,6 +146,7 @@ pub fn run(a: SpawnBenchArgs) -> anyhow::Result<ExitCode> {
         failed: s.failed,
         latency_ms: Percentiles::of(&totals),
         phases_ms: phases,
+        phase_percentiles_ms: phase_pct,
         vmm_rss_kib_p50: r.memory.vmm_rss_kib_p50,
         vmm_private_kib_mean: r.memory.vmm_private_kib_mean,
         host_kib_per_clone: r.memory.host_kib_per_clone,
@@ -122,15 +170,9 @@ pub fn run(a: SpawnBenchArgs) -> anyhow::Result<ExitCode> {
             "  wall {:.1} ms, {} ready, {} failed",
             out.wall_ms, out.ready, out.failed
         );
-        let l = &out.latency_ms;
-        println!(
-            "  latency ms  p50 {:.2}  p90 {:.2}  p99 {:.2}  max {:.2}",
-            l.p50, l.p90, l.p99, l.max
-        );
-        println!("  phase p50 ms:");
-        for (k, v) in &out.phases_ms {
-            println!("    {k:<8} {:>8.3}", v.as_f64().unwrap_or(0.0));
-        }
+        let mut rows = vec![("latency", "ms", &out.latency_ms)];
+        rows.extend(phase_rows.iter().map(|(n, p)| (*n, "ms", p)));
+        super::bench_tools::print_percentiles(&rows);
         println!(
             "  VMM RSS p50 {:.0} KiB (private {:.0} KiB mean); host memory per clone beyond the VMM {:.0} KiB",
             out.vmm_rss_kib_p50, out.vmm_private_kib_mean, out.host_kib_per_clone
@@ -143,6 +185,9 @@ pub fn run(a: SpawnBenchArgs) -> anyhow::Result<ExitCode> {
         }
         for f in &out.failures {
             println!("  failure: {f}");
+        }
+        if let Some(p) = &a.plot {
+            println!("  plot: {}", p.display());
         }
     }
     Ok(if out.failed == 0 && r.cleanup_errors.is_empty() {

@@ -3,10 +3,12 @@
 pub mod bench;
 pub mod bench_clone;
 mod bench_spawn;
+mod bench_tools;
 mod completions;
 mod config;
 mod doctor;
 pub mod pool;
+mod progress;
 mod snapshot;
 mod snapshot_create;
 pub mod spawn;

@@ -306,7 +306,10 @@ pub fn spawn_cmd(a: SpawnArgs, mut cfg: Config) -> anyhow::Result<ExitCode> {
         vmm_args: a.standin_args.clone(),
         isolation,
     };
-    let report = spawn::spawn(&opts, &store, &mut slots, &env)?;
+    let bar = super::progress::bar(a.count, "clones");
+    let report = spawn::spawn_observed(&opts, &store, &mut slots, &env, &mut |_| bar.inc(1));
+    bar.finish_and_clear();
+    let report = report?;
     if a.json {
         super::print_json(&report)?;
     } else {
@@ -473,14 +476,20 @@ pub fn demo_cmd(a: DemoArgs, cfg: Config) -> anyhow::Result<ExitCode> {
         .runtime_dir
         .value
         .join(format!("demo-{}", std::process::id()));
-    let r = demo::run(&demo::DemoOptions {
-        count: a.count,
-        parallel: a.parallel,
-        work_dir: work,
-        vmm: demo::DemoVmm::Standin,
-        driver: None,
-        mem_mib: 64,
-    })?;
+    let bar = super::progress::bar(a.count, "clones");
+    let r = demo::run_observed(
+        &demo::DemoOptions {
+            count: a.count,
+            parallel: a.parallel,
+            work_dir: work,
+            vmm: demo::DemoVmm::Standin,
+            driver: None,
+            mem_mib: 64,
+        },
+        &mut |_| bar.inc(1),
+    );
+    bar.finish_and_clear();
+    let r = r?;
     let ok = r.spawn.summary.failed == 0
         && r.agent_failures.is_empty()
         && r.agents_ok == r.spawn.summary.ready

@@ -127,6 +127,25 @@ impl Drop for TestNetns {
     }
 }
 
+/// A private host netns (`tag`) with the slot pool `pool`'s host side set
+/// up in it: the bridge and wasp's host nft table.
+pub fn slot_host(tag: &str, pool: String) -> (TestNetns, wasp::slot::Kernel) {
+    let host = TestNetns::new(tag);
+    let net = wasp::slot::SlotNet {
+        pool,
+        ..wasp::slot::SlotNet::default()
+    };
+    let k = wasp::slot::Kernel::setup(
+        net,
+        &wasp::slot::HostNet {
+            netns: Some(host.name().to_owned()),
+            egress_uplink: None,
+        },
+    )
+    .expect("set up the slot host side");
+    (host, k)
+}
+
 /// Removes test namespaces whose creating process is gone.
 pub fn sweep_stale() {
     let Ok(names) = netns::list_named() else {

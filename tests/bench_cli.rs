@@ -1,0 +1,240 @@
+//! `wasp bench …` as a user runs it: `--plot FILE.svg` draws an SVG whose
+//! axes are named, `--json` is one clean JSON document (no progress bar
+//! when stderr is not a terminal), the human tables carry percentiles, and
+//! `wasp bench compare` prints ratio and difference per figure and refuses
+//! outputs of different commands.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn wasp() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_wasp"))
+}
+
+fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "status {}: stdout {} stderr {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// stdout as exactly one JSON document, stderr free of terminal control.
+fn clean_json(out: &Output) -> serde_json::Value {
+    let text = ok(out);
+    assert!(
+        !out.stderr.contains(&0x1b) && !out.stderr.contains(&b'\r'),
+        "progress or escape sequences on a non-terminal stderr: {:?}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("not one JSON document ({e}): {text}"))
+}
+
+/// The SVG's text, checked to name `labels` (XML-escaped as written).
+fn svg_names(path: &Path, labels: &[&str]) -> String {
+    let svg = std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("no SVG at {}: {e}", path.display()));
+    assert!(svg.trim_start().starts_with("<svg"), "not an SVG document");
+    for l in labels {
+        let escaped = l
+            .replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;");
+        assert!(
+            svg.contains(&escaped),
+            "{} does not name {l:?}",
+            path.display()
+        );
+    }
+    svg
+}
+
+fn bench_clone(snap: &Path, rt: &Path, count: &str, extra: &[&str]) -> Output {
+    wasp()
+        .args(["bench", "clone", "--snapshot"])
+        .arg(snap)
+        .arg("--runtime-dir")
+        .arg(rt)
+        .args(["--count", count])
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn bench_clone_plots_prints_json_and_compares() {
+    let t = tempfile::Builder::new()
+        .prefix(&format!("wasptest-{}-benchcli-", std::process::id()))
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    let snap = t.path().join("snap");
+    ok(&wasp()
+        .args([
+            "snapshot",
+            "synth",
+            "--mem-mib",
+            "8",
+            "--rootfs-mib",
+            "4",
+            "--out",
+        ])
+        .arg(&snap)
+        .output()
+        .unwrap());
+    let rt = t.path().join("rt");
+    let svg = t.path().join("clone.svg");
+    let a = clean_json(&bench_clone(
+        &snap,
+        &rt,
+        "5",
+        &["--json", "--plot", svg.to_str().unwrap()],
+    ));
+    assert_eq!(a["kind"], "clone");
+    assert_eq!(a["prep_ms"]["n"], 5);
+    svg_names(
+        &svg,
+        &[
+            "time per clone (ms)",
+            wasp::plot::CDF_Y_LABEL,
+            "prep",
+            "cleanup",
+        ],
+    );
+    let b = clean_json(&bench_clone(&snap, &rt, "6", &["--json"]));
+    let (fa, fb) = (t.path().join("a.json"), t.path().join("b.json"));
+    std::fs::write(&fa, a.to_string()).unwrap();
+    std::fs::write(&fb, b.to_string()).unwrap();
+
+    // The human table: percentiles per figure.
+    let human = ok(&bench_clone(&snap, &rt, "3", &["--baseline-runs", "0"]));
+    for w in ["figure", "p50", "p99", "prep", "cleanup"] {
+        assert!(human.contains(w), "no {w:?} in:\n{human}");
+    }
+
+    let table = ok(&wasp()
+        .args(["bench", "compare"])
+        .arg(&fa)
+        .arg(&fb)
+        .output()
+        .unwrap());
+    let count_row = table
+        .lines()
+        .find(|l| l.starts_with("count "))
+        .unwrap_or_else(|| panic!("no count row in:\n{table}"));
+    let cells: Vec<&str> = count_row.split_whitespace().collect();
+    assert_eq!(cells, ["count", "5", "6", "1.200", "1"], "{table}");
+    assert!(table.contains("prep_ms.p50"), "{table}");
+
+    let c = clean_json(
+        &wasp()
+            .args(["bench", "compare", "--json"])
+            .arg(&fa)
+            .arg(&fb)
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(c["kind"], "clone");
+    let rows = c["rows"].as_array().unwrap();
+    let p50 = rows.iter().find(|r| r["figure"] == "prep_ms.p50").unwrap();
+    let (x, y) = (p50["a"].as_f64().unwrap(), p50["b"].as_f64().unwrap());
+    // Within JSON's float round trip.
+    let close = |got: f64, want: f64| (got - want).abs() <= 1e-9 * want.abs().max(1e-9);
+    assert!(close(p50["diff"].as_f64().unwrap(), y - x), "{p50}");
+    if x != 0.0 {
+        assert!(close(p50["ratio"].as_f64().unwrap(), y / x), "{p50}");
+    }
+
+    // Outputs of different commands: one clear error, exit 1.
+    let other = t.path().join("spawn.json");
+    std::fs::write(&other, r#"{"kind":"spawn","wall_ms":1.0}"#).unwrap();
+    let out = wasp()
+        .args(["bench", "compare"])
+        .arg(&fa)
+        .arg(&other)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("cannot compare a `wasp bench clone` output")
+            && err.contains("`wasp bench spawn` output"),
+        "{err}"
+    );
+    assert!(out.stdout.is_empty());
+
+    // A plot path that is not .svg is refused before anything runs.
+    let out = bench_clone(&snap, &rt, "1", &["--plot", "x.png"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("SVG only"));
+}
+
+#[test]
+fn bench_spawn_plots_the_latency_cdf_and_phases_per_clone() {
+    root_or_skip!();
+    let t = tempfile::tempdir().unwrap();
+    let svg = t.path().join("spawn.svg");
+    let v = clean_json(
+        &wasp()
+            .args([
+                "bench",
+                "spawn",
+                "--count",
+                "4",
+                "--parallel",
+                "4",
+                "--mem-mib",
+                "16",
+            ])
+            .args(["--json", "--plot"])
+            .arg(&svg)
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(v["kind"], "spawn");
+    assert_eq!(v["ready"], 4);
+    assert_eq!(v["phase_percentiles_ms"]["load"]["n"], 4);
+    svg_names(
+        &svg,
+        &[
+            "clone latency, admission to ready (ms)",
+            wasp::plot::CDF_Y_LABEL,
+            wasp::plot::BARS_X_LABEL,
+            wasp::plot::BARS_Y_LABEL,
+            "socket",
+            "load",
+            "resume",
+            "ready",
+        ],
+    );
+}
+
+#[test]
+fn bench_slots_plots_and_prints_a_percentile_table() {
+    root_or_skip!();
+    let t = tempfile::tempdir().unwrap();
+    let svg = t.path().join("slots.svg");
+    let human = ok(&wasp()
+        .args(["bench", "slots", "--count", "4", "--plot"])
+        .arg(&svg)
+        .output()
+        .unwrap());
+    for w in [
+        "figure", "p50", "p99", "build", "take", "recycle", "destroy",
+    ] {
+        assert!(human.contains(w), "no {w:?} in:\n{human}");
+    }
+    svg_names(
+        &svg,
+        &[
+            "time per slot (ms)",
+            wasp::plot::CDF_Y_LABEL,
+            "build",
+            "destroy",
+        ],
+    );
+}
