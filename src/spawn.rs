@@ -358,6 +358,7 @@ impl Batch<'_> {
             }
         };
         phases.launch = ms(t.elapsed());
+        crate::testhook::point("clone-launched");
 
         let net_override = self.snapshot_tap.as_ref().and_then(|(iface, tap)| {
             (*tap != slot.tap).then(|| NetworkOverride {
@@ -450,6 +451,7 @@ impl Feed for Batch<'_> {
                 if let Err(e) = self.state.put(&record) {
                     tracing::warn!(clone = %id, "cannot record clone: {}", chain(&e));
                 }
+                crate::testhook::point("clone-recorded");
                 self.rows[i] = Some(CloneReport {
                     id,
                     netns: Some(p.slot.netns.clone()),
