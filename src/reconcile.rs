@@ -362,7 +362,8 @@ fn remove_unwired(net: &SlotNet, rep: &mut Report) {
     let names = match netns::list_named() {
         Ok(n) => n,
         Err(e) => {
-            rep.errors.push(format!("list {}: {e}", netns::NETNS_RUN_DIR));
+            rep.errors
+                .push(format!("list {}: {e}", netns::NETNS_RUN_DIR));
             return;
         }
     };
@@ -396,18 +397,12 @@ fn judge(r: &CloneRecord, view: Option<&SlotView>, scoped: bool) -> Option<Strin
         ));
     }
     if !r.clone_dir.is_dir() {
-        return Some(format!(
-            "its directory {} is gone",
-            r.clone_dir.display()
-        ));
+        return Some(format!("its directory {} is gone", r.clone_dir.display()));
     }
     if scoped {
         if let Some(v) = view {
             if !v.healthy.contains(&r.slot) {
-                return Some(format!(
-                    "its slot {} is not wired to the bridge",
-                    r.netns
-                ));
+                return Some(format!("its slot {} is not wired to the bridge", r.netns));
             }
         }
     }
@@ -671,7 +666,13 @@ pub fn run(o: &Options) -> Result<Report, ReconcileError> {
             .filter(|r| in_scope(r) && adopted_pids.contains_key(&r.id))
             .map(|r| r.slot)
             .collect();
-        rep.slots = Some(reconcile_slots(kernel, &net, &held, &to_recycle, &mut rep.errors));
+        rep.slots = Some(reconcile_slots(
+            kernel,
+            &net,
+            &held,
+            &to_recycle,
+            &mut rep.errors,
+        ));
     }
     Ok(rep)
 }
@@ -710,10 +711,7 @@ fn reconcile_slots(
     let mut healthy: BTreeSet<u32> = pr.adopted.into_iter().collect();
     let freed: Vec<u32> = to_recycle.intersection(&healthy).copied().collect();
     for i in freed {
-        let r = pool
-            .ops()
-            .describe(i)
-            .and_then(|s| pool.ops().recycle(&s));
+        let r = pool.ops().describe(i).and_then(|s| pool.ops().recycle(&s));
         match r {
             Ok(()) => sr.recycled.push(i),
             Err(e) => {
@@ -724,10 +722,7 @@ fn reconcile_slots(
                 healthy.remove(&i);
                 match pool.ops().destroy(i) {
                     Ok(()) => sr.removed.push(i),
-                    Err(e) => errors.push(format!(
-                        "slot {i}: {}",
-                        crate::doctor::error_chain(&e)
-                    )),
+                    Err(e) => errors.push(format!("slot {i}: {}", crate::doctor::error_chain(&e))),
                 }
             }
         }

@@ -34,20 +34,35 @@ impl Drop for Cleanup {
             let _ = wasp()
                 .args(["kill", "--all", "--state-dir"])
                 .arg(st)
+                .arg("--runtime-dir")
+                .arg(st.parent().unwrap().join("run"))
                 .output();
         }
-        let _ = wasp()
-            .args([
-                "pool",
-                "drain",
-                "--host-netns",
-                &self.host,
-                "--pool",
-                &self.pool,
-            ])
-            .output();
+        let mut drain = wasp();
+        drain.args([
+            "pool",
+            "drain",
+            "--host-netns",
+            &self.host,
+            "--pool",
+            &self.pool,
+        ]);
+        if let Some(st) = &self.state {
+            dirs(&mut drain, st);
+        }
+        let _ = drain.output();
         let _ = wasp::sys::netns::delete_named(&self.host);
     }
+}
+
+/// `--state-dir STATE --runtime-dir STATE/../run`: the per-test dirs, so
+/// the reconcile every state-owning command runs first never looks at the
+/// machine's own /run/wasp or /var/lib/wasp.
+fn dirs(c: &mut Command, state: &std::path::Path) {
+    c.arg("--state-dir")
+        .arg(state)
+        .arg("--runtime-dir")
+        .arg(state.parent().unwrap().join("run"));
 }
 
 /// `wasp snapshot synth` of a small stand-in snapshot at `out`.
@@ -173,6 +188,8 @@ fn spawn_ls_kill_drain_through_the_real_pool() {
     let out = wasp()
         .args(["kill", "--all", "--json", "--state-dir"])
         .arg(&state)
+        .arg("--runtime-dir")
+        .arg(state.parent().unwrap().join("run"))
         .output()
         .unwrap();
     assert!(
@@ -199,6 +216,7 @@ fn spawn_ls_kill_drain_through_the_real_pool() {
     let mut c = wasp();
     c.args(["pool", "drain", "--json"]);
     loc(&mut c);
+    dirs(&mut c, &state);
     let out = c.output().unwrap();
     assert!(
         out.status.success(),
@@ -303,10 +321,16 @@ fn snapshot_create_with_firecracker_then_spawn_from_it() {
     let kill = wasp()
         .args(["kill", "--all", "--state-dir"])
         .arg(&state)
+        .arg("--runtime-dir")
+        .arg(state.parent().unwrap().join("run"))
         .output()
         .unwrap();
     let drain = wasp()
         .args(["pool", "drain", "--host-netns", &host, "--pool", &pool])
+        .arg("--state-dir")
+        .arg(&state)
+        .arg("--runtime-dir")
+        .arg(tmp.path().join("run"))
         .output()
         .unwrap();
     let _ = wasp::sys::netns::delete_named(&host);
@@ -458,9 +482,15 @@ fn secrets_appear_nowhere_but_in_the_guest() {
     let _ = wasp()
         .args(["kill", "--all", "--state-dir"])
         .arg(&state)
+        .arg("--runtime-dir")
+        .arg(state.parent().unwrap().join("run"))
         .output();
     let _ = wasp()
         .args(["pool", "drain", "--host-netns", &host, "--pool", &pool])
+        .arg("--state-dir")
+        .arg(&state)
+        .arg("--runtime-dir")
+        .arg(&run)
         .output();
     let _ = wasp::sys::netns::delete_named(&host);
     assert!(out.status.success(), "{v:#}");

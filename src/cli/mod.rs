@@ -5,6 +5,7 @@ pub mod bench_clone;
 mod bench_spawn;
 mod doctor;
 pub mod pool;
+pub mod reconcile;
 mod snapshot;
 mod snapshot_create;
 pub mod spawn;
@@ -41,6 +42,10 @@ pub enum Command {
     Snapshot(snapshot::SnapshotArgs),
     /// The pre-warmed pool of network slots.
     Pool(pool::PoolArgs),
+    /// Find what a crashed wasp left: adopt healthy clones, remove broken
+    /// ones, orphan VMMs, stray files and broken slots (also run at the
+    /// start of spawn, kill, pool warm/drain).
+    Reconcile(reconcile::ReconcileArgs),
     /// Measure wasp's stages.
     #[command(subcommand)]
     Bench(bench::Bench),
@@ -84,6 +89,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Pool(a) => {
             require_root("pool")?;
             pool::run(a)
+        }
+        Command::Reconcile(a) => {
+            require_root("reconcile")?;
+            reconcile::run(a)
         }
         Command::Bench(b) => bench::run(b),
     }

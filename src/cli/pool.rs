@@ -7,7 +7,9 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 use serde::Serialize;
 
+use super::reconcile::Dirs;
 use wasp::pool::{Pool, PoolConfig};
+use wasp::reconcile;
 use wasp::slot::{Cidr, HostNet, Kernel, SlotNet, SlotOps};
 
 /// Where the pool lives; shared by every pool subcommand.
@@ -47,7 +49,8 @@ impl Where {
         }
     }
 
-    fn host(&self) -> HostNet {
+    /// The host side.
+    pub fn host(&self) -> HostNet {
         HostNet {
             netns: self.host_netns.clone(),
             egress_uplink: None,
@@ -72,6 +75,8 @@ pub enum PoolCmd {
         size: usize,
         #[command(flatten)]
         at: Where,
+        #[command(flatten)]
+        dirs: Dirs,
         /// Masquerade the clone CIDR out of this uplink (host netns).
         #[arg(long, value_name = "IFNAME")]
         egress_uplink: Option<String>,
@@ -91,6 +96,8 @@ pub enum PoolCmd {
     Drain {
         #[command(flatten)]
         at: Where,
+        #[command(flatten)]
+        dirs: Dirs,
         /// Print one JSON document.
         #[arg(long)]
         json: bool,
@@ -113,9 +120,12 @@ pub fn run(a: PoolArgs) -> anyhow::Result<ExitCode> {
         PoolCmd::Warm {
             size,
             at,
+            dirs,
             egress_uplink,
             json,
         } => {
+            let (_lock, _) = reconcile::at_start(&super::reconcile::options(&dirs, Some(&at)))
+                .context("reconcile what an earlier run left")?;
             let mut host = at.host();
             host.egress_uplink = egress_uplink;
             let k = Kernel::setup(at.net(), &host).context("set up the host side")?;
@@ -173,7 +183,9 @@ pub fn run(a: PoolArgs) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        PoolCmd::Drain { at, json } => {
+        PoolCmd::Drain { at, dirs, json } => {
+            let (_lock, _) = reconcile::at_start(&super::reconcile::options(&dirs, Some(&at)))
+                .context("reconcile what an earlier run left")?;
             let k = Kernel::attach(at.net(), &at.host()).context("attach to the host side")?;
             let pool = Pool::new(k, PoolConfig::default());
             let removed = pool.drain().context("drain the pool")?;

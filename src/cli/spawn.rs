@@ -18,9 +18,10 @@ use wasp::slot::HostNet;
 use wasp::spawn::{self, PhasesMs, PoolSlots, SpawnOptions, SpawnReport};
 use wasp::stats::Percentiles;
 use wasp::storage::clone::{CloneStore, Mode};
-use wasp::{demo, state, teardown};
+use wasp::{demo, reconcile, state, teardown};
 
 use super::pool::Where;
+use super::reconcile::Dirs;
 
 /// Which VMM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -116,9 +117,8 @@ pub struct KillArgs {
     /// Seconds between SIGTERM and SIGKILL.
     #[arg(long, default_value_t = 2.0)]
     pub grace: f64,
-    /// Clone records.
-    #[arg(long, default_value = DEFAULT_STATE_DIR)]
-    pub state_dir: PathBuf,
+    #[command(flatten)]
+    pub dirs: Dirs,
     /// Print one JSON document.
     #[arg(long)]
     pub json: bool,
@@ -199,6 +199,12 @@ pub fn spawn_cmd(mut a: SpawnArgs) -> anyhow::Result<ExitCode> {
             Vmm::Standin(wasp::standin::locate(&a.runtime_dir).context("find the stand-in VMM")?)
         }
     };
+    let dirs = Dirs {
+        runtime_dir: a.runtime_dir.clone(),
+        state_dir: a.state_dir.clone(),
+    };
+    let (_lock, _) = reconcile::at_start(&super::reconcile::options(&dirs, Some(&a.at)))
+        .context("reconcile what an earlier run left")?;
     let store =
         CloneStore::open(&snapshot, &a.runtime_dir, Mode::Auto).context("open the snapshot")?;
     let host = HostNet {
@@ -330,25 +336,41 @@ pub fn ls(a: LsArgs) -> anyhow::Result<ExitCode> {
 
 /// Runs `wasp kill`.
 pub fn kill(a: KillArgs) -> anyhow::Result<ExitCode> {
-    let store = state::Store::open(&a.state_dir)?;
+    let (_lock, rep) = reconcile::at_start(&super::reconcile::options(&a.dirs, None))
+        .context("reconcile what an earlier run left")?;
+    // Broken clones reconcile just removed count as killed.
+    let removed: Vec<_> = rep.map(|r| r.removed).unwrap_or_default();
+    let store = state::Store::open(&a.dirs.state_dir)?;
     let (recs, _) = store.list()?;
+    let mut out = Vec::new();
+    let mut reconciled = |r: &reconcile::Removed| {
+        if !a.json {
+            println!("{}: was broken ({}); reconcile removed it", r.id, r.reason);
+        }
+        out.push(
+            serde_json::json!({"id": r.id, "vmm": r.vmm, "errors": [], "reconciled": r.reason}),
+        );
+    };
     let targets: Vec<_> = if a.all {
+        removed.iter().for_each(&mut reconciled);
         recs
     } else {
         let mut v = Vec::new();
         for id in &a.ids {
             match recs.iter().find(|r| &r.id == id) {
                 Some(r) => v.push(r.clone()),
-                None => bail!(
-                    "no clone {id} in {}; `wasp ls` lists the clones wasp started",
-                    a.state_dir.display()
-                ),
+                None => match removed.iter().find(|r| &r.id == id) {
+                    Some(r) => reconciled(r),
+                    None => bail!(
+                        "no clone {id} in {}; `wasp ls` lists the clones wasp started",
+                        a.dirs.state_dir.display()
+                    ),
+                },
             }
         }
         v
     };
     let grace = Duration::from_secs_f64(a.grace.max(0.0));
-    let mut out = Vec::new();
     let mut failed = 0;
     for r in &targets {
         let (fate, errors) = teardown::teardown(&store, r, grace);
