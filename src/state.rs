@@ -68,7 +68,7 @@ pub enum StateError {
         source: io::Error,
     },
     /// A record that does not parse.
-    #[error("clone record {path} is corrupt; wasp ignores it. Recover with `wasp reconcile`, which checks the clone's VMM and slot and removes or rewrites the record")]
+    #[error("clone record {path} is corrupt; wasp ignores it. Recover with `wasp reconcile`, which moves it aside as NAME.corrupt and stops and removes the clone it described (its VMM, files and slot)")]
     Corrupt {
         /// The file.
         path: PathBuf,
@@ -77,7 +77,7 @@ pub enum StateError {
         source: serde_json::Error,
     },
     /// Too large to be a record.
-    #[error("clone record {path} is {size} bytes, over {MAX_RECORD}; it is not a wasp record. Remove it or run `wasp reconcile`")]
+    #[error("clone record {path} is {size} bytes, over {MAX_RECORD}; it is not a wasp record. Run `wasp reconcile`, which moves it aside as NAME.corrupt")]
     TooLarge {
         /// The file.
         path: PathBuf,

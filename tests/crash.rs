@@ -85,13 +85,17 @@ impl Setup {
     }
 
     fn spawn_cmd(&self) -> Command {
+        self.spawn_n(COUNT)
+    }
+
+    fn spawn_n(&self, count: &str) -> Command {
         let mut c = self.wasp(
             &[
                 "spawn",
                 "--vmm",
                 "standin",
                 "--count",
-                COUNT,
+                count,
                 "--parallel",
                 "16",
                 "--ready",
@@ -387,4 +391,82 @@ fn killed_mid_teardown() {
     );
     assert_eq!(s.assert_only_adopted(&rec), 120);
     s.kill_drain_and_assert_zero();
+}
+
+#[test]
+fn torn_and_corrupt_records_are_moved_aside_and_their_vmms_reclaimed() {
+    root_or_skip!();
+    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let s = Setup::new("corrupt");
+    let v = s.json(s.spawn_n("2"));
+    assert_eq!(v["summary"]["ready"], 2);
+    let recs = s.state().join("clones");
+    let torn_id = v["clones"][0]["id"].as_str().unwrap().to_owned();
+    let torn = recs.join(format!("{torn_id}.json"));
+    let good = std::fs::read(&torn).unwrap();
+    std::fs::write(&torn, &good[..good.len() / 2]).unwrap();
+    std::fs::write(recs.join("wasp-junk.json"), b"\x00\xff not json").unwrap();
+    std::fs::write(recs.join("wasp-big.json"), vec![b' '; 70 * 1024]).unwrap();
+
+    // ls: a clear warning per bad record, naming the file and the fix.
+    let out = s.wasp(&["ls", "--json"], false).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    for name in [
+        torn.file_name().unwrap().to_str().unwrap(),
+        "wasp-junk.json",
+        "wasp-big.json",
+    ] {
+        assert!(
+            err.lines()
+                .any(|l| l.contains(name) && l.contains("wasp reconcile")),
+            "{name}: {err}"
+        );
+    }
+
+    // reconcile moves them aside and reclaims the torn record's clone
+    // (its VMM now has no record: an orphan).
+    let rec = s.reconcile();
+    let moved: BTreeSet<String> = rec["corrupt"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            let to = PathBuf::from(c["moved_to"].as_str().unwrap());
+            assert!(to.exists(), "{to:?}");
+            to.file_name().unwrap().to_string_lossy().into_owned()
+        })
+        .collect();
+    let want: BTreeSet<String> = [
+        format!("{torn_id}.json.corrupt"),
+        "wasp-junk.json.corrupt".into(),
+        "wasp-big.json.corrupt".into(),
+    ]
+    .into();
+    assert_eq!(moved, want, "{rec:#}");
+    let orphans = rec["orphans_killed"].as_array().unwrap();
+    assert_eq!(orphans.len(), 1, "{rec:#}");
+    assert_eq!(orphans[0]["clone_id"], torn_id.as_str());
+    assert_eq!(s.assert_only_adopted(&rec), 1);
+    // The human report says what happened.
+    let out = s.wasp(&["reconcile"], true).output().unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("1 clone(s) adopted"));
+    s.kill_drain_and_assert_zero();
+
+    // A state dir that cannot be used is one clear error, not a panic.
+    let file = s.tmp.path().join("not-a-dir");
+    std::fs::write(&file, b"").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_wasp"))
+        .args(["ls", "--state-dir"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("not-a-dir") && !err.contains("panicked"),
+        "{err}"
+    );
 }
