@@ -270,6 +270,12 @@ impl Batch<'_> {
         admitted: Instant,
         (phase, err): (&str, String),
     ) {
+        // Every error names its phase first (restore errors already do).
+        let err = if err.starts_with(phase) && err[phase.len()..].starts_with(": ") {
+            err
+        } else {
+            format!("{phase}: {err}")
+        };
         tracing::warn!(clone = %id, phase, "clone failed: {err}");
         self.rows[i] = Some(CloneReport {
             id,

@@ -84,6 +84,18 @@ pub struct SpawnArgs {
     /// Clone records.
     #[arg(long, default_value = DEFAULT_STATE_DIR)]
     pub state_dir: PathBuf,
+    /// Limit for the API socket to accept after launch, seconds (default 10).
+    #[arg(long, value_name = "SECS")]
+    pub socket_timeout: Option<f64>,
+    /// Limit for the snapshot load, seconds (default 30).
+    #[arg(long, value_name = "SECS")]
+    pub load_timeout: Option<f64>,
+    /// Limit for the MMDS put and for resume, each, seconds (default 10).
+    #[arg(long, value_name = "SECS")]
+    pub api_timeout: Option<f64>,
+    /// Limit for readiness, seconds (default 20).
+    #[arg(long, value_name = "SECS")]
+    pub ready_timeout: Option<f64>,
     /// Extra arguments for the stand-in VMM (e.g. --fault load-400).
     #[arg(long = "standin-arg", value_name = "ARG", allow_hyphen_values = true)]
     pub standin_args: Vec<String>,
@@ -152,6 +164,23 @@ fn build_env(a: &SpawnArgs) -> anyhow::Result<Env> {
     Ok(env)
 }
 
+fn timeouts(a: &SpawnArgs) -> anyhow::Result<Timeouts> {
+    let d = Timeouts::default();
+    let pick = |flag: &str, v: Option<f64>, def: Duration| -> anyhow::Result<Duration> {
+        match v {
+            None => Ok(def),
+            Some(s) if s.is_finite() && s > 0.0 && s <= 3600.0 => Ok(Duration::from_secs_f64(s)),
+            Some(s) => bail!("--{flag} {s} is out of range: use more than 0 and at most 3600 seconds"),
+        }
+    };
+    Ok(Timeouts {
+        socket: pick("socket-timeout", a.socket_timeout, d.socket)?,
+        load: pick("load-timeout", a.load_timeout, d.load)?,
+        api: pick("api-timeout", a.api_timeout, d.api)?,
+        ready: pick("ready-timeout", a.ready_timeout, d.ready)?,
+    })
+}
+
 fn in_use(state_dir: &std::path::Path, pool: &str) -> HashSet<u32> {
     state::Store::open(state_dir)
         .and_then(|s| s.list())
@@ -173,6 +202,7 @@ pub fn spawn_cmd(mut a: SpawnArgs) -> anyhow::Result<ExitCode> {
             spawn::MAX_COUNT
         );
     }
+    let timeouts = timeouts(&a)?;
     let env = build_env(&a).context("bad environment")?;
     let vmm_arg = if a.demo_snapshot {
         a.at.host_netns = Some(demo::DEMO_HOST_NETNS.into());
@@ -218,7 +248,7 @@ pub fn spawn_cmd(mut a: SpawnArgs) -> anyhow::Result<ExitCode> {
         count: a.count,
         parallel: a.parallel,
         ready: a.ready,
-        timeouts: Timeouts::default(),
+        timeouts,
         driver: a.driver.map(|d| match d {
             DriverArg::Uring => DriverKind::Uring,
             DriverArg::Syscalls => DriverKind::Syscalls,

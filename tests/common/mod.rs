@@ -18,6 +18,7 @@ use std::sync::Once;
 use wasp::sys::netns;
 
 pub mod fake_slots;
+pub mod wasp_cli;
 
 /// Prefix of every namespace the harness creates.
 pub const TEST_PREFIX: &str = "wasptest-";

@@ -1,0 +1,202 @@
+//! Fault injection through `wasp spawn`, as a user runs it, with the real
+//! pool in a private host netns. Every odd-numbered clone of a batch of 6
+//! meets the fault (a stand-in wrapper adds the `--fault` switch for them);
+//! for each fault the test checks: a per-clone error naming the phase and
+//! the cause, bounded by a timeout where the fault is silence; the failed
+//! clones' VMMs, files and records are gone and their slots are back in
+//! the pool, unbroken; the even clones are ready; the exit status is 1 and
+//! the summary counts 3 failures. docs/testing.md has the table.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Mutex;
+
+use common::wasp_cli::Setup;
+
+/// The machine has two cores: one batch at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// A VMM "binary" that runs the stand-in, with `--fault FAULT` for clones
+/// whose index is odd (the API socket path ends in `<tag>-<i>/api.sock`).
+/// The VMM's environment is cleared by wasp, so everything is in the text.
+fn odd_fault_standin(s: &Setup, fault: &str) -> PathBuf {
+    let p = s.tmp.path().join(format!("standin-odd-{fault}"));
+    let standin = env!("CARGO_BIN_EXE_wasp-standin");
+    std::fs::write(
+        &p,
+        format!(
+            "#!/bin/sh\ncase \"$2\" in\n  *[13579]/api.sock) exec {standin} \"$@\" --fault {fault} ;;\nesac\nexec {standin} \"$@\"\n"
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    p
+}
+
+/// Runs the batch; returns the report and checks exit 1 + 3 failures.
+fn run(s: &Setup, mut c: Command) -> serde_json::Value {
+    let out = c.output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "not one JSON document ({e}): {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    assert_eq!(out.status.code(), Some(1), "failures give exit 1: {v:#}");
+    let _ = s;
+    v
+}
+
+/// Checks the report and what is left: odd clones failed in `phase` with
+/// `cause` in the error, even ones ready and nothing else of wasp's.
+fn check(s: &Setup, v: &serde_json::Value, phase: &str, cause: &str, failed: usize) {
+    assert_eq!(v["summary"]["failed"], failed, "{:#}", v["summary"]);
+    assert_eq!(v["summary"]["ready"], 6 - failed, "{:#}", v["summary"]);
+    let mut ready = BTreeSet::new();
+    for c in v["clones"].as_array().unwrap() {
+        if c["ok"] == true {
+            ready.insert(c["id"].as_str().unwrap().to_owned());
+            continue;
+        }
+        assert_eq!(c["failed_phase"], phase, "{c:#}");
+        let err = c["error"].as_str().unwrap();
+        assert!(err.starts_with(&format!("{phase}: ")), "names the phase: {err}");
+        assert!(err.contains(cause), "names the cause ({cause}): {err}");
+    }
+    // Failed clones: VMM, files, record gone; slots unbroken (assert_only
+    // checks pool status); the ready ones listed and alive.
+    s.assert_only(&ready);
+    s.kill_drain_and_assert_zero();
+}
+
+/// One fault through the odd-clone wrapper.
+fn odd_fault(tag: &str, fault: &str, extra: &[&str], ready: &str, phase: &str, cause: &str) {
+    let s = Setup::new(tag);
+    let vmm = odd_fault_standin(&s, fault);
+    let mut c = s.spawn_ready("6", ready);
+    c.args(extra).env("WASP_STANDIN", &vmm);
+    let v = run(&s, c);
+    for c in v["clones"].as_array().unwrap() {
+        let i: usize = c["id"]
+            .as_str()
+            .unwrap()
+            .rsplit('-')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(c["ok"], i % 2 == 0, "only odd clones meet the fault: {c:#}");
+    }
+    check(&s, &v, phase, cause, 3);
+}
+
+#[test]
+fn vmm_exits_during_load() {
+    root_or_skip!();
+    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    odd_fault(
+        "exit",
+        "exit-on-load",
+        &[],
+        "running",
+        "load",
+        "the VMM process exited",
+    );
+}
+
+#[test]
+fn socket_never_appears() {
+    root_or_skip!();
+    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    odd_fault(
+        "nosock",
+        "no-socket",
+        &["--socket-timeout", "1"],
+        "running",
+        "socket",
+        "no progress within 1s",
+    );
+}
+
+#[test]
+fn load_answers_400() {
+    root_or_skip!();
+    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    odd_fault("l400", "load-400", &[], "running", "load", "answered 400");
+}
+
+#[test]
+fn resume_hangs() {
+    root_or_skip!();
+    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    odd_fault(
+        "hang",
+        "hang-on-resume",
+        &["--api-timeout", "1"],
+        "running",
+        "resume",
+        "no progress within 1s",
+    );
+}
+
+#[test]
+fn guest_never_ready() {
+    root_or_skip!();
+    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    odd_fault(
+        "noguest",
+        "no-guest",
+        &["--ready-timeout", "1"],
+        "tcp:22",
+        "ready",
+        "no progress within 1s",
+    );
+}
+
+#[test]
+fn tap_deleted_behind_wasps_back() {
+    root_or_skip!();
+    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let s = Setup::new("notap");
+    s.json(s.wasp(&["pool", "warm", "--size", "6", "--json"], true));
+    for n in [1, 3] {
+        let ns = format!("wasp-{}-{n}", s.pool);
+        let out = Command::new("ip")
+            .args(["-n", &ns, "link", "del", "tap0"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+    }
+    let v = run(&s, s.spawn_n("6"));
+    check(&s, &v, "slot", "tap", 2);
+}
+
+#[test]
+fn memory_file_truncated_after_the_snapshot_was_made() {
+    root_or_skip!();
+    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let s = Setup::new("trunc");
+    let mem = s.tmp.path().join("snap/vm.mem");
+    let len = std::fs::metadata(&mem).unwrap().len();
+    let mut perm = std::fs::metadata(&mem).unwrap().permissions();
+    perm.set_mode(0o644);
+    std::fs::set_permissions(&mem, perm).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&mem)
+        .unwrap()
+        .set_len(len / 2)
+        .unwrap();
+    // Caught before anything is built: one clear error naming the file.
+    let out = s.spawn_n("6").output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("vm.mem") && err.contains("smaller"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    s.assert_only(&BTreeSet::new());
+    s.kill_drain_and_assert_zero();
+}
