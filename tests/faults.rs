@@ -64,7 +64,10 @@ fn check(s: &Setup, v: &serde_json::Value, phase: &str, cause: &str, failed: usi
         }
         assert_eq!(c["failed_phase"], phase, "{c:#}");
         let err = c["error"].as_str().unwrap();
-        assert!(err.starts_with(&format!("{phase}: ")), "names the phase: {err}");
+        assert!(
+            err.starts_with(&format!("{phase}: ")),
+            "names the phase: {err}"
+        );
         assert!(err.contains(cause), "names the cause ({cause}): {err}");
     }
     // Failed clones: VMM, files, record gone; slots unbroken (assert_only
@@ -199,4 +202,95 @@ fn memory_file_truncated_after_the_snapshot_was_made() {
     assert!(!err.contains("panicked"), "{err}");
     s.assert_only(&BTreeSet::new());
     s.kill_drain_and_assert_zero();
+}
+
+/// Real Firecracker, with the snapshot's files changed under a batch after
+/// the check at open: a corrupt vmstate, then a truncated memory file.
+#[test]
+fn firecracker_corrupt_vmstate_and_truncated_memory_mid_batch() {
+    use common::fake_slots::FakeSlots;
+    use std::time::Duration;
+    use wasp::storage::clone::{CloneStore, Mode};
+    root_or_skip!();
+    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let tmp = tempfile::tempdir().unwrap();
+    let boot = common::TestNetns::new("fcfault");
+    let snap = tmp.path().join("golden");
+    common::fc_golden(tmp.path(), &snap, &boot, false);
+    let store = CloneStore::open(&snap, &tmp.path().join("run"), Mode::Auto).unwrap();
+    let vmstate = snap.join(&store.manifest().vmstate.file);
+    let mem = snap.join(&store.manifest().memory.file);
+    for f in [&vmstate, &mem] {
+        std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    let opts = wasp::spawn::SpawnOptions {
+        vmm: wasp::launch::Vmm::Firecracker(common::firecracker_bin()),
+        count: 2,
+        parallel: 2,
+        ready: wasp::ready::Ready::Running,
+        timeouts: wasp::restore::Timeouts {
+            socket: Duration::from_secs(5),
+            load: Duration::from_secs(5),
+            api: Duration::from_secs(2),
+            ready: Duration::from_secs(2),
+        },
+        driver: None,
+        state_dir: tmp.path().join("state"),
+        ready_retry: Duration::from_millis(10),
+        vmm_args: vec![],
+    };
+    let batch = |what: &str| {
+        let mut slots = FakeSlots::new(2, true);
+        let r = wasp::spawn::spawn(&opts, &store, &mut slots, &wasp::env::Env::new()).unwrap();
+        let mut back = slots.given_back.clone();
+        back.sort();
+        assert_eq!(back, [0, 1], "{what}: slots given back");
+        assert!(
+            common::wasp_cli::names_in(store.clones_dir()).is_empty(),
+            "{what}: clone files left"
+        );
+        assert!(
+            common::wasp_cli::names_in(&tmp.path().join("state/clones")).is_empty(),
+            "{what}: records left"
+        );
+        assert!(
+            common::wasp_cli::vmm_pids(&Default::default(), tmp.path()).is_empty(),
+            "{what}: VMMs left"
+        );
+        assert_eq!(r.summary.failed, 2, "{what}");
+        r
+    };
+
+    let good = std::fs::read(&vmstate).unwrap();
+    let mut bad = good.clone();
+    let mid = bad.len() / 2;
+    bad[..mid].iter_mut().for_each(|b| *b = 0xa5);
+    std::fs::write(&vmstate, &bad).unwrap();
+    let r = batch("corrupt vmstate");
+    for c in &r.clones {
+        assert_eq!(c.failed_phase.as_deref(), Some("load"), "{c:?}");
+        let e = c.error.as_deref().unwrap();
+        assert!(
+            e.starts_with("load: the VMM answered 400") && e.contains("CRC64 validation failed"),
+            "{e}"
+        );
+    }
+
+    std::fs::write(&vmstate, &good).unwrap();
+    let len = std::fs::metadata(&mem).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&mem)
+        .unwrap()
+        .set_len(len / 2)
+        .unwrap();
+    let r = batch("truncated memory");
+    for c in &r.clones {
+        assert_eq!(c.failed_phase.as_deref(), Some("load"), "{c:?}");
+        let e = c.error.as_deref().unwrap();
+        assert!(
+            e.starts_with("load: the VMM answered 400") && e.contains("greater then file length"),
+            "{e}"
+        );
+    }
 }

@@ -31,28 +31,9 @@ fn firecracker_golden_snapshot_then_clones() {
     root_or_skip!();
     let fc = common::firecracker_bin();
     let tmp = tempfile::tempdir().unwrap();
-    let kernel = tmp.path().join("testguest.elf");
-    wasp::testguest::write(&kernel).unwrap();
-    let rootfs = tmp.path().join("rootfs.img");
-    std::fs::write(&rootfs, vec![0x5au8; 1 << 20]).unwrap();
     let boot_ns = TestNetns::new("gold");
-    boot_ns.sh("ip tuntap add tap0 mode tap && ip addr add 192.168.241.1/29 dev tap0 && ip link set tap0 up");
     let out = tmp.path().join("golden");
-    let m = golden::create(&GoldenOptions {
-        vmm: Vmm::Firecracker(fc.clone()),
-        kernel,
-        rootfs,
-        vcpus: 1,
-        mem_mib: 128,
-        boot_args: String::new(),
-        ready: "serial:^wasp-testguest ready".parse().unwrap(),
-        timeout: Duration::from_secs(30),
-        out: out.clone(),
-        netns: boot_ns.name().to_owned(),
-        tap: "tap0".into(),
-        sha256: true,
-    })
-    .unwrap();
+    let m = common::fc_golden(tmp.path(), &out, &boot_ns, true);
     assert_eq!(m.vmm_version, "1.12.1");
     assert_eq!(
         m.drives[0].path_on_host,

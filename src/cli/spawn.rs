@@ -170,7 +170,9 @@ fn timeouts(a: &SpawnArgs) -> anyhow::Result<Timeouts> {
         match v {
             None => Ok(def),
             Some(s) if s.is_finite() && s > 0.0 && s <= 3600.0 => Ok(Duration::from_secs_f64(s)),
-            Some(s) => bail!("--{flag} {s} is out of range: use more than 0 and at most 3600 seconds"),
+            Some(s) => {
+                bail!("--{flag} {s} is out of range: use more than 0 and at most 3600 seconds")
+            }
         }
     };
     Ok(Timeouts {

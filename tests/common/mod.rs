@@ -181,3 +181,40 @@ pub fn ip_netns_list() -> Vec<String> {
         .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
         .collect()
 }
+
+/// `tap0` at 192.168.241.1/29, up, in `ns`: the tap every snapshot of
+/// wasp's expects in a slot.
+pub fn add_tap0(ns: &TestNetns) {
+    ns.sh("ip tuntap add tap0 mode tap && ip addr add 192.168.241.1/29 dev tap0 && ip link set tap0 up");
+}
+
+/// A golden snapshot at `out` of wasp's built-in test guest, made by the
+/// pinned Firecracker booted in `ns` (which gets `tap0`); `work` holds the
+/// kernel and rootfs.
+pub fn fc_golden(
+    work: &std::path::Path,
+    out: &std::path::Path,
+    ns: &TestNetns,
+    sha256: bool,
+) -> wasp::snapshot::Manifest {
+    let kernel = work.join("testguest.elf");
+    wasp::testguest::write(&kernel).unwrap();
+    let rootfs = work.join("rootfs.img");
+    std::fs::write(&rootfs, vec![0x5au8; 1 << 20]).unwrap();
+    add_tap0(ns);
+    wasp::golden::create(&wasp::golden::GoldenOptions {
+        vmm: wasp::launch::Vmm::Firecracker(firecracker_bin()),
+        kernel,
+        rootfs,
+        vcpus: 1,
+        mem_mib: 128,
+        boot_args: String::new(),
+        ready: "serial:^wasp-testguest ready".parse().unwrap(),
+        timeout: std::time::Duration::from_secs(30),
+        out: out.to_owned(),
+        netns: ns.name().to_owned(),
+        tap: "tap0".into(),
+        sha256,
+    })
+    .unwrap()
+}

@@ -309,4 +309,3 @@ pub fn vmm_pids(netns_inodes: &BTreeSet<u64>, tmp: &Path) -> BTreeSet<i32> {
     }
     out
 }
-
