@@ -574,6 +574,19 @@ pub fn get_link(sock: &mut Socket, name: &str) -> Result<Option<rtnl::LinkInfo>,
     }
 }
 
+/// IPv4 routes of the calling thread's netns, every table.
+pub fn dump_routes(sock: &mut Socket) -> Result<Vec<rtnl::RouteInfo>, NetlinkError> {
+    let seq = sock.next_seq(1);
+    let mut b = MsgBuf::new();
+    rtnl::dump_routes(&mut b, seq);
+    Ok(sock
+        .dump(&b, seq)?
+        .into_iter()
+        .filter(|(ty, _)| *ty == rtnl::RTM_NEWROUTE)
+        .filter_map(|(_, p)| rtnl::parse_route(&p))
+        .collect())
+}
+
 /// IPv4 addresses of the calling thread's netns: (ifindex, addr, prefix).
 pub fn dump_addrs(sock: &mut Socket) -> Result<Vec<(u32, Ipv4Addr, u8)>, NetlinkError> {
     let seq = sock.next_seq(1);
@@ -981,6 +994,29 @@ fn ensure_bridge(net: &SlotNet) -> Result<u32, SlotError> {
             return Err(SlotError::BadConfig(format!(
                 "clone CIDR {} overlaps the host address {a}/{p} on {dev}; choose another --cidr",
                 net.cidr
+            )));
+        }
+    }
+    // Nor any route (a VPN, a container network, a static route): clone
+    // traffic would be routed two ways. The default route, the kernel's
+    // local table and routes on wasp's own bridge do not count.
+    let routes = dump_routes(&mut sock).map_err(nl("list host routes"))?;
+    for r in &routes {
+        if r.prefix == 0
+            || r.table == rtnl::RT_TABLE_LOCAL
+            || (existing.is_some() && r.oif == existing.map(|l| l.index))
+        {
+            continue;
+        }
+        if Cidr::new(r.dst, r.prefix)?.overlaps(&net.cidr) {
+            let dev = r
+                .oif
+                .and_then(|i| links.iter().find(|l| l.index == i))
+                .map(|l| format!(" dev {}", l.name))
+                .unwrap_or_default();
+            return Err(SlotError::BadConfig(format!(
+                "clone CIDR {} overlaps the host route {}/{}{dev}; choose another --cidr",
+                net.cidr, r.dst, r.prefix
             )));
         }
     }

@@ -267,6 +267,29 @@ fn bad_input_errors_leave_nothing_behind() {
         "no bridge left behind"
     );
 
+    // Overlap with a route (no address of the host in it): one clear
+    // error, nothing built.
+    host.sh("ip link set other7 up && ip route add 10.4.0.0/16 dev other7");
+    let e = Kernel::setup(
+        SlotNet {
+            pool: pool_name("ov"),
+            cidr: "10.4.128.0/17".parse().unwrap(),
+            allow_host: vec![],
+            ..SlotNet::default()
+        },
+        &hn,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("overlaps the host route 10.4.0.0/16 dev other7"),
+        "{e}"
+    );
+    assert!(
+        !host.sh("ip -o link").contains("wasp0"),
+        "no bridge left behind"
+    );
+
     // A bridge name that exists and is not wasp's.
     host.sh("ip link add wasp0 type bridge");
     let e = Kernel::setup(
