@@ -305,6 +305,20 @@ impl SlotNet {
         Ok(())
     }
 
+    /// Fails up front, before anything is built, when `n` slots cannot
+    /// all have a clone address in the CIDR.
+    pub fn check_fits(&self, n: usize) -> Result<(), SlotError> {
+        let capacity = self.cidr.capacity().min(MAX_INDEX + 1);
+        if n > capacity as usize {
+            return Err(SlotError::Exhausted {
+                cidr: self.cidr,
+                index: u32::try_from(n - 1).unwrap_or(u32::MAX),
+                capacity,
+            });
+        }
+        Ok(())
+    }
+
     /// The description of slot `n` (names and clone address).
     pub fn slot(&self, n: u32) -> Result<Slot, SlotError> {
         Ok(Slot {
@@ -624,6 +638,10 @@ impl Kernel {
     /// one clear error and leaves nothing half-built.
     pub fn setup(net: SlotNet, host: &HostNet) -> Result<Kernel, SlotError> {
         net.validate()?;
+        // Every slot needs a tap: fail once, before building anything.
+        tap::check_tun().map_err(io_err(
+            "cannot open /dev/net/tun, so no slot can get its tap; load the tun module (modprobe tun) and run as root",
+        ))?;
         let mut created = None;
         let host_ns = match &host.netns {
             Some(name) => {

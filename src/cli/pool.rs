@@ -124,6 +124,7 @@ pub fn run(a: PoolArgs) -> anyhow::Result<ExitCode> {
             egress_uplink,
             json,
         } => {
+            at.net().check_fits(size)?;
             let (_lock, _) = reconcile::at_start(&super::reconcile::options(&dirs, Some(&at)))
                 .context("reconcile what an earlier run left")?;
             let mut host = at.host();

@@ -204,6 +204,7 @@ pub fn spawn_cmd(mut a: SpawnArgs) -> anyhow::Result<ExitCode> {
             spawn::MAX_COUNT
         );
     }
+    a.at.net().check_fits(a.count)?;
     let timeouts = timeouts(&a)?;
     let env = build_env(&a).context("bad environment")?;
     let vmm_arg = if a.demo_snapshot {
@@ -225,6 +226,7 @@ pub fn spawn_cmd(mut a: SpawnArgs) -> anyhow::Result<ExitCode> {
         VmmArg::Firecracker => {
             let p = wasp::firecracker::locate_firecracker(a.firecracker.as_deref())?;
             wasp::firecracker::version_of(&p)?;
+            wasp::firecracker::check_kvm()?;
             Vmm::Firecracker(p)
         }
         VmmArg::Standin => {
