@@ -179,3 +179,23 @@ fn torn_and_corrupt_records_are_moved_aside_and_their_vmms_reclaimed() {
         "{err}"
     );
 }
+
+/// 1 000 stand-in clones held at once, then `kill --all` and `pool drain`:
+/// zero leaks, by the same independent readers.
+#[test]
+fn a_thousand_clones_at_once_then_zero_leaks() {
+    root_or_skip!();
+    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let s = Setup::new("k1000");
+    let v = s.json(s.spawn_n("1000"));
+    assert_eq!(v["summary"]["ready"], 1000, "{:#}", v["summary"]);
+    let ids: BTreeSet<String> = v["clones"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["id"].as_str().unwrap().to_owned())
+        .collect();
+    // All alive at once, each in its own slot.
+    assert_eq!(s.assert_only(&ids), 1000);
+    s.kill_drain_and_assert_zero();
+}
