@@ -8,7 +8,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use nix::sys::signal::{kill, Signal};
+use nix::sys::signal::Signal;
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use wasp::snapshot::synth::{synth, SynthOptions};
@@ -100,7 +100,7 @@ impl Setup {
     /// there, and SIGKILLs it.
     pub fn kill_at(&self, mut c: Command, point: &str) {
         let log = self.tmp.path().join("killed.stderr");
-        let child = c
+        let mut child = c
             .env(wasp::testhook::ENV, point)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
@@ -114,11 +114,10 @@ impl Setup {
                 std::fs::read_to_string(&log).unwrap_or_default()
             ),
         }
-        kill(pid, Signal::SIGKILL).unwrap();
-        assert_eq!(
-            waitpid(pid, None).unwrap(),
-            WaitStatus::Signaled(pid, Signal::SIGKILL, false)
-        );
+        // Stopped, not reaped: the pid is still this process.
+        child.kill().unwrap();
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(child.wait().unwrap().signal(), Some(libc::SIGKILL));
     }
 
     pub fn json(&self, mut c: Command) -> serde_json::Value {
