@@ -319,19 +319,12 @@ fn scan_pool(net: &SlotNet, host: &HostNet, rep: &mut Report) -> Option<SlotView
             return None;
         }
     }
-    let kernel = match Kernel::attach(net.clone(), host) {
-        Ok(k) => k,
-        Err(e) => {
-            rep.errors.push(format!(
-                "pool {}: {}",
-                net.pool,
-                crate::doctor::error_chain(&e)
-            ));
-            return None;
-        }
-    };
-    let found = match kernel.scan() {
-        Ok(f) => f,
+    let attached = Kernel::attach(net.clone(), host).and_then(|k| {
+        let found = k.scan()?;
+        Ok((k, found))
+    });
+    let (kernel, found) = match attached {
+        Ok(kf) => kf,
         Err(e) => {
             rep.errors.push(format!(
                 "pool {}: {}",

@@ -189,13 +189,7 @@ fn a_thousand_clones_at_once_then_zero_leaks() {
     let s = Setup::new("k1000");
     let v = s.json(s.spawn_n("1000"));
     assert_eq!(v["summary"]["ready"], 1000, "{:#}", v["summary"]);
-    let ids: BTreeSet<String> = v["clones"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c["id"].as_str().unwrap().to_owned())
-        .collect();
     // All alive at once, each in its own slot.
-    assert_eq!(s.assert_only(&ids), 1000);
+    assert_eq!(s.assert_only(&common::wasp_cli::ids(&v["clones"])), 1000);
     s.kill_drain_and_assert_zero();
 }

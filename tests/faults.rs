@@ -239,7 +239,7 @@ fn firecracker_corrupt_vmstate_and_truncated_memory_mid_batch() {
         ready_retry: Duration::from_millis(10),
         vmm_args: vec![],
     };
-    let batch = |what: &str| {
+    let batch = |what: &str, cause: &str| {
         let mut slots = FakeSlots::new(2, true);
         let r = wasp::spawn::spawn(&opts, &store, &mut slots, &wasp::env::Env::new()).unwrap();
         let mut back = slots.given_back.clone();
@@ -258,7 +258,14 @@ fn firecracker_corrupt_vmstate_and_truncated_memory_mid_batch() {
             "{what}: VMMs left"
         );
         assert_eq!(r.summary.failed, 2, "{what}");
-        r
+        for c in &r.clones {
+            assert_eq!(c.failed_phase.as_deref(), Some("load"), "{c:?}");
+            let e = c.error.as_deref().unwrap();
+            assert!(
+                e.starts_with("load: the VMM answered 400") && e.contains(cause),
+                "{what}: {e}"
+            );
+        }
     };
 
     let good = std::fs::read(&vmstate).unwrap();
@@ -266,15 +273,7 @@ fn firecracker_corrupt_vmstate_and_truncated_memory_mid_batch() {
     let mid = bad.len() / 2;
     bad[..mid].iter_mut().for_each(|b| *b = 0xa5);
     std::fs::write(&vmstate, &bad).unwrap();
-    let r = batch("corrupt vmstate");
-    for c in &r.clones {
-        assert_eq!(c.failed_phase.as_deref(), Some("load"), "{c:?}");
-        let e = c.error.as_deref().unwrap();
-        assert!(
-            e.starts_with("load: the VMM answered 400") && e.contains("CRC64 validation failed"),
-            "{e}"
-        );
-    }
+    batch("corrupt vmstate", "CRC64 validation failed");
 
     std::fs::write(&vmstate, &good).unwrap();
     let len = std::fs::metadata(&mem).unwrap().len();
@@ -284,13 +283,5 @@ fn firecracker_corrupt_vmstate_and_truncated_memory_mid_batch() {
         .unwrap()
         .set_len(len / 2)
         .unwrap();
-    let r = batch("truncated memory");
-    for c in &r.clones {
-        assert_eq!(c.failed_phase.as_deref(), Some("load"), "{c:?}");
-        let e = c.error.as_deref().unwrap();
-        assert!(
-            e.starts_with("load: the VMM answered 400") && e.contains("greater then file length"),
-            "{e}"
-        );
-    }
+    batch("truncated memory", "greater then file length");
 }

@@ -186,13 +186,7 @@ impl Setup {
     /// Outcome "adopted": `wasp ls` lists exactly the clones reconcile
     /// adopted (see [`Setup::assert_only`]). Returns their number.
     pub fn assert_only_adopted(&self, rec: &serde_json::Value) -> usize {
-        let adopted: BTreeSet<String> = rec["adopted"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|c| c["id"].as_str().unwrap().to_owned())
-            .collect();
-        self.assert_only(&adopted)
+        self.assert_only(&ids(&rec["adopted"]))
     }
 
     /// `wasp ls` lists exactly `want`, each alive in its slot, and no other
@@ -200,10 +194,7 @@ impl Setup {
     pub fn assert_only(&self, want: &BTreeSet<String>) -> usize {
         let ls = self.json(self.wasp(&["ls", "--json"], false));
         let clones = ls["clones"].as_array().unwrap();
-        let ids: BTreeSet<String> = clones
-            .iter()
-            .map(|c| c["id"].as_str().unwrap().to_owned())
-            .collect();
+        let ids = ids(&ls["clones"]);
         assert_eq!(&ids, want, "ls lists exactly the expected clones");
         let seen = self.seen();
         let mut pids = BTreeSet::new();
@@ -262,6 +253,16 @@ pub struct Seen {
     pub vmms: BTreeSet<i32>,
     pub clone_dirs: BTreeSet<String>,
     pub records: BTreeSet<String>,
+}
+
+/// The `id`s of a JSON array of clones.
+pub fn ids(clones: &serde_json::Value) -> BTreeSet<String> {
+    clones
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["id"].as_str().unwrap().to_owned())
+        .collect()
 }
 
 pub fn names_in(dir: &Path) -> BTreeSet<String> {
