@@ -776,6 +776,15 @@ mod tests {
         assert_eq!(id("/r/clones/api.sock"), None);
     }
 
+    fn clones_only(dir: &Path) -> Options {
+        Options {
+            state_dir: dir.join("state"),
+            runtime_dir: dir.join("run"),
+            tap: "tap0".into(),
+            pool: None,
+        }
+    }
+
     fn record(dir: &Path, pid: i32, start: u64) -> CloneRecord {
         CloneRecord {
             id: "t-0".into(),
@@ -798,12 +807,7 @@ mod tests {
     #[test]
     fn dead_records_corrupt_records_and_stray_dirs_are_cleaned() {
         let d = tempfile::tempdir().unwrap();
-        let o = Options {
-            state_dir: d.path().join("state"),
-            runtime_dir: d.path().join("run"),
-            tap: "tap0".into(),
-            pool: None,
-        };
+        let o = clones_only(d.path());
         let store = Store::open(&o.state_dir).unwrap();
         let r = record(d.path(), i32::MAX, 1);
         std::fs::create_dir_all(&r.clone_dir).unwrap();
@@ -834,12 +838,7 @@ mod tests {
     #[test]
     fn the_lock_keeps_reconcile_away_from_running_commands() {
         let d = tempfile::tempdir().unwrap();
-        let o = Options {
-            state_dir: d.path().join("state"),
-            runtime_dir: d.path().join("run"),
-            tap: "tap0".into(),
-            pool: None,
-        };
+        let o = clones_only(d.path());
         let (held, rep) = at_start(&o).unwrap();
         assert!(rep.is_some());
         // A running command holds the shared lock: reconcile refuses, and

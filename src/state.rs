@@ -228,7 +228,11 @@ pub fn parse_start_time(stat: &str) -> Option<u64> {
 
 /// The state letter (field 3) of a /proc/PID/stat line.
 pub fn parse_state(stat: &str) -> Option<char> {
-    stat[stat.rfind(')')? + 1..].split_whitespace().next()?.chars().next()
+    stat[stat.rfind(')')? + 1..]
+        .split_whitespace()
+        .next()?
+        .chars()
+        .next()
 }
 
 /// True when `pid` is alive and is the same process that started at

@@ -178,22 +178,19 @@ fn tap_deleted_behind_wasps_back() {
     check(&s, &v, "slot", "tap", 2);
 }
 
+/// Truncates a snapshot file (made writable first) to half its size.
+fn truncate_to_half(p: &std::path::Path) {
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let f = std::fs::OpenOptions::new().write(true).open(p).unwrap();
+    f.set_len(f.metadata().unwrap().len() / 2).unwrap();
+}
+
 #[test]
 fn memory_file_truncated_after_the_snapshot_was_made() {
     root_or_skip!();
     let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let s = Setup::new("trunc");
-    let mem = s.tmp.path().join("snap/vm.mem");
-    let len = std::fs::metadata(&mem).unwrap().len();
-    let mut perm = std::fs::metadata(&mem).unwrap().permissions();
-    perm.set_mode(0o644);
-    std::fs::set_permissions(&mem, perm).unwrap();
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&mem)
-        .unwrap()
-        .set_len(len / 2)
-        .unwrap();
+    truncate_to_half(&s.tmp.path().join("snap/vm.mem"));
     // Caught before anything is built: one clear error naming the file.
     let out = s.spawn_n("6").output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
@@ -276,12 +273,6 @@ fn firecracker_corrupt_vmstate_and_truncated_memory_mid_batch() {
     batch("corrupt vmstate", "CRC64 validation failed");
 
     std::fs::write(&vmstate, &good).unwrap();
-    let len = std::fs::metadata(&mem).unwrap().len();
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&mem)
-        .unwrap()
-        .set_len(len / 2)
-        .unwrap();
+    truncate_to_half(&mem);
     batch("truncated memory", "greater then file length");
 }
