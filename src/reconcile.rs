@@ -364,12 +364,20 @@ fn remove_unwired(net: &SlotNet, rep: &mut Report) {
         pool: net.pool.clone(),
         ..Default::default()
     };
-    for n in names {
-        if let Some(i) = net.index_of_netns(&n) {
-            match netns::delete_named(&n) {
-                Ok(()) => sr.removed.push(i),
-                Err(e) => rep.errors.push(format!("delete netns {n}: {e}")),
-            }
+    let ours: Vec<&str> = names
+        .iter()
+        .map(String::as_str)
+        .filter(|n| net.index_of_netns(n).is_some())
+        .collect();
+    // A slot whose veth0 still exists is wired to some other host netns
+    // (the same pool name used elsewhere): not ours to judge.
+    for (n, gone) in ours.iter().zip(links_missing(&ours, crate::slot::VETH0)) {
+        let (Some(i), Some(_)) = (net.index_of_netns(n), gone) else {
+            continue;
+        };
+        match netns::delete_named(n) {
+            Ok(()) => sr.removed.push(i),
+            Err(e) => rep.errors.push(format!("delete netns {n}: {e}")),
         }
     }
     rep.slots = Some(sr);
@@ -405,20 +413,28 @@ fn judge(r: &CloneRecord, view: Option<&SlotView>, scoped: bool) -> Option<Strin
 /// Which of `recs` lack their slot's tap, checked on one thread that
 /// enters each slot netns in turn.
 fn taps_missing(recs: &[&CloneRecord], tap: &str) -> Vec<Option<String>> {
+    let names: Vec<&str> = recs.iter().map(|r| r.netns.as_str()).collect();
+    links_missing(&names, tap)
+}
+
+/// For each named netns, `None` when it holds the link `link`, else why
+/// not; one thread enters each namespace in turn.
+fn links_missing(netns_names: &[&str], link: &str) -> Vec<Option<String>> {
     std::thread::scope(|s| {
         s.spawn(|| {
-            recs.iter()
-                .map(|r| {
-                    let fd = match netns::open_named(&r.netns) {
+            netns_names
+                .iter()
+                .map(|ns| {
+                    let fd = match netns::open_named(ns) {
                         Ok(fd) => fd,
-                        Err(e) => return Some(format!("cannot open slot netns {}: {e}", r.netns)),
+                        Err(e) => return Some(format!("cannot open slot netns {ns}: {e}")),
                     };
                     if let Err(e) = netns::enter(&fd) {
-                        return Some(format!("cannot enter slot netns {}: {e}", r.netns));
+                        return Some(format!("cannot enter slot netns {ns}: {e}"));
                     }
-                    match crate::sys::tap::ifindex(tap) {
+                    match crate::sys::tap::ifindex(link) {
                         Ok(_) => None,
-                        Err(_) => Some(format!("its tap {tap} is gone from {}", r.netns)),
+                        Err(_) => Some(format!("its {link} is gone from {ns}")),
                     }
                 })
                 .collect()

@@ -193,3 +193,60 @@ fn a_thousand_clones_at_once_then_zero_leaks() {
     assert_eq!(s.assert_only(&common::wasp_cli::ids(&v["clones"])), 1000);
     s.kill_drain_and_assert_zero();
 }
+
+/// The host netns of a pool vanished (deleted behind wasp's back): its
+/// slots are unwired leftovers and reconcile removes them, but never the
+/// slots of a same-named pool still wired in another host netns.
+#[test]
+fn slots_whose_host_netns_vanished_are_removed_and_only_they() {
+    root_or_skip!();
+    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let s = Setup::new("gone");
+    let gone = common::unique_name("gonehost");
+    let at = |c: &mut Command, host: &str| {
+        c.args(["--pool", &s.pool, "--host-netns", host]);
+    };
+    let mut warm = s.wasp(&["pool", "warm", "--size", "3", "--json"], false);
+    at(&mut warm, &gone);
+    s.json(warm);
+    assert_eq!(s.seen().netns.len(), 3);
+    // Another host netns that does not exist yet: the wired slots stay.
+    let mut rec = s.wasp(&["reconcile", "--json"], false);
+    at(&mut rec, &common::unique_name("nohost"));
+    let r = s.json(rec);
+    assert_eq!(r["slots"]["removed"], serde_json::json!([]), "{r:#}");
+    assert_eq!(s.seen().netns.len(), 3);
+    // Their host netns goes: the slots are leftovers. The kernel destroys
+    // a namespace's links asynchronously; deleting the host veths first
+    // (which takes each slot's veth0 with it, synchronously) reaches the
+    // same end state deterministically.
+    let gone_ns = format!("/run/netns/{gone}");
+    let host_links = Command::new("ip")
+        .args(["-n", &gone, "-o", "link", "show"])
+        .output()
+        .unwrap();
+    for l in String::from_utf8_lossy(&host_links.stdout).lines() {
+        let name = l
+            .split(": ")
+            .nth(1)
+            .unwrap_or("")
+            .split('@')
+            .next()
+            .unwrap();
+        if name.starts_with("wasp") && l.contains("master") {
+            assert!(Command::new("ip")
+                .args(["-n", &gone, "link", "del", name])
+                .status()
+                .unwrap()
+                .success());
+        }
+    }
+    wasp::sys::netns::delete_named(&gone).unwrap();
+    assert!(!std::path::Path::new(&gone_ns).exists());
+    let mut rec = s.wasp(&["reconcile", "--json"], false);
+    at(&mut rec, &gone);
+    let r = s.json(rec);
+    assert_eq!(r["slots"]["removed"], serde_json::json!([0, 1, 2]), "{r:#}");
+    assert_eq!(r["errors"], serde_json::json!([]), "{r:#}");
+    assert_eq!(s.seen(), common::wasp_cli::Seen::default());
+}
