@@ -82,9 +82,14 @@ fn synth(out: &std::path::Path) -> std::process::Output {
         .unwrap()
 }
 
+/// Demos share the pool name `demo` (slot netns `wasp-demo-<n>`): one at
+/// a time.
+static DEMO: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn demo_spawns_checks_agents_and_removes_everything() {
     root_or_skip!();
+    let _g = DEMO.lock().unwrap_or_else(|p| p.into_inner());
     let before = common::ip_netns_list();
     let out = wasp()
         .args(["demo", "--count", "6", "--parallel", "3", "--json"])
@@ -532,4 +537,38 @@ fn not_root_is_one_clear_error_and_nothing_is_built() {
     assert!(!common::ip_netns_list()
         .iter()
         .any(|n| n.starts_with("wasp-nr-")));
+}
+
+#[test]
+fn a_killed_demo_is_cleaned_up_by_the_next_one() {
+    root_or_skip!();
+    let _g = DEMO.lock().unwrap_or_else(|p| p.into_inner());
+    let tmp = tempfile::tempdir().unwrap();
+    let mut c = wasp();
+    c.args(["demo", "--count", "4", "--parallel", "2"]);
+    // Killed with two clones ready and more in flight.
+    let pid = common::wasp_cli::stop_and_kill(c, "clone-recorded:2", &tmp.path().join("log"));
+    let work =
+        std::path::PathBuf::from(wasp::paths::DEFAULT_RUNTIME_DIR).join(format!("demo-{pid}"));
+    let host = wasp::demo::host_netns_of(pid);
+    let vmms = || common::wasp_cli::vmm_pids(&Default::default(), &work);
+    assert!(work.exists() && wasp::sys::netns::exists(&host));
+    assert!(vmms().len() >= 2, "clones ran at the kill: {:?}", vmms());
+
+    let out = wasp()
+        .args(["demo", "--count", "2", "--json"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("killed demo/bench run(s) left"), "{err}");
+    assert!(!work.exists(), "the killed demo's work dir is gone");
+    assert!(!wasp::sys::netns::exists(&host), "its host netns is gone");
+    assert_eq!(vmms(), Default::default(), "its VMMs are gone");
+    assert!(
+        !common::ip_netns_list()
+            .iter()
+            .any(|n| n.starts_with("wasp-demo-")),
+        "no demo slot left"
+    );
 }

@@ -69,6 +69,9 @@ pub fn run(a: SpawnBenchArgs) -> anyhow::Result<ExitCode> {
             DemoVmm::Firecracker(p)
         }
     };
+    super::spawn::report_leftovers(&demo::reconcile_leftovers(std::path::Path::new(
+        DEFAULT_RUNTIME_DIR,
+    )));
     let r = demo::run(&demo::DemoOptions {
         count: a.count,
         parallel: a.parallel,

@@ -431,12 +431,30 @@ pub fn kill(a: KillArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
+/// Says on stderr what a killed demo or bench left and was removed.
+pub fn report_leftovers(l: &demo::Leftovers) {
+    if !l.dirs.is_empty() || !l.errors.is_empty() {
+        eprintln!(
+            "wasp: removed what {} killed demo/bench run(s) left: {} VMM(s), host netns {:?}",
+            l.dirs.len(),
+            l.vmms,
+            l.host_netns
+        );
+    }
+    for e in &l.errors {
+        eprintln!("wasp: cleaning a killed run: {e}");
+    }
+}
+
 /// Runs `wasp demo`.
 pub fn demo_cmd(a: DemoArgs) -> anyhow::Result<ExitCode> {
     eprintln!(
         "wasp demo: {} clones on the stand-in VMM (not Firecracker: no Linux guest boots on this host class), in a private host netns; everything is removed at the end",
         a.count
     );
+    report_leftovers(&demo::reconcile_leftovers(std::path::Path::new(
+        DEFAULT_RUNTIME_DIR,
+    )));
     let work = PathBuf::from(DEFAULT_RUNTIME_DIR).join(format!("demo-{}", std::process::id()));
     let r = demo::run(&demo::DemoOptions {
         count: a.count,

@@ -98,26 +98,8 @@ impl Setup {
 
     /// Runs `c` with `WASP_STOP_AT=point`, waits until wasp stopped itself
     /// there, and SIGKILLs it.
-    pub fn kill_at(&self, mut c: Command, point: &str) {
-        let log = self.tmp.path().join("killed.stderr");
-        let mut child = c
-            .env(wasp::testhook::ENV, point)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        let pid = Pid::from_raw(child.id() as i32);
-        match waitpid(pid, Some(WaitPidFlag::WUNTRACED)).unwrap() {
-            WaitStatus::Stopped(_, Signal::SIGSTOP) => {}
-            other => panic!(
-                "wasp did not stop at {point}: {other:?}; stderr: {}",
-                std::fs::read_to_string(&log).unwrap_or_default()
-            ),
-        }
-        // Stopped, not reaped: the pid is still this process.
-        child.kill().unwrap();
-        use std::os::unix::process::ExitStatusExt;
-        assert_eq!(child.wait().unwrap().signal(), Some(libc::SIGKILL));
+    pub fn kill_at(&self, c: Command, point: &str) {
+        stop_and_kill(c, point, &self.tmp.path().join("killed.stderr"));
     }
 
     pub fn json(&self, mut c: Command) -> serde_json::Value {
@@ -253,6 +235,31 @@ pub struct Seen {
     pub vmms: BTreeSet<i32>,
     pub clone_dirs: BTreeSet<String>,
     pub records: BTreeSet<String>,
+}
+
+/// Runs `c` with `WASP_STOP_AT=point`, waits until wasp stopped itself
+/// there (`waitpid(WUNTRACED)`), SIGKILLs it and returns its pid. Its
+/// stderr goes to `log`.
+pub fn stop_and_kill(mut c: Command, point: &str, log: &Path) -> u32 {
+    let mut child = c
+        .env(wasp::testhook::ENV, point)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .unwrap();
+    let pid = Pid::from_raw(child.id() as i32);
+    match waitpid(pid, Some(WaitPidFlag::WUNTRACED)).unwrap() {
+        WaitStatus::Stopped(_, Signal::SIGSTOP) => {}
+        other => panic!(
+            "wasp did not stop at {point}: {other:?}; stderr: {}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        ),
+    }
+    // Stopped, not reaped: the pid is still this process.
+    child.kill().unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(child.wait().unwrap().signal(), Some(libc::SIGKILL));
+    child.id()
 }
 
 /// The `id`s of a JSON array of clones.
