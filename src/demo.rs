@@ -176,6 +176,86 @@ pub fn agent_id(ip: std::net::Ipv4Addr, timeout: Duration) -> Result<String, Str
         .ok_or_else(|| "no agent_id in the agent's answer".into())
 }
 
+/// The host netns of the demo (or bench) run by process `pid`.
+pub fn host_netns_of(pid: u32) -> String {
+    format!("wasp-hostns-demo{pid}")
+}
+
+/// What a killed demo or bench left, removed.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Leftovers {
+    /// Work directories removed (`demo-<pid>`, `bench-<pid>`).
+    pub dirs: Vec<PathBuf>,
+    /// Host netns deleted.
+    pub host_netns: Vec<String>,
+    /// VMMs stopped (orphans and recorded clones).
+    pub vmms: usize,
+    /// Every error met.
+    pub errors: Vec<String>,
+}
+
+/// Removes what killed `wasp demo` / `wasp bench spawn` runs left under
+/// `root` (their work dirs `demo-<pid>` and `bench-<pid>`, found by name
+/// and a dead pid): their VMMs (recorded or orphaned, by
+/// [`crate::reconcile`]), their host netns (bridge and nft table with it)
+/// and the work dir. Their slot namespaces, unwired once the host netns is
+/// gone, are removed by the next pool reconcile of pool `demo`.
+pub fn reconcile_leftovers(root: &Path) -> Leftovers {
+    let mut out = Leftovers::default();
+    let Ok(rd) = std::fs::read_dir(root) else {
+        return out;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = ["demo-", "bench-"]
+            .iter()
+            .find_map(|p| name.strip_prefix(p))
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        // A live pid (its own run, or a reused pid): left alone.
+        if pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        let work = e.path();
+        let opts = crate::reconcile::Options {
+            state_dir: work.join("state"),
+            runtime_dir: work.join("run"),
+            tap: SlotNet::default().tap,
+            pool: None,
+        };
+        match crate::reconcile::reconcile(&opts) {
+            Ok(r) => {
+                out.vmms += r.orphans_killed.len() + r.removed.len();
+                out.errors.extend(r.errors);
+            }
+            Err(e) => out.errors.push(crate::doctor::error_chain(&e)),
+        }
+        // Healthy clones of a dead demo are still the demo's: stop them.
+        if let Ok(store) = state::Store::open(&work.join("state")) {
+            for r in store.list().map(|(r, _)| r).unwrap_or_default() {
+                let (_, errs) = teardown::teardown(&store, &r, Duration::ZERO);
+                out.vmms += 1;
+                out.errors
+                    .extend(errs.iter().map(|e| crate::doctor::error_chain(e)));
+            }
+        }
+        let host = host_netns_of(pid);
+        if sys::netns::exists(&host) {
+            match sys::netns::delete_named(&host) {
+                Ok(()) => out.host_netns.push(host),
+                Err(e) => out.errors.push(format!("delete netns {host}: {e}")),
+            }
+        }
+        match std::fs::remove_dir_all(&work) {
+            Ok(()) => out.dirs.push(work),
+            Err(e) => out.errors.push(format!("remove {}: {e}", work.display())),
+        }
+    }
+    out
+}
+
 /// Runs the demo.
 pub fn run(o: &DemoOptions) -> Result<DemoReport, DemoError> {
     run_observed(o, &mut |_| {})
@@ -187,7 +267,8 @@ pub fn run_observed(
     o: &DemoOptions,
     on_done: &mut (dyn FnMut(&spawn::CloneReport) + Send),
 ) -> Result<DemoReport, DemoError> {
-    let host_netns = format!("wasp-hostns-demo{}", std::process::id());
+    let host_netns = host_netns_of(std::process::id());
+
     let mut cleanup_errors = Vec::new();
     let result = run_inner(o, &host_netns, &mut cleanup_errors, on_done);
     // Remove everything, whatever happened above.

@@ -115,6 +115,18 @@ pub enum EnvError {
         /// What is wrong.
         what: String,
     },
+    /// A bad key or value on a line of an env file (the value is never
+    /// shown: it is a secret).
+    #[error("env file {path} line {line}")]
+    FileLine {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line number.
+        line: usize,
+        /// What is wrong with it.
+        #[source]
+        source: Box<EnvError>,
+    },
     /// Env file syntax.
     #[error("env file {path} line {line}: expected KEY=VALUE")]
     FileSyntax {
@@ -217,7 +229,12 @@ impl Env {
                 line: i + 1,
             })?;
             let v = unquote(v);
-            self.insert(k.trim(), Value::Secret(Secret::new(v.to_owned())))?;
+            self.insert(k.trim(), Value::Secret(Secret::new(v.to_owned())))
+                .map_err(|e| EnvError::FileLine {
+                    path: path.into(),
+                    line: i + 1,
+                    source: Box::new(e),
+                })?;
         }
         Ok(())
     }

@@ -92,6 +92,23 @@ pub enum FirecrackerError {
         /// Its version.
         found: Version,
     },
+    /// /dev/kvm cannot be opened.
+    #[error("cannot open {KVM_DEV} read-write: Firecracker needs KVM. Load kvm_intel or kvm_amd (modprobe), run as root or in the kvm group; `wasp doctor` checks it")]
+    NoKvm(#[source] std::io::Error),
+}
+
+/// The KVM device Firecracker opens.
+pub const KVM_DEV: &str = "/dev/kvm";
+
+/// Checks that /dev/kvm opens read-write, so a batch fails once, up front,
+/// instead of once per clone.
+pub fn check_kvm() -> Result<(), FirecrackerError> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(KVM_DEV)
+        .map(drop)
+        .map_err(FirecrackerError::NoKvm)
 }
 
 fn on_path(name: &str) -> Option<PathBuf> {

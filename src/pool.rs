@@ -176,6 +176,7 @@ impl<O: SlotOps> Inner<O> {
                         Ok(slot) => {
                             self.push_free(slot);
                             built.fetch_add(1, Ordering::Relaxed);
+                            crate::testhook::point("slot-built");
                         }
                         Err(e) => {
                             // Exhausted indices are not reused; others are.

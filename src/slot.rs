@@ -305,6 +305,20 @@ impl SlotNet {
         Ok(())
     }
 
+    /// Fails up front, before anything is built, when `n` slots cannot
+    /// all have a clone address in the CIDR.
+    pub fn check_fits(&self, n: usize) -> Result<(), SlotError> {
+        let capacity = self.cidr.capacity().min(MAX_INDEX + 1);
+        if n > capacity as usize {
+            return Err(SlotError::Exhausted {
+                cidr: self.cidr,
+                index: u32::try_from(n - 1).unwrap_or(u32::MAX),
+                capacity,
+            });
+        }
+        Ok(())
+    }
+
     /// The description of slot `n` (names and clone address).
     pub fn slot(&self, n: u32) -> Result<Slot, SlotError> {
         Ok(Slot {
@@ -574,6 +588,19 @@ pub fn get_link(sock: &mut Socket, name: &str) -> Result<Option<rtnl::LinkInfo>,
     }
 }
 
+/// IPv4 routes of the calling thread's netns, every table.
+pub fn dump_routes(sock: &mut Socket) -> Result<Vec<rtnl::RouteInfo>, NetlinkError> {
+    let seq = sock.next_seq(1);
+    let mut b = MsgBuf::new();
+    rtnl::dump_routes(&mut b, seq);
+    Ok(sock
+        .dump(&b, seq)?
+        .into_iter()
+        .filter(|(ty, _)| *ty == rtnl::RTM_NEWROUTE)
+        .filter_map(|(_, p)| rtnl::parse_route(&p))
+        .collect())
+}
+
 /// IPv4 addresses of the calling thread's netns: (ifindex, addr, prefix).
 pub fn dump_addrs(sock: &mut Socket) -> Result<Vec<(u32, Ipv4Addr, u8)>, NetlinkError> {
     let seq = sock.next_seq(1);
@@ -613,6 +640,10 @@ impl Kernel {
         // An egress uplink means the slots must forward to it too.
         net.egress |= host.egress_uplink.is_some();
         net.validate()?;
+        // Every slot needs a tap: fail once, before building anything.
+        tap::check_tun().map_err(io_err(
+            "cannot open /dev/net/tun, so no slot can get its tap; load the tun module (modprobe tun) and run as root",
+        ))?;
         let mut created = None;
         let host_ns = match &host.netns {
             Some(name) => {
@@ -984,6 +1015,29 @@ fn ensure_bridge(net: &SlotNet) -> Result<u32, SlotError> {
             return Err(SlotError::BadConfig(format!(
                 "clone CIDR {} overlaps the host address {a}/{p} on {dev}; choose another --cidr",
                 net.cidr
+            )));
+        }
+    }
+    // Nor any route (a VPN, a container network, a static route): clone
+    // traffic would be routed two ways. The default route, the kernel's
+    // local table and routes on wasp's own bridge do not count.
+    let routes = dump_routes(&mut sock).map_err(nl("list host routes"))?;
+    for r in &routes {
+        if r.prefix == 0
+            || r.table == rtnl::RT_TABLE_LOCAL
+            || (existing.is_some() && r.oif == existing.map(|l| l.index))
+        {
+            continue;
+        }
+        if Cidr::new(r.dst, r.prefix)?.overlaps(&net.cidr) {
+            let dev = r
+                .oif
+                .and_then(|i| links.iter().find(|l| l.index == i))
+                .map(|l| format!(" dev {}", l.name))
+                .unwrap_or_default();
+            return Err(SlotError::BadConfig(format!(
+                "clone CIDR {} overlaps the host route {}/{}{dev}; choose another --cidr",
+                net.cidr, r.dst, r.prefix
             )));
         }
     }

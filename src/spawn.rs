@@ -283,6 +283,12 @@ impl Batch<'_> {
         admitted: Instant,
         (phase, err): (&str, String),
     ) {
+        // Every error names its phase first (restore errors already do).
+        let err = if err.starts_with(phase) && err[phase.len()..].starts_with(": ") {
+            err
+        } else {
+            format!("{phase}: {err}")
+        };
         tracing::warn!(clone = %id, phase, "clone failed: {err}");
         self.set_row(
             i,
@@ -376,6 +382,7 @@ impl Batch<'_> {
             }
         };
         phases.launch = ms(t.elapsed());
+        crate::testhook::point("clone-launched");
 
         let net_override = self.snapshot_tap.as_ref().and_then(|(iface, tap)| {
             (*tap != slot.tap).then(|| NetworkOverride {
@@ -472,6 +479,7 @@ impl Feed for Batch<'_> {
                 if let Err(e) = self.state.put(&record) {
                     tracing::warn!(clone = %id, "cannot record clone: {}", chain(&e));
                 }
+                crate::testhook::point("clone-recorded");
                 self.set_row(
                     i,
                     CloneReport {

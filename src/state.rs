@@ -74,7 +74,7 @@ pub enum StateError {
         source: io::Error,
     },
     /// A record that does not parse.
-    #[error("clone record {path} is corrupt; wasp ignores it. Recover with `wasp reconcile`, which checks the clone's VMM and slot and removes or rewrites the record")]
+    #[error("clone record {path} is corrupt; wasp ignores it. Recover with `wasp reconcile`, which moves it aside as NAME.corrupt and stops and removes the clone it described (its VMM, files and slot)")]
     Corrupt {
         /// The file.
         path: PathBuf,
@@ -83,7 +83,7 @@ pub enum StateError {
         source: serde_json::Error,
     },
     /// Too large to be a record.
-    #[error("clone record {path} is {size} bytes, over {MAX_RECORD}; it is not a wasp record. Remove it or run `wasp reconcile`")]
+    #[error("clone record {path} is {size} bytes, over {MAX_RECORD}; it is not a wasp record. Run `wasp reconcile`, which moves it aside as NAME.corrupt")]
     TooLarge {
         /// The file.
         path: PathBuf,
@@ -232,10 +232,22 @@ pub fn parse_start_time(stat: &str) -> Option<u64> {
     rest.split_whitespace().nth(19)?.parse().ok()
 }
 
+/// The state letter (field 3) of a /proc/PID/stat line.
+pub fn parse_state(stat: &str) -> Option<char> {
+    stat[stat.rfind(')')? + 1..]
+        .split_whitespace()
+        .next()?
+        .chars()
+        .next()
+}
+
 /// True when `pid` is alive and is the same process that started at
-/// `start`.
+/// `start`. A zombie (exited, not yet reaped by its parent) is not alive.
 pub fn same_process(pid: i32, start: u64) -> bool {
-    pid_start_time(pid) == Some(start)
+    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    parse_start_time(&stat) == Some(start) && !matches!(parse_state(&stat), Some('Z' | 'X'))
 }
 
 #[cfg(test)]
@@ -317,6 +329,9 @@ mod tests {
             "123 (a) b) (c) S 1 123 123 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 98765 1000 10";
         assert_eq!(parse_start_time(line), Some(98765));
         assert_eq!(parse_start_time("garbage"), None);
+        assert_eq!(parse_state(line), Some('S'));
+        assert_eq!(parse_state("1 (x) Z 0"), Some('Z'));
+        assert_eq!(parse_state("garbage"), None);
         let me = std::process::id() as i32;
         let t = pid_start_time(me).unwrap();
         assert!(same_process(me, t));

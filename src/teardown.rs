@@ -158,6 +158,7 @@ pub fn teardown(
             None
         }
     };
+    crate::testhook::point("teardown-vmm-stopped");
     if let Err(e) = remove_clone_dir(&r.id, &r.clone_dir) {
         errors.push(e);
     }

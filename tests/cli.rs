@@ -34,20 +34,35 @@ impl Drop for Cleanup {
             let _ = wasp()
                 .args(["kill", "--all", "--state-dir"])
                 .arg(st)
+                .arg("--runtime-dir")
+                .arg(st.parent().unwrap().join("run"))
                 .output();
         }
-        let _ = wasp()
-            .args([
-                "pool",
-                "drain",
-                "--host-netns",
-                &self.host,
-                "--pool",
-                &self.pool,
-            ])
-            .output();
+        let mut drain = wasp();
+        drain.args([
+            "pool",
+            "drain",
+            "--host-netns",
+            &self.host,
+            "--pool",
+            &self.pool,
+        ]);
+        if let Some(st) = &self.state {
+            dirs(&mut drain, st);
+        }
+        let _ = drain.output();
         let _ = wasp::sys::netns::delete_named(&self.host);
     }
+}
+
+/// `--state-dir STATE --runtime-dir STATE/../run`: the per-test dirs, so
+/// the reconcile every state-owning command runs first never looks at the
+/// machine's own /run/wasp or /var/lib/wasp.
+fn dirs(c: &mut Command, state: &std::path::Path) {
+    c.arg("--state-dir")
+        .arg(state)
+        .arg("--runtime-dir")
+        .arg(state.parent().unwrap().join("run"));
 }
 
 /// `wasp snapshot synth` of a small stand-in snapshot at `out`.
@@ -67,9 +82,14 @@ fn synth(out: &std::path::Path) -> std::process::Output {
         .unwrap()
 }
 
+/// Demos share the pool name `demo` (slot netns `wasp-demo-<n>`): one at
+/// a time.
+static DEMO: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn demo_spawns_checks_agents_and_removes_everything() {
     root_or_skip!();
+    let _g = DEMO.lock().unwrap_or_else(|p| p.into_inner());
     let before = common::ip_netns_list();
     let out = wasp()
         .args(["demo", "--count", "6", "--parallel", "3", "--json"])
@@ -173,6 +193,8 @@ fn spawn_ls_kill_drain_through_the_real_pool() {
     let out = wasp()
         .args(["kill", "--all", "--json", "--state-dir"])
         .arg(&state)
+        .arg("--runtime-dir")
+        .arg(state.parent().unwrap().join("run"))
         .output()
         .unwrap();
     assert!(
@@ -199,6 +221,7 @@ fn spawn_ls_kill_drain_through_the_real_pool() {
     let mut c = wasp();
     c.args(["pool", "drain", "--json"]);
     loc(&mut c);
+    dirs(&mut c, &state);
     let out = c.output().unwrap();
     assert!(
         out.status.success(),
@@ -312,11 +335,17 @@ fn snapshot_create_with_firecracker_then_spawn_from_it() {
     let kill = wasp()
         .args(["kill", "--all", "--state-dir"])
         .arg(&state)
+        .arg("--runtime-dir")
+        .arg(state.parent().unwrap().join("run"))
         .output()
         .unwrap();
     let jails_after = std::fs::read_dir(&jail_dir).map(|d| d.count()).unwrap_or(0);
     let drain = wasp()
         .args(["pool", "drain", "--host-netns", &host, "--pool", &pool])
+        .arg("--state-dir")
+        .arg(&state)
+        .arg("--runtime-dir")
+        .arg(tmp.path().join("run"))
         .output()
         .unwrap();
     let _ = wasp::sys::netns::delete_named(&host);
@@ -478,9 +507,15 @@ fn secrets_appear_nowhere_but_in_the_guest() {
     let _ = wasp()
         .args(["kill", "--all", "--state-dir"])
         .arg(&state)
+        .arg("--runtime-dir")
+        .arg(state.parent().unwrap().join("run"))
         .output();
     let _ = wasp()
         .args(["pool", "drain", "--host-netns", &host, "--pool", &pool])
+        .arg("--state-dir")
+        .arg(&state)
+        .arg("--runtime-dir")
+        .arg(&run)
         .output();
     let _ = wasp::sys::netns::delete_named(&host);
     assert!(out.status.success(), "{v:#}");
@@ -616,4 +651,38 @@ fn pool_and_spawn_take_their_settings_from_the_config_file() {
     assert!(!common::ip_netns_list()
         .iter()
         .any(|n| n.starts_with(&format!("wasp-{pool}-"))));
+}
+
+#[test]
+fn a_killed_demo_is_cleaned_up_by_the_next_one() {
+    root_or_skip!();
+    let _g = DEMO.lock().unwrap_or_else(|p| p.into_inner());
+    let tmp = tempfile::tempdir().unwrap();
+    let mut c = wasp();
+    c.args(["demo", "--count", "4", "--parallel", "2"]);
+    // Killed with two clones ready and more in flight.
+    let pid = common::wasp_cli::stop_and_kill(c, "clone-recorded:2", &tmp.path().join("log"));
+    let work =
+        std::path::PathBuf::from(wasp::paths::DEFAULT_RUNTIME_DIR).join(format!("demo-{pid}"));
+    let host = wasp::demo::host_netns_of(pid);
+    let vmms = || common::wasp_cli::vmm_pids(&Default::default(), &work);
+    assert!(work.exists() && wasp::sys::netns::exists(&host));
+    assert!(vmms().len() >= 2, "clones ran at the kill: {:?}", vmms());
+
+    let out = wasp()
+        .args(["demo", "--count", "2", "--json"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("killed demo/bench run(s) left"), "{err}");
+    assert!(!work.exists(), "the killed demo's work dir is gone");
+    assert!(!wasp::sys::netns::exists(&host), "its host netns is gone");
+    assert_eq!(vmms(), Default::default(), "its VMMs are gone");
+    assert!(
+        !common::ip_netns_list()
+            .iter()
+            .any(|n| n.starts_with("wasp-demo-")),
+        "no demo slot left"
+    );
 }

@@ -238,15 +238,19 @@ fn bad_input_errors_leave_nothing_behind() {
         netns: Some(host.name().to_owned()),
         egress_uplink: None,
     };
-    let e = Kernel::setup(
-        SlotNet {
-            pool: pool_name("ov"),
-            ..SlotNet::default()
-        },
-        &hn,
-    )
-    .unwrap_err()
-    .to_string();
+    // One pool, several CIDRs.
+    let setup_in = |cidr: &str| {
+        Kernel::setup(
+            SlotNet {
+                pool: pool_name("ov"),
+                cidr: cidr.parse().unwrap(),
+                allow_host: vec![],
+                ..SlotNet::default()
+            },
+            &hn,
+        )
+    };
+    let e = setup_in("10.0.0.0/16").unwrap_err().to_string();
     assert!(
         e.contains("overlaps the host address 10.0.9.1/24 on other7"),
         "{e}"
@@ -256,33 +260,27 @@ fn bad_input_errors_leave_nothing_behind() {
         "no bridge left behind"
     );
 
+    // Overlap with a route (no address of the host in it): one clear
+    // error, nothing built.
+    host.sh("ip link set other7 up && ip route add 10.4.0.0/16 dev other7");
+    let e = setup_in("10.4.128.0/17").unwrap_err().to_string();
+    assert!(
+        e.contains("overlaps the host route 10.4.0.0/16 dev other7"),
+        "{e}"
+    );
+    assert!(
+        !host.sh("ip -o link").contains("wasp0"),
+        "no bridge left behind"
+    );
+
     // A bridge name that exists and is not wasp's.
     host.sh("ip link add wasp0 type bridge");
-    let e = Kernel::setup(
-        SlotNet {
-            pool: pool_name("ov"),
-            cidr: "10.1.0.0/16".parse().unwrap(),
-            allow_host: vec![],
-            ..SlotNet::default()
-        },
-        &hn,
-    )
-    .unwrap_err();
+    let e = setup_in("10.1.0.0/16").unwrap_err();
     assert!(matches!(e, SlotError::Foreign { .. }), "{e}");
     host.sh("ip link del wasp0");
 
     // CIDR too small.
-    let e = Kernel::setup(
-        SlotNet {
-            pool: pool_name("ov"),
-            cidr: "10.2.0.0/31".parse().unwrap(),
-            allow_host: vec![],
-            ..SlotNet::default()
-        },
-        &hn,
-    )
-    .unwrap_err()
-    .to_string();
+    let e = setup_in("10.2.0.0/31").unwrap_err().to_string();
     assert!(e.contains("too small"), "{e}");
 
     // A host link that clashes with the slot's veth name and is not wasp's.

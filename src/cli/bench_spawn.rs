@@ -80,6 +80,9 @@ pub fn run(a: SpawnBenchArgs) -> anyhow::Result<ExitCode> {
             DemoVmm::Firecracker(p)
         }
     };
+    super::spawn::report_leftovers(&demo::reconcile_leftovers(std::path::Path::new(
+        DEFAULT_RUNTIME_DIR,
+    )));
     let bar = super::progress::bar(a.count, "clones");
     let r = demo::run_observed(
         &demo::DemoOptions {

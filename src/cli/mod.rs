@@ -9,6 +9,7 @@ mod config;
 mod doctor;
 pub mod pool;
 mod progress;
+pub mod reconcile;
 mod snapshot;
 mod snapshot_create;
 pub mod spawn;
@@ -52,6 +53,10 @@ pub enum Command {
     Snapshot(snapshot::SnapshotArgs),
     /// The pre-warmed pool of network slots.
     Pool(pool::PoolArgs),
+    /// Find what a crashed wasp left: adopt healthy clones, remove broken
+    /// ones, orphan VMMs, stray files and broken slots (also run at the
+    /// start of spawn, kill, pool warm/drain).
+    Reconcile(reconcile::ReconcileArgs),
     /// Measure wasp's stages.
     #[command(subcommand)]
     Bench(bench::Bench),
@@ -105,6 +110,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Pool(a) => {
             require_root("pool")?;
             pool::run(a, cfg()?)
+        }
+        Command::Reconcile(a) => {
+            require_root("reconcile")?;
+            reconcile::run(a, cfg()?)
         }
         Command::Bench(b) => bench::run(b),
         Command::Config(a) => config::run(a, cfg()?),

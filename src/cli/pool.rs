@@ -7,8 +7,10 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 use serde::Serialize;
 
+use super::reconcile::Dirs;
 use wasp::config::Config;
 use wasp::pool::{Pool, PoolConfig};
+use wasp::reconcile;
 use wasp::slot::{Cidr, Kernel, SlotOps};
 
 /// Where the pool lives; shared by every pool subcommand. Each flag
@@ -67,6 +69,8 @@ pub enum PoolCmd {
         size: usize,
         #[command(flatten)]
         at: Where,
+        #[command(flatten)]
+        dirs: Dirs,
         /// Masquerade the clone CIDR out of this uplink (host netns).
         #[arg(long, value_name = "IFNAME")]
         egress_uplink: Option<String>,
@@ -86,6 +90,8 @@ pub enum PoolCmd {
     Drain {
         #[command(flatten)]
         at: Where,
+        #[command(flatten)]
+        dirs: Dirs,
         /// Print one JSON document.
         #[arg(long)]
         json: bool,
@@ -108,10 +114,15 @@ pub fn run(a: PoolArgs, mut cfg: Config) -> anyhow::Result<ExitCode> {
         PoolCmd::Warm {
             size,
             at,
+            dirs,
             egress_uplink,
             json,
         } => {
             at.apply(&mut cfg);
+            dirs.apply(&mut cfg);
+            cfg.slot_net().check_fits(size)?;
+            let (_lock, _) = reconcile::at_start(&super::reconcile::options(&cfg, true))
+                .context("reconcile what an earlier run left")?;
             let mut host = cfg.host_net();
             host.egress_uplink = egress_uplink;
             let k = Kernel::setup(cfg.slot_net(), &host).context("set up the host side")?;
@@ -171,8 +182,11 @@ pub fn run(a: PoolArgs, mut cfg: Config) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        PoolCmd::Drain { at, json } => {
+        PoolCmd::Drain { at, dirs, json } => {
             at.apply(&mut cfg);
+            dirs.apply(&mut cfg);
+            let (_lock, _) = reconcile::at_start(&super::reconcile::options(&cfg, true))
+                .context("reconcile what an earlier run left")?;
             let k = Kernel::attach(cfg.slot_net(), &cfg.host_net())
                 .context("attach to the host side")?;
             let pool = Pool::new(k, PoolConfig::default());

@@ -20,9 +20,10 @@ use wasp::ring::DriverKind;
 use wasp::spawn::{self, PhasesMs, PoolSlots, SpawnOptions, SpawnReport};
 use wasp::stats::Percentiles;
 use wasp::storage::clone::{CloneStore, Mode};
-use wasp::{demo, state, teardown};
+use wasp::{demo, reconcile, state, teardown};
 
 use super::pool::Where;
+use super::reconcile::Dirs;
 
 /// Which VMM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -72,6 +73,18 @@ pub struct SpawnArgs {
     pub driver: Option<DriverArg>,
     #[command(flatten)]
     pub flags: SpawnFlags,
+    /// Limit for the API socket to accept after launch, seconds (default 10).
+    #[arg(long, value_name = "SECS")]
+    pub socket_timeout: Option<f64>,
+    /// Limit for the snapshot load, seconds (default 30).
+    #[arg(long, value_name = "SECS")]
+    pub load_timeout: Option<f64>,
+    /// Limit for the MMDS put and for resume, each, seconds (default 10).
+    #[arg(long, value_name = "SECS")]
+    pub api_timeout: Option<f64>,
+    /// Limit for readiness, seconds (default 20).
+    #[arg(long, value_name = "SECS")]
+    pub ready_timeout: Option<f64>,
     /// Extra arguments for the stand-in VMM (e.g. --fault load-400).
     #[arg(long = "standin-arg", value_name = "ARG", allow_hyphen_values = true)]
     pub standin_args: Vec<String>,
@@ -162,9 +175,8 @@ pub struct KillArgs {
     /// Seconds between SIGTERM and SIGKILL.
     #[arg(long, default_value_t = 2.0)]
     pub grace: f64,
-    /// Clone records [paths.state_dir; default: /run/wasp].
-    #[arg(long)]
-    pub state_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub dirs: Dirs,
     /// Print one JSON document.
     #[arg(long)]
     pub json: bool,
@@ -229,6 +241,25 @@ fn build_isolation(a: &SpawnArgs, vmm: &Vmm, cfg: &Config) -> anyhow::Result<Iso
     Ok(iso)
 }
 
+fn timeouts(a: &SpawnArgs) -> anyhow::Result<Timeouts> {
+    let d = Timeouts::default();
+    let pick = |flag: &str, v: Option<f64>, def: Duration| -> anyhow::Result<Duration> {
+        match v {
+            None => Ok(def),
+            Some(s) if s.is_finite() && s > 0.0 && s <= 3600.0 => Ok(Duration::from_secs_f64(s)),
+            Some(s) => {
+                bail!("--{flag} {s} is out of range: use more than 0 and at most 3600 seconds")
+            }
+        }
+    };
+    Ok(Timeouts {
+        socket: pick("socket-timeout", a.socket_timeout, d.socket)?,
+        load: pick("load-timeout", a.load_timeout, d.load)?,
+        api: pick("api-timeout", a.api_timeout, d.api)?,
+        ready: pick("ready-timeout", a.ready_timeout, d.ready)?,
+    })
+}
+
 fn in_use(state_dir: &std::path::Path, pool: &str) -> HashSet<u32> {
     state::Store::open(state_dir)
         .and_then(|s| s.list())
@@ -252,6 +283,8 @@ pub fn spawn_cmd(a: SpawnArgs, mut cfg: Config) -> anyhow::Result<ExitCode> {
     }
     a.at.apply(&mut cfg);
     a.flags.apply(&mut cfg);
+    cfg.slot_net().check_fits(a.count)?;
+    let timeouts = timeouts(&a)?;
     let env = build_env(&a).context("bad environment")?;
     let (snapshot, vmm_arg) = if a.demo_snapshot {
         cfg.host_netns
@@ -278,12 +311,15 @@ pub fn spawn_cmd(a: SpawnArgs, mut cfg: Config) -> anyhow::Result<ExitCode> {
             let p =
                 wasp::firecracker::locate("firecracker", cfg.firecracker_choice().as_ref(), None)?;
             wasp::firecracker::version_of(&p)?;
+            wasp::firecracker::check_kvm()?;
             Vmm::Firecracker(p)
         }
         VmmArg::Standin => {
             Vmm::Standin(wasp::standin::locate(runtime_dir).context("find the stand-in VMM")?)
         }
     };
+    let (_lock, _) = reconcile::at_start(&super::reconcile::options(&cfg, true))
+        .context("reconcile what an earlier run left")?;
     let store =
         CloneStore::open(&snapshot, runtime_dir, Mode::Auto).context("open the snapshot")?;
     cfg.check_guest(store.manifest())?;
@@ -296,7 +332,7 @@ pub fn spawn_cmd(a: SpawnArgs, mut cfg: Config) -> anyhow::Result<ExitCode> {
         count: a.count,
         parallel: cfg.parallel.value,
         ready: cfg.ready.value,
-        timeouts: Timeouts::default(),
+        timeouts,
         driver: a.driver.map(|d| match d {
             DriverArg::Uring => DriverKind::Uring,
             DriverArg::Syscalls => DriverKind::Syscalls,
@@ -419,27 +455,43 @@ pub fn ls(a: LsArgs, mut cfg: Config) -> anyhow::Result<ExitCode> {
 
 /// Runs `wasp kill`.
 pub fn kill(a: KillArgs, mut cfg: Config) -> anyhow::Result<ExitCode> {
-    cfg.state_dir.flag("--state-dir", a.state_dir);
+    a.dirs.apply(&mut cfg);
     let state_dir = &cfg.state_dir.value;
+    let (_lock, rep) = reconcile::at_start(&super::reconcile::options(&cfg, false))
+        .context("reconcile what an earlier run left")?;
+    // Broken clones reconcile just removed count as killed.
+    let removed: Vec<_> = rep.map(|r| r.removed).unwrap_or_default();
     let store = state::Store::open(state_dir)?;
     let (recs, _) = store.list()?;
+    let mut out = Vec::new();
+    let mut reconciled = |r: &reconcile::Removed| {
+        if !a.json {
+            println!("{}: was broken ({}); reconcile removed it", r.id, r.reason);
+        }
+        out.push(
+            serde_json::json!({"id": r.id, "vmm": r.vmm, "errors": [], "reconciled": r.reason}),
+        );
+    };
     let targets: Vec<_> = if a.all {
+        removed.iter().for_each(&mut reconciled);
         recs
     } else {
         let mut v = Vec::new();
         for id in &a.ids {
             match recs.iter().find(|r| &r.id == id) {
                 Some(r) => v.push(r.clone()),
-                None => bail!(
-                    "no clone {id} in {}; `wasp ls` lists the clones wasp started",
-                    state_dir.display()
-                ),
+                None => match removed.iter().find(|r| &r.id == id) {
+                    Some(r) => reconciled(r),
+                    None => bail!(
+                        "no clone {id} in {}; `wasp ls` lists the clones wasp started",
+                        state_dir.display()
+                    ),
+                },
             }
         }
         v
     };
     let grace = Duration::from_secs_f64(a.grace.max(0.0));
-    let mut out = Vec::new();
     let mut failed = 0;
     for r in &targets {
         let (fate, errors) = teardown::teardown(&store, r, grace);
@@ -466,12 +518,28 @@ pub fn kill(a: KillArgs, mut cfg: Config) -> anyhow::Result<ExitCode> {
     })
 }
 
+/// Says on stderr what a killed demo or bench left and was removed.
+pub fn report_leftovers(l: &demo::Leftovers) {
+    if !l.dirs.is_empty() || !l.errors.is_empty() {
+        eprintln!(
+            "wasp: removed what {} killed demo/bench run(s) left: {} VMM(s), host netns {:?}",
+            l.dirs.len(),
+            l.vmms,
+            l.host_netns
+        );
+    }
+    for e in &l.errors {
+        eprintln!("wasp: cleaning a killed run: {e}");
+    }
+}
+
 /// Runs `wasp demo`.
 pub fn demo_cmd(a: DemoArgs, cfg: Config) -> anyhow::Result<ExitCode> {
     eprintln!(
         "wasp demo: {} clones on the stand-in VMM (not Firecracker: no Linux guest boots on this host class), in a private host netns; everything is removed at the end",
         a.count
     );
+    report_leftovers(&demo::reconcile_leftovers(&cfg.runtime_dir.value));
     let work = cfg
         .runtime_dir
         .value

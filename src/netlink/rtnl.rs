@@ -56,6 +56,16 @@ pub const IFA_ADDRESS: u16 = 1;
 pub const IFA_LOCAL: u16 = 2;
 /// `RTA_GATEWAY`.
 pub const RTA_GATEWAY: u16 = 5;
+/// `RTM_GETROUTE`.
+pub const RTM_GETROUTE: u16 = 26;
+/// `RTA_DST`.
+pub const RTA_DST: u16 = 1;
+/// `RTA_OIF`.
+pub const RTA_OIF: u16 = 4;
+/// `RTA_TABLE` (the full table id when it does not fit `rtm_table`).
+pub const RTA_TABLE: u16 = 15;
+/// `RT_TABLE_LOCAL`: the kernel's table of local and broadcast addresses.
+pub const RT_TABLE_LOCAL: u32 = 255;
 /// `IFF_UP`.
 pub const IFF_UP: u32 = 1;
 /// `RT_TABLE_MAIN`.
@@ -244,6 +254,48 @@ pub fn default_route(b: &mut MsgBuf, seq: u32, gw: Ipv4Addr) {
         .end();
 }
 
+/// An IPv4 route from a dump.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteInfo {
+    /// Destination (0.0.0.0 for the default route).
+    pub dst: Ipv4Addr,
+    /// Destination prefix length.
+    pub prefix: u8,
+    /// Output interface, if any.
+    pub oif: Option<u32>,
+    /// Routing table.
+    pub table: u32,
+}
+
+/// An IPv4 route dump request (`ip route show table all`).
+pub fn dump_routes(b: &mut MsgBuf, seq: u32) {
+    b.begin(RTM_GETROUTE, NLM_F_REQUEST | NLM_F_DUMP, seq)
+        .raw(&[AF_INET, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0])
+        .end();
+}
+
+/// Parses one `RTM_NEWROUTE` payload (IPv4 only; `None` otherwise).
+pub fn parse_route(p: &[u8]) -> Option<RouteInfo> {
+    if p.len() < 12 || p[0] != AF_INET {
+        return None;
+    }
+    let mut r = RouteInfo {
+        dst: Ipv4Addr::UNSPECIFIED,
+        prefix: p[1],
+        oif: None,
+        table: u32::from(p[4]),
+    };
+    for (t, v) in attrs(&p[12..]) {
+        match t {
+            RTA_DST if v.len() == 4 => r.dst = Ipv4Addr::new(v[0], v[1], v[2], v[3]),
+            RTA_OIF if v.len() == 4 => r.oif = Some(u32::from_ne_bytes(v.try_into().ok()?)),
+            RTA_TABLE if v.len() == 4 => r.table = u32::from_ne_bytes(v.try_into().ok()?),
+            _ => {}
+        }
+    }
+    (r.prefix <= 32).then_some(r)
+}
+
 /// A link dump request (`ip link show`, without the stats mask).
 pub fn dump_links(b: &mut MsgBuf, seq: u32) {
     b.begin(RTM_GETLINK, NLM_F_REQUEST | NLM_F_DUMP, seq)
@@ -319,6 +371,36 @@ pub fn parse_link(payload: &[u8]) -> Option<LinkInfo> {
 mod tests {
     use super::*;
     use crate::netlink::split_msgs;
+
+    #[test]
+    fn parse_route_reads_dst_oif_table_and_rejects_garbage() {
+        let mut p = vec![AF_INET, 16, 0, 0, RT_TABLE_MAIN, 3, 0, 1, 0, 0, 0, 0];
+        for (t, v) in [
+            (RTA_DST, vec![10, 4, 0, 0]),
+            (RTA_OIF, 7u32.to_ne_bytes().to_vec()),
+        ] {
+            p.extend_from_slice(&((4 + v.len()) as u16).to_ne_bytes());
+            p.extend_from_slice(&t.to_ne_bytes());
+            p.extend_from_slice(&v);
+        }
+        let r = parse_route(&p).unwrap();
+        assert_eq!(
+            r,
+            RouteInfo {
+                dst: Ipv4Addr::new(10, 4, 0, 0),
+                prefix: 16,
+                oif: Some(7),
+                table: u32::from(RT_TABLE_MAIN)
+            }
+        );
+        assert_eq!(parse_route(&p[..5]), None);
+        p[0] = 10;
+        assert_eq!(parse_route(&p), None);
+        let mut bad = vec![AF_INET, 40, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        assert_eq!(parse_route(&bad), None);
+        bad[1] = 0;
+        assert_eq!(parse_route(&bad).unwrap().dst, Ipv4Addr::UNSPECIFIED);
+    }
 
     #[test]
     fn parse_link_round_trip_and_garbage() {

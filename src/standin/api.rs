@@ -788,6 +788,11 @@ impl<H: Host> Vmm<H> {
     }
 
     fn start_guest(&mut self) {
+        if self.faults.no_guest {
+            self.host
+                .log("fault injection no-guest: the userspace guest is not started");
+            return;
+        }
         let Some((net, tap)) = self.nets.first() else {
             return;
         };

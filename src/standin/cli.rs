@@ -9,7 +9,7 @@ use super::{server, Faults, FAULT_ENV, VERSION_LINE};
 
 const USAGE: &str = "usage: wasp-standin --api-sock PATH [--id ID] [--log-path FILE] [--level L] [--fault SPEC]\n\
   a stand-in VMM speaking Firecracker's API subset; it is not Firecracker\n\
-  --fault / WASP_STANDIN_FAULT: comma-separated exit-on-load, no-socket, load-400, hang-on-resume, slow-load=MS";
+  --fault / WASP_STANDIN_FAULT: comma-separated exit-on-load, no-socket, load-400, hang-on-resume, no-guest, slow-load=MS";
 
 /// The stand-in's command line; `args` excludes argv[0].
 pub fn main(args: impl Iterator<Item = String>) -> ExitCode {

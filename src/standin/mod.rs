@@ -71,11 +71,14 @@ pub struct Faults {
     pub hang_on_resume: bool,
     /// `slow-load=MS`: delay each load by MS milliseconds.
     pub slow_load_ms: Option<u64>,
+    /// `no-guest`: resume answers as usual, but the userspace guest never
+    /// starts, so a clone is never ready (nothing answers on its network).
+    pub no_guest: bool,
 }
 
 /// A fault spec that was not understood.
 #[derive(Debug, Error, PartialEq, Eq)]
-#[error("unknown fault {0:?}: use a comma-separated list of exit-on-load, no-socket, load-400, hang-on-resume, slow-load=MS")]
+#[error("unknown fault {0:?}: use a comma-separated list of exit-on-load, no-socket, load-400, hang-on-resume, no-guest, slow-load=MS")]
 pub struct FaultSpecError(pub String);
 
 impl Faults {
@@ -87,6 +90,7 @@ impl Faults {
                 "no-socket" => self.no_socket = true,
                 "load-400" => self.load_400 = true,
                 "hang-on-resume" => self.hang_on_resume = true,
+                "no-guest" => self.no_guest = true,
                 other => match other.strip_prefix("slow-load=").map(str::parse::<u64>) {
                     Some(Ok(ms)) => self.slow_load_ms = Some(ms),
                     _ => return Err(FaultSpecError(other.to_owned())),
@@ -106,7 +110,9 @@ mod tests {
         let mut f = Faults::default();
         f.add_spec("exit-on-load, slow-load=25,hang-on-resume")
             .unwrap();
-        assert!(f.exit_on_load && f.hang_on_resume && !f.load_400);
+        assert!(f.exit_on_load && f.hang_on_resume && !f.load_400 && !f.no_guest);
+        f.add_spec("no-guest").unwrap();
+        assert!(f.no_guest);
         assert_eq!(f.slow_load_ms, Some(25));
         assert!(f.add_spec("slow-load=x").is_err());
         assert_eq!(f.add_spec("explode"), Err(FaultSpecError("explode".into())));

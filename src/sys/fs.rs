@@ -1,4 +1,5 @@
-//! File-level syscalls: FICLONE, copy_file_range, SEEK_DATA/SEEK_HOLE.
+//! File-level syscalls: FICLONE, copy_file_range, SEEK_DATA/SEEK_HOLE,
+//! fadvise, flock.
 
 use std::fs::File;
 use std::io;
@@ -84,6 +85,39 @@ pub fn fadvise_willneed(f: &File) -> io::Result<()> {
     fadvise(f, libc::POSIX_FADV_WILLNEED)
 }
 
+/// `flock(2)` modes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlockMode {
+    /// `LOCK_SH`: many holders.
+    Shared,
+    /// `LOCK_EX`: one holder.
+    Exclusive,
+}
+
+/// Takes (or converts to) a `flock(2)` lock on `f`. With `wait` false a
+/// lock held elsewhere gives `Ok(false)` instead of blocking. The lock goes
+/// with the open file description, so the kernel drops it when the process
+/// dies, SIGKILL included.
+pub fn flock(f: &File, mode: FlockMode, wait: bool) -> io::Result<bool> {
+    let mut op = match mode {
+        FlockMode::Shared => libc::LOCK_SH,
+        FlockMode::Exclusive => libc::LOCK_EX,
+    };
+    if !wait {
+        op |= libc::LOCK_NB;
+    }
+    loop {
+        // SAFETY: flock reads only its integer arguments; the fd is open
+        // for the duration of the call.
+        match cvt(unsafe { libc::flock(f.as_raw_fd(), op) }) {
+            Ok(_) => return Ok(true),
+            Err(e) if e.raw_os_error() == Some(libc::EWOULDBLOCK) && !wait => return Ok(false),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -153,5 +187,22 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let f = File::create(dir.path().join("x")).unwrap();
         fadvise_willneed(&f).unwrap();
+    }
+
+    #[test]
+    fn flock_excludes_across_open_files_and_converts() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("lock");
+        let a = File::create(&p).unwrap();
+        let b = File::open(&p).unwrap();
+        assert!(flock(&a, FlockMode::Exclusive, false).unwrap());
+        assert!(!flock(&b, FlockMode::Shared, false).unwrap());
+        // Converted to shared: other shared holders get in, exclusive not.
+        assert!(flock(&a, FlockMode::Shared, false).unwrap());
+        assert!(flock(&b, FlockMode::Shared, false).unwrap());
+        let c = File::open(&p).unwrap();
+        assert!(!flock(&c, FlockMode::Exclusive, false).unwrap());
+        drop((a, b));
+        assert!(flock(&c, FlockMode::Exclusive, false).unwrap());
     }
 }

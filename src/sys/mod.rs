@@ -55,6 +55,12 @@ impl IsMinusOne for isize {
     }
 }
 
+/// Stops the whole process with SIGSTOP (the test stop points of
+/// [`crate::testhook`]); it goes on when sent SIGCONT, or dies by SIGKILL.
+pub fn stop_self() -> io::Result<()> {
+    nix::sys::signal::raise(nix::sys::signal::Signal::SIGSTOP).map_err(io::Error::from)
+}
+
 /// True when the effective uid is 0.
 pub fn is_root() -> bool {
     nix::unistd::geteuid().is_root()

@@ -60,6 +60,11 @@ pub fn check_ifname(name: &str) -> io::Result<()> {
     }
 }
 
+/// Checks /dev/net/tun opens (taps can be made).
+pub fn check_tun() -> io::Result<()> {
+    open_tun().map(drop)
+}
+
 fn open_tun() -> io::Result<OwnedFd> {
     // SAFETY: TUN_PATH is a valid NUL-terminated string; open reads only it.
     let fd = cvt(unsafe {

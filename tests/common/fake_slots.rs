@@ -18,7 +18,7 @@ impl FakeSlots {
         for i in 0..n {
             let ns = TestNetns::new(&format!("sp{i}"));
             if with_tap {
-                ns.sh("ip tuntap add tap0 mode tap && ip addr add 192.168.241.1/29 dev tap0 && ip link set tap0 up");
+                super::add_tap0(&ns);
             }
             free.push(SlotLease {
                 pool: "test".into(),

@@ -18,6 +18,7 @@ use std::sync::Once;
 use wasp::sys::netns;
 
 pub mod fake_slots;
+pub mod wasp_cli;
 
 /// Prefix of every namespace the harness creates.
 pub const TEST_PREFIX: &str = "wasptest-";
@@ -202,16 +203,35 @@ pub fn ip_netns_list() -> Vec<String> {
 
 /// A real golden snapshot at `dir/golden`: the pinned Firecracker boots
 /// wasp's built-in test guest (serial readiness) with a 1 MiB rootfs in a
-/// throwaway netns with `tap0`, and snapshots it.
+/// throwaway netns with `tap0`, and snapshots it (see [`fc_golden`]).
 pub fn firecracker_golden(dir: &std::path::Path) -> (PathBuf, wasp::snapshot::manifest::Manifest) {
-    let kernel = dir.join("testguest.elf");
-    wasp::testguest::write(&kernel).unwrap();
-    let rootfs = dir.join("rootfs.img");
-    std::fs::write(&rootfs, vec![0x5au8; 1 << 20]).unwrap();
     let boot_ns = TestNetns::new("gold");
-    boot_ns.sh("ip tuntap add tap0 mode tap && ip addr add 192.168.241.1/29 dev tap0 && ip link set tap0 up");
     let out = dir.join("golden");
-    let m = wasp::golden::create(&wasp::golden::GoldenOptions {
+    let m = fc_golden(dir, &out, &boot_ns, true);
+    (out, m)
+}
+
+/// `tap0` at 192.168.241.1/29, up, in `ns`: the tap every snapshot of
+/// wasp's expects in a slot.
+pub fn add_tap0(ns: &TestNetns) {
+    ns.sh("ip tuntap add tap0 mode tap && ip addr add 192.168.241.1/29 dev tap0 && ip link set tap0 up");
+}
+
+/// A golden snapshot at `out` of wasp's built-in test guest, made by the
+/// pinned Firecracker booted in `ns` (which gets `tap0`); `work` holds the
+/// kernel and rootfs.
+pub fn fc_golden(
+    work: &std::path::Path,
+    out: &std::path::Path,
+    ns: &TestNetns,
+    sha256: bool,
+) -> wasp::snapshot::Manifest {
+    let kernel = work.join("testguest.elf");
+    wasp::testguest::write(&kernel).unwrap();
+    let rootfs = work.join("rootfs.img");
+    std::fs::write(&rootfs, vec![0x5au8; 1 << 20]).unwrap();
+    add_tap0(ns);
+    wasp::golden::create(&wasp::golden::GoldenOptions {
         vmm: wasp::launch::Vmm::Firecracker(firecracker_bin()),
         kernel,
         rootfs,
@@ -220,14 +240,13 @@ pub fn firecracker_golden(dir: &std::path::Path) -> (PathBuf, wasp::snapshot::ma
         boot_args: String::new(),
         ready: "serial:^wasp-testguest ready".parse().unwrap(),
         timeout: std::time::Duration::from_secs(30),
-        out: out.clone(),
-        netns: boot_ns.name().to_owned(),
+        out: out.to_owned(),
+        netns: ns.name().to_owned(),
         tap: "tap0".into(),
         guest: wasp::golden::GuestAddr::default(),
-        sha256: true,
+        sha256,
     })
-    .unwrap();
-    (out, m)
+    .unwrap()
 }
 
 /// Tears down every clone recorded in `state` (`wasp kill --all`), failing

@@ -1,0 +1,115 @@
+//! `wasp reconcile`: find what a crashed wasp left and adopt or remove it.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Args;
+
+use wasp::config::Config;
+use wasp::reconcile::{self, Options, Report};
+
+use super::pool::Where;
+
+/// The state and runtime dirs of commands that own state.
+#[derive(Debug, Clone, Args)]
+pub struct Dirs {
+    /// Per-clone files [paths.runtime_dir; default: /var/lib/wasp].
+    #[arg(long)]
+    pub runtime_dir: Option<PathBuf>,
+    /// Clone records, and the lock every state-owning command holds
+    /// [paths.state_dir; default: /run/wasp].
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+}
+
+impl Dirs {
+    /// Lays the flags the user gave over `cfg`.
+    pub fn apply(&self, cfg: &mut Config) {
+        cfg.runtime_dir
+            .flag("--runtime-dir", self.runtime_dir.clone());
+        cfg.state_dir.flag("--state-dir", self.state_dir.clone());
+    }
+}
+
+/// `wasp reconcile`.
+#[derive(Debug, Args)]
+pub struct ReconcileArgs {
+    #[command(flatten)]
+    pub dirs: Dirs,
+    #[command(flatten)]
+    pub at: Where,
+    /// Print one JSON document.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The reconcile scope of a command: its dirs, and its pool when it owns
+/// slots.
+pub fn options(cfg: &Config, with_pool: bool) -> Options {
+    Options {
+        state_dir: cfg.state_dir.value.clone(),
+        runtime_dir: cfg.runtime_dir.value.clone(),
+        tap: cfg.tap.value.clone(),
+        pool: with_pool.then(|| (cfg.slot_net(), cfg.host_net())),
+    }
+}
+
+/// Runs `wasp reconcile`.
+pub fn run(a: ReconcileArgs, mut cfg: Config) -> anyhow::Result<ExitCode> {
+    a.dirs.apply(&mut cfg);
+    a.at.apply(&mut cfg);
+    let rep = reconcile::reconcile(&options(&cfg, true))?;
+    if a.json {
+        super::print_json(&rep)?;
+    } else {
+        print(&rep);
+    }
+    Ok(if rep.errors.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+fn print(r: &Report) {
+    for c in &r.adopted {
+        println!("adopted {} (VMM pid {}, slot {})", c.id, c.pid, c.netns);
+    }
+    for c in &r.removed {
+        println!(
+            "removed {}: {}; VMM {}",
+            c.id,
+            c.reason,
+            c.vmm
+                .map(|f| format!("{f:?}").to_lowercase())
+                .unwrap_or_else(|| "not stopped".into())
+        );
+    }
+    for o in &r.orphans_killed {
+        println!(
+            "killed orphan VMM pid {} (clone {}, no healthy record)",
+            o.pid, o.clone_id
+        );
+    }
+    for d in &r.dirs_removed {
+        println!("removed clone files {}", d.display());
+    }
+    for c in &r.corrupt {
+        println!(
+            "moved corrupt record {} to {}: {}",
+            c.path.display(),
+            c.moved_to.display(),
+            c.error
+        );
+    }
+    if r.temp_removed > 0 {
+        println!(
+            "removed {} temp file(s) of interrupted record writes",
+            r.temp_removed
+        );
+    }
+    for e in &r.errors {
+        println!("error: {e}");
+    }
+    println!("{}", r.summary());
+}

@@ -1,0 +1,921 @@
+//! Crash recovery: `wasp reconcile`, also run at the start of every command
+//! that owns state.
+//!
+//! Everything wasp owns is found again from names, marks and state files,
+//! never from a process's memory:
+//!
+//! - **clone records** in the state dir ([`crate::state`]): a record is
+//!   *healthy* when its VMM is the recorded process (pid + start time, then
+//!   signalled only through a pidfd), that VMM lives in the recorded slot
+//!   netns (same namespace inode as `/run/netns/<slot>`), the slot's tap
+//!   exists there, the clone's directory exists, and, when the pool is in
+//!   scope, the slot is wired to the bridge. Healthy clones are *adopted*
+//!   (kept; `wasp ls` lists them). Broken ones are removed completely: VMM
+//!   stopped, files and record removed, slot recycled (or destroyed).
+//!   Records that do not parse are moved aside as `NAME.corrupt`.
+//! - **VMM processes** without a healthy record (a crash between launch and
+//!   record): every process whose `--api-sock` argument lies in
+//!   `<runtime>/clones/wasp-<id>/` is wasp's; unless it is an adopted
+//!   clone's VMM it is SIGKILLed through a pidfd after checking its start
+//!   time did not change.
+//! - **clone directories** `<runtime>/clones/wasp-<id>` of clones that are
+//!   not adopted ([`crate::storage::clone::reconcile_dir`]).
+//! - **slots** of the pool in scope ([`crate::pool::Pool::reconcile`]):
+//!   healthy ones stay (free ones are the warm pool), broken ones are
+//!   removed, the slots of removed clones and killed orphans are recycled
+//!   (tap free, conntrack flushed).
+//!
+//! Concurrency: every command that owns state holds a `flock` on
+//! `<state>/lock` for its whole run (shared). Reconcile needs it exclusive,
+//! so it never mistakes another command's clones in flight for a crash's
+//! leftovers; when another command is running, the automatic reconcile is
+//! skipped and `wasp reconcile` says so. The kernel drops the lock of a
+//! killed process, so a crash never leaves it held.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Serialize;
+use thiserror::Error;
+
+use crate::paths::PREFIX;
+use crate::pool::{Pool, PoolConfig};
+use crate::slot::{HostNet, Kernel, SlotNet, SlotOps};
+use crate::state::{self, CloneRecord, StateError, Store};
+use crate::storage::clone::{reconcile_dir, CLONES_SUBDIR};
+use crate::sys::fs::{flock, FlockMode};
+use crate::sys::{netns, pidfd};
+use crate::teardown::{self, VmmFate};
+
+/// The lock file in the state dir.
+pub const LOCK_FILE: &str = "lock";
+/// Suffix of records moved aside because they do not parse.
+pub const CORRUPT_SUFFIX: &str = ".corrupt";
+/// How long a killed VMM gets to show its exit on the pidfd.
+const KILL_WAIT_MS: i32 = 5_000;
+
+/// Errors that stop reconcile as a whole (per-object failures are listed
+/// in [`Report::errors`]).
+#[derive(Debug, Error)]
+pub enum ReconcileError {
+    /// The lock file cannot be opened or locked.
+    #[error("cannot lock {path}")]
+    Lock {
+        /// The lock file.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
+    /// Another wasp command holds the state dir.
+    #[error("another wasp command is using the state dir {0} (it holds {0}/lock); run `wasp reconcile` again when it has finished")]
+    Busy(PathBuf),
+    /// The state dir cannot be used.
+    #[error("cannot use the state dir")]
+    State(#[from] StateError),
+}
+
+/// A `flock` on `<state>/lock`, held for a command's whole run.
+#[derive(Debug)]
+pub struct StateLock {
+    file: File,
+    path: PathBuf,
+}
+
+impl StateLock {
+    fn open(state_dir: &Path) -> Result<Self, ReconcileError> {
+        let path = state_dir.join(LOCK_FILE);
+        let lock_err = |source| ReconcileError::Lock {
+            path: path.clone(),
+            source,
+        };
+        std::fs::create_dir_all(state_dir).map_err(lock_err)?;
+        use std::os::unix::fs::OpenOptionsExt;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&path)
+            .map_err(lock_err)?;
+        Ok(Self { file, path })
+    }
+
+    fn take(&self, mode: FlockMode, wait: bool) -> Result<bool, ReconcileError> {
+        flock(&self.file, mode, wait).map_err(|source| ReconcileError::Lock {
+            path: self.path.clone(),
+            source,
+        })
+    }
+
+    /// The exclusive lock, or `None` when another command holds it.
+    pub fn try_exclusive(state_dir: &Path) -> Result<Option<Self>, ReconcileError> {
+        let l = Self::open(state_dir)?;
+        Ok(l.take(FlockMode::Exclusive, false)?.then_some(l))
+    }
+
+    /// The shared lock, waiting while a reconcile holds it exclusively.
+    pub fn shared(state_dir: &Path) -> Result<Self, ReconcileError> {
+        let l = Self::open(state_dir)?;
+        l.take(FlockMode::Shared, true)?;
+        Ok(l)
+    }
+
+    /// Converts an exclusive lock to a shared one.
+    pub fn downgrade(&self) -> Result<(), ReconcileError> {
+        self.take(FlockMode::Shared, true).map(drop)
+    }
+}
+
+/// What to reconcile.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Clone records.
+    pub state_dir: PathBuf,
+    /// Per-clone files (`<runtime>/clones`).
+    pub runtime_dir: PathBuf,
+    /// The slots' tap name.
+    pub tap: String,
+    /// The pool whose slots are checked too (`None`: clones only).
+    pub pool: Option<(SlotNet, HostNet)>,
+}
+
+/// A healthy clone kept.
+#[derive(Debug, Clone, Serialize)]
+pub struct Adopted {
+    /// Clone id.
+    pub id: String,
+    /// VMM pid.
+    pub pid: i32,
+    /// Slot netns.
+    pub netns: String,
+}
+
+/// A broken clone removed.
+#[derive(Debug, Clone, Serialize)]
+pub struct Removed {
+    /// Clone id.
+    pub id: String,
+    /// Why it was judged broken.
+    pub reason: String,
+    /// What happened to its VMM.
+    pub vmm: Option<VmmFate>,
+}
+
+/// A VMM of wasp's without a healthy record, killed.
+#[derive(Debug, Clone, Serialize)]
+pub struct Orphan {
+    /// pid.
+    pub pid: i32,
+    /// The clone id its API socket names.
+    pub clone_id: String,
+}
+
+/// A record that did not parse, moved aside.
+#[derive(Debug, Clone, Serialize)]
+pub struct Corrupt {
+    /// The record.
+    pub path: PathBuf,
+    /// Where it went.
+    pub moved_to: PathBuf,
+    /// Why it is corrupt.
+    pub error: String,
+}
+
+/// What happened to the pool's slots.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SlotsReport {
+    /// Pool name.
+    pub pool: String,
+    /// Healthy slots left (held by adopted clones, or free).
+    pub healthy: usize,
+    /// Of those, held by adopted clones.
+    pub held: usize,
+    /// Broken slots removed.
+    pub removed: Vec<u32>,
+    /// Slots of removed clones and killed orphans, recycled for reuse.
+    pub recycled: Vec<u32>,
+}
+
+/// Everything reconcile did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Report {
+    /// Healthy clones kept.
+    pub adopted: Vec<Adopted>,
+    /// Broken clones removed.
+    pub removed: Vec<Removed>,
+    /// VMMs without a healthy record, killed.
+    pub orphans_killed: Vec<Orphan>,
+    /// Clone directories removed.
+    pub dirs_removed: Vec<PathBuf>,
+    /// Records moved aside.
+    pub corrupt: Vec<Corrupt>,
+    /// Temp files of interrupted record writes removed.
+    pub temp_removed: usize,
+    /// The pool, when in scope.
+    pub slots: Option<SlotsReport>,
+    /// Every error met (reconcile goes on past each).
+    pub errors: Vec<String>,
+}
+
+impl Report {
+    /// True when reconcile changed anything or met an error.
+    pub fn acted(&self) -> bool {
+        !(self.removed.is_empty()
+            && self.orphans_killed.is_empty()
+            && self.dirs_removed.is_empty()
+            && self.corrupt.is_empty()
+            && self.temp_removed == 0
+            && self.errors.is_empty()
+            && self
+                .slots
+                .as_ref()
+                .is_none_or(|s| s.removed.is_empty() && s.recycled.is_empty()))
+    }
+
+    /// One line for logs.
+    pub fn summary(&self) -> String {
+        let mut s = format!(
+            "{} clone(s) adopted, {} broken clone(s) removed, {} orphan VMM(s) killed, {} clone dir(s) removed, {} corrupt record(s) moved aside",
+            self.adopted.len(),
+            self.removed.len(),
+            self.orphans_killed.len(),
+            self.dirs_removed.len(),
+            self.corrupt.len()
+        );
+        if let Some(sl) = &self.slots {
+            s.push_str(&format!(
+                "; pool {}: {} healthy slot(s) ({} held by clones), {} broken removed, {} recycled",
+                sl.pool,
+                sl.healthy,
+                sl.held,
+                sl.removed.len(),
+                sl.recycled.len()
+            ));
+        }
+        if !self.errors.is_empty() {
+            s.push_str(&format!("; {} error(s)", self.errors.len()));
+        }
+        s
+    }
+}
+
+/// Runs reconcile under the exclusive lock (for `wasp reconcile`).
+pub fn reconcile(o: &Options) -> Result<Report, ReconcileError> {
+    let _lock = StateLock::try_exclusive(&o.state_dir)?
+        .ok_or_else(|| ReconcileError::Busy(o.state_dir.clone()))?;
+    run(o)
+}
+
+/// At the start of a command that owns state: reconcile when no other
+/// wasp command is running, then hold the shared lock for the command's
+/// run. Returns the lock and the report (`None`: skipped, another command
+/// is running).
+pub fn at_start(o: &Options) -> Result<(StateLock, Option<Report>), ReconcileError> {
+    match StateLock::try_exclusive(&o.state_dir)? {
+        Some(l) => {
+            let r = run(o);
+            l.downgrade()?;
+            let r = r?;
+            if r.acted() {
+                tracing::warn!("reconcile: {}", r.summary());
+                for e in &r.errors {
+                    tracing::warn!("reconcile: {e}");
+                }
+            }
+            Ok((l, Some(r)))
+        }
+        None => {
+            tracing::info!("reconcile skipped: another wasp command holds the state dir");
+            Ok((StateLock::shared(&o.state_dir)?, None))
+        }
+    }
+}
+
+/// The pool's slot scan, for judging clones.
+struct SlotView {
+    kernel: Option<Kernel>,
+    /// Healthy slot indexes.
+    healthy: BTreeSet<u32>,
+    /// Slot netns inode -> index.
+    by_inode: BTreeMap<u64, u32>,
+}
+
+fn ino(p: impl AsRef<Path>) -> Option<u64> {
+    std::fs::metadata(p).ok().map(|m| m.ino())
+}
+
+fn scan_pool(net: &SlotNet, host: &HostNet, rep: &mut Report) -> Option<SlotView> {
+    if let Some(h) = &host.netns {
+        if !netns::exists(h) {
+            // No host side: nothing can be wired, every slot netns of the
+            // pool is a leftover.
+            remove_unwired(net, rep);
+            return None;
+        }
+    }
+    let attached = Kernel::attach(net.clone(), host).and_then(|k| {
+        let found = k.scan()?;
+        Ok((k, found))
+    });
+    let (kernel, found) = match attached {
+        Ok(kf) => kf,
+        Err(e) => {
+            rep.errors.push(format!(
+                "pool {}: {}",
+                net.pool,
+                crate::doctor::error_chain(&e)
+            ));
+            return None;
+        }
+    };
+    let healthy = found
+        .iter()
+        .filter(|f| f.healthy())
+        .map(|f| f.index)
+        .collect();
+    let by_inode = found
+        .iter()
+        .filter(|f| f.has_netns)
+        .filter_map(|f| Some((ino(netns::path_of(&net.netns_name(f.index)))?, f.index)))
+        .collect();
+    Some(SlotView {
+        kernel: Some(kernel),
+        healthy,
+        by_inode,
+    })
+}
+
+fn remove_unwired(net: &SlotNet, rep: &mut Report) {
+    let names = match netns::list_named() {
+        Ok(n) => n,
+        Err(e) => {
+            rep.errors
+                .push(format!("list {}: {e}", netns::NETNS_RUN_DIR));
+            return;
+        }
+    };
+    let mut sr = SlotsReport {
+        pool: net.pool.clone(),
+        ..Default::default()
+    };
+    let ours: Vec<&str> = names
+        .iter()
+        .map(String::as_str)
+        .filter(|n| net.index_of_netns(n).is_some())
+        .collect();
+    // A slot whose veth0 still exists is wired to some other host netns
+    // (the same pool name used elsewhere): not ours to judge.
+    for (n, gone) in ours.iter().zip(links_missing(&ours, crate::slot::VETH0)) {
+        let (Some(i), Some(_)) = (net.index_of_netns(n), gone) else {
+            continue;
+        };
+        match netns::delete_named(n) {
+            Ok(()) => sr.removed.push(i),
+            Err(e) => rep.errors.push(format!("delete netns {n}: {e}")),
+        }
+    }
+    rep.slots = Some(sr);
+}
+
+/// Why a record is not healthy, or `None` when it is.
+fn judge(r: &CloneRecord, view: Option<&SlotView>, scoped: bool) -> Option<String> {
+    if !state::same_process(r.pid, r.pid_start) {
+        return Some(format!("its VMM (pid {}) is gone", r.pid));
+    }
+    let Some(slot_ino) = ino(netns::path_of(&r.netns)) else {
+        return Some(format!("its slot netns {} is gone", r.netns));
+    };
+    if ino(format!("/proc/{}/ns/net", r.pid)) != Some(slot_ino) {
+        return Some(format!(
+            "its VMM (pid {}) is not in slot netns {}",
+            r.pid, r.netns
+        ));
+    }
+    if !r.clone_dir.is_dir() {
+        return Some(format!("its directory {} is gone", r.clone_dir.display()));
+    }
+    if scoped {
+        if let Some(v) = view {
+            if !v.healthy.contains(&r.slot) {
+                return Some(format!("its slot {} is not wired to the bridge", r.netns));
+            }
+        }
+    }
+    None
+}
+
+/// Which of `recs` lack their slot's tap, checked on one thread that
+/// enters each slot netns in turn.
+fn taps_missing(recs: &[&CloneRecord], tap: &str) -> Vec<Option<String>> {
+    let names: Vec<&str> = recs.iter().map(|r| r.netns.as_str()).collect();
+    links_missing(&names, tap)
+}
+
+/// For each named netns, `None` when it holds the link `link`, else why
+/// not; one thread enters each namespace in turn.
+fn links_missing(netns_names: &[&str], link: &str) -> Vec<Option<String>> {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            netns_names
+                .iter()
+                .map(|ns| {
+                    let fd = match netns::open_named(ns) {
+                        Ok(fd) => fd,
+                        Err(e) => return Some(format!("cannot open slot netns {ns}: {e}")),
+                    };
+                    if let Err(e) = netns::enter(&fd) {
+                        return Some(format!("cannot enter slot netns {ns}: {e}"));
+                    }
+                    match crate::sys::tap::ifindex(link) {
+                        Ok(_) => None,
+                        Err(_) => Some(format!("its {link} is gone from {ns}")),
+                    }
+                })
+                .collect()
+        })
+        .join()
+        .unwrap_or_else(|p| std::panic::resume_unwind(p))
+    })
+}
+
+/// The clone id of an API socket path `<clones>/wasp-<id>/api.sock`, when
+/// `<clones>` is one of `clones_dirs`.
+pub fn clone_id_of_sock(sock: &Path, clones_dirs: &[PathBuf]) -> Option<String> {
+    let dir = sock.parent()?;
+    let parent = dir.parent()?;
+    if !clones_dirs.iter().any(|c| c == parent) {
+        return None;
+    }
+    let name = dir.file_name()?.to_str()?;
+    name.strip_prefix(&format!("{PREFIX}-"))
+        .filter(|id| crate::snapshot::manifest::is_id(id))
+        .map(str::to_owned)
+}
+
+/// The clone id of a jailed VMM whose root is `root`
+/// (`<runtime>/jail/<exec>/<id>/root`), when `<runtime>/clones` is one of
+/// `clones_dirs`.
+pub fn jailed_clone_id(root: &Path, clones_dirs: &[PathBuf]) -> Option<String> {
+    let jail = root.parent()?;
+    let base = jail.parent()?.parent()?;
+    if base.file_name()? != crate::jailer::JAIL_DIR || root.file_name()? != "root" {
+        return None;
+    }
+    let runtime = base.parent()?;
+    if !clones_dirs.iter().any(|c| c.parent() == Some(runtime)) {
+        return None;
+    }
+    jail.file_name()?
+        .to_str()
+        .filter(|id| crate::snapshot::manifest::is_id(id))
+        .map(str::to_owned)
+}
+
+/// The `--api-sock` argument of a NUL-separated command line.
+pub fn api_sock_arg(cmdline: &[u8]) -> Option<PathBuf> {
+    use std::os::unix::ffi::OsStrExt;
+    let mut it = cmdline.split(|b| *b == 0);
+    while let Some(a) = it.next() {
+        if a == b"--api-sock" {
+            return it
+                .next()
+                .map(|p| PathBuf::from(std::ffi::OsStr::from_bytes(p)));
+        }
+        if let Some(p) = a.strip_prefix(b"--api-sock=") {
+            return Some(PathBuf::from(std::ffi::OsStr::from_bytes(p)));
+        }
+    }
+    None
+}
+
+/// A VMM process of wasp's found in /proc.
+#[derive(Debug, Clone)]
+pub struct VmmProc {
+    /// pid.
+    pub pid: i32,
+    /// Start time (clock ticks since boot).
+    pub start: u64,
+    /// Clone id from its API socket path.
+    pub clone_id: String,
+    /// Its network namespace inode.
+    pub netns_ino: Option<u64>,
+}
+
+/// Every process whose API socket lies in one of `clones_dirs`.
+pub fn find_vmms(clones_dirs: &[PathBuf]) -> io::Result<Vec<VmmProc>> {
+    let me = std::process::id() as i32;
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc")? {
+        let Ok(e) = e else { continue };
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        // Gone meanwhile, or a kernel thread: no command line.
+        let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let Some(sock) = api_sock_arg(&cmd) else {
+            continue;
+        };
+        let sock = if sock.is_relative() {
+            match std::fs::read_link(format!("/proc/{pid}/cwd")) {
+                Ok(cwd) => cwd.join(sock),
+                Err(_) => continue,
+            }
+        } else {
+            sock
+        };
+        // A jailed Firecracker names its socket inside its chroot,
+        // `<runtime>/jail/<exec>/<id>/root`: the jail names the clone.
+        let root = std::fs::read_link(format!("/proc/{pid}/root")).ok();
+        let jailed = root
+            .as_deref()
+            .filter(|r| *r != Path::new("/"))
+            .and_then(|r| jailed_clone_id(r, clones_dirs));
+        let Some(clone_id) = jailed.or_else(|| clone_id_of_sock(&sock, clones_dirs)) else {
+            continue;
+        };
+        let Some(start) = state::pid_start_time(pid) else {
+            continue;
+        };
+        out.push(VmmProc {
+            pid,
+            start,
+            clone_id,
+            netns_ino: ino(format!("/proc/{pid}/ns/net")),
+        });
+    }
+    Ok(out)
+}
+
+/// SIGKILLs `p` through a pidfd, if it is still the process found.
+fn kill_exact(p: &VmmProc) -> io::Result<bool> {
+    let fd = match pidfd::pidfd_open(p.pid) {
+        Ok(fd) => fd,
+        Err(e) if e.raw_os_error() == Some(libc::ESRCH) => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    // The pidfd pins the process: check it is the one we inspected.
+    if !state::same_process(p.pid, p.start) {
+        return Ok(false);
+    }
+    match pidfd::pidfd_send_signal(&fd, libc::SIGKILL) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::ESRCH) => return Ok(false),
+        Err(e) => return Err(e),
+    }
+    if pidfd::pidfd_exited(&fd, KILL_WAIT_MS)? {
+        Ok(true)
+    } else {
+        Err(io::Error::other("still running 5 s after SIGKILL"))
+    }
+}
+
+fn clones_dirs(runtime_dir: &Path) -> Vec<PathBuf> {
+    let d = runtime_dir.join(CLONES_SUBDIR);
+    let mut v = vec![d.clone()];
+    if let Ok(c) = d.canonicalize() {
+        if c != d {
+            v.push(c);
+        }
+    }
+    v
+}
+
+/// Runs reconcile; the caller holds the exclusive lock.
+pub fn run(o: &Options) -> Result<Report, ReconcileError> {
+    let mut rep = Report::default();
+    let store = Store::open(&o.state_dir)?;
+    rep.temp_removed = store.sweep_temp();
+    let (records, bad) = store.list()?;
+    for e in bad {
+        move_aside(&e, &mut rep);
+    }
+
+    // The pool's slots, when in scope, to judge clones by.
+    let mut view = o
+        .pool
+        .as_ref()
+        .and_then(|(net, host)| scan_pool(net, host, &mut rep));
+    let in_scope = |r: &CloneRecord| {
+        o.pool
+            .as_ref()
+            .is_some_and(|(net, host)| r.pool == net.pool && r.host_netns == host.netns)
+    };
+
+    // Judge every record.
+    let mut verdicts: Vec<Option<String>> = records
+        .iter()
+        .map(|r| judge(r, view.as_ref(), in_scope(r)))
+        .collect();
+    let alive: Vec<(usize, &CloneRecord)> = records
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| verdicts[*i].is_none())
+        .collect();
+    let refs: Vec<&CloneRecord> = alive.iter().map(|(_, r)| *r).collect();
+    for ((i, _), missing) in alive.iter().zip(taps_missing(&refs, &o.tap)) {
+        verdicts[*i] = missing;
+    }
+
+    // Adopt the healthy, remove the broken.
+    let mut to_recycle = BTreeSet::new();
+    let mut adopted_pids = BTreeMap::new();
+    for (r, verdict) in records.iter().zip(verdicts) {
+        match verdict {
+            None => {
+                adopted_pids.insert(r.id.clone(), r.pid);
+                rep.adopted.push(Adopted {
+                    id: r.id.clone(),
+                    pid: r.pid,
+                    netns: r.netns.clone(),
+                });
+            }
+            Some(reason) => {
+                let (fate, errors) = teardown::teardown(&store, r, Duration::ZERO);
+                rep.errors
+                    .extend(errors.iter().map(|e| crate::doctor::error_chain(e)));
+                if in_scope(r) {
+                    to_recycle.insert(r.slot);
+                }
+                rep.removed.push(Removed {
+                    id: r.id.clone(),
+                    reason,
+                    vmm: fate,
+                });
+            }
+        }
+    }
+
+    // VMMs of wasp's with no healthy record.
+    match find_vmms(&clones_dirs(&o.runtime_dir)) {
+        Ok(procs) => {
+            for p in procs {
+                if adopted_pids.get(&p.clone_id) == Some(&p.pid) {
+                    continue;
+                }
+                match kill_exact(&p) {
+                    Ok(true) => {
+                        if let (Some(v), Some(i)) = (view.as_ref(), p.netns_ino) {
+                            if let Some(idx) = v.by_inode.get(&i) {
+                                to_recycle.insert(*idx);
+                            }
+                        }
+                        rep.orphans_killed.push(Orphan {
+                            pid: p.pid,
+                            clone_id: p.clone_id,
+                        });
+                    }
+                    Ok(false) => {}
+                    Err(e) => rep.errors.push(format!(
+                        "cannot kill orphan VMM pid {} (clone {}): {e}",
+                        p.pid, p.clone_id
+                    )),
+                }
+            }
+        }
+        Err(e) => rep.errors.push(format!("cannot scan /proc: {e}")),
+    }
+
+    // Clone directories of clones that are not adopted.
+    let dirs = reconcile_dir(&o.runtime_dir.join(CLONES_SUBDIR), &|id| {
+        adopted_pids.contains_key(id)
+    });
+    rep.dirs_removed = dirs.removed;
+    rep.errors.extend(dirs.errors);
+    // Jails (`--jailer`) and per-clone cgroups of clones that are not
+    // adopted.
+    let live = |id: &str| adopted_pids.contains_key(id);
+    let jails = crate::jailer::reconcile(&o.runtime_dir.join(crate::jailer::JAIL_DIR), &live);
+    rep.dirs_removed.extend(jails.removed);
+    rep.errors.extend(jails.errors);
+    if let Some(mount) = std::fs::read_to_string("/proc/self/mountinfo")
+        .ok()
+        .and_then(|mi| crate::cgroup::find_cgroup2(&mi))
+    {
+        let cgroups = crate::cgroup::reconcile(&mount.join(crate::cgroup::PARENT), &live);
+        rep.dirs_removed.extend(cgroups.removed);
+        rep.errors.extend(cgroups.errors);
+    }
+
+    // The pool: remove broken slots, recycle freed ones.
+    if let Some(kernel) = view.as_mut().and_then(|v| v.kernel.take()) {
+        let net = kernel.net().clone();
+        let held: BTreeSet<u32> = records
+            .iter()
+            .filter(|r| in_scope(r) && adopted_pids.contains_key(&r.id))
+            .map(|r| r.slot)
+            .collect();
+        rep.slots = Some(reconcile_slots(
+            kernel,
+            &net,
+            &held,
+            &to_recycle,
+            &mut rep.errors,
+        ));
+    }
+    Ok(rep)
+}
+
+fn reconcile_slots(
+    kernel: Kernel,
+    net: &SlotNet,
+    held: &BTreeSet<u32>,
+    to_recycle: &BTreeSet<u32>,
+    errors: &mut Vec<String>,
+) -> SlotsReport {
+    let pool = Pool::new(
+        kernel,
+        PoolConfig {
+            low_water: 0,
+            ..PoolConfig::default()
+        },
+    );
+    let mut sr = SlotsReport {
+        pool: net.pool.clone(),
+        ..Default::default()
+    };
+    let pr = match pool.reconcile() {
+        Ok(r) => r,
+        Err(e) => {
+            errors.push(format!(
+                "pool {}: {}",
+                net.pool,
+                crate::doctor::error_chain(&e)
+            ));
+            return sr;
+        }
+    };
+    errors.extend(pr.errors);
+    sr.removed = pr.removed;
+    let mut healthy: BTreeSet<u32> = pr.adopted.into_iter().collect();
+    let freed: Vec<u32> = to_recycle.intersection(&healthy).copied().collect();
+    for i in freed {
+        let r = pool.ops().describe(i).and_then(|s| pool.ops().recycle(&s));
+        match r {
+            Ok(()) => sr.recycled.push(i),
+            Err(e) => {
+                errors.push(format!(
+                    "slot {i} could not be recycled, removing it: {}",
+                    crate::doctor::error_chain(&e)
+                ));
+                healthy.remove(&i);
+                match pool.ops().destroy(i) {
+                    Ok(()) => sr.removed.push(i),
+                    Err(e) => errors.push(format!("slot {i}: {}", crate::doctor::error_chain(&e))),
+                }
+            }
+        }
+    }
+    sr.healthy = healthy.len();
+    sr.held = held.intersection(&healthy).count();
+    sr
+}
+
+fn move_aside(e: &StateError, rep: &mut Report) {
+    let path = match e {
+        StateError::Corrupt { path, .. } | StateError::TooLarge { path, .. } => path.clone(),
+        StateError::Io { path, .. } => {
+            rep.errors.push(crate::doctor::error_chain(e));
+            let _ = path;
+            return;
+        }
+    };
+    let mut to = path.clone().into_os_string();
+    to.push(CORRUPT_SUFFIX);
+    let to = PathBuf::from(to);
+    match std::fs::rename(&path, &to) {
+        Ok(()) => rep.corrupt.push(Corrupt {
+            path,
+            moved_to: to,
+            error: crate::doctor::error_chain(e),
+        }),
+        Err(err) => rep.errors.push(format!(
+            "cannot move corrupt record {} aside: {err}",
+            path.display()
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn api_sock_args_and_clone_ids() {
+        assert_eq!(
+            api_sock_arg(b"/x/wasp-standin\0--api-sock\0/r/clones/wasp-ab-1/api.sock\0"),
+            Some(PathBuf::from("/r/clones/wasp-ab-1/api.sock"))
+        );
+        assert_eq!(
+            api_sock_arg(b"fc\0--api-sock=/s\0"),
+            Some(PathBuf::from("/s"))
+        );
+        assert_eq!(api_sock_arg(b"sleep\x0010\0"), None);
+        assert_eq!(api_sock_arg(b"x\0--api-sock"), None);
+        let dirs = [PathBuf::from("/r/clones")];
+        let id = |p: &str| clone_id_of_sock(Path::new(p), &dirs);
+        assert_eq!(id("/r/clones/wasp-ab-1/api.sock").as_deref(), Some("ab-1"));
+        // Another runtime dir, a foreign name, a bad id: not ours.
+        assert_eq!(id("/q/clones/wasp-ab-1/api.sock"), None);
+        assert_eq!(id("/r/clones/other-ab-1/api.sock"), None);
+        assert_eq!(id("/r/clones/wasp-a b/api.sock"), None);
+        assert_eq!(id("/r/clones/api.sock"), None);
+        // A jailed VMM: its root names the clone.
+        let jailed = |p: &str| jailed_clone_id(Path::new(p), &dirs);
+        assert_eq!(
+            jailed("/r/jail/firecracker/ab-1/root").as_deref(),
+            Some("ab-1")
+        );
+        assert_eq!(jailed("/q/jail/firecracker/ab-1/root"), None);
+        assert_eq!(jailed("/r/other/firecracker/ab-1/root"), None);
+        assert_eq!(jailed("/r/jail/firecracker/ab-1/etc"), None);
+        assert_eq!(jailed("/"), None);
+    }
+
+    fn clones_only(dir: &Path) -> Options {
+        Options {
+            state_dir: dir.join("state"),
+            runtime_dir: dir.join("run"),
+            tap: "tap0".into(),
+            pool: None,
+        }
+    }
+
+    fn record(dir: &Path, pid: i32, start: u64) -> CloneRecord {
+        CloneRecord {
+            id: "t-0".into(),
+            pid,
+            pid_start: start,
+            vmm: "standin".into(),
+            netns: "wasp-nonexistent-0".into(),
+            slot: 0,
+            pool: "nonexistent".into(),
+            host_netns: None,
+            clone_ip: std::net::Ipv4Addr::new(10, 0, 0, 2),
+            ready_port: None,
+            api_sock: dir.join("run/clones/wasp-t-0/api.sock"),
+            clone_dir: dir.join("run/clones/wasp-t-0"),
+            snapshot: "/snap".into(),
+            created_at: "x".into(),
+            cgroup: None,
+            jail_dir: None,
+        }
+    }
+
+    #[test]
+    fn dead_records_corrupt_records_and_stray_dirs_are_cleaned() {
+        let d = tempfile::tempdir().unwrap();
+        let o = clones_only(d.path());
+        let store = Store::open(&o.state_dir).unwrap();
+        let r = record(d.path(), i32::MAX, 1);
+        std::fs::create_dir_all(&r.clone_dir).unwrap();
+        store.put(&r).unwrap();
+        std::fs::create_dir_all(d.path().join("run/clones/wasp-stray-1")).unwrap();
+        std::fs::write(store.dir().join("wasp-bad.json"), b"{\"id\": ").unwrap();
+        std::fs::write(store.dir().join(".wasp-x.json.tmp-9"), b"").unwrap();
+
+        let rep = reconcile(&o).unwrap();
+        assert!(rep.errors.is_empty(), "{:?}", rep.errors);
+        assert!(rep.adopted.is_empty());
+        assert_eq!(rep.removed.len(), 1);
+        assert!(rep.removed[0].reason.contains("gone"), "{:?}", rep.removed);
+        assert_eq!(rep.removed[0].vmm, Some(VmmFate::AlreadyGone));
+        assert_eq!(rep.dirs_removed.len(), 1, "{rep:?}");
+        assert_eq!(rep.corrupt.len(), 1);
+        assert!(rep.corrupt[0].moved_to.ends_with("wasp-bad.json.corrupt"));
+        assert!(rep.corrupt[0].moved_to.exists());
+        assert_eq!(rep.temp_removed, 1);
+        assert!(!r.clone_dir.exists());
+        assert!(rep.acted());
+        // Idempotent: a second run has nothing to do.
+        let again = reconcile(&o).unwrap();
+        assert!(!again.acted(), "{again:?}");
+        assert!(store.list().unwrap().0.is_empty());
+    }
+
+    #[test]
+    fn the_lock_keeps_reconcile_away_from_running_commands() {
+        let d = tempfile::tempdir().unwrap();
+        let o = clones_only(d.path());
+        let (held, rep) = at_start(&o).unwrap();
+        assert!(rep.is_some());
+        // A running command holds the shared lock: reconcile refuses, and
+        // another command's start skips it.
+        assert!(matches!(reconcile(&o), Err(ReconcileError::Busy(_))));
+        let (_second, rep) = at_start(&o).unwrap();
+        assert!(rep.is_none());
+        drop(held);
+        drop(_second);
+        reconcile(&o).unwrap();
+    }
+}
