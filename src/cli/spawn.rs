@@ -318,12 +318,13 @@ pub fn spawn_cmd(a: SpawnArgs, mut cfg: Config) -> anyhow::Result<ExitCode> {
             Vmm::Standin(wasp::standin::locate(runtime_dir).context("find the stand-in VMM")?)
         }
     };
+    // Limits and jailer mode are checked before anything is taken.
+    let isolation = build_isolation(&a, &vmm, &cfg)?;
     let (_lock, _) = reconcile::at_start(&super::reconcile::options(&cfg, true))
         .context("reconcile what an earlier run left")?;
     let store =
         CloneStore::open(&snapshot, runtime_dir, Mode::Auto).context("open the snapshot")?;
     cfg.check_guest(store.manifest())?;
-    let isolation = build_isolation(&a, &vmm, &cfg)?;
     let in_use = in_use(state_dir, &cfg.pool.value);
     let mut slots = PoolSlots::open(cfg.slot_net(), &cfg.host_net(), a.count, in_use)
         .context("prepare the slot pool")?;
