@@ -4,17 +4,21 @@
 //! slot pool -> clone storage -> VMM launch -> restore -> inject -> resume -> ready
 //! ```
 //!
-//! The first three stages run on the driver's thread as each clone is
-//! admitted ([`Feed::next_job`]); the rest run in the restore driver
-//! ([`crate::ring`]) as state machines, `parallel` clones at a time. A clone
-//! that fails at any stage is reclaimed at once (VMM killed through its
-//! pidfd, files removed, slot given back) and the rest of the batch goes on.
+//! Two threads share the work. The admission thread takes the slot,
+//! prepares storage and launches the VMM for each clone, hands the job to
+//! the restore driver through a channel and wakes it with an eventfd; it
+//! also records finished clones and reclaims failed ones. The driver thread
+//! ([`crate::ring`]) runs restore, inject, resume and ready as state
+//! machines, `parallel` clones at a time, and does nothing else, so no
+//! clone's I/O waits behind another clone's fork or disk copy. A clone that
+//! fails at any stage is reclaimed at once (VMM killed through its pidfd,
+//! files removed, slot given back) and the rest of the batch goes on.
 
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::process::Child;
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -24,11 +28,12 @@ use crate::env::Env;
 use crate::launch::{self, LaunchSpec, Vmm};
 use crate::ready::Ready;
 use crate::restore::{Job, Plan, Timeouts};
-use crate::ring::{self, DriverKind, Feed, Outcome};
+use crate::ring::{self, DriverKind, Feed, Next, Outcome};
 use crate::slot::SlotOps;
 use crate::stats::{ms, Percentiles};
 use crate::storage::clone::CloneStore;
 use crate::storage::probe::Strategy;
+use crate::sys::tap::EventFd;
 use crate::vmm_api::{BackendType, NetworkOverride};
 use crate::{state, sys};
 
@@ -111,6 +116,9 @@ pub enum SpawnError {
     /// The host netns cannot be entered.
     #[error("cannot enter the host network namespace {0}")]
     HostNetns(String, #[source] std::io::Error),
+    /// The admission thread or its wake-up eventfd could not be set up.
+    #[error("cannot start the admission thread")]
+    Admission(#[source] std::io::Error),
     /// The driver failed as a whole.
     #[error("the restore driver failed")]
     Driver(#[source] ring::DriverError),
@@ -177,6 +185,9 @@ pub struct CloneReport {
     pub phases_ms: PhasesMs,
     /// Total from admission to ready.
     pub total_ms: f64,
+    /// CPU time wasp's admission thread spent on this clone (slot, storage,
+    /// launch, record), in ms. The driver's share is in the summary.
+    pub wasp_cpu_ms: f64,
     /// Success.
     pub ok: bool,
     /// The failure: phase and cause.
@@ -208,6 +219,10 @@ pub struct Summary {
     pub mem_bytes_copied: u64,
     /// Disk bytes copied in total.
     pub disk_bytes_copied: u64,
+    /// CPU time of the restore driver's thread over the batch (ms).
+    pub driver_cpu_ms: f64,
+    /// CPU time of the admission thread over the batch (ms).
+    pub admission_cpu_ms: f64,
 }
 
 /// The whole report (`--json`: `{"clones": [...], "summary": {...}}`).
@@ -239,6 +254,8 @@ struct Pending {
     files_dir: PathBuf,
     admitted: Instant,
     phases: PhasesMs,
+    /// Admission thread CPU spent on this clone so far.
+    cpu: Duration,
 }
 
 struct Batch<'a> {
@@ -280,6 +297,7 @@ impl Batch<'_> {
             ready_port: ready_port(self.opts.ready),
             phases_ms: phases,
             total_ms: ms(admitted.elapsed()),
+            wasp_cpu_ms: 0.0,
             ok: false,
             error: Some(err),
             failed_phase: Some(phase.into()),
@@ -291,6 +309,7 @@ impl Batch<'_> {
     fn admit(&mut self, i: usize) -> Option<Job> {
         let id = self.clone_id(i);
         let admitted = Instant::now();
+        let cpu_start = sys::thread_cpu_time();
         let mut phases = PhasesMs::default();
 
         let slot = match self.slots.take() {
@@ -384,9 +403,133 @@ impl Batch<'_> {
                 files_dir: files.dir,
                 admitted,
                 phases,
+                cpu: sys::thread_cpu_time().saturating_sub(cpu_start),
             },
         );
         Some(job)
+    }
+
+    /// Reclaims a clone the driver never finished (it failed as a whole):
+    /// kill and reap its VMM, remove its files, give its slot back.
+    fn abandon(&mut self, i: usize, why: &str) {
+        let Some(mut p) = self.pending.remove(&i) else {
+            return;
+        };
+        let id = self.clone_id(i);
+        let _ = p.child.kill();
+        let _ = p.child.wait();
+        if let Err(e) = self.store.cleanup(&id) {
+            tracing::warn!(clone = %id, "cleanup failed: {}", chain(&e));
+        }
+        let slot = p.slot.clone();
+        if let Err(e) = self.slots.give_back(p.slot) {
+            tracing::warn!(clone = %id, "slot give-back failed: {}", chain(&*e));
+        }
+        self.fail_row(
+            i,
+            id,
+            Some(&slot),
+            p.phases,
+            p.admitted,
+            ("driver", why.into()),
+        );
+    }
+
+    /// The admission thread: admits clones while fewer than `parallel` are
+    /// in flight, hands each job to the driver and wakes it, and handles the
+    /// driver's outcomes (records, reclaims). Returns when every admitted
+    /// clone has an outcome, or the driver is gone (then the clones still
+    /// in flight are reclaimed).
+    fn admission(
+        &mut self,
+        parallel: usize,
+        jobs: mpsc::Sender<Job>,
+        outcomes: mpsc::Receiver<Outcome>,
+        wake: &EventFd,
+    ) {
+        let mut jobs = Some(jobs);
+        let mut in_flight = 0usize;
+        let mut driver_gone = false;
+        loop {
+            // Outcomes first: each one makes room.
+            while let Ok(o) = outcomes.try_recv() {
+                in_flight -= 1;
+                self.done(o);
+            }
+            if !driver_gone && self.next < self.opts.count && in_flight < parallel {
+                let i = self.next;
+                self.next += 1;
+                if let (Some(job), Some(tx)) = (self.admit(i), &jobs) {
+                    match tx.send(job) {
+                        Ok(()) => {
+                            in_flight += 1;
+                            if let Err(e) = wake.signal() {
+                                tracing::warn!("cannot wake the restore driver: {e}");
+                            }
+                        }
+                        Err(_) => {
+                            driver_gone = true;
+                            self.abandon(i, "the restore driver stopped");
+                        }
+                    }
+                }
+                continue;
+            }
+            if jobs.is_some() && (self.next >= self.opts.count || driver_gone) {
+                // No more jobs: the closed channel tells the driver.
+                jobs = None;
+                let _ = wake.signal();
+            }
+            if in_flight == 0 {
+                break;
+            }
+            match outcomes.recv() {
+                Ok(o) => {
+                    in_flight -= 1;
+                    self.done(o);
+                }
+                Err(_) => {
+                    // The driver failed with clones in flight.
+                    let left: Vec<usize> = self.pending.keys().copied().collect();
+                    for i in left {
+                        self.abandon(i, "the restore driver stopped before this clone finished");
+                    }
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// The driver's side of the admission thread: jobs from a channel, woken
+/// by an eventfd; outcomes back through a channel.
+struct ChannelFeed<'a> {
+    jobs: mpsc::Receiver<Job>,
+    outcomes: mpsc::Sender<Outcome>,
+    wake: &'a EventFd,
+}
+
+impl Feed for ChannelFeed<'_> {
+    fn next_job(&mut self) -> Option<Job> {
+        self.jobs.recv().ok()
+    }
+
+    fn poll_job(&mut self) -> Next {
+        match self.jobs.try_recv() {
+            Ok(job) => Next::Job(job),
+            Err(mpsc::TryRecvError::Empty) => Next::Later,
+            Err(mpsc::TryRecvError::Disconnected) => Next::End,
+        }
+    }
+
+    fn wake(&self) -> Option<&EventFd> {
+        Some(self.wake)
+    }
+
+    fn done(&mut self, outcome: Outcome) {
+        // The admission thread outlives the driver; a failed send means it
+        // is gone and the outcome (with the job's pidfd) is dropped.
+        let _ = self.outcomes.send(outcome);
     }
 }
 
@@ -402,19 +545,10 @@ pub fn chain(e: &dyn std::error::Error) -> String {
     crate::doctor::error_chain(e)
 }
 
-impl Feed for Batch<'_> {
-    fn next_job(&mut self) -> Option<Job> {
-        while self.next < self.opts.count {
-            let i = self.next;
-            self.next += 1;
-            if let Some(job) = self.admit(i) {
-                return Some(job);
-            }
-        }
-        None
-    }
-
+impl Batch<'_> {
+    /// A clone's driver outcome: record it, or reclaim it.
     fn done(&mut self, o: Outcome) {
+        let cpu_start = sys::thread_cpu_time();
         let i = o.job.index;
         let Some(mut p) = self.pending.remove(&i) else {
             return;
@@ -450,6 +584,7 @@ impl Feed for Batch<'_> {
                 if let Err(e) = self.state.put(&record) {
                     tracing::warn!(clone = %id, "cannot record clone: {}", chain(&e));
                 }
+                let cpu = p.cpu + sys::thread_cpu_time().saturating_sub(cpu_start);
                 self.rows[i] = Some(CloneReport {
                     id,
                     netns: Some(p.slot.netns.clone()),
@@ -459,6 +594,7 @@ impl Feed for Batch<'_> {
                     ready_port: ready_port(self.opts.ready),
                     phases_ms: phases,
                     total_ms: ms(o.finished_at.saturating_duration_since(p.admitted)),
+                    wasp_cpu_ms: ms(cpu),
                     ok: true,
                     error: None,
                     failed_phase: None,
@@ -538,18 +674,53 @@ pub fn spawn(
         rows: vec![None; opts.count],
         disk_bytes: 0,
     };
+    let host_fd = match &host_netns {
+        Some(ns) => {
+            Some(sys::netns::open_named(ns).map_err(|e| SpawnError::HostNetns(ns.clone(), e))?)
+        }
+        None => None,
+    };
+    let wake = EventFd::new().map_err(SpawnError::Admission)?;
     let start = Instant::now();
     let parallel = opts.parallel.max(1);
-    let run = |b: &mut Batch| ring::run(kind, plan.clone(), parallel, b);
-    let result = match &host_netns {
-        Some(ns) => {
-            let fd =
-                sys::netns::open_named(ns).map_err(|e| SpawnError::HostNetns(ns.clone(), e))?;
-            sys::netns::run_in(fd, || run(&mut batch))
-                .map_err(|e| SpawnError::HostNetns(ns.clone(), e))?
-        }
-        None => run(&mut batch),
+    let (job_tx, job_rx) = mpsc::channel();
+    let (out_tx, out_rx) = mpsc::channel();
+    let mut feed = ChannelFeed {
+        jobs: job_rx,
+        outcomes: out_tx,
+        wake: &wake,
     };
+    // The driver runs on its own thread inside the host netns (for `tcp:`
+    // readiness from where a user of the clone connects), the admission
+    // thread beside it.
+    let drive = |feed: &mut ChannelFeed| {
+        let cpu = sys::thread_cpu_time();
+        let r = ring::run(kind, plan.clone(), parallel, feed);
+        (r, sys::thread_cpu_time().saturating_sub(cpu))
+    };
+    let (result, driver_cpu, admission_cpu) = std::thread::scope(|s| {
+        let admission = std::thread::Builder::new()
+            .name("wasp-admit".into())
+            .spawn_scoped(s, || {
+                let cpu = sys::thread_cpu_time();
+                batch.admission(parallel, job_tx, out_rx, &wake);
+                sys::thread_cpu_time().saturating_sub(cpu)
+            })
+            .map_err(SpawnError::Admission)?;
+        let driven = match host_fd {
+            Some(fd) => sys::netns::run_in(fd, || drive(&mut feed)),
+            None => Ok(drive(&mut feed)),
+        };
+        // Closing the driver's ends lets the admission thread finish (and
+        // reclaim whatever is still in flight if the driver failed).
+        drop(feed);
+        let admission_cpu = admission
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p));
+        let (r, driver_cpu) =
+            driven.map_err(|e| SpawnError::HostNetns(host_netns.clone().unwrap_or_default(), e))?;
+        Ok::<_, SpawnError>((r, driver_cpu, admission_cpu))
+    })?;
     result.map_err(SpawnError::Driver)?;
     let wall = start.elapsed();
     let clones: Vec<CloneReport> = batch.rows.into_iter().flatten().collect();
@@ -568,6 +739,8 @@ pub fn spawn(
             storage_strategy: store.strategy(),
             mem_bytes_copied: 0,
             disk_bytes_copied: batch.disk_bytes,
+            driver_cpu_ms: ms(driver_cpu),
+            admission_cpu_ms: ms(admission_cpu),
         },
         clones,
     })
@@ -678,9 +851,9 @@ impl Slots for PoolSlots {
     }
 
     fn check_tap(&mut self, slot: &SlotLease) -> Result<(), SlotError> {
+        // On the calling (admission) thread and back: no thread per clone.
         let fd = sys::netns::open_named(&slot.netns)?;
-        let tap = slot.tap.clone();
-        sys::netns::run_in(fd, move || sys::tap::ifindex(&tap))?
+        sys::netns::visit(fd, || sys::tap::ifindex(&slot.tap))?
             .map(drop)
             .map_err(|e| format!("tap {} in {}: {e}", slot.tap, slot.netns).into())
     }

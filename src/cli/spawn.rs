@@ -389,6 +389,7 @@ pub fn demo_cmd(a: DemoArgs) -> anyhow::Result<ExitCode> {
         vmm: demo::DemoVmm::Standin,
         driver: None,
         mem_mib: 64,
+        hold: false,
     })?;
     let ok = r.spawn.summary.failed == 0
         && r.agent_failures.is_empty()
