@@ -22,7 +22,10 @@ use crate::spawn::{self, PoolSlots, SpawnOptions, SpawnReport};
 use crate::storage::clone::{CloneStore, Mode};
 use crate::{state, sys, teardown};
 
-/// The pool name the demo uses.
+/// The pool name of `wasp spawn --demo-snapshot` clones. (`wasp demo` and
+/// `wasp bench spawn` runs use a pool of their own, `demo<pid>`: slot
+/// namespaces are named globally, and a run must never reconcile away
+/// another run's slots.)
 pub const DEMO_POOL: &str = "demo";
 /// The agent port of synthesized snapshots.
 pub const AGENT_PORT: u16 = 8080;
@@ -164,8 +167,9 @@ pub struct HoldFigures {
     pub goal_kib: f64,
     /// Both figures within the goal.
     pub goal_met: bool,
-    /// MemAvailable and kernel memory after teardown against before the
-    /// batch (KiB; positive: still used), a check that nothing stayed.
+    /// MemAvailable and kernel memory after everything was removed against
+    /// before the bench made anything (KiB; positive: still in use), a
+    /// check that nothing stayed. Other work on the host moves it too.
     pub residual_available_kib: i64,
     /// See `residual_available_kib`.
     pub residual_kernel_kib: i64,
@@ -354,6 +358,8 @@ pub fn agent_id(ip: std::net::Ipv4Addr, timeout: Duration) -> Result<String, Str
 /// Runs the demo.
 pub fn run(o: &DemoOptions) -> Result<DemoReport, DemoError> {
     let host_netns = format!("wasp-hostns-demo{}", std::process::id());
+    // Before anything is made: the hold's check that nothing stayed.
+    let baseline = host_mem();
     let mut cleanup_errors = Vec::new();
     let result = run_inner(o, &host_netns, &mut cleanup_errors);
     // Remove everything, whatever happened above.
@@ -377,8 +383,8 @@ pub fn run(o: &DemoOptions) -> Result<DemoReport, DemoError> {
         }
     }
     let (spawn, agents_ok, agent_failures, memory, hold) = result?;
-    let hold = hold.map(|(mut h, before)| {
-        if let Some(after) = host_mem() {
+    let hold = hold.map(|mut h| {
+        if let (Some(before), Some(after)) = (baseline, host_mem()) {
             h.residual_available_kib = before.available as i64 - after.available as i64;
             h.residual_kernel_kib = after.kernel as i64 - before.kernel as i64;
         }
@@ -400,7 +406,7 @@ type Inner = (
     usize,
     Vec<(String, String)>,
     MemFigures,
-    Option<(HoldFigures, HostMem)>,
+    Option<HoldFigures>,
 );
 
 fn run_inner(
@@ -411,7 +417,7 @@ fn run_inner(
     let snap = o.work_dir.join("snapshot");
     std::fs::create_dir_all(&o.work_dir).map_err(|e| DemoError::Io(o.work_dir.clone(), e))?;
     let net = SlotNet {
-        pool: DEMO_POOL.into(),
+        pool: format!("{DEMO_POOL}{}", std::process::id()),
         ..SlotNet::default()
     };
     let host = HostNet {
@@ -506,7 +512,7 @@ fn run_inner(
                 .map(|(r, _)| r)
                 .unwrap_or_default();
             // The residual is completed after teardown, in `run`.
-            Some((hold_figures(&records, before, during), before))
+            Some(hold_figures(&records, before, during))
         }
         _ => None,
     };

@@ -89,7 +89,7 @@ fn demo_spawns_checks_agents_and_removes_everything() {
     assert!(!after.iter().any(|n| n == host), "demo left {host}");
     let new: Vec<_> = after
         .iter()
-        .filter(|n| !before.contains(n) && n.starts_with("wasp-demo-"))
+        .filter(|n| !before.contains(n) && n.starts_with("wasp-demo"))
         .collect();
     assert!(new.is_empty(), "demo left slots: {new:?}");
 }

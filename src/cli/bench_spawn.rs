@@ -185,8 +185,8 @@ pub fn run(a: SpawnBenchArgs) -> anyhow::Result<ExitCode> {
                 if h.goal_met { "met" } else { "NOT met" }
             );
             println!(
-                "  hold: after teardown MemAvailable {:+} KiB, kernel memory {:+} KiB against before the batch",
-                -h.residual_available_kib, h.residual_kernel_kib
+                "  hold: after removal, still in use against before the bench: {:+} KiB (MemAvailable), {:+} KiB kernel",
+                h.residual_available_kib, h.residual_kernel_kib
             );
             for (id, why) in &h.not_running {
                 println!("  not running at hold: {id}: {why}");
