@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::process::Child;
-use std::sync::{mpsc, Arc};
+use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -258,28 +258,53 @@ struct Pending {
     cpu: Duration,
 }
 
-struct Batch<'a> {
+/// What every admission worker reads.
+struct Ctx<'a> {
     opts: &'a SpawnOptions,
     store: &'a CloneStore,
-    slots: &'a mut dyn Slots,
     env: &'a Env,
     state: state::Store,
     tag: String,
-    next: usize,
     snapshot_tap: Option<(String, String)>,
     host_netns: Option<String>,
+}
+
+/// What admission and outcomes change, under one lock (held only for
+/// bookkeeping, never across storage, launch or a record write).
+struct Book<'a> {
+    slots: &'a mut dyn Slots,
+    next: usize,
+    in_flight: usize,
+    driver_gone: bool,
     pending: HashMap<usize, Pending>,
     rows: Vec<Option<CloneReport>>,
     disk_bytes: u64,
 }
 
-impl Batch<'_> {
+/// Admission workers run at once: the launch waits for the VMM's exec,
+/// which another worker's clone can overlap.
+const ADMISSION_WORKERS: usize = 2;
+
+struct Batch<'a> {
+    ctx: Ctx<'a>,
+    book: Mutex<Book<'a>>,
+    /// Signalled when `in_flight` drops (room for another clone).
+    room: Condvar,
+}
+
+impl<'a> Batch<'a> {
     fn clone_id(&self, i: usize) -> String {
-        format!("{}-{i}", self.tag)
+        format!("{}-{i}", self.ctx.tag)
     }
 
+    fn lock(&self) -> MutexGuard<'_, Book<'a>> {
+        self.book.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    #[allow(clippy::too_many_arguments)]
     fn fail_row(
-        &mut self,
+        &self,
+        book: &mut Book,
         i: usize,
         id: String,
         slot: Option<&SlotLease>,
@@ -288,13 +313,13 @@ impl Batch<'_> {
         (phase, err): (&str, String),
     ) {
         tracing::warn!(clone = %id, phase, "clone failed: {err}");
-        self.rows[i] = Some(CloneReport {
+        book.rows[i] = Some(CloneReport {
             id,
             netns: slot.map(|s| s.netns.clone()),
             clone_ip: slot.map(|s| s.clone_ip),
             pid: None,
-            host_netns: self.host_netns.clone(),
-            ready_port: ready_port(self.opts.ready),
+            host_netns: self.ctx.host_netns.clone(),
+            ready_port: ready_port(self.ctx.opts.ready),
             phases_ms: phases,
             total_ms: ms(admitted.elapsed()),
             wasp_cpu_ms: 0.0,
@@ -304,57 +329,62 @@ impl Batch<'_> {
         });
     }
 
-    /// Admits clone `i`: slot, storage, launch. `Err` means it failed and
+    /// Admits clone `i`: slot, storage, launch. `None` means it failed and
     /// was reclaimed (its row is written).
-    fn admit(&mut self, i: usize) -> Option<Job> {
+    fn admit(&self, i: usize) -> Option<Job> {
         let id = self.clone_id(i);
         let admitted = Instant::now();
         let cpu_start = sys::thread_cpu_time();
         let mut phases = PhasesMs::default();
+        let store = self.ctx.store;
 
-        let slot = match self.slots.take() {
+        let taken = self.lock().slots.take();
+        let slot = match taken {
             Ok(s) => s,
             Err(e) => {
-                self.fail_row(i, id, None, phases, admitted, ("slot", chain(&*e)));
+                let mut b = self.lock();
+                self.fail_row(&mut b, i, id, None, phases, admitted, ("slot", chain(&*e)));
                 return None;
             }
         };
         phases.slot = ms(admitted.elapsed());
 
         let t = Instant::now();
-        let files = match self.store.prepare(&id) {
+        let files = match store.prepare(&id) {
             Ok(f) => f,
             Err(e) => {
-                let _ = self.slots.give_back(slot.clone());
-                self.fail_row(i, id, Some(&slot), phases, admitted, ("storage", chain(&e)));
+                let mut b = self.lock();
+                let _ = b.slots.give_back(slot.clone());
+                let why = ("storage", chain(&e));
+                self.fail_row(&mut b, i, id, Some(&slot), phases, admitted, why);
                 return None;
             }
         };
         phases.storage = ms(t.elapsed());
-        self.disk_bytes += files.bytes_copied;
 
-        let reclaim_files = |store: &CloneStore, id: &str| {
+        let reclaim_files = |id: &str| {
             if let Err(e) = store.cleanup(id) {
                 tracing::warn!(clone = %id, "cleanup failed: {}", chain(&e));
             }
         };
-        if let Err(e) = self.slots.check_tap(&slot) {
-            reclaim_files(self.store, &id);
-            let _ = self.slots.give_back(slot.clone());
-            self.fail_row(
-                i,
-                id,
-                Some(&slot),
-                phases,
-                admitted,
-                ("slot", format!("the slot's tap is missing: {}", chain(&*e))),
-            );
+        let tap = {
+            let mut b = self.lock();
+            b.disk_bytes += files.bytes_copied;
+            b.slots.check_tap(&slot)
+        };
+        if let Err(e) = tap {
+            reclaim_files(&id);
+            let mut b = self.lock();
+            let _ = b.slots.give_back(slot.clone());
+            let why = ("slot", format!("the slot's tap is missing: {}", chain(&*e)));
+            self.fail_row(&mut b, i, id, Some(&slot), phases, admitted, why);
             return None;
         }
 
         let t = Instant::now();
+        let opts = self.ctx.opts;
         let spec = LaunchSpec {
-            vmm: self.opts.vmm.clone(),
+            vmm: opts.vmm.clone(),
             id: id.clone(),
             api_sock: files.dir.join("api.sock"),
             netns: Some(slot.netns.clone()),
@@ -364,21 +394,23 @@ impl Batch<'_> {
                 .map(|d| (d.file.clone(), d.drive_id.clone()))
                 .collect(),
             log_dir: files.dir.clone(),
-            extra_args: self.opts.vmm_args.clone(),
+            extra_args: opts.vmm_args.clone(),
             stdin_pipe: false,
         };
         let launched = match launch::launch(&spec) {
             Ok(l) => l,
             Err(e) => {
-                reclaim_files(self.store, &id);
-                let _ = self.slots.give_back(slot.clone());
-                self.fail_row(i, id, Some(&slot), phases, admitted, ("launch", chain(&e)));
+                reclaim_files(&id);
+                let mut b = self.lock();
+                let _ = b.slots.give_back(slot.clone());
+                let why = ("launch", chain(&e));
+                self.fail_row(&mut b, i, id, Some(&slot), phases, admitted, why);
                 return None;
             }
         };
         phases.launch = ms(t.elapsed());
 
-        let net_override = self.snapshot_tap.as_ref().and_then(|(iface, tap)| {
+        let net_override = self.ctx.snapshot_tap.as_ref().and_then(|(iface, tap)| {
             (*tap != slot.tap).then(|| NetworkOverride {
                 iface_id: iface.clone(),
                 host_dev_name: slot.tap.clone(),
@@ -393,111 +425,110 @@ impl Batch<'_> {
             launched_at: launched.spawned_at,
             net_override,
             clone_ip: slot.clone_ip,
-            mmds_body: self.env.mmds_body(&id),
+            mmds_body: self.ctx.env.mmds_body(&id),
         };
-        self.pending.insert(
-            i,
-            Pending {
-                slot,
-                child: launched.child,
-                files_dir: files.dir,
-                admitted,
-                phases,
-                cpu: sys::thread_cpu_time().saturating_sub(cpu_start),
-            },
-        );
+        let pending = Pending {
+            slot,
+            child: launched.child,
+            files_dir: files.dir,
+            admitted,
+            phases,
+            cpu: sys::thread_cpu_time().saturating_sub(cpu_start),
+        };
+        self.lock().pending.insert(i, pending);
         Some(job)
     }
 
     /// Reclaims a clone the driver never finished (it failed as a whole):
     /// kill and reap its VMM, remove its files, give its slot back.
-    fn abandon(&mut self, i: usize, why: &str) {
-        let Some(mut p) = self.pending.remove(&i) else {
+    fn abandon(&self, book: &mut Book, i: usize, why: &str) {
+        let Some(mut p) = book.pending.remove(&i) else {
             return;
         };
         let id = self.clone_id(i);
         let _ = p.child.kill();
         let _ = p.child.wait();
-        if let Err(e) = self.store.cleanup(&id) {
+        if let Err(e) = self.ctx.store.cleanup(&id) {
             tracing::warn!(clone = %id, "cleanup failed: {}", chain(&e));
         }
         let slot = p.slot.clone();
-        if let Err(e) = self.slots.give_back(p.slot) {
+        if let Err(e) = book.slots.give_back(p.slot) {
             tracing::warn!(clone = %id, "slot give-back failed: {}", chain(&*e));
         }
-        self.fail_row(
-            i,
-            id,
-            Some(&slot),
-            p.phases,
-            p.admitted,
-            ("driver", why.into()),
-        );
+        let why = ("driver", why.to_owned());
+        self.fail_row(book, i, id, Some(&slot), p.phases, p.admitted, why);
     }
 
-    /// The admission thread: admits clones while fewer than `parallel` are
-    /// in flight, hands each job to the driver and wakes it, and handles the
-    /// driver's outcomes (records, reclaims). Returns when every admitted
-    /// clone has an outcome, or the driver is gone (then the clones still
-    /// in flight are reclaimed).
-    fn admission(
-        &mut self,
-        parallel: usize,
-        jobs: mpsc::Sender<Job>,
-        outcomes: mpsc::Receiver<Outcome>,
-        wake: &EventFd,
-    ) {
-        let mut jobs = Some(jobs);
-        let mut in_flight = 0usize;
-        let mut driver_gone = false;
+    /// One admission worker: claims the next clone while fewer than
+    /// `parallel` are in flight, admits it, hands the job to the driver and
+    /// wakes it. Returns when every clone is claimed or the driver is gone.
+    fn admission_worker(&self, parallel: usize, jobs: mpsc::Sender<Job>, wake: &EventFd) {
+        self.admit_all(parallel, &jobs, wake);
+        // This worker's sender closes: once every worker's has, the driver
+        // sees the end of the jobs, but only if it is woken to look.
+        drop(jobs);
+        let _ = wake.signal();
+    }
+
+    fn admit_all(&self, parallel: usize, jobs: &mpsc::Sender<Job>, wake: &EventFd) {
         loop {
-            // Outcomes first: each one makes room.
-            while let Ok(o) = outcomes.try_recv() {
-                in_flight -= 1;
-                self.done(o);
-            }
-            if !driver_gone && self.next < self.opts.count && in_flight < parallel {
-                let i = self.next;
-                self.next += 1;
-                if let (Some(job), Some(tx)) = (self.admit(i), &jobs) {
-                    match tx.send(job) {
-                        Ok(()) => {
-                            in_flight += 1;
-                            if let Err(e) = wake.signal() {
-                                tracing::warn!("cannot wake the restore driver: {e}");
-                            }
-                        }
-                        Err(_) => {
-                            driver_gone = true;
-                            self.abandon(i, "the restore driver stopped");
-                        }
+            let i = {
+                let mut b = self.lock();
+                loop {
+                    if b.driver_gone || b.next >= self.ctx.opts.count {
+                        return;
                     }
-                }
-                continue;
-            }
-            if jobs.is_some() && (self.next >= self.opts.count || driver_gone) {
-                // No more jobs: the closed channel tells the driver.
-                jobs = None;
-                let _ = wake.signal();
-            }
-            if in_flight == 0 {
-                break;
-            }
-            match outcomes.recv() {
-                Ok(o) => {
-                    in_flight -= 1;
-                    self.done(o);
-                }
-                Err(_) => {
-                    // The driver failed with clones in flight.
-                    let left: Vec<usize> = self.pending.keys().copied().collect();
-                    for i in left {
-                        self.abandon(i, "the restore driver stopped before this clone finished");
+                    if b.in_flight < parallel {
+                        break;
                     }
-                    break;
+                    b = self.room.wait(b).unwrap_or_else(|p| p.into_inner());
                 }
+                b.next += 1;
+                b.in_flight += 1;
+                b.next - 1
+            };
+            let sent = match self.admit(i) {
+                Some(job) => jobs.send(job).is_ok(),
+                None => {
+                    // Failed and reclaimed: its room is free again.
+                    self.lock().in_flight -= 1;
+                    self.room.notify_all();
+                    continue;
+                }
+            };
+            if sent {
+                if let Err(e) = wake.signal() {
+                    tracing::warn!("cannot wake the restore driver: {e}");
+                }
+            } else {
+                let mut b = self.lock();
+                b.driver_gone = true;
+                self.abandon(&mut b, i, "the restore driver stopped");
+                b.in_flight -= 1;
+                self.room.notify_all();
             }
         }
+    }
+
+    /// Handles the driver's outcomes until it is gone; then reclaims any
+    /// clone that never got one (the driver failed as a whole).
+    fn outcomes(&self, outcomes: mpsc::Receiver<Outcome>) {
+        for o in outcomes {
+            self.done(o);
+            self.lock().in_flight -= 1;
+            self.room.notify_all();
+        }
+        let mut b = self.lock();
+        b.driver_gone = true;
+        let left: Vec<usize> = b.pending.keys().copied().collect();
+        for i in left {
+            self.abandon(
+                &mut b,
+                i,
+                "the restore driver stopped before this clone finished",
+            );
+        }
+        self.room.notify_all();
     }
 }
 
@@ -547,12 +578,13 @@ pub fn chain(e: &dyn std::error::Error) -> String {
 
 impl Batch<'_> {
     /// A clone's driver outcome: record it, or reclaim it.
-    fn done(&mut self, o: Outcome) {
+    fn done(&self, o: Outcome) {
         let cpu_start = sys::thread_cpu_time();
         let i = o.job.index;
-        let Some(mut p) = self.pending.remove(&i) else {
+        let Some(mut p) = self.lock().pending.remove(&i) else {
             return;
         };
+        let (opts, host_netns) = (self.ctx.opts, &self.ctx.host_netns);
         let mut phases = p.phases;
         phases.socket = ms(o.times.socket);
         phases.load = ms(o.times.load);
@@ -566,32 +598,32 @@ impl Batch<'_> {
                     id: id.clone(),
                     pid: o.job.pid,
                     pid_start: state::pid_start_time(o.job.pid).unwrap_or(0),
-                    vmm: match self.opts.vmm {
+                    vmm: match opts.vmm {
                         Vmm::Firecracker(_) => "firecracker".into(),
                         Vmm::Standin(_) => "standin".into(),
                     },
                     netns: p.slot.netns.clone(),
                     slot: p.slot.index,
                     pool: p.slot.pool.clone(),
-                    host_netns: self.host_netns.clone(),
+                    host_netns: host_netns.clone(),
                     clone_ip: p.slot.clone_ip,
-                    ready_port: ready_port(self.opts.ready),
+                    ready_port: ready_port(opts.ready),
                     api_sock: o.job.api_sock.clone(),
                     clone_dir: p.files_dir.clone(),
-                    snapshot: self.store.snapshot_dir().to_owned(),
+                    snapshot: self.ctx.store.snapshot_dir().to_owned(),
                     created_at: crate::snapshot::manifest::rfc3339_utc(std::time::SystemTime::now()),
                 };
-                if let Err(e) = self.state.put(&record) {
+                if let Err(e) = self.ctx.state.put(&record) {
                     tracing::warn!(clone = %id, "cannot record clone: {}", chain(&e));
                 }
                 let cpu = p.cpu + sys::thread_cpu_time().saturating_sub(cpu_start);
-                self.rows[i] = Some(CloneReport {
+                self.lock().rows[i] = Some(CloneReport {
                     id,
                     netns: Some(p.slot.netns.clone()),
                     clone_ip: Some(p.slot.clone_ip),
                     pid: Some(o.job.pid),
-                    host_netns: self.host_netns.clone(),
-                    ready_port: ready_port(self.opts.ready),
+                    host_netns: host_netns.clone(),
+                    ready_port: ready_port(opts.ready),
                     phases_ms: phases,
                     total_ms: ms(o.finished_at.saturating_duration_since(p.admitted)),
                     wasp_cpu_ms: ms(cpu),
@@ -605,18 +637,27 @@ impl Batch<'_> {
                 // give its slot back.
                 let _ = sys::pidfd::pidfd_send_signal(&o.job.pidfd, libc::SIGKILL);
                 let _ = p.child.wait();
-                if let Err(ce) = self.store.cleanup(&id) {
+                if let Err(ce) = self.ctx.store.cleanup(&id) {
                     tracing::warn!(clone = %id, "cleanup failed: {}", chain(&ce));
                 }
                 let phase = e.phase().to_string();
                 let slot = p.slot.clone();
-                if let Err(se) = self.slots.give_back(p.slot) {
+                let mut b = self.lock();
+                if let Err(se) = b.slots.give_back(p.slot) {
                     tracing::warn!(clone = %id, "slot give-back failed: {}", chain(&*se));
                 }
-                self.fail_row(i, id, Some(&slot), phases, p.admitted, (&phase, chain(&e)));
+                let why = (phase.as_str(), chain(&e));
+                self.fail_row(&mut b, i, id, Some(&slot), phases, p.admitted, why);
             }
         }
     }
+}
+
+/// The CPU time `f` takes on this thread.
+fn cpu_of(f: impl FnOnce()) -> Duration {
+    let cpu = sys::thread_cpu_time();
+    f();
+    sys::thread_cpu_time().saturating_sub(cpu)
 }
 
 /// Runs a batch. The driver runs on a thread inside the host netns (for
@@ -657,22 +698,29 @@ pub fn spawn(
         ready_retry: opts.ready_retry,
     });
     let host_netns = slots.host_netns();
-    let mut batch = Batch {
-        opts,
-        store,
-        slots,
-        env,
-        state,
-        tag: batch_tag(),
-        next: 0,
-        snapshot_tap: m
-            .network_interfaces
-            .first()
-            .map(|n| (n.iface_id.clone(), n.host_dev_name.clone())),
-        host_netns: host_netns.clone(),
-        pending: HashMap::new(),
-        rows: vec![None; opts.count],
-        disk_bytes: 0,
+    let batch = Batch {
+        ctx: Ctx {
+            opts,
+            store,
+            env,
+            state,
+            tag: batch_tag(),
+            snapshot_tap: m
+                .network_interfaces
+                .first()
+                .map(|n| (n.iface_id.clone(), n.host_dev_name.clone())),
+            host_netns: host_netns.clone(),
+        },
+        book: Mutex::new(Book {
+            slots,
+            next: 0,
+            in_flight: 0,
+            driver_gone: false,
+            pending: HashMap::new(),
+            rows: vec![None; opts.count],
+            disk_bytes: 0,
+        }),
+        room: Condvar::new(),
     };
     let host_fd = match &host_netns {
         Some(ns) => {
@@ -691,39 +739,59 @@ pub fn spawn(
         wake: &wake,
     };
     // The driver runs on its own thread inside the host netns (for `tcp:`
-    // readiness from where a user of the clone connects), the admission
-    // thread beside it.
+    // readiness from where a user of the clone connects); the admission
+    // workers and the outcome thread run beside it.
     let drive = |feed: &mut ChannelFeed| {
         let cpu = sys::thread_cpu_time();
         let r = ring::run(kind, plan.clone(), parallel, feed);
         (r, sys::thread_cpu_time().saturating_sub(cpu))
     };
     let (result, driver_cpu, admission_cpu) = std::thread::scope(|s| {
-        let admission = std::thread::Builder::new()
-            .name("wasp-admit".into())
-            .spawn_scoped(s, || {
-                let cpu = sys::thread_cpu_time();
-                batch.admission(parallel, job_tx, out_rx, &wake);
-                sys::thread_cpu_time().saturating_sub(cpu)
-            })
-            .map_err(SpawnError::Admission)?;
-        let driven = match host_fd {
-            Some(fd) => sys::netns::run_in(fd, || drive(&mut feed)),
-            None => Ok(drive(&mut feed)),
+        let (batch, wake) = (&batch, &wake);
+        let mut helpers = Vec::new();
+        let outcomes = std::thread::Builder::new()
+            .name("wasp-outcomes".into())
+            .spawn_scoped(s, move || cpu_of(|| batch.outcomes(out_rx)));
+        helpers.push(outcomes);
+        for w in 0..ADMISSION_WORKERS.min(parallel) {
+            let jobs = job_tx.clone();
+            let worker = std::thread::Builder::new()
+                .name(format!("wasp-admit-{w}"))
+                .spawn_scoped(s, move || {
+                    cpu_of(|| batch.admission_worker(parallel, jobs, wake))
+                });
+            helpers.push(worker);
+        }
+        // The workers hold the only senders: when they are done, the driver
+        // sees the end of the jobs.
+        drop(job_tx);
+        let failed_start = helpers
+            .iter()
+            .find_map(|h| h.as_ref().err().map(|e| e.kind()));
+        let driven = match (failed_start, host_fd) {
+            // A helper that could not start: end the batch at once.
+            (Some(k), _) => Err(std::io::Error::from(k)),
+            (None, Some(fd)) => sys::netns::run_in(fd, || drive(&mut feed)),
+            (None, None) => Ok(drive(&mut feed)),
         };
-        // Closing the driver's ends lets the admission thread finish (and
+        // Closing the driver's ends lets the outcome thread finish (and
         // reclaim whatever is still in flight if the driver failed).
         drop(feed);
-        let admission_cpu = admission
-            .join()
-            .unwrap_or_else(|p| std::panic::resume_unwind(p));
+        let mut admission_cpu = Duration::ZERO;
+        for h in helpers.into_iter().flatten() {
+            admission_cpu += h.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
+        }
+        if let Some(k) = failed_start {
+            return Err(SpawnError::Admission(std::io::Error::from(k)));
+        }
         let (r, driver_cpu) =
             driven.map_err(|e| SpawnError::HostNetns(host_netns.clone().unwrap_or_default(), e))?;
         Ok::<_, SpawnError>((r, driver_cpu, admission_cpu))
     })?;
     result.map_err(SpawnError::Driver)?;
     let wall = start.elapsed();
-    let clones: Vec<CloneReport> = batch.rows.into_iter().flatten().collect();
+    let book = batch.book.into_inner().unwrap_or_else(|p| p.into_inner());
+    let clones: Vec<CloneReport> = book.rows.into_iter().flatten().collect();
     let totals: Vec<f64> = clones.iter().filter(|c| c.ok).map(|c| c.total_ms).collect();
     let p = Percentiles::of(&totals);
     let ready = clones.iter().filter(|c| c.ok).count();
@@ -738,7 +806,7 @@ pub fn spawn(
             driver_fallback_reason: reason,
             storage_strategy: store.strategy(),
             mem_bytes_copied: 0,
-            disk_bytes_copied: batch.disk_bytes,
+            disk_bytes_copied: book.disk_bytes,
             driver_cpu_ms: ms(driver_cpu),
             admission_cpu_ms: ms(admission_cpu),
         },
