@@ -544,11 +544,14 @@ fn run_inner(
         _ => (0, Vec::new()),
     };
     // Stop the clones before draining the pool (their slots go with it).
+    // They are this process's children: reap them, so no zombie stays
+    // until the command exits.
     if let Ok(store) = state::Store::open(&o.work_dir.join("state")) {
         if let Ok((records, _)) = store.list() {
             for r in records {
                 let (_, errs) = teardown::teardown(&store, &r, Duration::from_secs(2));
                 cleanup_errors.extend(errs.iter().map(|e| crate::doctor::error_chain(e)));
+                sys::pidfd::reap_exited_child(r.pid);
             }
         }
     }
