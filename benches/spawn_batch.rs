@@ -37,6 +37,7 @@ fn spawn_batch(c: &mut Criterion) {
                     vmm: DemoVmm::Standin,
                     driver: None,
                     mem_mib: 16,
+                    hold: false,
                 })
                 .expect("a stand-in batch");
                 assert_eq!(r.spawn.summary.ready, CLONES, "{:?}", r.spawn.clones);

@@ -22,7 +22,10 @@ use crate::spawn::{self, PoolSlots, SpawnOptions, SpawnReport};
 use crate::storage::clone::{CloneStore, Mode};
 use crate::{state, sys, teardown};
 
-/// The pool name the demo uses.
+/// The pool name of `wasp spawn --demo-snapshot` clones. (`wasp demo` and
+/// `wasp bench spawn` runs use a pool of their own, `demo<pid>`: slot
+/// namespaces are named globally, and a run must never reconcile away
+/// another run's slots.)
 pub const DEMO_POOL: &str = "demo";
 /// The agent port of synthesized snapshots.
 pub const AGENT_PORT: u16 = 8080;
@@ -58,6 +61,166 @@ pub struct DemoOptions {
     pub driver: Option<crate::ring::DriverKind>,
     /// Guest memory of the snapshot.
     pub mem_mib: u64,
+    /// Hold every clone at once and account for it: before the memory
+    /// figures are taken, ask each clone's VMM for its state (all must be
+    /// Running at the same time), and add the per-process and kernel
+    /// memory breakdown ([`HoldFigures`]).
+    pub hold: bool,
+}
+
+/// One process's memory from `/proc/PID/smaps_rollup` (KiB).
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+pub struct ProcMem {
+    /// Resident set (shared pages counted in full).
+    pub rss: u64,
+    /// Proportional set (shared pages divided among their users).
+    pub pss: u64,
+    /// Pages only this process maps (clean + dirty).
+    pub private: u64,
+    /// Anonymous pages (heap, stacks, copied-on-write guest pages).
+    pub anon: u64,
+}
+
+/// Parses `smaps_rollup` text.
+pub fn parse_smaps_rollup(text: &str) -> ProcMem {
+    let mut m = ProcMem::default();
+    for l in text.lines() {
+        let Some((k, v)) = l.split_once(':') else {
+            continue;
+        };
+        let v: u64 = v.trim().trim_end_matches("kB").trim().parse().unwrap_or(0);
+        match k {
+            "Rss" => m.rss = v,
+            "Pss" => m.pss = v,
+            "Private_Clean" | "Private_Dirty" => m.private += v,
+            "Anonymous" => m.anon = v,
+            _ => {}
+        }
+    }
+    m
+}
+
+/// `/proc/PID/smaps_rollup` of a live process.
+pub fn proc_mem(pid: i32) -> Option<ProcMem> {
+    std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
+        .ok()
+        .map(|t| parse_smaps_rollup(&t))
+}
+
+/// The host counters the hold accounts with (`/proc/meminfo`, KiB).
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+pub struct HostMem {
+    /// `MemAvailable`.
+    pub available: u64,
+    /// Kernel memory no reclaim gives back: `SUnreclaim + KernelStack +
+    /// PageTables + SecPageTables + VmallocUsed + Percpu`.
+    pub kernel: u64,
+}
+
+/// Parses `/proc/meminfo` text.
+pub fn parse_meminfo(text: &str) -> HostMem {
+    let mut h = HostMem::default();
+    for l in text.lines() {
+        let Some((k, v)) = l.split_once(':') else {
+            continue;
+        };
+        let v: u64 = v.trim().trim_end_matches("kB").trim().parse().unwrap_or(0);
+        match k {
+            "MemAvailable" => h.available = v,
+            "SUnreclaim" | "KernelStack" | "PageTables" | "SecPageTables" | "VmallocUsed"
+            | "Percpu" => h.kernel += v,
+            _ => {}
+        }
+    }
+    h
+}
+
+/// The host's counters now.
+pub fn host_mem() -> Option<HostMem> {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .map(|t| parse_meminfo(&t))
+}
+
+/// What a hold of every clone at once measured.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct HoldFigures {
+    /// Clones whose VMM answered `GET /` with state Running in the pass
+    /// made after the whole batch was up.
+    pub running_at_once: usize,
+    /// Clones that did not, with what happened.
+    pub not_running: Vec<(String, String)>,
+    /// VMM RSS per clone, KiB.
+    pub vmm_rss_kib: crate::stats::Percentiles,
+    /// VMM PSS per clone, KiB.
+    pub vmm_pss_kib: crate::stats::Percentiles,
+    /// VMM private pages per clone, KiB.
+    pub vmm_private_kib: crate::stats::Percentiles,
+    /// Drop in MemAvailable per clone, KiB (noisy on a shared host).
+    pub host_available_drop_kib_per_clone: f64,
+    /// Growth of unreclaimable kernel memory per clone, KiB.
+    pub kernel_kib_per_clone: f64,
+    /// Mean VMM PSS plus kernel growth per clone, KiB: the accounted host
+    /// memory per clone.
+    pub accounted_kib_per_clone: f64,
+    /// The goal: host memory per clone at most the VMM's RSS (p50) plus
+    /// 256 KiB, by the accounted figure and by the MemAvailable drop.
+    pub goal_kib: f64,
+    /// Both figures within the goal.
+    pub goal_met: bool,
+    /// MemAvailable and kernel memory after everything was removed against
+    /// before the bench made anything (KiB; positive: still in use), a
+    /// check that nothing stayed. Other work on the host moves it too.
+    pub residual_available_kib: i64,
+    /// See `residual_available_kib`.
+    pub residual_kernel_kib: i64,
+}
+
+/// Asks the VMM behind `api_sock` for its state.
+fn vmm_state(api_sock: &Path) -> Result<String, String> {
+    let mut c = crate::vmm_api::Client::connect(api_sock).map_err(|e| e.to_string())?;
+    c.set_timeout(Duration::from_secs(5));
+    c.get_instance_info()
+        .map(|i| i.state)
+        .map_err(|e| e.to_string())
+}
+
+/// The hold's pass over every live clone: state, and memory per process.
+fn hold_figures(records: &[state::CloneRecord], before: HostMem, during: HostMem) -> HoldFigures {
+    let mut h = HoldFigures::default();
+    let mut rss = Vec::new();
+    let mut pss = Vec::new();
+    let mut private = Vec::new();
+    for r in records {
+        match vmm_state(&r.api_sock) {
+            Ok(s) if s == "Running" => h.running_at_once += 1,
+            Ok(s) => h.not_running.push((r.id.clone(), format!("state {s}"))),
+            Err(e) => h.not_running.push((r.id.clone(), e)),
+        }
+        if let Some(m) = proc_mem(r.pid) {
+            rss.push(m.rss as f64);
+            pss.push(m.pss as f64);
+            private.push(m.private as f64);
+        }
+    }
+    h.vmm_rss_kib = crate::stats::Percentiles::of(&rss);
+    h.vmm_pss_kib = crate::stats::Percentiles::of(&pss);
+    h.vmm_private_kib = crate::stats::Percentiles::of(&private);
+    account(&mut h, records.len(), before, during);
+    h
+}
+
+/// Host memory per clone from the counters before and during the hold of
+/// `n` clones, and the verdict against the goal (VMM RSS p50 + 256 KiB).
+fn account(h: &mut HoldFigures, n: usize, before: HostMem, during: HostMem) {
+    let per = |d: f64| d / n.max(1) as f64;
+    h.host_available_drop_kib_per_clone = per(before.available as f64 - during.available as f64);
+    h.kernel_kib_per_clone = per(during.kernel as f64 - before.kernel as f64);
+    h.accounted_kib_per_clone = h.vmm_pss_kib.mean + h.kernel_kib_per_clone;
+    h.goal_kib = h.vmm_rss_kib.p50 + 256.0;
+    h.goal_met = n > 0
+        && h.accounted_kib_per_clone <= h.goal_kib
+        && h.host_available_drop_kib_per_clone <= h.goal_kib;
 }
 
 /// Memory figures taken while every clone is alive.
@@ -72,6 +235,10 @@ pub struct MemFigures {
     pub host_kib_per_clone: f64,
     /// Mean VMM private memory (`RssAnon`, KiB).
     pub vmm_private_kib_mean: f64,
+    /// Mean CPU time a VMM process had used when the batch ended (ms): its
+    /// start, load, resume and guest so far, plus the child-side launch
+    /// setup (netns, mount namespace) that ran in it before exec.
+    pub vmm_cpu_ms_mean: f64,
 }
 
 /// What the demo saw.
@@ -89,6 +256,8 @@ pub struct DemoReport {
     pub cleanup_errors: Vec<String>,
     /// Memory while all clones lived.
     pub memory: MemFigures,
+    /// The hold's figures (`hold`).
+    pub hold: Option<HoldFigures>,
 }
 
 /// Demo failures before any clone ran.
@@ -131,6 +300,17 @@ pub fn status_kib(pid: i32, field: &str) -> Option<u64> {
     s.lines()
         .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// CPU time (user + system) process `pid` has used so far, summed over its
+/// live threads (`/proc/PID/task/*/schedstat`, nanoseconds).
+pub fn process_cpu(pid: i32) -> Option<Duration> {
+    let mut ns = 0u64;
+    for t in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
+        let stat = std::fs::read_to_string(t.ok()?.path().join("schedstat")).ok()?;
+        ns += stat.split_whitespace().next()?.parse::<u64>().ok()?;
+    }
+    Some(Duration::from_nanos(ns))
 }
 
 /// Makes the demo's stand-in snapshot at `dir` unless one is there.
@@ -176,6 +356,12 @@ pub fn agent_id(ip: std::net::Ipv4Addr, timeout: Duration) -> Result<String, Str
         .ok_or_else(|| "no agent_id in the agent's answer".into())
 }
 
+/// The slot pool of the demo (or bench) run by process `pid`: each run has
+/// its own, so concurrent runs never reconcile away each other's slots.
+pub fn pool_of(pid: u32) -> String {
+    format!("{DEMO_POOL}{pid}")
+}
+
 /// The host netns of the demo (or bench) run by process `pid`.
 pub fn host_netns_of(pid: u32) -> String {
     format!("wasp-hostns-demo{pid}")
@@ -190,6 +376,8 @@ pub struct Leftovers {
     pub host_netns: Vec<String>,
     /// VMMs stopped (orphans and recorded clones).
     pub vmms: usize,
+    /// Slot namespaces of their pools removed.
+    pub slots: usize,
     /// Every error met.
     pub errors: Vec<String>,
 }
@@ -198,8 +386,7 @@ pub struct Leftovers {
 /// `root` (their work dirs `demo-<pid>` and `bench-<pid>`, found by name
 /// and a dead pid): their VMMs (recorded or orphaned, by
 /// [`crate::reconcile`]), their host netns (bridge and nft table with it)
-/// and the work dir. Their slot namespaces, unwired once the host netns is
-/// gone, are removed by the next pool reconcile of pool `demo`.
+/// the slot namespaces of their pool `demo<pid>`, and the work dir.
 pub fn reconcile_leftovers(root: &Path) -> Leftovers {
     let mut out = Leftovers::default();
     let Ok(rd) = std::fs::read_dir(root) else {
@@ -248,6 +435,23 @@ pub fn reconcile_leftovers(root: &Path) -> Leftovers {
                 Err(e) => out.errors.push(format!("delete netns {host}: {e}")),
             }
         }
+        // The run's own pool `demo<pid>`: its slots, unwired now, go with
+        // their namespaces (veth0, tap and nft table inside them).
+        let pool = SlotNet {
+            pool: pool_of(pid),
+            ..SlotNet::default()
+        };
+        match sys::netns::list_named() {
+            Ok(names) => {
+                for n in names.iter().filter(|n| pool.index_of_netns(n).is_some()) {
+                    match sys::netns::delete_named(n) {
+                        Ok(()) => out.slots += 1,
+                        Err(e) => out.errors.push(format!("delete netns {n}: {e}")),
+                    }
+                }
+            }
+            Err(e) => out.errors.push(format!("list /run/netns: {e}")),
+        }
         match std::fs::remove_dir_all(&work) {
             Ok(()) => out.dirs.push(work),
             Err(e) => out.errors.push(format!("remove {}: {e}", work.display())),
@@ -268,7 +472,8 @@ pub fn run_observed(
     on_done: &mut (dyn FnMut(&spawn::CloneReport) + Send),
 ) -> Result<DemoReport, DemoError> {
     let host_netns = host_netns_of(std::process::id());
-
+    // Before anything is made: the hold's check that nothing stayed.
+    let baseline = host_mem();
     let mut cleanup_errors = Vec::new();
     let result = run_inner(o, &host_netns, &mut cleanup_errors, on_done);
     // Remove everything, whatever happened above.
@@ -291,7 +496,14 @@ pub fn run_observed(
             cleanup_errors.push(format!("delete netns {host_netns}: {e}"));
         }
     }
-    let (spawn, agents_ok, agent_failures, memory) = result?;
+    let (spawn, agents_ok, agent_failures, memory, hold) = result?;
+    let hold = hold.map(|mut h| {
+        if let (Some(before), Some(after)) = (baseline, host_mem()) {
+            h.residual_available_kib = before.available as i64 - after.available as i64;
+            h.residual_kernel_kib = after.kernel as i64 - before.kernel as i64;
+        }
+        h
+    });
     Ok(DemoReport {
         host_netns,
         spawn,
@@ -299,10 +511,17 @@ pub fn run_observed(
         agent_failures,
         cleanup_errors,
         memory,
+        hold,
     })
 }
 
-type Inner = (SpawnReport, usize, Vec<(String, String)>, MemFigures);
+type Inner = (
+    SpawnReport,
+    usize,
+    Vec<(String, String)>,
+    MemFigures,
+    Option<HoldFigures>,
+);
 
 fn run_inner(
     o: &DemoOptions,
@@ -313,7 +532,7 @@ fn run_inner(
     let snap = o.work_dir.join("snapshot");
     std::fs::create_dir_all(&o.work_dir).map_err(|e| DemoError::Io(o.work_dir.clone(), e))?;
     let net = SlotNet {
-        pool: DEMO_POOL.into(),
+        pool: pool_of(std::process::id()),
         ..SlotNet::default()
     };
     let host = HostNet {
@@ -362,6 +581,7 @@ fn run_inner(
     };
     let store = CloneStore::open(&snap, &o.work_dir.join("run"), Mode::Auto)?;
     let avail_before = mem_available_kib();
+    let host_before = host_mem();
     let opts = SpawnOptions {
         vmm,
         count: o.count,
@@ -390,6 +610,12 @@ fn run_inner(
             .filter_map(|p| status_kib(*p, "RssAnon"))
             .map(|k| k as f64)
             .collect();
+        let cpu: Vec<f64> = pids
+            .iter()
+            .filter_map(|p| process_cpu(*p))
+            .map(crate::stats::ms)
+            .collect();
+        memory.vmm_cpu_ms_mean = crate::stats::Percentiles::of(&cpu).mean;
         if !rss.is_empty() && !anon.is_empty() {
             memory.vmm_rss_kib_p50 = crate::stats::Percentiles::of(&rss).p50;
             memory.vmm_private_kib_mean = crate::stats::Percentiles::of(&anon).mean;
@@ -397,6 +623,17 @@ fn run_inner(
             memory.host_kib_per_clone = per_clone - memory.vmm_private_kib_mean;
         }
     }
+    let hold = match (&report, o.hold, host_before, host_mem()) {
+        (Ok(_), true, Some(before), Some(during)) => {
+            let records = state::Store::open(&o.work_dir.join("state"))
+                .and_then(|s| s.list())
+                .map(|(r, _)| r)
+                .unwrap_or_default();
+            // The residual is completed after teardown, in `run`.
+            Some(hold_figures(&records, before, during))
+        }
+        _ => None,
+    };
     // Check every ready clone's agent from the host netns, as a user would.
     let (ok, failures) = match &report {
         Ok(r) if o.vmm == DemoVmm::Standin => {
@@ -425,11 +662,14 @@ fn run_inner(
         _ => (0, Vec::new()),
     };
     // Stop the clones before draining the pool (their slots go with it).
+    // They are this process's children: reap them, so no zombie stays
+    // until the command exits.
     if let Ok(store) = state::Store::open(&o.work_dir.join("state")) {
         if let Ok((records, _)) = store.list() {
             for r in records {
                 let (_, errs) = teardown::teardown(&store, &r, Duration::from_secs(2));
                 cleanup_errors.extend(errs.iter().map(|e| crate::doctor::error_chain(e)));
+                sys::pidfd::reap_exited_child(r.pid);
             }
         }
     }
@@ -439,5 +679,83 @@ fn run_inner(
     if let Err(e) = slots.pool().ops().remove_host() {
         cleanup_errors.push(crate::doctor::error_chain(&e));
     }
-    Ok((report?, ok, failures, memory))
+    Ok((report?, ok, failures, memory, hold))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn smaps_rollup_and_meminfo_are_read_by_field() {
+        let smaps =
+            "55d0c0a00000-7ffd5e1f3000 ---p 00000000 00:00 0                          [rollup]
+Rss:                2644 kB
+Pss:                 731 kB
+Pss_Dirty:           530 kB
+Shared_Clean:       2100 kB
+Private_Clean:        12 kB
+Private_Dirty:       530 kB
+Anonymous:           522 kB
+";
+        assert_eq!(
+            parse_smaps_rollup(smaps),
+            ProcMem {
+                rss: 2644,
+                pss: 731,
+                private: 542,
+                anon: 522
+            }
+        );
+        let meminfo = "MemTotal:       24684084 kB
+MemAvailable:   23130000 kB
+SReclaimable:     790264 kB
+SUnreclaim:        99604 kB
+KernelStack:        2576 kB
+PageTables:         6884 kB
+SecPageTables:         0 kB
+VmallocUsed:       17512 kB
+Percpu:             2064 kB
+";
+        assert_eq!(
+            parse_meminfo(meminfo),
+            HostMem {
+                available: 23_130_000,
+                kernel: 99_604 + 2_576 + 6_884 + 17_512 + 2_064
+            }
+        );
+    }
+
+    #[test]
+    fn the_hold_goal_is_judged_on_both_figures() {
+        let before = HostMem {
+            available: 10_000_000,
+            kernel: 100_000,
+        };
+        let during = HostMem {
+            available: 10_000_000 - 2 * 900,
+            kernel: 100_000 + 2 * 300,
+        };
+        let mut h = HoldFigures {
+            vmm_rss_kib: crate::stats::Percentiles::of(&[2600.0, 2700.0]),
+            vmm_pss_kib: crate::stats::Percentiles::of(&[700.0, 800.0]),
+            ..HoldFigures::default()
+        };
+        account(&mut h, 2, before, during);
+        assert_eq!(h.host_available_drop_kib_per_clone, 900.0);
+        assert_eq!(h.kernel_kib_per_clone, 300.0);
+        assert_eq!(h.accounted_kib_per_clone, 750.0 + 300.0);
+        assert_eq!(h.goal_kib, 2600.0 + 256.0);
+        assert!(h.goal_met);
+        // A MemAvailable drop past the goal fails it, whatever the PSS says.
+        let worse = HostMem {
+            available: 10_000_000 - 2 * 3000,
+            ..during
+        };
+        account(&mut h, 2, before, worse);
+        assert!(!h.goal_met);
+        // Nothing held: never met.
+        account(&mut h, 0, before, before);
+        assert!(!h.goal_met);
+    }
 }

@@ -12,7 +12,7 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,6 +23,7 @@ use zeroize::Zeroizing;
 use crate::restore::{Job, Machine, PhaseTimes, Plan, RestoreError, Want};
 use crate::sys::inotify;
 use crate::sys::sock::{self, SockAddr};
+use crate::sys::tap::EventFd;
 use crate::sys::uring::{Op, Ring};
 
 /// Which driver runs the machines.
@@ -79,12 +80,43 @@ pub struct Outcome {
     pub finished_at: Instant,
 }
 
+/// What a feed has for the driver right now.
+#[derive(Debug)]
+pub enum Next {
+    /// A clone to start.
+    Job(Job),
+    /// Nothing yet: the feed signals its [`Feed::wake`] eventfd when it has.
+    Later,
+    /// No more clones.
+    End,
+}
+
 /// Where jobs come from and outcomes go.
+///
+/// A feed either makes jobs on the driver's thread ([`Feed::next_job`],
+/// called only while the driver has room), or on another thread: then it
+/// answers [`Feed::poll_job`] without blocking and signals [`Feed::wake`]
+/// after each job it makes available, so the driver never stalls its
+/// clones' I/O behind admission work.
 pub trait Feed {
     /// The next clone to start, or `None` when there are no more.
     fn next_job(&mut self) -> Option<Job>;
     /// A clone finished.
     fn done(&mut self, outcome: Outcome);
+    /// The next clone if one is ready, without blocking. The default asks
+    /// [`Feed::next_job`] (a feed that never has to wait).
+    fn poll_job(&mut self) -> Next {
+        match self.next_job() {
+            Some(job) => Next::Job(job),
+            None => Next::End,
+        }
+    }
+    /// An eventfd the feed signals when [`Feed::poll_job`] may have
+    /// something new after answering [`Next::Later`]; the driver watches it
+    /// and drains it. `None` for feeds that never answer `Later`.
+    fn wake(&self) -> Option<&EventFd> {
+        None
+    }
 }
 
 /// Runs every job `feed` yields, `parallel` at a time.
@@ -216,6 +248,7 @@ const OP_PIDFD: u64 = 6;
 const OP_CANCEL_IO: u64 = 7;
 const OP_CANCEL_POLL: u64 = 8;
 const UD_INOTIFY: u64 = u64::MAX;
+const UD_WAKE: u64 = u64::MAX - 1;
 const RECV_LEN: usize = 4096;
 
 fn ud(idx: usize, op: u64) -> u64 {
@@ -268,10 +301,20 @@ impl UringDriver {
         let mut wds: HashMap<i32, Vec<usize>> = HashMap::new();
         let mut exhausted = false;
         self.arm_inotify()?;
+        let wake_fd = feed.wake().map(|w| w.as_fd().as_raw_fd());
+        if let Some(fd) = wake_fd {
+            self.ring.push(UD_WAKE, Op::PollIn { fd })?;
+        }
+        // Ask the feed only when it may have something: at the start, after
+        // its wake-up, and when a clone finished (room was made).
+        let mut may_pull = true;
+        let mut held = 0;
         loop {
-            while !exhausted && entries.len() < self.parallel {
-                match feed.next_job() {
-                    Some(job) => {
+            may_pull |= entries.len() < held;
+            while may_pull && !exhausted && entries.len() < self.parallel {
+                match feed.poll_job() {
+                    Next::Later => may_pull = false,
+                    Next::Job(job) => {
                         let idx = job.index;
                         let pidfd = job.pidfd.as_raw_fd();
                         self.ring
@@ -286,9 +329,10 @@ impl UringDriver {
                         entries.insert(idx, ue);
                         self.advance(idx, &mut entries, &mut wds, feed)?;
                     }
-                    None => exhausted = true,
+                    Next::End => exhausted = true,
                 }
             }
+            held = entries.len();
             if entries.is_empty() && exhausted {
                 break;
             }
@@ -307,6 +351,18 @@ impl UringDriver {
                 wait
             })?;
             for c in self.ring.reap() {
+                if c.user_data == UD_WAKE {
+                    // Jobs are pulled at the top of the loop; re-arm while
+                    // more may come.
+                    may_pull = true;
+                    if let (Some(w), Some(fd)) = (feed.wake(), wake_fd) {
+                        w.drain()?;
+                        if !exhausted {
+                            self.ring.push(UD_WAKE, Op::PollIn { fd })?;
+                        }
+                    }
+                    continue;
+                }
                 if c.user_data == UD_INOTIFY {
                     for idx in watchers(&inotify::parse_events(&c.data), &wds) {
                         if let Some(u) = entries.get_mut(&idx) {
@@ -475,6 +531,10 @@ impl UringDriver {
 
 // ---------------------------------------------------------------- syscalls
 
+/// poll(2) slots that belong to the driver, not to a clone.
+const OWNER_INOTIFY: usize = usize::MAX;
+const OWNER_WAKE: usize = usize::MAX - 1;
+
 struct SyscallDriver {
     ino: OwnedFd,
     plan: Arc<Plan>,
@@ -610,13 +670,17 @@ impl SyscallDriver {
         let mut entries: HashMap<usize, Entry> = HashMap::new();
         let mut wds: HashMap<i32, Vec<usize>> = HashMap::new();
         let mut exhausted = false;
+        // As in the io_uring driver: ask the feed at the start, after its
+        // wake-up, and when a clone finished.
+        let mut may_pull = true;
         loop {
-            while !exhausted && entries.len() < self.parallel {
-                match feed.next_job() {
-                    Some(job) => {
+            while may_pull && !exhausted && entries.len() < self.parallel {
+                match feed.poll_job() {
+                    Next::Job(job) => {
                         entries.insert(job.index, Entry::new(Machine::new(job, self.plan.clone())));
                     }
-                    None => exhausted = true,
+                    Next::Later => may_pull = false,
+                    Next::End => exhausted = true,
                 }
             }
             if entries.is_empty() && exhausted {
@@ -628,9 +692,18 @@ impl SyscallDriver {
                 events: libc::POLLIN,
                 revents: 0,
             }];
-            let mut owners: Vec<(usize, bool)> = vec![(usize::MAX, false)];
+            let mut owners: Vec<(usize, bool)> = vec![(OWNER_INOTIFY, false)];
+            if let (Some(w), false) = (feed.wake(), exhausted) {
+                pfds.push(libc::pollfd {
+                    fd: w.as_fd().as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                });
+                owners.push((OWNER_WAKE, false));
+            }
             let mut timeout: Option<Instant> = None;
             let mut immediate = false;
+            let mut finished = false;
             let idxs: Vec<usize> = entries.keys().copied().collect();
             for idx in idxs {
                 let e = entries.get_mut(&idx).expect("present");
@@ -640,6 +713,8 @@ impl SyscallDriver {
                         let mut e = entries.remove(&idx).expect("present");
                         e.unwatch(&self.ino, &mut wds);
                         feed.done(e.outcome());
+                        finished = true;
+                        may_pull = true;
                         continue;
                     }
                     Wait::Now => immediate = true,
@@ -666,7 +741,10 @@ impl SyscallDriver {
                     owners.push((idx, true));
                 }
             }
-            if entries.is_empty() {
+            // Room was made: take more jobs first. (With nothing in flight
+            // and nothing finished, the feed answered `Later`: wait for its
+            // wake-up below.)
+            if entries.is_empty() && (finished || exhausted) {
                 continue;
             }
             let ms = if immediate {
@@ -686,7 +764,12 @@ impl SyscallDriver {
                 if p.revents == 0 {
                     continue;
                 }
-                if *idx == usize::MAX {
+                if *idx == OWNER_WAKE {
+                    may_pull = true;
+                    if let Some(w) = feed.wake() {
+                        w.drain()?;
+                    }
+                } else if *idx == OWNER_INOTIFY {
                     for idx in watchers(&inotify::read_events(&self.ino)?, &wds) {
                         if let Some(e) = entries.get_mut(&idx) {
                             e.waiting_file = false;

@@ -4,16 +4,20 @@
 //! slot pool -> clone storage -> VMM launch -> restore -> inject -> resume -> ready
 //! ```
 //!
-//! The first three stages run on the driver's thread as each clone is
-//! admitted ([`Feed::next_job`]); the rest run in the restore driver
-//! ([`crate::ring`]) as state machines, `parallel` clones at a time. A clone
-//! that fails at any stage is reclaimed at once (VMM killed through its
-//! pidfd, files removed, slot given back) and the rest of the batch goes on.
+//! Two threads share the work. The admission thread takes the slot,
+//! prepares storage and launches the VMM for each clone, hands the job to
+//! the restore driver through a channel and wakes it with an eventfd; it
+//! also records finished clones and reclaims failed ones. The driver thread
+//! ([`crate::ring`]) runs restore, inject, resume and ready as state
+//! machines, `parallel` clones at a time, and does nothing else, so no
+//! clone's I/O waits behind another clone's fork or disk copy. A clone that
+//! fails at any stage is reclaimed at once (VMM killed through its pidfd,
+//! files removed, slot given back) and the rest of the batch goes on.
 
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -23,11 +27,12 @@ use crate::env::Env;
 use crate::launch::{self, Isolation, LaunchSpec, Vmm};
 use crate::ready::Ready;
 use crate::restore::{Job, Plan, Timeouts};
-use crate::ring::{self, DriverKind, Feed, Outcome};
+use crate::ring::{self, DriverKind, Feed, Next, Outcome};
 use crate::slot::SlotOps;
 use crate::stats::{ms, Percentiles};
 use crate::storage::clone::CloneStore;
 use crate::storage::probe::Strategy;
+use crate::sys::tap::EventFd;
 use crate::vmm_api::{BackendType, NetworkOverride};
 use crate::{state, sys};
 
@@ -115,6 +120,9 @@ pub enum SpawnError {
     /// Jailer mode cannot work with this snapshot.
     #[error("jailer mode")]
     Jailer(#[source] crate::jailer::JailerError),
+    /// The admission thread or its wake-up eventfd could not be set up.
+    #[error("cannot start the admission thread")]
+    Admission(#[source] std::io::Error),
     /// The driver failed as a whole.
     #[error("the restore driver failed")]
     Driver(#[source] ring::DriverError),
@@ -181,6 +189,9 @@ pub struct CloneReport {
     pub phases_ms: PhasesMs,
     /// Total from admission to ready.
     pub total_ms: f64,
+    /// CPU time wasp's admission thread spent on this clone (slot, storage,
+    /// launch, record), in ms. The driver's share is in the summary.
+    pub wasp_cpu_ms: f64,
     /// Success.
     pub ok: bool,
     /// The failure: phase and cause.
@@ -212,6 +223,10 @@ pub struct Summary {
     pub mem_bytes_copied: u64,
     /// Disk bytes copied in total.
     pub disk_bytes_copied: u64,
+    /// CPU time of the restore driver's thread over the batch (ms).
+    pub driver_cpu_ms: f64,
+    /// CPU time of the admission thread over the batch (ms).
+    pub admission_cpu_ms: f64,
 }
 
 /// The whole report (`--json`: `{"clones": [...], "summary": {...}}`).
@@ -245,37 +260,67 @@ struct Pending {
     files_dir: PathBuf,
     admitted: Instant,
     phases: PhasesMs,
+    /// Admission thread CPU spent on this clone so far.
+    cpu: Duration,
 }
 
-struct Batch<'a> {
+/// What every admission worker reads.
+struct Ctx<'a> {
     opts: &'a SpawnOptions,
     store: &'a CloneStore,
-    slots: &'a mut dyn Slots,
     env: &'a Env,
     state: state::Store,
     tag: String,
-    next: usize,
     snapshot_tap: Option<(String, String)>,
     host_netns: Option<String>,
+}
+
+/// What admission and outcomes change, under one lock (held only for
+/// bookkeeping, never across storage, launch or a record write).
+struct Book<'a> {
+    slots: &'a mut dyn Slots,
+    next: usize,
+    in_flight: usize,
+    driver_gone: bool,
     pending: HashMap<usize, Pending>,
     rows: Vec<Option<CloneReport>>,
     disk_bytes: u64,
+    /// Told each clone's row as it finishes (progress displays).
     on_done: &'a mut (dyn FnMut(&CloneReport) + Send),
 }
 
-impl Batch<'_> {
+impl Book<'_> {
     /// Records clone `i`'s row and tells the observer.
     fn set_row(&mut self, i: usize, row: CloneReport) {
         (self.on_done)(&row);
         self.rows[i] = Some(row);
     }
+}
 
+/// Admission workers run at once: the launch waits for the VMM's exec,
+/// which another worker's clone can overlap.
+const ADMISSION_WORKERS: usize = 2;
+
+struct Batch<'a> {
+    ctx: Ctx<'a>,
+    book: Mutex<Book<'a>>,
+    /// Signalled when `in_flight` drops (room for another clone).
+    room: Condvar,
+}
+
+impl<'a> Batch<'a> {
     fn clone_id(&self, i: usize) -> String {
-        format!("{}-{i}", self.tag)
+        format!("{}-{i}", self.ctx.tag)
     }
 
+    fn lock(&self) -> MutexGuard<'_, Book<'a>> {
+        self.book.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    #[allow(clippy::too_many_arguments)]
     fn fail_row(
-        &mut self,
+        &self,
+        book: &mut Book,
         i: usize,
         id: String,
         slot: Option<&SlotLease>,
@@ -290,17 +335,18 @@ impl Batch<'_> {
             format!("{phase}: {err}")
         };
         tracing::warn!(clone = %id, phase, "clone failed: {err}");
-        self.set_row(
+        book.set_row(
             i,
             CloneReport {
                 id,
                 netns: slot.map(|s| s.netns.clone()),
                 clone_ip: slot.map(|s| s.clone_ip),
                 pid: None,
-                host_netns: self.host_netns.clone(),
-                ready_port: ready_port(self.opts.ready),
+                host_netns: self.ctx.host_netns.clone(),
+                ready_port: ready_port(self.ctx.opts.ready),
                 phases_ms: phases,
                 total_ms: ms(admitted.elapsed()),
+                wasp_cpu_ms: 0.0,
                 ok: false,
                 error: Some(err),
                 failed_phase: Some(phase.into()),
@@ -308,56 +354,62 @@ impl Batch<'_> {
         );
     }
 
-    /// Admits clone `i`: slot, storage, launch. `Err` means it failed and
+    /// Admits clone `i`: slot, storage, launch. `None` means it failed and
     /// was reclaimed (its row is written).
-    fn admit(&mut self, i: usize) -> Option<Job> {
+    fn admit(&self, i: usize) -> Option<Job> {
         let id = self.clone_id(i);
         let admitted = Instant::now();
+        let cpu_start = sys::thread_cpu_time();
         let mut phases = PhasesMs::default();
+        let store = self.ctx.store;
 
-        let slot = match self.slots.take() {
+        let taken = self.lock().slots.take();
+        let slot = match taken {
             Ok(s) => s,
             Err(e) => {
-                self.fail_row(i, id, None, phases, admitted, ("slot", chain(&*e)));
+                let mut b = self.lock();
+                self.fail_row(&mut b, i, id, None, phases, admitted, ("slot", chain(&*e)));
                 return None;
             }
         };
         phases.slot = ms(admitted.elapsed());
 
         let t = Instant::now();
-        let files = match self.store.prepare(&id) {
+        let files = match store.prepare(&id) {
             Ok(f) => f,
             Err(e) => {
-                let _ = self.slots.give_back(slot.clone());
-                self.fail_row(i, id, Some(&slot), phases, admitted, ("storage", chain(&e)));
+                let mut b = self.lock();
+                let _ = b.slots.give_back(slot.clone());
+                let why = ("storage", chain(&e));
+                self.fail_row(&mut b, i, id, Some(&slot), phases, admitted, why);
                 return None;
             }
         };
         phases.storage = ms(t.elapsed());
-        self.disk_bytes += files.bytes_copied;
 
-        let reclaim_files = |store: &CloneStore, id: &str| {
+        let reclaim_files = |id: &str| {
             if let Err(e) = store.cleanup(id) {
                 tracing::warn!(clone = %id, "cleanup failed: {}", chain(&e));
             }
         };
-        if let Err(e) = self.slots.check_tap(&slot) {
-            reclaim_files(self.store, &id);
-            let _ = self.slots.give_back(slot.clone());
-            self.fail_row(
-                i,
-                id,
-                Some(&slot),
-                phases,
-                admitted,
-                ("slot", format!("the slot's tap is missing: {}", chain(&*e))),
-            );
+        let tap = {
+            let mut b = self.lock();
+            b.disk_bytes += files.bytes_copied;
+            b.slots.check_tap(&slot)
+        };
+        if let Err(e) = tap {
+            reclaim_files(&id);
+            let mut b = self.lock();
+            let _ = b.slots.give_back(slot.clone());
+            let why = ("slot", format!("the slot's tap is missing: {}", chain(&*e)));
+            self.fail_row(&mut b, i, id, Some(&slot), phases, admitted, why);
             return None;
         }
 
         let t = Instant::now();
+        let opts = self.ctx.opts;
         let spec = LaunchSpec {
-            vmm: self.opts.vmm.clone(),
+            vmm: opts.vmm.clone(),
             id: id.clone(),
             api_sock: files.dir.join("api.sock"),
             netns: Some(slot.netns.clone()),
@@ -367,24 +419,26 @@ impl Batch<'_> {
                 .map(|d| (d.file.clone(), d.drive_id.clone()))
                 .collect(),
             log_dir: files.dir.clone(),
-            extra_args: self.opts.vmm_args.clone(),
+            extra_args: opts.vmm_args.clone(),
             stdin_pipe: false,
-            isolation: self.opts.isolation.clone(),
+            isolation: opts.isolation.clone(),
             snapshot_files: vec![files.vmstate.clone(), files.memory.clone()],
         };
         let launched = match launch::launch(&spec) {
             Ok(l) => l,
             Err(e) => {
-                reclaim_files(self.store, &id);
-                let _ = self.slots.give_back(slot.clone());
-                self.fail_row(i, id, Some(&slot), phases, admitted, ("launch", chain(&e)));
+                reclaim_files(&id);
+                let mut b = self.lock();
+                let _ = b.slots.give_back(slot.clone());
+                let why = ("launch", chain(&e));
+                self.fail_row(&mut b, i, id, Some(&slot), phases, admitted, why);
                 return None;
             }
         };
         phases.launch = ms(t.elapsed());
         crate::testhook::point("clone-launched");
 
-        let net_override = self.snapshot_tap.as_ref().and_then(|(iface, tap)| {
+        let net_override = self.ctx.snapshot_tap.as_ref().and_then(|(iface, tap)| {
             (*tap != slot.tap).then(|| NetworkOverride {
                 iface_id: iface.clone(),
                 host_dev_name: slot.tap.clone(),
@@ -399,21 +453,147 @@ impl Batch<'_> {
             launched_at: launched.spawned_at,
             net_override,
             clone_ip: slot.clone_ip,
-            mmds_body: self.env.mmds_body(&id),
+            mmds_body: self.ctx.env.mmds_body(&id),
         };
-        self.pending.insert(
-            i,
-            Pending {
-                slot,
-                child: launched.child,
-                cgroup: launched.cgroup,
-                jail_dir: launched.jail_dir,
-                files_dir: files.dir,
-                admitted,
-                phases,
-            },
-        );
+        let pending = Pending {
+            slot,
+            child: launched.child,
+            cgroup: launched.cgroup,
+            jail_dir: launched.jail_dir,
+            files_dir: files.dir,
+            admitted,
+            phases,
+            cpu: sys::thread_cpu_time().saturating_sub(cpu_start),
+        };
+        self.lock().pending.insert(i, pending);
         Some(job)
+    }
+
+    /// Reclaims a clone the driver never finished (it failed as a whole):
+    /// kill and reap its VMM, remove its files, give its slot back.
+    fn abandon(&self, book: &mut Book, i: usize, why: &str) {
+        let Some(mut p) = book.pending.remove(&i) else {
+            return;
+        };
+        let id = self.clone_id(i);
+        let _ = p.child.kill();
+        let _ = p.child.wait();
+        if let Err(e) = self.ctx.store.cleanup(&id) {
+            tracing::warn!(clone = %id, "cleanup failed: {}", chain(&e));
+        }
+        for e in launch::remove_isolation(p.cgroup.as_deref(), p.jail_dir.as_deref()) {
+            tracing::warn!(clone = %id, "cleanup failed: {}", chain(&e));
+        }
+        let slot = p.slot.clone();
+        if let Err(e) = book.slots.give_back(p.slot) {
+            tracing::warn!(clone = %id, "slot give-back failed: {}", chain(&*e));
+        }
+        let why = ("driver", why.to_owned());
+        self.fail_row(book, i, id, Some(&slot), p.phases, p.admitted, why);
+    }
+
+    /// One admission worker: claims the next clone while fewer than
+    /// `parallel` are in flight, admits it, hands the job to the driver and
+    /// wakes it. Returns when every clone is claimed or the driver is gone.
+    fn admission_worker(&self, parallel: usize, jobs: mpsc::Sender<Job>, wake: &EventFd) {
+        self.admit_all(parallel, &jobs, wake);
+        // This worker's sender closes: once every worker's has, the driver
+        // sees the end of the jobs, but only if it is woken to look.
+        drop(jobs);
+        let _ = wake.signal();
+    }
+
+    fn admit_all(&self, parallel: usize, jobs: &mpsc::Sender<Job>, wake: &EventFd) {
+        loop {
+            let i = {
+                let mut b = self.lock();
+                loop {
+                    if b.driver_gone || b.next >= self.ctx.opts.count {
+                        return;
+                    }
+                    if b.in_flight < parallel {
+                        break;
+                    }
+                    b = self.room.wait(b).unwrap_or_else(|p| p.into_inner());
+                }
+                b.next += 1;
+                b.in_flight += 1;
+                b.next - 1
+            };
+            let sent = match self.admit(i) {
+                Some(job) => jobs.send(job).is_ok(),
+                None => {
+                    // Failed and reclaimed: its room is free again.
+                    self.lock().in_flight -= 1;
+                    self.room.notify_all();
+                    continue;
+                }
+            };
+            if sent {
+                if let Err(e) = wake.signal() {
+                    tracing::warn!("cannot wake the restore driver: {e}");
+                }
+            } else {
+                let mut b = self.lock();
+                b.driver_gone = true;
+                self.abandon(&mut b, i, "the restore driver stopped");
+                b.in_flight -= 1;
+                self.room.notify_all();
+            }
+        }
+    }
+
+    /// Handles the driver's outcomes until it is gone; then reclaims any
+    /// clone that never got one (the driver failed as a whole).
+    fn outcomes(&self, outcomes: mpsc::Receiver<Outcome>) {
+        for o in outcomes {
+            self.done(o);
+            self.lock().in_flight -= 1;
+            self.room.notify_all();
+        }
+        let mut b = self.lock();
+        b.driver_gone = true;
+        let left: Vec<usize> = b.pending.keys().copied().collect();
+        for i in left {
+            self.abandon(
+                &mut b,
+                i,
+                "the restore driver stopped before this clone finished",
+            );
+        }
+        self.room.notify_all();
+    }
+}
+
+/// The driver's side of the admission thread: jobs from a channel, woken
+/// by an eventfd; outcomes back through a channel.
+struct ChannelFeed<'a> {
+    jobs: mpsc::Receiver<Job>,
+    outcomes: mpsc::Sender<Outcome>,
+    wake: &'a EventFd,
+}
+
+impl Feed for ChannelFeed<'_> {
+    fn next_job(&mut self) -> Option<Job> {
+        self.jobs.recv().ok()
+    }
+
+    fn poll_job(&mut self) -> Next {
+        match self.jobs.try_recv() {
+            Ok(job) => Next::Job(job),
+            Err(mpsc::TryRecvError::Empty) => Next::Later,
+            Err(mpsc::TryRecvError::Disconnected) => Next::End,
+        }
+    }
+
+    fn wake(&self) -> Option<&EventFd> {
+        Some(self.wake)
+    }
+
+    fn done(&mut self, outcome: Outcome) {
+        // The admission thread outlives the driver; a failed send means it
+        // is gone and the outcome (with the job's pidfd) is dropped.
+        let _ = self.outcomes.send(outcome);
     }
 }
 
@@ -429,23 +609,15 @@ pub fn chain(e: &dyn std::error::Error) -> String {
     crate::doctor::error_chain(e)
 }
 
-impl Feed for Batch<'_> {
-    fn next_job(&mut self) -> Option<Job> {
-        while self.next < self.opts.count {
-            let i = self.next;
-            self.next += 1;
-            if let Some(job) = self.admit(i) {
-                return Some(job);
-            }
-        }
-        None
-    }
-
-    fn done(&mut self, o: Outcome) {
+impl Batch<'_> {
+    /// A clone's driver outcome: record it, or reclaim it.
+    fn done(&self, o: Outcome) {
+        let cpu_start = sys::thread_cpu_time();
         let i = o.job.index;
-        let Some(mut p) = self.pending.remove(&i) else {
+        let Some(mut p) = self.lock().pending.remove(&i) else {
             return;
         };
+        let (opts, host_netns) = (self.ctx.opts, &self.ctx.host_netns);
         let mut phases = p.phases;
         phases.socket = ms(o.times.socket);
         phases.load = ms(o.times.load);
@@ -459,38 +631,40 @@ impl Feed for Batch<'_> {
                     id: id.clone(),
                     pid: o.job.pid,
                     pid_start: state::pid_start_time(o.job.pid).unwrap_or(0),
-                    vmm: match self.opts.vmm {
+                    vmm: match opts.vmm {
                         Vmm::Firecracker(_) => "firecracker".into(),
                         Vmm::Standin(_) => "standin".into(),
                     },
                     netns: p.slot.netns.clone(),
                     slot: p.slot.index,
                     pool: p.slot.pool.clone(),
-                    host_netns: self.host_netns.clone(),
+                    host_netns: host_netns.clone(),
                     clone_ip: p.slot.clone_ip,
-                    ready_port: ready_port(self.opts.ready),
+                    ready_port: ready_port(opts.ready),
                     api_sock: o.job.api_sock.clone(),
                     clone_dir: p.files_dir.clone(),
-                    snapshot: self.store.snapshot_dir().to_owned(),
+                    snapshot: self.ctx.store.snapshot_dir().to_owned(),
                     created_at: crate::snapshot::manifest::rfc3339_utc(std::time::SystemTime::now()),
                     cgroup: p.cgroup.clone(),
                     jail_dir: p.jail_dir.clone(),
                 };
-                if let Err(e) = self.state.put(&record) {
+                if let Err(e) = self.ctx.state.put(&record) {
                     tracing::warn!(clone = %id, "cannot record clone: {}", chain(&e));
                 }
                 crate::testhook::point("clone-recorded");
-                self.set_row(
+                let cpu = p.cpu + sys::thread_cpu_time().saturating_sub(cpu_start);
+                self.lock().set_row(
                     i,
                     CloneReport {
                         id,
                         netns: Some(p.slot.netns.clone()),
                         clone_ip: Some(p.slot.clone_ip),
                         pid: Some(o.job.pid),
-                        host_netns: self.host_netns.clone(),
-                        ready_port: ready_port(self.opts.ready),
+                        host_netns: host_netns.clone(),
+                        ready_port: ready_port(opts.ready),
                         phases_ms: phases,
                         total_ms: ms(o.finished_at.saturating_duration_since(p.admitted)),
+                        wasp_cpu_ms: ms(cpu),
                         ok: true,
                         error: None,
                         failed_phase: None,
@@ -502,7 +676,7 @@ impl Feed for Batch<'_> {
                 // give its slot back.
                 let _ = sys::pidfd::pidfd_send_signal(&o.job.pidfd, libc::SIGKILL);
                 let _ = p.child.wait();
-                if let Err(ce) = self.store.cleanup(&id) {
+                if let Err(ce) = self.ctx.store.cleanup(&id) {
                     tracing::warn!(clone = %id, "cleanup failed: {}", chain(&ce));
                 }
                 for ie in launch::remove_isolation(p.cgroup.as_deref(), p.jail_dir.as_deref()) {
@@ -510,13 +684,22 @@ impl Feed for Batch<'_> {
                 }
                 let phase = e.phase().to_string();
                 let slot = p.slot.clone();
-                if let Err(se) = self.slots.give_back(p.slot) {
+                let mut b = self.lock();
+                if let Err(se) = b.slots.give_back(p.slot) {
                     tracing::warn!(clone = %id, "slot give-back failed: {}", chain(&*se));
                 }
-                self.fail_row(i, id, Some(&slot), phases, p.admitted, (&phase, chain(&e)));
+                let why = (phase.as_str(), chain(&e));
+                self.fail_row(&mut b, i, id, Some(&slot), phases, p.admitted, why);
             }
         }
     }
+}
+
+/// The CPU time `f` takes on this thread.
+fn cpu_of(f: impl FnOnce()) -> Duration {
+    let cpu = sys::thread_cpu_time();
+    f();
+    sys::thread_cpu_time().saturating_sub(cpu)
 }
 
 /// Runs a batch. The driver runs on a thread inside the host netns (for
@@ -585,39 +768,101 @@ pub fn spawn_observed(
         ready_retry: opts.ready_retry,
     });
     let host_netns = slots.host_netns();
-    let mut batch = Batch {
-        opts,
-        store,
-        slots,
-        env,
-        state,
-        tag: batch_tag(),
-        next: 0,
-        snapshot_tap: m
-            .network_interfaces
-            .first()
-            .map(|n| (n.iface_id.clone(), n.host_dev_name.clone())),
-        host_netns: host_netns.clone(),
-        pending: HashMap::new(),
-        rows: vec![None; opts.count],
-        disk_bytes: 0,
-        on_done,
+    let batch = Batch {
+        ctx: Ctx {
+            opts,
+            store,
+            env,
+            state,
+            tag: batch_tag(),
+            snapshot_tap: m
+                .network_interfaces
+                .first()
+                .map(|n| (n.iface_id.clone(), n.host_dev_name.clone())),
+            host_netns: host_netns.clone(),
+        },
+        book: Mutex::new(Book {
+            slots,
+            next: 0,
+            in_flight: 0,
+            driver_gone: false,
+            pending: HashMap::new(),
+            rows: vec![None; opts.count],
+            disk_bytes: 0,
+            on_done,
+        }),
+        room: Condvar::new(),
     };
+    let host_fd = match &host_netns {
+        Some(ns) => {
+            Some(sys::netns::open_named(ns).map_err(|e| SpawnError::HostNetns(ns.clone(), e))?)
+        }
+        None => None,
+    };
+    let wake = EventFd::new().map_err(SpawnError::Admission)?;
     let start = Instant::now();
     let parallel = opts.parallel.max(1);
-    let run = |b: &mut Batch| ring::run(kind, plan.clone(), parallel, b);
-    let result = match &host_netns {
-        Some(ns) => {
-            let fd =
-                sys::netns::open_named(ns).map_err(|e| SpawnError::HostNetns(ns.clone(), e))?;
-            sys::netns::run_in(fd, || run(&mut batch))
-                .map_err(|e| SpawnError::HostNetns(ns.clone(), e))?
-        }
-        None => run(&mut batch),
+    let (job_tx, job_rx) = mpsc::channel();
+    let (out_tx, out_rx) = mpsc::channel();
+    let mut feed = ChannelFeed {
+        jobs: job_rx,
+        outcomes: out_tx,
+        wake: &wake,
     };
+    // The driver runs on its own thread inside the host netns (for `tcp:`
+    // readiness from where a user of the clone connects); the admission
+    // workers and the outcome thread run beside it.
+    let drive = |feed: &mut ChannelFeed| {
+        let cpu = sys::thread_cpu_time();
+        let r = ring::run(kind, plan.clone(), parallel, feed);
+        (r, sys::thread_cpu_time().saturating_sub(cpu))
+    };
+    let (result, driver_cpu, admission_cpu) = std::thread::scope(|s| {
+        let (batch, wake) = (&batch, &wake);
+        let mut helpers = Vec::new();
+        let outcomes = std::thread::Builder::new()
+            .name("wasp-outcomes".into())
+            .spawn_scoped(s, move || cpu_of(|| batch.outcomes(out_rx)));
+        helpers.push(outcomes);
+        for w in 0..ADMISSION_WORKERS.min(parallel) {
+            let jobs = job_tx.clone();
+            let worker = std::thread::Builder::new()
+                .name(format!("wasp-admit-{w}"))
+                .spawn_scoped(s, move || {
+                    cpu_of(|| batch.admission_worker(parallel, jobs, wake))
+                });
+            helpers.push(worker);
+        }
+        // The workers hold the only senders: when they are done, the driver
+        // sees the end of the jobs.
+        drop(job_tx);
+        let failed_start = helpers
+            .iter()
+            .find_map(|h| h.as_ref().err().map(|e| e.kind()));
+        let driven = match (failed_start, host_fd) {
+            // A helper that could not start: end the batch at once.
+            (Some(k), _) => Err(std::io::Error::from(k)),
+            (None, Some(fd)) => sys::netns::run_in(fd, || drive(&mut feed)),
+            (None, None) => Ok(drive(&mut feed)),
+        };
+        // Closing the driver's ends lets the outcome thread finish (and
+        // reclaim whatever is still in flight if the driver failed).
+        drop(feed);
+        let mut admission_cpu = Duration::ZERO;
+        for h in helpers.into_iter().flatten() {
+            admission_cpu += h.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
+        }
+        if let Some(k) = failed_start {
+            return Err(SpawnError::Admission(std::io::Error::from(k)));
+        }
+        let (r, driver_cpu) =
+            driven.map_err(|e| SpawnError::HostNetns(host_netns.clone().unwrap_or_default(), e))?;
+        Ok::<_, SpawnError>((r, driver_cpu, admission_cpu))
+    })?;
     result.map_err(SpawnError::Driver)?;
     let wall = start.elapsed();
-    let clones: Vec<CloneReport> = batch.rows.into_iter().flatten().collect();
+    let book = batch.book.into_inner().unwrap_or_else(|p| p.into_inner());
+    let clones: Vec<CloneReport> = book.rows.into_iter().flatten().collect();
     let totals: Vec<f64> = clones.iter().filter(|c| c.ok).map(|c| c.total_ms).collect();
     let p = Percentiles::of(&totals);
     let ready = clones.iter().filter(|c| c.ok).count();
@@ -632,7 +877,9 @@ pub fn spawn_observed(
             driver_fallback_reason: reason,
             storage_strategy: store.strategy(),
             mem_bytes_copied: 0,
-            disk_bytes_copied: batch.disk_bytes,
+            disk_bytes_copied: book.disk_bytes,
+            driver_cpu_ms: ms(driver_cpu),
+            admission_cpu_ms: ms(admission_cpu),
         },
         clones,
     })
@@ -743,9 +990,9 @@ impl Slots for PoolSlots {
     }
 
     fn check_tap(&mut self, slot: &SlotLease) -> Result<(), SlotError> {
+        // On the calling (admission) thread and back: no thread per clone.
         let fd = sys::netns::open_named(&slot.netns)?;
-        let tap = slot.tap.clone();
-        sys::netns::run_in(fd, move || sys::tap::ifindex(&tap))?
+        sys::netns::visit(fd, || sys::tap::ifindex(&slot.tap))?
             .map(drop)
             .map_err(|e| format!("tap {} in {}: {e}", slot.tap, slot.netns).into())
     }

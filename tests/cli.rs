@@ -82,8 +82,8 @@ fn synth(out: &std::path::Path) -> std::process::Output {
         .unwrap()
 }
 
-/// Demos share the pool name `demo` (slot netns `wasp-demo-<n>`): one at
-/// a time.
+/// Each demo has its own pool `demo<pid>` and host netns, but the tests
+/// below compare `ip netns` before and after: one demo at a time.
 static DEMO: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 #[test]
@@ -109,7 +109,7 @@ fn demo_spawns_checks_agents_and_removes_everything() {
     assert!(!after.iter().any(|n| n == host), "demo left {host}");
     let new: Vec<_> = after
         .iter()
-        .filter(|n| !before.contains(n) && n.starts_with("wasp-demo-"))
+        .filter(|n| !before.contains(n) && n.starts_with("wasp-demo"))
         .collect();
     assert!(new.is_empty(), "demo left slots: {new:?}");
 }
@@ -668,6 +668,13 @@ fn a_killed_demo_is_cleaned_up_by_the_next_one() {
     let vmms = || common::wasp_cli::vmm_pids(&Default::default(), &work);
     assert!(work.exists() && wasp::sys::netns::exists(&host));
     assert!(vmms().len() >= 2, "clones ran at the kill: {:?}", vmms());
+    let slots = format!("wasp-{}-", wasp::demo::pool_of(pid));
+    assert!(
+        common::ip_netns_list()
+            .iter()
+            .any(|n| n.starts_with(&slots)),
+        "the killed demo had slots"
+    );
 
     let out = wasp()
         .args(["demo", "--count", "2", "--json"])
@@ -682,7 +689,7 @@ fn a_killed_demo_is_cleaned_up_by_the_next_one() {
     assert!(
         !common::ip_netns_list()
             .iter()
-            .any(|n| n.starts_with("wasp-demo-")),
-        "no demo slot left"
+            .any(|n| n.starts_with(&slots)),
+        "no slot of the killed demo left"
     );
 }

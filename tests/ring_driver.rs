@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 
 use wasp::ready::Ready;
 use wasp::restore::{Job, Phase, Plan, RestoreError, Timeouts};
-use wasp::ring::{self, DriverKind, Feed, Outcome};
+use wasp::ring::{self, DriverKind, Feed, Next, Outcome};
+use wasp::sys::tap::EventFd;
 use wasp::vmm_api::BackendType;
 use zeroize::Zeroizing;
 
@@ -95,11 +96,18 @@ impl Feed for Batch {
     }
 }
 
-fn run_batch(
-    kind: DriverKind,
-    behaviours: &[Behaviour],
-    ready: Ready,
-) -> (Vec<Outcome>, Vec<Child>, mpsc::Receiver<String>) {
+/// Jobs (in reverse order), their fake VMMs' go switches, the stand-in
+/// children, what the fake VMMs saw, the plan, and the temp dir.
+type Setup = (
+    Vec<Job>,
+    Vec<mpsc::Sender<()>>,
+    Vec<Child>,
+    mpsc::Receiver<String>,
+    Arc<Plan>,
+    tempfile::TempDir,
+);
+
+fn setup(behaviours: &[Behaviour], ready: Ready) -> Setup {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().to_owned();
     let (seen_tx, seen_rx) = mpsc::channel();
@@ -143,6 +151,15 @@ fn run_batch(
         },
         ready_retry: Duration::from_millis(20),
     });
+    (jobs, gos, children, seen_rx, plan, tmp)
+}
+
+fn run_batch(
+    kind: DriverKind,
+    behaviours: &[Behaviour],
+    ready: Ready,
+) -> (Vec<Outcome>, Vec<Child>, mpsc::Receiver<String>) {
+    let (jobs, gos, children, seen_rx, plan, tmp) = setup(behaviours, ready);
     let mut batch = Batch {
         jobs,
         gos,
@@ -287,6 +304,84 @@ fn refused_readiness_times_out_in_the_ready_phase() {
                 o.result
             );
         }
+        cleanup(children);
+    }
+}
+
+/// Jobs made on another thread, as `wasp spawn`'s admission thread makes
+/// them: `poll_job` never blocks, the eventfd wakes the driver.
+struct ThreadFeed<'a> {
+    jobs: mpsc::Receiver<Job>,
+    outcomes: mpsc::Sender<Outcome>,
+    wake: &'a EventFd,
+    later: usize,
+}
+
+impl Feed for ThreadFeed<'_> {
+    fn next_job(&mut self) -> Option<Job> {
+        self.jobs.recv().ok()
+    }
+    fn poll_job(&mut self) -> Next {
+        match self.jobs.try_recv() {
+            Ok(j) => Next::Job(j),
+            Err(mpsc::TryRecvError::Empty) => {
+                self.later += 1;
+                Next::Later
+            }
+            Err(mpsc::TryRecvError::Disconnected) => Next::End,
+        }
+    }
+    fn wake(&self) -> Option<&EventFd> {
+        Some(self.wake)
+    }
+    fn done(&mut self, o: Outcome) {
+        self.outcomes.send(o).unwrap();
+    }
+}
+
+#[test]
+fn jobs_from_another_thread_wake_the_driver() {
+    for kind in kinds() {
+        let (mut jobs, gos, children, _seen, plan, _tmp) =
+            setup(&[Behaviour::Good; 5], Ready::None);
+        let wake = EventFd::new().unwrap();
+        let (job_tx, job_rx) = mpsc::channel();
+        let (out_tx, out_rx) = mpsc::channel();
+        let mut feed = ThreadFeed {
+            jobs: job_rx,
+            outcomes: out_tx,
+            wake: &wake,
+            later: 0,
+        };
+        let waker = &wake;
+        let outs = std::thread::scope(|s| {
+            let producer = s.spawn(move || {
+                // One job at a time, the next only after the last one's
+                // outcome: the driver idles with nothing in flight between
+                // jobs and must be woken each time.
+                let mut outs = Vec::new();
+                while let Some(job) = jobs.pop() {
+                    let go = gos[job.index].clone();
+                    job_tx.send(job).unwrap();
+                    waker.signal().unwrap();
+                    let _ = go.send(());
+                    outs.push(out_rx.recv().unwrap());
+                }
+                drop(job_tx);
+                waker.signal().unwrap();
+                outs
+            });
+            ring::run(kind, plan.clone(), 4, &mut feed).unwrap();
+            producer.join().unwrap()
+        });
+        assert_eq!(outs.len(), 5, "{kind}");
+        for (i, o) in outs.iter().enumerate() {
+            assert_eq!(o.job.index, i, "{kind}");
+            assert!(o.result.is_ok(), "{kind}: {:?}", o.result);
+        }
+        // Waiting is on the eventfd, not a spin on `poll_job`: a few
+        // `Later`s per job at most.
+        assert!(feed.later <= 5 * 4, "{kind}: {} Later answers", feed.later);
         cleanup(children);
     }
 }

@@ -35,6 +35,16 @@ pub struct SpawnBenchArgs {
     /// The firecracker binary (default: WASP_FIRECRACKER, then PATH).
     #[arg(long)]
     pub firecracker: Option<PathBuf>,
+    /// Where the bench's work dir goes (snapshot, clone disks, sockets,
+    /// state); point it at a reflink filesystem (XFS) to measure reflinked
+    /// clone disks. Default: the runtime dir.
+    #[arg(long, default_value = DEFAULT_RUNTIME_DIR)]
+    pub runtime_dir: PathBuf,
+    /// Hold every clone at once: check that all are Running together, then
+    /// account host memory per clone (VMM RSS/PSS from smaps_rollup, kernel
+    /// memory growth, MemAvailable drop) before removing everything.
+    #[arg(long)]
+    pub hold: bool,
     /// Print one JSON document.
     #[arg(long)]
     pub json: bool,
@@ -60,10 +70,18 @@ struct Out {
     phases_ms: serde_json::Map<String, serde_json::Value>,
     /// Percentiles per phase.
     phase_percentiles_ms: serde_json::Map<String, serde_json::Value>,
+    /// wasp's own CPU per clone, p50: the admission thread's time on the
+    /// clone plus the driver thread's CPU shared evenly.
+    wasp_overhead_ms_p50: f64,
+    admission_cpu_ms: f64,
+    driver_cpu_ms: f64,
+    vmm_cpu_ms_mean: f64,
     vmm_rss_kib_p50: f64,
     vmm_private_kib_mean: f64,
     host_kib_per_clone: f64,
     agents_ok: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    hold: Option<demo::HoldFigures>,
     failures: Vec<String>,
 }
 
@@ -80,22 +98,20 @@ pub fn run(a: SpawnBenchArgs) -> anyhow::Result<ExitCode> {
             DemoVmm::Firecracker(p)
         }
     };
-    super::spawn::report_leftovers(&demo::reconcile_leftovers(std::path::Path::new(
-        DEFAULT_RUNTIME_DIR,
-    )));
+    super::spawn::report_leftovers(&demo::reconcile_leftovers(&a.runtime_dir));
     let bar = super::progress::bar(a.count, "clones");
     let r = demo::run_observed(
         &demo::DemoOptions {
             count: a.count,
             parallel: a.parallel,
-            work_dir: PathBuf::from(DEFAULT_RUNTIME_DIR)
-                .join(format!("bench-{}", std::process::id())),
+            work_dir: a.runtime_dir.join(format!("bench-{}", std::process::id())),
             vmm,
             driver: a.driver.map(|d| match d {
                 DriverArg::Uring => wasp::ring::DriverKind::Uring,
                 DriverArg::Syscalls => wasp::ring::DriverKind::Syscalls,
             }),
             mem_mib: a.mem_mib,
+            hold: a.hold,
         },
         &mut |_| bar.inc(1),
     );
@@ -137,6 +153,8 @@ pub fn run(a: SpawnBenchArgs) -> anyhow::Result<ExitCode> {
         )?;
     }
     let s = &r.spawn.summary;
+    let driver_share = s.driver_cpu_ms / ok.len().max(1) as f64;
+    let overhead: Vec<f64> = ok.iter().map(|c| c.wasp_cpu_ms + driver_share).collect();
     let out = Out {
         kind: "spawn",
         vmm: format!("{:?}", a.vmm).to_lowercase(),
@@ -150,10 +168,15 @@ pub fn run(a: SpawnBenchArgs) -> anyhow::Result<ExitCode> {
         latency_ms: Percentiles::of(&totals),
         phases_ms: phases,
         phase_percentiles_ms: phase_pct,
+        wasp_overhead_ms_p50: Percentiles::of(&overhead).p50,
+        admission_cpu_ms: s.admission_cpu_ms,
+        driver_cpu_ms: s.driver_cpu_ms,
+        vmm_cpu_ms_mean: r.memory.vmm_cpu_ms_mean,
         vmm_rss_kib_p50: r.memory.vmm_rss_kib_p50,
         vmm_private_kib_mean: r.memory.vmm_private_kib_mean,
         host_kib_per_clone: r.memory.host_kib_per_clone,
         agents_ok: r.agents_ok,
+        hold: r.hold.clone(),
         failures: r
             .spawn
             .clones
@@ -177,6 +200,10 @@ pub fn run(a: SpawnBenchArgs) -> anyhow::Result<ExitCode> {
         rows.extend(phase_rows.iter().map(|(n, p)| (*n, "ms", p)));
         super::bench_tools::print_percentiles(&rows);
         println!(
+            "  wasp CPU per clone p50 {:.3} ms (admission thread {:.1} ms, driver thread {:.1} ms in all); VMM CPU mean {:.2} ms",
+            out.wasp_overhead_ms_p50, out.admission_cpu_ms, out.driver_cpu_ms, out.vmm_cpu_ms_mean
+        );
+        println!(
             "  VMM RSS p50 {:.0} KiB (private {:.0} KiB mean); host memory per clone beyond the VMM {:.0} KiB",
             out.vmm_rss_kib_p50, out.vmm_private_kib_mean, out.host_kib_per_clone
         );
@@ -186,6 +213,27 @@ pub fn run(a: SpawnBenchArgs) -> anyhow::Result<ExitCode> {
                 out.agents_ok
             );
         }
+        if let Some(h) = &out.hold {
+            println!(
+                "  hold: {} of {} Running at once; VMM RSS p50 {:.0} KiB, PSS mean {:.0} KiB, private mean {:.0} KiB",
+                h.running_at_once, out.ready, h.vmm_rss_kib.p50, h.vmm_pss_kib.mean, h.vmm_private_kib.mean
+            );
+            println!(
+                "  hold: host memory per clone {:.0} KiB accounted (PSS + kernel {:.0} KiB), MemAvailable drop {:.0} KiB; goal <= {:.0} KiB: {}",
+                h.accounted_kib_per_clone,
+                h.kernel_kib_per_clone,
+                h.host_available_drop_kib_per_clone,
+                h.goal_kib,
+                if h.goal_met { "met" } else { "NOT met" }
+            );
+            println!(
+                "  hold: after removal, still in use against before the bench: {:+} KiB (MemAvailable), {:+} KiB kernel",
+                h.residual_available_kib, h.residual_kernel_kib
+            );
+            for (id, why) in &h.not_running {
+                println!("  not running at hold: {id}: {why}");
+            }
+        }
         for f in &out.failures {
             println!("  failure: {f}");
         }
@@ -193,7 +241,11 @@ pub fn run(a: SpawnBenchArgs) -> anyhow::Result<ExitCode> {
             println!("  plot: {}", p.display());
         }
     }
-    Ok(if out.failed == 0 && r.cleanup_errors.is_empty() {
+    let held = out
+        .hold
+        .as_ref()
+        .is_none_or(|h| h.not_running.is_empty() && h.running_at_once == out.ready);
+    Ok(if out.failed == 0 && held && r.cleanup_errors.is_empty() {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)

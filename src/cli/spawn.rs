@@ -523,9 +523,10 @@ pub fn kill(a: KillArgs, mut cfg: Config) -> anyhow::Result<ExitCode> {
 pub fn report_leftovers(l: &demo::Leftovers) {
     if !l.dirs.is_empty() || !l.errors.is_empty() {
         eprintln!(
-            "wasp: removed what {} killed demo/bench run(s) left: {} VMM(s), host netns {:?}",
+            "wasp: removed what {} killed demo/bench run(s) left: {} VMM(s), {} slot(s), host netns {:?}",
             l.dirs.len(),
             l.vmms,
+            l.slots,
             l.host_netns
         );
     }
@@ -554,6 +555,7 @@ pub fn demo_cmd(a: DemoArgs, cfg: Config) -> anyhow::Result<ExitCode> {
             vmm: demo::DemoVmm::Standin,
             driver: None,
             mem_mib: 64,
+            hold: false,
         },
         &mut |_| bar.inc(1),
     );

@@ -61,6 +61,15 @@ pub fn stop_self() -> io::Result<()> {
     nix::sys::signal::raise(nix::sys::signal::Signal::SIGSTOP).map_err(io::Error::from)
 }
 
+/// CPU time the calling thread has used (user + system), for attributing
+/// wasp's own work in benchmarks. Zero if the clock cannot be read.
+pub fn thread_cpu_time() -> std::time::Duration {
+    use nix::time::{clock_gettime, ClockId};
+    clock_gettime(ClockId::CLOCK_THREAD_CPUTIME_ID)
+        .map(std::time::Duration::from)
+        .unwrap_or_default()
+}
+
 /// True when the effective uid is 0.
 pub fn is_root() -> bool {
     nix::unistd::geteuid().is_root()

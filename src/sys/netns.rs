@@ -253,6 +253,19 @@ pub fn enter(ns: impl AsFd) -> io::Result<()> {
     setns(ns, CloneFlags::CLONE_NEWNET).map_err(io::Error::from)
 }
 
+/// Runs `f` on the *calling thread* inside `ns`, then moves the thread back
+/// to the namespace it was in. Cheaper than [`run_in`] (no thread), for
+/// short checks on a thread the caller owns. Fails, with the thread in
+/// `ns`, only if the way back fails, which needs the handle on the old
+/// namespace to have become unusable.
+pub fn visit<T>(ns: impl AsFd, f: impl FnOnce() -> T) -> io::Result<T> {
+    let home = open_current()?;
+    enter(ns)?;
+    let r = f();
+    enter(&home)?;
+    Ok(r)
+}
+
 /// Moves the calling thread into a new anonymous namespace.
 pub fn unshare_current_thread() -> io::Result<()> {
     unshare(CloneFlags::CLONE_NEWNET).map_err(io::Error::from)

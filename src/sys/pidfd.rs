@@ -41,6 +41,17 @@ pub fn pidfd_exited(pidfd: &OwnedFd, timeout_ms: i32) -> io::Result<bool> {
     Ok(n == 1)
 }
 
+/// Reaps `pid` if it is an exited child of this process (no zombie stays
+/// behind until wasp exits). True when it was reaped; false when it is
+/// still running or not our child.
+pub fn reap_exited_child(pid: i32) -> bool {
+    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+    matches!(
+        waitpid(nix::unistd::Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG)),
+        Ok(WaitStatus::Exited(..) | WaitStatus::Signaled(..))
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

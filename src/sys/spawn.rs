@@ -227,6 +227,17 @@ impl Process {
         self.stdin.as_ref()
     }
 
+    /// Sends it SIGKILL, unless it was already reaped. An unreaped child's
+    /// pid cannot be reused, so this is exact.
+    pub fn kill(&mut self) -> io::Result<()> {
+        if self.status.is_some() {
+            return Ok(());
+        }
+        // SAFETY: kill(2) takes plain integers; the pid is our own child,
+        // not yet reaped.
+        cvt(unsafe { libc::kill(self.pid, libc::SIGKILL) }).map(drop)
+    }
+
     /// Waits for it to exit and reaps it (once; later calls return the
     /// same status).
     pub fn wait(&mut self) -> io::Result<ExitStatus> {
