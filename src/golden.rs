@@ -13,6 +13,7 @@
 use std::fs;
 use std::io::Read;
 use std::net::{Ipv4Addr, SocketAddrV4, TcpStream};
+use std::os::fd::RawFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -158,8 +159,15 @@ pub enum GoldenError {
         source: std::io::Error,
     },
     /// Launching the VMM.
-    #[error("cannot start the VMM to boot the golden guest")]
-    Launch(#[source] launch::LaunchError),
+    #[error("cannot start the VMM to boot the golden guest{output}")]
+    Launch {
+        /// Cause.
+        #[source]
+        source: launch::LaunchError,
+        /// The VMM's last output ([`VmmOutput`]; its log files are
+        /// removed with the work dir).
+        output: VmmOutput,
+    },
     /// An API call failed.
     #[error("{step} failed")]
     Api {
@@ -170,20 +178,18 @@ pub enum GoldenError {
         source: ApiError,
     },
     /// The guest did not become ready.
-    #[error(
-        "the guest did not become ready ({what}) within {timeout:?}; see the console log {log}"
-    )]
+    #[error("the guest did not become ready ({what}) within {timeout:?}{output}")]
     NotReady {
         /// The readiness check.
         what: String,
         /// Limit.
         timeout: Duration,
-        /// Where the console went.
-        log: PathBuf,
+        /// The console's and the VMM's last output.
+        output: VmmOutput,
     },
     /// The VMM exited while booting.
-    #[error("the VMM exited while the guest booted; see {0}")]
-    VmmExited(PathBuf),
+    #[error("the VMM exited while the guest booted{0}")]
+    VmmExited(VmmOutput),
     /// The written manifest does not validate.
     #[error("the new snapshot does not validate")]
     Check(#[source] snapshot::CheckError),
@@ -194,6 +200,77 @@ fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> 
         what,
         path: path.to_owned(),
         source,
+    }
+}
+
+/// The last lines the VMM wrote to its stdout (the serial console) and
+/// stderr, carried in the error itself: the work dir holding the log files
+/// is removed when creation fails. Displays as `; the VMM's last output:`
+/// and the lines, or `; the VMM wrote nothing`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VmmOutput {
+    /// `(stream, last lines)`, for `stdout` and `stderr` when not empty.
+    pub streams: Vec<(&'static str, Vec<String>)>,
+}
+
+/// Lines kept per stream.
+const TAIL_LINES: usize = 10;
+/// Bytes read from the end of each log.
+const TAIL_BYTES: u64 = 8 * 1024;
+/// Characters kept per line.
+const TAIL_LINE_CHARS: usize = 240;
+
+impl VmmOutput {
+    /// Reads the tails of `vmm.stdout` and `vmm.stderr` in `dir` (the
+    /// launch's log dir); a missing or unreadable log counts as empty.
+    pub fn read(dir: &Path) -> Self {
+        let mut streams = Vec::new();
+        for name in ["stdout", "stderr"] {
+            let lines = tail_lines(&dir.join(format!("vmm.{name}")));
+            if !lines.is_empty() {
+                streams.push((name, lines));
+            }
+        }
+        VmmOutput { streams }
+    }
+}
+
+fn tail_lines(path: &Path) -> Vec<String> {
+    use std::io::{Seek, SeekFrom};
+    let Ok(mut f) = fs::File::open(path) else {
+        return Vec::new();
+    };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let from = len.saturating_sub(TAIL_BYTES);
+    let mut bytes = Vec::new();
+    if f.seek(SeekFrom::Start(from)).is_err() || f.read_to_end(&mut bytes).is_err() {
+        return Vec::new();
+    }
+    let text = String::from_utf8_lossy(&bytes);
+    let mut lines: Vec<String> = text
+        .lines()
+        // A cut first line is partial.
+        .skip(usize::from(from > 0))
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| l.chars().take(TAIL_LINE_CHARS).collect())
+        .collect();
+    let drop = lines.len().saturating_sub(TAIL_LINES);
+    lines.drain(..drop);
+    lines
+}
+
+impl std::fmt::Display for VmmOutput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.streams.is_empty() {
+            return f.write_str("; the VMM wrote nothing");
+        }
+        f.write_str("; the VMM's last output:")?;
+        for (name, lines) in &self.streams {
+            for l in lines {
+                write!(f, "\n  {name}| {l}")?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -254,7 +331,11 @@ fn wait_serial(
         match sys::poll::wait_readable(&fds, left.as_millis().min(i32::MAX as u128) as i32)
             .map_err(io("watch", log))?
         {
-            Some(1) => return Err(GoldenError::VmmExited(log.to_owned())),
+            Some(1) => {
+                return Err(GoldenError::VmmExited(VmmOutput::read(
+                    log.parent().unwrap_or(Path::new(".")),
+                )))
+            }
             Some(_) => {
                 let _ = sys::inotify::read_events(&ino);
             }
@@ -263,29 +344,58 @@ fn wait_serial(
     }
 }
 
+/// Waits up to `left` for the VMM to exit (its pidfd turns readable).
+/// True when it exited.
+fn vmm_exits_within(pidfd: RawFd, left: Duration) -> std::io::Result<bool> {
+    let ms = left.as_millis().min(i32::MAX as u128) as i32;
+    Ok(sys::poll::wait_readable(&[pidfd], ms)?.is_some())
+}
+
 /// Connects to the guest's port from inside the slot, retrying refused
-/// connects until the deadline.
+/// connects until the deadline. Between attempts it waits on the VMM's
+/// pidfd, so a VMM that dies ends the wait at once.
 fn wait_tcp(
     netns: &str,
     guest: Ipv4Addr,
     port: u16,
+    vm: &Vm,
+    log_dir: &Path,
     deadline: Instant,
 ) -> Result<bool, GoldenError> {
     let fd = sys::netns::open_named(netns).map_err(io("open netns", Path::new(netns)))?;
-    sys::netns::run_in(fd, || loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return false;
-        }
-        let addr = SocketAddrV4::new(guest, port).into();
-        match TcpStream::connect_timeout(&addr, left.min(Duration::from_secs(1))) {
-            Ok(_) => return true,
+    let pidfd = sys::poll::raw(&vm.launched.pidfd);
+    // Some(ready?) until the deadline, None when the VMM exited.
+    let waited = sys::netns::run_in(fd, || -> std::io::Result<Option<bool>> {
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok(Some(false));
+            }
+            let addr = SocketAddrV4::new(guest, port).into();
+            if TcpStream::connect_timeout(&addr, left.min(Duration::from_secs(1))).is_ok() {
+                return Ok(Some(true));
+            }
             // The service is not up yet; a refused connect returns at once,
-            // so pace retries with a short bounded wait.
-            Err(_) => std::thread::park_timeout(Duration::from_millis(20).min(left)),
+            // so pace retries with a short bounded wait on the pidfd.
+            if vmm_exits_within(pidfd, Duration::from_millis(20).min(left))? {
+                return Ok(None);
+            }
         }
     })
-    .map_err(io("enter netns", Path::new(netns)))
+    .map_err(io("enter netns", Path::new(netns)))?
+    .map_err(io("watch the VMM's pidfd", log_dir))?;
+    waited.ok_or_else(|| GoldenError::VmmExited(VmmOutput::read(log_dir)))
+}
+
+/// The user's explicit delay, ended early (as a failure) when the VMM
+/// exits.
+fn wait_delay(vm: &Vm, log_dir: &Path, d: Duration) -> Result<bool, GoldenError> {
+    if vmm_exits_within(sys::poll::raw(&vm.launched.pidfd), d)
+        .map_err(io("watch the VMM's pidfd", log_dir))?
+    {
+        return Err(GoldenError::VmmExited(VmmOutput::read(log_dir)));
+    }
+    Ok(true)
 }
 
 /// Boots, waits, snapshots, and writes the manifest. Returns it.
@@ -341,8 +451,12 @@ fn create_in(o: &GoldenOptions, tmp: &Path, work: &Path) -> Result<Manifest, Gol
         snapshot_files: vec![],
     };
     let console = work.join("vmm.stdout");
+    let launch_err = |source| GoldenError::Launch {
+        source,
+        output: VmmOutput::read(work),
+    };
     let vm = Vm {
-        launched: launch::launch(&spec).map_err(GoldenError::Launch)?,
+        launched: launch::launch(&spec).map_err(launch_err)?,
     };
     launch::wait_for_socket(
         &spec.api_sock,
@@ -351,7 +465,7 @@ fn create_in(o: &GoldenOptions, tmp: &Path, work: &Path) -> Result<Manifest, Gol
         &work.join("vmm.stderr"),
         Duration::from_secs(10),
     )
-    .map_err(GoldenError::Launch)?;
+    .map_err(launch_err)?;
     let mut c = api("connect", Client::connect(&spec.api_sock))?;
     api(
         "PUT /machine-config",
@@ -407,19 +521,19 @@ fn create_in(o: &GoldenOptions, tmp: &Path, work: &Path) -> Result<Manifest, Gol
             format!("serial:{re}"),
         ),
         GoldenReady::Tcp(p) => (
-            wait_tcp(&o.netns, o.guest.ip, *p, deadline)?,
+            wait_tcp(&o.netns, o.guest.ip, *p, &vm, work, deadline)?,
             format!("tcp:{p}"),
         ),
-        GoldenReady::Delay(d) => {
-            std::thread::park_timeout(*d);
-            (true, format!("delay:{}", d.as_millis()))
-        }
+        GoldenReady::Delay(d) => (
+            wait_delay(&vm, work, *d)?,
+            format!("delay:{}", d.as_millis()),
+        ),
     };
     if !ok {
         return Err(GoldenError::NotReady {
             what,
             timeout: o.timeout,
-            log: console,
+            output: VmmOutput::read(work),
         });
     }
     let info = api("GET /", c.get_instance_info())?;
@@ -515,6 +629,35 @@ mod tests {
         for bad in ["tcp:0", "serial:(", "delay:x", "ssh"] {
             assert!(bad.parse::<GoldenReady>().is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn vmm_output_keeps_the_last_lines_of_each_log() {
+        let d = tempfile::tempdir().unwrap();
+        assert_eq!(
+            VmmOutput::read(d.path()).to_string(),
+            "; the VMM wrote nothing"
+        );
+        let mut text: String = (0..20).map(|i| format!("line {i}\n")).collect();
+        text.push_str(&"x".repeat(1000));
+        std::fs::write(d.path().join("vmm.stdout"), &text).unwrap();
+        std::fs::write(d.path().join("vmm.stderr"), "\n\nboom\n").unwrap();
+        let out = VmmOutput::read(d.path());
+        let stdout = &out.streams[0];
+        assert_eq!(stdout.0, "stdout");
+        assert_eq!(stdout.1.len(), TAIL_LINES);
+        assert_eq!(stdout.1[0], "line 11");
+        assert_eq!(stdout.1[9].len(), TAIL_LINE_CHARS);
+        assert_eq!(out.streams[1], ("stderr", vec!["boom".to_owned()]));
+        let shown = out.to_string();
+        assert!(shown.starts_with("; the VMM's last output:\n  stdout| line 11\n"));
+        assert!(shown.ends_with("\n  stderr| boom"), "{shown}");
+        // A log larger than the tail window: its cut first line is dropped.
+        let big: String = (0..2000).map(|i| format!("entry {i}\n")).collect();
+        std::fs::write(d.path().join("vmm.stdout"), big).unwrap();
+        let out = VmmOutput::read(d.path());
+        assert_eq!(out.streams[0].1.last().unwrap(), "entry 1999");
+        assert!(out.streams[0].1.iter().all(|l| l.starts_with("entry ")));
     }
 
     #[test]

@@ -211,6 +211,18 @@ impl Store {
         Ok((ok, bad))
     }
 
+    /// The records of `pool`'s clones whose VMM is alive (the recorded
+    /// process: pid and start time, [`same_process`]), sorted by id.
+    /// Corrupt records are left out (`wasp reconcile` moves them aside).
+    pub fn live_in_pool(&self, pool: &str) -> Result<Vec<CloneRecord>, StateError> {
+        Ok(self
+            .list()?
+            .0
+            .into_iter()
+            .filter(|r| r.pool == pool && same_process(r.pid, r.pid_start))
+            .collect())
+    }
+
     /// Removes temp files a crash left mid-write.
     pub fn sweep_temp(&self) -> usize {
         let mut n = 0;
@@ -320,6 +332,35 @@ mod tests {
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn live_in_pool_keeps_the_pools_clones_whose_recorded_process_lives() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(d.path()).unwrap();
+        let me = std::process::id() as i32;
+        let start = pid_start_time(me).unwrap();
+        let alive = |id: &str, pool: &str| CloneRecord {
+            pid: me,
+            pid_start: start,
+            pool: pool.into(),
+            ..rec(id)
+        };
+        s.put(&alive("wasp-a", "p")).unwrap();
+        s.put(&alive("wasp-b", "other")).unwrap();
+        // Same pid, another start time: a recycled pid, not the clone.
+        s.put(&CloneRecord {
+            pid_start: start + 1,
+            ..alive("wasp-c", "p")
+        })
+        .unwrap();
+        fs::write(s.dir().join("wasp-d.json"), b"{").unwrap();
+        let live = s.live_in_pool("p").unwrap();
+        assert_eq!(
+            live.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
+            ["wasp-a"]
+        );
+        assert!(s.live_in_pool("none").unwrap().is_empty());
     }
 
     #[test]

@@ -274,27 +274,27 @@ fn snapshot_create_with_firecracker_then_spawn_from_it() {
         pool: pool.clone(),
     };
     let out_dir = tmp.path().join("golden");
-    let out = wasp()
-        .args([
-            "snapshot",
-            "create",
-            "--mem-mib",
-            "128",
-            "--ready",
-            "serial:^wasp-testguest ready",
-            "--json",
-        ])
-        .arg("--kernel")
-        .arg(&kernel)
-        .arg("--rootfs")
-        .arg(&rootfs)
-        .arg("--out")
-        .arg(&out_dir)
-        .arg("--firecracker")
-        .arg(&fc)
-        .args(["--host-netns", &host, "--pool", &pool])
-        .output()
-        .unwrap();
+    let mut c = wasp();
+    c.args([
+        "snapshot",
+        "create",
+        "--mem-mib",
+        "128",
+        "--ready",
+        "serial:^wasp-testguest ready",
+        "--json",
+    ])
+    .arg("--kernel")
+    .arg(&kernel)
+    .arg("--rootfs")
+    .arg(&rootfs)
+    .arg("--out")
+    .arg(&out_dir)
+    .arg("--firecracker")
+    .arg(&fc)
+    .args(["--host-netns", &host, "--pool", &pool]);
+    dirs(&mut c, &tmp.path().join("state"));
+    let out = c.output().unwrap();
     let v = json(&out);
     assert!(out.status.success(), "{v:#}");
     assert_eq!(v["manifest"]["vmm"], "firecracker");
@@ -371,6 +371,104 @@ fn snapshot_create_with_firecracker_then_spawn_from_it() {
         "{}",
         String::from_utf8_lossy(&drain.stderr)
     );
+}
+
+#[test]
+fn snapshot_create_with_the_standin_and_tcp_readiness_then_spawn_from_it() {
+    root_or_skip!();
+    let s = common::wasp_cli::Setup::new("mkst");
+    let dir = s.tmp.path();
+    let kernel = dir.join("guest.elf");
+    wasp::testguest::write(&kernel).unwrap();
+    let rootfs = dir.join("rootfs.img");
+    std::fs::write(&rootfs, vec![7u8; 1 << 20]).unwrap();
+    let create = |out: &std::path::Path, ready: &str, timeout: &str| {
+        let mut c = s.wasp(
+            &[
+                "snapshot",
+                "create",
+                "--vmm",
+                "standin",
+                "--mem-mib",
+                "32",
+                "--timeout",
+                timeout,
+                "--json",
+                "--ready",
+                ready,
+            ],
+            true,
+        );
+        c.arg("--kernel")
+            .arg(&kernel)
+            .arg("--rootfs")
+            .arg(&rootfs)
+            .arg("--out")
+            .arg(out);
+        c
+    };
+    let golden = dir.join("golden");
+    let v = s.json(create(&golden, "tcp:22", "10"));
+    let m = &v["manifest"];
+    assert_eq!(m["vmm"], "standin");
+    assert_eq!(
+        m["drives"][0]["path_on_host"],
+        wasp::paths::stable_drive_path("rootfs").to_str().unwrap()
+    );
+    assert_eq!(m["mmds"]["version"], "V2");
+    assert_eq!(m["mmds"]["ipv4_address"], "169.254.169.254");
+    assert_eq!(m["network_interfaces"][0]["guest_ip"], "192.168.241.2");
+    // What it printed is what it wrote, and it validates with its sums.
+    let on_disk: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(golden.join(wasp::snapshot::MANIFEST_FILE)).unwrap())
+            .unwrap();
+    assert_eq!(&on_disk, m);
+    wasp::snapshot::check(&golden, true).unwrap();
+
+    let mut c = s.wasp(
+        &[
+            "spawn", "--vmm", "standin", "--count", "3", "--ready", "tcp:22", "--json",
+        ],
+        true,
+    );
+    c.arg("--snapshot").arg(&golden);
+    let v = s.json(c);
+    let clones = v["clones"].as_array().unwrap();
+    assert_eq!(v["summary"]["ready"], 3, "{v:#}");
+    let agents = || {
+        for cl in clones {
+            assert_eq!(cl["ready_port"], 22);
+            let ip: std::net::Ipv4Addr = cl["clone_ip"].as_str().unwrap().parse().unwrap();
+            let id = s.host.run(|| {
+                wasp::demo::agent_id(ip, std::time::Duration::from_secs(5))
+                    .unwrap_or_else(|e| panic!("agent of {} at {ip}: {e}", cl["id"]))
+            });
+            assert_eq!(id, cl["id"].as_str().unwrap(), "agent at {ip}");
+        }
+    };
+    agents();
+
+    // The guest never listens on 23: readiness fails at its deadline, with
+    // the VMM's last output in the one error, and nothing left at --out.
+    // It boots in a free slot, never in one a live clone holds.
+    let failed = dir.join("never");
+    let out = create(&failed, "tcp:23", "1").output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("did not become ready (tcp:23) within 1s; the VMM's last output:")
+            && err.contains("userspace guest up at 192.168.241.2/29"),
+        "{err}"
+    );
+    assert!(!failed.exists());
+    let stray: Vec<_> = common::wasp_cli::names_in(dir)
+        .into_iter()
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    assert!(stray.is_empty(), "{stray:?}");
+    agents();
+
+    s.kill_drain_and_assert_zero();
 }
 
 /// Every file below `dir`, recursively (symlinks not followed).

@@ -124,6 +124,13 @@ fn a_failed_create_leaves_nothing_at_out() {
     })
     .unwrap_err();
     assert!(matches!(e, golden::GoldenError::NotReady { .. }), "{e}");
+    // The log files go with the work dir: the error carries their tail,
+    // here the test guest's line on the serial console.
+    let msg = e.to_string();
+    assert!(
+        msg.contains("the VMM's last output:") && msg.contains("stdout| wasp-testguest ready"),
+        "{msg}"
+    );
     let names: Vec<_> = std::fs::read_dir(tmp.path())
         .unwrap()
         .map(|e| e.unwrap().file_name())

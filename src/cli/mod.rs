@@ -55,7 +55,7 @@ pub enum Command {
     Pool(pool::PoolArgs),
     /// Find what a crashed wasp left: adopt healthy clones, remove broken
     /// ones, orphan VMMs, stray files and broken slots (also run at the
-    /// start of spawn, kill, pool warm/drain).
+    /// start of spawn, kill, snapshot create, pool warm/drain).
     Reconcile(reconcile::ReconcileArgs),
     /// Measure wasp's stages.
     #[command(subcommand)]

@@ -1,7 +1,6 @@
 //! `wasp snapshot create`: boot a guest in a slot, wait until it is ready,
 //! snapshot it, write the manifest (see `wasp::golden`).
 
-use std::collections::HashSet;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -12,10 +11,12 @@ use clap::Args;
 use wasp::config::Config;
 use wasp::golden::{self, GoldenOptions, GoldenReady};
 use wasp::launch::Vmm;
+use wasp::reconcile;
 use wasp::spawn::{PoolSlots, Slots};
 use wasp::storage::probe::{probe_reflink, ReflinkProbe};
 
 use super::pool::Where;
+use super::reconcile::Dirs;
 use super::spawn::VmmArg;
 
 /// `wasp snapshot create`.
@@ -54,6 +55,8 @@ pub struct CreateArgs {
     pub out: PathBuf,
     #[command(flatten)]
     pub at: Where,
+    #[command(flatten)]
+    pub dirs: Dirs,
     /// Print one JSON document.
     #[arg(long)]
     pub json: bool,
@@ -62,6 +65,7 @@ pub struct CreateArgs {
 /// Runs `wasp snapshot create`.
 pub fn create(a: CreateArgs, mut cfg: Config) -> anyhow::Result<ExitCode> {
     a.at.apply(&mut cfg);
+    a.dirs.apply(&mut cfg);
     cfg.firecracker
         .flag("--firecracker", a.firecracker.clone().map(Some));
     let vmm = match a.vmm {
@@ -71,13 +75,17 @@ pub fn create(a: CreateArgs, mut cfg: Config) -> anyhow::Result<ExitCode> {
             wasp::firecracker::version_of(&p)?;
             Vmm::Firecracker(p)
         }
-        VmmArg::Standin => {
-            let dir = std::env::temp_dir().join(format!("wasp-standin-{}", std::process::id()));
-            Vmm::Standin(wasp::standin::locate(&dir).context("find the stand-in VMM")?)
-        }
+        VmmArg::Standin => Vmm::Standin(
+            wasp::standin::locate(&cfg.runtime_dir.value).context("find the stand-in VMM")?,
+        ),
     };
+    // Like spawn: the pool's slots are reconciled under the state lock, and
+    // the slots live clones hold are never taken to boot in.
+    let (_lock, _) = reconcile::at_start(&super::reconcile::options(&cfg, true))
+        .context("reconcile what an earlier run left")?;
     let net = cfg.slot_net();
-    let mut slots = PoolSlots::open(net.clone(), &cfg.host_net(), 1, HashSet::new())
+    let in_use = super::spawn::in_use(&cfg.state_dir.value, &net.pool);
+    let mut slots = PoolSlots::open(net.clone(), &cfg.host_net(), 1, in_use)
         .context("prepare a slot to boot in")?;
     let lease = slots
         .take()

@@ -260,15 +260,11 @@ fn timeouts(a: &SpawnArgs) -> anyhow::Result<Timeouts> {
     })
 }
 
-fn in_use(state_dir: &std::path::Path, pool: &str) -> HashSet<u32> {
+/// The slot indexes of `pool` that live clones recorded in `state_dir` hold.
+pub fn in_use(state_dir: &std::path::Path, pool: &str) -> HashSet<u32> {
     state::Store::open(state_dir)
-        .and_then(|s| s.list())
-        .map(|(recs, _)| {
-            recs.into_iter()
-                .filter(|r| r.pool == pool && state::same_process(r.pid, r.pid_start))
-                .map(|r| r.slot)
-                .collect()
-        })
+        .and_then(|s| s.live_in_pool(pool))
+        .map(|recs| recs.into_iter().map(|r| r.slot).collect())
         .unwrap_or_default()
 }
 
