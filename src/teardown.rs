@@ -180,6 +180,114 @@ pub fn teardown(
     (fate, errors)
 }
 
+/// Clone ids named in full in [`DrainError::LiveClones`]; more are counted.
+const LIVE_LISTED: usize = 8;
+
+/// Why a pool may not be drained (yet).
+#[derive(Debug, Error)]
+pub enum DrainError {
+    /// Live clones use the pool's slots.
+    #[error(
+        "pool {pool} has {} live clone(s): {}; draining would pull the network out from under them. Stop them first with `wasp kill ID…` (or `wasp kill --all`), or pass --force to kill them and then drain",
+        clones.len(),
+        list_clones(clones)
+    )]
+    LiveClones {
+        /// The pool.
+        pool: String,
+        /// Their records.
+        clones: Vec<CloneRecord>,
+    },
+    /// The state dir could not be read.
+    #[error("cannot list the clones of pool {pool}")]
+    State {
+        /// The pool.
+        pool: String,
+        /// Cause.
+        #[source]
+        source: state::StateError,
+    },
+    /// `--force` could not tear every live clone down; the pool was not
+    /// drained.
+    #[error("pool {pool} not drained: {} of its live clone(s) could not be torn down: {}", errors.len(), errors.iter().map(|e| crate::doctor::error_chain(e)).collect::<Vec<_>>().join("; "))]
+    Teardown {
+        /// The pool.
+        pool: String,
+        /// Every teardown error.
+        errors: Vec<TeardownError>,
+    },
+}
+
+fn list_clones(clones: &[CloneRecord]) -> String {
+    let mut s: Vec<String> = clones
+        .iter()
+        .take(LIVE_LISTED)
+        .map(|c| format!("{} (VMM pid {}, {}, {})", c.id, c.pid, c.netns, c.clone_ip))
+        .collect();
+    if clones.len() > LIVE_LISTED {
+        s.push(format!(
+            "and {} more (`wasp ls`)",
+            clones.len() - LIVE_LISTED
+        ));
+    }
+    s.join(", ")
+}
+
+/// A live clone `--force` tore down before a drain.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Killed {
+    /// Clone id.
+    pub id: String,
+    /// What happened to its VMM.
+    pub vmm: Option<VmmFate>,
+}
+
+/// Makes way for draining `pool`: finds its live clones in `store` (records
+/// whose VMM is alive, [`state::Store::live_in_pool`]). Without `force`,
+/// any is [`DrainError::LiveClones`] and nothing is touched; with `force`,
+/// each is torn down like `wasp kill` ([`teardown`]), and any teardown
+/// error is [`DrainError::Teardown`] (the caller must not drain then).
+pub fn clear_for_drain(
+    store: &state::Store,
+    pool: &str,
+    force: bool,
+    grace: Duration,
+) -> Result<Vec<Killed>, DrainError> {
+    let live = store
+        .live_in_pool(pool)
+        .map_err(|source| DrainError::State {
+            pool: pool.to_owned(),
+            source,
+        })?;
+    if live.is_empty() {
+        return Ok(Vec::new());
+    }
+    if !force {
+        return Err(DrainError::LiveClones {
+            pool: pool.to_owned(),
+            clones: live,
+        });
+    }
+    let mut killed = Vec::new();
+    let mut errors = Vec::new();
+    for r in &live {
+        let (vmm, errs) = teardown(store, r, grace);
+        errors.extend(errs);
+        killed.push(Killed {
+            id: r.id.clone(),
+            vmm,
+        });
+    }
+    if errors.is_empty() {
+        Ok(killed)
+    } else {
+        Err(DrainError::Teardown {
+            pool: pool.to_owned(),
+            errors,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -229,6 +337,46 @@ mod tests {
         assert_eq!(fate, VmmFate::Terminated);
         use std::os::unix::process::ExitStatusExt;
         assert_eq!(child.wait().unwrap().signal(), Some(libc::SIGTERM));
+    }
+
+    #[test]
+    fn drain_is_refused_while_clones_live_and_names_them() {
+        let d = tempfile::tempdir().unwrap();
+        let s = state::Store::open(&d.path().join("state")).unwrap();
+        let grace = Duration::from_millis(10);
+        // No records, or only a dead clone's: nothing stands in the way.
+        assert!(clear_for_drain(&s, "p", false, grace).unwrap().is_empty());
+        s.put(&record(i32::MAX, 0, d.path())).unwrap();
+        assert!(clear_for_drain(&s, "p", false, grace).unwrap().is_empty());
+        // Live ones (this test process stands in for their VMMs).
+        let me = std::process::id() as i32;
+        let start = state::pid_start_time(me).unwrap();
+        for i in 0..LIVE_LISTED + 2 {
+            s.put(&CloneRecord {
+                id: format!("live-{i:02}"),
+                ..record(me, start, d.path())
+            })
+            .unwrap();
+        }
+        let e = clear_for_drain(&s, "p", false, grace).unwrap_err();
+        let msg = e.to_string();
+        assert!(
+            msg.starts_with(&format!(
+                "pool p has {} live clone(s): live-00 (VMM pid {me}, wasp-p-0, 10.0.0.2), ",
+                LIVE_LISTED + 2
+            )),
+            "{msg}"
+        );
+        assert!(msg.contains("and 2 more (`wasp ls`)"), "{msg}");
+        assert!(!msg.contains("live-09"), "{msg}");
+        assert!(msg.contains("--force"), "{msg}");
+        // Another pool's drain is not blocked by them.
+        assert!(clear_for_drain(&s, "q", false, grace).unwrap().is_empty());
+        assert_eq!(
+            s.list().unwrap().0.len(),
+            LIVE_LISTED + 3,
+            "nothing removed"
+        );
     }
 
     #[test]

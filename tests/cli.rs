@@ -471,6 +471,60 @@ fn snapshot_create_with_the_standin_and_tcp_readiness_then_spawn_from_it() {
     s.kill_drain_and_assert_zero();
 }
 
+#[test]
+fn pool_drain_refuses_while_clones_live_and_force_kills_them_first() {
+    root_or_skip!();
+    let s = common::wasp_cli::Setup::new("drain");
+    let v = s.json(s.spawn_ready("3", "tcp:22"));
+    assert_eq!(v["summary"]["ready"], 3, "{v:#}");
+    let ids = common::wasp_cli::ids(&v["clones"]);
+    let before = s.seen();
+    assert_eq!(before.vmms.len(), 3);
+
+    let refused = |want: &std::collections::BTreeSet<String>| {
+        let out = s.wasp(&["pool", "drain", "--json"], true).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(out.stdout.is_empty(), "no JSON document on a refusal");
+        assert!(
+            err.contains(&format!(
+                "pool {} has {} live clone(s): ",
+                s.pool,
+                want.len()
+            )),
+            "{err}"
+        );
+        assert!(
+            err.contains("wasp kill") && err.contains("--force"),
+            "{err}"
+        );
+        for id in &ids {
+            assert_eq!(err.contains(id.as_str()), want.contains(id), "{id}: {err}");
+        }
+        // Nothing was touched: every slot, VMM and record is still there.
+        s.assert_only(want);
+    };
+    refused(&ids);
+    // A clone that is gone no longer counts.
+    let first = ids.iter().next().unwrap().clone();
+    s.json(s.wasp(&["kill", &first, "--json"], false));
+    let rest: std::collections::BTreeSet<String> =
+        ids.iter().filter(|i| **i != first).cloned().collect();
+    refused(&rest);
+
+    let v = s.json(s.wasp(&["pool", "drain", "--force", "--json"], true));
+    assert_eq!(common::wasp_cli::ids(&v["killed"]), rest, "{v:#}");
+    for k in v["killed"].as_array().unwrap() {
+        assert!(k["vmm"] == "terminated" || k["vmm"] == "killed", "{k}");
+    }
+    assert_eq!(v["removed"].as_u64().unwrap() as usize, before.netns.len());
+    assert_eq!(
+        s.seen(),
+        common::wasp_cli::Seen::default(),
+        "nothing of wasp's is left"
+    );
+}
+
 /// Every file below `dir`, recursively (symlinks not followed).
 fn files_below(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
     let Ok(rd) = std::fs::read_dir(dir) else {

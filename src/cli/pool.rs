@@ -10,8 +10,8 @@ use serde::Serialize;
 use super::reconcile::Dirs;
 use wasp::config::Config;
 use wasp::pool::{Pool, PoolConfig};
-use wasp::reconcile;
 use wasp::slot::{Cidr, Kernel, SlotOps};
+use wasp::{reconcile, teardown};
 
 /// Where the pool lives; shared by every pool subcommand. Each flag
 /// overrides the config file's `[pool]` value (see `wasp config show`).
@@ -87,11 +87,17 @@ pub enum PoolCmd {
         json: bool,
     },
     /// Remove every slot of the pool, the bridge and wasp's host nft table.
+    /// Refused while live clones use the pool (see --force).
     Drain {
         #[command(flatten)]
         at: Where,
         #[command(flatten)]
         dirs: Dirs,
+        /// Kill the pool's live clones first (like `wasp kill`: SIGTERM,
+        /// then SIGKILL after 2 s), then drain. Without it, drain refuses
+        /// while the state dir records live clones in the pool.
+        #[arg(long)]
+        force: bool,
         /// Print one JSON document.
         #[arg(long)]
         json: bool,
@@ -182,11 +188,32 @@ pub fn run(a: PoolArgs, mut cfg: Config) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        PoolCmd::Drain { at, dirs, json } => {
+        PoolCmd::Drain {
+            at,
+            dirs,
+            force,
+            json,
+        } => {
             at.apply(&mut cfg);
             dirs.apply(&mut cfg);
             let (_lock, _) = reconcile::at_start(&super::reconcile::options(&cfg, true))
                 .context("reconcile what an earlier run left")?;
+            let store = wasp::state::Store::open(&cfg.state_dir.value)?;
+            let killed = teardown::clear_for_drain(
+                &store,
+                &cfg.pool.value,
+                force,
+                std::time::Duration::from_secs(2),
+            )?;
+            if !json {
+                for k in &killed {
+                    println!(
+                        "{}: {}; files and record removed (--force)",
+                        k.id,
+                        k.vmm.map(|f| format!("{f:?}")).unwrap_or_default()
+                    );
+                }
+            }
             let k = Kernel::attach(cfg.slot_net(), &cfg.host_net())
                 .context("attach to the host side")?;
             let pool = Pool::new(k, PoolConfig::default());
@@ -195,9 +222,11 @@ pub fn run(a: PoolArgs, mut cfg: Config) -> anyhow::Result<ExitCode> {
                 .remove_host()
                 .context("remove the bridge and host nft table")?;
             if json {
-                super::print_json(
-                    &serde_json::json!({ "pool": cfg.pool.value, "removed": removed }),
-                )?;
+                super::print_json(&serde_json::json!({
+                    "pool": cfg.pool.value,
+                    "removed": removed,
+                    "killed": killed,
+                }))?;
             } else {
                 println!(
                     "pool {}: removed {removed} slots, the bridge and the host table",
