@@ -168,24 +168,6 @@ pub fn locate(
     })
 }
 
-/// Finds the firecracker binary: `explicit`, then `WASP_FIRECRACKER`, then
-/// `PATH` (callers with a config file use [`locate`] with
-/// [`crate::config::Config::firecracker_choice`]).
-pub fn locate_firecracker(explicit: Option<&Path>) -> Result<PathBuf, FirecrackerError> {
-    let chosen = match (explicit, std::env::var_os("WASP_FIRECRACKER")) {
-        (Some(p), _) => Some(Chosen {
-            path: p.to_owned(),
-            origin: format!("--firecracker {}", p.display()),
-        }),
-        (None, Some(p)) => Some(Chosen {
-            origin: format!("WASP_FIRECRACKER={}", Path::new(&p).display()),
-            path: p.into(),
-        }),
-        (None, None) => None,
-    };
-    locate("firecracker", chosen.as_ref(), None)
-}
-
 /// Finds the jailer binary, preferring the one beside `firecracker`.
 pub fn locate_jailer(firecracker: Option<&Path>) -> Result<PathBuf, FirecrackerError> {
     if let Some(p) = std::env::var_os("WASP_JAILER") {
@@ -249,7 +231,11 @@ mod tests {
 
     #[test]
     fn explicit_missing_path_is_a_clear_error() {
-        let e = locate_firecracker(Some(Path::new("/nonexistent/fc"))).unwrap_err();
+        let chosen = Chosen {
+            path: "/nonexistent/fc".into(),
+            origin: "--firecracker /nonexistent/fc".into(),
+        };
+        let e = locate("firecracker", Some(&chosen), None).unwrap_err();
         let msg = e.to_string();
         assert!(msg.contains("/nonexistent/fc"), "{msg}");
         assert!(msg.contains("official releases"), "{msg}");

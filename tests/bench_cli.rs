@@ -66,10 +66,11 @@ fn bench_clone(snap: &Path, rt: &Path, count: &str, extra: &[&str]) -> Output {
         .unwrap()
 }
 
-#[test]
-fn bench_clone_plots_prints_json_and_compares() {
+/// A temp dir on /var/tmp (`wasptest-<pid>-<tag>-…`) holding a small
+/// stand-in snapshot at `snap`.
+fn dir_with_snapshot(tag: &str) -> (tempfile::TempDir, std::path::PathBuf) {
     let t = tempfile::Builder::new()
-        .prefix(&format!("wasptest-{}-benchcli-", std::process::id()))
+        .prefix(&format!("wasptest-{}-{tag}-", std::process::id()))
         .tempdir_in("/var/tmp")
         .unwrap();
     let snap = t.path().join("snap");
@@ -86,6 +87,12 @@ fn bench_clone_plots_prints_json_and_compares() {
         .arg(&snap)
         .output()
         .unwrap());
+    (t, snap)
+}
+
+#[test]
+fn bench_clone_plots_prints_json_and_compares() {
+    let (t, snap) = dir_with_snapshot("benchcli");
     let rt = t.path().join("rt");
     let svg = t.path().join("clone.svg");
     let a = clean_json(&bench_clone(
@@ -237,4 +244,124 @@ fn bench_slots_plots_and_prints_a_percentile_table() {
             "destroy",
         ],
     );
+}
+
+/// `wasp --config DIR/wasp.toml` with `toml` written there, and neither
+/// `WASP_CONFIG` nor `WASP_FIRECRACKER` (which outranks the file) from the
+/// test's environment.
+fn with_config(dir: &Path, toml: &str) -> Command {
+    let file = dir.join("wasp.toml");
+    std::fs::write(&file, toml).unwrap();
+    let mut c = wasp();
+    c.env_remove("WASP_CONFIG")
+        .env_remove("WASP_FIRECRACKER")
+        .arg("--config")
+        .arg(file);
+    c
+}
+
+#[test]
+fn bench_commands_take_their_defaults_from_the_config_file() {
+    let (t, snap) = dir_with_snapshot("benchcfg");
+    let dir = t.path();
+    let rt = dir.join("configured-rt");
+    let toml = format!(
+        "[paths]\nruntime_dir = \"{}\"\nfirecracker = \"/nonexistent/fc-from-config\"\n\n[spawn]\nparallel = 2\n\n[pool]\ncidr = \"10.66.0.0/29\"\n",
+        rt.display()
+    );
+
+    // bench clone: the runtime dir of the file; the flag wins over it.
+    let v = clean_json(
+        &with_config(dir, &toml)
+            .args(["bench", "clone", "--count", "2", "--json", "--snapshot"])
+            .arg(&snap)
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(v["runtime_dir"], rt.to_str().unwrap());
+    assert!(rt.join("clones").is_dir());
+    let flag_rt = dir.join("flag-rt");
+    let v = clean_json(
+        &with_config(dir, &toml)
+            .args(["bench", "clone", "--count", "1", "--json", "--snapshot"])
+            .arg(&snap)
+            .arg("--runtime-dir")
+            .arg(&flag_rt)
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(v["runtime_dir"], flag_rt.to_str().unwrap());
+
+    // bench spawn --vmm firecracker: paths.firecracker, named in the
+    // error when it is not there; --firecracker wins over it.
+    let fc_err = |extra: &[&str]| {
+        let out = with_config(dir, &toml)
+            .args(["bench", "spawn", "--vmm", "firecracker", "--count", "1"])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = fc_err(&[]);
+    assert!(
+        err.contains("paths.firecracker = /nonexistent/fc-from-config in"),
+        "{err}"
+    );
+    let err = fc_err(&["--firecracker", "/nonexistent/fc-flag"]);
+    assert!(
+        err.contains("--firecracker /nonexistent/fc-flag") && !err.contains("fc-from-config"),
+        "{err}"
+    );
+
+    // bench slots: the slots are built in pool.cidr (a /29 holds 5), so
+    // a count beyond it is one clear error before anything is made.
+    let out = with_config(dir, &toml)
+        .args(["bench", "slots", "--count", "6"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("--count 6 does not fit pool.cidr 10.66.0.0/29 (file "),
+        "{err}"
+    );
+
+    if !common::require_root(module_path!()) {
+        return;
+    }
+    let v = clean_json(
+        &with_config(dir, &toml)
+            .args(["bench", "slots", "--count", "3", "--json"])
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(v["cidr"], "10.66.0.0/29");
+    assert_eq!(v["create_ms"]["n"], 3);
+
+    // bench spawn: the runtime dir and parallelism of the file; its work
+    // dir is made there and removed.
+    let v = clean_json(
+        &with_config(dir, &toml)
+            .args([
+                "bench",
+                "spawn",
+                "--count",
+                "2",
+                "--mem-mib",
+                "16",
+                "--json",
+            ])
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(v["runtime_dir"], rt.to_str().unwrap());
+    assert_eq!(v["parallel"], 2);
+    assert_eq!(v["ready"], 2);
+    let left: Vec<_> = std::fs::read_dir(&rt)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("bench-"))
+        .collect();
+    assert!(left.is_empty(), "bench work dirs left: {left:?}");
 }

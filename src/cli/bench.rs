@@ -8,6 +8,7 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 use serde::Serialize;
 
+use wasp::config::Config;
 use wasp::pool::{Pool, PoolConfig};
 use wasp::slot::{HostNet, Kernel, SlotNet, SlotOps};
 use wasp::stats::{ms, us, Percentiles};
@@ -43,12 +44,13 @@ pub struct SlotsArgs {
     pub plot: Option<std::path::PathBuf>,
 }
 
-/// Runs `wasp bench`.
-pub fn run(b: Bench) -> anyhow::Result<ExitCode> {
+/// Runs `wasp bench`. The measuring commands take their defaults from the
+/// config file (flags override); `compare` and `gate` read none.
+pub fn run(b: Bench, cfg: super::LoadConfig) -> anyhow::Result<ExitCode> {
     match b {
-        Bench::Slots(a) => slots(a),
-        Bench::Clone(a) => super::bench_clone::bench_clone(a),
-        Bench::Spawn(a) => super::bench_spawn::run(a),
+        Bench::Slots(a) => slots(a, cfg()?),
+        Bench::Clone(a) => super::bench_clone::bench_clone(a, cfg()?),
+        Bench::Spawn(a) => super::bench_spawn::run(a, cfg()?),
         Bench::Compare(a) => super::bench_tools::compare(a),
         Bench::Gate(a) => super::bench_tools::gate(a),
     }
@@ -61,6 +63,8 @@ pub struct SlotFigures {
     pub kind: &'static str,
     /// Slots per phase.
     pub count: usize,
+    /// The clone address space the slots were built in (`pool.cidr`).
+    pub cidr: String,
     /// Per-slot build time, one after another (ms).
     pub create_ms: Percentiles,
     /// Pool warm on all cores.
@@ -107,20 +111,30 @@ impl Drop for HostNs {
     }
 }
 
-fn slots(a: SlotsArgs) -> anyhow::Result<ExitCode> {
+fn slots(a: SlotsArgs, cfg: Config) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(a.count > 0, "--count must be at least 1");
     if let Some(p) = &a.plot {
         wasp::plot::check_path(p)?;
     }
     let pid = std::process::id();
+    // The configured slot shape (CIDR, bridge, tap and guest addressing),
+    // but a pool and host netns of the bench's own, so it never touches
+    // the configured pool or the machine's network.
+    let net = SlotNet {
+        pool: format!("bench{pid}"),
+        ..cfg.slot_net()
+    };
+    net.check_fits(a.count).with_context(|| {
+        format!(
+            "--count {} does not fit pool.cidr {} ({})",
+            a.count, cfg.cidr.value, cfg.cidr.source
+        )
+    })?;
     // Not `wasp-<pool>-<n>`-shaped, so no pool's reconcile mistakes it.
     let host_name = format!("waspbench-{pid}");
     netns::create_named(&host_name).with_context(|| format!("create netns {host_name}"))?;
     let _host = HostNs(host_name.clone());
-    let net = SlotNet {
-        pool: format!("bench{pid}"),
-        ..SlotNet::default()
-    };
+    let cidr = net.cidr.to_string();
     let host = HostNet {
         netns: Some(host_name),
         egress_uplink: None,
@@ -132,7 +146,7 @@ fn slots(a: SlotsArgs) -> anyhow::Result<ExitCode> {
     };
     let workers = cfg.workers;
     let pool = Pool::new(k, cfg);
-    let r = measure(&pool, a.count, workers);
+    let r = measure(&pool, a.count, workers, cidr);
     let drained = pool.drain();
     let host_removed = pool.ops().remove_host();
     let figs = r?;
@@ -153,8 +167,8 @@ fn slots(a: SlotsArgs) -> anyhow::Result<ExitCode> {
         super::print_json(&figs)?;
     } else {
         println!(
-            "wasp bench slots: {} slots, fill on {} workers",
-            figs.count, figs.workers
+            "wasp bench slots: {} slots in {}, fill on {} workers",
+            figs.count, figs.cidr, figs.workers
         );
         super::bench_tools::print_percentiles(&[
             ("build", "ms", &figs.create_ms),
@@ -174,7 +188,12 @@ fn slots(a: SlotsArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn measure(pool: &Pool<Kernel>, count: usize, workers: usize) -> anyhow::Result<SlotFigures> {
+fn measure(
+    pool: &Pool<Kernel>,
+    count: usize,
+    workers: usize,
+    cidr: String,
+) -> anyhow::Result<SlotFigures> {
     let k = pool.ops();
     let (avail0, slab0) = meminfo()?;
     let bar = super::progress::bar(count * 2, "slots");
@@ -223,6 +242,7 @@ fn measure(pool: &Pool<Kernel>, count: usize, workers: usize) -> anyhow::Result<
     Ok(SlotFigures {
         kind: "slots",
         count,
+        cidr,
         create_ms: Percentiles::of(&create),
         fill_slots_per_s: fill,
         take_us: Percentiles::of(&take),

@@ -16,6 +16,7 @@ use std::time::Instant;
 use anyhow::Context;
 use clap::{Args, ValueEnum};
 use serde::Serialize;
+use wasp::config::Config;
 use wasp::stats::{ms, Percentiles};
 use wasp::storage::probe::Strategy;
 use wasp::storage::{CloneStore, Mode};
@@ -34,9 +35,10 @@ pub struct BenchCloneArgs {
     /// Snapshot directory.
     #[arg(long)]
     pub snapshot: PathBuf,
-    /// Runtime directory (its filesystem decides the strategy).
+    /// Runtime directory (its filesystem decides the strategy)
+    /// [paths.runtime_dir; default: /var/lib/wasp].
     #[arg(long)]
-    pub runtime_dir: PathBuf,
+    pub runtime_dir: Option<PathBuf>,
     /// Clones to prepare and clean up.
     #[arg(long, default_value_t = 20)]
     pub count: usize,
@@ -88,11 +90,14 @@ pub struct Baseline {
     pub ms: Percentiles,
 }
 
-pub fn bench_clone(a: BenchCloneArgs) -> anyhow::Result<ExitCode> {
+/// Runs `wasp bench clone`; the runtime dir comes from `cfg` unless
+/// `--runtime-dir` gives it.
+pub fn bench_clone(a: BenchCloneArgs, mut cfg: Config) -> anyhow::Result<ExitCode> {
     if let Some(p) = &a.plot {
         wasp::plot::check_path(p)?;
     }
-    let r = run_bench_clone(&a)?;
+    cfg.runtime_dir.flag("--runtime-dir", a.runtime_dir.clone());
+    let r = run_bench_clone(&a, &cfg.runtime_dir.value)?;
     if let Some(path) = &a.plot {
         wasp::plot::cdf_svg(
             path,
@@ -109,8 +114,8 @@ pub fn bench_clone(a: BenchCloneArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Runs the bench.
-pub fn run_bench_clone(a: &BenchCloneArgs) -> anyhow::Result<BenchCloneReport> {
+/// Runs the bench in `runtime_dir`.
+pub fn run_bench_clone(a: &BenchCloneArgs, runtime_dir: &Path) -> anyhow::Result<BenchCloneReport> {
     anyhow::ensure!(a.count > 0, "--count must be at least 1");
     let mode = match a.strategy {
         StrategyArg::Auto => Mode::Auto,
@@ -119,8 +124,8 @@ pub fn run_bench_clone(a: &BenchCloneArgs) -> anyhow::Result<BenchCloneReport> {
         StrategyArg::SparseCopy => Mode::Force(Strategy::SparseCopy),
         StrategyArg::SharedReadonly => Mode::Force(Strategy::SharedReadonly),
     };
-    let store = CloneStore::open(&a.snapshot, &a.runtime_dir, mode)
-        .context("cannot open the clone store")?;
+    let store =
+        CloneStore::open(&a.snapshot, runtime_dir, mode).context("cannot open the clone store")?;
     let m = store.manifest().clone();
     let pid = std::process::id();
     let mut prep = Vec::with_capacity(a.count);
@@ -188,7 +193,7 @@ pub fn run_bench_clone(a: &BenchCloneArgs) -> anyhow::Result<BenchCloneReport> {
             ),
         },
         snapshot: a.snapshot.clone(),
-        runtime_dir: a.runtime_dir.clone(),
+        runtime_dir: runtime_dir.to_owned(),
         count: a.count,
         mem_mib: m.mem_mib,
         disk_bytes: m

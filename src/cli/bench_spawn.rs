@@ -7,8 +7,8 @@ use std::process::ExitCode;
 use clap::Args;
 use serde::Serialize;
 
+use wasp::config::Config;
 use wasp::demo::{self, DemoVmm};
-use wasp::paths::DEFAULT_RUNTIME_DIR;
 use wasp::spawn::PhasesMs;
 use wasp::stats::Percentiles;
 
@@ -23,23 +23,24 @@ pub struct SpawnBenchArgs {
     /// Clones.
     #[arg(long, default_value_t = 100)]
     pub count: usize,
-    /// In flight at once.
-    #[arg(long, default_value_t = 32)]
-    pub parallel: usize,
+    /// In flight at once [spawn.parallel; default: 32].
+    #[arg(long)]
+    pub parallel: Option<usize>,
     /// Guest memory (MiB).
     #[arg(long, default_value_t = 128)]
     pub mem_mib: u64,
     /// Restore driver.
     #[arg(long, value_enum)]
     pub driver: Option<DriverArg>,
-    /// The firecracker binary (default: WASP_FIRECRACKER, then PATH).
+    /// The firecracker binary [WASP_FIRECRACKER, then paths.firecracker;
+    /// default: PATH].
     #[arg(long)]
     pub firecracker: Option<PathBuf>,
     /// Where the bench's work dir goes (snapshot, clone disks, sockets,
     /// state); point it at a reflink filesystem (XFS) to measure reflinked
-    /// clone disks. Default: the runtime dir.
-    #[arg(long, default_value = DEFAULT_RUNTIME_DIR)]
-    pub runtime_dir: PathBuf,
+    /// clone disks [paths.runtime_dir; default: /var/lib/wasp].
+    #[arg(long)]
+    pub runtime_dir: Option<PathBuf>,
     /// Hold every clone at once: check that all are Running together, then
     /// account host memory per clone (VMM RSS/PSS from smaps_rollup, kernel
     /// memory growth, MemAvailable drop) before removing everything.
@@ -60,6 +61,8 @@ struct Out {
     vmm: String,
     count: usize,
     parallel: usize,
+    /// Where the bench's work dir was made (and removed).
+    runtime_dir: PathBuf,
     driver: String,
     storage_strategy: String,
     wall_ms: f64,
@@ -85,26 +88,35 @@ struct Out {
     failures: Vec<String>,
 }
 
-/// Runs the bench.
-pub fn run(a: SpawnBenchArgs) -> anyhow::Result<ExitCode> {
+/// Runs the bench. The runtime dir, the firecracker binary and the
+/// parallelism come from `cfg` unless a flag gives them; the host netns and
+/// pool are always the bench's own.
+pub fn run(a: SpawnBenchArgs, mut cfg: Config) -> anyhow::Result<ExitCode> {
     if let Some(p) = &a.plot {
         wasp::plot::check_path(p)?;
     }
+    cfg.runtime_dir.flag("--runtime-dir", a.runtime_dir.clone());
+    cfg.firecracker
+        .flag("--firecracker", a.firecracker.clone().map(Some));
+    cfg.parallel.flag("--parallel", a.parallel);
+    let runtime_dir = cfg.runtime_dir.value.clone();
+    let parallel = cfg.parallel.value;
     let vmm = match a.vmm {
         VmmArg::Standin => DemoVmm::Standin,
         VmmArg::Firecracker => {
-            let p = wasp::firecracker::locate_firecracker(a.firecracker.as_deref())?;
+            let p =
+                wasp::firecracker::locate("firecracker", cfg.firecracker_choice().as_ref(), None)?;
             wasp::firecracker::version_of(&p)?;
             DemoVmm::Firecracker(p)
         }
     };
-    super::spawn::report_leftovers(&demo::reconcile_leftovers(&a.runtime_dir));
+    super::spawn::report_leftovers(&demo::reconcile_leftovers(&runtime_dir));
     let bar = super::progress::bar(a.count, "clones");
     let r = demo::run_observed(
         &demo::DemoOptions {
             count: a.count,
-            parallel: a.parallel,
-            work_dir: a.runtime_dir.join(format!("bench-{}", std::process::id())),
+            parallel,
+            work_dir: runtime_dir.join(format!("bench-{}", std::process::id())),
             vmm,
             driver: a.driver.map(|d| match d {
                 DriverArg::Uring => wasp::ring::DriverKind::Uring,
@@ -138,7 +150,7 @@ pub fn run(a: SpawnBenchArgs) -> anyhow::Result<ExitCode> {
                     "wasp bench spawn: {} clones on {}, parallel {}",
                     a.count,
                     format!("{:?}", a.vmm).to_lowercase(),
-                    a.parallel
+                    parallel
                 ),
                 x_label: "clone latency, admission to ready (ms)",
                 series: &[wasp::plot::Series {
@@ -159,7 +171,8 @@ pub fn run(a: SpawnBenchArgs) -> anyhow::Result<ExitCode> {
         kind: "spawn",
         vmm: format!("{:?}", a.vmm).to_lowercase(),
         count: a.count,
-        parallel: a.parallel,
+        parallel,
+        runtime_dir,
         driver: s.driver.to_string(),
         storage_strategy: s.storage_strategy.to_string(),
         wall_ms: s.wall_ms,

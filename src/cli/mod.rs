@@ -115,7 +115,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             require_root("reconcile")?;
             reconcile::run(a, cfg()?)
         }
-        Command::Bench(b) => bench::run(b),
+        Command::Bench(b) => bench::run(b, &cfg),
         Command::Config(a) => config::run(a, cfg()?),
         Command::Completions(a) => completions::run(a),
     }
