@@ -211,6 +211,27 @@ impl Vmm {
 type Step = (Method, &'static str, &'static str);
 type Outcome = Vec<(String, u16, String)>;
 
+/// A load of `$DIR/vmstate` with `$DIR/mem` as its File memory backend.
+const LOAD_PLAIN: &str = r#"{"snapshot_path":"$DIR/vmstate","mem_backend":{"backend_type":"File","backend_path":"$DIR/mem"}}"#;
+/// Steps many call lists share.
+const START: Step = (
+    Method::Put,
+    "/actions",
+    r#"{"action_type":"InstanceStart"}"#,
+);
+const PAUSE: Step = (Method::Patch, "/vm", r#"{"state":"Paused"}"#);
+const CREATE: Step = (
+    Method::Put,
+    "/snapshot/create",
+    r#"{"snapshot_path":"$DIR/vmstate","mem_file_path":"$DIR/mem"}"#,
+);
+const LOAD: Step = (Method::Put, "/snapshot/load", LOAD_PLAIN);
+const MACHINE_64: Step = (
+    Method::Put,
+    "/machine-config",
+    r#"{"vcpu_count":1,"mem_size_mib":64}"#,
+);
+
 fn run_steps(vmm: &mut Vmm, steps: &[Step]) -> Outcome {
     steps
         .iter()
@@ -246,12 +267,8 @@ fn fault(o: &Outcome, i: usize) -> &str {
 /// Pre-boot config calls, MMDS before and after config, start, pause and a
 /// Full snapshot. Returns the outcome; the snapshot lands in `dir`.
 const CONFIG_STEPS: &[Step] = &[
-    (Method::Patch, "/vm", r#"{"state":"Paused"}"#),
-    (
-        Method::Put,
-        "/snapshot/create",
-        r#"{"snapshot_path":"$DIR/vmstate","mem_file_path":"$DIR/mem"}"#,
-    ),
+    PAUSE,
+    CREATE,
     (Method::Get, "/mmds", ""),
     (Method::Patch, "/mmds", r#"{"a":1}"#),
     (Method::Put, "/mmds", r#"{"a":{"b":"c"}}"#),
@@ -269,11 +286,7 @@ const CONFIG_STEPS: &[Step] = &[
         r#"{"vcpu_count":1,"mem_size_mib":64,"bogus":1}"#,
     ),
     (Method::Put, "/machine-config", "nonsense"),
-    (
-        Method::Put,
-        "/machine-config",
-        r#"{"vcpu_count":1,"mem_size_mib":64}"#,
-    ),
+    MACHINE_64,
     (Method::Get, "/machine-config", ""),
     (
         Method::Put,
@@ -333,48 +346,24 @@ const CONFIG_STEPS: &[Step] = &[
     ),
     (Method::Put, "/mmds", r#"{"AGENT_ID":"vm0"}"#),
     (Method::Get, "/mmds", ""),
-    (
-        Method::Put,
-        "/snapshot/load",
-        r#"{"snapshot_path":"$DIR/vmstate","mem_backend":{"backend_type":"File","backend_path":"$DIR/mem"}}"#,
-    ),
+    LOAD,
     (Method::Put, "/actions", r#"{"action_type":"Bogus"}"#),
     (Method::Put, "/nonexistent", "{}"),
     (Method::Put, "/actions", ""),
-    (
-        Method::Put,
-        "/actions",
-        r#"{"action_type":"InstanceStart"}"#,
-    ),
-    (
-        Method::Put,
-        "/machine-config",
-        r#"{"vcpu_count":1,"mem_size_mib":64}"#,
-    ),
+    START,
+    MACHINE_64,
     (
         Method::Put,
         "/drives/rootfs",
         r#"{"drive_id":"rootfs","path_on_host":"$DIR/disk.img","is_root_device":true,"is_read_only":false}"#,
     ),
-    (
-        Method::Put,
-        "/actions",
-        r#"{"action_type":"InstanceStart"}"#,
-    ),
-    (
-        Method::Put,
-        "/snapshot/load",
-        r#"{"snapshot_path":"$DIR/vmstate","mem_backend":{"backend_type":"File","backend_path":"$DIR/mem"}}"#,
-    ),
-    (
-        Method::Put,
-        "/snapshot/create",
-        r#"{"snapshot_path":"$DIR/vmstate","mem_file_path":"$DIR/mem"}"#,
-    ),
+    START,
+    LOAD,
+    CREATE,
     (Method::Put, "/mmds", r#"{"AGENT_ID":"vm1"}"#),
     (Method::Patch, "/vm", r#"{"state":"Bogus"}"#),
-    (Method::Patch, "/vm", r#"{"state":"Paused"}"#),
-    (Method::Patch, "/vm", r#"{"state":"Paused"}"#),
+    PAUSE,
+    PAUSE,
     (
         Method::Put,
         "/snapshot/create",
@@ -417,11 +406,7 @@ const LOAD_STEPS: &[Step] = &[
         "/snapshot/load",
         r#"{"snapshot_path":"$DIR/vmstate","mem_backend":{"backend_type":"File","backend_path":"$DIR/mem"},"network_overrides":[{"iface_id":"eth0","host_dev_name":"wasptap7"}]}"#,
     ),
-    (
-        Method::Put,
-        "/snapshot/load",
-        r#"{"snapshot_path":"$DIR/vmstate","mem_backend":{"backend_type":"File","backend_path":"$DIR/mem"}}"#,
-    ),
+    LOAD,
     (Method::Get, "/mmds", ""),
     (
         Method::Put,
@@ -430,11 +415,7 @@ const LOAD_STEPS: &[Step] = &[
     ),
     (Method::Patch, "/mmds", r#"{"x":"y"}"#),
     (Method::Get, "/mmds", ""),
-    (
-        Method::Put,
-        "/machine-config",
-        r#"{"vcpu_count":1,"mem_size_mib":64}"#,
-    ),
+    MACHINE_64,
     (
         Method::Put,
         "/network-interfaces/eth0",
@@ -445,19 +426,43 @@ const LOAD_STEPS: &[Step] = &[
         "/mmds/config",
         r#"{"network_interfaces":["eth0"]}"#,
     ),
-    (
-        Method::Put,
-        "/actions",
-        r#"{"action_type":"InstanceStart"}"#,
-    ),
+    START,
     (Method::Patch, "/vm", r#"{"state":"Resumed"}"#),
-    (Method::Patch, "/vm", r#"{"state":"Paused"}"#),
+    PAUSE,
     (
         Method::Put,
         "/snapshot/create",
         r#"{"snapshot_path":"$DIR/vmstate2","mem_file_path":"$DIR/mem2"}"#,
     ),
 ];
+
+/// A small snapshot (`$DIR/vmstate`, `$DIR/mem`) made by a fresh VMM of
+/// `kind` named `name` in `dir`: a 16 MiB machine config when
+/// `machine_config`, the built-in guest as boot source, then `devices`,
+/// InstanceStart, pause and a Full snapshot. Every call must answer 204.
+fn make_snapshot(kind: Kind, dir: &Path, name: &str, machine_config: bool, devices: &[Step]) {
+    const MACHINE: Step = (
+        Method::Put,
+        "/machine-config",
+        r#"{"vcpu_count":1,"mem_size_mib":16}"#,
+    );
+    const BOOT: Step = (
+        Method::Put,
+        "/boot-source",
+        r#"{"kernel_image_path":"$DIR/guest.elf"}"#,
+    );
+    const FINISH: &[Step] = &[START, PAUSE, CREATE];
+    let mut v = Vmm::start(kind, dir, name);
+    let machine = machine_config.then_some(MACHINE);
+    for (m, p, b) in machine
+        .iter()
+        .chain([BOOT].iter())
+        .chain(devices)
+        .chain(FINISH)
+    {
+        assert_eq!(v.call(*m, p, b).0, 204, "{kind:?} {name} {p}");
+    }
+}
 
 fn prepare_dir(tag: &str) -> tempfile::TempDir {
     let d = tempfile::Builder::new()
@@ -582,8 +587,6 @@ fn same_answers_as_firecracker() {
     );
 }
 
-const LOAD_PLAIN: &str = r#"{"snapshot_path":"$DIR/vmstate","mem_backend":{"backend_type":"File","backend_path":"$DIR/mem"}}"#;
-
 /// Failed loads: both answer 400 and then exit with code 1.
 #[test]
 fn failed_loads_answer_then_exit() {
@@ -621,19 +624,12 @@ fn failed_loads_answer_then_exit() {
         };
         let dir = prepare_dir(tag);
         // A small snapshot made by this kind.
-        {
-            let mut v = Vmm::start(kind, dir.path(), &format!("{tag}-mk"));
-            for (m, p, b) in [
-                (
-                    Method::Put,
-                    "/machine-config",
-                    r#"{"vcpu_count":1,"mem_size_mib":16}"#,
-                ),
-                (
-                    Method::Put,
-                    "/boot-source",
-                    r#"{"kernel_image_path":"$DIR/guest.elf"}"#,
-                ),
+        make_snapshot(
+            kind,
+            dir.path(),
+            &format!("{tag}-mk"),
+            true,
+            &[
                 (
                     Method::Put,
                     "/drives/rootfs",
@@ -644,21 +640,8 @@ fn failed_loads_answer_then_exit() {
                     "/network-interfaces/eth0",
                     r#"{"iface_id":"eth0","host_dev_name":"wasptap0"}"#,
                 ),
-                (
-                    Method::Put,
-                    "/actions",
-                    r#"{"action_type":"InstanceStart"}"#,
-                ),
-                (Method::Patch, "/vm", r#"{"state":"Paused"}"#),
-                (
-                    Method::Put,
-                    "/snapshot/create",
-                    r#"{"snapshot_path":"$DIR/vmstate","mem_file_path":"$DIR/mem"}"#,
-                ),
-            ] {
-                assert_eq!(v.call(m, p, b).0, 204, "{kind:?} {p}");
-            }
-        }
+            ],
+        );
         std::fs::write(dir.path().join("small"), vec![0u8; 4096]).unwrap();
         let mut out = Vec::new();
         for (name, body) in cases {
@@ -724,30 +707,8 @@ fn standin_is_honest_and_injects_faults() {
 
     let dir = prepare_dir("fault");
     // Make a stand-in snapshot to load.
-    {
-        let mut v = Vmm::start(Kind::Standin, dir.path(), "mk");
-        for (m, p, b) in [
-            (
-                Method::Put,
-                "/boot-source",
-                r#"{"kernel_image_path":"$DIR/guest.elf"}"#,
-            ),
-            (
-                Method::Put,
-                "/actions",
-                r#"{"action_type":"InstanceStart"}"#,
-            ),
-            (Method::Patch, "/vm", r#"{"state":"Paused"}"#),
-            (
-                Method::Put,
-                "/snapshot/create",
-                r#"{"snapshot_path":"$DIR/vmstate","mem_file_path":"$DIR/mem"}"#,
-            ),
-        ] {
-            assert_eq!(v.call(m, p, b).0, 204, "{p}");
-        }
-    }
-    let load = r#"{"snapshot_path":"$DIR/vmstate","mem_backend":{"backend_type":"File","backend_path":"$DIR/mem"}}"#;
+    make_snapshot(Kind::Standin, dir.path(), "mk", false, &[]);
+    let load = LOAD_PLAIN;
 
     let mut v = Vmm::start_with(
         Kind::Standin,
@@ -832,34 +793,17 @@ fn standin_guest_answers_on_the_tap() {
     use std::net::{SocketAddr, TcpListener, TcpStream};
     root_or_skip!();
     let dir = prepare_dir("net");
-    {
-        let mut v = Vmm::start(Kind::Standin, dir.path(), "netmk");
-        for (m, p, b) in [
-            (
-                Method::Put,
-                "/boot-source",
-                r#"{"kernel_image_path":"$DIR/guest.elf"}"#,
-            ),
-            (
-                Method::Put,
-                "/network-interfaces/eth0",
-                r#"{"iface_id":"eth0","host_dev_name":"wasptap0","guest_mac":"06:00:c0:a8:f1:02"}"#,
-            ),
-            (
-                Method::Put,
-                "/actions",
-                r#"{"action_type":"InstanceStart"}"#,
-            ),
-            (Method::Patch, "/vm", r#"{"state":"Paused"}"#),
-            (
-                Method::Put,
-                "/snapshot/create",
-                r#"{"snapshot_path":"$DIR/vmstate","mem_file_path":"$DIR/mem"}"#,
-            ),
-        ] {
-            assert_eq!(v.call(m, p, b).0, 204, "{p}");
-        }
-    }
+    make_snapshot(
+        Kind::Standin,
+        dir.path(),
+        "netmk",
+        false,
+        &[(
+            Method::Put,
+            "/network-interfaces/eth0",
+            r#"{"iface_id":"eth0","host_dev_name":"wasptap0","guest_mac":"06:00:c0:a8:f1:02"}"#,
+        )],
+    );
     let mut v = Vmm::start(Kind::Standin, dir.path(), "netrun");
     // The slot's side: a configured tap with the gateway address.
     v.ns.sh("ip tuntap add wasptap0 mode tap && ip addr add 192.168.241.1/29 dev wasptap0 && ip link set wasptap0 up");
@@ -881,7 +825,7 @@ fn standin_guest_answers_on_the_tap() {
             .unwrap();
         let _ = tx.send(String::from_utf8_lossy(&req).into_owned());
     });
-    let load = r#"{"snapshot_path":"$DIR/vmstate","mem_backend":{"backend_type":"File","backend_path":"$DIR/mem"}}"#;
+    let load = LOAD_PLAIN;
     assert_eq!(v.call(Method::Put, "/snapshot/load", load).0, 204);
     let mmds = format!(
         r#"{{"env":{{"AGENT_ID":"vm7","API_URL":"http://192.168.241.1:{port}","GITHUB_TOKEN":"s3cret-token"}}}}"#
@@ -1049,34 +993,7 @@ fn uffd_backend_handover_matches() {
             "siu"
         };
         let dir = prepare_dir(tag);
-        {
-            let mut v = Vmm::start(kind, dir.path(), &format!("{tag}-mk"));
-            for (m, p, b) in [
-                (
-                    Method::Put,
-                    "/machine-config",
-                    r#"{"vcpu_count":1,"mem_size_mib":16}"#,
-                ),
-                (
-                    Method::Put,
-                    "/boot-source",
-                    r#"{"kernel_image_path":"$DIR/guest.elf"}"#,
-                ),
-                (
-                    Method::Put,
-                    "/actions",
-                    r#"{"action_type":"InstanceStart"}"#,
-                ),
-                (Method::Patch, "/vm", r#"{"state":"Paused"}"#),
-                (
-                    Method::Put,
-                    "/snapshot/create",
-                    r#"{"snapshot_path":"$DIR/vmstate","mem_file_path":"$DIR/mem"}"#,
-                ),
-            ] {
-                assert_eq!(v.call(m, p, b).0, 204, "{kind:?} {p}");
-            }
-        }
+        make_snapshot(kind, dir.path(), &format!("{tag}-mk"), true, &[]);
         let (stop, handler) =
             spawn_uffd_handler(&dir.path().join("uffd.sock"), dir.path().join("mem"));
         let mut v = Vmm::start(kind, dir.path(), &format!("{tag}-run"));

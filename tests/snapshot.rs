@@ -33,8 +33,13 @@ fn snap() -> (tempfile::TempDir, PathBuf) {
     (t, out)
 }
 
-fn writable(p: &Path) {
+/// Makes the snapshot file `p` writable, changes it with `f`, and makes it
+/// read-only (0444) again, as the snapshot's files are.
+fn tamper(p: &Path, f: impl FnOnce(&fs::File) -> std::io::Result<()>) {
     fs::set_permissions(p, fs::Permissions::from_mode(0o644)).unwrap();
+    let file = OpenOptions::new().write(true).open(p).unwrap();
+    f(&file).unwrap();
+    fs::set_permissions(p, fs::Permissions::from_mode(0o444)).unwrap();
 }
 
 #[test]
@@ -100,15 +105,7 @@ fn check_names_a_missing_file() {
 fn check_names_a_wrong_size() {
     let (_t, dir) = snap();
     let p = dir.join("rootfs.ext4");
-    writable(&p);
-    OpenOptions::new()
-        .write(true)
-        .open(&p)
-        .unwrap()
-        .set_len(MIB + 1)
-        .unwrap();
-    writable(&p);
-    fs::set_permissions(&p, fs::Permissions::from_mode(0o444)).unwrap();
+    tamper(&p, |f| f.set_len(MIB + 1));
     match check(&dir, false).unwrap_err() {
         CheckError::WrongSize {
             expected, actual, ..
@@ -121,14 +118,7 @@ fn check_names_a_wrong_size() {
 fn check_names_a_memory_file_smaller_than_mem_mib() {
     let (_t, dir) = snap();
     let p = dir.join("vm.mem");
-    writable(&p);
-    OpenOptions::new()
-        .write(true)
-        .open(&p)
-        .unwrap()
-        .set_len(MIB)
-        .unwrap();
-    fs::set_permissions(&p, fs::Permissions::from_mode(0o444)).unwrap();
+    tamper(&p, |f| f.set_len(MIB));
     let e = check(&dir, false).unwrap_err();
     assert!(
         matches!(e, CheckError::MemoryTooSmall { actual, mem_mib: 2, .. } if actual == MIB),
@@ -141,15 +131,8 @@ fn check_names_a_memory_file_smaller_than_mem_mib() {
 fn check_names_a_truncated_standin_vmstate() {
     let (_t, dir) = snap();
     let p = dir.join("vm.snapshot");
-    writable(&p);
     let len = fs::metadata(&p).unwrap().len();
-    OpenOptions::new()
-        .write(true)
-        .open(&p)
-        .unwrap()
-        .set_len(len / 2)
-        .unwrap();
-    fs::set_permissions(&p, fs::Permissions::from_mode(0o444)).unwrap();
+    tamper(&p, |f| f.set_len(len / 2));
     let e = check(&dir, false).unwrap_err();
     assert!(
         matches!(e, CheckError::VmstateTruncated { expected, actual, .. } if expected == len && actual == len / 2),
@@ -161,14 +144,7 @@ fn check_names_a_truncated_standin_vmstate() {
 fn check_names_a_corrupt_standin_vmstate_of_the_right_size() {
     let (_t, dir) = snap();
     let p = dir.join("vm.snapshot");
-    writable(&p);
-    OpenOptions::new()
-        .write(true)
-        .open(&p)
-        .unwrap()
-        .write_all_at(b"X", 0)
-        .unwrap();
-    fs::set_permissions(&p, fs::Permissions::from_mode(0o444)).unwrap();
+    tamper(&p, |f| f.write_all_at(b"X", 0));
     let e = check(&dir, false).unwrap_err();
     assert!(matches!(e, CheckError::StandinVmstate { .. }), "{e:?}");
 }
@@ -194,14 +170,7 @@ fn check_names_an_unknown_format_version() {
 fn check_deep_names_a_checksum_mismatch() {
     let (_t, dir) = snap();
     let p = dir.join("vm.mem");
-    writable(&p);
-    OpenOptions::new()
-        .write(true)
-        .open(&p)
-        .unwrap()
-        .write_all_at(b"!", 12345)
-        .unwrap();
-    fs::set_permissions(&p, fs::Permissions::from_mode(0o444)).unwrap();
+    tamper(&p, |f| f.write_all_at(b"!", 12345));
     // Sizes still match: only --deep can see it.
     check(&dir, false).unwrap();
     match check(&dir, true).unwrap_err() {
@@ -334,14 +303,7 @@ fn adopt_a_seed_firecracker_dir_infers_sizes_and_asks_for_the_rest() {
 
     // A Firecracker vmstate cut short is named as truncated.
     let p = t.path().join("vm.snapshot");
-    writable(&p);
-    OpenOptions::new()
-        .write(true)
-        .open(&p)
-        .unwrap()
-        .set_len(100)
-        .unwrap();
-    fs::set_permissions(&p, fs::Permissions::from_mode(0o444)).unwrap();
+    tamper(&p, |f| f.set_len(100));
     assert!(matches!(
         check(t.path(), false),
         Err(CheckError::VmstateTruncated {
