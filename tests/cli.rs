@@ -10,6 +10,17 @@ fn wasp() -> Command {
     Command::new(env!("CARGO_BIN_EXE_wasp"))
 }
 
+/// Asserts the command succeeded, showing its status and both streams if not.
+fn assert_ok(out: &std::process::Output) {
+    assert!(
+        out.status.success(),
+        "{}: stdout {} stderr {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn json(out: &std::process::Output) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
         panic!(
@@ -20,49 +31,62 @@ fn json(out: &std::process::Output) -> serde_json::Value {
     })
 }
 
-/// Kills the recorded clones, drains the pool and deletes the host netns
-/// when dropped, so a failing test leaves nothing behind.
-struct Cleanup {
-    state: Option<std::path::PathBuf>,
+/// One test's own world for the commands: per-test state and runtime dirs
+/// in a temp dir, a host netns name that wasp creates when missing, and a
+/// pool of its own. Dropped (also on panic), it kills the recorded clones,
+/// drains the pool and deletes the host netns, so a failing test leaves
+/// nothing behind.
+struct World {
+    tmp: tempfile::TempDir,
     host: String,
     pool: String,
 }
 
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        if let Some(st) = &self.state {
-            let _ = wasp()
-                .args(["kill", "--all", "--state-dir"])
-                .arg(st)
-                .arg("--runtime-dir")
-                .arg(st.parent().unwrap().join("run"))
-                .output();
+impl World {
+    /// Host netns `wasptest-…-<tag>`, pool `<pool><pid>`.
+    fn new(tag: &str, pool: &str) -> Self {
+        World {
+            tmp: tempfile::tempdir().unwrap(),
+            host: common::unique_name(tag),
+            pool: format!("{pool}{}", std::process::id()),
         }
-        let mut drain = wasp();
-        drain.args([
-            "pool",
-            "drain",
-            "--host-netns",
-            &self.host,
-            "--pool",
-            &self.pool,
-        ]);
-        if let Some(st) = &self.state {
-            dirs(&mut drain, st);
-        }
-        let _ = drain.output();
-        let _ = wasp::sys::netns::delete_named(&self.host);
+    }
+
+    fn state(&self) -> std::path::PathBuf {
+        self.tmp.path().join("state")
+    }
+
+    fn run(&self) -> std::path::PathBuf {
+        self.tmp.path().join("run")
+    }
+
+    /// `wasp ARGS` with this world's dirs and (when `at`) its host netns
+    /// and pool ([`common::wasp_cli::wasp_in`]).
+    fn wasp(&self, args: &[&str], at: bool) -> Command {
+        common::wasp_cli::wasp_in(
+            args,
+            &self.state(),
+            &self.run(),
+            at.then_some((self.host.as_str(), self.pool.as_str())),
+        )
+    }
+
+    /// `wasp snapshot synth` of a small stand-in snapshot at `snap`, which
+    /// must succeed.
+    fn synth(&self) -> std::path::PathBuf {
+        let snap = self.tmp.path().join("snap");
+        let st = synth(&snap);
+        assert_ok(&st);
+        snap
     }
 }
 
-/// `--state-dir STATE --runtime-dir STATE/../run`: the per-test dirs, so
-/// the reconcile every state-owning command runs first never looks at the
-/// machine's own /run/wasp or /var/lib/wasp.
-fn dirs(c: &mut Command, state: &std::path::Path) {
-    c.arg("--state-dir")
-        .arg(state)
-        .arg("--runtime-dir")
-        .arg(state.parent().unwrap().join("run"));
+impl Drop for World {
+    fn drop(&mut self) {
+        let _ = self.wasp(&["kill", "--all"], false).output();
+        let _ = self.wasp(&["pool", "drain", "--force"], true).output();
+        let _ = wasp::sys::netns::delete_named(&self.host);
+    }
 }
 
 /// `wasp snapshot synth` of a small stand-in snapshot at `out`.
@@ -96,11 +120,7 @@ fn demo_spawns_checks_agents_and_removes_everything() {
         .output()
         .unwrap();
     let v = json(&out);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     assert_eq!(v["spawn"]["summary"]["ready"], 6);
     assert_eq!(v["agents_ok"], 6);
     assert_eq!(v["cleanup_errors"].as_array().unwrap().len(), 0);
@@ -117,44 +137,24 @@ fn demo_spawns_checks_agents_and_removes_everything() {
 #[test]
 fn spawn_ls_kill_drain_through_the_real_pool() {
     root_or_skip!();
-    let tmp = tempfile::tempdir().unwrap();
-    let snap = tmp.path().join("snap");
-    let st = synth(&snap);
-    assert!(
-        st.status.success(),
-        "{}",
-        String::from_utf8_lossy(&st.stderr)
+    let w = World::new("cli", "c");
+    let snap = w.synth();
+    let mut c = w.wasp(
+        &[
+            "spawn",
+            "--vmm",
+            "standin",
+            "--count",
+            "3",
+            "--ready",
+            "tcp:22",
+            "--json",
+            "--env",
+            "API_URL=http://10.0.0.1:8080/",
+        ],
+        true,
     );
-    let host = common::unique_name("cli");
-    let pool = format!("c{}", std::process::id());
-    let state = tmp.path().join("state");
-    let _cleanup = Cleanup {
-        state: Some(state.clone()),
-        host: host.clone(),
-        pool: pool.clone(),
-    };
-    let loc = |c: &mut Command| {
-        c.args(["--host-netns", &host, "--pool", &pool]);
-    };
-    let mut c = wasp();
-    c.args([
-        "spawn",
-        "--vmm",
-        "standin",
-        "--count",
-        "3",
-        "--ready",
-        "tcp:22",
-        "--json",
-        "--snapshot",
-    ])
-    .arg(&snap)
-    .arg("--runtime-dir")
-    .arg(tmp.path().join("run"))
-    .arg("--state-dir")
-    .arg(&state)
-    .args(["--env", "API_URL=http://10.0.0.1:8080/"]);
-    loc(&mut c);
+    c.arg("--snapshot").arg(&snap);
     let out = c.output().unwrap();
     let v = json(&out);
     assert!(out.status.success(), "{v:#}");
@@ -162,7 +162,7 @@ fn spawn_ls_kill_drain_through_the_real_pool() {
     assert_eq!(clones.len(), 3);
     for cl in clones {
         assert_eq!(cl["ok"], true);
-        assert_eq!(cl["host_netns"], host.as_str());
+        assert_eq!(cl["host_netns"], w.host.as_str());
         assert_eq!(cl["ready_port"], 22);
         assert!(cl["phases_ms"]["load"].as_f64().unwrap() > 0.0);
     }
@@ -171,12 +171,7 @@ fn spawn_ls_kill_drain_through_the_real_pool() {
     for cl in clones {
         assert!(names.contains(&cl["netns"].as_str().unwrap().to_owned()));
     }
-    let out = wasp()
-        .args(["ls", "--json", "--state-dir"])
-        .arg(&state)
-        .output()
-        .unwrap();
-    let ls = json(&out);
+    let ls = json(&w.wasp(&["ls", "--json"], false).output().unwrap());
     assert_eq!(ls["clones"].as_array().unwrap().len(), 3);
     assert!(ls["clones"]
         .as_array()
@@ -190,18 +185,11 @@ fn spawn_ls_kill_drain_through_the_real_pool() {
         .map(|c| c["pid"].as_i64().unwrap())
         .collect();
 
-    let out = wasp()
-        .args(["kill", "--all", "--json", "--state-dir"])
-        .arg(&state)
-        .arg("--runtime-dir")
-        .arg(state.parent().unwrap().join("run"))
+    let out = w
+        .wasp(&["kill", "--all", "--json"], false)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    assert_ok(&out);
     for p in pids {
         assert!(
             !std::path::Path::new(&format!("/proc/{p}")).exists()
@@ -211,31 +199,18 @@ fn spawn_ls_kill_drain_through_the_real_pool() {
             "VMM {p} still runs"
         );
     }
-    let out = wasp()
-        .args(["ls", "--json", "--state-dir"])
-        .arg(&state)
-        .output()
-        .unwrap();
+    let out = w.wasp(&["ls", "--json"], false).output().unwrap();
     assert_eq!(json(&out)["clones"].as_array().unwrap().len(), 0);
 
-    let mut c = wasp();
-    c.args(["pool", "drain", "--json"]);
-    loc(&mut c);
-    dirs(&mut c, &state);
-    let out = c.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let prefix = format!("wasp-{pool}-");
+    let out = w.wasp(&["pool", "drain", "--json"], true).output().unwrap();
+    assert_ok(&out);
+    let prefix = format!("wasp-{}-", w.pool);
     assert!(
         !common::ip_netns_list()
             .iter()
             .any(|n| n.starts_with(&prefix)),
         "slots left"
     );
-    let _ = wasp::sys::netns::delete_named(&host);
 }
 
 #[test]
@@ -257,64 +232,59 @@ fn bad_counts_are_usage_or_runtime_errors_with_a_clear_message() {
     assert_eq!(out.status.code(), Some(2));
 }
 
+/// `--kernel K --rootfs R --out OUT` of `wasp snapshot create`, with the
+/// guest files of [`common::guest_files`].
+fn guest_args(
+    c: &mut Command,
+    (kernel, rootfs): &(std::path::PathBuf, std::path::PathBuf),
+    out: &std::path::Path,
+) {
+    c.arg("--kernel")
+        .arg(kernel)
+        .arg("--rootfs")
+        .arg(rootfs)
+        .arg("--out")
+        .arg(out);
+}
+
 #[test]
 fn snapshot_create_with_firecracker_then_spawn_from_it() {
     root_or_skip!();
     let fc = common::firecracker_bin();
-    let tmp = tempfile::tempdir().unwrap();
-    let kernel = tmp.path().join("guest.elf");
-    wasp::testguest::write(&kernel).unwrap();
-    let rootfs = tmp.path().join("rootfs.img");
-    std::fs::write(&rootfs, vec![7u8; 1 << 20]).unwrap();
-    let host = common::unique_name("mk");
-    let pool = format!("m{}", std::process::id());
-    let _cleanup = Cleanup {
-        state: Some(tmp.path().join("state")),
-        host: host.clone(),
-        pool: pool.clone(),
-    };
-    let out_dir = tmp.path().join("golden");
-    let mut c = wasp();
-    c.args([
-        "snapshot",
-        "create",
-        "--mem-mib",
-        "128",
-        "--ready",
-        "serial:^wasp-testguest ready",
-        "--json",
-    ])
-    .arg("--kernel")
-    .arg(&kernel)
-    .arg("--rootfs")
-    .arg(&rootfs)
-    .arg("--out")
-    .arg(&out_dir)
-    .arg("--firecracker")
-    .arg(&fc)
-    .args(["--host-netns", &host, "--pool", &pool]);
-    dirs(&mut c, &tmp.path().join("state"));
+    let w = World::new("mk", "m");
+    let guest = common::guest_files(w.tmp.path());
+    let out_dir = w.tmp.path().join("golden");
+    let mut c = w.wasp(
+        &[
+            "snapshot",
+            "create",
+            "--mem-mib",
+            "128",
+            "--ready",
+            "serial:^wasp-testguest ready",
+            "--json",
+        ],
+        true,
+    );
+    guest_args(&mut c, &guest, &out_dir);
+    c.arg("--firecracker").arg(&fc);
     let out = c.output().unwrap();
     let v = json(&out);
     assert!(out.status.success(), "{v:#}");
     assert_eq!(v["manifest"]["vmm"], "firecracker");
     assert_eq!(v["manifest"]["mmds"]["version"], "V2");
-    let state = tmp.path().join("state");
     let spawn = |count: &str, extra: &[&str]| {
-        wasp()
-            .args(["spawn", "--count", count, "--ready", "running", "--json"])
-            .args(extra)
-            .arg("--snapshot")
-            .arg(&out_dir)
-            .arg("--firecracker")
-            .arg(&fc)
-            .arg("--runtime-dir")
-            .arg(tmp.path().join("run"))
-            .arg("--state-dir")
-            .arg(&state)
-            .args(["--host-netns", &host, "--pool", &pool])
-            .output()
-            .unwrap()
+        w.wasp(
+            &["spawn", "--count", count, "--ready", "running", "--json"],
+            true,
+        )
+        .args(extra)
+        .arg("--snapshot")
+        .arg(&out_dir)
+        .arg("--firecracker")
+        .arg(&fc)
+        .output()
+        .unwrap()
     };
     let out = spawn("2", &["--vmm", "firecracker"]);
     let v = json(&out);
@@ -330,25 +300,11 @@ fn snapshot_create_with_firecracker_then_spawn_from_it() {
             .find(|l| l.starts_with("Uid:"))
             .map(str::to_owned)
     });
-    let jail_dir = tmp.path().join("run/jail/firecracker");
+    let jail_dir = w.run().join("jail/firecracker");
     let jails = std::fs::read_dir(&jail_dir).map(|d| d.count()).unwrap_or(0);
-    let kill = wasp()
-        .args(["kill", "--all", "--state-dir"])
-        .arg(&state)
-        .arg("--runtime-dir")
-        .arg(state.parent().unwrap().join("run"))
-        .output()
-        .unwrap();
+    let kill = w.wasp(&["kill", "--all"], false).output().unwrap();
     let jails_after = std::fs::read_dir(&jail_dir).map(|d| d.count()).unwrap_or(0);
-    let drain = wasp()
-        .args(["pool", "drain", "--host-netns", &host, "--pool", &pool])
-        .arg("--state-dir")
-        .arg(&state)
-        .arg("--runtime-dir")
-        .arg(tmp.path().join("run"))
-        .output()
-        .unwrap();
-    let _ = wasp::sys::netns::delete_named(&host);
+    let drain = w.wasp(&["pool", "drain"], true).output().unwrap();
     assert!(out.status.success(), "{v:#}");
     assert_eq!(v["summary"]["ready"], 2);
     assert!(jailed.status.success(), "{jv:#}");
@@ -361,16 +317,8 @@ fn snapshot_create_with_firecracker_then_spawn_from_it() {
         (1, 0),
         "one jail while it ran, none after kill"
     );
-    assert!(
-        kill.status.success(),
-        "{}",
-        String::from_utf8_lossy(&kill.stdout)
-    );
-    assert!(
-        drain.status.success(),
-        "{}",
-        String::from_utf8_lossy(&drain.stderr)
-    );
+    assert_ok(&kill);
+    assert_ok(&drain);
 }
 
 #[test]
@@ -378,10 +326,7 @@ fn snapshot_create_with_the_standin_and_tcp_readiness_then_spawn_from_it() {
     root_or_skip!();
     let s = common::wasp_cli::Setup::new("mkst");
     let dir = s.tmp.path();
-    let kernel = dir.join("guest.elf");
-    wasp::testguest::write(&kernel).unwrap();
-    let rootfs = dir.join("rootfs.img");
-    std::fs::write(&rootfs, vec![7u8; 1 << 20]).unwrap();
+    let guest = common::guest_files(dir);
     let create = |out: &std::path::Path, ready: &str, timeout: &str| {
         let mut c = s.wasp(
             &[
@@ -399,12 +344,7 @@ fn snapshot_create_with_the_standin_and_tcp_readiness_then_spawn_from_it() {
             ],
             true,
         );
-        c.arg("--kernel")
-            .arg(&kernel)
-            .arg("--rootfs")
-            .arg(&rootfs)
-            .arg("--out")
-            .arg(out);
+        guest_args(&mut c, &guest, out);
         c
     };
     let golden = dir.join("golden");
@@ -544,47 +484,27 @@ fn files_below(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
 fn secrets_appear_nowhere_but_in_the_guest() {
     root_or_skip!();
     use std::os::unix::fs::PermissionsExt;
-    let tmp = tempfile::tempdir().unwrap();
-    let snap = tmp.path().join("snap");
-    let st = synth(&snap);
-    assert!(st.status.success());
+    let w = World::new("sec", "s");
+    let snap = w.synth();
     let canary_file = format!("canary-file-{}", std::process::id());
     let canary_env = format!("canary-env-{}", std::process::id());
-    let env_file = tmp.path().join("secrets.env");
+    let env_file = w.tmp.path().join("secrets.env");
     std::fs::write(&env_file, format!("ANTHROPIC_API_KEY={canary_file}\n")).unwrap();
     std::fs::set_permissions(&env_file, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let host = common::unique_name("sec");
-    let pool = format!("s{}", std::process::id());
-    let state = tmp.path().join("state");
-    let _cleanup = Cleanup {
-        state: Some(state.clone()),
-        host: host.clone(),
-        pool: pool.clone(),
-    };
-    let run = tmp.path().join("run");
-    let out = wasp()
-        .args([
-            "spawn",
-            "--vmm",
-            "standin",
-            "--count",
-            "2",
-            "--ready",
-            "tcp:22",
-            "--json",
-            "-vv",
-            "--snapshot",
-        ])
+    let (run, state, host) = (w.run(), w.state(), &w.host);
+    let out = w
+        .wasp(
+            &[
+                "spawn", "--vmm", "standin", "--count", "2", "--ready", "tcp:22", "--json", "-vv",
+            ],
+            true,
+        )
+        .arg("--snapshot")
         .arg(&snap)
         .arg("--env-file")
         .arg(&env_file)
         .args(["--secret-env", "GITHUB_TOKEN"])
         .env("GITHUB_TOKEN", &canary_env)
-        .arg("--runtime-dir")
-        .arg(&run)
-        .arg("--state-dir")
-        .arg(&state)
-        .args(["--host-netns", &host, "--pool", &pool])
         .output()
         .unwrap();
     let v = json(&out);
@@ -635,7 +555,7 @@ fn secrets_appear_nowhere_but_in_the_guest() {
     // The guest did get both: its agent reports the keys (never values).
     let mut agent_keys = Vec::new();
     if let Some(ip) = v["clones"][0]["clone_ip"].as_str() {
-        let ns = wasp::sys::netns::open_named(&host).unwrap();
+        let ns = wasp::sys::netns::open_named(host).unwrap();
         let ip: std::net::Ipv4Addr = ip.parse().unwrap();
         let body = wasp::sys::netns::run_in(ns, move || {
             use std::io::{Read, Write};
@@ -656,20 +576,7 @@ fn secrets_appear_nowhere_but_in_the_guest() {
             .map(|k| k.as_str().unwrap().to_owned())
             .collect();
     }
-    let _ = wasp()
-        .args(["kill", "--all", "--state-dir"])
-        .arg(&state)
-        .arg("--runtime-dir")
-        .arg(state.parent().unwrap().join("run"))
-        .output();
-    let _ = wasp()
-        .args(["pool", "drain", "--host-netns", &host, "--pool", &pool])
-        .arg("--state-dir")
-        .arg(&state)
-        .arg("--runtime-dir")
-        .arg(&run)
-        .output();
-    let _ = wasp::sys::netns::delete_named(&host);
+    drop(w);
     assert!(out.status.success(), "{v:#}");
     assert!(leaks.is_empty(), "secret leaks: {leaks:?}");
     for k in ["AGENT_ID", "ANTHROPIC_API_KEY", "GITHUB_TOKEN"] {
@@ -714,21 +621,14 @@ fn not_root_is_one_clear_error_and_nothing_is_built() {
 #[test]
 fn pool_and_spawn_take_their_settings_from_the_config_file() {
     root_or_skip!();
-    let tmp = tempfile::tempdir().unwrap();
-    let host = common::unique_name("cfg");
-    let pool = format!("f{}", std::process::id());
-    let state = tmp.path().join("state");
-    let _cleanup = Cleanup {
-        state: Some(state.clone()),
-        host: host.clone(),
-        pool: pool.clone(),
-    };
+    let w = World::new("cfg", "f");
+    let (host, pool, state) = (&w.host, &w.pool, w.state());
     let base = format!(
         "[pool]\nname = \"{pool}\"\nhost_netns = \"{host}\"\ncidr = \"10.77.0.0/24\"\n\n[paths]\nstate_dir = \"{}\"\nruntime_dir = \"{}\"\n",
         state.display(),
-        tmp.path().join("run").display()
+        w.run().display()
     );
-    let file = tmp.path().join("wasp.toml");
+    let file = w.tmp.path().join("wasp.toml");
     std::fs::write(&file, &base).unwrap();
     let with_config = |f: &std::path::Path| {
         let mut c = wasp();
@@ -740,18 +640,14 @@ fn pool_and_spawn_take_their_settings_from_the_config_file() {
         .args(["pool", "warm", "--size", "2", "--json"])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     assert_eq!(json(&out)["pool"], pool.as_str());
     let ns = common::ip_netns_list();
     for n in 0..2 {
         assert!(ns.contains(&format!("wasp-{pool}-{n}")), "{ns:?}");
     }
     let addr = std::process::Command::new("ip")
-        .args(["-n", &host, "-j", "addr", "show", "dev", "wasp0"])
+        .args(["-n", host, "-j", "addr", "show", "dev", "wasp0"])
         .output()
         .unwrap();
     let addr = String::from_utf8_lossy(&addr.stdout);
@@ -771,9 +667,9 @@ fn pool_and_spawn_take_their_settings_from_the_config_file() {
 
     // A guest address the snapshot was not made with is refused before
     // anything is built or recorded.
-    let snap = tmp.path().join("snap");
+    let snap = w.tmp.path().join("snap");
     assert!(synth(&snap).status.success());
-    let other = tmp.path().join("other.toml");
+    let other = w.tmp.path().join("other.toml");
     std::fs::write(
         &other,
         format!("{base}\n[guest]\nguest_ip = \"192.168.241.3\"\n"),

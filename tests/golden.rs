@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::os::unix::fs::MetadataExt;
 use std::time::Duration;
 
 use common::fake_slots::FakeSlots;
@@ -55,36 +54,14 @@ fn firecracker_golden_snapshot_then_clones() {
         isolation: Default::default(),
     };
     let report = spawn::spawn(&opts, &store, &mut slots, &Env::new()).unwrap();
-    struct G<'a>(&'a std::path::Path);
-    impl Drop for G<'_> {
-        fn drop(&mut self) {
-            common::teardown_all(self.0);
-        }
-    }
-    let _g = G(&state);
+    let _g = common::TeardownGuard(&state);
     assert_eq!(report.summary.ready, 3, "{:#?}", report.clones);
-    let mem = std::fs::canonicalize(out.join("vm.mem")).unwrap();
     for c in &report.clones {
         let pid = c.pid.unwrap();
-        let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
-        let line = maps
-            .lines()
-            .find(|l| l.ends_with(mem.to_str().unwrap()))
-            .expect("Firecracker maps the shared memory file");
-        assert_eq!(
-            line.split_whitespace().nth(1).unwrap().as_bytes()[3],
-            b'p',
-            "{line}"
-        );
-        let own = store.clone_dir(&c.id).join("rootfs");
-        let own_ino = std::fs::metadata(&own).unwrap().ino();
-        let held: Vec<u64> = std::fs::read_dir(format!("/proc/{pid}/fd"))
-            .unwrap()
-            .filter_map(|e| std::fs::metadata(e.unwrap().path()).ok())
-            .map(|m| m.ino())
-            .collect();
+        common::assert_maps_private(pid, &out.join("vm.mem"));
+        let own = common::dev_ino(store.clone_dir(&c.id).join("rootfs"));
         assert!(
-            held.contains(&own_ino),
+            common::held_files(pid).contains(&own),
             "{} does not hold its own rootfs",
             c.id
         );
@@ -99,10 +76,7 @@ fn firecracker_golden_snapshot_then_clones() {
 fn a_failed_create_leaves_nothing_at_out() {
     root_or_skip!();
     let tmp = tempfile::tempdir().unwrap();
-    let kernel = tmp.path().join("testguest.elf");
-    wasp::testguest::write(&kernel).unwrap();
-    let rootfs = tmp.path().join("rootfs.img");
-    std::fs::write(&rootfs, vec![0u8; 4096]).unwrap();
+    let (kernel, rootfs) = common::guest_files(tmp.path());
     let ns = TestNetns::new("goldfail");
     ns.sh("ip tuntap add tap0 mode tap && ip link set tap0 up");
     let out = tmp.path().join("golden");

@@ -16,11 +16,11 @@
 
 mod common;
 
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use common::dev_ino;
 use common::fake_slots::FakeSlots;
 use wasp::cgroup::{self, CgroupParent, Limits};
 use wasp::env::Env;
@@ -309,11 +309,6 @@ fn status_ids(pid: i32, field: &str) -> Vec<u32> {
         .collect()
 }
 
-fn dev_ino(p: impl AsRef<Path>) -> (u64, u64) {
-    let m = std::fs::metadata(p).unwrap();
-    (m.dev(), m.ino())
-}
-
 #[test]
 fn jailed_firecracker_clones_from_a_real_snapshot() {
     root_or_skip!();
@@ -390,15 +385,8 @@ fn jailed_firecracker_clones_from_a_real_snapshot() {
     let mut env = Env::new();
     env.add_plain("ROLE=jailed").unwrap();
     let report = spawn::spawn(&opts(n, vec![]), &store, &mut slots, &env).unwrap();
-    struct G<'a>(&'a Path);
-    impl Drop for G<'_> {
-        fn drop(&mut self) {
-            common::teardown_all(self.0);
-        }
-    }
-    let guard = G(&state);
+    let guard = common::TeardownGuard(&state);
     assert_eq!(report.summary.ready, n, "{:#?}", report.clones);
-    let mem = dev_ino(golden.join("vm.mem"));
     let records = wasp::state::Store::open(&state).unwrap().list().unwrap().0;
     for c in &report.clones {
         let pid = c.pid.unwrap();
@@ -425,23 +413,15 @@ fn jailed_firecracker_clones_from_a_real_snapshot() {
         assert!(own_cg.lines().any(|l| l == v2_line(&cg)), "{own_cg}");
         assert_eq!(std::fs::read_to_string(cg.join(key)).unwrap().trim(), value);
 
-        let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
-        let line = maps
-            .lines()
-            .find(|l| l.split_whitespace().nth(4) == Some(&mem.1.to_string()))
-            .expect("maps the shared memory file");
-        assert_eq!(
-            line.split_whitespace().nth(1).unwrap().as_bytes()[3],
-            b'p',
-            "{line}"
-        );
+        // The shared memory file (inside the chroot its path is
+        // /snapshot/vm.mem), mapped private.
+        common::assert_maps_private(pid, &golden.join("vm.mem"));
         let own = dev_ino(store.clone_dir(&c.id).join("rootfs"));
-        let held: Vec<(u64, u64)> = std::fs::read_dir(format!("/proc/{pid}/fd"))
-            .unwrap()
-            .filter_map(|e| std::fs::metadata(e.unwrap().path()).ok())
-            .map(|m| (m.dev(), m.ino()))
-            .collect();
-        assert!(held.contains(&own), "{} does not hold its own rootfs", c.id);
+        assert!(
+            common::held_files(pid).contains(&own),
+            "{} does not hold its own rootfs",
+            c.id
+        );
 
         let sock = root.join("run/firecracker.socket");
         let mut client = wasp::vmm_api::Client::connect(&sock).unwrap();

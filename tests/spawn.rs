@@ -54,14 +54,6 @@ fn options(root: &Path, count: usize, args: &[&str]) -> SpawnOptions {
     }
 }
 
-fn teardown_all(root: &Path) {
-    let store = wasp::state::Store::open(&root.join("state")).unwrap();
-    for r in store.list().unwrap().0 {
-        let (_, errors) = wasp::teardown::teardown(&store, &r, Duration::from_secs(5));
-        assert!(errors.is_empty(), "{errors:?}");
-    }
-}
-
 #[test]
 fn standin_clones_get_their_own_disk_shared_memory_and_own_agent_id() {
     root_or_skip!();
@@ -73,12 +65,12 @@ fn standin_clones_get_their_own_disk_shared_memory_and_own_agent_id() {
     env.add_secret_from("TOKEN", |_| Some("canary-9f2c".into()))
         .unwrap();
     let report = spawn::spawn(&options(tmp.path(), 3, &[]), &store, &mut slots, &env).unwrap();
-    let guard = scopeguard(tmp.path());
+    let state = tmp.path().join("state");
+    let guard = common::TeardownGuard(&state);
     assert_eq!(report.summary.ready, 3, "{:#?}", report.clones);
     assert_eq!(report.summary.failed, 0);
     assert_eq!(report.summary.mem_bytes_copied, 0);
-    let mem = std::fs::canonicalize(snap.join("vm.mem")).unwrap();
-    let base_rootfs_ino = std::fs::metadata(snap.join("rootfs.ext4")).unwrap().ino();
+    let base_rootfs = common::dev_ino(snap.join("rootfs.ext4"));
     for c in &report.clones {
         let pid = c.pid.unwrap();
         // In its slot's netns.
@@ -94,33 +86,17 @@ fn standin_clones_get_their_own_disk_shared_memory_and_own_agent_id() {
             wasp::sys::netns::inode_of(ns.fd()).unwrap()
         );
         // The shared memory file, mapped private.
-        let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
-        let line = maps
-            .lines()
-            .find(|l| l.ends_with(mem.to_str().unwrap()))
-            .expect("memory file mapped");
-        assert_eq!(
-            line.split_whitespace().nth(1).unwrap().as_bytes()[3],
-            b'p',
-            "{line}"
-        );
+        common::assert_maps_private(pid, &snap.join("vm.mem"));
         // Its own rootfs inode open, not the base's.
-        let own = store.clone_dir(&c.id).join("rootfs");
-        let own_ino = std::fs::metadata(&own)
-            .unwrap_or_else(|_| panic!("{own:?}"))
-            .ino();
-        let fds: Vec<u64> = std::fs::read_dir(format!("/proc/{pid}/fd"))
-            .unwrap()
-            .filter_map(|e| std::fs::metadata(e.unwrap().path()).ok())
-            .map(|m| m.ino())
-            .collect();
+        let own = common::dev_ino(store.clone_dir(&c.id).join("rootfs"));
+        let fds = common::held_files(pid);
         assert!(
-            fds.contains(&own_ino),
+            fds.contains(&own),
             "clone {} does not hold its own rootfs",
             c.id
         );
         assert!(
-            !fds.contains(&base_rootfs_ino),
+            !fds.contains(&base_rootfs),
             "clone {} holds the base rootfs",
             c.id
         );
@@ -139,13 +115,7 @@ fn standin_clones_get_their_own_disk_shared_memory_and_own_agent_id() {
         }
     }
     drop(guard);
-    assert!(
-        std::fs::read_dir(store.clones_dir())
-            .unwrap()
-            .next()
-            .is_none(),
-        "clone dirs left"
-    );
+    assert_no_clone_dirs(&store);
 }
 
 #[test]
@@ -178,29 +148,22 @@ fn a_missing_tap_and_a_failing_load_are_reclaimed_and_the_batch_goes_on() {
         &Env::new(),
     )
     .unwrap();
-    let _guard = scopeguard(tmp.path());
+    let state = tmp.path().join("state");
+    let _guard = common::TeardownGuard(&state);
     assert_eq!(report.summary.failed, 2);
     for c in &report.clones {
         assert_eq!(c.failed_phase.as_deref(), Some("load"), "{c:?}");
         assert!(c.error.as_deref().unwrap().contains("400"), "{:?}", c.error);
     }
     assert_eq!(slots.given_back.len(), 2);
-    assert!(
-        std::fs::read_dir(store.clones_dir())
-            .unwrap()
-            .next()
-            .is_none(),
-        "clone dirs left"
-    );
+    assert_no_clone_dirs(&store);
 }
 
-/// Tears every recorded clone down when dropped, even on panic.
-fn scopeguard(root: &Path) -> impl Drop + '_ {
-    struct G<'a>(&'a Path);
-    impl Drop for G<'_> {
-        fn drop(&mut self) {
-            teardown_all(self.0);
-        }
-    }
-    G(root)
+/// No clone's files are left in the runtime dir.
+fn assert_no_clone_dirs(store: &CloneStore) {
+    let left: Vec<_> = std::fs::read_dir(store.clones_dir())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "clone dirs left: {left:?}");
 }

@@ -217,6 +217,16 @@ pub fn add_tap0(ns: &TestNetns) {
     ns.sh("ip tuntap add tap0 mode tap && ip addr add 192.168.241.1/29 dev tap0 && ip link set tap0 up");
 }
 
+/// What a golden snapshot boots: wasp's built-in test guest as the kernel,
+/// `dir/testguest.elf`, and a 1 MiB rootfs image, `dir/rootfs.img`.
+pub fn guest_files(dir: &std::path::Path) -> (PathBuf, PathBuf) {
+    let kernel = dir.join("testguest.elf");
+    wasp::testguest::write(&kernel).unwrap();
+    let rootfs = dir.join("rootfs.img");
+    std::fs::write(&rootfs, vec![0x5au8; 1 << 20]).unwrap();
+    (kernel, rootfs)
+}
+
 /// A golden snapshot at `out` of wasp's built-in test guest, made by the
 /// pinned Firecracker booted in `ns` (which gets `tap0`); `work` holds the
 /// kernel and rootfs.
@@ -226,10 +236,7 @@ pub fn fc_golden(
     ns: &TestNetns,
     sha256: bool,
 ) -> wasp::snapshot::Manifest {
-    let kernel = work.join("testguest.elf");
-    wasp::testguest::write(&kernel).unwrap();
-    let rootfs = work.join("rootfs.img");
-    std::fs::write(&rootfs, vec![0x5au8; 1 << 20]).unwrap();
+    let (kernel, rootfs) = guest_files(work);
     add_tap0(ns);
     wasp::golden::create(&wasp::golden::GoldenOptions {
         vmm: wasp::launch::Vmm::Firecracker(firecracker_bin()),
@@ -247,6 +254,59 @@ pub fn fc_golden(
         sha256,
     })
     .unwrap()
+}
+
+/// Tears down every clone recorded in `state` when dropped, even on panic
+/// ([`teardown_all`]).
+pub struct TeardownGuard<'a>(pub &'a std::path::Path);
+
+impl Drop for TeardownGuard<'_> {
+    fn drop(&mut self) {
+        teardown_all(self.0);
+    }
+}
+
+/// `(st_dev, st_ino)` of `p`, following symlinks: a file's identity.
+pub fn dev_ino(p: impl AsRef<std::path::Path>) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(p).unwrap();
+    (m.dev(), m.ino())
+}
+
+/// `(st_dev, st_ino)` of every file process `pid` holds open.
+pub fn held_files(pid: i32) -> Vec<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| std::fs::metadata(e.unwrap().path()).ok())
+        .map(|m| (m.dev(), m.ino()))
+        .collect()
+}
+
+/// Asserts that process `pid` maps the file `file` (found in
+/// /proc/PID/maps by its device and inode, whatever path it has there,
+/// e.g. inside a chroot) private: MAP_PRIVATE, never written back.
+pub fn assert_maps_private(pid: i32, file: &std::path::Path) {
+    let (dev, ino) = dev_ino(file);
+    let dev = format!(
+        "{:02x}:{:02x}",
+        nix::sys::stat::major(dev),
+        nix::sys::stat::minor(dev)
+    );
+    let ino = ino.to_string();
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    let line = maps
+        .lines()
+        .find(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.get(3) == Some(&dev.as_str()) && f.get(4) == Some(&ino.as_str())
+        })
+        .unwrap_or_else(|| panic!("process {pid} does not map {}", file.display()));
+    assert_eq!(
+        line.split_whitespace().nth(1).unwrap().as_bytes()[3],
+        b'p',
+        "{line}"
+    );
 }
 
 /// Tears down every clone recorded in `state` (`wasp kill --all`), failing

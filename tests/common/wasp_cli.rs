@@ -52,18 +52,12 @@ impl Setup {
     /// `wasp ARGS` with this test's dirs (as far as the command takes
     /// them) and (when `at`) pool.
     pub fn wasp(&self, args: &[&str], at: bool) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_wasp"));
-        c.args(args);
-        if args[0] != "pool" || args[1] != "status" {
-            c.arg("--state-dir").arg(self.state());
-        }
-        if args[0] != "ls" && (args[0] != "pool" || args[1] != "status") {
-            c.arg("--runtime-dir").arg(self.run_dir());
-        }
-        if at {
-            c.args(["--host-netns", self.host.name(), "--pool", &self.pool]);
-        }
-        c
+        wasp_in(
+            args,
+            &self.state(),
+            &self.run_dir(),
+            at.then_some((self.host.name(), self.pool.as_str())),
+        )
     }
 
     pub fn spawn_cmd(&self) -> Command {
@@ -224,6 +218,27 @@ impl Drop for Setup {
         let _ = self.wasp(&["kill", "--all"], false).output();
         let _ = self.wasp(&["pool", "drain"], true).output();
     }
+}
+
+/// `wasp ARGS` with the per-test `state` and `run` dirs (as far as the
+/// command takes them: `ls` only the state dir, `pool status` neither), so
+/// the reconcile every state-owning command runs first never looks at the
+/// machine's own /run/wasp or /var/lib/wasp; with `at`, `--host-netns HOST
+/// --pool POOL` too.
+pub fn wasp_in(args: &[&str], state: &Path, run: &Path, at: Option<(&str, &str)>) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_wasp"));
+    c.args(args);
+    let status = args[0] == "pool" && args.get(1) == Some(&"status");
+    if !status {
+        c.arg("--state-dir").arg(state);
+    }
+    if args[0] != "ls" && !status {
+        c.arg("--runtime-dir").arg(run);
+    }
+    if let Some((host, pool)) = at {
+        c.args(["--host-netns", host, "--pool", pool]);
+    }
+    c
 }
 
 #[derive(Debug, Default, PartialEq, Eq)]
