@@ -9,19 +9,10 @@ mod common;
 use std::path::Path;
 use std::process::{Command, Output};
 
+use common::ok;
+
 fn wasp() -> Command {
     Command::new(env!("CARGO_BIN_EXE_wasp"))
-}
-
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "status {}: stdout {} stderr {}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// stdout as exactly one JSON document, stderr free of terminal control.

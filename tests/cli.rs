@@ -10,17 +10,6 @@ fn wasp() -> Command {
     Command::new(env!("CARGO_BIN_EXE_wasp"))
 }
 
-/// Asserts the command succeeded, showing its status and both streams if not.
-fn assert_ok(out: &std::process::Output) {
-    assert!(
-        out.status.success(),
-        "{}: stdout {} stderr {}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 fn json(out: &std::process::Output) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
         panic!(
@@ -76,7 +65,7 @@ impl World {
     fn synth(&self) -> std::path::PathBuf {
         let snap = self.tmp.path().join("snap");
         let st = synth(&snap);
-        assert_ok(&st);
+        common::ok(&st);
         snap
     }
 }
@@ -120,7 +109,7 @@ fn demo_spawns_checks_agents_and_removes_everything() {
         .output()
         .unwrap();
     let v = json(&out);
-    assert_ok(&out);
+    common::ok(&out);
     assert_eq!(v["spawn"]["summary"]["ready"], 6);
     assert_eq!(v["agents_ok"], 6);
     assert_eq!(v["cleanup_errors"].as_array().unwrap().len(), 0);
@@ -189,7 +178,7 @@ fn spawn_ls_kill_drain_through_the_real_pool() {
         .wasp(&["kill", "--all", "--json"], false)
         .output()
         .unwrap();
-    assert_ok(&out);
+    common::ok(&out);
     for p in pids {
         assert!(
             !std::path::Path::new(&format!("/proc/{p}")).exists()
@@ -203,7 +192,7 @@ fn spawn_ls_kill_drain_through_the_real_pool() {
     assert_eq!(json(&out)["clones"].as_array().unwrap().len(), 0);
 
     let out = w.wasp(&["pool", "drain", "--json"], true).output().unwrap();
-    assert_ok(&out);
+    common::ok(&out);
     let prefix = format!("wasp-{}-", w.pool);
     assert!(
         !common::ip_netns_list()
@@ -317,8 +306,8 @@ fn snapshot_create_with_firecracker_then_spawn_from_it() {
         (1, 0),
         "one jail while it ran, none after kill"
     );
-    assert_ok(&kill);
-    assert_ok(&drain);
+    common::ok(&kill);
+    common::ok(&drain);
 }
 
 #[test]
@@ -640,7 +629,7 @@ fn pool_and_spawn_take_their_settings_from_the_config_file() {
         .args(["pool", "warm", "--size", "2", "--json"])
         .output()
         .unwrap();
-    assert_ok(&out);
+    common::ok(&out);
     assert_eq!(json(&out)["pool"], pool.as_str());
     let ns = common::ip_netns_list();
     for n in 0..2 {

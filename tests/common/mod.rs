@@ -189,6 +189,19 @@ pub fn firecracker_bin() -> PathBuf {
     PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
 }
 
+/// Asserts a command succeeded (showing its status and both streams if
+/// not) and returns its stdout.
+pub fn ok(out: &std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "status {}: stdout {} stderr {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// Names of every named namespace, from `ip netns` (an independent reader).
 pub fn ip_netns_list() -> Vec<String> {
     let out = std::process::Command::new("ip")
