@@ -695,12 +695,25 @@ fn a_killed_demo_is_cleaned_up_by_the_next_one() {
     root_or_skip!();
     let _g = DEMO.lock().unwrap_or_else(|p| p.into_inner());
     let tmp = tempfile::tempdir().unwrap();
-    let mut c = wasp();
-    c.args(["demo", "--count", "4", "--parallel", "2"]);
+    // A runtime dir of its own: no other demo or bench (which clean up
+    // killed runs under theirs) can get there first.
+    let run = tmp.path().join("run");
+    let config = tmp.path().join("wasp.toml");
+    std::fs::write(
+        &config,
+        format!("[paths]\nruntime_dir = \"{}\"\n", run.display()),
+    )
+    .unwrap();
+    let demo = || {
+        let mut c = wasp();
+        c.arg("--config").arg(&config).arg("demo");
+        c
+    };
+    let mut c = demo();
+    c.args(["--count", "4", "--parallel", "2"]);
     // Killed with two clones ready and more in flight.
     let pid = common::wasp_cli::stop_and_kill(c, "clone-recorded:2", &tmp.path().join("log"));
-    let work =
-        std::path::PathBuf::from(wasp::paths::DEFAULT_RUNTIME_DIR).join(format!("demo-{pid}"));
+    let work = run.join(format!("demo-{pid}"));
     let host = wasp::demo::host_netns_of(pid);
     let vmms = || common::wasp_cli::vmm_pids(&Default::default(), &work);
     assert!(work.exists() && wasp::sys::netns::exists(&host));
@@ -713,10 +726,7 @@ fn a_killed_demo_is_cleaned_up_by_the_next_one() {
         "the killed demo had slots"
     );
 
-    let out = wasp()
-        .args(["demo", "--count", "2", "--json"])
-        .output()
-        .unwrap();
+    let out = demo().args(["--count", "2", "--json"]).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
     assert!(err.contains("killed demo/bench run(s) left"), "{err}");
