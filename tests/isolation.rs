@@ -344,6 +344,8 @@ fn jailed_firecracker_clones_from_a_real_snapshot() {
             cgroup: Some(tp.parent.clone()),
             jailer: Some(jailer.clone()),
             force_procs_write: false,
+            force_fork: false,
+            mount_template: None,
         },
     };
     let jail_execs = jailer.base().join("firecracker");
