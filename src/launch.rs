@@ -80,10 +80,11 @@ impl std::fmt::Debug for MountTemplate {
     }
 }
 
-/// The mounts a template detaches, from the text of a mountinfo: every
-/// mount point on or under `/run/netns` and every nsfs mount, outermost
-/// first (detaching one also removes what is under it), each as often as
-/// mounts are stacked on it. Also returns how many mounts the table keeps.
+/// The mount points a template detaches, from the text of a mountinfo:
+/// every mount point on or under `/run/netns` and every nsfs mount,
+/// outermost only (detaching one also removes what is under it), each once
+/// (the caller detaches until none is left there, for stacked mounts). Also
+/// returns how many mounts the table keeps.
 fn netns_mounts(mountinfo: &str) -> (Vec<PathBuf>, usize) {
     let run = Path::new(sys::netns::NETNS_RUN_DIR);
     let entries: Vec<(PathBuf, bool)> = mountinfo
@@ -99,7 +100,7 @@ fn netns_mounts(mountinfo: &str) -> (Vec<PathBuf>, usize) {
     gone.sort_by_key(|d| d.components().count());
     let mut detach: Vec<PathBuf> = Vec::new();
     for d in gone {
-        if !detach.iter().any(|o| d.starts_with(o) && d != o) {
+        if !detach.iter().any(|o| d.starts_with(o)) {
             detach.push(d.clone());
         }
     }
@@ -550,5 +551,39 @@ impl InotifyFd for Inotify {
     fn as_fd_raw(&self) -> std::os::fd::RawFd {
         use std::os::fd::{AsFd, AsRawFd};
         self.as_fd().as_raw_fd()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_template_detaches_netns_mounts_outermost_only_and_each_once() {
+        let info = "\
+27 1 254:0 / / rw - ext4 /dev/vda rw
+24 27 0:6 / /dev rw - devtmpfs devtmpfs rw
+42 27 254:0 /run/netns /run/netns rw shared:1 - ext4 /dev/vda rw
+43 42 254:0 /run/netns /run/netns rw shared:1 - ext4 /dev/vda rw
+48 42 0:4 net:[4026532317] /run/netns/wasp-p-0 rw shared:5 - nsfs nsfs rw
+49 42 0:4 net:[4026532429] /run/netns/wasp-p-1 rw shared:6 - nsfs nsfs rw
+50 27 0:4 net:[4026532500] /run/docker/netns/abc rw - nsfs nsfs rw
+51 27 0:50 / /run/wasp rw - tmpfs tmpfs rw
+52 27 0:51 / /var/lib/with\\040space rw - xfs /dev/loop0 rw
+";
+        let (detach, left) = netns_mounts(info);
+        assert_eq!(
+            detach,
+            vec![
+                PathBuf::from("/run/netns"),
+                PathBuf::from("/run/docker/netns/abc")
+            ]
+        );
+        // /, /dev, /run/wasp and the XFS mount stay.
+        assert_eq!(left, 4);
+        // Nothing to detach where no netns is named.
+        let (detach, left) = netns_mounts("27 1 254:0 / / rw - ext4 /dev/vda rw\n");
+        assert!(detach.is_empty());
+        assert_eq!(left, 1);
     }
 }

@@ -436,10 +436,7 @@ enum MountPlan<'a> {
     /// A private copy of wasp's own, made a slave.
     CopyOfOurs,
     /// A private copy of a template's (`ns`), then back to `cwd`.
-    FromTemplate {
-        ns: RawFd,
-        cwd: Option<&'a CString>,
-    },
+    FromTemplate { ns: RawFd, cwd: Option<&'a CString> },
 }
 
 /// Everything the child touches, as raw values prepared before the clone.
@@ -1269,12 +1266,12 @@ mod tests {
         // the signal, process group and stdio steps.
         for (force, style) in styles() {
             let not_ns = File::open("/dev/null").unwrap();
-            let e = spawn(
-                exec("true", &[]),
-                setup(force).netns(OwnedFd::from(not_ns)),
-            )
-            .unwrap_err();
-            assert!(e.to_string().contains("network namespace"), "{style:?}: {e}");
+            let e =
+                spawn(exec("true", &[]), setup(force).netns(OwnedFd::from(not_ns))).unwrap_err();
+            assert!(
+                e.to_string().contains("network namespace"),
+                "{style:?}: {e}"
+            );
         }
         assert_eq!(blocked(), before, "the thread's signal mask is restored");
     }
