@@ -117,6 +117,7 @@ impl MountTemplate {
     pub fn new() -> Result<Self, LaunchError> {
         let drives = Path::new(STABLE_DRIVE_DIR);
         fs::create_dir_all(drives).map_err(prepare(drives))?;
+        let t0 = Instant::now();
         let mut found = (Vec::new(), 0);
         let ns = sys::mntns::make_template(|t| {
             found = netns_mounts(&t.mountinfo()?);
@@ -130,6 +131,7 @@ impl MountTemplate {
         tracing::debug!(
             detached = detached.len(),
             mounts_left,
+            ms = crate::stats::ms(t0.elapsed()),
             "VMM mount namespace template made"
         );
         Ok(Self {

@@ -773,6 +773,8 @@ pub fn spawn_observed(
         timeouts: opts.timeouts,
         ready_retry: opts.ready_retry,
     });
+    // The batch's wall time starts here: it includes making the template.
+    let start = Instant::now();
     // One template mount namespace per batch, released when it ends: each
     // VMM's copy then holds a few dozen mounts, not one per slot netns. Not
     // in jailer mode (the jailer opens the slot's /run/netns path itself).
@@ -815,7 +817,6 @@ pub fn spawn_observed(
         None => None,
     };
     let wake = EventFd::new().map_err(SpawnError::Admission)?;
-    let start = Instant::now();
     let parallel = opts.parallel.max(1);
     let (job_tx, job_rx) = mpsc::channel();
     let (out_tx, out_rx) = mpsc::channel();
