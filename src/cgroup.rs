@@ -228,7 +228,7 @@ fn unescape(s: &str) -> String {
 }
 
 /// One mountinfo line: (mount point, fstype, super options).
-fn mountinfo_entry(line: &str) -> Option<(String, &str, &str)> {
+pub(crate) fn mountinfo_entry(line: &str) -> Option<(String, &str, &str)> {
     let (pre, post) = line.split_once(" - ")?;
     let dir = pre.split(' ').nth(4)?;
     let mut p = post.split(' ');

@@ -10,6 +10,11 @@
 //! uid/gid and pivot_roots into a per-clone chroot where the same recorded
 //! drive paths and the snapshot's files are bind-mounted; see `jailer`).
 //! [`remove_isolation`] undoes both once the VMM is gone.
+//!
+//! A batch makes one [`MountTemplate`] and hands it to every launch
+//! ([`Isolation::mount_template`]): each VMM's mount namespace is then a
+//! copy of the template's small mount table (no `/run/netns` mounts) rather
+//! than of wasp's whole one.
 
 use std::ffi::OsString;
 use std::fs::{self, File, OpenOptions};
@@ -28,7 +33,7 @@ use crate::jailer::{JailPlan, Jailer, JailerError};
 use crate::paths::STABLE_DRIVE_DIR;
 use crate::sys;
 
-pub use crate::sys::spawn::{Placement, Process};
+pub use crate::sys::spawn::{CloneStyle, Placement, Process};
 
 /// Optional isolation for every VMM of a batch: a per-clone cgroup with
 /// limits, and jailer mode. The default is neither.
@@ -41,6 +46,115 @@ pub struct Isolation {
     /// Place VMMs by writing `cgroup.procs` in the child instead of
     /// CLONE_INTO_CGROUP (tests of the fallback).
     pub force_procs_write: bool,
+    /// Create VMMs fork-style even where the vfork-style clone is
+    /// available (tests of the fallback; see `sys::spawn`).
+    pub force_fork: bool,
+    /// Copy this template's mount namespace for each VMM (outside jailer
+    /// mode) instead of wasp's own. `spawn` makes one per batch.
+    pub mount_template: Option<Arc<MountTemplate>>,
+}
+
+/// A template mount namespace for VMMs (see `sys::mntns`): wasp's mount
+/// table without the named network namespaces' mounts (every mount on or
+/// under `/run/netns`, and every nsfs mount elsewhere), with the private
+/// drive tmpfs already on `STABLE_DRIVE_DIR`. Each VMM's namespace is a
+/// copy of it, so a launch copies a few dozen mounts however many slots
+/// exist, and no VMM pins another slot's namespace. Held by an fd only:
+/// dropping the last `Arc` releases it (VMMs already launched keep their
+/// own copies).
+///
+/// Not for jailer mode: the jailer opens `--netns /run/netns/<slot>`
+/// itself, in a copy of the launched process's namespace.
+pub struct MountTemplate {
+    ns: OwnedFd,
+    detached: Vec<PathBuf>,
+    mounts_left: usize,
+}
+
+impl std::fmt::Debug for MountTemplate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MountTemplate")
+            .field("detached", &self.detached.len())
+            .field("mounts_left", &self.mounts_left)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The mount points a template detaches, from the text of a mountinfo:
+/// every mount point on or under `/run/netns` and every nsfs mount,
+/// outermost only (detaching one also removes what is under it), each once
+/// (the caller detaches until none is left there, for stacked mounts). Also
+/// returns how many mounts the table keeps.
+fn netns_mounts(mountinfo: &str) -> (Vec<PathBuf>, usize) {
+    let run = Path::new(sys::netns::NETNS_RUN_DIR);
+    let entries: Vec<(PathBuf, bool)> = mountinfo
+        .lines()
+        .filter_map(crate::cgroup::mountinfo_entry)
+        .map(|(dir, fstype, _)| {
+            let dir = PathBuf::from(dir);
+            let gone = dir.starts_with(run) || fstype == "nsfs";
+            (dir, gone)
+        })
+        .collect();
+    let mut gone: Vec<&PathBuf> = entries.iter().filter(|e| e.1).map(|e| &e.0).collect();
+    gone.sort_by_key(|d| d.components().count());
+    let mut detach: Vec<PathBuf> = Vec::new();
+    for d in gone {
+        if !detach.iter().any(|o| d.starts_with(o)) {
+            detach.push(d.clone());
+        }
+    }
+    let left = entries
+        .iter()
+        .filter(|(dir, _)| !detach.iter().any(|o| dir.starts_with(o)))
+        .count();
+    (detach, left)
+}
+
+impl MountTemplate {
+    /// Makes the template (creating `STABLE_DRIVE_DIR` in wasp's namespace
+    /// if missing, as every launch with drives does).
+    pub fn new() -> Result<Self, LaunchError> {
+        let drives = Path::new(STABLE_DRIVE_DIR);
+        fs::create_dir_all(drives).map_err(prepare(drives))?;
+        let t0 = Instant::now();
+        let mut found = (Vec::new(), 0);
+        let ns = sys::mntns::make_template(|t| {
+            found = netns_mounts(&t.mountinfo()?);
+            for dir in &found.0 {
+                while t.detach(dir)? {}
+            }
+            t.mount_drive_tmpfs(drives)
+        })
+        .map_err(LaunchError::MountTemplate)?;
+        let (detached, mounts_left) = found;
+        tracing::debug!(
+            detached = detached.len(),
+            mounts_left,
+            ms = crate::stats::ms(t0.elapsed()),
+            "VMM mount namespace template made"
+        );
+        Ok(Self {
+            ns,
+            detached,
+            mounts_left,
+        })
+    }
+
+    /// The mount points it detached.
+    pub fn detached(&self) -> &[PathBuf] {
+        &self.detached
+    }
+
+    /// How many mounts each VMM's namespace copies (plus the drive tmpfs).
+    pub fn mounts_left(&self) -> usize {
+        self.mounts_left
+    }
+
+    /// The inode of its namespace (as `/proc/PID/ns/mnt` shows it).
+    pub fn inode(&self) -> Result<u64, LaunchError> {
+        sys::netns::inode_of(&self.ns).map_err(LaunchError::MountTemplate)
+    }
 }
 
 impl Isolation {
@@ -118,6 +232,8 @@ pub struct Launched {
     pub api_sock: PathBuf,
     /// How it was put into its cgroup, when it has one.
     pub placement: Option<Placement>,
+    /// How the process was created (vfork- or fork-style).
+    pub style: CloneStyle,
     /// Its cgroup (removed with [`remove_isolation`]).
     pub cgroup: Option<PathBuf>,
     /// Its jail directory (removed with [`remove_isolation`]).
@@ -177,6 +293,9 @@ pub enum LaunchError {
     /// The clone's cgroup could not be made or removed.
     #[error("per-clone cgroup")]
     Cgroup(#[source] CgroupError),
+    /// The template mount namespace could not be made.
+    #[error("cannot make the template mount namespace for the VMMs")]
+    MountTemplate(#[source] io::Error),
     /// The clone's jail could not be made or removed.
     #[error("jailer mode")]
     Jail(#[source] JailerError),
@@ -289,7 +408,13 @@ fn start(
             }
             if !spec.drives.is_empty() {
                 let dir = Path::new(STABLE_DRIVE_DIR);
-                fs::create_dir_all(dir).map_err(prepare(dir))?;
+                match &spec.isolation.mount_template {
+                    Some(t) => {
+                        let ns = t.ns.try_clone().map_err(LaunchError::MountTemplate)?;
+                        setup = setup.mount_template(ns, Some(dir));
+                    }
+                    None => fs::create_dir_all(dir).map_err(prepare(dir))?,
+                }
                 for (file, drive_id) in &spec.drives {
                     setup = setup
                         .bind_drive(dir, file, &crate::paths::stable_drive_path(drive_id))
@@ -306,6 +431,7 @@ fn start(
         }
     };
     args.extend(spec.extra_args.iter().map(Into::into));
+    setup = setup.force_fork(spec.isolation.force_fork);
     let cgroup_path = cgroup.as_ref().map(|c| c.path.clone());
     if let Some(c) = cgroup {
         setup = setup.cgroup(c.dir, c.procs, spec.isolation.force_procs_write);
@@ -336,6 +462,7 @@ fn start(
         spawned_at,
         api_sock,
         placement: spawned.placement,
+        style: spawned.style,
         cgroup: cgroup_path,
         jail_dir: jail.map(|j| j.dir),
     })
@@ -426,5 +553,39 @@ impl InotifyFd for Inotify {
     fn as_fd_raw(&self) -> std::os::fd::RawFd {
         use std::os::fd::{AsFd, AsRawFd};
         self.as_fd().as_raw_fd()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_template_detaches_netns_mounts_outermost_only_and_each_once() {
+        let info = "\
+27 1 254:0 / / rw - ext4 /dev/vda rw
+24 27 0:6 / /dev rw - devtmpfs devtmpfs rw
+42 27 254:0 /run/netns /run/netns rw shared:1 - ext4 /dev/vda rw
+43 42 254:0 /run/netns /run/netns rw shared:1 - ext4 /dev/vda rw
+48 42 0:4 net:[4026532317] /run/netns/wasp-p-0 rw shared:5 - nsfs nsfs rw
+49 42 0:4 net:[4026532429] /run/netns/wasp-p-1 rw shared:6 - nsfs nsfs rw
+50 27 0:4 net:[4026532500] /run/docker/netns/abc rw - nsfs nsfs rw
+51 27 0:50 / /run/wasp rw - tmpfs tmpfs rw
+52 27 0:51 / /var/lib/with\\040space rw - xfs /dev/loop0 rw
+";
+        let (detach, left) = netns_mounts(info);
+        assert_eq!(
+            detach,
+            vec![
+                PathBuf::from("/run/netns"),
+                PathBuf::from("/run/docker/netns/abc")
+            ]
+        );
+        // /, /dev, /run/wasp and the XFS mount stay.
+        assert_eq!(left, 4);
+        // Nothing to detach where no netns is named.
+        let (detach, left) = netns_mounts("27 1 254:0 / / rw - ext4 /dev/vda rw\n");
+        assert!(detach.is_empty());
+        assert_eq!(left, 1);
     }
 }

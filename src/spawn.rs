@@ -120,6 +120,9 @@ pub enum SpawnError {
     /// Jailer mode cannot work with this snapshot.
     #[error("jailer mode")]
     Jailer(#[source] crate::jailer::JailerError),
+    /// The VMMs' template mount namespace could not be made.
+    #[error("cannot prepare the VMMs' mount namespace")]
+    Mounts(#[source] launch::LaunchError),
     /// The admission thread or its wake-up eventfd could not be set up.
     #[error("cannot start the admission thread")]
     Admission(#[source] std::io::Error),
@@ -273,6 +276,9 @@ struct Ctx<'a> {
     tag: String,
     snapshot_tap: Option<(String, String)>,
     host_netns: Option<String>,
+    /// What every launch gets: the batch's isolation, with its template
+    /// mount namespace.
+    isolation: Isolation,
 }
 
 /// What admission and outcomes change, under one lock (held only for
@@ -421,7 +427,7 @@ impl<'a> Batch<'a> {
             log_dir: files.dir.clone(),
             extra_args: opts.vmm_args.clone(),
             stdin_pipe: false,
-            isolation: opts.isolation.clone(),
+            isolation: self.ctx.isolation.clone(),
             snapshot_files: vec![files.vmstate.clone(), files.memory.clone()],
         };
         let launched = match launch::launch(&spec) {
@@ -767,6 +773,16 @@ pub fn spawn_observed(
         timeouts: opts.timeouts,
         ready_retry: opts.ready_retry,
     });
+    // The batch's wall time starts here: it includes making the template.
+    let start = Instant::now();
+    // One template mount namespace per batch, released when it ends: each
+    // VMM's copy then holds a few dozen mounts, not one per slot netns. Not
+    // in jailer mode (the jailer opens the slot's /run/netns path itself).
+    let mut isolation = opts.isolation.clone();
+    if isolation.jailer.is_none() && isolation.mount_template.is_none() && !m.drives.is_empty() {
+        let t = launch::MountTemplate::new().map_err(SpawnError::Mounts)?;
+        isolation.mount_template = Some(Arc::new(t));
+    }
     let host_netns = slots.host_netns();
     let batch = Batch {
         ctx: Ctx {
@@ -780,6 +796,7 @@ pub fn spawn_observed(
                 .first()
                 .map(|n| (n.iface_id.clone(), n.host_dev_name.clone())),
             host_netns: host_netns.clone(),
+            isolation,
         },
         book: Mutex::new(Book {
             slots,
@@ -800,7 +817,6 @@ pub fn spawn_observed(
         None => None,
     };
     let wake = EventFd::new().map_err(SpawnError::Admission)?;
-    let start = Instant::now();
     let parallel = opts.parallel.max(1);
     let (job_tx, job_rx) = mpsc::channel();
     let (out_tx, out_rx) = mpsc::channel();

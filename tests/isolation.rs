@@ -30,7 +30,7 @@ use wasp::ready::Ready;
 use wasp::restore::Timeouts;
 use wasp::spawn::{self, SpawnOptions};
 use wasp::storage::clone::{CloneStore, Mode};
-use wasp::sys::spawn::{ChildSetup, Exec, Placement, Stdin};
+use wasp::sys::spawn::{ChildSetup, CloneStyle, Exec, Placement, Stdin};
 
 /// Tests that enable controllers at the root take turns, so each can put
 /// the root's subtree_control back as it found it.
@@ -114,7 +114,11 @@ impl Drop for TestParent {
 
 /// Runs `cat /proc/self/cgroup` as the child's very first program and
 /// returns its output and the placement.
-fn first_program_cgroup(cg: cgroup::CloneCgroup, force_procs_write: bool) -> (String, Placement) {
+fn first_program_cgroup(
+    cg: cgroup::CloneCgroup,
+    force_procs_write: bool,
+    force_fork: bool,
+) -> (String, Placement) {
     use std::io::{Read, Seek};
     let mut out = tempfile::tempfile().unwrap();
     let exec = Exec {
@@ -125,8 +129,16 @@ fn first_program_cgroup(cg: cgroup::CloneCgroup, force_procs_write: bool) -> (St
         stdout: out.try_clone().unwrap(),
         stderr: out.try_clone().unwrap(),
     };
-    let setup = ChildSetup::new().cgroup(cg.dir, cg.procs, force_procs_write);
+    let setup = ChildSetup::new()
+        .cgroup(cg.dir, cg.procs, force_procs_write)
+        .force_fork(force_fork);
     let mut s = wasp::sys::spawn::spawn(exec, setup).unwrap();
+    let style = if force_fork || !wasp::sys::spawn::VFORK_SUPPORTED {
+        CloneStyle::Fork
+    } else {
+        CloneStyle::Vfork
+    };
+    assert_eq!(s.style, style);
     assert!(s.process.wait().unwrap().success());
     let mut text = String::new();
     out.rewind().unwrap();
@@ -149,26 +161,30 @@ fn clone_into_cgroup_places_the_child_before_its_first_instruction() {
     limits.set(key, value).unwrap();
     let tp = TestParent::open("place", limits);
 
-    let cg = tp.parent.create("t1").unwrap();
-    let path = cg.path.clone();
-    assert_eq!(
-        std::fs::read_to_string(path.join(key)).unwrap().trim(),
-        value,
-        "{key} written"
-    );
-    let (text, placement) = first_program_cgroup(cg, false);
-    assert_eq!(placement, Placement::CloneIntoCgroup);
-    assert!(text.lines().any(|l| l == v2_line(&path)), "{text}");
-    cgroup::remove(&path, Duration::from_secs(5)).unwrap();
-    assert!(!path.exists());
+    // Both ways to create the child (vfork-style, and the fork-style
+    // fallback) place it the same way.
+    for force_fork in [false, true] {
+        let cg = tp.parent.create(&format!("t1-{force_fork}")).unwrap();
+        let path = cg.path.clone();
+        assert_eq!(
+            std::fs::read_to_string(path.join(key)).unwrap().trim(),
+            value,
+            "{key} written"
+        );
+        let (text, placement) = first_program_cgroup(cg, false, force_fork);
+        assert_eq!(placement, Placement::CloneIntoCgroup);
+        assert!(text.lines().any(|l| l == v2_line(&path)), "{text}");
+        cgroup::remove(&path, Duration::from_secs(5)).unwrap();
+        assert!(!path.exists());
 
-    // The fallback: the child writes itself to cgroup.procs before exec.
-    let cg = tp.parent.create("t2").unwrap();
-    let path = cg.path.clone();
-    let (text, placement) = first_program_cgroup(cg, true);
-    assert_eq!(placement, Placement::ProcsWrite);
-    assert!(text.lines().any(|l| l == v2_line(&path)), "{text}");
-    cgroup::remove(&path, Duration::from_secs(5)).unwrap();
+        // The fallback: the child writes itself to cgroup.procs before exec.
+        let cg = tp.parent.create(&format!("t2-{force_fork}")).unwrap();
+        let path = cg.path.clone();
+        let (text, placement) = first_program_cgroup(cg, true, force_fork);
+        assert_eq!(placement, Placement::ProcsWrite);
+        assert!(text.lines().any(|l| l == v2_line(&path)), "{text}");
+        cgroup::remove(&path, Duration::from_secs(5)).unwrap();
+    }
 
     // A cgroup that still has a process: killed through cgroup.kill, then
     // removed. `cat` blocks on its stdin pipe.
@@ -339,6 +355,8 @@ fn jailed_firecracker_clones_from_a_real_snapshot() {
             cgroup: Some(tp.parent.clone()),
             jailer: Some(jailer.clone()),
             force_procs_write: false,
+            force_fork: false,
+            mount_template: None,
         },
     };
     let jail_execs = jailer.base().join("firecracker");

@@ -157,3 +157,130 @@ fn a_missing_slot_netns_is_a_clear_error() {
     let e = launch::launch(&spec).unwrap_err();
     assert!(e.to_string().contains("network namespace"), "{e}");
 }
+
+#[test]
+fn firecracker_from_a_template_mount_namespace_in_both_clone_styles() {
+    root_or_skip!();
+    use std::sync::Arc;
+    use wasp::launch::{CloneStyle, Isolation, MountTemplate};
+    let fc = common::firecracker_bin();
+    let dir = tempfile::tempdir().unwrap();
+    // A named netns, so wasp's own table has at least one nsfs mount under
+    // /run/netns for the template to drop.
+    let ns = TestNetns::new("lt");
+    let ino_of = |p: &str| std::fs::metadata(p).unwrap().ino();
+    let template = Arc::new(MountTemplate::new().unwrap());
+    assert!(
+        template
+            .detached()
+            .iter()
+            .any(|d| d.starts_with(netns::NETNS_RUN_DIR)),
+        "{template:?}"
+    );
+    let t_ino = template.inode().unwrap();
+    assert_ne!(t_ino, ino_of("/proc/self/ns/mnt"));
+    let ours = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let default_style = if wasp::sys::spawn::VFORK_SUPPORTED {
+        CloneStyle::Vfork
+    } else {
+        CloneStyle::Fork
+    };
+    let mut running = Vec::new();
+    for (force_fork, style) in [(false, default_style), (true, CloneStyle::Fork)] {
+        let tag = format!("{style:?}");
+        let cdir = dir.path().join(&tag);
+        std::fs::create_dir_all(&cdir).unwrap();
+        let disk = cdir.join("rootfs");
+        std::fs::write(&disk, format!("disk of clone {tag}")).unwrap();
+        let spec = LaunchSpec {
+            vmm: Vmm::Firecracker(fc.clone()),
+            id: format!("wasp-test-t{tag}"),
+            api_sock: cdir.join("api.sock"),
+            netns: Some(ns.name().to_owned()),
+            drives: vec![(disk.clone(), "rootfs".into())],
+            log_dir: cdir.clone(),
+            extra_args: vec![],
+            stdin_pipe: false,
+            isolation: Isolation {
+                mount_template: Some(template.clone()),
+                force_fork,
+                ..Default::default()
+            },
+            snapshot_files: vec![],
+        };
+        let guard = Kill(Some(launch::launch(&spec).unwrap()));
+        let l = guard.0.as_ref().unwrap();
+        assert_eq!(l.style, style);
+        let s = launch::wait_for_socket(
+            &spec.api_sock,
+            &l.pidfd,
+            l.pid,
+            &cdir.join("vmm.stderr"),
+            Duration::from_secs(10),
+        )
+        .unwrap();
+        let resp = get_root(s);
+        assert!(resp.starts_with("HTTP/1.1 200"), "{tag}: {resp}");
+        let pid = l.pid;
+        // The slot's netns, its own process group.
+        assert_eq!(
+            ino_of(&format!("/proc/{pid}/ns/net")),
+            netns::inode_of(ns.fd()).unwrap()
+        );
+        assert_eq!(
+            nix::unistd::getpgid(Some(nix::unistd::Pid::from_raw(pid)))
+                .unwrap()
+                .as_raw(),
+            pid
+        );
+        // Its own mount namespace: neither wasp's nor the template itself.
+        let mnt = ino_of(&format!("/proc/{pid}/ns/mnt"));
+        assert_ne!(mnt, t_ino, "{tag}");
+        assert_ne!(mnt, ino_of("/proc/self/ns/mnt"), "{tag}");
+        // No slot netns mounted in it, fewer mounts than wasp's table.
+        let netns_mounts = common::netns_mounts_of(pid);
+        assert!(netns_mounts.is_empty(), "{tag}: {netns_mounts:#?}");
+        let theirs = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap();
+        assert!(theirs.lines().count() < ours.lines().count(), "{tag}");
+        // The recorded drive path is this clone's file; the devices and
+        // the clone's dir are there.
+        let root = format!("/proc/{pid}/root");
+        let recorded = wasp::paths::stable_drive_path("rootfs");
+        let seen = std::fs::read_to_string(format!("{root}{}", recorded.display())).unwrap();
+        assert_eq!(seen, format!("disk of clone {tag}"));
+        assert_eq!(
+            ino_of(&format!("{root}{}", recorded.display())),
+            std::fs::metadata(&disk).unwrap().ino()
+        );
+        for dev in ["/dev/kvm", "/dev/net/tun"] {
+            assert!(Path::new(&format!("{root}{dev}")).exists(), "{tag}: {dev}");
+        }
+        assert!(Path::new(&format!("{root}{}", disk.display())).exists());
+        // Back in wasp's working directory.
+        assert_eq!(
+            std::fs::read_link(format!("/proc/{pid}/cwd")).unwrap(),
+            std::env::current_dir().unwrap()
+        );
+        // The template's fd is close-on-exec: the VMM does not hold it.
+        let held = std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .filter_map(|e| std::fs::read_link(e.unwrap().path()).ok())
+            .any(|t| t.to_string_lossy() == format!("mnt:[{t_ino}]"));
+        assert!(!held, "{tag}: the VMM holds the template");
+        running.push(guard);
+    }
+    // Nothing reached wasp's own mount namespace: no drive tmpfs, no bind.
+    let after = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let ours_drives = |t: &str| {
+        t.lines()
+            .filter(|l| l.contains(wasp::paths::STABLE_DRIVE_DIR) || l.contains("wasp-drives"))
+            .count()
+    };
+    assert_eq!(ours_drives(&after), 0, "{after}");
+    assert!(!Path::new(&wasp::paths::stable_drive_path("rootfs")).exists());
+    // Nothing names the template: released with its last handle.
+    drop(template);
+    let after = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!after.contains(&format!("mnt:[{t_ino}]")));
+    drop(running);
+}

@@ -100,6 +100,18 @@ fn standin_clones_get_their_own_disk_shared_memory_and_own_agent_id() {
             "clone {} holds the base rootfs",
             c.id
         );
+        // Its mount namespace is a copy of the batch's template: the
+        // recorded drive path is its own rootfs, and no slot netns (the
+        // batch's slots are named netns) is mounted in it.
+        let seen = std::fs::metadata(format!(
+            "/proc/{pid}/root{}",
+            wasp::paths::stable_drive_path("rootfs").display()
+        ))
+        .unwrap()
+        .ino();
+        assert_eq!(seen, own_ino, "clone {}: recorded drive path", c.id);
+        let netns_mounts = common::netns_mounts_of(pid);
+        assert!(netns_mounts.is_empty(), "clone {}: {netns_mounts:#?}", c.id);
         // Its own AGENT_ID in MMDS.
         let mut client =
             wasp::vmm_api::Client::connect(&store.clone_dir(&c.id).join("api.sock")).unwrap();

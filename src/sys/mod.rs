@@ -8,6 +8,7 @@
 pub mod fs;
 pub mod inotify;
 pub mod mem;
+pub mod mntns;
 pub mod netns;
 pub mod pagecache;
 pub mod pidfd;

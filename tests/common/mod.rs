@@ -331,3 +331,19 @@ pub fn teardown_all(state: &std::path::Path) {
         assert!(errors.is_empty(), "{errors:?}");
     }
 }
+
+/// The mounts of process `pid`'s mount namespace (`/proc/PID/mountinfo`) that
+/// belong to named network namespaces: mount points on or under
+/// `/run/netns`, and nsfs mounts anywhere. A VMM launched from a template
+/// mount namespace must hold none.
+pub fn netns_mounts_of(pid: i32) -> Vec<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/mountinfo"))
+        .unwrap()
+        .lines()
+        .filter(|l| {
+            let point = l.split(' ').nth(4).unwrap_or("");
+            point == "/run/netns" || point.starts_with("/run/netns/") || l.contains(" - nsfs ")
+        })
+        .map(str::to_owned)
+        .collect()
+}
