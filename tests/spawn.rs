@@ -103,13 +103,11 @@ fn standin_clones_get_their_own_disk_shared_memory_and_own_agent_id() {
         // Its mount namespace is a copy of the batch's template: the
         // recorded drive path is its own rootfs, and no slot netns (the
         // batch's slots are named netns) is mounted in it.
-        let seen = std::fs::metadata(format!(
+        let seen = common::dev_ino(format!(
             "/proc/{pid}/root{}",
             wasp::paths::stable_drive_path("rootfs").display()
-        ))
-        .unwrap()
-        .ino();
-        assert_eq!(seen, own_ino, "clone {}: recorded drive path", c.id);
+        ));
+        assert_eq!(seen, own, "clone {}: recorded drive path", c.id);
         let netns_mounts = common::netns_mounts_of(pid);
         assert!(netns_mounts.is_empty(), "clone {}: {netns_mounts:#?}", c.id);
         // Its own AGENT_ID in MMDS.
