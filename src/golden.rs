@@ -209,7 +209,8 @@ fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> 
 /// and the lines, or `; the VMM wrote nothing`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct VmmOutput {
-    /// `(stream, last lines)`, for `stdout` and `stderr` when not empty.
+    /// `(stream, last lines)`, for `stdout`, `stderr` and Firecracker's
+    /// `log` when not empty.
     pub streams: Vec<(&'static str, Vec<String>)>,
 }
 
@@ -221,11 +222,11 @@ const TAIL_BYTES: u64 = 8 * 1024;
 const TAIL_LINE_CHARS: usize = 240;
 
 impl VmmOutput {
-    /// Reads the tails of `vmm.stdout` and `vmm.stderr` in `dir` (the
+    /// Reads the tails of `vmm.stdout`, `vmm.stderr` and `vmm.log` in `dir` (the
     /// launch's log dir); a missing or unreadable log counts as empty.
     pub fn read(dir: &Path) -> Self {
         let mut streams = Vec::new();
-        for name in ["stdout", "stderr"] {
+        for name in ["stdout", "stderr", "log"] {
             let lines = tail_lines(&dir.join(format!("vmm.{name}")));
             if !lines.is_empty() {
                 streams.push((name, lines));
@@ -438,6 +439,15 @@ fn create_in(o: &GoldenOptions, tmp: &Path, work: &Path) -> Result<Manifest, Gol
     fs::create_dir(work).map_err(io("create", work))?;
     let rootfs = tmp.join("rootfs.ext4");
     fs::copy(&o.rootfs, &rootfs).map_err(io("copy the rootfs to", &rootfs))?;
+    // Firecracker logs to stdout unless told otherwise, and stdout is the
+    // serial console: its log lines would cut the guest's lines in two
+    // (seen: `was<log line>p-testguest ready`). Its log goes to a file.
+    let mut extra_args = vec![];
+    if let Vmm::Firecracker(_) = o.vmm {
+        let log = work.join("vmm.log");
+        fs::File::create(&log).map_err(io("create", &log))?;
+        extra_args = vec!["--log-path".into(), log.display().to_string()];
+    }
     let spec = LaunchSpec {
         vmm: o.vmm.clone(),
         id: "wasp-golden".into(),
@@ -445,7 +455,7 @@ fn create_in(o: &GoldenOptions, tmp: &Path, work: &Path) -> Result<Manifest, Gol
         netns: Some(o.netns.clone()),
         drives: vec![(rootfs.clone(), "rootfs".into())],
         log_dir: work.to_owned(),
-        extra_args: vec![],
+        extra_args,
         stdin_pipe: true,
         isolation: Default::default(),
         snapshot_files: vec![],

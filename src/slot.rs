@@ -1183,6 +1183,28 @@ fn remove_host_objects(net: &SlotNet) -> Result<(), SlotError> {
     }
 }
 
+/// Deletes `veth0` (and so its peer) inside slot netns `name`, if there.
+fn delete_veth0_in(name: &str) -> Result<(), SlotError> {
+    let ns = netns::open_named(name).map_err(io_err(format!("open netns {name}")))?;
+    let r = netns::run_in(&ns, || -> Result<(), SlotError> {
+        let mut s = Socket::route().map_err(nl("open a route socket in the slot"))?;
+        let Some(l) = get_link(&mut s, VETH0).map_err(nl("look up veth0"))? else {
+            return Ok(());
+        };
+        let mut b = MsgBuf::new();
+        let seq = s.next_seq(1);
+        rtnl::del_link(&mut b, seq, rtnl::Link::Index(l.index));
+        send_acked(&mut s, &b, &[seq], &format!("delete veth0 in {name}"))
+    });
+    match r {
+        Ok(r) => r,
+        // Killed between making the name and mounting the namespace on
+        // it: an empty file, no namespace, nothing inside to delete.
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok(()),
+        Err(e) => Err(io_err(format!("enter netns {name}"))(e)),
+    }
+}
+
 /// `IPCTNL_MSG_CT_DELETE` without attributes: flush the conntrack table.
 pub fn conntrack_flush_msg(b: &mut MsgBuf, seq: u32) {
     const NFNL_SUBSYS_CTNETLINK: u16 = 1;
@@ -1266,6 +1288,7 @@ impl SlotOps for Kernel {
         let veth = self.net.host_veth(n);
         let alias = self.net.alias(n);
         // The host end, only if it carries our mark.
+        let mut host_end_deleted = false;
         match self.host_sock() {
             Ok(mut s) => {
                 // One lookup by name, not a dump of every host link.
@@ -1276,10 +1299,9 @@ impl SlotOps for Kernel {
                         let mut b = MsgBuf::new();
                         let seq = s.next_seq(1);
                         rtnl::del_link(&mut b, seq, rtnl::Link::Index(l.index));
-                        if let Err(e) =
-                            send_acked(&mut s, &b, &[seq], &format!("delete host link {veth}"))
-                        {
-                            errs.push(e);
+                        match send_acked(&mut s, &b, &[seq], &format!("delete host link {veth}")) {
+                            Ok(()) => host_end_deleted = true,
+                            Err(e) => errs.push(e),
                         }
                     }
                     Ok(_) => {}
@@ -1288,6 +1310,15 @@ impl SlotOps for Kernel {
                 self.put_host_sock(s);
             }
             Err(e) => errs.push(e),
+        }
+        if !host_end_deleted && netns::exists(&name) {
+            // A slot killed before its host end was marked: the pair is
+            // removed from inside the namespace (ours by its name), now,
+            // rather than by the kernel's asynchronous namespace cleanup,
+            // which would leave the host end on the bridge for a while.
+            if let Err(e) = delete_veth0_in(&name) {
+                errs.push(e);
+            }
         }
         if netns::exists(&name) {
             if let Err(e) = netns::delete_named(&name) {
