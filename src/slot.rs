@@ -21,7 +21,7 @@
 use std::fmt;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddrV4};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::str::FromStr;
 use std::sync::{Mutex, OnceLock};
 
@@ -449,9 +449,13 @@ impl SlotNet {
         b
     }
 
+    /// How many messages [`SlotNet::inner_links`] appends.
+    pub const INNER_MSGS: u32 = 8;
+
     /// The rtnetlink messages run inside a fresh slot netns once veth0
-    /// exists: lo, tap and veth0 up, their addresses, the
-    /// default route. Returns the sequence numbers.
+    /// exists: forwarding on the tap and veth0, lo, tap and veth0 up, their
+    /// addresses, the default route. Returns the [`Self::INNER_MSGS`]
+    /// sequence numbers from `seq`.
     pub fn inner_links(
         &self,
         b: &mut MsgBuf,
@@ -460,13 +464,15 @@ impl SlotNet {
         veth0_index: u32,
         clone_ip: Ipv4Addr,
     ) -> Vec<u32> {
-        rtnl::set_up(b, seq, rtnl::Link::Index(1));
-        rtnl::set_up(b, seq + 1, rtnl::Link::Index(tap_index));
-        rtnl::set_up(b, seq + 2, rtnl::Link::Index(veth0_index));
-        rtnl::new_addr(b, seq + 3, tap_index, self.tap_ip, self.tap_prefix);
-        rtnl::new_addr(b, seq + 4, veth0_index, clone_ip, self.cidr.prefix);
-        rtnl::default_route(b, seq + 5, self.cidr.gateway());
-        (seq..seq + 6).collect()
+        rtnl::set_forwarding(b, seq, rtnl::Link::Index(tap_index), true);
+        rtnl::set_forwarding(b, seq + 1, rtnl::Link::Index(veth0_index), true);
+        rtnl::set_up(b, seq + 2, rtnl::Link::Index(1));
+        rtnl::set_up(b, seq + 3, rtnl::Link::Index(tap_index));
+        rtnl::set_up(b, seq + 4, rtnl::Link::Index(veth0_index));
+        rtnl::new_addr(b, seq + 5, tap_index, self.tap_ip, self.tap_prefix);
+        rtnl::new_addr(b, seq + 6, veth0_index, clone_ip, self.cidr.prefix);
+        rtnl::default_route(b, seq + 7, self.cidr.gateway());
+        (seq..seq + Self::INNER_MSGS).collect()
     }
 }
 
@@ -780,8 +786,11 @@ fn fill_slot(net: &SlotNet, bridge: u32, slot: &Slot, host: &mut Socket) -> Resu
     let n = slot.index;
     let clone_ip = slot.clone_ip;
     let host_veth = &slot.host_veth;
+    // The slot's own route socket; index lookups go through it too.
+    let mut sock = Socket::route().map_err(nl("open a route socket in the slot"))?;
     tap::create_persistent(&net.tap).map_err(io_err(format!("create tap {}", net.tap)))?;
-    let tap_index = tap::ifindex(&net.tap).map_err(io_err("look up the tap index"))?;
+    let tap_index =
+        tap::ifindex_via(sock.as_fd(), &net.tap).map_err(io_err("look up the tap index"))?;
     let me = netns::open_current().map_err(io_err("open the slot netns"))?;
     // Host socket: the veth pair, peer created directly in here.
     let seq = host.next_seq(2);
@@ -802,6 +811,9 @@ fn fill_slot(net: &SlotNet, bridge: u32, slot: &Slot, host: &mut Socket) -> Resu
             // with ENOTCONN when a master is set (kernel 6.18);
             // it goes up with the inner batch instead.
             peer_up: false,
+            // One queue pair: no queue trimming (and RCU wait) after
+            // registration, fewer queue objects.
+            queues: Some(1),
         },
     );
     match host.request_acked(&b, &[seq], &|_| format!("create veth {host_veth}")) {
@@ -823,16 +835,13 @@ fn fill_slot(net: &SlotNet, bridge: u32, slot: &Slot, host: &mut Socket) -> Resu
         let _ = del_host_link(host, host_veth);
         return Err(e);
     }
-    // Inside: addresses, routes, links up, in one datagram.
+    // Inside: forwarding, addresses, routes, links up, in one datagram.
     let inner = (|| {
-        let mut sock = Socket::route().map_err(nl("open a route socket in the slot"))?;
         b.clear();
-        let seq = sock.next_seq(6);
-        let veth0 = tap::ifindex(VETH0).map_err(io_err("look up veth0"))?;
+        let seq = sock.next_seq(SlotNet::INNER_MSGS);
+        let veth0 = tap::ifindex_via(sock.as_fd(), VETH0).map_err(io_err("look up veth0"))?;
         let seqs = net.inner_links(&mut b, seq, tap_index, veth0, clone_ip);
         send_acked(&mut sock, &b, &seqs, "configure links in the slot")?;
-        std::fs::write("/proc/sys/net/ipv4/ip_forward", b"1")
-            .map_err(io_err("set net.ipv4.ip_forward=1 in the slot"))?;
         let mut nfs = Socket::netfilter().map_err(nl("open a netfilter socket"))?;
         let seq = nfs.next_seq(64);
         net.ruleset(seq, clone_ip)

@@ -69,7 +69,7 @@ fn built(f: impl FnOnce(&mut MsgBuf)) -> Vec<u8> {
 #[test]
 fn rtnetlink_messages_match_ip() {
     let cap: Vec<Vec<u8>> = ip_captures().into_iter().map(normalise).collect();
-    assert_eq!(cap.len(), 9, "one capture per command");
+    assert_eq!(cap.len(), 10, "one capture per command");
     // ip link add wasp0 type bridge
     assert_eq!(built(|b| rtnl::new_bridge(b, 0, "wasp0")), cap[0]);
     // ip link add wp-x-1 type veth peer name veth0 netns NS (NS = fd 4)
@@ -81,6 +81,7 @@ fn rtnetlink_messages_match_ip() {
         peer_ns_fd: Some(4),
         peer_index: 0,
         peer_up: false,
+        queues: None,
     };
     assert_eq!(built(|b| rtnl::new_veth(b, 0, &veth)), cap[1]);
     // ip link set dev wp-x-1 master wasp0
@@ -115,6 +116,15 @@ fn rtnetlink_messages_match_ip() {
         built(|b| rtnl::del_link(b, 0, rtnl::Link::Index(3))),
         cap[8]
     );
+    // The host veth as a slot creates it: one queue pair per end, up,
+    // enslaved to wasp0 (ifindex 2), the peer in NS (fd 4).
+    let slot_veth = rtnl::VethSpec {
+        up: true,
+        master: Some(2),
+        queues: Some(1),
+        ..veth
+    };
+    assert_eq!(built(|b| rtnl::new_veth(b, 0, &slot_veth)), cap[9]);
 }
 
 #[test]
