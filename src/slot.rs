@@ -1055,7 +1055,10 @@ fn ensure_bridge(net: &SlotNet) -> Result<u32, SlotError> {
     }
     let mut b = MsgBuf::new();
     let seq = sock.next_seq(2);
-    rtnl::new_bridge(&mut b, seq, &net.bridge);
+    // No multicast snooping: every port would get its own querier timers
+    // and group state, and slot ports are isolated from each other anyway
+    // (multicast from a clone reaches only the host).
+    rtnl::new_bridge(&mut b, seq, &net.bridge, false);
     rtnl::set_alias(&mut b, seq + 1, rtnl::Link::Name(&net.bridge), BRIDGE_ALIAS);
     match sock.request_acked(&b, &[seq, seq + 1], &|_| {
         format!("create bridge {}", net.bridge)

@@ -152,6 +152,7 @@ fn independent_readers_confirm_the_slot_and_destroy_removes_it() {
         .expect("bridge");
     assert_eq!(br["ifalias"], "wasp:bridge");
     assert_eq!(br["linkinfo"]["info_kind"], "bridge");
+    assert_eq!(br["linkinfo"]["info_data"]["mcast_snooping"], 0);
     let v = links
         .iter()
         .find(|l| l["ifname"] == s.host_veth.as_str())

@@ -58,6 +58,8 @@ pub const IFLA_INFO_SLAVE_KIND: u16 = 4;
 pub const IFLA_INFO_SLAVE_DATA: u16 = 5;
 /// `VETH_INFO_PEER`.
 pub const VETH_INFO_PEER: u16 = 1;
+/// `IFLA_BR_MCAST_SNOOPING` (bridge IFLA_INFO_DATA).
+pub const IFLA_BR_MCAST_SNOOPING: u16 = 23;
 /// `IFLA_BRPORT_ISOLATED`.
 pub const IFLA_BRPORT_ISOLATED: u16 = 33;
 /// `IFA_ADDRESS`.
@@ -127,13 +129,19 @@ impl Link<'_> {
     }
 }
 
-/// `ip link add NAME type bridge`.
-pub fn new_bridge(b: &mut MsgBuf, seq: u32, name: &str) {
+/// `ip link add NAME type bridge`, plus `mcast_snooping 0` when
+/// `mcast_snooping` is false (`true` leaves the kernel's default, on).
+pub fn new_bridge(b: &mut MsgBuf, seq: u32, name: &str, mcast_snooping: bool) {
     b.begin(RTM_NEWLINK, NEW_FLAGS, seq)
         .raw(&ifinfomsg(0, 0, 0))
         .attr_str(IFLA_IFNAME, name);
     let li = b.nest_begin_plain(IFLA_LINKINFO);
     b.attr(IFLA_INFO_KIND, b"bridge");
+    if !mcast_snooping {
+        let data = b.nest_begin_plain(IFLA_INFO_DATA);
+        b.attr_u8(IFLA_BR_MCAST_SNOOPING, 0);
+        b.nest_end(data);
+    }
     b.nest_end(li).end();
 }
 
