@@ -7,7 +7,10 @@
 //!   enslaved to the bridge, isolated as a bridge port, with the ownership
 //!   mark IFLA_IFALIAS `wasp:<p>:<n>`; the end inside is `veth0` with the
 //!   clone IP and the CIDR's prefix, default route via the bridge address;
-//! - the tap (default `tap0`, 192.168.241.1/29), `lo` up, ip_forward=1;
+//! - the tap (default `tap0`, 192.168.241.1/29), `lo` up, IPv4 forwarding
+//!   on the tap and veth0 (`net.ipv4.conf.{tap0,veth0}.forwarding=1`, set
+//!   over rtnetlink: the input device decides whether IPv4 forwards, and a
+//!   /proc/sys lookup costs O(live namespaces), see [`rtnl::set_forwarding`]);
 //! - one nf_tables batch: table `ip wasp` with DNAT clone->guest on input
 //!   from veth0, SNAT guest->clone on output to veth0, and a forward chain
 //!   (policy drop) that lets the host reach the guest and the guest reach
@@ -780,7 +783,7 @@ fn create_ns_err(name: &str, e: io::Error) -> SlotError {
 
 /// Everything of slot `slot` once the calling thread is inside its fresh
 /// namespace: tap, veth pair (through `host`, a route socket of the host
-/// netns), marks, links, addresses, route, ip_forward and the nft batch.
+/// netns), marks, forwarding, links, addresses, route and the nft batch.
 /// On error the host veth is removed again (the caller removes the netns).
 fn fill_slot(net: &SlotNet, bridge: u32, slot: &Slot, host: &mut Socket) -> Result<(), SlotError> {
     let n = slot.index;
@@ -792,15 +795,19 @@ fn fill_slot(net: &SlotNet, bridge: u32, slot: &Slot, host: &mut Socket) -> Resu
     let tap_index =
         tap::ifindex_via(sock.as_fd(), &net.tap).map_err(io_err("look up the tap index"))?;
     let me = netns::open_current().map_err(io_err("open the slot netns"))?;
-    // Host socket: the veth pair, peer created directly in here.
-    let seq = host.next_seq(2);
+    // Host socket: the veth pair, peer created directly in here. The host
+    // end stays down until the end, so the pair has no carrier while the
+    // slot is configured: carrier on makes the kernel run its link watch
+    // (a worker that takes the RTNL lock) at once, and every rtnetlink
+    // request after it would wait for that worker.
+    let seq = host.next_seq(1);
     let mut b = MsgBuf::new();
     rtnl::new_veth(
         &mut b,
         seq,
         &rtnl::VethSpec {
             name: host_veth,
-            up: true,
+            up: false,
             master: Some(bridge),
             peer_name: VETH0,
             peer_ns_fd: Some(me.as_raw_fd()),
@@ -825,18 +832,11 @@ fn fill_slot(net: &SlotNet, bridge: u32, slot: &Slot, host: &mut Socket) -> Resu
         }
         Err(e) => return Err(nl(format!("create veth {host_veth}"))(e)),
     }
-    // Only once the link is ours: the mark and port isolation.
-    b.clear();
-    let seq = host.next_seq(2);
-    rtnl::set_alias(&mut b, seq, rtnl::Link::Name(host_veth), &net.alias(n));
-    rtnl::set_isolated(&mut b, seq + 1, rtnl::Link::Name(host_veth), true);
-    let marked = send_acked(host, &b, &[seq, seq + 1], "mark and isolate the host veth");
-    if let Err(e) = marked {
-        let _ = del_host_link(host, host_veth);
-        return Err(e);
-    }
-    // Inside: forwarding, addresses, routes, links up, in one datagram.
-    let inner = (|| {
+    // From here the link is ours; on any error it goes again. (A crash
+    // before the mark leaves it unmarked, but inside the named netns,
+    // whose removal by reconcile takes the pair with it.)
+    let rest = (|| {
+        // Inside: forwarding, addresses, routes, links up, in one datagram.
         b.clear();
         let seq = sock.next_seq(SlotNet::INNER_MSGS);
         let veth0 = tap::ifindex_via(sock.as_fd(), VETH0).map_err(io_err("look up veth0"))?;
@@ -846,9 +846,23 @@ fn fill_slot(net: &SlotNet, bridge: u32, slot: &Slot, host: &mut Socket) -> Resu
         let seq = nfs.next_seq(64);
         net.ruleset(seq, clone_ip)
             .commit(&mut nfs)
-            .map_err(nl("program the slot's nf_tables batch"))
+            .map_err(nl("program the slot's nf_tables batch"))?;
+        // Host end: the ownership mark and port isolation, then up (the
+        // port forwards only once isolated), in one datagram.
+        b.clear();
+        let seq = host.next_seq(3);
+        let link = rtnl::Link::Name(host_veth);
+        rtnl::set_alias(&mut b, seq, link, &net.alias(n));
+        rtnl::set_isolated(&mut b, seq + 1, link, true);
+        rtnl::set_up(&mut b, seq + 2, link);
+        send_acked(
+            host,
+            &b,
+            &[seq, seq + 1, seq + 2],
+            "mark, isolate and bring up the host veth",
+        )
     })();
-    if let Err(e) = inner {
+    if let Err(e) = rest {
         let _ = del_host_link(host, host_veth);
         return Err(e);
     }
