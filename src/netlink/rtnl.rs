@@ -183,7 +183,8 @@ fn queue_attrs(b: &mut MsgBuf, queues: Option<u32>) {
 pub fn new_veth(b: &mut MsgBuf, seq: u32, v: &VethSpec<'_>) {
     let up = |on: bool| if on { (IFF_UP, IFF_UP) } else { (0, 0) };
     let (f, c) = up(v.up);
-    b.begin(RTM_NEWLINK, NEW_FLAGS, seq).raw(&ifinfomsg(0, f, c));
+    b.begin(RTM_NEWLINK, NEW_FLAGS, seq)
+        .raw(&ifinfomsg(0, f, c));
     queue_attrs(b, v.queues);
     if let Some(m) = v.master {
         b.attr_u32(IFLA_MASTER, m);

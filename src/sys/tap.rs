@@ -310,7 +310,13 @@ pub fn ifindex_via(sock: BorrowedFd<'_>, name: &str) -> io::Result<u32> {
     // SAFETY: SIOCGIFINDEX reads the name from and writes the index into
     // one `struct ifreq`; `req` is a properly sized ifreq (40 bytes) that
     // lives across the call.
-    cvt(unsafe { libc::ioctl(sock.as_raw_fd(), SIOCGIFINDEX as _, &mut req as *mut IfReqIndex) })?;
+    cvt(unsafe {
+        libc::ioctl(
+            sock.as_raw_fd(),
+            SIOCGIFINDEX as _,
+            &mut req as *mut IfReqIndex,
+        )
+    })?;
     Ok(req.index as u32)
 }
 
