@@ -111,10 +111,16 @@ static NAME_INODE: Mutex<Option<OwnedFd>> = Mutex::new(None);
 /// namespace deleted) or is full (`EMLINK`), a fresh one is made; a
 /// filesystem without `O_TMPFILE` gets plain files.
 fn new_name_file(path: &Path) -> io::Result<()> {
-    let mut slot = NAME_INODE.lock().unwrap_or_else(|p| p.into_inner());
+    link_or_create(&NAME_INODE, Path::new(NETNS_RUN_DIR), path)
+}
+
+/// [`new_name_file`] with the inode kept in `inode`, made in `dir` (which
+/// must hold `path`).
+fn link_or_create(inode: &Mutex<Option<OwnedFd>>, dir: &Path, path: &Path) -> io::Result<()> {
+    let mut slot = inode.lock().unwrap_or_else(|p| p.into_inner());
     for fresh in [false, true] {
         if fresh || slot.is_none() {
-            match sysfs::open_tmpfile(Path::new(NETNS_RUN_DIR)) {
+            match sysfs::open_tmpfile(dir) {
                 Ok(fd) => *slot = Some(fd),
                 // No O_TMPFILE here: plain files.
                 Err(_) => break,
@@ -352,6 +358,39 @@ pub fn inode_of(ns: impl AsFd) -> io::Result<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn name_files_are_links_of_one_inode_and_clashes_are_refused() {
+        use std::os::unix::fs::MetadataExt;
+        /// Removes the scratch dir, also on panic.
+        struct Dir(PathBuf);
+        impl Drop for Dir {
+            fn drop(&mut self) {
+                let _ = fs::remove_dir_all(&self.0);
+            }
+        }
+        let guard =
+            Dir(std::env::temp_dir().join(format!("wasptest-links-{}", std::process::id())));
+        let dir = guard.0.clone();
+        fs::create_dir_all(&dir).unwrap();
+        let inode = Mutex::new(None);
+        let (a, b, c) = (dir.join("a"), dir.join("b"), dir.join("c"));
+        link_or_create(&inode, &dir, &a).unwrap();
+        link_or_create(&inode, &dir, &b).unwrap();
+        let clash = link_or_create(&inode, &dir, &a).unwrap_err();
+        assert_eq!(clash.kind(), io::ErrorKind::AlreadyExists);
+        let (ma, mb) = (fs::metadata(&a).unwrap(), fs::metadata(&b).unwrap());
+        if crate::sys::is_root() {
+            // AT_EMPTY_PATH needs CAP_DAC_READ_SEARCH; without it, plain files.
+            assert_eq!(ma.ino(), mb.ino());
+            assert_eq!(ma.nlink(), 2);
+        }
+        // Every link gone: the next name gets a fresh inode.
+        fs::remove_file(&a).unwrap();
+        fs::remove_file(&b).unwrap();
+        link_or_create(&inode, &dir, &c).unwrap();
+        assert!(c.is_file());
+    }
 
     #[test]
     fn names_are_validated() {
