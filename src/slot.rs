@@ -832,9 +832,21 @@ fn fill_slot(net: &SlotNet, bridge: u32, slot: &Slot, host: &mut Socket) -> Resu
         }
         Err(e) => return Err(nl(format!("create veth {host_veth}"))(e)),
     }
-    // From here the link is ours; on any error it goes again. (A crash
-    // before the mark leaves it unmarked, but inside the named netns,
-    // whose removal by reconcile takes the pair with it.)
+    // Only once the link is ours, and at once (the kernel ignores
+    // IFLA_IFALIAS in a create request): the ownership mark and port
+    // isolation. A crash after this point leaves a pair reconcile finds by
+    // its mark and deletes synchronously; an unmarked one would only go
+    // when the kernel frees the slot namespace, some time after its name
+    // is removed.
+    b.clear();
+    let seq = host.next_seq(2);
+    let link = rtnl::Link::Name(host_veth);
+    rtnl::set_alias(&mut b, seq, link, &net.alias(n));
+    rtnl::set_isolated(&mut b, seq + 1, link, true);
+    if let Err(e) = send_acked(host, &b, &[seq, seq + 1], "mark and isolate the host veth") {
+        let _ = del_host_link(host, host_veth);
+        return Err(e);
+    }
     let rest = (|| {
         // Inside: forwarding, addresses, routes, links up, in one datagram.
         b.clear();
@@ -847,20 +859,11 @@ fn fill_slot(net: &SlotNet, bridge: u32, slot: &Slot, host: &mut Socket) -> Resu
         net.ruleset(seq, clone_ip)
             .commit(&mut nfs)
             .map_err(nl("program the slot's nf_tables batch"))?;
-        // Host end: the ownership mark and port isolation, then up (the
-        // port forwards only once isolated), in one datagram.
+        // Last, the host end up: carrier on.
         b.clear();
-        let seq = host.next_seq(3);
-        let link = rtnl::Link::Name(host_veth);
-        rtnl::set_alias(&mut b, seq, link, &net.alias(n));
-        rtnl::set_isolated(&mut b, seq + 1, link, true);
-        rtnl::set_up(&mut b, seq + 2, link);
-        send_acked(
-            host,
-            &b,
-            &[seq, seq + 1, seq + 2],
-            "mark, isolate and bring up the host veth",
-        )
+        let seq = host.next_seq(1);
+        rtnl::set_up(&mut b, seq, link);
+        send_acked(host, &b, &[seq], "bring up the host veth")
     })();
     if let Err(e) = rest {
         let _ = del_host_link(host, host_veth);
