@@ -7,7 +7,10 @@
 //!   enslaved to the bridge, isolated as a bridge port, with the ownership
 //!   mark IFLA_IFALIAS `wasp:<p>:<n>`; the end inside is `veth0` with the
 //!   clone IP and the CIDR's prefix, default route via the bridge address;
-//! - the tap (default `tap0`, 192.168.241.1/29), `lo` up, ip_forward=1;
+//! - the tap (default `tap0`, 192.168.241.1/29), `lo` up, IPv4 forwarding
+//!   on the tap and veth0 (`net.ipv4.conf.{tap0,veth0}.forwarding=1`, set
+//!   over rtnetlink: the input device decides whether IPv4 forwards, and a
+//!   /proc/sys lookup costs O(live namespaces), see [`rtnl::set_forwarding`]);
 //! - one nf_tables batch: table `ip wasp` with DNAT clone->guest on input
 //!   from veth0, SNAT guest->clone on output to veth0, and a forward chain
 //!   (policy drop) that lets the host reach the guest and the guest reach
@@ -21,7 +24,7 @@
 use std::fmt;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddrV4};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::str::FromStr;
 use std::sync::{Mutex, OnceLock};
 
@@ -449,9 +452,13 @@ impl SlotNet {
         b
     }
 
+    /// How many messages [`SlotNet::inner_links`] appends.
+    pub const INNER_MSGS: u32 = 8;
+
     /// The rtnetlink messages run inside a fresh slot netns once veth0
-    /// exists: lo, tap and veth0 up, their addresses, the
-    /// default route. Returns the sequence numbers.
+    /// exists: forwarding on the tap and veth0, lo, tap and veth0 up, their
+    /// addresses, the default route. Returns the [`Self::INNER_MSGS`]
+    /// sequence numbers from `seq`.
     pub fn inner_links(
         &self,
         b: &mut MsgBuf,
@@ -460,13 +467,15 @@ impl SlotNet {
         veth0_index: u32,
         clone_ip: Ipv4Addr,
     ) -> Vec<u32> {
-        rtnl::set_up(b, seq, rtnl::Link::Index(1));
-        rtnl::set_up(b, seq + 1, rtnl::Link::Index(tap_index));
-        rtnl::set_up(b, seq + 2, rtnl::Link::Index(veth0_index));
-        rtnl::new_addr(b, seq + 3, tap_index, self.tap_ip, self.tap_prefix);
-        rtnl::new_addr(b, seq + 4, veth0_index, clone_ip, self.cidr.prefix);
-        rtnl::default_route(b, seq + 5, self.cidr.gateway());
-        (seq..seq + 6).collect()
+        rtnl::set_forwarding(b, seq, rtnl::Link::Index(tap_index), true);
+        rtnl::set_forwarding(b, seq + 1, rtnl::Link::Index(veth0_index), true);
+        rtnl::set_up(b, seq + 2, rtnl::Link::Index(1));
+        rtnl::set_up(b, seq + 3, rtnl::Link::Index(tap_index));
+        rtnl::set_up(b, seq + 4, rtnl::Link::Index(veth0_index));
+        rtnl::new_addr(b, seq + 5, tap_index, self.tap_ip, self.tap_prefix);
+        rtnl::new_addr(b, seq + 6, veth0_index, clone_ip, self.cidr.prefix);
+        rtnl::default_route(b, seq + 7, self.cidr.gateway());
+        (seq..seq + Self::INNER_MSGS).collect()
     }
 }
 
@@ -774,24 +783,31 @@ fn create_ns_err(name: &str, e: io::Error) -> SlotError {
 
 /// Everything of slot `slot` once the calling thread is inside its fresh
 /// namespace: tap, veth pair (through `host`, a route socket of the host
-/// netns), marks, links, addresses, route, ip_forward and the nft batch.
+/// netns), marks, forwarding, links, addresses, route and the nft batch.
 /// On error the host veth is removed again (the caller removes the netns).
 fn fill_slot(net: &SlotNet, bridge: u32, slot: &Slot, host: &mut Socket) -> Result<(), SlotError> {
     let n = slot.index;
     let clone_ip = slot.clone_ip;
     let host_veth = &slot.host_veth;
+    // The slot's own route socket; index lookups go through it too.
+    let mut sock = Socket::route().map_err(nl("open a route socket in the slot"))?;
     tap::create_persistent(&net.tap).map_err(io_err(format!("create tap {}", net.tap)))?;
-    let tap_index = tap::ifindex(&net.tap).map_err(io_err("look up the tap index"))?;
+    let tap_index =
+        tap::ifindex_via(sock.as_fd(), &net.tap).map_err(io_err("look up the tap index"))?;
     let me = netns::open_current().map_err(io_err("open the slot netns"))?;
-    // Host socket: the veth pair, peer created directly in here.
-    let seq = host.next_seq(2);
+    // Host socket: the veth pair, peer created directly in here. The host
+    // end stays down until the end, so the pair has no carrier while the
+    // slot is configured: carrier on makes the kernel run its link watch
+    // (a worker that takes the RTNL lock) at once, and every rtnetlink
+    // request after it would wait for that worker.
+    let seq = host.next_seq(1);
     let mut b = MsgBuf::new();
     rtnl::new_veth(
         &mut b,
         seq,
         &rtnl::VethSpec {
             name: host_veth,
-            up: true,
+            up: false,
             master: Some(bridge),
             peer_name: VETH0,
             peer_ns_fd: Some(me.as_raw_fd()),
@@ -802,6 +818,9 @@ fn fill_slot(net: &SlotNet, bridge: u32, slot: &Slot, host: &mut Socket) -> Resu
             // with ENOTCONN when a master is set (kernel 6.18);
             // it goes up with the inner batch instead.
             peer_up: false,
+            // One queue pair: no queue trimming (and RCU wait) after
+            // registration, fewer queue objects.
+            queues: Some(1),
         },
     );
     match host.request_acked(&b, &[seq], &|_| format!("create veth {host_veth}")) {
@@ -813,33 +832,40 @@ fn fill_slot(net: &SlotNet, bridge: u32, slot: &Slot, host: &mut Socket) -> Resu
         }
         Err(e) => return Err(nl(format!("create veth {host_veth}"))(e)),
     }
-    // Only once the link is ours: the mark and port isolation.
+    // Only once the link is ours, and at once (the kernel ignores
+    // IFLA_IFALIAS in a create request): the ownership mark and port
+    // isolation. A crash after this point leaves a pair reconcile finds by
+    // its mark and deletes synchronously; an unmarked one would only go
+    // when the kernel frees the slot namespace, some time after its name
+    // is removed.
     b.clear();
     let seq = host.next_seq(2);
-    rtnl::set_alias(&mut b, seq, rtnl::Link::Name(host_veth), &net.alias(n));
-    rtnl::set_isolated(&mut b, seq + 1, rtnl::Link::Name(host_veth), true);
-    let marked = send_acked(host, &b, &[seq, seq + 1], "mark and isolate the host veth");
-    if let Err(e) = marked {
+    let link = rtnl::Link::Name(host_veth);
+    rtnl::set_alias(&mut b, seq, link, &net.alias(n));
+    rtnl::set_isolated(&mut b, seq + 1, link, true);
+    if let Err(e) = send_acked(host, &b, &[seq, seq + 1], "mark and isolate the host veth") {
         let _ = del_host_link(host, host_veth);
         return Err(e);
     }
-    // Inside: addresses, routes, links up, in one datagram.
-    let inner = (|| {
-        let mut sock = Socket::route().map_err(nl("open a route socket in the slot"))?;
+    let rest = (|| {
+        // Inside: forwarding, addresses, routes, links up, in one datagram.
         b.clear();
-        let seq = sock.next_seq(6);
-        let veth0 = tap::ifindex(VETH0).map_err(io_err("look up veth0"))?;
+        let seq = sock.next_seq(SlotNet::INNER_MSGS);
+        let veth0 = tap::ifindex_via(sock.as_fd(), VETH0).map_err(io_err("look up veth0"))?;
         let seqs = net.inner_links(&mut b, seq, tap_index, veth0, clone_ip);
         send_acked(&mut sock, &b, &seqs, "configure links in the slot")?;
-        std::fs::write("/proc/sys/net/ipv4/ip_forward", b"1")
-            .map_err(io_err("set net.ipv4.ip_forward=1 in the slot"))?;
         let mut nfs = Socket::netfilter().map_err(nl("open a netfilter socket"))?;
         let seq = nfs.next_seq(64);
         net.ruleset(seq, clone_ip)
             .commit(&mut nfs)
-            .map_err(nl("program the slot's nf_tables batch"))
+            .map_err(nl("program the slot's nf_tables batch"))?;
+        // Last, the host end up: carrier on.
+        b.clear();
+        let seq = host.next_seq(1);
+        rtnl::set_up(&mut b, seq, link);
+        send_acked(host, &b, &[seq], "bring up the host veth")
     })();
-    if let Err(e) = inner {
+    if let Err(e) = rest {
         let _ = del_host_link(host, host_veth);
         return Err(e);
     }
@@ -1046,7 +1072,10 @@ fn ensure_bridge(net: &SlotNet) -> Result<u32, SlotError> {
     }
     let mut b = MsgBuf::new();
     let seq = sock.next_seq(2);
-    rtnl::new_bridge(&mut b, seq, &net.bridge);
+    // No multicast snooping: every port would get its own querier timers
+    // and group state, and slot ports are isolated from each other anyway
+    // (multicast from a clone reaches only the host).
+    rtnl::new_bridge(&mut b, seq, &net.bridge, false);
     rtnl::set_alias(&mut b, seq + 1, rtnl::Link::Name(&net.bridge), BRIDGE_ALIAS);
     match sock.request_acked(&b, &[seq, seq + 1], &|_| {
         format!("create bridge {}", net.bridge)

@@ -10,6 +10,17 @@
 //!   the hex lines, in a netns where lo is ifindex 1, wasp0 becomes 2 and
 //!   wp-x-1 becomes 3; the veth peer's netns was a named scratch netns
 //!   (opened by ip as fd 4). The `== command` lines say which is which.
+//!   The last two (the slot's veth and wasp's bridge) were captured the same
+//!   way on kernel 6.18 (iproute2 6.1.0), e.g.
+//!   `unshare -n sh -c 'ip link add wasp0 type bridge; ip netns add
+//!   wasptest-cap; strace -e trace=sendmsg -e write=3 -s 8192 ip link add
+//!   wp-x-1 numtxqueues 1 numrxqueues 1 up master wasp0 type veth peer name
+//!   veth0 netns wasptest-cap numtxqueues 1 numrxqueues 1; ip netns del
+//!   wasptest-cap'`.
+//!   `rtnl::set_forwarding` (IFLA_AF_SPEC/AF_INET/IFLA_INET_CONF) has no
+//!   capture: no `ip` command sends it, and the kernel's link dumps carry
+//!   that attribute in another shape (an array); `tests/slots.rs` reads the
+//!   result back from /proc/sys instead.
 //! - `nft_slot.strace.txt`: `strace -f -e trace=sendmsg -e write=3 -s 65536
 //!   nft -f tests/golden/nft_slot.nft` (one sendmsg: the whole batch).
 //! - `nft_add_table.strace.txt`: `nft add table inet wasp_probe`.
@@ -69,9 +80,9 @@ fn built(f: impl FnOnce(&mut MsgBuf)) -> Vec<u8> {
 #[test]
 fn rtnetlink_messages_match_ip() {
     let cap: Vec<Vec<u8>> = ip_captures().into_iter().map(normalise).collect();
-    assert_eq!(cap.len(), 9, "one capture per command");
+    assert_eq!(cap.len(), 11, "one capture per command");
     // ip link add wasp0 type bridge
-    assert_eq!(built(|b| rtnl::new_bridge(b, 0, "wasp0")), cap[0]);
+    assert_eq!(built(|b| rtnl::new_bridge(b, 0, "wasp0", true)), cap[0]);
     // ip link add wp-x-1 type veth peer name veth0 netns NS (NS = fd 4)
     let veth = rtnl::VethSpec {
         name: "wp-x-1",
@@ -81,6 +92,7 @@ fn rtnetlink_messages_match_ip() {
         peer_ns_fd: Some(4),
         peer_index: 0,
         peer_up: false,
+        queues: None,
     };
     assert_eq!(built(|b| rtnl::new_veth(b, 0, &veth)), cap[1]);
     // ip link set dev wp-x-1 master wasp0
@@ -115,6 +127,17 @@ fn rtnetlink_messages_match_ip() {
         built(|b| rtnl::del_link(b, 0, rtnl::Link::Index(3))),
         cap[8]
     );
+    // The host veth as a slot creates it: one queue pair per end, up,
+    // enslaved to wasp0 (ifindex 2), the peer in NS (fd 4).
+    let slot_veth = rtnl::VethSpec {
+        up: true,
+        master: Some(2),
+        queues: Some(1),
+        ..veth
+    };
+    assert_eq!(built(|b| rtnl::new_veth(b, 0, &slot_veth)), cap[9]);
+    // The bridge as wasp creates it.
+    assert_eq!(built(|b| rtnl::new_bridge(b, 0, "wasp0", false)), cap[10]);
 }
 
 #[test]

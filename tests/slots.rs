@@ -152,6 +152,7 @@ fn independent_readers_confirm_the_slot_and_destroy_removes_it() {
         .expect("bridge");
     assert_eq!(br["ifalias"], "wasp:bridge");
     assert_eq!(br["linkinfo"]["info_kind"], "bridge");
+    assert_eq!(br["linkinfo"]["info_data"]["mcast_snooping"], 0);
     let v = links
         .iter()
         .find(|l| l["ifname"] == s.host_veth.as_str())
@@ -183,7 +184,19 @@ fn independent_readers_confirm_the_slot_and_destroy_removes_it() {
     let r: serde_json::Value = serde_json::from_str(&sh("ip -j route show default")).unwrap();
     assert_eq!(r[0]["gateway"], "10.0.0.1");
     assert_eq!(r[0]["dev"], "veth0");
-    assert_eq!(sh("cat /proc/sys/net/ipv4/ip_forward").trim(), "1");
+    // Forwarding is switched on per device (the input device decides),
+    // over rtnetlink: both slot links forward, and the veth pair has one
+    // queue pair per end.
+    for dev in ["tap0", "veth0"] {
+        assert_eq!(
+            sh(&format!("cat /proc/sys/net/ipv4/conf/{dev}/forwarding")).trim(),
+            "1",
+            "{dev}"
+        );
+    }
+    let l: serde_json::Value = serde_json::from_str(&sh("ip -j -d link show veth0")).unwrap();
+    assert_eq!(l[0]["num_tx_queues"], 1);
+    assert_eq!(l[0]["num_rx_queues"], 1);
     let rs: serde_json::Value = serde_json::from_str(&sh("nft -j list ruleset")).unwrap();
     let items = rs["nftables"].as_array().unwrap();
     let chains: Vec<_> = items

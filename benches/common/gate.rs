@@ -84,6 +84,7 @@ pub fn register(c: &mut GateCriterion, inject: Option<&str>) {
                 peer_ns_fd: Some(9),
                 peer_index: 0,
                 peer_up: false,
+                queues: Some(1),
             },
         );
         rtnl::set_alias(

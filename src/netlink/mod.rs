@@ -286,6 +286,12 @@ impl std::fmt::Debug for Socket {
     }
 }
 
+impl std::os::fd::AsFd for Socket {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.sock.as_fd()
+    }
+}
+
 impl Socket {
     /// Opens a socket of `protocol` in the calling thread's namespace.
     pub fn open(protocol: isize) -> Result<Self, NetlinkError> {

@@ -38,6 +38,16 @@ pub const IFLA_IFALIAS: u16 = 20;
 pub const IFLA_NET_NS_FD: u16 = 28;
 /// `IFLA_EXT_MASK`.
 pub const IFLA_EXT_MASK: u16 = 29;
+/// `IFLA_AF_SPEC`.
+pub const IFLA_AF_SPEC: u16 = 26;
+/// `IFLA_INET_CONF` (inside `IFLA_AF_SPEC`/`AF_INET`).
+pub const IFLA_INET_CONF: u16 = 1;
+/// `IPV4_DEVCONF_FORWARDING` (`net.ipv4.conf.DEV.forwarding`).
+pub const IPV4_DEVCONF_FORWARDING: u16 = 1;
+/// `IFLA_NUM_TX_QUEUES`.
+pub const IFLA_NUM_TX_QUEUES: u16 = 31;
+/// `IFLA_NUM_RX_QUEUES`.
+pub const IFLA_NUM_RX_QUEUES: u16 = 32;
 /// `IFLA_INFO_KIND`.
 pub const IFLA_INFO_KIND: u16 = 1;
 /// `IFLA_INFO_DATA`.
@@ -48,6 +58,8 @@ pub const IFLA_INFO_SLAVE_KIND: u16 = 4;
 pub const IFLA_INFO_SLAVE_DATA: u16 = 5;
 /// `VETH_INFO_PEER`.
 pub const VETH_INFO_PEER: u16 = 1;
+/// `IFLA_BR_MCAST_SNOOPING` (bridge IFLA_INFO_DATA).
+pub const IFLA_BR_MCAST_SNOOPING: u16 = 23;
 /// `IFLA_BRPORT_ISOLATED`.
 pub const IFLA_BRPORT_ISOLATED: u16 = 33;
 /// `IFA_ADDRESS`.
@@ -117,13 +129,19 @@ impl Link<'_> {
     }
 }
 
-/// `ip link add NAME type bridge`.
-pub fn new_bridge(b: &mut MsgBuf, seq: u32, name: &str) {
+/// `ip link add NAME type bridge`, plus `mcast_snooping 0` when
+/// `mcast_snooping` is false (`true` leaves the kernel's default, on).
+pub fn new_bridge(b: &mut MsgBuf, seq: u32, name: &str, mcast_snooping: bool) {
     b.begin(RTM_NEWLINK, NEW_FLAGS, seq)
         .raw(&ifinfomsg(0, 0, 0))
         .attr_str(IFLA_IFNAME, name);
     let li = b.nest_begin_plain(IFLA_LINKINFO);
     b.attr(IFLA_INFO_KIND, b"bridge");
+    if !mcast_snooping {
+        let data = b.nest_begin_plain(IFLA_INFO_DATA);
+        b.attr_u8(IFLA_BR_MCAST_SNOOPING, 0);
+        b.nest_end(data);
+    }
     b.nest_end(li).end();
 }
 
@@ -144,19 +162,34 @@ pub struct VethSpec<'a> {
     pub peer_index: i32,
     /// Bring the peer up at creation.
     pub peer_up: bool,
+    /// TX and RX queues of both ends (`numtxqueues N numrxqueues N`);
+    /// `None`: the kernel's default (one per possible CPU). With `Some(1)`
+    /// the kernel allocates one queue pair and never trims the real count
+    /// down after registration, which costs a `synchronize_net` (an
+    /// expedited RCU grace period, under the RTNL lock) per end.
+    pub queues: Option<u32>,
 }
 
-/// `ip link add NAME type veth peer name PEER netns NS` (with the optional
-/// extras of [`VethSpec`], which `ip` puts in the same places).
+fn queue_attrs(b: &mut MsgBuf, queues: Option<u32>) {
+    if let Some(q) = queues {
+        b.attr_u32(IFLA_NUM_TX_QUEUES, q);
+        b.attr_u32(IFLA_NUM_RX_QUEUES, q);
+    }
+}
+
+/// `ip link add NAME [numtxqueues N numrxqueues N] [up] [master M] type
+/// veth peer name PEER netns NS [numtxqueues N numrxqueues N]`, the
+/// attributes in the order `ip` sends them for that argument order.
 pub fn new_veth(b: &mut MsgBuf, seq: u32, v: &VethSpec<'_>) {
     let up = |on: bool| if on { (IFF_UP, IFF_UP) } else { (0, 0) };
     let (f, c) = up(v.up);
     b.begin(RTM_NEWLINK, NEW_FLAGS, seq)
-        .raw(&ifinfomsg(0, f, c))
-        .attr_str(IFLA_IFNAME, v.name);
+        .raw(&ifinfomsg(0, f, c));
+    queue_attrs(b, v.queues);
     if let Some(m) = v.master {
         b.attr_u32(IFLA_MASTER, m);
     }
+    b.attr_str(IFLA_IFNAME, v.name);
     let li = b.nest_begin_plain(IFLA_LINKINFO);
     b.attr(IFLA_INFO_KIND, b"veth");
     let data = b.nest_begin_plain(IFLA_INFO_DATA);
@@ -166,6 +199,7 @@ pub fn new_veth(b: &mut MsgBuf, seq: u32, v: &VethSpec<'_>) {
     if let Some(fd) = v.peer_ns_fd {
         b.attr_u32(IFLA_NET_NS_FD, fd as u32);
     }
+    queue_attrs(b, v.queues);
     b.attr_str(IFLA_IFNAME, v.peer_name);
     b.nest_end(peer);
     b.nest_end(data);
@@ -209,6 +243,26 @@ pub fn set_up(b: &mut MsgBuf, seq: u32, link: Link<'_>) {
         .raw(&ifinfomsg(link.index(), IFF_UP, IFF_UP));
     link.name_attr(b);
     b.end();
+}
+
+/// `sysctl net.ipv4.conf.X.forwarding=0|1` over rtnetlink: IFLA_AF_SPEC /
+/// AF_INET / IFLA_INET_CONF with one `IPV4_DEVCONF_FORWARDING` entry (a
+/// u32; the kernel's `inet_set_link_af`). IPv4 forwards a packet when its
+/// *input* device has forwarding on, so this on every device of a
+/// namespace is what `net.ipv4.ip_forward=1` does for forwarding, without
+/// a /proc/sys path lookup. `ip` has no command that sends this; the
+/// nests are plain, as `ip` makes them for IFLA_AF_SPEC (`addrgenmode`).
+pub fn set_forwarding(b: &mut MsgBuf, seq: u32, link: Link<'_>, on: bool) {
+    b.begin(RTM_NEWLINK, SET_FLAGS, seq)
+        .raw(&ifinfomsg(link.index(), 0, 0));
+    link.name_attr(b);
+    let af = b.nest_begin_plain(IFLA_AF_SPEC);
+    let inet = b.nest_begin_plain(u16::from(AF_INET));
+    let conf = b.nest_begin_plain(IFLA_INET_CONF);
+    b.attr_u32(IPV4_DEVCONF_FORWARDING, u32::from(on));
+    b.nest_end(conf);
+    b.nest_end(inet);
+    b.nest_end(af).end();
 }
 
 /// `ip link del X`.

@@ -1,11 +1,54 @@
 //! File-level syscalls: FICLONE, copy_file_range, SEEK_DATA/SEEK_HOLE,
-//! fadvise, flock.
+//! fadvise, flock, O_TMPFILE and linking an fd to a name.
 
+use std::ffi::CString;
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
 
 use super::cvt;
+
+fn c_path(p: &Path) -> io::Result<CString> {
+    CString::new(p.as_os_str().as_bytes()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
+}
+
+/// An unnamed regular file (mode 0) in the directory `dir`
+/// (`O_TMPFILE`), which [`link_fd`] can give names.
+pub fn open_tmpfile(dir: &Path) -> io::Result<OwnedFd> {
+    let c = c_path(dir)?;
+    // SAFETY: c is a valid NUL-terminated path that outlives the call; open
+    // reads only it.
+    let fd = cvt(unsafe {
+        libc::open(
+            c.as_ptr(),
+            libc::O_TMPFILE | libc::O_WRONLY | libc::O_CLOEXEC,
+            0 as libc::c_uint,
+        )
+    })?;
+    // SAFETY: on success open returned a fresh fd that we now own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Gives the file behind `fd` the (new) name `path`: another hard link, on
+/// the same mount (`linkat` with `AT_EMPTY_PATH`, which needs
+/// `CAP_DAC_READ_SEARCH`). `AlreadyExists` when the name is taken.
+pub fn link_fd(fd: impl AsFd, path: &Path) -> io::Result<()> {
+    let c = c_path(path)?;
+    // SAFETY: the empty string and c are valid NUL-terminated strings that
+    // outlive the call; fd is a live descriptor borrowed for the call.
+    cvt(unsafe {
+        libc::linkat(
+            fd.as_fd().as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            libc::AT_EMPTY_PATH,
+        )
+    })?;
+    Ok(())
+}
 
 /// `FICLONE` from `<linux/fs.h>`: `_IOW(0x94, 9, int)`.
 const FICLONE: libc::c_ulong = 0x4004_9409;

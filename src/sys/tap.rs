@@ -283,6 +283,43 @@ pub fn poll_readable(fds: &[BorrowedFd<'_>], timeout_ms: i32) -> io::Result<Vec<
     Ok(pfds.iter().map(|p| p.revents != 0).collect())
 }
 
+/// `struct ifreq` as SIOCGIFINDEX uses it: the name and the index.
+#[repr(C)]
+struct IfReqIndex {
+    name: [libc::c_char; libc::IFNAMSIZ],
+    index: libc::c_int,
+    _pad: [u8; 20],
+}
+
+/// `SIOCGIFINDEX`.
+const SIOCGIFINDEX: libc::c_ulong = 0x8933;
+
+/// The interface index of `name` in the namespace of the socket `sock`
+/// (any socket, a netlink one too: the kernel answers SIOCGIFINDEX for
+/// every family), without opening a socket as `if_nametoindex(3)` does.
+pub fn ifindex_via(sock: BorrowedFd<'_>, name: &str) -> io::Result<u32> {
+    check_ifname(name)?;
+    let mut req = IfReqIndex {
+        name: [0; libc::IFNAMSIZ],
+        index: 0,
+        _pad: [0; 20],
+    };
+    for (d, s) in req.name.iter_mut().zip(name.bytes()) {
+        *d = s as libc::c_char;
+    }
+    // SAFETY: SIOCGIFINDEX reads the name from and writes the index into
+    // one `struct ifreq`; `req` is a properly sized ifreq (40 bytes) that
+    // lives across the call.
+    cvt(unsafe {
+        libc::ioctl(
+            sock.as_raw_fd(),
+            SIOCGIFINDEX as _,
+            &mut req as *mut IfReqIndex,
+        )
+    })?;
+    Ok(req.index as u32)
+}
+
 /// The interface index of `name` in the calling thread's namespace
 /// (`if_nametoindex(3)`).
 pub fn ifindex(name: &str) -> io::Result<u32> {
@@ -313,6 +350,7 @@ mod tests {
     #[test]
     fn ifreq_is_40_bytes() {
         assert_eq!(std::mem::size_of::<IfReq>(), 40);
+        assert_eq!(std::mem::size_of::<IfReqIndex>(), 40);
     }
 
     #[test]
