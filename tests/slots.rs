@@ -187,6 +187,7 @@ fn independent_readers_confirm_the_slot_and_destroy_removes_it() {
     // Forwarding is switched on per device (the input device decides),
     // over rtnetlink: both slot links forward, and the veth pair has one
     // queue pair per end.
+    assert_eq!(sh("cat /proc/sys/net/ipv4/ip_forward").trim(), "1");
     for dev in ["tap0", "veth0"] {
         assert_eq!(
             sh(&format!("cat /proc/sys/net/ipv4/conf/{dev}/forwarding")).trim(),
