@@ -21,6 +21,8 @@ fn killed_warm_is_reconciled_and_drained() {
     host.sh("ip link add keepme type veth peer name keepme2");
     let pool = format!("k{}", std::process::id());
     let prefix = format!("wasp-{pool}-");
+    // Declared after `host`, so dropped before it (slots, then their host).
+    let _slots = common::NetnsPrefixGuard(prefix.clone());
 
     let ino = Inotify::init(InitFlags::IN_CLOEXEC).unwrap();
     std::fs::create_dir_all(netns::NETNS_RUN_DIR).unwrap();

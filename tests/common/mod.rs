@@ -128,6 +128,23 @@ impl Drop for TestNetns {
     }
 }
 
+/// Deletes every named netns starting with its prefix on drop, even when
+/// the test panics: the slots of a pool the test named after its own pid,
+/// which the test's own drain did not reach.
+pub struct NetnsPrefixGuard(pub String);
+
+impl Drop for NetnsPrefixGuard {
+    fn drop(&mut self) {
+        for n in netns::list_named().unwrap_or_default() {
+            if n.starts_with(&self.0) {
+                if let Err(e) = netns::delete_named(&n) {
+                    eprintln!("warning: could not delete netns {n}: {e}");
+                }
+            }
+        }
+    }
+}
+
 /// A private host netns (`tag`) with the slot pool `pool`'s host side set
 /// up in it: the bridge and wasp's host nft table.
 pub fn slot_host(tag: &str, pool: String) -> (TestNetns, wasp::slot::Kernel) {
