@@ -31,6 +31,50 @@ impl Drop for Kill {
     }
 }
 
+/// Clone `tag`'s directory under `dir` with its own rootfs (holding
+/// `disk of clone TAG`), and the spec that launches Firecracker on it in
+/// `ns` with `isolation`. Returns the disk and the spec.
+fn clone_spec(
+    fc: &Path,
+    dir: &Path,
+    tag: &str,
+    ns: &TestNetns,
+    isolation: launch::Isolation,
+) -> (std::path::PathBuf, LaunchSpec) {
+    let cdir = dir.join(tag);
+    std::fs::create_dir_all(&cdir).unwrap();
+    let disk = cdir.join("rootfs");
+    std::fs::write(&disk, format!("disk of clone {tag}")).unwrap();
+    let spec = LaunchSpec {
+        vmm: Vmm::Firecracker(fc.to_owned()),
+        id: format!("wasp-test-{tag}"),
+        api_sock: cdir.join("api.sock"),
+        netns: Some(ns.name().to_owned()),
+        drives: vec![(disk.clone(), "rootfs".into())],
+        log_dir: cdir.clone(),
+        extra_args: vec![],
+        stdin_pipe: false,
+        isolation,
+        snapshot_files: vec![],
+    };
+    (disk, spec)
+}
+
+/// Launches `spec` and waits for its API socket; the answer to `GET /`.
+fn start(spec: &LaunchSpec) -> (Kill, String) {
+    let guard = Kill(Some(launch::launch(spec).unwrap()));
+    let l = guard.0.as_ref().unwrap();
+    let s = launch::wait_for_socket(
+        &spec.api_sock,
+        &l.pidfd,
+        l.pid,
+        &spec.log_dir.join("vmm.stderr"),
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    (guard, get_root(s))
+}
+
 #[test]
 fn firecracker_runs_in_the_slot_netns_with_its_own_drive_view() {
     root_or_skip!();
@@ -40,34 +84,9 @@ fn firecracker_runs_in_the_slot_netns_with_its_own_drive_view() {
     let b = TestNetns::new("lb");
     let mut running = Vec::new();
     for (ns, tag) in [(&a, "A"), (&b, "B")] {
-        let cdir = dir.path().join(tag);
-        std::fs::create_dir_all(&cdir).unwrap();
-        let disk = cdir.join("rootfs");
-        std::fs::write(&disk, format!("disk of clone {tag}")).unwrap();
-        let spec = LaunchSpec {
-            vmm: Vmm::Firecracker(fc.clone()),
-            id: format!("wasp-test-{tag}"),
-            api_sock: cdir.join("api.sock"),
-            netns: Some(ns.name().to_owned()),
-            drives: vec![(disk.clone(), "rootfs".into())],
-            log_dir: cdir.clone(),
-            extra_args: vec![],
-            stdin_pipe: false,
-            isolation: Default::default(),
-            snapshot_files: vec![],
-        };
-        let l = launch::launch(&spec).unwrap();
-        let guard = Kill(Some(l));
+        let (disk, spec) = clone_spec(&fc, dir.path(), tag, ns, Default::default());
+        let (guard, resp) = start(&spec);
         let l = guard.0.as_ref().unwrap();
-        let s = launch::wait_for_socket(
-            &spec.api_sock,
-            &l.pidfd,
-            l.pid,
-            &cdir.join("vmm.stderr"),
-            Duration::from_secs(10),
-        )
-        .unwrap();
-        let resp = get_root(s);
         assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
         assert!(resp.contains("Not started"), "{resp}");
 
@@ -187,39 +206,16 @@ fn firecracker_from_a_template_mount_namespace_in_both_clone_styles() {
     };
     let mut running = Vec::new();
     for (force_fork, style) in [(false, default_style), (true, CloneStyle::Fork)] {
-        let tag = format!("{style:?}");
-        let cdir = dir.path().join(&tag);
-        std::fs::create_dir_all(&cdir).unwrap();
-        let disk = cdir.join("rootfs");
-        std::fs::write(&disk, format!("disk of clone {tag}")).unwrap();
-        let spec = LaunchSpec {
-            vmm: Vmm::Firecracker(fc.clone()),
-            id: format!("wasp-test-t{tag}"),
-            api_sock: cdir.join("api.sock"),
-            netns: Some(ns.name().to_owned()),
-            drives: vec![(disk.clone(), "rootfs".into())],
-            log_dir: cdir.clone(),
-            extra_args: vec![],
-            stdin_pipe: false,
-            isolation: Isolation {
-                mount_template: Some(template.clone()),
-                force_fork,
-                ..Default::default()
-            },
-            snapshot_files: vec![],
+        let tag = format!("t{style:?}");
+        let isolation = Isolation {
+            mount_template: Some(template.clone()),
+            force_fork,
+            ..Default::default()
         };
-        let guard = Kill(Some(launch::launch(&spec).unwrap()));
+        let (disk, spec) = clone_spec(&fc, dir.path(), &tag, &ns, isolation);
+        let (guard, resp) = start(&spec);
         let l = guard.0.as_ref().unwrap();
         assert_eq!(l.style, style);
-        let s = launch::wait_for_socket(
-            &spec.api_sock,
-            &l.pidfd,
-            l.pid,
-            &cdir.join("vmm.stderr"),
-            Duration::from_secs(10),
-        )
-        .unwrap();
-        let resp = get_root(s);
         assert!(resp.starts_with("HTTP/1.1 200"), "{tag}: {resp}");
         let pid = l.pid;
         // The slot's netns, its own process group.
