@@ -198,7 +198,6 @@ fn firecracker_from_a_template_mount_namespace_in_both_clone_styles() {
     );
     let t_ino = template.inode().unwrap();
     assert_ne!(t_ino, ino_of("/proc/self/ns/mnt"));
-    let ours = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     let default_style = if wasp::sys::spawn::VFORK_SUPPORTED {
         CloneStyle::Vfork
     } else {
@@ -233,11 +232,16 @@ fn firecracker_from_a_template_mount_namespace_in_both_clone_styles() {
         let mnt = ino_of(&format!("/proc/{pid}/ns/mnt"));
         assert_ne!(mnt, t_ino, "{tag}");
         assert_ne!(mnt, ino_of("/proc/self/ns/mnt"), "{tag}");
-        // No slot netns mounted in it, fewer mounts than wasp's table.
+        // No slot netns mounted in it, though wasp's own table has them
+        // (this test's netns at least): the template dropped them. (Total
+        // counts are not compared: with few namespaces on the host, the
+        // drive tmpfs and binds outnumber the netns mounts dropped.)
         let netns_mounts = common::netns_mounts_of(pid);
         assert!(netns_mounts.is_empty(), "{tag}: {netns_mounts:#?}");
-        let theirs = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap();
-        assert!(theirs.lines().count() < ours.lines().count(), "{tag}");
+        assert!(
+            !common::netns_mounts_of(std::process::id() as i32).is_empty(),
+            "{tag}: wasp's own table has netns mounts to drop"
+        );
         // The recorded drive path is this clone's file; the devices and
         // the clone's dir are there.
         let root = format!("/proc/{pid}/root");
