@@ -81,18 +81,7 @@ where
         s.spawn(|| {
             // Only this thread moves: unshare(CLONE_NEWNS) also gives it
             // its own root/cwd (fs_struct); wasp's other threads stay.
-            // SAFETY: unshare only reads its flags.
-            cvt(unsafe { libc::unshare(libc::CLONE_NEWNS) })?;
-            // SAFETY: NUL-terminated literals; null fstype/data allowed.
-            cvt(unsafe {
-                libc::mount(
-                    c"none".as_ptr(),
-                    c"/".as_ptr(),
-                    std::ptr::null(),
-                    libc::MS_REC | libc::MS_SLAVE,
-                    std::ptr::null(),
-                )
-            })?;
+            unshare_slave_copy()?;
             prepare(&InTemplate {
                 _on_this_thread: PhantomData,
             })?;
@@ -109,4 +98,23 @@ where
         .join()
         .unwrap_or_else(|p| std::panic::resume_unwind(p))
     })
+}
+
+/// Gives the calling task its own copy of its mount namespace, every mount
+/// a slave: mounts made in the copy propagate nowhere. Two raw syscalls and
+/// no allocation, so a vfork child may call it (`sys::spawn`).
+pub(crate) fn unshare_slave_copy() -> io::Result<()> {
+    // SAFETY: unshare only reads its flags.
+    cvt(unsafe { libc::unshare(libc::CLONE_NEWNS) })?;
+    // SAFETY: NUL-terminated literals; null fstype/data pointers are allowed.
+    cvt(unsafe {
+        libc::mount(
+            c"none".as_ptr(),
+            c"/".as_ptr(),
+            std::ptr::null(),
+            libc::MS_REC | libc::MS_SLAVE,
+            std::ptr::null(),
+        )
+    })
+    .map(drop)
 }

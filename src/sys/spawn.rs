@@ -537,20 +537,7 @@ fn child_steps(p: &ChildPlan) -> ChildResult {
     match p.mounts {
         MountPlan::Inherit => {}
         MountPlan::CopyOfOurs => {
-            // SAFETY: unshare only reads its flags.
-            cvt(unsafe { libc::unshare(libc::CLONE_NEWNS) }).map_err(at(Step::MountNs))?;
-            // SAFETY: all pointers are NUL-terminated literals; a null data
-            // pointer is allowed.
-            cvt(unsafe {
-                libc::mount(
-                    c"none".as_ptr(),
-                    c"/".as_ptr(),
-                    std::ptr::null(),
-                    libc::MS_REC | libc::MS_SLAVE,
-                    std::ptr::null(),
-                )
-            })
-            .map_err(at(Step::MountNs))?;
+            super::mntns::unshare_slave_copy().map_err(at(Step::MountNs))?;
         }
         MountPlan::FromTemplate { ns, cwd } => {
             // The child has its own fs_struct (no CLONE_FS), as setns into
