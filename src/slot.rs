@@ -7,12 +7,10 @@
 //!   enslaved to the bridge, isolated as a bridge port, with the ownership
 //!   mark IFLA_IFALIAS `wasp:<p>:<n>`; the end inside is `veth0` with the
 //!   clone IP and the CIDR's prefix, default route via the bridge address;
-//! - the tap (default `tap0`, 192.168.241.1/29), `lo` up, IPv4 forwarding
-//!   on the tap and veth0 (`net.ipv4.conf.{tap0,veth0}.forwarding=1`, set
-//!   over rtnetlink in the same datagram as the links, see
-//!   [`rtnl::set_forwarding`]) and `net.ipv4.ip_forward=1` for the whole
-//!   namespace, as the slot spec asks (one /proc/sys write; its path lookup
-//!   costs O(live namespaces), ~0.2–0.4 ms here);
+//! - the tap (default `tap0`, 192.168.241.1/29), `lo` up,
+//!   `net.ipv4.ip_forward=1` (which turns forwarding on for every device of
+//!   the namespace; one /proc/sys write whose path lookup costs O(live
+//!   namespaces), ~0.2–0.4 ms here);
 //! - one nf_tables batch: table `ip wasp` with DNAT clone->guest on input
 //!   from veth0, SNAT guest->clone on output to veth0, and a forward chain
 //!   (policy drop) that lets the host reach the guest and the guest reach
@@ -455,11 +453,10 @@ impl SlotNet {
     }
 
     /// How many messages [`SlotNet::inner_links`] appends.
-    pub const INNER_MSGS: u32 = 8;
+    pub const INNER_MSGS: u32 = 6;
 
     /// The rtnetlink messages run inside a fresh slot netns once veth0
-    /// exists: forwarding on the tap and veth0, lo, tap and veth0 up, their
-    /// addresses, the default route. Returns the [`Self::INNER_MSGS`]
+    /// exists: lo, tap and veth0 up, their addresses, the default route. Returns the [`Self::INNER_MSGS`]
     /// sequence numbers from `seq`.
     pub fn inner_links(
         &self,
@@ -469,14 +466,12 @@ impl SlotNet {
         veth0_index: u32,
         clone_ip: Ipv4Addr,
     ) -> Vec<u32> {
-        rtnl::set_forwarding(b, seq, rtnl::Link::Index(tap_index), true);
-        rtnl::set_forwarding(b, seq + 1, rtnl::Link::Index(veth0_index), true);
-        rtnl::set_up(b, seq + 2, rtnl::Link::Index(1));
-        rtnl::set_up(b, seq + 3, rtnl::Link::Index(tap_index));
-        rtnl::set_up(b, seq + 4, rtnl::Link::Index(veth0_index));
-        rtnl::new_addr(b, seq + 5, tap_index, self.tap_ip, self.tap_prefix);
-        rtnl::new_addr(b, seq + 6, veth0_index, clone_ip, self.cidr.prefix);
-        rtnl::default_route(b, seq + 7, self.cidr.gateway());
+        rtnl::set_up(b, seq, rtnl::Link::Index(1));
+        rtnl::set_up(b, seq + 1, rtnl::Link::Index(tap_index));
+        rtnl::set_up(b, seq + 2, rtnl::Link::Index(veth0_index));
+        rtnl::new_addr(b, seq + 3, tap_index, self.tap_ip, self.tap_prefix);
+        rtnl::new_addr(b, seq + 4, veth0_index, clone_ip, self.cidr.prefix);
+        rtnl::default_route(b, seq + 5, self.cidr.gateway());
         (seq..seq + Self::INNER_MSGS).collect()
     }
 }
@@ -850,7 +845,8 @@ fn fill_slot(net: &SlotNet, bridge: u32, slot: &Slot, host: &mut Socket) -> Resu
         return Err(e);
     }
     let rest = (|| {
-        // Inside: forwarding, addresses, routes, links up, in one datagram.
+        // Inside: links up, addresses, route, in one datagram; then
+        // forwarding for the whole namespace.
         b.clear();
         let seq = sock.next_seq(SlotNet::INNER_MSGS);
         let veth0 = tap::ifindex_via(sock.as_fd(), VETH0).map_err(io_err("look up veth0"))?;

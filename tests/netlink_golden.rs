@@ -17,10 +17,6 @@
 //!   wp-x-1 numtxqueues 1 numrxqueues 1 up master wasp0 type veth peer name
 //!   veth0 netns wasptest-cap numtxqueues 1 numrxqueues 1; ip netns del
 //!   wasptest-cap'`.
-//!   `rtnl::set_forwarding` (IFLA_AF_SPEC/AF_INET/IFLA_INET_CONF) has no
-//!   capture: no `ip` command sends it, and the kernel's link dumps carry
-//!   that attribute in another shape (an array); `tests/slots.rs` reads the
-//!   result back from /proc/sys instead.
 //! - `nft_slot.strace.txt`: `strace -f -e trace=sendmsg -e write=3 -s 65536
 //!   nft -f tests/golden/nft_slot.nft` (one sendmsg: the whole batch).
 //! - `nft_add_table.strace.txt`: `nft add table inet wasp_probe`.

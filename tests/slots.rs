@@ -184,9 +184,8 @@ fn independent_readers_confirm_the_slot_and_destroy_removes_it() {
     let r: serde_json::Value = serde_json::from_str(&sh("ip -j route show default")).unwrap();
     assert_eq!(r[0]["gateway"], "10.0.0.1");
     assert_eq!(r[0]["dev"], "veth0");
-    // Forwarding is switched on per device (the input device decides),
-    // over rtnetlink: both slot links forward, and the veth pair has one
-    // queue pair per end.
+    // Forwarding is on for the namespace, so both slot links forward (the
+    // input device decides), and the veth pair has one queue pair per end.
     assert_eq!(sh("cat /proc/sys/net/ipv4/ip_forward").trim(), "1");
     for dev in ["tap0", "veth0"] {
         assert_eq!(

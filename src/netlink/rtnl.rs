@@ -38,12 +38,6 @@ pub const IFLA_IFALIAS: u16 = 20;
 pub const IFLA_NET_NS_FD: u16 = 28;
 /// `IFLA_EXT_MASK`.
 pub const IFLA_EXT_MASK: u16 = 29;
-/// `IFLA_AF_SPEC`.
-pub const IFLA_AF_SPEC: u16 = 26;
-/// `IFLA_INET_CONF` (inside `IFLA_AF_SPEC`/`AF_INET`).
-pub const IFLA_INET_CONF: u16 = 1;
-/// `IPV4_DEVCONF_FORWARDING` (`net.ipv4.conf.DEV.forwarding`).
-pub const IPV4_DEVCONF_FORWARDING: u16 = 1;
 /// `IFLA_NUM_TX_QUEUES`.
 pub const IFLA_NUM_TX_QUEUES: u16 = 31;
 /// `IFLA_NUM_RX_QUEUES`.
@@ -243,26 +237,6 @@ pub fn set_up(b: &mut MsgBuf, seq: u32, link: Link<'_>) {
         .raw(&ifinfomsg(link.index(), IFF_UP, IFF_UP));
     link.name_attr(b);
     b.end();
-}
-
-/// `sysctl net.ipv4.conf.X.forwarding=0|1` over rtnetlink: IFLA_AF_SPEC /
-/// AF_INET / IFLA_INET_CONF with one `IPV4_DEVCONF_FORWARDING` entry (a
-/// u32; the kernel's `inet_set_link_af`). IPv4 forwards a packet when its
-/// *input* device has forwarding on, so this on every device of a
-/// namespace is what `net.ipv4.ip_forward=1` does for forwarding, without
-/// a /proc/sys path lookup. `ip` has no command that sends this; the
-/// nests are plain, as `ip` makes them for IFLA_AF_SPEC (`addrgenmode`).
-pub fn set_forwarding(b: &mut MsgBuf, seq: u32, link: Link<'_>, on: bool) {
-    b.begin(RTM_NEWLINK, SET_FLAGS, seq)
-        .raw(&ifinfomsg(link.index(), 0, 0));
-    link.name_attr(b);
-    let af = b.nest_begin_plain(IFLA_AF_SPEC);
-    let inet = b.nest_begin_plain(u16::from(AF_INET));
-    let conf = b.nest_begin_plain(IFLA_INET_CONF);
-    b.attr_u32(IPV4_DEVCONF_FORWARDING, u32::from(on));
-    b.nest_end(conf);
-    b.nest_end(inet);
-    b.nest_end(af).end();
 }
 
 /// `ip link del X`.
