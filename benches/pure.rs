@@ -130,6 +130,7 @@ fn driver_batch(kind: DriverKind, n: usize, parallel: usize) -> Duration {
             mmds_body: Zeroizing::new(
                 format!(r#"{{"env":{{"AGENT_ID":"wasp-bench-{i}"}}}}"#).into_bytes(),
             ),
+            link_sync: None,
         });
     }
     jobs.reverse();

@@ -115,6 +115,27 @@ pub struct Job {
     pub clone_ip: Ipv4Addr,
     /// The `PUT /mmds` body (holds secrets; zeroized on drop).
     pub mmds_body: Zeroizing<Vec<u8>>,
+    /// Syncs the tap's link state once the VMM holds it (see [`LinkSync`]).
+    pub link_sync: Option<LinkSync>,
+}
+
+/// A route socket inside the clone's slot netns and an `RTM_GETLINK` for
+/// its tap, sent once the load answered (the VMM has opened the tap).
+///
+/// Opening the tap turns its carrier on, but the kernel only starts the
+/// tap's queue in its link-watch worker, later and under the RTNL lock;
+/// until then every packet towards the guest is dropped. Under load that
+/// drops the first ARP request for the guest, and the clone answers a
+/// second late (the ARP retry). A link request for the tap runs that work
+/// at once (rtnl_getlink syncs the link watch), so the tap transmits before
+/// the VM resumes. The answer is never read: the work is done when the
+/// send returns, and the socket closes with the job.
+#[derive(Debug)]
+pub struct LinkSync {
+    /// `NETLINK_ROUTE`, opened inside the slot netns.
+    pub sock: std::os::fd::OwnedFd,
+    /// The request.
+    pub request: Vec<u8>,
 }
 
 impl std::fmt::Debug for Job {
@@ -230,6 +251,9 @@ pub enum Want {
     Send,
     /// Receive more bytes on the API socket.
     Recv,
+    /// Send `tx_pending()` (one netlink request) on the job's
+    /// [`LinkSync`] socket, then report [`Machine::link_synced`].
+    SendLink,
     /// Connect to this address from the host netns.
     ConnectTcp(SocketAddrV4),
     /// Wait until this instant, then connect again (readiness retry).
@@ -395,6 +419,25 @@ impl Machine {
         self.load_request();
     }
 
+    fn mmds_request(&mut self, now: Instant) {
+        self.enter(Phase::Mmds, now);
+        let body = std::mem::take(&mut self.job.mmds_body);
+        self.request(Method::Put, "/mmds", Some(&body));
+    }
+
+    /// The link request ([`Want::SendLink`]) went out, or failed with
+    /// `err`. Either way the restore goes on: without the sync the
+    /// kernel's own worker starts the tap a little later.
+    pub fn link_synced(&mut self, err: Option<std::io::Error>, now: Instant) {
+        if self.want != Want::SendLink {
+            return;
+        }
+        if let Some(e) = err {
+            tracing::debug!(clone = %self.job.id, error = %e, "tap link sync failed");
+        }
+        self.mmds_request(now);
+    }
+
     /// `n` bytes of `tx_pending()` went out.
     pub fn sent(&mut self, n: usize) {
         self.tx_off = (self.tx_off + n).min(self.tx.len());
@@ -439,9 +482,13 @@ impl Machine {
         match self.phase {
             Phase::Socket => {}
             Phase::Load => {
-                self.enter(Phase::Mmds, now);
-                let body = std::mem::take(&mut self.job.mmds_body);
-                self.request(Method::Put, "/mmds", Some(&body));
+                if let Some(l) = &self.job.link_sync {
+                    self.tx = Zeroizing::new(l.request.clone());
+                    self.tx_off = 0;
+                    self.want = Want::SendLink;
+                } else {
+                    self.mmds_request(now);
+                }
             }
             Phase::Mmds => {
                 self.enter(Phase::Resume, now);
@@ -578,6 +625,7 @@ pub(crate) mod tests {
             }),
             clone_ip: Ipv4Addr::new(10, 0, 0, 2),
             mmds_body: Zeroizing::new(br#"{"env":{"AGENT_ID":"wasp-0","K":"canary"}}"#.to_vec()),
+            link_sync: None,
         }
     }
 
@@ -642,6 +690,44 @@ pub(crate) mod tests {
         // The secret-bearing buffers are gone once done.
         assert!(m.tx_pending().is_empty());
         assert!(!format!("{m:?}").contains("canary"));
+    }
+
+    fn job_with_link_sync() -> Job {
+        let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+        Job {
+            link_sync: Some(LinkSync {
+                sock: a.into(),
+                request: b"getlink tap0".to_vec(),
+            }),
+            ..job(0)
+        }
+    }
+
+    #[test]
+    fn the_tap_link_sync_goes_out_between_load_and_mmds() {
+        for err in [None, Some(std::io::Error::from_raw_os_error(libc::ENODEV))] {
+            let failed = err.is_some();
+            let mut m = Machine::new(job_with_link_sync(), plan(Ready::None));
+            m.api_connected(Instant::now());
+            answer(&mut m, "204 No Content", "");
+            assert_eq!(m.want(), Want::SendLink);
+            assert_eq!(m.phase(), Phase::Load);
+            assert_eq!(m.tx_pending(), b"getlink tap0");
+            // A failed sync only delays the tap's start: the restore goes on.
+            m.link_synced(err, Instant::now());
+            assert_eq!(m.phase(), Phase::Mmds, "failed sync: {failed}");
+            let req = String::from_utf8(m.tx_pending().to_vec()).unwrap();
+            assert!(req.starts_with("PUT /mmds "), "{req}");
+        }
+        // The VMM dying meanwhile fails the clone in the load phase.
+        let mut m = Machine::new(job_with_link_sync(), plan(Ready::None));
+        m.api_connected(Instant::now());
+        answer(&mut m, "204 No Content", "");
+        m.vmm_exited();
+        assert!(matches!(
+            m.take_outcome(),
+            Some(Err(RestoreError::VmmExited { phase: Phase::Load }))
+        ));
     }
 
     #[test]

@@ -247,6 +247,7 @@ const OP_TIMEOUT: u64 = 5;
 const OP_PIDFD: u64 = 6;
 const OP_CANCEL_IO: u64 = 7;
 const OP_CANCEL_POLL: u64 = 8;
+const OP_LINK_SEND: u64 = 9;
 const UD_INOTIFY: u64 = u64::MAX;
 const UD_WAKE: u64 = u64::MAX - 1;
 const RECV_LEN: usize = 4096;
@@ -414,6 +415,11 @@ impl UringDriver {
                             u.e.m.tcp_failed(now);
                         }
                     }
+                    OP_LINK_SEND => {
+                        u.io = None;
+                        let err = (res < 0).then(|| io::Error::from_raw_os_error(-res));
+                        u.e.m.link_synced(err, now);
+                    }
                     OP_TIMEOUT => {
                         u.io = None;
                         u.e.m.retry_due();
@@ -502,6 +508,18 @@ impl UringDriver {
             Want::Recv => {
                 let fd = u.e.api.as_ref().expect("connected").as_raw_fd();
                 (Op::Recv { fd, len: RECV_LEN }, OP_RECV)
+            }
+            Want::SendLink => {
+                let fd =
+                    u.e.m
+                        .job()
+                        .link_sync
+                        .as_ref()
+                        .expect("link sync")
+                        .sock
+                        .as_raw_fd();
+                let data = u.e.m.tx_pending().to_vec();
+                (Op::SendAsync { fd, data }, OP_LINK_SEND)
             }
             Want::ConnectTcp(addr) => {
                 let fd = sock::stream_socket(libc::AF_INET, false)?;
@@ -614,6 +632,12 @@ impl SyscallDriver {
                         }
                         Err(err) => e.m.io_failed(err),
                     }
+                }
+                Want::SendLink => {
+                    let l = e.m.job().link_sync.as_ref().expect("link sync");
+                    // A blocking send: the kernel serves it at once.
+                    let err = sock::send(&l.sock, e.m.tx_pending()).err();
+                    e.m.link_synced(err, now);
                 }
                 Want::Recv => {
                     let fd = e.api.as_ref().expect("connected");

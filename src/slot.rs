@@ -859,11 +859,24 @@ fn fill_slot(net: &SlotNet, bridge: u32, slot: &Slot, host: &mut Socket) -> Resu
         net.ruleset(seq, clone_ip)
             .commit(&mut nfs)
             .map_err(nl("program the slot's nf_tables batch"))?;
-        // Last, the host end up: carrier on.
+        // Last, the host end up: carrier on for both ends. The kernel
+        // applies a carrier change (operstate, the device's queue, the
+        // bridge port's forwarding state) in its link-watch worker, later
+        // and under the RTNL lock; a link request for the device runs that
+        // work at once (rtnl_getlink syncs it). So each end is asked for
+        // right after: when build returns, the bridge port forwards and
+        // both ends transmit. Left to the worker, a slot handed out under
+        // load could still drop the first ARP at its bridge port, and the
+        // clone answered a second late (the ARP retry).
         b.clear();
-        let seq = host.next_seq(1);
+        let seq = host.next_seq(2);
         rtnl::set_up(&mut b, seq, link);
-        send_acked(host, &b, &[seq], "bring up the host veth")
+        rtnl::get_link(&mut b, seq + 1, link);
+        send_acked(host, &b, &[seq, seq + 1], "bring up the host veth")?;
+        b.clear();
+        let seq = sock.next_seq(1);
+        rtnl::get_link(&mut b, seq, rtnl::Link::Index(veth0));
+        send_acked(&mut sock, &b, &[seq], "sync veth0's link state")
     })();
     if let Err(e) = rest {
         let _ = del_host_link(host, host_veth);

@@ -26,7 +26,7 @@ use thiserror::Error;
 use crate::env::Env;
 use crate::launch::{self, Isolation, LaunchSpec, Vmm};
 use crate::ready::Ready;
-use crate::restore::{Job, Plan, Timeouts};
+use crate::restore::{Job, LinkSync, Plan, Timeouts};
 use crate::ring::{self, DriverKind, Feed, Next, Outcome};
 use crate::slot::SlotOps;
 use crate::stats::{ms, Percentiles};
@@ -460,6 +460,7 @@ impl<'a> Batch<'a> {
             net_override,
             clone_ip: slot.clone_ip,
             mmds_body: self.ctx.env.mmds_body(&id),
+            link_sync: link_sync(&slot),
         };
         let pending = Pending {
             slot,
@@ -1015,5 +1016,27 @@ impl Slots for PoolSlots {
 
     fn host_netns(&self) -> Option<String> {
         self.host_netns.clone()
+    }
+}
+
+/// The tap link sync for a clone in `slot` (see [`LinkSync`]):
+/// a route socket opened inside the slot netns. `None`, logged, when that
+/// fails; the restore works without it, only its network may start late.
+fn link_sync(slot: &SlotLease) -> Option<LinkSync> {
+    let sock = crate::sys::netns::open_named(&slot.netns)
+        .and_then(|ns| crate::sys::netns::visit(&ns, crate::sys::sock::route_socket)?);
+    match sock {
+        Ok(sock) => {
+            let mut b = crate::netlink::MsgBuf::new();
+            crate::netlink::rtnl::get_link(&mut b, 1, crate::netlink::rtnl::Link::Name(&slot.tap));
+            Some(LinkSync {
+                sock,
+                request: b.as_bytes().to_vec(),
+            })
+        }
+        Err(e) => {
+            tracing::debug!(netns = %slot.netns, error = %e, "no route socket for the tap link sync");
+            None
+        }
     }
 }

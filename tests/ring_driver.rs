@@ -7,14 +7,14 @@ mod fake_vmm;
 
 use std::io::{BufReader, Read, Write};
 use std::net::{Ipv4Addr, TcpListener};
-use std::os::unix::net::UnixListener;
+use std::os::unix::net::{UnixDatagram, UnixListener};
 use std::path::PathBuf;
 use std::process::{Child, Command};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use wasp::ready::Ready;
-use wasp::restore::{Job, Phase, Plan, RestoreError, Timeouts};
+use wasp::restore::{Job, LinkSync, Phase, Plan, RestoreError, Timeouts};
 use wasp::ring::{self, DriverKind, Feed, Next, Outcome};
 use wasp::sys::tap::EventFd;
 use wasp::vmm_api::BackendType;
@@ -31,13 +31,16 @@ enum Behaviour {
 }
 
 /// A fake VMM: binds `sock` once `go` fires (so the driver must wait for
-/// the file), serves one connection.
+/// the file), serves one connection. `link` is the far end of the job's
+/// link-sync socket: when `PUT /mmds` arrives, what was sent on it by then
+/// is reported as `link <bytes>`.
 fn fake_vmm(
     sock: PathBuf,
     behaviour: Behaviour,
     child_pid: i32,
     go: mpsc::Receiver<()>,
     seen: mpsc::Sender<String>,
+    link: UnixDatagram,
 ) {
     std::thread::spawn(move || {
         let _ = go.recv();
@@ -45,7 +48,14 @@ fn fake_vmm(
         let (s, _) = l.accept().unwrap();
         let mut w = s.try_clone().unwrap();
         let mut r = BufReader::new(s);
+        link.set_nonblocking(true).unwrap();
         while let Some((line, body)) = read_request(&mut r) {
+            if line.starts_with("PUT /mmds") {
+                let mut buf = [0u8; 64];
+                if let Ok(n) = link.recv(&mut buf) {
+                    let _ = seen.send(format!("link {}", String::from_utf8_lossy(&buf[..n])));
+                }
+            }
             let _ = seen.send(format!("{line} {}", String::from_utf8_lossy(&body)));
             let resp: String = match (behaviour, line.as_str()) {
                 (Behaviour::Fault400OnLoad, l) if l.starts_with("PUT /snapshot/load") => {
@@ -120,7 +130,8 @@ fn setup(behaviours: &[Behaviour], ready: Ready) -> Setup {
         let sock = dir.join(format!("c{i}")).join("api.sock");
         std::fs::create_dir_all(sock.parent().unwrap()).unwrap();
         let (go_tx, go_rx) = mpsc::channel();
-        fake_vmm(sock.clone(), *b, pid, go_rx, seen_tx.clone());
+        let (link, link_peer) = UnixDatagram::pair().unwrap();
+        fake_vmm(sock.clone(), *b, pid, go_rx, seen_tx.clone(), link_peer);
         gos.push(go_tx);
         jobs.push(Job {
             index: i,
@@ -134,6 +145,10 @@ fn setup(behaviours: &[Behaviour], ready: Ready) -> Setup {
             mmds_body: Zeroizing::new(
                 format!(r#"{{"env":{{"AGENT_ID":"wasp-test-{i}"}}}}"#).into_bytes(),
             ),
+            link_sync: Some(LinkSync {
+                sock: link.into(),
+                request: format!("sync-tap-of-{i}").into_bytes(),
+            }),
         });
         children.push(child);
     }
@@ -213,6 +228,12 @@ fn a_good_batch_restores_every_clone_in_order_of_phases() {
                 .count(),
             10
         );
+        // Every clone's tap link sync went out after its load and before
+        // its MMDS put.
+        for i in 0..10 {
+            let want = format!("link sync-tap-of-{i}");
+            assert!(reqs.contains(&want), "{kind}: {want} missing: {reqs:?}");
+        }
         assert_eq!(
             reqs.iter()
                 .filter(|r| r.starts_with("PATCH /vm") && r.contains("Resumed"))

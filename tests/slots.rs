@@ -161,6 +161,11 @@ fn independent_readers_confirm_the_slot_and_destroy_removes_it() {
     assert_eq!(v["ifalias"], format!("wasp:{}:5", k.net().pool));
     assert_eq!(v["linkinfo"]["info_slave_kind"], "bridge");
     assert_eq!(v["linkinfo"]["info_slave_data"]["isolated"], true);
+    // build returns with the port forwarding and the link operationally up
+    // (read from a dump, which unlike a single-link request does not run
+    // the kernel's pending link-watch work itself).
+    assert_eq!(v["operstate"], "UP", "{v}");
+    assert_eq!(v["linkinfo"]["info_slave_data"]["state"], "forwarding", "{v}");
     let addrs = host.sh("ip -j addr show dev wasp0");
     assert!(
         addrs.contains("\"local\":\"10.0.0.1\",\"prefixlen\":16"),
@@ -181,6 +186,14 @@ fn independent_readers_confirm_the_slot_and_destroy_removes_it() {
         a.contains("\"local\":\"192.168.241.1\",\"prefixlen\":29"),
         "{a}"
     );
+    let l: serde_json::Value = serde_json::from_str(&sh("ip -j link show")).unwrap();
+    let veth0 = l
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["ifname"] == "veth0")
+        .expect("veth0");
+    assert_eq!(veth0["operstate"], "UP", "{veth0}");
     let r: serde_json::Value = serde_json::from_str(&sh("ip -j route show default")).unwrap();
     assert_eq!(r[0]["gateway"], "10.0.0.1");
     assert_eq!(r[0]["dev"], "veth0");

@@ -83,9 +83,22 @@ struct Out {
     vmm_private_kib_mean: f64,
     host_kib_per_clone: f64,
     agents_ok: usize,
+    /// The slowest ready clone, whole, to tell which phase a tail sits in.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    slowest: Option<Slowest>,
     #[serde(skip_serializing_if = "Option::is_none")]
     hold: Option<demo::HoldFigures>,
     failures: Vec<String>,
+}
+
+/// The slowest ready clone of a batch.
+#[derive(Debug, Serialize)]
+struct Slowest {
+    id: String,
+    netns: Option<String>,
+    clone_ip: Option<std::net::Ipv4Addr>,
+    total_ms: f64,
+    phases_ms: wasp::spawn::PhasesMs,
 }
 
 /// Runs the bench. The runtime dir, the firecracker binary and the
@@ -189,6 +202,16 @@ pub fn run(a: SpawnBenchArgs, mut cfg: Config) -> anyhow::Result<ExitCode> {
         vmm_private_kib_mean: r.memory.vmm_private_kib_mean,
         host_kib_per_clone: r.memory.host_kib_per_clone,
         agents_ok: r.agents_ok,
+        slowest: ok
+            .iter()
+            .max_by(|a, b| a.total_ms.total_cmp(&b.total_ms))
+            .map(|c| Slowest {
+                id: c.id.clone(),
+                netns: c.netns.clone(),
+                clone_ip: c.clone_ip,
+                total_ms: c.total_ms,
+                phases_ms: c.phases_ms,
+            }),
         hold: r.hold.clone(),
         failures: r
             .spawn

@@ -103,6 +103,21 @@ pub fn stream_socket(domain: i32, nonblock: bool) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// A close-on-exec `NETLINK_ROUTE` socket in the calling thread's network
+/// namespace (unbound: the kernel binds it on first send).
+pub fn route_socket() -> io::Result<OwnedFd> {
+    // SAFETY: socket takes only integers.
+    let fd = cvt(unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            libc::NETLINK_ROUTE,
+        )
+    })?;
+    // SAFETY: the kernel returned a fresh fd that we now own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
 /// connect(2). A nonblocking TCP socket returns `EINPROGRESS` as an error.
 pub fn connect(fd: &OwnedFd, addr: &SockAddr) -> io::Result<()> {
     // SAFETY: addr points to initialised storage of at least addr.len bytes.

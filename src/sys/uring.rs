@@ -13,7 +13,7 @@ use std::io;
 use std::os::fd::RawFd;
 use std::time::Duration;
 
-use io_uring::{opcode, types, IoUring, Probe};
+use io_uring::{opcode, squeue, types, IoUring, Probe};
 use zeroize::Zeroizing;
 
 use super::sock::SockAddr;
@@ -34,6 +34,16 @@ pub enum Op {
         fd: RawFd,
         /// Bytes (zeroized when the ring drops them: they may be secret).
         data: Zeroizing<Vec<u8>>,
+    },
+    /// send(2) of all of `data`, always from an io-wq worker
+    /// (`IOSQE_ASYNC`): for requests the kernel serves under a sleeping
+    /// lock (rtnetlink's RTNL), which would otherwise be taken on the
+    /// submitting thread.
+    SendAsync {
+        /// The socket.
+        fd: RawFd,
+        /// Bytes.
+        data: Vec<u8>,
     },
     /// recv(2) up to `len` bytes.
     Recv {
@@ -155,6 +165,13 @@ impl Ring {
                     .flags(libc::MSG_NOSIGNAL)
                     .build();
                 (e, Held::Bytes(data))
+            }
+            Op::SendAsync { fd, data } => {
+                let e = opcode::Send::new(types::Fd(fd), data.as_ptr(), data.len() as u32)
+                    .flags(libc::MSG_NOSIGNAL)
+                    .build()
+                    .flags(squeue::Flags::ASYNC);
+                (e, Held::Bytes(Zeroizing::new(data)))
             }
             Op::Recv { fd, len } => {
                 let mut buf = Zeroizing::new(vec![0u8; len]);
