@@ -229,9 +229,13 @@ pub struct MemFigures {
     /// Median VMM resident set (KiB).
     pub vmm_rss_kib_p50: f64,
     /// Host memory used per clone beyond the VMM processes' own memory
-    /// (KiB): the drop in MemAvailable over the batch, per clone, minus the
-    /// mean VMM private memory (`RssAnon`: its heap and the guest pages it
-    /// dirtied; shared page-cache pages of the memory file are not its own).
+    /// (KiB): the growth of unreclaimable kernel memory over the batch
+    /// (`SUnreclaim + KernelStack + PageTables + SecPageTables + VmallocUsed
+    /// + Percpu`, see [`HostMem`]), per clone: the VMMs' page tables and
+    /// kernel stacks, their sockets, tap queues, pipes. The MemAvailable
+    /// drop was used before; page cache and the previous batch's namespaces
+    /// being freed meanwhile made it swing by more than the figure itself
+    /// (even below zero).
     pub host_kib_per_clone: f64,
     /// Mean VMM private memory (`RssAnon`, KiB).
     pub vmm_private_kib_mean: f64,
@@ -284,14 +288,6 @@ pub enum DemoError {
     /// A slot for the golden boot.
     #[error("cannot take a slot for the golden boot: {0}")]
     Slot(String),
-}
-
-/// `MemAvailable` from /proc/meminfo, KiB.
-pub fn mem_available_kib() -> Option<u64> {
-    let m = std::fs::read_to_string("/proc/meminfo").ok()?;
-    m.lines()
-        .find_map(|l| l.strip_prefix("MemAvailable:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
 /// A `/proc/PID/status` field in KiB (`VmRSS`, `RssAnon`, …).
@@ -580,7 +576,6 @@ fn run_inner(
         }
     };
     let store = CloneStore::open(&snap, &o.work_dir.join("run"), Mode::Auto)?;
-    let avail_before = mem_available_kib();
     let host_before = host_mem();
     let opts = SpawnOptions {
         vmm,
@@ -598,7 +593,7 @@ fn run_inner(
     let _ = env.add_plain("API_URL=http://10.0.0.1:8080/");
     let report = spawn::spawn_observed(&opts, &store, &mut slots, &env, on_done);
     let mut memory = MemFigures::default();
-    if let (Ok(r), Some(before), Some(after)) = (&report, avail_before, mem_available_kib()) {
+    if let Ok(r) = &report {
         let pids: Vec<i32> = r.clones.iter().filter_map(|c| c.pid).collect();
         let rss: Vec<f64> = pids
             .iter()
@@ -619,8 +614,10 @@ fn run_inner(
         if !rss.is_empty() && !anon.is_empty() {
             memory.vmm_rss_kib_p50 = crate::stats::Percentiles::of(&rss).p50;
             memory.vmm_private_kib_mean = crate::stats::Percentiles::of(&anon).mean;
-            let per_clone = before.saturating_sub(after) as f64 / pids.len() as f64;
-            memory.host_kib_per_clone = per_clone - memory.vmm_private_kib_mean;
+            if let (Some(hb), Some(ha)) = (host_before, host_mem()) {
+                memory.host_kib_per_clone =
+                    (ha.kernel as f64 - hb.kernel as f64) / pids.len() as f64;
+            }
         }
     }
     let hold = match (&report, o.hold, host_before, host_mem()) {

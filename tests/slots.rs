@@ -165,7 +165,10 @@ fn independent_readers_confirm_the_slot_and_destroy_removes_it() {
     // (read from a dump, which unlike a single-link request does not run
     // the kernel's pending link-watch work itself).
     assert_eq!(v["operstate"], "UP", "{v}");
-    assert_eq!(v["linkinfo"]["info_slave_data"]["state"], "forwarding", "{v}");
+    assert_eq!(
+        v["linkinfo"]["info_slave_data"]["state"], "forwarding",
+        "{v}"
+    );
     let addrs = host.sh("ip -j addr show dev wasp0");
     assert!(
         addrs.contains("\"local\":\"10.0.0.1\",\"prefixlen\":16"),
