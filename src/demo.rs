@@ -230,9 +230,8 @@ pub struct MemFigures {
     pub vmm_rss_kib_p50: f64,
     /// Host memory used per clone beyond the VMM processes' own memory
     /// (KiB): the growth of unreclaimable kernel memory over the batch
-    /// (`SUnreclaim + KernelStack + PageTables + SecPageTables + VmallocUsed
-    /// + Percpu`, see [`HostMem`]), per clone: the VMMs' page tables and
-    /// kernel stacks, their sockets, tap queues, pipes. The MemAvailable
+    /// (the `kernel` sum of [`HostMem`]), per clone: the VMMs' page tables
+    /// and kernel stacks, their sockets, tap queues, pipes. The MemAvailable
     /// drop was used before; page cache and the previous batch's namespaces
     /// being freed meanwhile made it swing by more than the figure itself
     /// (even below zero).
