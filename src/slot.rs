@@ -489,6 +489,78 @@ pub struct Slot {
     pub host_veth: String,
 }
 
+/// Where one slot build's time went, in ms per step (`wasp bench slots`
+/// reports their percentiles).
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+pub struct BuildSteps {
+    /// Creating and naming the namespace (unshare, the `/run/netns` name).
+    pub netns: f64,
+    /// The tap: open `/dev/net/tun`, `TUNSETIFF`, `TUNSETPERSIST`, close.
+    pub tap: f64,
+    /// The veth pair, its peer created inside the slot.
+    pub veth: f64,
+    /// The host end's ownership mark and bridge-port isolation.
+    pub mark: f64,
+    /// Links up, addresses and the route inside (one datagram).
+    pub links: f64,
+    /// `net.ipv4.ip_forward=1`.
+    pub forwarding: f64,
+    /// The nf_tables batch.
+    pub nft: f64,
+    /// The host end up, and the link-watch syncs of both ends.
+    pub up: f64,
+}
+
+impl BuildSteps {
+    /// The step names, in build order.
+    pub const NAMES: [&'static str; 8] = [
+        "netns",
+        "tap",
+        "veth",
+        "mark",
+        "links",
+        "forwarding",
+        "nft",
+        "up",
+    ];
+
+    /// The values, in [`BuildSteps::NAMES`] order.
+    pub fn values(&self) -> [f64; 8] {
+        [
+            self.netns,
+            self.tap,
+            self.veth,
+            self.mark,
+            self.links,
+            self.forwarding,
+            self.nft,
+            self.up,
+        ]
+    }
+}
+
+/// Splits a build into steps: each `lap` charges the time since the last
+/// one to a step.
+struct Laps<'a> {
+    steps: &'a mut BuildSteps,
+    last: std::time::Instant,
+}
+
+impl<'a> Laps<'a> {
+    fn new(steps: &'a mut BuildSteps) -> Self {
+        Self {
+            steps,
+            last: std::time::Instant::now(),
+        }
+    }
+
+    fn lap(&mut self, step: fn(&mut BuildSteps) -> &mut f64) {
+        let now = std::time::Instant::now();
+        *step(self.steps) += crate::stats::ms(now - self.last);
+        self.last = now;
+    }
+}
+
 /// A slot found in the kernel during reconcile.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Found {
@@ -750,11 +822,20 @@ impl Kernel {
         in_ns(&self.host_ns, move || remove_host_objects(&net))?
     }
 
-    fn build_inner(&self, n: u32, host: &mut Socket) -> Result<Slot, SlotError> {
+    fn build_inner(
+        &self,
+        n: u32,
+        host: &mut Socket,
+        steps: &mut BuildSteps,
+    ) -> Result<Slot, SlotError> {
         let net = &self.net;
         let slot = net.slot(n)?;
         let bridge = self.bridge_index;
-        let r = netns::create_named_with(&slot.netns, || fill_slot(net, bridge, &slot, host));
+        let t = std::time::Instant::now();
+        let r = netns::create_named_with(&slot.netns, || {
+            steps.netns = crate::stats::ms(t.elapsed());
+            fill_slot(net, bridge, &slot, host, steps)
+        });
         match r {
             Ok(()) => Ok(slot),
             Err(netns::CreateError::Inner(e)) => Err(e),
@@ -782,15 +863,23 @@ fn create_ns_err(name: &str, e: io::Error) -> SlotError {
 /// namespace: tap, veth pair (through `host`, a route socket of the host
 /// netns), marks, forwarding, links, addresses, route and the nft batch.
 /// On error the host veth is removed again (the caller removes the netns).
-fn fill_slot(net: &SlotNet, bridge: u32, slot: &Slot, host: &mut Socket) -> Result<(), SlotError> {
+fn fill_slot(
+    net: &SlotNet,
+    bridge: u32,
+    slot: &Slot,
+    host: &mut Socket,
+    steps: &mut BuildSteps,
+) -> Result<(), SlotError> {
     let n = slot.index;
     let clone_ip = slot.clone_ip;
     let host_veth = &slot.host_veth;
+    let mut laps = Laps::new(steps);
     // The slot's own route socket; index lookups go through it too.
     let mut sock = Socket::route().map_err(nl("open a route socket in the slot"))?;
     tap::create_persistent(&net.tap).map_err(io_err(format!("create tap {}", net.tap)))?;
     let tap_index =
         tap::ifindex_via(sock.as_fd(), &net.tap).map_err(io_err("look up the tap index"))?;
+    laps.lap(|s| &mut s.tap);
     let me = netns::open_current().map_err(io_err("open the slot netns"))?;
     // Host socket: the veth pair, peer created directly in here. The host
     // end stays down until the end, so the pair has no carrier while the
@@ -829,6 +918,7 @@ fn fill_slot(net: &SlotNet, bridge: u32, slot: &Slot, host: &mut Socket) -> Resu
         }
         Err(e) => return Err(nl(format!("create veth {host_veth}"))(e)),
     }
+    laps.lap(|s| &mut s.veth);
     // Only once the link is ours, and at once (the kernel ignores
     // IFLA_IFALIAS in a create request): the ownership mark and port
     // isolation. A crash after this point leaves a pair reconcile finds by
@@ -844,6 +934,7 @@ fn fill_slot(net: &SlotNet, bridge: u32, slot: &Slot, host: &mut Socket) -> Resu
         let _ = del_host_link(host, host_veth);
         return Err(e);
     }
+    laps.lap(|s| &mut s.mark);
     let rest = (|| {
         // Inside: links up, addresses, route, in one datagram; then
         // forwarding for the whole namespace.
@@ -852,13 +943,16 @@ fn fill_slot(net: &SlotNet, bridge: u32, slot: &Slot, host: &mut Socket) -> Resu
         let veth0 = tap::ifindex_via(sock.as_fd(), VETH0).map_err(io_err("look up veth0"))?;
         let seqs = net.inner_links(&mut b, seq, tap_index, veth0, clone_ip);
         send_acked(&mut sock, &b, &seqs, "configure links in the slot")?;
+        laps.lap(|s| &mut s.links);
         std::fs::write("/proc/sys/net/ipv4/ip_forward", b"1")
             .map_err(io_err("set net.ipv4.ip_forward=1 in the slot"))?;
+        laps.lap(|s| &mut s.forwarding);
         let mut nfs = Socket::netfilter().map_err(nl("open a netfilter socket"))?;
         let seq = nfs.next_seq(64);
         net.ruleset(seq, clone_ip)
             .commit(&mut nfs)
             .map_err(nl("program the slot's nf_tables batch"))?;
+        laps.lap(|s| &mut s.nft);
         // Last, the host end up: carrier on for both ends. The kernel
         // applies a carrier change (operstate, the device's queue, the
         // bridge port's forwarding state) in its link-watch worker, later
@@ -876,7 +970,9 @@ fn fill_slot(net: &SlotNet, bridge: u32, slot: &Slot, host: &mut Socket) -> Resu
         b.clear();
         let seq = sock.next_seq(1);
         rtnl::get_link(&mut b, seq, rtnl::Link::Index(veth0));
-        send_acked(&mut sock, &b, &[seq], "sync veth0's link state")
+        send_acked(&mut sock, &b, &[seq], "sync veth0's link state")?;
+        laps.lap(|s| &mut s.up);
+        Ok(())
     })();
     if let Err(e) = rest {
         let _ = del_host_link(host, host_veth);
@@ -1260,18 +1356,23 @@ pub fn conntrack_flush_msg(b: &mut MsgBuf, seq: u32) {
     .end();
 }
 
-impl SlotOps for Kernel {
-    fn build(&self, n: u32) -> Result<Slot, SlotError> {
+impl Kernel {
+    /// Builds slot `n` like [`SlotOps::build`] and says where the time
+    /// went.
+    pub fn build_timed(&self, n: u32) -> Result<(Slot, BuildSteps), SlotError> {
         let slot = self.net.slot(n)?;
         let net = self.net.clone();
         let bridge = self.bridge_index;
         let r = self.workers().call(move |cx| {
+            let mut steps = BuildSteps::default();
             let r = (|| {
                 // Opened (once) while the thread is still in the host netns.
                 cx.host()?;
+                let t = std::time::Instant::now();
                 netns::create_named_here(&slot.netns, &cx.home)
                     .map_err(|e| create_ns_err(&slot.netns, e))?;
-                let r = fill_slot(&net, bridge, &slot, cx.host()?);
+                steps.netns = crate::stats::ms(t.elapsed());
+                let r = fill_slot(&net, bridge, &slot, cx.host()?, &mut steps);
                 if r.is_err() {
                     // Leave the namespace before removing it.
                     let _ = netns::enter(&cx.home);
@@ -1279,7 +1380,7 @@ impl SlotOps for Kernel {
                 }
                 r
             })();
-            r.map(|()| slot)
+            r.map(|()| (slot, steps))
         });
         match r {
             Ok(r) => r,
@@ -1289,11 +1390,18 @@ impl SlotOps for Kernel {
             }),
             Err(Dispatch::NoWorker) => {
                 let mut host = self.host_sock()?;
-                let r = self.build_inner(n, &mut host);
+                let mut steps = BuildSteps::default();
+                let r = self.build_inner(n, &mut host, &mut steps);
                 self.put_host_sock(host);
-                r
+                r.map(|s| (s, steps))
             }
         }
+    }
+}
+
+impl SlotOps for Kernel {
+    fn build(&self, n: u32) -> Result<Slot, SlotError> {
+        self.build_timed(n).map(|(s, _)| s)
     }
 
     fn recycle(&self, slot: &Slot) -> Result<(), SlotError> {

@@ -329,6 +329,28 @@ fn bench_commands_take_their_defaults_from_the_config_file() {
     );
     assert_eq!(v["cidr"], "10.66.0.0/29");
     assert_eq!(v["create_ms"]["n"], 3);
+    // Every build step is timed for every build, and the steps account
+    // for most of the build.
+    let steps = v["create_steps_ms"].as_object().unwrap();
+    assert_eq!(
+        steps
+            .keys()
+            .map(String::as_str)
+            .collect::<std::collections::BTreeSet<_>>(),
+        wasp::slot::BuildSteps::NAMES.into_iter().collect()
+    );
+    let step_mean: f64 = steps
+        .values()
+        .map(|p| {
+            assert_eq!(p["n"], 3);
+            p["mean"].as_f64().unwrap()
+        })
+        .sum();
+    let build_mean = v["create_ms"]["mean"].as_f64().unwrap();
+    assert!(
+        step_mean > 0.0 && step_mean <= build_mean,
+        "steps {step_mean} ms of a {build_mean} ms build"
+    );
 
     // bench spawn: the runtime dir and parallelism of the file; its work
     // dir is made there and removed.

@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use wasp::config::Config;
 use wasp::pool::{Pool, PoolConfig};
-use wasp::slot::{HostNet, Kernel, SlotNet, SlotOps};
+use wasp::slot::{BuildSteps, HostNet, Kernel, SlotNet, SlotOps};
 use wasp::stats::{ms, us, Percentiles};
 use wasp::sys::netns;
 
@@ -67,6 +67,9 @@ pub struct SlotFigures {
     pub cidr: String,
     /// Per-slot build time, one after another (ms).
     pub create_ms: Percentiles,
+    /// The same builds split into steps (ms per step; the steps in build
+    /// order are [`BuildSteps::NAMES`]): where the time goes.
+    pub create_steps_ms: serde_json::Map<String, serde_json::Value>,
     /// Pool warm on all cores.
     pub fill_slots_per_s: f64,
     /// `Pool::take` (µs).
@@ -176,6 +179,14 @@ fn slots(a: SlotsArgs, cfg: Config) -> anyhow::Result<ExitCode> {
             ("recycle", "us", &figs.recycle_us),
             ("destroy", "ms", &figs.destroy_ms),
         ]);
+        let p50s: Vec<String> = BuildSteps::NAMES
+            .iter()
+            .map(|k| {
+                let p50 = figs.create_steps_ms[*k]["p50"].as_f64().unwrap_or(0.0);
+                format!("{k} {p50:.3}")
+            })
+            .collect();
+        println!("  build steps  p50 ms: {}", p50s.join(", "));
         println!("  fill         {:.0} slots/s", figs.fill_slots_per_s);
         println!(
             "  kernel mem   {:.1} KiB/slot (slab {:.1} KiB/slot)",
@@ -198,11 +209,20 @@ fn measure(
     let (avail0, slab0) = meminfo()?;
     let bar = super::progress::bar(count * 2, "slots");
     let mut create = Vec::with_capacity(count);
+    let mut steps = Vec::with_capacity(count);
     for n in 0..count as u32 {
         let t = Instant::now();
-        k.build(n).with_context(|| format!("build slot {n}"))?;
+        let (_, s) = k
+            .build_timed(n)
+            .with_context(|| format!("build slot {n}"))?;
         create.push(ms(t.elapsed()));
+        steps.push(s);
         bar.inc(1);
+    }
+    let mut create_steps_ms = serde_json::Map::new();
+    for (i, name) in BuildSteps::NAMES.iter().enumerate() {
+        let v: Vec<f64> = steps.iter().map(|s| s.values()[i]).collect();
+        create_steps_ms.insert((*name).into(), serde_json::to_value(Percentiles::of(&v))?);
     }
     let (avail1, slab1) = meminfo()?;
     // Adopt them into the pool (this is reconcile's path).
@@ -244,6 +264,7 @@ fn measure(
         count,
         cidr,
         create_ms: Percentiles::of(&create),
+        create_steps_ms,
         fill_slots_per_s: fill,
         take_us: Percentiles::of(&take),
         recycle_us: Percentiles::of(&recycle),
