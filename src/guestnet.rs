@@ -324,6 +324,12 @@ fn run(fd: OwnedFd, hdr_len: usize, mut cfg: GuestNetConfig, stop: &EventFd) -> 
         }
     }
 
+    // The listeners exist before the first frame is read, as in a guest
+    // restored from a snapshot whose agent was listening: a connect that
+    // reached the tap before this thread ran finds them (with none, the
+    // guest would answer a reset, and smoltcp drops a reset it cannot yet
+    // address: the client then waits a second for its SYN retry).
+    service(&cfg, &mut sockets, &mut roles, &mut outbound_cb);
     loop {
         let ts = now();
         iface.poll(ts, &mut dev, &mut sockets);

@@ -343,6 +343,23 @@ impl SlotNet {
         format!("{PREFIX}{:05x}{n:06x}", fnv1a(&self.pool) & 0xf_ffff)
     }
 
+    /// The MAC of slot `n`'s `veth0`: locally administered (`02`), 16 bits
+    /// of the pool's hash, 24 bits of the index. Fixed per slot, so the
+    /// host's permanent neighbour entry for the clone IP stays right when
+    /// the slot is rebuilt.
+    pub fn veth0_mac(&self, n: u32) -> [u8; 6] {
+        let h = fnv1a(&self.pool).to_be_bytes();
+        let i = n.to_be_bytes();
+        [0x02, h[2], h[3], i[1], i[2], i[3]]
+    }
+
+    /// The MAC wasp gives a bridge it creates: locally administered
+    /// (`0a`), then the same 16 bits of the pool's hash.
+    pub fn bridge_mac(&self) -> [u8; 6] {
+        let h = fnv1a(&self.pool).to_be_bytes();
+        [0x0a, h[2], h[3], 0, 0, 1]
+    }
+
     /// The ownership mark `wasp:<pool>:<n>`.
     pub fn alias(&self, n: u32) -> String {
         format!("{PREFIX}:{}:{n}", self.pool)
@@ -615,6 +632,9 @@ pub struct Kernel {
     net: SlotNet,
     host_ns: OwnedFd,
     bridge_index: u32,
+    /// The bridge's (pinned) MAC: each slot gets a permanent neighbour
+    /// entry for it. `None` when attached to a host side without a bridge.
+    bridge_mac: Option<[u8; 6]>,
     /// Route sockets bound in the host netns, reused across builds.
     host_socks: Mutex<Vec<Socket>>,
     /// Namespace worker threads for build and recycle.
@@ -737,7 +757,7 @@ impl Kernel {
             None => netns::open_current().map_err(io_err("open the current netns"))?,
         };
         let r = (|| {
-            let bridge_index = in_ns(&host_ns, || ensure_bridge(&net))??;
+            let bridge = in_ns(&host_ns, || ensure_bridge(&net))??;
             if let Some(up) = &host.egress_uplink {
                 let owned = created.is_some();
                 if let Err(e) = in_ns(&host_ns, || set_egress(&net, up, owned))? {
@@ -746,9 +766,9 @@ impl Kernel {
                     return Err(e);
                 }
             }
-            Ok(bridge_index)
+            Ok(bridge)
         })();
-        let bridge_index = match r {
+        let (bridge_index, bridge_mac) = match r {
             Ok(i) => i,
             Err(e) => {
                 // Nothing half-built: a host netns made just now goes too.
@@ -762,6 +782,7 @@ impl Kernel {
             net,
             host_ns,
             bridge_index,
+            bridge_mac: Some(bridge_mac),
             host_socks: Mutex::new(Vec::new()),
             workers: OnceLock::new(),
         };
@@ -779,19 +800,22 @@ impl Kernel {
             None => netns::open_current().map_err(io_err("open the current netns"))?,
         };
         let bridge = net.bridge.clone();
-        let bridge_index = in_ns(&host_ns, move || -> Result<u32, SlotError> {
+        let (bridge_index, bridge_mac) = in_ns(&host_ns, move || {
             let mut sock = Socket::route().map_err(nl("open a route socket"))?;
             let links = dump_links(&mut sock).map_err(nl("list host links"))?;
-            Ok(links
-                .iter()
-                .find(|l| l.name == bridge && l.alias.as_deref() == Some(BRIDGE_ALIAS))
-                .map(|l| l.index)
-                .unwrap_or(0))
+            Ok::<_, SlotError>(
+                links
+                    .iter()
+                    .find(|l| l.name == bridge && l.alias.as_deref() == Some(BRIDGE_ALIAS))
+                    .map(|l| (l.index, l.address))
+                    .unwrap_or((0, None)),
+            )
         })??;
         Ok(Kernel {
             net,
             host_ns,
             bridge_index,
+            bridge_mac,
             host_socks: Mutex::new(Vec::new()),
             workers: OnceLock::new(),
         })
@@ -830,7 +854,7 @@ impl Kernel {
     ) -> Result<Slot, SlotError> {
         let net = &self.net;
         let slot = net.slot(n)?;
-        let bridge = self.bridge_index;
+        let bridge = self.bridge();
         let t = std::time::Instant::now();
         let r = netns::create_named_with(&slot.netns, || {
             steps.netns = crate::stats::ms(t.elapsed());
@@ -840,6 +864,13 @@ impl Kernel {
             Ok(()) => Ok(slot),
             Err(netns::CreateError::Inner(e)) => Err(e),
             Err(netns::CreateError::Io(e)) => Err(create_ns_err(&slot.netns, e)),
+        }
+    }
+
+    fn bridge(&self) -> Bridge {
+        Bridge {
+            index: self.bridge_index,
+            mac: self.bridge_mac,
         }
     }
 
@@ -863,9 +894,17 @@ fn create_ns_err(name: &str, e: io::Error) -> SlotError {
 /// namespace: tap, veth pair (through `host`, a route socket of the host
 /// netns), marks, forwarding, links, addresses, route and the nft batch.
 /// On error the host veth is removed again (the caller removes the netns).
+/// The host bridge as a slot build needs it.
+#[derive(Debug, Clone, Copy)]
+struct Bridge {
+    index: u32,
+    /// Its pinned MAC, for the slot's permanent entry for the gateway.
+    mac: Option<[u8; 6]>,
+}
+
 fn fill_slot(
     net: &SlotNet,
-    bridge: u32,
+    bridge: Bridge,
     slot: &Slot,
     host: &mut Socket,
     steps: &mut BuildSteps,
@@ -881,6 +920,7 @@ fn fill_slot(
         tap::ifindex_via(sock.as_fd(), &net.tap).map_err(io_err("look up the tap index"))?;
     laps.lap(|s| &mut s.tap);
     let me = netns::open_current().map_err(io_err("open the slot netns"))?;
+    let veth0_mac = net.veth0_mac(n);
     // Host socket: the veth pair, peer created directly in here. The host
     // end stays down until the end, so the pair has no carrier while the
     // slot is configured: carrier on makes the kernel run its link watch
@@ -894,7 +934,7 @@ fn fill_slot(
         &rtnl::VethSpec {
             name: host_veth,
             up: false,
-            master: Some(bridge),
+            master: Some(bridge.index),
             peer_name: VETH0,
             peer_ns_fd: Some(me.as_raw_fd()),
             // The kernel honours a peer ifindex only when the main
@@ -904,6 +944,7 @@ fn fill_slot(
             // with ENOTCONN when a master is set (kernel 6.18);
             // it goes up with the inner batch instead.
             peer_up: false,
+            peer_mac: Some(veth0_mac),
             // One queue pair: no queue trimming (and RCU wait) after
             // registration, fewer queue objects.
             queues: Some(1),
@@ -939,9 +980,17 @@ fn fill_slot(
         // Inside: links up, addresses, route, in one datagram; then
         // forwarding for the whole namespace.
         b.clear();
-        let seq = sock.next_seq(SlotNet::INNER_MSGS);
+        let seq = sock.next_seq(SlotNet::INNER_MSGS + 1);
         let veth0 = tap::ifindex_via(sock.as_fd(), VETH0).map_err(io_err("look up veth0"))?;
-        let seqs = net.inner_links(&mut b, seq, tap_index, veth0, clone_ip);
+        let mut seqs = net.inner_links(&mut b, seq, tap_index, veth0, clone_ip);
+        // The gateway's address is known and fixed (the bridge's is
+        // pinned): a permanent entry, so the slot never ARPs for it and the
+        // entry does not count against the host-wide neighbour table limit.
+        if let Some(mac) = bridge.mac {
+            let s = seq + SlotNet::INNER_MSGS;
+            rtnl::set_neigh_permanent(&mut b, s, veth0, net.cidr.gateway(), mac);
+            seqs.push(s);
+        }
         send_acked(&mut sock, &b, &seqs, "configure links in the slot")?;
         laps.lap(|s| &mut s.links);
         std::fs::write("/proc/sys/net/ipv4/ip_forward", b"1")
@@ -962,11 +1011,17 @@ fn fill_slot(
         // both ends transmit. Left to the worker, a slot handed out under
         // load could still drop the first ARP at its bridge port, and the
         // clone answered a second late (the ARP retry).
+        // With them, the host's permanent entry for the clone IP (veth0's
+        // MAC is fixed per slot): the host never ARPs for a clone, and a
+        // thousand clones do not overflow the host-wide neighbour table
+        // (gc_thresh3, 1 024 by default), which dropped packets to clones
+        // past it.
         b.clear();
-        let seq = host.next_seq(2);
+        let seq = host.next_seq(3);
         rtnl::set_up(&mut b, seq, link);
         rtnl::get_link(&mut b, seq + 1, link);
-        send_acked(host, &b, &[seq, seq + 1], "bring up the host veth")?;
+        rtnl::set_neigh_permanent(&mut b, seq + 2, bridge.index, clone_ip, veth0_mac);
+        send_acked(host, &b, &[seq, seq + 1, seq + 2], "bring up the host veth")?;
         b.clear();
         let seq = sock.next_seq(1);
         rtnl::get_link(&mut b, seq, rtnl::Link::Index(veth0));
@@ -976,6 +1031,7 @@ fn fill_slot(
     })();
     if let Err(e) = rest {
         let _ = del_host_link(host, host_veth);
+        let _ = del_host_neigh(host, bridge.index, clone_ip);
         return Err(e);
     }
     Ok(())
@@ -1112,6 +1168,25 @@ fn recycle_here(tap_name: &str, netns_name: &str) -> Result<(), SlotError> {
     }
 }
 
+/// Removes the host's permanent entry for a clone IP; none is fine (a
+/// slot that crashed before it was made, or made by an older wasp).
+fn del_host_neigh(sock: &mut Socket, bridge: u32, clone_ip: Ipv4Addr) -> Result<(), SlotError> {
+    let mut b = MsgBuf::new();
+    let seq = sock.next_seq(1);
+    rtnl::del_neigh(&mut b, seq, bridge, clone_ip);
+    match sock.request_acked(&b, &[seq], &|_| {
+        format!("delete the neighbour entry for {clone_ip}")
+    }) {
+        Ok(()) => Ok(()),
+        Err(NetlinkError::Kernel { source, .. }) if source.raw_os_error() == Some(libc::ENOENT) => {
+            Ok(())
+        }
+        Err(e) => Err(nl(format!(
+            "delete the host's neighbour entry for {clone_ip}"
+        ))(e)),
+    }
+}
+
 fn del_host_link(sock: &mut Socket, name: &str) -> Result<(), SlotError> {
     let mut b = MsgBuf::new();
     let seq = sock.next_seq(1);
@@ -1121,7 +1196,11 @@ fn del_host_link(sock: &mut Socket, name: &str) -> Result<(), SlotError> {
 
 /// Creates the bridge with the gateway address, or adopts wasp's. Runs in
 /// the host netns.
-fn ensure_bridge(net: &SlotNet) -> Result<u32, SlotError> {
+/// Creates (or adopts) the bridge; returns its index and its MAC, pinned
+/// (see [`rtnl::set_address`]): slots hold permanent neighbour entries for
+/// it. A bridge wasp creates gets [`SlotNet::bridge_mac`]; an adopted one
+/// keeps its current address, so live clones' caches stay right.
+fn ensure_bridge(net: &SlotNet) -> Result<(u32, [u8; 6]), SlotError> {
     let mut sock = Socket::route().map_err(nl("open a route socket in the host netns"))?;
     let links = dump_links(&mut sock).map_err(nl("list host links"))?;
     let gw = net.cidr.gateway();
@@ -1176,10 +1255,16 @@ fn ensure_bridge(net: &SlotNet) -> Result<u32, SlotError> {
             )));
         }
     }
-    if let Some(l) = existing {
-        return Ok(l.index);
-    }
     let mut b = MsgBuf::new();
+    if let Some(l) = existing {
+        let mac = l.address.ok_or_else(|| {
+            SlotError::BadConfig(format!("bridge {} has no Ethernet address", net.bridge))
+        })?;
+        let seq = sock.next_seq(1);
+        rtnl::set_address(&mut b, seq, rtnl::Link::Index(l.index), mac);
+        send_acked(&mut sock, &b, &[seq], "pin the bridge's address")?;
+        return Ok((l.index, mac));
+    }
     let seq = sock.next_seq(2);
     // No multicast snooping: every port would get its own querier timers
     // and group state, and slot ports are isolated from each other anyway
@@ -1210,14 +1295,21 @@ fn ensure_bridge(net: &SlotNet) -> Result<u32, SlotError> {
         }
     };
     b.clear();
-    let seq = sock.next_seq(2);
-    rtnl::new_addr(&mut b, seq, index, gw, net.cidr.prefix);
-    rtnl::set_up(&mut b, seq + 1, rtnl::Link::Index(index));
-    if let Err(e) = send_acked(&mut sock, &b, &[seq, seq + 1], "address the bridge") {
+    let seq = sock.next_seq(3);
+    let mac = net.bridge_mac();
+    rtnl::set_address(&mut b, seq, rtnl::Link::Index(index), mac);
+    rtnl::new_addr(&mut b, seq + 1, index, gw, net.cidr.prefix);
+    rtnl::set_up(&mut b, seq + 2, rtnl::Link::Index(index));
+    if let Err(e) = send_acked(
+        &mut sock,
+        &b,
+        &[seq, seq + 1, seq + 2],
+        "address the bridge",
+    ) {
         let _ = del_host_link(&mut sock, &net.bridge);
         return Err(e);
     }
-    Ok(index)
+    Ok((index, mac))
 }
 
 /// Masquerade of the clone CIDR out of `uplink`, in table `ip wasp` of the
@@ -1362,7 +1454,7 @@ impl Kernel {
     pub fn build_timed(&self, n: u32) -> Result<(Slot, BuildSteps), SlotError> {
         let slot = self.net.slot(n)?;
         let net = self.net.clone();
-        let bridge = self.bridge_index;
+        let bridge = self.bridge();
         let r = self.workers().call(move |cx| {
             let mut steps = BuildSteps::default();
             let r = (|| {
@@ -1456,6 +1548,11 @@ impl SlotOps for Kernel {
                     }
                     Ok(_) => {}
                     Err(e) => errs.push(nl(format!("look up host link {veth}"))(e)),
+                }
+                if let (Ok(ip), true) = (self.net.clone_ip(n), self.bridge_index != 0) {
+                    if let Err(e) = del_host_neigh(&mut s, self.bridge_index, ip) {
+                        errs.push(e);
+                    }
                 }
                 self.put_host_sock(s);
             }

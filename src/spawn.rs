@@ -49,6 +49,9 @@ pub struct SlotLease {
     pub clone_ip: Ipv4Addr,
     /// The slot's tap name.
     pub tap: String,
+    /// The guest's address behind the tap, when the slot knows it: the
+    /// clone gets a permanent neighbour entry for it (see [`LinkSync`]).
+    pub guest_ip: Option<Ipv4Addr>,
 }
 
 /// A boxed error from a slot provider.
@@ -275,6 +278,8 @@ struct Ctx<'a> {
     state: state::Store,
     tag: String,
     snapshot_tap: Option<(String, String)>,
+    /// The guest MAC of the snapshot's first interface.
+    guest_mac: Option<[u8; 6]>,
     host_netns: Option<String>,
     /// What every launch gets: the batch's isolation, with its template
     /// mount namespace.
@@ -460,7 +465,7 @@ impl<'a> Batch<'a> {
             net_override,
             clone_ip: slot.clone_ip,
             mmds_body: self.ctx.env.mmds_body(&id),
-            link_sync: link_sync(&slot),
+            link_sync: link_sync(&slot, self.ctx.guest_mac),
         };
         let pending = Pending {
             slot,
@@ -796,6 +801,10 @@ pub fn spawn_observed(
                 .network_interfaces
                 .first()
                 .map(|n| (n.iface_id.clone(), n.host_dev_name.clone())),
+            guest_mac: m
+                .network_interfaces
+                .first()
+                .and_then(|n| crate::snapshot::manifest::parse_mac(&n.guest_mac)),
             host_netns: host_netns.clone(),
             isolation,
         },
@@ -997,6 +1006,7 @@ impl Slots for PoolSlots {
             netns: s.netns,
             clone_ip: s.clone_ip,
             tap: self.tap.clone(),
+            guest_ip: Some(self.pool.ops().net().guest_ip),
         })
     }
 
@@ -1019,16 +1029,29 @@ impl Slots for PoolSlots {
     }
 }
 
-/// The tap link sync for a clone in `slot` (see [`LinkSync`]):
-/// a route socket opened inside the slot netns. `None`, logged, when that
-/// fails; the restore works without it, only its network may start late.
-fn link_sync(slot: &SlotLease) -> Option<LinkSync> {
-    let sock = crate::sys::netns::open_named(&slot.netns)
-        .and_then(|ns| crate::sys::netns::visit(&ns, crate::sys::sock::route_socket)?);
-    match sock {
-        Ok(sock) => {
-            let mut b = crate::netlink::MsgBuf::new();
-            crate::netlink::rtnl::get_link(&mut b, 1, crate::netlink::rtnl::Link::Name(&slot.tap));
+/// The tap link sync for a clone in `slot` (see [`LinkSync`]): a route
+/// socket opened inside the slot netns, and the request: the slot's
+/// permanent neighbour entry for the guest (when its address and MAC are
+/// known), then the tap's link request. `None`, logged, when the socket
+/// cannot be made; the restore works without it, only its network may start
+/// late.
+fn link_sync(slot: &SlotLease, guest_mac: Option<[u8; 6]>) -> Option<LinkSync> {
+    use crate::netlink::{rtnl, MsgBuf};
+    use std::os::fd::AsFd;
+    let made = sys::netns::open_named(&slot.netns).and_then(|ns| {
+        sys::netns::visit(&ns, || {
+            let sock = sys::sock::route_socket()?;
+            let tap = sys::tap::ifindex_via(sock.as_fd(), &slot.tap)?;
+            Ok::<_, std::io::Error>((sock, tap))
+        })?
+    });
+    match made {
+        Ok((sock, tap)) => {
+            let mut b = MsgBuf::new();
+            if let (Some(ip), Some(mac)) = (slot.guest_ip, guest_mac) {
+                rtnl::set_neigh_permanent(&mut b, 1, tap, ip, mac);
+            }
+            rtnl::get_link(&mut b, 2, rtnl::Link::Index(tap));
             Some(LinkSync {
                 sock,
                 request: b.as_bytes().to_vec(),

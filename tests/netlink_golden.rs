@@ -17,6 +17,11 @@
 //!   wp-x-1 numtxqueues 1 numrxqueues 1 up master wasp0 type veth peer name
 //!   veth0 netns wasptest-cap numtxqueues 1 numrxqueues 1; ip netns del
 //!   wasptest-cap'`.
+//! - `ip_neigh_mac.strace.txt` (kernel 6.18, iproute2 6.1.0): the
+//!   permanent neighbour entries, pinning the bridge's address, and the
+//!   slot's veth with a fixed peer MAC, captured the same way with wasp0
+//!   as ifindex 2 and the peer's netns as fd 4 (for `link set address`,
+//!   only the second datagram: ip first looks the link up).
 //! - `nft_slot.strace.txt`: `strace -f -e trace=sendmsg -e write=3 -s 65536
 //!   nft -f tests/golden/nft_slot.nft` (one sendmsg: the whole batch).
 //! - `nft_add_table.strace.txt`: `nft add table inet wasp_probe`.
@@ -27,7 +32,7 @@
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use wasp::netlink::{rtnl, MsgBuf};
-use wasp::slot::{Cidr, SlotNet};
+use wasp::slot::{Cidr, SlotNet, MAX_INDEX};
 
 /// Parses strace's `-e write=` hex dump into one byte vector per section
 /// (a section starts at offset 00000).
@@ -88,6 +93,7 @@ fn rtnetlink_messages_match_ip() {
         peer_ns_fd: Some(4),
         peer_index: 0,
         peer_up: false,
+        peer_mac: None,
         queues: None,
     };
     assert_eq!(built(|b| rtnl::new_veth(b, 0, &veth)), cap[1]);
@@ -134,6 +140,65 @@ fn rtnetlink_messages_match_ip() {
     assert_eq!(built(|b| rtnl::new_veth(b, 0, &slot_veth)), cap[9]);
     // The bridge as wasp creates it.
     assert_eq!(built(|b| rtnl::new_bridge(b, 0, "wasp0", false)), cap[10]);
+}
+
+#[test]
+fn neighbour_and_mac_messages_match_ip() {
+    let cap: Vec<Vec<u8>> = parse_dump(include_str!("golden/ip_neigh_mac.strace.txt"))
+        .into_iter()
+        .map(normalise)
+        .collect();
+    assert_eq!(cap.len(), 4, "one capture per command");
+    let ip = Ipv4Addr::new(10, 0, 0, 7);
+    // ip neigh replace 10.0.0.7 lladdr 02:77:61:73:70:07 dev wasp0 nud permanent
+    assert_eq!(
+        built(|b| rtnl::set_neigh_permanent(b, 0, 2, ip, *b"\x02wasp\x07")),
+        cap[0]
+    );
+    // ip neigh del 10.0.0.7 dev wasp0
+    assert_eq!(built(|b| rtnl::del_neigh(b, 0, 2, ip)), cap[1]);
+    // ip link set dev wasp0 address 0a:77:61:73:70:01
+    assert_eq!(
+        built(|b| rtnl::set_address(b, 0, rtnl::Link::Index(2), *b"\x0awasp\x01")),
+        cap[2]
+    );
+    // The slot's veth: one queue pair per end, up, on wasp0, the peer in
+    // NS (fd 4) with its fixed MAC.
+    let slot_veth = rtnl::VethSpec {
+        name: "wp-x-2",
+        up: true,
+        master: Some(2),
+        peer_name: "veth0",
+        peer_ns_fd: Some(4),
+        peer_index: 0,
+        peer_up: false,
+        peer_mac: Some(*b"\x02wasp\x08"),
+        queues: Some(1),
+    };
+    assert_eq!(built(|b| rtnl::new_veth(b, 0, &slot_veth)), cap[3]);
+}
+
+#[test]
+fn slot_macs_are_fixed_per_slot_local_and_unicast() {
+    let net = SlotNet {
+        pool: "golden".into(),
+        ..SlotNet::default()
+    };
+    let m = net.veth0_mac(0x0a0b0c);
+    assert_eq!(m[0], 0x02, "locally administered, unicast");
+    assert_eq!(&m[3..], &[0x0a, 0x0b, 0x0c], "the index");
+    assert_eq!(m, net.veth0_mac(0x0a0b0c), "fixed");
+    assert_ne!(m, net.veth0_mac(0x0a0b0d));
+    let other = SlotNet {
+        pool: "other".into(),
+        ..SlotNet::default()
+    };
+    assert_ne!(m, other.veth0_mac(0x0a0b0c), "the pool is in it");
+    let br = net.bridge_mac();
+    assert_eq!(br[0] & 0x03, 0x02, "locally administered, unicast");
+    assert!((0..=MAX_INDEX)
+        .step_by(4099)
+        .all(|n| net.veth0_mac(n) != br));
 }
 
 #[test]

@@ -213,6 +213,34 @@ fn independent_readers_confirm_the_slot_and_destroy_removes_it() {
     let l: serde_json::Value = serde_json::from_str(&sh("ip -j -d link show veth0")).unwrap();
     assert_eq!(l[0]["num_tx_queues"], 1);
     assert_eq!(l[0]["num_rx_queues"], 1);
+    // veth0's MAC is fixed per slot, and both sides hold permanent
+    // neighbour entries: the host for the clone IP, the slot for the
+    // gateway at the bridge's pinned address.
+    let mac = |m: [u8; 6]| {
+        m.iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(":")
+    };
+    let veth0_mac = mac(k.net().veth0_mac(5));
+    assert_eq!(l[0]["address"], veth0_mac.as_str());
+    let br: serde_json::Value =
+        serde_json::from_str(&host.sh("ip -j link show dev wasp0")).unwrap();
+    let br_mac = br[0]["address"].as_str().unwrap().to_owned();
+    assert_eq!(br_mac, mac(k.net().bridge_mac()), "a bridge wasp made");
+    assert_eq!(
+        host.sh("cat /sys/class/net/wasp0/addr_assign_type").trim(),
+        "3",
+        "the bridge's address is set, so ports do not change it"
+    );
+    let hn: serde_json::Value =
+        serde_json::from_str(&host.sh("ip -j neigh show dev wasp0 10.0.0.7")).unwrap();
+    assert_eq!(hn[0]["lladdr"], veth0_mac.as_str(), "{hn}");
+    assert_eq!(hn[0]["state"][0], "PERMANENT", "{hn}");
+    let sn: serde_json::Value =
+        serde_json::from_str(&sh("ip -j neigh show dev veth0 10.0.0.1")).unwrap();
+    assert_eq!(sn[0]["lladdr"], br_mac.as_str(), "{sn}");
+    assert_eq!(sn[0]["state"][0], "PERMANENT", "{sn}");
     let rs: serde_json::Value = serde_json::from_str(&sh("nft -j list ruleset")).unwrap();
     let items = rs["nftables"].as_array().unwrap();
     let chains: Vec<_> = items
@@ -255,6 +283,11 @@ fn independent_readers_confirm_the_slot_and_destroy_removes_it() {
     drop(guard);
     assert!(!netns::exists(&s.netns));
     assert!(!host.sh("ip -o link").contains(&s.host_veth));
+    assert_eq!(
+        host.sh("ip neigh show dev wasp0 10.0.0.7").trim(),
+        "",
+        "destroy removes the host's entry for the clone"
+    );
 }
 
 #[test]

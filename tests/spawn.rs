@@ -85,6 +85,17 @@ fn standin_clones_get_their_own_disk_shared_memory_and_own_agent_id() {
                 .ino(),
             wasp::sys::netns::inode_of(ns.fd()).unwrap()
         );
+        // The slot holds a permanent neighbour entry for the guest, with
+        // the snapshot's guest MAC, made before the VM resumed.
+        let n: serde_json::Value =
+            serde_json::from_str(&ns.sh("ip -j neigh show dev tap0 192.168.241.2")).unwrap();
+        assert_eq!(
+            n[0]["lladdr"],
+            wasp::snapshot::synth::GUEST_MAC,
+            "clone {}: {n}",
+            c.id
+        );
+        assert_eq!(n[0]["state"][0], "PERMANENT", "clone {}: {n}", c.id);
         // The shared memory file, mapped private.
         common::assert_maps_private(pid, &snap.join("vm.mem"));
         // Its own rootfs inode open, not the base's.

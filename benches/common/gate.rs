@@ -84,6 +84,7 @@ pub fn register(c: &mut GateCriterion, inject: Option<&str>) {
                 peer_ns_fd: Some(9),
                 peer_index: 0,
                 peer_up: false,
+                peer_mac: Some([2, 0x12, 0x34, 0, 0, 1]),
                 queues: Some(1),
             },
         );

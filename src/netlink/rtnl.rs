@@ -11,7 +11,9 @@
 use std::net::Ipv4Addr;
 use std::os::fd::RawFd;
 
-use super::{attrs, MsgBuf, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REQUEST};
+use super::{
+    attrs, MsgBuf, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST,
+};
 
 /// `RTM_NEWLINK`.
 pub const RTM_NEWLINK: u16 = 16;
@@ -23,6 +25,16 @@ pub const RTM_GETLINK: u16 = 18;
 pub const RTM_NEWADDR: u16 = 20;
 /// `RTM_NEWROUTE`.
 pub const RTM_NEWROUTE: u16 = 24;
+/// `RTM_NEWNEIGH`.
+pub const RTM_NEWNEIGH: u16 = 28;
+/// `RTM_DELNEIGH`.
+pub const RTM_DELNEIGH: u16 = 29;
+/// `NDA_DST`.
+pub const NDA_DST: u16 = 1;
+/// `NDA_LLADDR`.
+pub const NDA_LLADDR: u16 = 2;
+/// `NUD_PERMANENT`.
+pub const NUD_PERMANENT: u16 = 0x80;
 
 /// `IFLA_ADDRESS`.
 pub const IFLA_ADDRESS: u16 = 1;
@@ -156,6 +168,8 @@ pub struct VethSpec<'a> {
     pub peer_index: i32,
     /// Bring the peer up at creation.
     pub peer_up: bool,
+    /// The peer's MAC address (`None`: the kernel picks a random one).
+    pub peer_mac: Option<[u8; 6]>,
     /// TX and RX queues of both ends (`numtxqueues N numrxqueues N`);
     /// `None`: the kernel's default (one per possible CPU). With `Some(1)`
     /// the kernel allocates one queue pair and never trims the real count
@@ -194,6 +208,9 @@ pub fn new_veth(b: &mut MsgBuf, seq: u32, v: &VethSpec<'_>) {
         b.attr_u32(IFLA_NET_NS_FD, fd as u32);
     }
     queue_attrs(b, v.queues);
+    if let Some(mac) = v.peer_mac {
+        b.attr(IFLA_ADDRESS, &mac);
+    }
     b.attr_str(IFLA_IFNAME, v.peer_name);
     b.nest_end(peer);
     b.nest_end(data);
@@ -237,6 +254,48 @@ pub fn set_up(b: &mut MsgBuf, seq: u32, link: Link<'_>) {
         .raw(&ifinfomsg(link.index(), IFF_UP, IFF_UP));
     link.name_attr(b);
     b.end();
+}
+
+/// `ip link set dev X address MAC`. On a bridge this also pins the
+/// address: without it the kernel gives the bridge its lowest port's
+/// address, which changes as ports come and go.
+pub fn set_address(b: &mut MsgBuf, seq: u32, link: Link<'_>, mac: [u8; 6]) {
+    b.begin(RTM_NEWLINK, SET_FLAGS, seq)
+        .raw(&ifinfomsg(link.index(), 0, 0));
+    link.name_attr(b);
+    b.attr(IFLA_ADDRESS, &mac).end();
+}
+
+fn ndmsg(index: u32, state: u16) -> [u8; 12] {
+    let mut m = [0u8; 12];
+    m[0] = AF_INET;
+    m[4..8].copy_from_slice(&index.to_ne_bytes());
+    m[8..10].copy_from_slice(&state.to_ne_bytes());
+    m
+}
+
+/// `ip neigh replace ADDR lladdr MAC dev INDEX nud permanent`. A permanent
+/// entry is never resolved by ARP, never expires, and is exempt from the
+/// neighbour table's garbage collection and its `gc_thresh3` limit (which
+/// is one count for every namespace of the host).
+pub fn set_neigh_permanent(b: &mut MsgBuf, seq: u32, index: u32, addr: Ipv4Addr, mac: [u8; 6]) {
+    b.begin(
+        RTM_NEWNEIGH,
+        NLM_F_REQUEST | NLM_F_ACK | NLM_F_REPLACE | NLM_F_CREATE,
+        seq,
+    )
+    .raw(&ndmsg(index, NUD_PERMANENT))
+    .attr(NDA_DST, &addr.octets())
+    .attr(NDA_LLADDR, &mac)
+    .end();
+}
+
+/// `ip neigh del ADDR dev INDEX`.
+pub fn del_neigh(b: &mut MsgBuf, seq: u32, index: u32, addr: Ipv4Addr) {
+    b.begin(RTM_DELNEIGH, SET_FLAGS, seq)
+        .raw(&ndmsg(index, NUD_PERMANENT))
+        .attr(NDA_DST, &addr.octets())
+        .end();
 }
 
 /// `ip link del X`.
@@ -357,6 +416,8 @@ pub struct LinkInfo {
     pub master: Option<u32>,
     /// `ifi_flags`.
     pub flags: u32,
+    /// IFLA_ADDRESS, when it is an Ethernet address.
+    pub address: Option<[u8; 6]>,
 }
 
 fn cstr(p: &[u8]) -> String {
@@ -379,6 +440,7 @@ pub fn parse_link(payload: &[u8]) -> Option<LinkInfo> {
         match ty {
             IFLA_IFNAME => li.name = cstr(p),
             IFLA_IFALIAS => li.alias = Some(cstr(p)),
+            IFLA_ADDRESS => li.address = p.try_into().ok(),
             IFLA_MASTER if p.len() >= 4 => {
                 li.master = Some(u32::from_ne_bytes(p[0..4].try_into().ok()?))
             }
@@ -439,6 +501,7 @@ mod tests {
             .attr_str(IFLA_IFNAME, "wp-a-1")
             .attr(IFLA_IFALIAS, b"wasp:a:1")
             .attr_u32(IFLA_MASTER, 3)
+            .attr(IFLA_ADDRESS, &[2, 0x77, 0x61, 0x73, 0x70, 7])
             .attr(999, &[1, 2, 3]);
         let li = b.nest_begin_plain(IFLA_LINKINFO);
         b.attr_str(IFLA_INFO_KIND, "veth").attr(77, &[0; 9]);
@@ -454,6 +517,7 @@ mod tests {
                 kind: Some("veth".into()),
                 master: Some(3),
                 flags: IFF_UP,
+                address: Some([2, 0x77, 0x61, 0x73, 0x70, 7]),
             }
         );
         assert!(parse_link(&[0; 10]).is_none());

@@ -444,11 +444,21 @@ pub fn is_id(s: &str) -> bool {
 
 /// `aa:bb:cc:dd:ee:ff`, hex digits either case.
 pub fn is_mac(s: &str) -> bool {
-    let parts: Vec<&str> = s.split(':').collect();
-    parts.len() == 6
-        && parts
-            .iter()
-            .all(|p| p.len() == 2 && p.bytes().all(|b| b.is_ascii_hexdigit()))
+    parse_mac(s).is_some()
+}
+
+/// Parses `aa:bb:cc:dd:ee:ff` (hex digits either case).
+pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    let mut parts = s.split(':');
+    for b in mac.iter_mut() {
+        let p = parts.next()?;
+        if p.len() != 2 || !p.bytes().all(|c| c.is_ascii_hexdigit()) {
+            return None;
+        }
+        *b = u8::from_str_radix(p, 16).ok()?;
+    }
+    parts.next().is_none().then_some(mac)
 }
 
 /// `time` as RFC 3339 UTC with second precision.

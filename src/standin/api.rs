@@ -383,19 +383,7 @@ pub fn guest_from_boot_args(args: Option<&str>) -> GuestState {
     g
 }
 
-/// Parses `aa:bb:cc:dd:ee:ff`.
-pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
-    let mut mac = [0u8; 6];
-    let mut parts = s.split(':');
-    for b in mac.iter_mut() {
-        let p = parts.next()?;
-        if p.len() != 2 {
-            return None;
-        }
-        *b = u8::from_str_radix(p, 16).ok()?;
-    }
-    parts.next().is_none().then_some(mac)
-}
+pub use crate::snapshot::manifest::parse_mac;
 
 /// Writes one byte in `ceil(pages * fraction)` pages spread evenly over
 /// `mem`, so that many pages become private (anonymous) copies. Returns the

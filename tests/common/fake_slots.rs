@@ -26,6 +26,7 @@ impl FakeSlots {
                 netns: ns.name().to_owned(),
                 clone_ip: format!("10.0.0.{}", i + 2).parse().unwrap(),
                 tap: "tap0".into(),
+                guest_ip: Some(std::net::Ipv4Addr::new(192, 168, 241, 2)),
             });
             nss.push(ns);
         }
