@@ -63,8 +63,8 @@ pub struct Isolation {
 /// dropping the last `Arc` releases it (VMMs already launched keep their
 /// own copies).
 ///
-/// Not for jailer mode: the jailer opens `--netns /run/netns/<slot>`
-/// itself, in a copy of the launched process's namespace.
+/// In jailer mode the jailer starts in a copy of it too, with the slot's
+/// netns bound back at `/run/netns/<slot>` for its `--netns`.
 pub struct MountTemplate {
     ns: OwnedFd,
     detached: Vec<PathBuf>,
@@ -387,7 +387,22 @@ fn start(
     let (program, api_sock) = match (&jail, &spec.isolation.jailer) {
         (Some(plan), Some(j)) => {
             // The jailer joins the netns itself (--netns) and pivot_roots
-            // into the chroot, keeping these binds.
+            // into the chroot, keeping these binds. With the template, the
+            // jailer starts in a copy of it (its own namespace is a copy of
+            // that: a few dozen mounts, not one per slot), where the slot's
+            // netns is bound at its /run/netns path for `--netns`.
+            if let Some(t) = &spec.isolation.mount_template {
+                let ns = t.ns.try_clone().map_err(LaunchError::MountTemplate)?;
+                setup = setup.mount_template(ns, None);
+                if let Some(name) = &spec.netns {
+                    let fd = sys::netns::open_named(name).map_err(|source| LaunchError::Netns {
+                        netns: name.clone(),
+                        source,
+                    })?;
+                    let at = sys::netns::path_of(name);
+                    setup = setup.bind_netns(fd, &at).map_err(prepare(&at))?;
+                }
+            }
             for (src, dst) in &plan.binds {
                 setup = setup.bind_file(src, dst).map_err(prepare(src))?;
             }

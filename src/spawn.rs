@@ -782,10 +782,10 @@ pub fn spawn_observed(
     // The batch's wall time starts here: it includes making the template.
     let start = Instant::now();
     // One template mount namespace per batch, released when it ends: each
-    // VMM's copy then holds a few dozen mounts, not one per slot netns. Not
-    // in jailer mode (the jailer opens the slot's /run/netns path itself).
+    // VMM's copy then holds a few dozen mounts, not one per slot netns (in
+    // jailer mode, the jailer's copy, with its slot's netns bound back).
     let mut isolation = opts.isolation.clone();
-    if isolation.jailer.is_none() && isolation.mount_template.is_none() && !m.drives.is_empty() {
+    if isolation.mount_template.is_none() && (isolation.jailer.is_some() || !m.drives.is_empty()) {
         let t = launch::MountTemplate::new().map_err(SpawnError::Mounts)?;
         isolation.mount_template = Some(Arc::new(t));
     }

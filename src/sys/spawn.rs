@@ -147,6 +147,9 @@ impl std::fmt::Debug for TemplateNs {
 #[derive(Debug, Default)]
 pub struct ChildSetup {
     netns: Option<OwnedFd>,
+    /// Network namespaces shown at a path by [`Self::bind_netns`]; held so
+    /// their fds stay open (and numbered) until the child's bind.
+    bound_netns: Vec<OwnedFd>,
     /// A private mount namespace (needed by every bind).
     private_mounts: bool,
     /// Copy this template's mount namespace instead of wasp's.
@@ -218,6 +221,17 @@ impl ChildSetup {
         self.private_mounts = true;
         self.binds.push((cstr(source)?, cstr(target)?));
         Ok(self)
+    }
+
+    /// Give the child its own mount namespace in which the file `target`
+    /// is the network namespace `ns` (a bind of `/proc/self/fd/N`, as `ip
+    /// netns add` binds `/proc/self/ns/net`), without entering it: for a
+    /// program that opens the namespace by path itself (the jailer's
+    /// `--netns`), in a copy of a template that has no `/run/netns` mounts.
+    pub fn bind_netns(mut self, ns: OwnedFd, target: &Path) -> io::Result<Self> {
+        let src = PathBuf::from(format!("/proc/self/fd/{}", ns.as_raw_fd()));
+        self.bound_netns.push(ns);
+        self.bind_file(&src, target)
     }
 
     /// Make the private mount namespace (when one is needed: see
@@ -988,6 +1002,9 @@ fn create_fork(cgroup_fd: Option<RawFd>) -> io::Result<(Cloned, bool)> {
 pub fn spawn(exec: Exec, setup: ChildSetup) -> io::Result<Spawned> {
     let ChildSetup {
         netns,
+        // Open until the child has made its binds (this function returns
+        // after the child's exec or failure).
+        bound_netns: _bound_netns,
         private_mounts,
         template,
         drive_dir,
