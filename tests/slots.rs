@@ -318,7 +318,7 @@ fn bad_input_errors_leave_nothing_behind() {
         "{e}"
     );
     assert!(
-        !host.sh("ip -o link").contains("wasp0"),
+        !host.sh_ok("ip link show dev wasp0"),
         "no bridge left behind"
     );
 
@@ -331,7 +331,7 @@ fn bad_input_errors_leave_nothing_behind() {
         "{e}"
     );
     assert!(
-        !host.sh("ip -o link").contains("wasp0"),
+        !host.sh_ok("ip link show dev wasp0"),
         "no bridge left behind"
     );
 
@@ -369,7 +369,7 @@ fn bad_input_errors_leave_nothing_behind() {
     let e = k.build(70_000).unwrap_err();
     assert!(matches!(e, SlotError::Exhausted { .. }), "{e}");
     k.remove_host().expect("remove host objects");
-    assert!(!host.sh("ip -o link").contains("wasp0"));
+    assert!(!host.sh_ok("ip link show dev wasp0"));
 }
 
 #[test]
@@ -398,7 +398,7 @@ fn egress_is_masqueraded_out_of_the_uplink_and_drain_leaves_no_trace() {
     host.sh("sysctl -qw net.ipv4.ip_forward=0");
     let e = Kernel::setup(net.clone(), &hn).unwrap_err().to_string();
     assert!(e.contains("net.ipv4.ip_forward=1"), "{e}");
-    assert!(!host.sh("ip -o link").contains("wasp0"), "no bridge left");
+    assert!(!host.sh_ok("ip link show dev wasp0"), "no bridge left");
     assert!(
         !host.sh("nft list tables").contains("wasp"),
         "no table left"
