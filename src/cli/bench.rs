@@ -78,7 +78,10 @@ pub struct SlotFigures {
     pub recycle_us: Percentiles,
     /// Per-slot destroy (ms).
     pub destroy_ms: Percentiles,
-    /// MemAvailable drop per held slot (KiB).
+    /// Growth of unreclaimable kernel memory per held slot (KiB; see
+    /// `meminfo`). It was the MemAvailable drop, which page cache and the
+    /// kernel's asynchronous freeing of earlier namespaces moved by more
+    /// than the figure.
     pub kernel_mem_kib_per_slot: f64,
     /// Slab growth per held slot (KiB).
     pub slab_kib_per_slot: f64,
@@ -92,16 +95,18 @@ pub struct SlotFigures {
     pub destroy_samples: Vec<f64>,
 }
 
+/// (unreclaimable kernel memory, slab) from /proc/meminfo, KiB. The
+/// first is the `kernel` sum of [`wasp::demo::HostMem`] (`SUnreclaim +
+/// KernelStack + PageTables + SecPageTables + VmallocUsed + Percpu`).
 fn meminfo() -> anyhow::Result<(f64, f64)> {
     let s = std::fs::read_to_string("/proc/meminfo").context("read /proc/meminfo")?;
-    let get = |k: &str| -> f64 {
-        s.lines()
-            .find(|l| l.starts_with(k))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0.0)
-    };
-    Ok((get("MemAvailable:"), get("Slab:")))
+    let slab = s
+        .lines()
+        .find(|l| l.starts_with("Slab:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    Ok((wasp::demo::parse_meminfo(&s).kernel as f64, slab))
 }
 
 /// Deletes the bench's host netns on every exit path.
@@ -206,7 +211,7 @@ fn measure(
     cidr: String,
 ) -> anyhow::Result<SlotFigures> {
     let k = pool.ops();
-    let (avail0, slab0) = meminfo()?;
+    let (kern0, slab0) = meminfo()?;
     let bar = super::progress::bar(count * 2, "slots");
     let mut create = Vec::with_capacity(count);
     let mut steps = Vec::with_capacity(count);
@@ -224,7 +229,7 @@ fn measure(
         let v: Vec<f64> = steps.iter().map(|s| s.values()[i]).collect();
         create_steps_ms.insert((*name).into(), serde_json::to_value(Percentiles::of(&v))?);
     }
-    let (avail1, slab1) = meminfo()?;
+    let (kern1, slab1) = meminfo()?;
     // Adopt them into the pool (this is reconcile's path).
     let rep = pool.reconcile().context("reconcile the built slots")?;
     anyhow::ensure!(
@@ -269,7 +274,7 @@ fn measure(
         take_us: Percentiles::of(&take),
         recycle_us: Percentiles::of(&recycle),
         destroy_ms: Percentiles::of(&destroy),
-        kernel_mem_kib_per_slot: (avail0 - avail1) / count as f64,
+        kernel_mem_kib_per_slot: (kern1 - kern0) / count as f64,
         slab_kib_per_slot: (slab1 - slab0) / count as f64,
         workers,
         create_samples: create,
