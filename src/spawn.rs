@@ -1030,11 +1030,15 @@ impl Slots for PoolSlots {
 }
 
 /// The tap link sync for a clone in `slot` (see [`LinkSync`]): a route
-/// socket opened inside the slot netns, and the request: the slot's
-/// permanent neighbour entry for the guest (when its address and MAC are
-/// known), then the tap's link request. `None`, logged, when the socket
-/// cannot be made; the restore works without it, only its network may start
-/// late.
+/// socket opened inside the slot netns, and the request: the tap's link
+/// request, then the slot's neighbour entry for the guest (when its address
+/// and MAC are known), externally learned and probing: packets to the guest
+/// need no ARP, the entry does not count against the host-wide table
+/// limit, and the probe it sends at once (an ARP request from the gateway,
+/// queued on the tap until the guest runs) makes a restored guest relearn
+/// its gateway's address, which differs from the golden VM's slot. `None`,
+/// logged, when the socket cannot be made; the restore works without it,
+/// only its network may start late.
 fn link_sync(slot: &SlotLease, guest_mac: Option<[u8; 6]>) -> Option<LinkSync> {
     use crate::netlink::{rtnl, MsgBuf};
     use std::os::fd::AsFd;
@@ -1048,10 +1052,12 @@ fn link_sync(slot: &SlotLease, guest_mac: Option<[u8; 6]>) -> Option<LinkSync> {
     match made {
         Ok((sock, tap)) => {
             let mut b = MsgBuf::new();
+            rtnl::get_link(&mut b, 1, rtnl::Link::Index(tap));
+            // After the tap's queue runs (the request above): the probe the
+            // entry sends must reach the guest.
             if let (Some(ip), Some(mac)) = (slot.guest_ip, guest_mac) {
-                rtnl::set_neigh_permanent(&mut b, 1, tap, ip, mac);
+                rtnl::set_neigh_probe(&mut b, 2, tap, ip, mac);
             }
-            rtnl::get_link(&mut b, 2, rtnl::Link::Index(tap));
             Some(LinkSync {
                 sock,
                 request: b.as_bytes().to_vec(),

@@ -21,7 +21,8 @@
 //!   permanent neighbour entries, pinning the bridge's address, and the
 //!   slot's veth with a fixed peer MAC, captured the same way with wasp0
 //!   as ifindex 2 and the peer's netns as fd 4 (for `link set address`,
-//!   only the second datagram: ip first looks the link up).
+//!   only the second datagram: ip first looks the link up); the last, the
+//!   guest's entry a restore makes, in a netns where tap0 is ifindex 2.
 //! - `nft_slot.strace.txt`: `strace -f -e trace=sendmsg -e write=3 -s 65536
 //!   nft -f tests/golden/nft_slot.nft` (one sendmsg: the whole batch).
 //! - `nft_add_table.strace.txt`: `nft add table inet wasp_probe`.
@@ -148,7 +149,7 @@ fn neighbour_and_mac_messages_match_ip() {
         .into_iter()
         .map(normalise)
         .collect();
-    assert_eq!(cap.len(), 4, "one capture per command");
+    assert_eq!(cap.len(), 5, "one capture per command");
     let ip = Ipv4Addr::new(10, 0, 0, 7);
     // ip neigh replace 10.0.0.7 lladdr 02:77:61:73:70:07 dev wasp0 nud permanent
     assert_eq!(
@@ -176,6 +177,18 @@ fn neighbour_and_mac_messages_match_ip() {
         queues: Some(1),
     };
     assert_eq!(built(|b| rtnl::new_veth(b, 0, &slot_veth)), cap[3]);
+    // ip neigh replace 192.168.241.2 lladdr 06:00:c0:a8:f1:02 dev tap0
+    //   nud probe extern_learn (tap0 is ifindex 2 there)
+    assert_eq!(
+        built(|b| rtnl::set_neigh_probe(
+            b,
+            0,
+            2,
+            Ipv4Addr::new(192, 168, 241, 2),
+            [0x06, 0, 0xc0, 0xa8, 0xf1, 0x02]
+        )),
+        cap[4]
+    );
 }
 
 #[test]

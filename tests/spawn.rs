@@ -85,17 +85,25 @@ fn standin_clones_get_their_own_disk_shared_memory_and_own_agent_id() {
                 .ino(),
             wasp::sys::netns::inode_of(ns.fd()).unwrap()
         );
-        // The slot holds a permanent neighbour entry for the guest, with
-        // the snapshot's guest MAC, made before the VM resumed.
+        // The slot holds an externally learned entry for the guest, with
+        // the snapshot's guest MAC, made before the VM resumed; its probe
+        // (an ARP request) went to the guest, which answers or will.
         let n: serde_json::Value =
-            serde_json::from_str(&ns.sh("ip -j neigh show dev tap0 192.168.241.2")).unwrap();
+            serde_json::from_str(&ns.sh("ip -j -d neigh show dev tap0 192.168.241.2")).unwrap();
         assert_eq!(
             n[0]["lladdr"],
             wasp::snapshot::synth::GUEST_MAC,
             "clone {}: {n}",
             c.id
         );
-        assert_eq!(n[0]["state"][0], "PERMANENT", "clone {}: {n}", c.id);
+        // (`ip -j` prints the flag as a key.)
+        assert!(n[0].get("extern_learn").is_some(), "clone {}: {n}", c.id);
+        let state = n[0]["state"][0].as_str().unwrap_or_default();
+        assert!(
+            ["PROBE", "REACHABLE", "DELAY", "STALE"].contains(&state),
+            "clone {}: {n}",
+            c.id
+        );
         // The shared memory file, mapped private.
         common::assert_maps_private(pid, &snap.join("vm.mem"));
         // Its own rootfs inode open, not the base's.

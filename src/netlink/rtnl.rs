@@ -35,6 +35,10 @@ pub const NDA_DST: u16 = 1;
 pub const NDA_LLADDR: u16 = 2;
 /// `NUD_PERMANENT`.
 pub const NUD_PERMANENT: u16 = 0x80;
+/// `NUD_PROBE`.
+pub const NUD_PROBE: u16 = 0x10;
+/// `NTF_EXT_LEARNED`.
+pub const NTF_EXT_LEARNED: u8 = 0x10;
 
 /// `IFLA_ADDRESS`.
 pub const IFLA_ADDRESS: u16 = 1;
@@ -266,11 +270,12 @@ pub fn set_address(b: &mut MsgBuf, seq: u32, link: Link<'_>, mac: [u8; 6]) {
     b.attr(IFLA_ADDRESS, &mac).end();
 }
 
-fn ndmsg(index: u32, state: u16) -> [u8; 12] {
+fn ndmsg(index: u32, state: u16, flags: u8) -> [u8; 12] {
     let mut m = [0u8; 12];
     m[0] = AF_INET;
     m[4..8].copy_from_slice(&index.to_ne_bytes());
     m[8..10].copy_from_slice(&state.to_ne_bytes());
+    m[10] = flags;
     m
 }
 
@@ -284,7 +289,24 @@ pub fn set_neigh_permanent(b: &mut MsgBuf, seq: u32, index: u32, addr: Ipv4Addr,
         NLM_F_REQUEST | NLM_F_ACK | NLM_F_REPLACE | NLM_F_CREATE,
         seq,
     )
-    .raw(&ndmsg(index, NUD_PERMANENT))
+    .raw(&ndmsg(index, NUD_PERMANENT, 0))
+    .attr(NDA_DST, &addr.octets())
+    .attr(NDA_LLADDR, &mac)
+    .end();
+}
+
+/// `ip neigh replace ADDR lladdr MAC dev INDEX nud probe extern_learn`:
+/// the address is used at once, the kernel sends a unicast ARP request to
+/// it right away (so the peer learns, or relearns, this side's address),
+/// and an externally learned entry is exempt from garbage collection and
+/// from `gc_thresh3`, like a permanent one.
+pub fn set_neigh_probe(b: &mut MsgBuf, seq: u32, index: u32, addr: Ipv4Addr, mac: [u8; 6]) {
+    b.begin(
+        RTM_NEWNEIGH,
+        NLM_F_REQUEST | NLM_F_ACK | NLM_F_REPLACE | NLM_F_CREATE,
+        seq,
+    )
+    .raw(&ndmsg(index, NUD_PROBE, NTF_EXT_LEARNED))
     .attr(NDA_DST, &addr.octets())
     .attr(NDA_LLADDR, &mac)
     .end();
@@ -293,7 +315,7 @@ pub fn set_neigh_permanent(b: &mut MsgBuf, seq: u32, index: u32, addr: Ipv4Addr,
 /// `ip neigh del ADDR dev INDEX`.
 pub fn del_neigh(b: &mut MsgBuf, seq: u32, index: u32, addr: Ipv4Addr) {
     b.begin(RTM_DELNEIGH, SET_FLAGS, seq)
-        .raw(&ndmsg(index, NUD_PERMANENT))
+        .raw(&ndmsg(index, NUD_PERMANENT, 0))
         .attr(NDA_DST, &addr.octets())
         .end();
 }
