@@ -295,9 +295,10 @@ pub const PIDS_WANTED: u64 = DENSE_CLONES * 8;
 /// `net.ipv4.neigh.default.gc_thresh3` (exists only in the initial netns).
 pub const NEIGH_MAX: &str = "/proc/sys/net/ipv4/neigh/default/gc_thresh3";
 /// ARP entries wanted: the kernel's default. The table is shared by all
-/// namespaces, but a clone's own path holds only permanent entries, which
-/// do not count against it (the slot's for its gateway and, from its first
-/// restore, for the guest; the host's for the clone IP). Learned entries
+/// namespaces, but a clone's own path holds only entries that do not count
+/// against it: permanent ones (the host's for the clone IP, the slot's for
+/// its gateway) and, from its first restore, the slot's externally learned
+/// one for the guest. Learned entries
 /// come from other traffic: the host's uplink neighbours for egress, the
 /// host's own networks.
 pub const NEIGH_WANTED: u64 = 1024;
@@ -538,7 +539,7 @@ pub fn evaluate(p: &Probes) -> Report {
         Ok(n) => check(
             "neigh",
             Status::Warn,
-            format!("net.ipv4.neigh.default.gc_thresh3 is {n}, below the kernel's default {NEIGH_WANTED}; the ARP table is shared by every netns (wasp's slots use permanent entries, exempt from it, but the host's other traffic is not; past the limit the kernel drops packets with \"neighbour table overflow\"): sysctl -w net.ipv4.neigh.default.gc_thresh3={NEIGH_WANTED} net.ipv4.neigh.default.gc_thresh2={}", NEIGH_WANTED / 2),
+            format!("net.ipv4.neigh.default.gc_thresh3 is {n}, below the kernel's default {NEIGH_WANTED}; the ARP table is shared by every netns (wasp's slots use permanent and externally learned entries, exempt from it, but the host's other traffic is not; past the limit the kernel drops packets with \"neighbour table overflow\"): sysctl -w net.ipv4.neigh.default.gc_thresh3={NEIGH_WANTED} net.ipv4.neigh.default.gc_thresh2={}", NEIGH_WANTED / 2),
         ),
         Err(e) => check("neigh", Status::Warn, e.clone()),
     });
