@@ -298,9 +298,8 @@ pub const NEIGH_MAX: &str = "/proc/sys/net/ipv4/neigh/default/gc_thresh3";
 /// namespaces, but a clone's own path holds only entries that do not count
 /// against it: permanent ones (the host's for the clone IP, the slot's for
 /// its gateway) and, from its first restore, the slot's externally learned
-/// one for the guest. Learned entries
-/// come from other traffic: the host's uplink neighbours for egress, the
-/// host's own networks.
+/// one for the guest. Learned entries come from other traffic: the host's
+/// uplink neighbours for egress, the host's own networks.
 pub const NEIGH_WANTED: u64 = 1024;
 
 /// Turns probe results into checks. Pure.

@@ -119,8 +119,10 @@ pub struct Job {
     pub link_sync: Option<LinkSync>,
 }
 
-/// A route socket inside the clone's slot netns and an `RTM_GETLINK` for
-/// its tap, sent once the load answered (the VMM has opened the tap).
+/// A route socket inside the clone's slot netns and a request for it, sent
+/// once the load answered (the VMM has opened the tap): an `RTM_GETLINK`
+/// for the tap, then (when the guest's address and MAC are known) the
+/// slot's probing neighbour entry for the guest (see `spawn::link_sync`).
 ///
 /// Opening the tap turns its carrier on, but the kernel only starts the
 /// tap's queue in its link-watch worker, later and under the RTNL lock;
@@ -128,7 +130,7 @@ pub struct Job {
 /// drops the first ARP request for the guest, and the clone answers a
 /// second late (the ARP retry). A link request for the tap runs that work
 /// at once (rtnl_getlink syncs the link watch), so the tap transmits before
-/// the VM resumes. The answer is never read: the work is done when the
+/// the VM resumes. The answers are never read: the work is done when the
 /// send returns, and the socket closes with the job.
 #[derive(Debug)]
 pub struct LinkSync {

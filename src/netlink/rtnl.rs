@@ -284,15 +284,7 @@ fn ndmsg(index: u32, state: u16, flags: u8) -> [u8; 12] {
 /// neighbour table's garbage collection and its `gc_thresh3` limit (which
 /// is one count for every namespace of the host).
 pub fn set_neigh_permanent(b: &mut MsgBuf, seq: u32, index: u32, addr: Ipv4Addr, mac: [u8; 6]) {
-    b.begin(
-        RTM_NEWNEIGH,
-        NLM_F_REQUEST | NLM_F_ACK | NLM_F_REPLACE | NLM_F_CREATE,
-        seq,
-    )
-    .raw(&ndmsg(index, NUD_PERMANENT, 0))
-    .attr(NDA_DST, &addr.octets())
-    .attr(NDA_LLADDR, &mac)
-    .end();
+    replace_neigh(b, seq, ndmsg(index, NUD_PERMANENT, 0), addr, mac);
 }
 
 /// `ip neigh replace ADDR lladdr MAC dev INDEX nud probe extern_learn`:
@@ -301,12 +293,17 @@ pub fn set_neigh_permanent(b: &mut MsgBuf, seq: u32, index: u32, addr: Ipv4Addr,
 /// and an externally learned entry is exempt from garbage collection and
 /// from `gc_thresh3`, like a permanent one.
 pub fn set_neigh_probe(b: &mut MsgBuf, seq: u32, index: u32, addr: Ipv4Addr, mac: [u8; 6]) {
+    replace_neigh(b, seq, ndmsg(index, NUD_PROBE, NTF_EXT_LEARNED), addr, mac);
+}
+
+/// `ip neigh replace ADDR lladdr MAC` with the given `ndmsg`.
+fn replace_neigh(b: &mut MsgBuf, seq: u32, nd: [u8; 12], addr: Ipv4Addr, mac: [u8; 6]) {
     b.begin(
         RTM_NEWNEIGH,
         NLM_F_REQUEST | NLM_F_ACK | NLM_F_REPLACE | NLM_F_CREATE,
         seq,
     )
-    .raw(&ndmsg(index, NUD_PROBE, NTF_EXT_LEARNED))
+    .raw(&nd)
     .attr(NDA_DST, &addr.octets())
     .attr(NDA_LLADDR, &mac)
     .end();
