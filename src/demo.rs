@@ -81,14 +81,22 @@ pub struct ProcMem {
     pub anon: u64,
 }
 
+/// The `Key: N kB` lines of a /proc file (`meminfo`, `smaps_rollup`) as
+/// (key, N); a value that is not a number reads 0.
+pub fn kib_fields(text: &str) -> impl Iterator<Item = (&str, u64)> {
+    text.lines().filter_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        Some((
+            k,
+            v.trim().trim_end_matches("kB").trim().parse().unwrap_or(0),
+        ))
+    })
+}
+
 /// Parses `smaps_rollup` text.
 pub fn parse_smaps_rollup(text: &str) -> ProcMem {
     let mut m = ProcMem::default();
-    for l in text.lines() {
-        let Some((k, v)) = l.split_once(':') else {
-            continue;
-        };
-        let v: u64 = v.trim().trim_end_matches("kB").trim().parse().unwrap_or(0);
+    for (k, v) in kib_fields(text) {
         match k {
             "Rss" => m.rss = v,
             "Pss" => m.pss = v,
@@ -120,11 +128,7 @@ pub struct HostMem {
 /// Parses `/proc/meminfo` text.
 pub fn parse_meminfo(text: &str) -> HostMem {
     let mut h = HostMem::default();
-    for l in text.lines() {
-        let Some((k, v)) = l.split_once(':') else {
-            continue;
-        };
-        let v: u64 = v.trim().trim_end_matches("kB").trim().parse().unwrap_or(0);
+    for (k, v) in kib_fields(text) {
         match k {
             "MemAvailable" => h.available = v,
             "SUnreclaim" | "KernelStack" | "PageTables" | "SecPageTables" | "VmallocUsed"

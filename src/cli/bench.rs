@@ -100,13 +100,10 @@ pub struct SlotFigures {
 /// KernelStack + PageTables + SecPageTables + VmallocUsed + Percpu`).
 fn meminfo() -> anyhow::Result<(f64, f64)> {
     let s = std::fs::read_to_string("/proc/meminfo").context("read /proc/meminfo")?;
-    let slab = s
-        .lines()
-        .find(|l| l.starts_with("Slab:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0);
-    Ok((wasp::demo::parse_meminfo(&s).kernel as f64, slab))
+    let slab = wasp::demo::kib_fields(&s)
+        .find(|(k, _)| *k == "Slab")
+        .map_or(0, |(_, v)| v);
+    Ok((wasp::demo::parse_meminfo(&s).kernel as f64, slab as f64))
 }
 
 /// Deletes the bench's host netns on every exit path.
