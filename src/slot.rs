@@ -631,10 +631,9 @@ pub struct HostNet {
 pub struct Kernel {
     net: SlotNet,
     host_ns: OwnedFd,
-    bridge_index: u32,
-    /// The bridge's (pinned) MAC: each slot gets a permanent neighbour
-    /// entry for it. `None` when attached to a host side without a bridge.
-    bridge_mac: Option<[u8; 6]>,
+    /// The host bridge (index 0 and no MAC when attached to a host side
+    /// without one).
+    bridge: Bridge,
     /// Route sockets bound in the host netns, reused across builds.
     host_socks: Mutex<Vec<Socket>>,
     /// Namespace worker threads for build and recycle.
@@ -645,7 +644,7 @@ impl fmt::Debug for Kernel {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Kernel")
             .field("net", &self.net)
-            .field("bridge_index", &self.bridge_index)
+            .field("bridge_index", &self.bridge.index)
             .finish_non_exhaustive()
     }
 }
@@ -781,8 +780,10 @@ impl Kernel {
         let k = Kernel {
             net,
             host_ns,
-            bridge_index,
-            bridge_mac: Some(bridge_mac),
+            bridge: Bridge {
+                index: bridge_index,
+                mac: Some(bridge_mac),
+            },
             host_socks: Mutex::new(Vec::new()),
             workers: OnceLock::new(),
         };
@@ -814,8 +815,10 @@ impl Kernel {
         Ok(Kernel {
             net,
             host_ns,
-            bridge_index,
-            bridge_mac,
+            bridge: Bridge {
+                index: bridge_index,
+                mac: bridge_mac,
+            },
             host_socks: Mutex::new(Vec::new()),
             workers: OnceLock::new(),
         })
@@ -854,7 +857,7 @@ impl Kernel {
     ) -> Result<Slot, SlotError> {
         let net = &self.net;
         let slot = net.slot(n)?;
-        let bridge = self.bridge();
+        let bridge = self.bridge;
         let t = std::time::Instant::now();
         let r = netns::create_named_with(&slot.netns, || {
             steps.netns = crate::stats::ms(t.elapsed());
@@ -864,13 +867,6 @@ impl Kernel {
             Ok(()) => Ok(slot),
             Err(netns::CreateError::Inner(e)) => Err(e),
             Err(netns::CreateError::Io(e)) => Err(create_ns_err(&slot.netns, e)),
-        }
-    }
-
-    fn bridge(&self) -> Bridge {
-        Bridge {
-            index: self.bridge_index,
-            mac: self.bridge_mac,
         }
     }
 
@@ -890,18 +886,20 @@ fn create_ns_err(name: &str, e: io::Error) -> SlotError {
     }
 }
 
-/// Everything of slot `slot` once the calling thread is inside its fresh
-/// namespace: tap, veth pair (through `host`, a route socket of the host
-/// netns), marks, forwarding, links, addresses, route and the nft batch.
-/// On error the host veth is removed again (the caller removes the netns).
 /// The host bridge as a slot build needs it.
 #[derive(Debug, Clone, Copy)]
 struct Bridge {
     index: u32,
-    /// Its pinned MAC, for the slot's permanent entry for the gateway.
+    /// Its pinned MAC, for each slot's permanent entry for the gateway.
     mac: Option<[u8; 6]>,
 }
 
+/// Everything of slot `slot` once the calling thread is inside its fresh
+/// namespace: tap, veth pair (through `host`, a route socket of the host
+/// netns), marks, forwarding, links, addresses, route, neighbour entries
+/// and the nft batch. `steps` gets the time of each step. On error the host
+/// veth and the host's entry for the clone are removed again (the caller
+/// removes the netns).
 fn fill_slot(
     net: &SlotNet,
     bridge: Bridge,
@@ -1454,7 +1452,7 @@ impl Kernel {
     pub fn build_timed(&self, n: u32) -> Result<(Slot, BuildSteps), SlotError> {
         let slot = self.net.slot(n)?;
         let net = self.net.clone();
-        let bridge = self.bridge();
+        let bridge = self.bridge;
         let r = self.workers().call(move |cx| {
             let mut steps = BuildSteps::default();
             let r = (|| {
@@ -1549,8 +1547,8 @@ impl SlotOps for Kernel {
                     Ok(_) => {}
                     Err(e) => errs.push(nl(format!("look up host link {veth}"))(e)),
                 }
-                if let (Ok(ip), true) = (self.net.clone_ip(n), self.bridge_index != 0) {
-                    if let Err(e) = del_host_neigh(&mut s, self.bridge_index, ip) {
+                if let (Ok(ip), true) = (self.net.clone_ip(n), self.bridge.index != 0) {
+                    if let Err(e) = del_host_neigh(&mut s, self.bridge.index, ip) {
                         errs.push(e);
                     }
                 }
@@ -1619,7 +1617,7 @@ impl SlotOps for Kernel {
                 continue;
             };
             let f = found.entry(i).or_insert_with(|| blank(i));
-            f.on_bridge = l.master == Some(self.bridge_index);
+            f.on_bridge = l.master == Some(self.bridge.index);
             f.host_veth = Some(l.name);
         }
         Ok(found.into_values().collect())
