@@ -1,6 +1,7 @@
-//! Clone records under the state dir, written atomically (temp file, fsync,
-//! rename, fsync of the directory), so a crash leaves either the old record
-//! or the new one, never a torn one. A record that is corrupt anyway (a
+//! Clone records under the state dir, written atomically (temp file, then
+//! rename), so a crashed wasp leaves either the old record or the new one,
+//! never a torn one. They are not fsynced: a record describes a live VMM,
+//! and a host crash ends that VMM too. A record that is corrupt anyway (a
 //! disk fault, a hand edit) gives a clear error naming the file and how to
 //! recover, never a panic.
 
