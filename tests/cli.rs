@@ -221,6 +221,44 @@ fn bad_counts_are_usage_or_runtime_errors_with_a_clear_message() {
     assert_eq!(out.status.code(), Some(2));
 }
 
+#[test]
+fn demo_snapshot_takes_vmm_standin_and_refuses_firecracker_with_a_reason() {
+    root_or_skip!();
+    let tmp = tempfile::tempdir().unwrap();
+    let run = |vmm: &str, count: &str| {
+        wasp()
+            .args(["spawn", "--demo-snapshot", "--vmm", vmm, "--count", count])
+            .arg("--state-dir")
+            .arg(tmp.path().join("state"))
+            .arg("--runtime-dir")
+            .arg(tmp.path().join("run"))
+            .output()
+            .unwrap()
+    };
+    // `--vmm standin` says what --demo-snapshot means anyway: the parser
+    // takes it, and the run goes on to the next check (the count).
+    let out = run("standin", "0");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("--count 0 is out of range"), "{err}");
+    assert!(!err.contains("cannot be used with"), "{err}");
+    // Firecracker cannot load the stand-in's snapshot: refused with the
+    // reason, before the demo snapshot or any slot is made.
+    let out = run("firecracker", "1");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("--demo-snapshot cannot be used with --vmm firecracker")
+            && err.contains("stand-in"),
+        "{err}"
+    );
+    assert!(!tmp
+        .path()
+        .join("run")
+        .join(wasp::demo::DEMO_SNAPSHOT_NAME)
+        .exists());
+}
+
 /// `--kernel K --rootfs R --out OUT` of `wasp snapshot create`, with the
 /// guest files of [`common::guest_files`].
 fn guest_args(

@@ -50,8 +50,10 @@ pub struct SpawnArgs {
     #[arg(long, required_unless_present = "demo_snapshot")]
     pub snapshot: Option<PathBuf>,
     /// Use the demo's synthesized stand-in snapshot (made if missing); the
-    /// clones live in the private host netns wasp-hostns-demo.
-    #[arg(long, conflicts_with_all = ["snapshot", "vmm"])]
+    /// clones live in the private host netns wasp-hostns-demo. It runs on
+    /// the stand-in VMM (`--vmm standin` may be given; `firecracker` is
+    /// refused).
+    #[arg(long, conflicts_with = "snapshot")]
     pub demo_snapshot: bool,
     /// Number of clones.
     #[arg(long)]
@@ -283,6 +285,14 @@ pub fn spawn_cmd(a: SpawnArgs, mut cfg: Config) -> anyhow::Result<ExitCode> {
     let timeouts = timeouts(&a)?;
     let env = build_env(&a).context("bad environment")?;
     let (snapshot, vmm_arg) = if a.demo_snapshot {
+        if a.vmm == Some(VmmArg::Firecracker) {
+            bail!(
+                "--demo-snapshot cannot be used with --vmm firecracker: the demo's snapshot is \
+                 synthesized for the stand-in VMM and real Firecracker cannot load it; use \
+                 --vmm standin (the default with --demo-snapshot), or give a Firecracker \
+                 snapshot with --snapshot DIR"
+            );
+        }
         cfg.host_netns
             .flag("--demo-snapshot", Some(Some(demo::DEMO_HOST_NETNS.into())));
         cfg.pool
