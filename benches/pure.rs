@@ -62,6 +62,9 @@ impl SlotOps for NoKernel {
             host_veth: format!("waspb{n}"),
         })
     }
+    fn lease(&self, _: u32) -> Result<Option<wasp::lease::Lease>, SlotError> {
+        Ok(Some(wasp::lease::Lease::detached()))
+    }
 }
 
 fn pool_contention(c: &mut Criterion) {

@@ -17,6 +17,7 @@ pub mod golden;
 pub mod guestnet;
 pub mod jailer;
 pub mod launch;
+pub mod lease;
 pub mod netlink;
 pub mod paths;
 pub mod plot;

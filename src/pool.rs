@@ -8,11 +8,17 @@
 //!   conntrack flushed) or destroys it above the high-water mark.
 //! - [`Pool::reconcile`] finds what a crashed wasp left, by names and
 //!   ownership marks: healthy slots are adopted, broken ones removed.
+//! - Every slot the pool holds, free or taken, is leased ([`crate::lease`]):
+//!   the pool takes a slot's lease before it builds or adopts it, and skips
+//!   a slot another process holds. So any number of processes share one
+//!   pool's kernel objects and never hand one slot out twice. Leases are
+//!   taken on build, adopt and destroy only; `take` and `give_back` never
+//!   touch them.
 //!
 //! Kernel work goes through [`SlotOps`], so this logic is unit-tested with a
 //! recording fake.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -22,6 +28,7 @@ use crossbeam::queue::SegQueue;
 use serde::Serialize;
 use thiserror::Error;
 
+use crate::lease::Lease;
 use crate::slot::{Slot, SlotError, SlotOps};
 
 /// Pool sizing.
@@ -88,6 +95,8 @@ pub struct ReconcileReport {
     pub adopted: Vec<u32>,
     /// Broken slots removed.
     pub removed: Vec<u32>,
+    /// Slots another process holds (leased): left alone.
+    pub busy: Vec<u32>,
     /// Errors while removing.
     pub errors: Vec<String>,
 }
@@ -115,6 +124,8 @@ struct Inner<O> {
     in_use: AtomicUsize,
     next_index: AtomicU32,
     spare: SegQueue<u32>,
+    /// The lease of every slot this pool holds, free or taken.
+    leases: Mutex<HashMap<u32, Lease>>,
     refill_failures: AtomicUsize,
     last_refill_error: Mutex<Option<String>>,
     stop: AtomicBool,
@@ -155,6 +166,40 @@ impl<O: SlotOps> Inner<O> {
         Some(s)
     }
 
+    fn hold(&self, n: u32, lease: Lease) {
+        if let Ok(mut g) = self.leases.lock() {
+            g.insert(n, lease);
+        }
+    }
+
+    /// The lease of slot `n`, which this pool stops holding.
+    fn release(&self, n: u32) -> Option<Lease> {
+        self.leases.lock().ok().and_then(|mut g| g.remove(&n))
+    }
+
+    /// Indices of the slots this pool holds, free or taken.
+    fn held(&self) -> BTreeSet<u32> {
+        self.leases
+            .lock()
+            .map(|g| g.keys().copied().collect())
+            .unwrap_or_default()
+    }
+
+    /// Destroys slot `n`, which this pool holds; its lease file goes with
+    /// it.
+    fn destroy_held(&self, n: u32) -> Result<(), SlotError> {
+        let r = self.ops.destroy(n);
+        let lease = self.release(n);
+        if r.is_ok() {
+            if let Some(l) = lease {
+                if let Err(e) = l.remove() {
+                    tracing::warn!(slot = n, error = %e, "cannot remove the slot's lease file");
+                }
+            }
+        }
+        r
+    }
+
     /// Builds until `want` slots were built by all workers, or one fails.
     fn build_many(&self, want: usize) -> (usize, Option<SlotError>) {
         let todo = AtomicUsize::new(want);
@@ -171,23 +216,48 @@ impl<O: SlotOps> Inner<O> {
                     {
                         return;
                     }
-                    let n = self.alloc_index();
-                    match self.ops.build(n) {
-                        Ok(slot) => {
-                            self.push_free(slot);
-                            built.fetch_add(1, Ordering::Relaxed);
-                            crate::testhook::point("slot-built");
-                        }
-                        Err(e) => {
-                            // Exhausted indices are not reused; others are.
-                            if !matches!(e, SlotError::Exhausted { .. }) {
-                                self.spare.push(n);
+                    // The first index whose lease this process gets and
+                    // whose names are free.
+                    loop {
+                        let n = self.alloc_index();
+                        let lease = match self.ops.lease(n) {
+                            Ok(Some(l)) => l,
+                            // Another process holds slot n: never ours to
+                            // reuse here.
+                            Ok(None) => continue,
+                            Err(e) => {
+                                if !matches!(e, SlotError::Exhausted { .. }) {
+                                    self.spare.push(n);
+                                }
+                                todo.store(0, Ordering::Release);
+                                if let Ok(mut g) = first_err.lock() {
+                                    g.get_or_insert(e);
+                                }
+                                return;
                             }
-                            todo.store(0, Ordering::Release);
-                            if let Ok(mut g) = first_err.lock() {
-                                g.get_or_insert(e);
+                        };
+                        match self.ops.build(n) {
+                            Ok(slot) => {
+                                self.hold(n, lease);
+                                self.push_free(slot);
+                                built.fetch_add(1, Ordering::Relaxed);
+                                crate::testhook::point("slot-built");
+                                break;
                             }
-                            return;
+                            // Built by a process that has let it go: a
+                            // reconcile adopts it. Move on.
+                            Err(SlotError::NameTaken { .. }) => continue,
+                            Err(e) => {
+                                // Exhausted indices are not reused; others are.
+                                if !matches!(e, SlotError::Exhausted { .. }) {
+                                    self.spare.push(n);
+                                }
+                                todo.store(0, Ordering::Release);
+                                if let Ok(mut g) = first_err.lock() {
+                                    g.get_or_insert(e);
+                                }
+                                return;
+                            }
                         }
                     }
                 });
@@ -238,6 +308,7 @@ impl<O: SlotOps + 'static> Pool<O> {
             in_use: AtomicUsize::new(0),
             next_index: AtomicU32::new(0),
             spare: SegQueue::new(),
+            leases: Mutex::new(HashMap::new()),
             refill_failures: AtomicUsize::new(0),
             last_refill_error: Mutex::new(None),
             stop: AtomicBool::new(false),
@@ -331,7 +402,7 @@ impl<O: SlotOps + 'static> Pool<O> {
     }
 
     fn destroy_index(&self, index: u32) -> Result<(), PoolError> {
-        let r = self.inner.ops.destroy(index);
+        let r = self.inner.destroy_held(index);
         if r.is_ok() {
             self.inner.spare.push(index);
         }
@@ -345,15 +416,7 @@ impl<O: SlotOps + 'static> Pool<O> {
     pub fn reconcile(&self) -> Result<ReconcileReport, PoolError> {
         let i = &self.inner;
         let found = i.ops.scan()?;
-        let mut held = BTreeSet::new();
-        let mut tmp = Vec::new();
-        while let Some(s) = i.pop_free() {
-            held.insert(s.index);
-            tmp.push(s);
-        }
-        for s in tmp {
-            i.push_free(s);
-        }
+        let held = i.held();
         let mut rep = ReconcileReport::default();
         let mut max = None;
         for f in found {
@@ -361,6 +424,22 @@ impl<O: SlotOps + 'static> Pool<O> {
             if held.contains(&f.index) {
                 continue;
             }
+            let lease = match i.ops.lease(f.index) {
+                Ok(Some(l)) => l,
+                Ok(None) => {
+                    rep.busy.push(f.index);
+                    continue;
+                }
+                Err(e) => {
+                    rep.errors.push(format!(
+                        "slot {}: {}",
+                        f.index,
+                        crate::doctor::error_chain(&e)
+                    ));
+                    continue;
+                }
+            };
+            i.hold(f.index, lease);
             if f.healthy() {
                 match i.ops.describe(f.index) {
                     Ok(s) => {
@@ -371,7 +450,7 @@ impl<O: SlotOps + 'static> Pool<O> {
                     Err(e) => rep.errors.push(format!("slot {}: {e}", f.index)),
                 }
             }
-            match i.ops.destroy(f.index) {
+            match i.destroy_held(f.index) {
                 Ok(()) => rep.removed.push(f.index),
                 Err(e) => rep.errors.push(format!(
                     "slot {}: {}",
@@ -386,8 +465,9 @@ impl<O: SlotOps + 'static> Pool<O> {
             let next = i.next_index.load(Ordering::Acquire).max(m + 1);
             let adopted: BTreeSet<u32> = rep.adopted.iter().copied().collect();
             let old_next = i.next_index.swap(next, Ordering::AcqRel);
+            let busy: BTreeSet<u32> = rep.busy.iter().copied().collect();
             for n in old_next..next {
-                if !adopted.contains(&n) && !held.contains(&n) {
+                if !adopted.contains(&n) && !held.contains(&n) && !busy.contains(&n) {
                     i.spare.push(n);
                 }
             }
@@ -401,24 +481,47 @@ impl<O: SlotOps + 'static> Pool<O> {
         let i = &self.inner;
         let mut errs = Vec::new();
         let mut done = BTreeSet::new();
-        let mut destroy_all = |idx: Vec<u32>| {
-            for (n, r) in idx.iter().zip(i.ops.destroy_many(&idx)) {
-                match r {
-                    Ok(()) => {
-                        done.insert(*n);
+        while i.pop_free().is_some() {}
+        // Every slot of this pool the kernel has, taken ones too, unless
+        // another process holds it.
+        let mut mine = i.held();
+        match i.ops.scan() {
+            Ok(found) => {
+                for f in found {
+                    if mine.contains(&f.index) {
+                        continue;
                     }
-                    Err(e) => errs.push(format!("slot {n}: {}", crate::doctor::error_chain(&e))),
+                    match i.ops.lease(f.index) {
+                        Ok(Some(l)) => {
+                            i.hold(f.index, l);
+                            mine.insert(f.index);
+                        }
+                        Ok(None) => errs.push(format!(
+                            "slot {}: another wasp process holds it (a spawn or the service in progress); drain again when it has finished",
+                            f.index
+                        )),
+                        Err(e) => errs.push(format!(
+                            "slot {}: {}",
+                            f.index,
+                            crate::doctor::error_chain(&e)
+                        )),
+                    }
                 }
             }
-        };
-        let mut free = Vec::new();
-        while let Some(s) = i.pop_free() {
-            free.push(s.index);
-        }
-        destroy_all(free);
-        match i.ops.scan() {
-            Ok(found) => destroy_all(found.iter().map(|f| f.index).collect()),
             Err(e) => errs.push(crate::doctor::error_chain(&e)),
+        }
+        let idx: Vec<u32> = mine.into_iter().collect();
+        for (n, r) in idx.iter().zip(i.ops.destroy_many(&idx)) {
+            let lease = i.release(*n);
+            match r {
+                Ok(()) => {
+                    done.insert(*n);
+                    if let Some(Err(e)) = lease.map(Lease::remove) {
+                        errs.push(format!("slot {n}: remove its lease file: {e}"));
+                    }
+                }
+                Err(e) => errs.push(format!("slot {n}: {}", crate::doctor::error_chain(&e))),
+            }
         }
         i.in_use.store(0, Ordering::Relaxed);
         i.next_index.store(0, Ordering::Relaxed);
@@ -485,6 +588,8 @@ mod tests {
         existing: Mutex<BTreeSet<u32>>,
         broken: Mutex<BTreeSet<u32>>,
         busy: Mutex<BTreeSet<u32>>,
+        /// Slots whose lease another process holds.
+        elsewhere: Mutex<BTreeSet<u32>>,
         fail_build_at: Option<u32>,
     }
 
@@ -548,6 +653,10 @@ mod tests {
         }
         fn describe(&self, n: u32) -> Result<Slot, SlotError> {
             Ok(slot(n))
+        }
+        fn lease(&self, n: u32) -> Result<Option<Lease>, SlotError> {
+            let free = !self.elsewhere.lock().unwrap().contains(&n);
+            Ok(free.then(Lease::detached))
         }
     }
 
@@ -665,5 +774,87 @@ mod tests {
         let n = p.drain().unwrap();
         assert_eq!(n, 6);
         assert!(p.ops().existing.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn slots_another_process_holds_are_never_built_adopted_or_removed() {
+        let fake = Fake::default();
+        // Another process holds 1 (built) and 2 (being built, not wired
+        // yet); 4 is a healthy slot nobody holds.
+        fake.existing.lock().unwrap().extend([1, 2, 4]);
+        fake.broken.lock().unwrap().insert(2);
+        fake.elsewhere.lock().unwrap().extend([1, 2]);
+        let p = Pool::new(fake, cfg(0, 10));
+        let rep = p.reconcile().unwrap();
+        assert_eq!(rep.adopted, vec![4]);
+        assert_eq!(rep.busy, vec![1, 2]);
+        assert!(rep.removed.is_empty());
+        // Warming skips the held indices instead of failing on them.
+        p.warm(3).unwrap();
+        let built: Vec<String> = p
+            .ops()
+            .calls()
+            .into_iter()
+            .filter(|c| c.starts_with("build"))
+            .collect();
+        assert!(
+            !built.iter().any(|c| c == "build 1" || c == "build 2"),
+            "{built:?}"
+        );
+        assert_eq!(built.len(), 3, "{built:?}");
+        // Drain removes its own slots and names the held ones.
+        match p.drain() {
+            Err(PoolError::Teardown(errs)) => {
+                assert_eq!(errs.len(), 2, "{errs:?}");
+                assert!(
+                    errs[0].contains("another wasp process holds it"),
+                    "{errs:?}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        let left = p.ops().existing.lock().unwrap().clone();
+        assert_eq!(left, BTreeSet::from([1, 2]));
+    }
+
+    #[test]
+    fn a_name_taken_by_another_process_moves_the_build_on() {
+        struct Taken(Fake);
+        impl SlotOps for Taken {
+            fn build(&self, n: u32) -> Result<Slot, SlotError> {
+                if n == 0 {
+                    return Err(SlotError::NameTaken {
+                        netns: "wasp-t-0".into(),
+                    });
+                }
+                self.0.build(n)
+            }
+            fn recycle(&self, s: &Slot) -> Result<(), SlotError> {
+                self.0.recycle(s)
+            }
+            fn destroy(&self, n: u32) -> Result<(), SlotError> {
+                self.0.destroy(n)
+            }
+            fn scan(&self) -> Result<Vec<Found>, SlotError> {
+                self.0.scan()
+            }
+            fn describe(&self, n: u32) -> Result<Slot, SlotError> {
+                self.0.describe(n)
+            }
+            fn lease(&self, n: u32) -> Result<Option<Lease>, SlotError> {
+                self.0.lease(n)
+            }
+        }
+        let p = Pool::new(
+            Taken(Fake::default()),
+            PoolConfig {
+                workers: 1,
+                ..cfg(0, 10)
+            },
+        );
+        p.warm(2).unwrap();
+        let mut idx: Vec<u32> = (0..2).map(|_| p.take().unwrap().index).collect();
+        idx.sort();
+        assert_eq!(idx, vec![1, 2]);
     }
 }

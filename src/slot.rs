@@ -25,6 +25,7 @@ use std::fmt;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::path::Path;
 use std::str::FromStr;
 use std::sync::{Mutex, OnceLock};
 
@@ -32,6 +33,7 @@ use crossbeam::channel::{bounded, unbounded, Receiver, Sender};
 
 use thiserror::Error;
 
+use crate::lease::{Lease, LEASE_DIR};
 use crate::netlink::nft::{self, BaseChain, Batch, ChainType, CmpOp, Expr, Hook};
 use crate::netlink::{self, rtnl, MsgBuf, NetlinkError, Socket};
 use crate::sys::{netns, tap};
@@ -193,6 +195,14 @@ pub enum SlotError {
     Foreign {
         /// What clashed.
         what: String,
+    },
+    /// The slot's namespace name exists already: another wasp process
+    /// built (or is building) this slot, or something else holds the name.
+    /// The pool moves on to another index.
+    #[error("netns {netns} already exists (another wasp process built this slot, or something else holds the name)")]
+    NameTaken {
+        /// The namespace name.
+        netns: String,
     },
     /// A netlink request failed.
     #[error("{what}")]
@@ -616,6 +626,9 @@ pub trait SlotOps: Send + Sync {
     fn scan(&self) -> Result<Vec<Found>, SlotError>;
     /// The slot description of index `n` (for adopting a found slot).
     fn describe(&self, n: u32) -> Result<Slot, SlotError>;
+    /// Takes the cross-process lease of slot `n` ([`crate::lease`]), or
+    /// `None` when another process holds it.
+    fn lease(&self, n: u32) -> Result<Option<Lease>, SlotError>;
 }
 
 /// Host-side setup: where the bridge lives and optional egress.
@@ -741,6 +754,9 @@ impl Kernel {
         tap::check_tun().map_err(io_err(
             "cannot open /dev/net/tun, so no slot can get its tap; load the tun module (modprobe tun) and run as root",
         ))?;
+        // One process at a time makes or checks the host side.
+        let _setup = crate::lease::host_setup_lock(Path::new(LEASE_DIR))
+            .map_err(io_err(format!("lock {LEASE_DIR}/host-setup.lock")))?;
         let mut created = None;
         let host_ns = match &host.netns {
             Some(name) => {
@@ -878,8 +894,8 @@ impl Kernel {
 
 fn create_ns_err(name: &str, e: io::Error) -> SlotError {
     if e.kind() == io::ErrorKind::AlreadyExists {
-        SlotError::Foreign {
-            what: format!("netns {name}"),
+        SlotError::NameTaken {
+            netns: name.to_owned(),
         }
     } else {
         io_err(format!("create netns {name}"))(e)
@@ -1630,6 +1646,14 @@ impl SlotOps for Kernel {
             clone_ip: self.net.clone_ip(n)?,
             host_veth: self.net.host_veth(n),
         })
+    }
+
+    fn lease(&self, n: u32) -> Result<Option<Lease>, SlotError> {
+        // An index past the CIDR ends the search for a free one.
+        self.net.clone_ip(n)?;
+        let netns = self.net.netns_name(n);
+        Lease::try_take(Path::new(LEASE_DIR), &netns)
+            .map_err(io_err(format!("take the lease of slot {netns}")))
     }
 }
 

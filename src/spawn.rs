@@ -912,8 +912,10 @@ pub fn spawn_observed(
 }
 
 /// The real slot pool behind the spawn seam. Slots that live clones hold
-/// (from earlier commands, found in the state dir) are set aside when the
-/// pool's reconcile adopted them, never handed out twice.
+/// (from earlier commands: found in the state dir, or by their attached
+/// tap) are set aside when the pool's reconcile adopted them, and slots
+/// another process holds are leased there ([`crate::lease`]): never handed
+/// out twice.
 pub struct PoolSlots {
     pool: crate::pool::Pool<crate::slot::Kernel>,
     tap: String,
@@ -976,7 +978,15 @@ impl PoolSlots {
             }
         }
         for s in keep {
-            me.pool.give_back(s)?;
+            match me.pool.give_back(s) {
+                Ok(()) => {}
+                // A live clone of a command that has exited (of another
+                // state dir too) holds its tap: never hand the slot out.
+                Err(crate::pool::PoolError::GiveBack {
+                    slot: Some(busy), ..
+                }) => me.aside.push(*busy),
+                Err(e) => return Err(e.into()),
+            }
         }
         let need = count.saturating_sub(me.pool.status().free);
         me.pool.warm(need)?;
