@@ -243,7 +243,11 @@ fn check_refuses_files_not_owned_by_root() {
 /// A directory shaped like the seed's Firecracker snapshot.
 fn seed_dir() -> tempfile::TempDir {
     let t = tempfile::tempdir().unwrap();
-    fs::write(t.path().join("vm.snapshot"), fc_vmstate("/opt/swarm/vms/vm1/rootfs.ext4")).unwrap();
+    fs::write(
+        t.path().join("vm.snapshot"),
+        fc_vmstate("/opt/swarm/vms/vm1/rootfs.ext4"),
+    )
+    .unwrap();
     fs::write(t.path().join("vm.mem"), vec![1u8; 2 * MIB as usize]).unwrap();
     fs::write(t.path().join("rootfs.ext4"), vec![2u8; 300_000]).unwrap();
     t
@@ -308,7 +312,11 @@ fn adopt_a_seed_firecracker_dir_infers_sizes_and_asks_for_the_rest() {
 
     // Made with the drive at the per-clone path (as `snapshot create`
     // does), it is adopted.
-    fs::write(t.path().join("vm.snapshot"), fc_vmstate(snapshot::CLONE_ROOTFS_PATH)).unwrap();
+    fs::write(
+        t.path().join("vm.snapshot"),
+        fc_vmstate(snapshot::CLONE_ROOTFS_PATH),
+    )
+    .unwrap();
     let mut o = adopt_opts(t.path());
     o.drives[0].path_on_host = Some(snapshot::CLONE_ROOTFS_PATH.into());
     let a = wasp::snapshot::adopt(&o).unwrap();
@@ -455,7 +463,10 @@ fn check_refuses_a_read_only_drive_recorded_outside_the_per_clone_path() {
     synth(&o).unwrap();
     record_rootfs_at(&dir, "/srv/images/shared.ext4");
     let msg = check(&dir, false).unwrap_err().to_string();
-    assert!(msg.contains("drive rootfs is recorded at /srv/images/shared.ext4"), "{msg}");
+    assert!(
+        msg.contains("drive rootfs is recorded at /srv/images/shared.ext4"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -473,7 +484,12 @@ fn check_refuses_a_standin_manifest_that_calls_a_writable_drive_read_only() {
 fn adopt_refuses_a_drive_path_outside_the_per_clone_path() {
     let t = seed_dir();
     let e = wasp::snapshot::adopt(&adopt_opts(t.path())).unwrap_err();
-    let msg = format!("{e}: {}", std::error::Error::source(&e).map(|s| s.to_string()).unwrap_or_default());
+    let msg = format!(
+        "{e}: {}",
+        std::error::Error::source(&e)
+            .map(|s| s.to_string())
+            .unwrap_or_default()
+    );
     assert!(msg.contains("drive rootfs"), "{msg}");
     assert!(msg.contains("/opt/swarm/vms/vm1/rootfs.ext4"), "{msg}");
     assert!(msg.contains("/run/wasp/drives/rootfs"), "{msg}");
@@ -489,7 +505,10 @@ fn adopt_and_check_refuse_a_drive_path_the_firecracker_vmstate_never_recorded() 
     o.drives[0].path_on_host = Some(snapshot::CLONE_ROOTFS_PATH.into());
     let e = wasp::snapshot::adopt(&o).unwrap_err();
     let msg = format!("{}", std::error::Error::source(&e).unwrap());
-    assert!(msg.contains("does not record drive rootfs at /run/wasp/drives/rootfs"), "{msg}");
+    assert!(
+        msg.contains("does not record drive rootfs at /run/wasp/drives/rootfs"),
+        "{msg}"
+    );
     assert!(!t.path().join(MANIFEST_FILE).exists(), "nothing written");
 }
 
@@ -505,7 +524,10 @@ fn check_refuses_a_snapshot_dir_owned_by_another_user() {
     let msg = check(&dir, false).unwrap_err().to_string();
     let d = dir.display().to_string();
     assert!(msg.contains(&format!("{d} is owned by uid 65534")), "{msg}");
-    assert!(msg.contains(&format!("chown root:root {d} && chmod go-w {d}")), "{msg}");
+    assert!(
+        msg.contains(&format!("chown root:root {d} && chmod go-w {d}")),
+        "{msg}"
+    );
     // Spawn opens its store through the same check: refused too.
     let run = dir.with_file_name("run");
     let e = wasp::storage::CloneStore::open(&dir, &run, wasp::storage::Mode::Auto).unwrap_err();
@@ -524,7 +546,12 @@ fn check_refuses_a_group_writable_dir_and_a_non_sticky_world_writable_ancestor()
     fs::set_permissions(t.path(), fs::Permissions::from_mode(0o777)).unwrap();
     let msg = check(&dir, false).unwrap_err().to_string();
     let a = t.path().display().to_string();
-    assert!(msg.contains(&format!("{a} is writable by group or others and not sticky")), "{msg}");
+    assert!(
+        msg.contains(&format!(
+            "{a} is writable by group or others and not sticky"
+        )),
+        "{msg}"
+    );
     // Sticky (like /tmp, which every test's snapshot sits under): others
     // cannot rename what they do not own, so it is accepted.
     fs::set_permissions(t.path(), fs::Permissions::from_mode(0o1777)).unwrap();
@@ -551,7 +578,10 @@ fn a_symlink_swapped_in_after_the_check_is_never_followed() {
     // symlink's target.
     let files = store.prepare("swap").unwrap();
     let disk = fs::read(&files.drives[0].file).unwrap();
-    assert!(disk == base, "the clone's disk must be the checked base image");
+    assert!(
+        disk == base,
+        "the clone's disk must be the checked base image"
+    );
     assert!(!disk.starts_with(b"TOP SECRET"));
     store.cleanup("swap").unwrap();
     // A new spawn (a new store) refuses the symlink: O_NOFOLLOW.

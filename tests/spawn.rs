@@ -213,8 +213,7 @@ fn check_and_spawn_refuse_a_writable_drive_recorded_outside_its_per_clone_path()
     let recorded = golden.to_str().unwrap();
     // Writable, at the host file, in both records.
     let vs_path = snap.join("vm.snapshot");
-    let mut vs =
-        wasp::vmstate::VmState::from_bytes(&fs::read(&vs_path).unwrap(), "t").unwrap();
+    let mut vs = wasp::vmstate::VmState::from_bytes(&fs::read(&vs_path).unwrap(), "t").unwrap();
     vs.drives[0].path_on_host = recorded.into();
     vs.drives[0].is_read_only = false;
     let bytes = vs.to_bytes();
@@ -236,12 +235,18 @@ fn check_and_spawn_refuse_a_writable_drive_recorded_outside_its_per_clone_path()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains(&format!("drive rootfs is recorded at {recorded}")), "{err}");
+    assert!(
+        err.contains(&format!("drive rootfs is recorded at {recorded}")),
+        "{err}"
+    );
 
     let out = s.spawn_n("2").output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains(&format!("drive rootfs is recorded at {recorded}")), "{err}");
+    assert!(
+        err.contains(&format!("drive rootfs is recorded at {recorded}")),
+        "{err}"
+    );
     assert!(err.contains("/run/wasp/drives/rootfs"), "{err}");
     // Nothing built: no slot, clone dir, VMM or record.
     assert_eq!(s.seen(), common::wasp_cli::Seen::default());

@@ -355,9 +355,9 @@ impl CloneStore {
             }
             let dest = dir.join(&d.drive_id);
             let tmp = dir.join(format!(".{}.tmp", d.drive_id));
-            let made = self.base_file(&d.drive_id, d.size).and_then(|src| {
-                make_drive(self.strategy, &src, &tmp, d.size)
-            });
+            let made = self
+                .base_file(&d.drive_id, d.size)
+                .and_then(|src| make_drive(self.strategy, &src, &tmp, d.size));
             let made = made.and_then(|n| {
                 fs::rename(&tmp, &dest)?;
                 Ok(n)

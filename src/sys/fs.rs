@@ -56,13 +56,23 @@ fn c_name(name: &OsStr) -> io::Result<CString> {
     CString::new(name.as_bytes()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
 }
 
-fn openat_nofollow(dir: Option<BorrowedFd<'_>>, name: &OsStr, flags: libc::c_int) -> io::Result<OwnedFd> {
+fn openat_nofollow(
+    dir: Option<BorrowedFd<'_>>,
+    name: &OsStr,
+    flags: libc::c_int,
+) -> io::Result<OwnedFd> {
     let c = c_name(name)?;
     let dirfd = dir.map(|d| d.as_raw_fd()).unwrap_or(libc::AT_FDCWD);
     // SAFETY: c is a valid NUL-terminated name that outlives the call;
     // dirfd is AT_FDCWD or a descriptor borrowed for the call; openat
     // reads only them (no O_CREAT, so no mode argument is read).
-    let fd = cvt(unsafe { libc::openat(dirfd, c.as_ptr(), flags | libc::O_NOFOLLOW | libc::O_CLOEXEC) })?;
+    let fd = cvt(unsafe {
+        libc::openat(
+            dirfd,
+            c.as_ptr(),
+            flags | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+        )
+    })?;
     // SAFETY: on success openat returned a fresh fd that we now own.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
@@ -263,6 +273,35 @@ mod tests {
             Ok(()) => {}
             Err(e) => assert!(e.raw_os_error().is_some(), "{e}"),
         }
+    }
+
+    #[test]
+    fn nofollow_opens_refuse_symlinks_and_walk_directories() {
+        use std::ffi::OsStr;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("f"), b"x").unwrap();
+        std::os::unix::fs::symlink("f", dir.path().join("l")).unwrap();
+        std::os::unix::fs::symlink(".", dir.path().join("dl")).unwrap();
+        let root = open_dir_nofollow(None, OsStr::new("/")).unwrap();
+        let mut d = root;
+        for c in dir.path().iter().skip(1) {
+            d = open_dir_nofollow(Some(d.as_fd()), c).unwrap();
+        }
+        let mut s = String::new();
+        open_file_nofollow(d.as_fd(), OsStr::new("f"))
+            .unwrap()
+            .read_to_string(&mut s)
+            .unwrap();
+        assert_eq!(s, "x");
+        let e = open_file_nofollow(d.as_fd(), OsStr::new("l")).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::ELOOP));
+        let e = open_dir_nofollow(Some(d.as_fd()), OsStr::new("dl")).unwrap_err();
+        assert!(
+            matches!(e.raw_os_error(), Some(libc::ELOOP) | Some(libc::ENOTDIR)),
+            "{e}"
+        );
+        let e = open_dir_nofollow(Some(d.as_fd()), OsStr::new("f")).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::ENOTDIR));
     }
 
     #[test]
