@@ -14,6 +14,7 @@ use std::fs;
 use std::io::Read;
 use std::net::{Ipv4Addr, SocketAddrV4, TcpStream};
 use std::os::fd::RawFd;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -435,7 +436,11 @@ pub fn create(o: &GoldenOptions) -> Result<Manifest, GoldenError> {
 }
 
 fn create_in(o: &GoldenOptions, tmp: &Path, work: &Path) -> Result<Manifest, GoldenError> {
-    fs::create_dir(tmp).map_err(io("create", tmp))?;
+    // 0755 whatever the umask: `check` refuses a snapshot directory that
+    // group or others can write.
+    fs::create_dir(tmp)
+        .and_then(|()| fs::set_permissions(tmp, fs::Permissions::from_mode(0o755)))
+        .map_err(io("create", tmp))?;
     fs::create_dir(work).map_err(io("create", work))?;
     let rootfs = tmp.join("rootfs.ext4");
     fs::copy(&o.rootfs, &rootfs).map_err(io("copy the rootfs to", &rootfs))?;
@@ -610,7 +615,6 @@ fn create_in(o: &GoldenOptions, tmp: &Path, work: &Path) -> Result<Manifest, Gol
     snapshot::write_atomic(tmp, MANIFEST_FILE, &manifest.to_bytes(), 0o444)
         .map_err(io("write", &tmp.join(MANIFEST_FILE)))?;
     // The base files must stay immutable while any clone lives.
-    use std::os::unix::fs::PermissionsExt;
     for p in [&vmstate, &mem, &rootfs] {
         fs::set_permissions(p, fs::Permissions::from_mode(0o444))
             .map_err(io("make read-only", p))?;

@@ -196,3 +196,59 @@ fn assert_no_clone_dirs(store: &CloneStore) {
         .collect();
     assert!(left.is_empty(), "clone dirs left: {left:?}");
 }
+
+/// Issue #18 finding 2: a snapshot whose writable rootfs is recorded at a
+/// host file (in both the vmstate and the manifest) would have every
+/// clone's VMM open that one file read-write. `wasp snapshot check` and
+/// `wasp spawn` refuse it, naming the drive, and spawn builds nothing.
+#[test]
+fn check_and_spawn_refuse_a_writable_drive_recorded_outside_its_per_clone_path() {
+    root_or_skip!();
+    use std::fs;
+    use std::os::unix::fs::PermissionsExt;
+    let s = common::wasp_cli::Setup::new("drvpath");
+    let snap = s.tmp.path().join("snap");
+    let golden = s.tmp.path().join("golden-rootfs.ext4");
+    fs::write(&golden, b"golden").unwrap();
+    let recorded = golden.to_str().unwrap();
+    // Writable, at the host file, in both records.
+    let vs_path = snap.join("vm.snapshot");
+    let mut vs = wasp::vmstate::VmState::from_bytes(&fs::read(&vs_path).unwrap(), "t").unwrap();
+    vs.drives[0].path_on_host = recorded.into();
+    vs.drives[0].is_read_only = false;
+    let bytes = vs.to_bytes();
+    fs::set_permissions(&vs_path, fs::Permissions::from_mode(0o644)).unwrap();
+    fs::write(&vs_path, &bytes).unwrap();
+    fs::set_permissions(&vs_path, fs::Permissions::from_mode(0o444)).unwrap();
+    let mp = snap.join(wasp::snapshot::MANIFEST_FILE);
+    let mut m: serde_json::Value = serde_json::from_slice(&fs::read(&mp).unwrap()).unwrap();
+    m["drives"][0]["path_on_host"] = recorded.into();
+    m["drives"][0]["read_only"] = false.into();
+    m["vmstate"]["size"] = bytes.len().into();
+    m["vmstate"].as_object_mut().unwrap().remove("sha256");
+    fs::write(&mp, m.to_string()).unwrap();
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wasp"))
+        .args(["snapshot", "check"])
+        .arg(&snap)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!("drive rootfs is recorded at {recorded}")),
+        "{err}"
+    );
+
+    let out = s.spawn_n("2").output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!("drive rootfs is recorded at {recorded}")),
+        "{err}"
+    );
+    assert!(err.contains("/run/wasp/drives/rootfs"), "{err}");
+    // Nothing built: no slot, clone dir, VMM or record.
+    assert_eq!(s.seen(), common::wasp_cli::Seen::default());
+    assert_eq!(fs::read(&golden).unwrap(), b"golden");
+}

@@ -58,7 +58,9 @@ pub struct AdoptArgs {
     /// Drive id of the rootfs.
     #[arg(long, default_value = "rootfs")]
     pub drive_id: String,
-    /// The rootfs path_on_host the VMM recorded (it reopens exactly that path).
+    /// The rootfs path_on_host the VMM recorded (it reopens exactly that
+    /// path); wasp accepts only /run/wasp/drives/<drive id>, the path it
+    /// binds each clone's own copy over.
     #[arg(long)]
     pub drive_path: Option<String>,
     /// The rootfs was attached read-only.

@@ -100,9 +100,13 @@ pub enum AdoptError {
         #[source]
         source: io::Error,
     },
-    /// The result is not a valid manifest (bad flag values).
+    /// The result is not a valid manifest (bad flag values, or a drive
+    /// recorded at a path other than its per-clone path).
     #[error("the adopted manifest would be invalid")]
     Invalid(#[from] manifest::ManifestError),
+    /// The vmstate does not record what the manifest would say.
+    #[error("the snapshot does not match the manifest adopt would write")]
+    Mismatch(#[source] super::CheckError),
 }
 
 /// The outcome: the manifest written and the files made read-only.
@@ -192,8 +196,9 @@ pub fn adopt(o: &AdoptOptions) -> Result<Adopted, AdoptError> {
                 return Err(AdoptError::NeedFlag {
                     flag: "--drive-path".into(),
                     why: format!(
-                        "drive {} is reopened at the path_on_host the VMM recorded when the snapshot was made (the seed used $VM_DIR/rootfs.ext4); give that path",
-                        d.drive_id
+                        "drive {} is reopened at the path_on_host the VMM recorded when the snapshot was made; give that path. wasp accepts only {}, the path it binds each clone's own copy over (a snapshot made with the drive elsewhere, like the seed's $VM_DIR/rootfs.ext4, would have every clone open that one file: re-create it with `wasp snapshot create`)",
+                        d.drive_id,
+                        crate::paths::stable_drive_path(&d.drive_id).display()
                     ),
                 })
             }
@@ -264,6 +269,14 @@ pub fn adopt(o: &AdoptOptions) -> Result<Adopted, AdoptError> {
         created_at: manifest::rfc3339_utc(SystemTime::now()),
     };
     m.validate(&mpath.display().to_string())?;
+    // A drive recorded anywhere but its per-clone path would be one file
+    // shared by every clone: refuse it here, as `check` and spawn do.
+    m.check_drive_paths(&mpath.display().to_string())?;
+    if !standin {
+        let f = fs::File::open(&vs_path).map_err(io_err(&vs_path))?;
+        super::check_firecracker_vmstate(&f, &vs_path.display().to_string(), &m)
+            .map_err(AdoptError::Mismatch)?;
+    }
 
     let mut made_read_only = Vec::new();
     for (_, e) in m.files() {

@@ -173,6 +173,20 @@ pub enum ManifestError {
         /// Found version.
         found: u64,
     },
+    /// A drive recorded at a path other than its per-clone path: the VMM
+    /// reopens the recorded path on load (Firecracker 1.12 cannot override
+    /// it), so every clone would open that one file instead of its own copy.
+    #[error("manifest {path}: drive {drive_id} is recorded at {recorded}, not at its per-clone path {expected}: the VMM reopens the recorded path on load, so every clone would open that one file (read-write unless the drive is really read-only) instead of its own copy. Re-create the snapshot with `wasp snapshot create`, which attaches the drive at {expected}, or take the snapshot with the drive attached at {expected}")]
+    DriveNotPerClone {
+        /// File.
+        path: String,
+        /// Drive.
+        drive_id: String,
+        /// The recorded `path_on_host`.
+        recorded: String,
+        /// The per-clone path, [`crate::paths::stable_drive_path`].
+        expected: String,
+    },
     /// A field that parsed but makes no sense.
     #[error("manifest {path}: field {field}: {reason}")]
     Invalid {
@@ -251,6 +265,30 @@ impl Manifest {
     /// Guest memory in bytes.
     pub fn mem_bytes(&self) -> u64 {
         self.mem_mib.saturating_mul(MIB)
+    }
+
+    /// Refuses a drive whose recorded `path_on_host` is not its per-clone
+    /// path `/run/wasp/drives/<drive_id>` ([`crate::paths::stable_drive_path`]),
+    /// the only path the launch stage binds each clone's own file over.
+    /// Firecracker reopens drives at the recorded path, so a drive recorded
+    /// elsewhere would make every clone open that host file (the golden
+    /// disk itself, read-write, when the drive is writable). Read-only
+    /// drives are held to it too: wasp cannot read Firecracker's vmstate,
+    /// so the manifest's `read_only` is a claim, and a file elsewhere is
+    /// not the one `check` verified. `path` is used only in messages.
+    pub fn check_drive_paths(&self, path: &str) -> Result<(), ManifestError> {
+        for d in &self.drives {
+            let expected = crate::paths::stable_drive_path(&d.drive_id);
+            if d.path_on_host.as_bytes() != expected.as_os_str().as_encoded_bytes() {
+                return Err(ManifestError::DriveNotPerClone {
+                    path: path.into(),
+                    drive_id: d.drive_id.clone(),
+                    recorded: d.path_on_host.clone(),
+                    expected: expected.display().to_string(),
+                });
+            }
+        }
+        Ok(())
     }
 
     /// Checks every field's meaning (the structure is serde's job).

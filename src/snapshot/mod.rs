@@ -4,8 +4,10 @@
 //! - [`check`] validates a directory against its manifest and names the
 //!   exact problem (missing file, wrong size, short memory file, truncated
 //!   vmstate, unknown format version, with `deep` a checksum mismatch, and
-//!   hostile layouts: symlinks leading outside the directory, files another
-//!   user owns or can write).
+//!   hostile layouts: a directory chain or files another user owns or can
+//!   write, symlinks, drives recorded at a path other than their per-clone
+//!   path). It opens each file once and hands the fds on
+//!   ([`OpenedSnapshot`]).
 //! - [`adopt`] writes a manifest for an existing Firecracker snapshot dir.
 //! - [`synth`] makes a stand-in snapshot for the stand-in VMM and benches.
 //! - [`warm`] reads memory and vmstate into the page cache.
@@ -19,10 +21,13 @@ pub mod manifest;
 pub mod synth;
 pub mod warm;
 
+use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::{self, Read};
-use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::os::fd::AsFd;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
 
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -93,17 +98,38 @@ pub enum CheckError {
         /// File.
         path: String,
     },
-    /// A symlink that leads outside the snapshot directory.
-    #[error("{role} file {path} is a symlink to {target}, outside the snapshot directory {dir}: wasp only uses files inside the directory (copy the file in)")]
-    SymlinkOutside {
+    /// A symlink where a snapshot file should be.
+    #[error("{role} file {path} is a symlink: wasp opens snapshot files without following links, so that no link can be pointed at another file under running clones (replace the link with the file itself, e.g. `cp --remove-destination \"$(readlink -f {path})\" {path}`)")]
+    Symlink {
         /// Role.
         role: String,
         /// File.
         path: String,
-        /// Where it resolves.
-        target: String,
+    },
+    /// The snapshot directory, or one of its ancestors, is owned or
+    /// writable by a user other than root.
+    #[error("snapshot directory {dir} is not safe to use: {path} {reason} (owner uid {uid}, mode {mode:o}), so a user other than root could rename or replace the snapshot's files under running clones (fix: chown root:root {path} && chmod go-w {path})")]
+    UntrustedDir {
         /// Snapshot directory.
         dir: String,
+        /// The offending directory (the snapshot directory or an ancestor).
+        path: String,
+        /// What is wrong with it.
+        reason: String,
+        /// Its owner.
+        uid: u32,
+        /// Its permission bits.
+        mode: u32,
+    },
+    /// A Firecracker vmstate that does not record a drive's path.
+    #[error("vmstate {path} does not record drive {drive_id} at {recorded}, the path the manifest gives: Firecracker reopens the path its vmstate recorded, so clones would not open their own copies (the manifest was written with a wrong --drive-path, or for another snapshot). Re-create the snapshot with `wasp snapshot create`, which records the per-clone path")]
+    VmstateDrivePath {
+        /// File.
+        path: String,
+        /// Drive.
+        drive_id: String,
+        /// The manifest's `path_on_host`.
+        recorded: String,
     },
     /// Not a regular file (directory, device, fifo).
     #[error("{role} file {path} is not a regular file")]
@@ -231,6 +257,9 @@ pub struct CheckReport {
     pub deep: bool,
     /// Things that work but deserve attention (e.g. a writable memory file).
     pub warnings: Vec<String>,
+    /// The files as opened by the check, for clone storage.
+    #[serde(skip)]
+    pub opened: OpenedSnapshot,
 }
 
 /// Reads and parses `dir`'s manifest (no file checks).
@@ -246,32 +275,76 @@ pub fn read_manifest(dir: &Path) -> Result<Manifest, CheckError> {
         }
         Err(source) => return Err(CheckError::Io { path: p, source }),
     };
+    parse_manifest(&f, &p)
+}
+
+fn parse_manifest(f: &File, p: &str) -> Result<Manifest, CheckError> {
     // Read at most one byte past the limit, so a huge file is never slurped.
     let mut bytes = Vec::new();
     f.take(manifest::MAX_MANIFEST_SIZE + 1)
         .read_to_end(&mut bytes)
         .map_err(|source| CheckError::Io {
-            path: p.clone(),
+            path: p.into(),
             source,
         })?;
-    Ok(Manifest::from_bytes(&bytes, &p)?)
+    Ok(Manifest::from_bytes(&bytes, p)?)
+}
+
+/// The snapshot's files as [`check`] opened them: what clone storage
+/// copies from, so that nothing is looked up by name again.
+#[derive(Debug, Clone)]
+pub struct OpenedSnapshot {
+    /// The snapshot directory with every symlink resolved: the chain of
+    /// directories [`check`] verified (each owned by root, none writable by
+    /// group or others unless sticky). Paths the VMM opens itself (the
+    /// vmstate, the memory file, read-only drives bound into its mount
+    /// namespace) are built from it: no user but root can rename or
+    /// replace anything along it, so such a path still names the file
+    /// `check` verified.
+    pub dir: PathBuf,
+    /// Each drive's base image by drive id, opened once without following
+    /// symlinks; clone disks are reflinked or copied from these fds.
+    pub drives: BTreeMap<String, Arc<File>>,
 }
 
 /// Validates `dir` against its manifest; `deep` also checks sha256 sums.
+///
+/// The directory and each of its ancestors must be owned by root (or the
+/// user running wasp) and not writable by group or others (an ancestor may
+/// be if it is sticky, like `/tmp`), as sshd's `StrictModes` requires:
+/// otherwise another user could rename the directory or swap a file in it
+/// after the check. Each file is then opened once, relative to the
+/// directory's fd and without following symlinks, and checked through
+/// that fd (regular, owned by root, not writable by group or others, the
+/// manifest's size); [`CheckReport::opened`] hands the fds on.
 pub fn check(dir: &Path, deep: bool) -> Result<CheckReport, CheckError> {
-    let manifest = read_manifest(dir)?;
     let canon_dir = fs::canonicalize(dir).map_err(|source| CheckError::Io {
         path: dir.display().to_string(),
         source,
     })?;
+    let dir_fd = open_trusted_dir(&canon_dir)?;
     // The manifest decides which files clones use: hold it to the same
     // rules as the files it names.
-    file_meta("manifest", &dir.join(MANIFEST_FILE), &canon_dir)?;
+    let (mf, _) = match open_checked("manifest", &dir_fd, &canon_dir, MANIFEST_FILE) {
+        Err(CheckError::Missing { .. }) => {
+            return Err(CheckError::NoManifest {
+                dir: dir.display().to_string(),
+            })
+        }
+        r => r?,
+    };
+    let manifest = parse_manifest(&mf, &canon_dir.join(MANIFEST_FILE).display().to_string())?;
+    manifest.check_drive_paths(&canon_dir.join(MANIFEST_FILE).display().to_string())?;
     let mut files = Vec::new();
     let mut warnings = Vec::new();
+    let mut opened = OpenedSnapshot {
+        dir: canon_dir.clone(),
+        drives: BTreeMap::new(),
+    };
+    let mut vmstate = None;
     for (role, entry) in manifest.files() {
-        let path = dir.join(&entry.file);
-        let meta = file_meta(&role, &path, &canon_dir)?;
+        let path = canon_dir.join(&entry.file);
+        let (file, meta) = open_checked(&role, &dir_fd, &canon_dir, &entry.file)?;
         let actual = meta.len();
         let p = path.display().to_string();
         if role == "memory" && actual < manifest.mem_bytes() {
@@ -306,7 +379,7 @@ pub fn check(dir: &Path, deep: bool) -> Result<CheckReport, CheckError> {
         let checksum = if !deep {
             "not-checked"
         } else if let Some(expected) = &entry.sha256 {
-            let actual = sha256_file(&path).map_err(|source| CheckError::Io {
+            let actual = sha256_of(&file).map_err(|source| CheckError::Io {
                 path: p.clone(),
                 source,
             })?;
@@ -322,6 +395,11 @@ pub fn check(dir: &Path, deep: bool) -> Result<CheckReport, CheckError> {
         } else {
             "not-recorded"
         };
+        if role == "vmstate" {
+            vmstate = Some(file);
+        } else if let Some(id) = role.strip_prefix("drive ") {
+            opened.drives.insert(id.to_string(), Arc::new(file));
+        }
         files.push(FileReport {
             role,
             path,
@@ -329,8 +407,11 @@ pub fn check(dir: &Path, deep: bool) -> Result<CheckReport, CheckError> {
             checksum,
         });
     }
-    if manifest.vmm == Vmm::Standin {
-        check_standin_vmstate(dir, &manifest)?;
+    let vs_path = canon_dir.join(&manifest.vmstate.file).display().to_string();
+    let vs_file = vmstate.expect("manifest.files() lists the vmstate");
+    match manifest.vmm {
+        Vmm::Standin => check_standin_vmstate(&vs_file, &vs_path, &manifest)?,
+        Vmm::Firecracker => check_firecracker_vmstate(&vs_file, &vs_path, &manifest)?,
     }
     Ok(CheckReport {
         dir: dir.to_path_buf(),
@@ -338,95 +419,102 @@ pub fn check(dir: &Path, deep: bool) -> Result<CheckReport, CheckError> {
         files,
         deep,
         warnings,
+        opened,
     })
 }
 
-fn check_standin_vmstate(dir: &Path, m: &Manifest) -> Result<(), CheckError> {
-    let path = dir.join(&m.vmstate.file);
-    let p = path.display().to_string();
-    let vs = VmState::read(&path).map_err(|source| CheckError::StandinVmstate {
-        path: p.clone(),
-        source,
-    })?;
-    let mismatch = |what: &str, expected: String, found: String| CheckError::VmstateMismatch {
-        path: p.clone(),
-        what: what.into(),
-        expected,
-        found,
+/// Opens the canonical directory `canon` one component at a time from `/`
+/// (`O_PATH`, `O_NOFOLLOW`: a component swapped for a symlink meanwhile
+/// fails) and checks each: owned by root or by the user running wasp, and
+/// not writable by group or others; an ancestor may be if it is sticky
+/// (others cannot rename or remove what they do not own in it), the
+/// snapshot directory itself may not (they could add a missing file).
+fn open_trusted_dir(canon: &Path) -> Result<File, CheckError> {
+    let euid = nix::unistd::geteuid().as_raw();
+    let untrusted = |path: &Path, meta: &fs::Metadata, reason: String| CheckError::UntrustedDir {
+        dir: canon.display().to_string(),
+        path: path.display().to_string(),
+        reason,
+        uid: meta.uid(),
+        mode: meta.mode() & 0o7777,
     };
-    if vs.mem_size_mib != m.mem_mib {
-        return Err(mismatch(
-            "mem_size_mib",
-            m.mem_mib.to_string(),
-            vs.mem_size_mib.to_string(),
-        ));
-    }
-    if vs.vcpu_count != m.vcpus {
-        return Err(mismatch(
-            "vcpu_count",
-            m.vcpus.to_string(),
-            vs.vcpu_count.to_string(),
-        ));
-    }
-    for d in &m.drives {
-        match vs.drives.iter().find(|v| v.drive_id == d.drive_id) {
-            Some(v) if v.path_on_host == d.path_on_host => {}
-            Some(v) => {
-                return Err(mismatch(
-                    &format!("drive {} path_on_host", d.drive_id),
-                    d.path_on_host.clone(),
-                    v.path_on_host.clone(),
-                ))
-            }
-            None => {
-                return Err(mismatch(
-                    &format!("drive {}", d.drive_id),
-                    "present".into(),
-                    "absent".into(),
-                ))
-            }
+    let names: Vec<&std::ffi::OsStr> = canon
+        .components()
+        .filter_map(|c| match c {
+            Component::Normal(n) => Some(n),
+            _ => None,
+        })
+        .collect();
+    let mut cur = PathBuf::from("/");
+    let mut fd: Option<File> = None;
+    for i in 0..=names.len() {
+        let name = if i == 0 {
+            std::ffi::OsStr::new("/")
+        } else {
+            cur.push(names[i - 1]);
+            names[i - 1]
+        };
+        let io_err = |source| CheckError::Io {
+            path: cur.display().to_string(),
+            source,
+        };
+        let next = File::from(
+            crate::sys::fs::open_dir_nofollow(fd.as_ref().map(|f| f.as_fd()), name)
+                .map_err(io_err)?,
+        );
+        let meta = next.metadata().map_err(io_err)?;
+        let is_snapshot_dir = i == names.len();
+        if meta.uid() != 0 && meta.uid() != euid {
+            return Err(untrusted(
+                &cur,
+                &meta,
+                format!("is owned by uid {}, not root", meta.uid()),
+            ));
         }
+        if meta.mode() & 0o022 != 0 && (is_snapshot_dir || meta.mode() & libc::S_ISVTX == 0) {
+            return Err(untrusted(
+                &cur,
+                &meta,
+                if is_snapshot_dir {
+                    "is writable by group or others".into()
+                } else {
+                    "is writable by group or others and not sticky".into()
+                },
+            ));
+        }
+        fd = Some(next);
     }
-    Ok(())
+    Ok(fd.expect("the walk opens at least /"))
 }
 
-/// Metadata of a snapshot file after the hostile-layout checks: symlinks
-/// must stay inside the directory, the file must be regular, owned by root
-/// (or, when wasp does not run as root, by the user running it) and not
-/// writable by group or others.
-fn file_meta(role: &str, path: &Path, canon_dir: &Path) -> Result<fs::Metadata, CheckError> {
-    let p = path.display().to_string();
-    let lmeta = match fs::symlink_metadata(path) {
-        Ok(m) => m,
+/// Opens the snapshot file `name` relative to the checked directory `dir`
+/// without following symlinks, and checks it through the fd: a regular
+/// file, owned by root (or, when wasp does not run as root, by the user
+/// running it) and not writable by group or others.
+fn open_checked(
+    role: &str,
+    dir: &File,
+    canon_dir: &Path,
+    name: &str,
+) -> Result<(File, fs::Metadata), CheckError> {
+    let p = canon_dir.join(name).display().to_string();
+    let file = match crate::sys::fs::open_file_nofollow(dir.as_fd(), name.as_ref()) {
+        Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             return Err(CheckError::Missing {
                 role: role.into(),
                 path: p,
             })
         }
-        Err(source) => return Err(CheckError::Io { path: p, source }),
-    };
-    if lmeta.file_type().is_symlink() {
-        let target = match fs::canonicalize(path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Err(CheckError::Missing {
-                    role: role.into(),
-                    path: p,
-                })
-            }
-            Err(source) => return Err(CheckError::Io { path: p, source }),
-        };
-        if target.parent() != Some(canon_dir) {
-            return Err(CheckError::SymlinkOutside {
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            return Err(CheckError::Symlink {
                 role: role.into(),
                 path: p,
-                target: target.display().to_string(),
-                dir: canon_dir.display().to_string(),
-            });
+            })
         }
-    }
-    let meta = fs::metadata(path).map_err(|source| CheckError::Io {
+        Err(source) => return Err(CheckError::Io { path: p, source }),
+    };
+    let meta = file.metadata().map_err(|source| CheckError::Io {
         path: p.clone(),
         source,
     })?;
@@ -451,7 +539,129 @@ fn file_meta(role: &str, path: &Path, canon_dir: &Path) -> Result<fs::Metadata, 
             mode: meta.mode() & 0o7777,
         });
     }
-    Ok(meta)
+    Ok((file, meta))
+}
+
+/// Reads all of `f` from offset 0 (positional reads: the fd's offset is
+/// left alone).
+fn read_all_at(f: &File, limit: u64) -> io::Result<Vec<u8>> {
+    let len = f.metadata()?.len().min(limit);
+    let mut bytes = vec![0u8; len as usize];
+    f.read_exact_at(&mut bytes, 0)?;
+    Ok(bytes)
+}
+
+fn check_standin_vmstate(f: &File, p: &str, m: &Manifest) -> Result<(), CheckError> {
+    let invalid = |source| CheckError::StandinVmstate {
+        path: p.into(),
+        source,
+    };
+    let size = m.vmstate.size;
+    if size > crate::vmstate::MAX_SIZE {
+        return Err(invalid(VmStateError::TooLarge {
+            path: p.into(),
+            size,
+        }));
+    }
+    let bytes = read_all_at(f, size).map_err(|source| CheckError::Io {
+        path: p.into(),
+        source,
+    })?;
+    let vs = VmState::from_bytes(&bytes, p).map_err(invalid)?;
+    let mismatch = |what: &str, expected: String, found: String| CheckError::VmstateMismatch {
+        path: p.into(),
+        what: what.into(),
+        expected,
+        found,
+    };
+    if vs.mem_size_mib != m.mem_mib {
+        return Err(mismatch(
+            "mem_size_mib",
+            m.mem_mib.to_string(),
+            vs.mem_size_mib.to_string(),
+        ));
+    }
+    if vs.vcpu_count != m.vcpus {
+        return Err(mismatch(
+            "vcpu_count",
+            m.vcpus.to_string(),
+            vs.vcpu_count.to_string(),
+        ));
+    }
+    for d in &m.drives {
+        match vs.drives.iter().find(|v| v.drive_id == d.drive_id) {
+            Some(v) if v.path_on_host != d.path_on_host => {
+                return Err(mismatch(
+                    &format!("drive {} path_on_host", d.drive_id),
+                    d.path_on_host.clone(),
+                    v.path_on_host.clone(),
+                ))
+            }
+            // The VMM opens the drive as the vmstate says: a manifest
+            // that calls it read-only would have it shared, read-write.
+            Some(v) if v.is_read_only != d.read_only => {
+                return Err(mismatch(
+                    &format!("drive {} read_only", d.drive_id),
+                    d.read_only.to_string(),
+                    v.is_read_only.to_string(),
+                ))
+            }
+            Some(_) => {}
+            None => {
+                return Err(mismatch(
+                    &format!("drive {}", d.drive_id),
+                    "present".into(),
+                    "absent".into(),
+                ))
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Firecracker's vmstate is its own binary format (serde + bincode, strings
+/// as a little-endian u64 length and the bytes), which wasp does not parse.
+/// What it can check: each drive's recorded path, the path Firecracker
+/// reopens on load, is in it as such a string. A manifest written with a
+/// `path_on_host` the snapshot never recorded would otherwise pass while
+/// Firecracker opened another file.
+fn check_firecracker_vmstate(f: &File, p: &str, m: &Manifest) -> Result<(), CheckError> {
+    if m.drives.is_empty() {
+        return Ok(());
+    }
+    let bytes = read_all_at(f, m.vmstate.size).map_err(|source| CheckError::Io {
+        path: p.into(),
+        source,
+    })?;
+    for d in &m.drives {
+        let mut needle = (d.path_on_host.len() as u64).to_le_bytes().to_vec();
+        needle.extend_from_slice(d.path_on_host.as_bytes());
+        if !bytes.windows(needle.len()).any(|w| w == needle) {
+            return Err(CheckError::VmstateDrivePath {
+                path: p.into(),
+                drive_id: d.drive_id.clone(),
+                recorded: d.path_on_host.clone(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Lower-case hex sha256 of an open file, streamed in 1 MiB positional
+/// reads from offset 0.
+fn sha256_of(f: &File) -> io::Result<String> {
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut off = 0u64;
+    loop {
+        let n = f.read_at(&mut buf, off)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+        off += n as u64;
+    }
+    Ok(hex(&h.finalize()))
 }
 
 /// Lower-case hex sha256 of a file, streamed in 1 MiB reads.

@@ -10,7 +10,7 @@
 
 use std::fs::{self, File};
 use std::io::{self, Write};
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
@@ -126,10 +126,16 @@ pub fn synth(o: &SynthOptions) -> Result<Manifest, SynthError> {
         _ => PathBuf::from("."),
     };
     let tmp = parent.join(format!(".wasp-synth-{}-{name}", std::process::id()));
-    fs::create_dir(&tmp).map_err(|source| SynthError::Io {
-        path: tmp.display().to_string(),
-        source,
-    })?;
+    // 0755 whatever the umask: `check` refuses a snapshot directory that
+    // group or others can write.
+    fs::DirBuilder::new()
+        .mode(0o755)
+        .create(&tmp)
+        .and_then(|()| fs::set_permissions(&tmp, fs::Permissions::from_mode(0o755)))
+        .map_err(|source| SynthError::Io {
+            path: tmp.display().to_string(),
+            source,
+        })?;
     let res = build(o, &tmp).and_then(|m| {
         fs::rename(&tmp, &o.out).map_err(|source| SynthError::Io {
             path: o.out.display().to_string(),

@@ -13,10 +13,12 @@
 //! partial file is ever left. After a crash, [`CloneStore::reconcile`]
 //! removes `wasp-*` directories whose clone is not live.
 
+use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::Serialize;
 use thiserror::Error;
@@ -200,18 +202,27 @@ impl ReconcileReport {
 /// Clone storage for one snapshot in one runtime directory.
 #[derive(Debug, Clone)]
 pub struct CloneStore {
+    /// The checked snapshot directory, symlinks resolved
+    /// ([`snapshot::OpenedSnapshot::dir`]).
     snapshot_dir: PathBuf,
     clones_dir: PathBuf,
     manifest: Manifest,
+    /// Each drive's base image as `check` opened it (no symlink followed,
+    /// checked through the fd): clone disks are made from these fds, never
+    /// by opening the name again.
+    bases: BTreeMap<String, Arc<File>>,
     probe: ProbeOutcome,
     strategy: Strategy,
 }
 
 impl CloneStore {
-    /// Checks the snapshot, creates `<runtime>/clones` and probes once.
+    /// Checks the snapshot (which opens its files once: see
+    /// [`snapshot::check`]), creates `<runtime>/clones` and probes once.
     pub fn open(snapshot_dir: &Path, runtime_dir: &Path, mode: Mode) -> Result<Self, StorageError> {
         let report = snapshot::check(snapshot_dir, false)?;
         let manifest = report.manifest;
+        let snapshot_dir = report.opened.dir;
+        let bases = report.opened.drives;
         let clones_dir = runtime_dir.join(CLONES_SUBDIR);
         fs::DirBuilder::new()
             .recursive(true)
@@ -223,17 +234,16 @@ impl CloneStore {
             })?;
         // Probe with the first writable drive (what prepare copies), else
         // any file of the snapshot.
-        let base = manifest
-            .drives
-            .iter()
-            .find(|d| !d.read_only)
-            .map(|d| snapshot_dir.join(&d.file))
-            .unwrap_or_else(|| snapshot_dir.join(&manifest.memory.file));
-        let probe = probe_clone_strategy(&base, &clones_dir).map_err(|source| {
-            StorageError::RuntimeDir {
-                path: clones_dir.display().to_string(),
-                source,
-            }
+        let writable = manifest.drives.iter().find(|d| !d.read_only);
+        let base_path = snapshot_dir.join(writable.map_or(&manifest.memory.file, |d| &d.file));
+        let probe = match writable.and_then(|d| bases.get(&d.drive_id)) {
+            Some(f) => probe_clone_strategy(f, &base_path, &clones_dir),
+            None => File::open(&base_path)
+                .and_then(|f| probe_clone_strategy(&f, &base_path, &clones_dir)),
+        }
+        .map_err(|source| StorageError::RuntimeDir {
+            path: clones_dir.display().to_string(),
+            source,
         })?;
         let strategy = match mode {
             Mode::Auto => probe.strategy,
@@ -266,9 +276,10 @@ impl CloneStore {
             }
         };
         Ok(Self {
-            snapshot_dir: snapshot_dir.to_path_buf(),
+            snapshot_dir,
             clones_dir,
             manifest,
+            bases,
             probe,
             strategy,
         })
@@ -328,6 +339,11 @@ impl CloneStore {
         for d in &self.manifest.drives {
             let base = self.snapshot_dir.join(&d.file);
             if d.read_only {
+                // Shared, and bound into the VMM's mount namespace by this
+                // path (as the vmstate and memory file are opened by path):
+                // `check` verified that root owns every directory along
+                // it and no one else can write them, so no other user can
+                // rename or swap what the path names.
                 drives.push(CloneDrive {
                     drive_id: d.drive_id.clone(),
                     path_on_host: d.path_on_host.clone(),
@@ -339,7 +355,10 @@ impl CloneStore {
             }
             let dest = dir.join(&d.drive_id);
             let tmp = dir.join(format!(".{}.tmp", d.drive_id));
-            let made = make_drive(self.strategy, &base, &tmp, d.size).and_then(|n| {
+            let made = self
+                .base_file(&d.drive_id, d.size)
+                .and_then(|src| make_drive(self.strategy, &src, &tmp, d.size));
+            let made = made.and_then(|n| {
                 fs::rename(&tmp, &dest)?;
                 Ok(n)
             });
@@ -376,6 +395,23 @@ impl CloneStore {
             bytes_copied,
             mem_bytes_copied: 0,
         })
+    }
+
+    /// The open base image of drive `drive_id`, still of the checked `size`
+    /// (fstat on the fd: a base changed in place since the check is
+    /// refused, not copied).
+    fn base_file(&self, drive_id: &str, size: u64) -> io::Result<Arc<File>> {
+        let f = self.bases.get(drive_id).ok_or_else(|| {
+            io::Error::new(io::ErrorKind::NotFound, "the check did not open this drive")
+        })?;
+        let len = f.metadata()?.len();
+        if len != size {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("the base image is {len} bytes now, {size} when the snapshot was checked: it changed in place (restore it, or re-create the snapshot)"),
+            ));
+        }
+        Ok(Arc::clone(f))
     }
 
     /// Removes clone `clone_id`'s directory. A missing directory is fine.
@@ -454,10 +490,9 @@ fn copy_hint(e: &io::Error) -> String {
     }
 }
 
-/// Makes `dest` (which must not exist) from `base` by `strategy`. Returns
-/// the bytes physically copied.
-pub fn make_drive(strategy: Strategy, base: &Path, dest: &Path, size: u64) -> io::Result<u64> {
-    let src = File::open(base)?;
+/// Makes `dest` (which must not exist) from the open base image `src` by
+/// `strategy`. Returns the bytes physically copied.
+pub fn make_drive(strategy: Strategy, src: &File, dest: &Path, size: u64) -> io::Result<u64> {
     let dst = OpenOptions::new()
         .read(true)
         .write(true)
@@ -466,11 +501,11 @@ pub fn make_drive(strategy: Strategy, base: &Path, dest: &Path, size: u64) -> io
         .open(dest)?;
     match strategy {
         Strategy::Reflink => {
-            ficlone(&dst, &src)?;
+            ficlone(&dst, src)?;
             Ok(0)
         }
-        Strategy::CopyFileRange => copy_data(&src, &dst, true),
-        Strategy::SparseCopy => copy_data(&src, &dst, false),
+        Strategy::CopyFileRange => copy_data(src, &dst, true),
+        Strategy::SparseCopy => copy_data(src, &dst, false),
         Strategy::SharedReadonly => {
             // Only scratch drives are per-clone in this mode: a fresh,
             // empty (sparse) file of the recorded size.
@@ -525,12 +560,12 @@ fn copy_data(src: &File, dst: &File, use_cfr: bool) -> io::Result<u64> {
     Ok(copied)
 }
 
-/// Finds the best strategy for copying `base` into `dir`, by trying it
-/// once on a scratch file: FICLONE, then copy_file_range, else sparse copy.
-/// Tries the real base file, so a runtime dir on another filesystem (EXDEV)
-/// is detected and explained.
-pub fn probe_clone_strategy(base: &Path, dir: &Path) -> io::Result<ProbeOutcome> {
-    let src = File::open(base)?;
+/// Finds the best strategy for copying the open base image `src` (named
+/// `base` in messages) into `dir`, by trying it once on a scratch file:
+/// FICLONE, then copy_file_range, else sparse copy. Tries the real base
+/// file, so a runtime dir on another filesystem (EXDEV) is detected and
+/// explained.
+pub fn probe_clone_strategy(src: &File, base: &Path, dir: &Path) -> io::Result<ProbeOutcome> {
     let tmp = dir.join(format!(".{PREFIX}-probe-{}", std::process::id()));
     let _ = fs::remove_file(&tmp);
     let result = (|| {
@@ -540,7 +575,7 @@ pub fn probe_clone_strategy(base: &Path, dir: &Path) -> io::Result<ProbeOutcome>
             .create_new(true)
             .mode(0o600)
             .open(&tmp)?;
-        let reflink = match ficlone(&dst, &src) {
+        let reflink = match ficlone(&dst, src) {
             Ok(()) => ReflinkProbe::Supported,
             Err(e) => ReflinkProbe::Unsupported(e.raw_os_error().unwrap_or(libc::EIO)),
         };
@@ -576,7 +611,7 @@ pub fn probe_clone_strategy(base: &Path, dir: &Path) -> io::Result<ProbeOutcome>
         dst.set_len(0)?;
         let (mut so, mut doff) = (0i64, 0i64);
         let want = src.metadata()?.len().min(4096) as usize;
-        match copy_file_range(&src, &mut so, &dst, &mut doff, want) {
+        match copy_file_range(src, &mut so, &dst, &mut doff, want) {
             Ok(n) if n > 0 || want == 0 => Ok(ProbeOutcome {
                 strategy: Strategy::CopyFileRange,
                 reflink_errno: Some(errno),
@@ -620,7 +655,7 @@ mod tests {
             .enumerate()
         {
             let dest = dir.path().join(format!("d{i}"));
-            let n = make_drive(s, &base, &dest, 8 << 20).unwrap();
+            let n = make_drive(s, &File::open(&base).unwrap(), &dest, 8 << 20).unwrap();
             assert_eq!(fs::read(&dest).unwrap(), fs::read(&base).unwrap(), "{s}");
             // Holes are not copied: far less than the 8 MiB length.
             assert!((5010..(4 << 20)).contains(&n), "{s}: copied {n}");

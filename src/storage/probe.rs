@@ -77,7 +77,7 @@ pub fn probe_dir_strategy(dir: &Path) -> io::Result<super::ProbeOutcome> {
         let mut f = File::create(&base)?;
         f.write_all(&[0x5a; 4096])?;
         f.sync_all()?;
-        super::probe_clone_strategy(&base, dir)
+        super::probe_clone_strategy(&File::open(&base)?, &base, dir)
     })();
     let _ = fs::remove_file(&base);
     result

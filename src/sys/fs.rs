@@ -1,10 +1,12 @@
 //! File-level syscalls: FICLONE, copy_file_range, SEEK_DATA/SEEK_HOLE,
-//! fadvise, flock, O_TMPFILE and linking an fd to a name.
+//! fadvise, flock, O_TMPFILE and linking an fd to a name, and opens that
+//! never follow a symlink (`openat` with `O_NOFOLLOW`) for walking a
+//! directory chain and opening the files in it.
 
-use std::ffi::CString;
+use std::ffi::{CString, OsStr};
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
@@ -48,6 +50,54 @@ pub fn link_fd(fd: impl AsFd, path: &Path) -> io::Result<()> {
         )
     })?;
     Ok(())
+}
+
+fn c_name(name: &OsStr) -> io::Result<CString> {
+    CString::new(name.as_bytes()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
+}
+
+fn openat_nofollow(
+    dir: Option<BorrowedFd<'_>>,
+    name: &OsStr,
+    flags: libc::c_int,
+) -> io::Result<OwnedFd> {
+    let c = c_name(name)?;
+    let dirfd = dir.map(|d| d.as_raw_fd()).unwrap_or(libc::AT_FDCWD);
+    // SAFETY: c is a valid NUL-terminated name that outlives the call;
+    // dirfd is AT_FDCWD or a descriptor borrowed for the call; openat
+    // reads only them (no O_CREAT, so no mode argument is read).
+    let fd = cvt(unsafe {
+        libc::openat(
+            dirfd,
+            c.as_ptr(),
+            flags | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+        )
+    })?;
+    // SAFETY: on success openat returned a fresh fd that we now own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Opens the directory `name` (one component, or `/` with `dir` None)
+/// inside `dir` as an `O_PATH` handle, without following a symlink: a
+/// symlink fails with `ELOOP` or `ENOTDIR`, anything but a directory with
+/// `ENOTDIR`. The handle serves `fstat` (through [`File::metadata`]) and as
+/// the `dir` of further opens, so a walk holds each directory it checked.
+pub fn open_dir_nofollow(dir: Option<BorrowedFd<'_>>, name: &OsStr) -> io::Result<OwnedFd> {
+    openat_nofollow(dir, name, libc::O_PATH | libc::O_DIRECTORY)
+}
+
+/// Opens the file `name` (one component) inside `dir` read-only, without
+/// following a symlink (`ELOOP` when it is one), close-on-exec, and
+/// non-blocking so that a FIFO or device put in its place cannot block the
+/// open (callers `fstat` the result and refuse anything but a regular
+/// file; for a regular file `O_NONBLOCK` changes nothing).
+pub fn open_file_nofollow(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<File> {
+    let fd = openat_nofollow(
+        Some(dir),
+        name,
+        libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOCTTY,
+    )?;
+    Ok(File::from(fd))
 }
 
 /// `FICLONE` from `<linux/fs.h>`: `_IOW(0x94, 9, int)`.
@@ -223,6 +273,35 @@ mod tests {
             Ok(()) => {}
             Err(e) => assert!(e.raw_os_error().is_some(), "{e}"),
         }
+    }
+
+    #[test]
+    fn nofollow_opens_refuse_symlinks_and_walk_directories() {
+        use std::ffi::OsStr;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("f"), b"x").unwrap();
+        std::os::unix::fs::symlink("f", dir.path().join("l")).unwrap();
+        std::os::unix::fs::symlink(".", dir.path().join("dl")).unwrap();
+        let root = open_dir_nofollow(None, OsStr::new("/")).unwrap();
+        let mut d = root;
+        for c in dir.path().iter().skip(1) {
+            d = open_dir_nofollow(Some(d.as_fd()), c).unwrap();
+        }
+        let mut s = String::new();
+        open_file_nofollow(d.as_fd(), OsStr::new("f"))
+            .unwrap()
+            .read_to_string(&mut s)
+            .unwrap();
+        assert_eq!(s, "x");
+        let e = open_file_nofollow(d.as_fd(), OsStr::new("l")).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::ELOOP));
+        let e = open_dir_nofollow(Some(d.as_fd()), OsStr::new("dl")).unwrap_err();
+        assert!(
+            matches!(e.raw_os_error(), Some(libc::ELOOP) | Some(libc::ENOTDIR)),
+            "{e}"
+        );
+        let e = open_dir_nofollow(Some(d.as_fd()), OsStr::new("f")).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::ENOTDIR));
     }
 
     #[test]
