@@ -24,6 +24,7 @@ pub mod plot;
 pub mod pool;
 pub mod ready;
 pub mod reconcile;
+pub mod registry;
 pub mod restore;
 pub mod ring;
 pub mod slot;

@@ -793,6 +793,15 @@ impl Kernel {
                 return Err(e);
             }
         };
+        // Found again by `pool status` and `reconcile` without --pool.
+        let entry = crate::registry::PoolEntry::new(&net, host, created.is_some());
+        if let Err(e) = crate::registry::Registry::default().put(entry) {
+            tracing::warn!(
+                "pool {}: {}; it is found only with --pool",
+                net.pool,
+                crate::doctor::error_chain(&e)
+            );
+        }
         let k = Kernel {
             net,
             host_ns,
