@@ -12,25 +12,38 @@
 
 mod common;
 
-use std::io::Write;
-use std::os::unix::process::CommandExt;
+use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
 use common::wasp_cli::{wasp_in, Setup};
 
 /// A process that stays until its stdin closes, whose argv names `sock` as
-/// `--api-sock`, like a VMM's; run as `uid` when given.
+/// `--api-sock`, like a VMM's; run as `uid` when given. Returns once it
+/// runs (it says so on stdout).
 fn decoy(sock: &Path, uid: Option<u32>) -> Child {
-    let mut c = Command::new("/bin/sh");
-    c.args(["-c", "read x", "sh", "--api-sock"])
+    // setpriv drops every id and group, then execs the shell (same pid).
+    let mut c = match uid {
+        Some(u) => {
+            let mut c = Command::new("setpriv");
+            c.arg(format!("--reuid={u}"))
+                .arg(format!("--regid={u}"))
+                .args(["--clear-groups", "/bin/sh"]);
+            c
+        }
+        None => Command::new("/bin/sh"),
+    };
+    c.args(["-c", "echo up; read x", "sh", "--api-sock"])
         .arg(sock)
         .stdin(Stdio::piped())
-        .stdout(Stdio::null());
-    if let Some(u) = uid {
-        c.uid(u).gid(u);
-    }
-    c.spawn().unwrap()
+        .stdout(Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line, "up\n");
+    child
 }
 
 /// Asserts `child` was not killed, then ends it by closing its stdin.
@@ -101,7 +114,7 @@ fn decoys_that_name_a_clone_socket_survive_reconcile() {
     std::fs::create_dir(&unmarked).unwrap();
     std::fs::write(unmarked.join("rootfs"), b"x").unwrap();
     let rooted = decoy(&unmarked.join("api.sock"), None);
-    // spawn() returns after the exec: /proc shows the decoys' argv.
+    // Both run: /proc shows their argv.
     for c in [&nobody, &rooted] {
         let cmd = std::fs::read(format!("/proc/{}/cmdline", c.id())).unwrap();
         let want = format!("--api-sock\0{}", clones.display());
@@ -113,6 +126,9 @@ fn decoys_that_name_a_clone_socket_survive_reconcile() {
     assert_eq!(rep["dirs_removed"], serde_json::json!([]), "{rep:#}");
     assert_alive_then_end(nobody, "the nobody decoy");
     assert_alive_then_end(rooted, "the root decoy");
-    assert!(unmarked.join("rootfs").exists(), "an unmarked dir is not wasp's");
+    assert!(
+        unmarked.join("rootfs").exists(),
+        "an unmarked dir is not wasp's"
+    );
     std::fs::remove_dir_all(&unmarked).unwrap();
 }
