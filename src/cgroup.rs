@@ -120,6 +120,9 @@ pub enum CgroupError {
     /// A path that is not a wasp cgroup was given for removal.
     #[error("{0} is not a wasp clone cgroup (its name must start with {PREFIX}-); left alone")]
     NotOurs(PathBuf),
+    /// The state dir's owner id, which names its clones' parent cgroup.
+    #[error("cannot name the clones' parent cgroup after the state dir")]
+    Owner(#[from] crate::state::StateError),
     /// Processes stayed in the cgroup after cgroup.kill.
     #[error("cgroup {0} still has processes after cgroup.kill; not removed")]
     Busy(PathBuf),
@@ -347,10 +350,12 @@ fn write_file(path: &Path, value: &str) -> io::Result<()> {
 }
 
 impl CgroupParent {
-    /// The product's parent, `wasp/<owner id>` ([`owner_dir`]), opened as
-    /// [`CgroupParent::open_named`] does.
-    pub fn open(owner: &Owner, limits: Limits) -> Result<Self, CgroupError> {
-        Self::open_at(&[PARENT, owner.as_str()], limits)
+    /// The product's parent for the clones of `state_dir`,
+    /// `wasp/<owner id>` ([`owner_dir`]), opened as
+    /// [`CgroupParent::open_named`] does (the state dir's owner is read, or
+    /// made, only once the controllers are known to be there).
+    pub fn open(state_dir: &Path, limits: Limits) -> Result<Self, CgroupError> {
+        Self::open_at(&[PARENT], Some(state_dir), limits)
     }
 
     /// Checks the controllers (nothing is created when one is missing),
@@ -360,20 +365,29 @@ impl CgroupParent {
         if !name.starts_with(PREFIX) || name.contains('/') || name.contains("..") {
             return Err(CgroupError::NotOurs(PathBuf::from(name)));
         }
-        Self::open_at(&[name], limits)
+        Self::open_at(&[name], None, limits)
     }
 
-    /// Creates `<mount>/<parts…>` level by level and enables the
-    /// controllers from the mount down to the last.
-    fn open_at(parts: &[&str], limits: Limits) -> Result<Self, CgroupError> {
+    /// Creates `<mount>/<parts…>[/<owner id of state_dir>]` level by level
+    /// and enables the controllers from the mount down to the last.
+    fn open_at(
+        parts: &[&str],
+        state_dir: Option<&Path>,
+        limits: Limits,
+    ) -> Result<Self, CgroupError> {
         let mi = Path::new("/proc/self/mountinfo");
         let mountinfo = fs::read_to_string(mi).map_err(io_err("read", mi))?;
         let mount = find_cgroup2(&mountinfo).ok_or(CgroupError::NoCgroup2)?;
         let ctl = mount.join("cgroup.controllers");
         let available = fs::read_to_string(&ctl).map_err(io_err("read", &ctl))?;
         check_controllers(&mountinfo, &mount, &available, &limits)?;
+        let owner = state_dir.map(Owner::of_state_dir).transpose()?;
         let mut levels = vec![mount.clone()];
-        for p in parts {
+        for p in parts
+            .iter()
+            .copied()
+            .chain(owner.as_ref().map(Owner::as_str))
+        {
             let dir = levels[levels.len() - 1].join(p);
             match fs::create_dir(&dir) {
                 Err(e) if e.kind() != io::ErrorKind::AlreadyExists => {

@@ -14,12 +14,23 @@
 //!   stopped, files and record removed, slot recycled (or destroyed).
 //!   Records that do not parse are moved aside as `NAME.corrupt`.
 //! - **VMM processes** without a healthy record (a crash between launch and
-//!   record): every process whose `--api-sock` argument lies in
-//!   `<runtime>/clones/wasp-<id>/` is wasp's; unless it is an adopted
-//!   clone's VMM it is SIGKILLed through a pidfd after checking its start
-//!   time did not change.
-//! - **clone directories** `<runtime>/clones/wasp-<id>` of clones that are
-//!   not adopted ([`crate::storage::clone::reconcile_dir`]).
+//!   record): a process whose `--api-sock` argument lies in
+//!   `<runtime>/clones/wasp-<id>/` (or that runs in a jail
+//!   `<runtime>/jail/<exec>/<id>/root`) is killed only when it is this
+//!   state dir's ([`find_vmms`]): a pidfd is opened first, then its argv,
+//!   root, executable (dev+ino of a configured Firecracker, jailer or
+//!   stand-in, or the jailer's copy of Firecracker in the jail), uids
+//!   (wasp's, or the jail's recorded in its mark) and start time are read,
+//!   the clone dir (and jail dir) it names must carry this state dir's
+//!   mark ([`Owner`]), and the pidfd must still be running afterwards; the
+//!   start time is checked again before `pidfd_send_signal(SIGKILL)`.
+//!   Anything else is left alone (logged), as is an adopted clone's VMM.
+//! - **clone directories** `<runtime>/clones/wasp-<id>` and **jails** of
+//!   clones that are not adopted, when they carry this state dir's mark
+//!   ([`crate::storage::clone::reconcile_dir`], [`crate::jailer::reconcile`]),
+//!   and **cgroups** under this state dir's own parent
+//!   `<cgroup2>/wasp/<owner id>` ([`crate::cgroup::reconcile`]). Several
+//!   state dirs may share a host and a runtime dir: none touches another's.
 //! - **slots** of the pool in scope ([`crate::pool::Pool::reconcile`]):
 //!   healthy ones stay (free ones are the warm pool), broken ones are
 //!   removed, the slots of removed clones and killed orphans are recycled
@@ -711,7 +722,6 @@ pub fn find_vmms(s: &VmmScope) -> io::Result<(Vec<VmmProc>, Vec<LeftAlone>)> {
 
 /// SIGKILLs `p` through its pidfd, if it is still the process found.
 fn kill_exact(p: &VmmProc) -> io::Result<bool> {
-    crate::testhook::point("reconcile-orphan-inspected");
     // The pidfd holds the process: it is alive and its pid still names it,
     // and its start time is the one inspected.
     if pidfd::pidfd_exited(&p.pidfd, 0)? || state::pid_start_time(p.pid) != Some(p.start) {

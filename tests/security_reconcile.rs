@@ -132,3 +132,67 @@ fn decoys_that_name_a_clone_socket_survive_reconcile() {
     );
     std::fs::remove_dir_all(&unmarked).unwrap();
 }
+
+/// A limit this host's cgroup v2 takes (hugetlb on a hybrid host like the
+/// build machines, pids on a unified one).
+fn cgroup_limit() -> String {
+    let mi = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let mount = wasp::cgroup::find_cgroup2(&mi).expect("cgroup2 is mounted");
+    let ctl = std::fs::read_to_string(mount.join("cgroup.controllers")).unwrap();
+    let has = |c: &str| ctl.split_whitespace().any(|x| x == c);
+    if has("hugetlb") && Path::new("/sys/kernel/mm/hugepages/hugepages-2048kB").exists() {
+        "hugetlb.2MB.max=4194304".into()
+    } else if has("pids") {
+        "pids.max=64".into()
+    } else {
+        panic!("cgroup v2 here offers neither hugetlb nor pids: {ctl:?}")
+    }
+}
+
+#[test]
+fn reconcile_of_another_state_dir_leaves_a_clones_cgroup_alone() {
+    root_or_skip!();
+    let a = Setup::new("srca");
+    let b = Setup::new("srcb");
+    let mut spawn = a.spawn_n("1");
+    spawn.args(["--cgroup", &cgroup_limit()]);
+    let v = a.json(spawn);
+    assert_eq!(v["summary"]["ready"], 1, "{v:#}");
+    let id = v["clones"][0]["id"].as_str().unwrap().to_owned();
+    let rec: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(a.state().join("clones").join(format!("{id}.json"))).unwrap(),
+    )
+    .unwrap();
+    let cg = std::path::PathBuf::from(rec["cgroup"].as_str().unwrap());
+    // Under A's own parent, named by A's owner id.
+    let owner = std::fs::read_to_string(a.state().join("owner")).unwrap();
+    assert_eq!(
+        cg.parent().unwrap().file_name().unwrap().to_str(),
+        Some(owner.trim()),
+        "{cg:?}"
+    );
+    let procs = std::fs::read_to_string(cg.join("cgroup.procs")).unwrap();
+    let pid = rec["pid"].to_string();
+    assert!(procs.lines().any(|p| p == pid), "{procs}");
+
+    let out = wasp_in(
+        &["reconcile", "--json"],
+        &b.state(),
+        &a.run_dir(),
+        Some((b.host.name(), b.pool.as_str())),
+    )
+    .output()
+    .unwrap();
+    let rep: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(rep["dirs_removed"], serde_json::json!([]), "{rep:#}");
+    assert_eq!(rep["orphans_killed"], serde_json::json!([]), "{rep:#}");
+    assert_eq!(
+        std::fs::read_to_string(cg.join("cgroup.procs")).unwrap(),
+        procs,
+        "A's clone is still in its cgroup"
+    );
+    let ls = a.json(a.wasp(&["ls", "--json"], false));
+    assert_eq!(ls["clones"][0]["alive"], true, "{ls:#}");
+    a.kill_drain_and_assert_zero();
+    assert!(!cg.exists(), "kill removes the clone's cgroup");
+}

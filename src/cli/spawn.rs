@@ -242,8 +242,8 @@ fn build_isolation(a: &SpawnArgs, vmm: &Vmm, cfg: &Config) -> anyhow::Result<Iso
         iso.jailer = Some(Arc::new(j));
     }
     if !limits.is_empty() {
-        let parent =
-            cgroup::CgroupParent::open(&owner(cfg)?, limits).context("per-clone cgroup limits")?;
+        let parent = cgroup::CgroupParent::open(&cfg.state_dir.value, limits)
+            .context("per-clone cgroup limits")?;
         iso.cgroup = Some(Arc::new(parent));
     }
     Ok(iso)
