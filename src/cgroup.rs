@@ -1,11 +1,15 @@
 //! Optional per-clone cgroup v2 limits (`memory.max`, `cpu.max`, or any
 //! `controller.file=value`).
 //!
-//! Layout: `<cgroup2 mount>/wasp/wasp-<clone id>`. The cgroup2 mount is
-//! found in /proc/self/mountinfo (it is `/sys/fs/cgroup` on a unified host,
-//! `/sys/fs/cgroup/unified` on a hybrid one); wasp never assumes a path.
-//! Everything wasp creates carries its prefix, so after a crash
-//! [`reconcile`] finds the leftovers by name.
+//! Layout: `<cgroup2 mount>/wasp/<owner id>/wasp-<clone id>`, where the
+//! owner id is the state dir's ([`crate::state::Owner`]). The cgroup2
+//! mount is found in /proc/self/mountinfo (it is `/sys/fs/cgroup` on a
+//! unified host, `/sys/fs/cgroup/unified` on a hybrid one); wasp never
+//! assumes a path. Everything wasp creates carries its prefix, and each
+//! state dir's clones sit under their own parent, so after a crash
+//! [`reconcile`] finds a state dir's leftovers by name and never touches
+//! the cgroups of another state dir sharing the host (a cgroup cannot hold
+//! a mark file; its place in the tree is the mark).
 //!
 //! - [`CgroupParent::open`] runs once per batch, before any clone: it
 //!   checks that every controller the limits need is available in cgroup v2
@@ -29,11 +33,18 @@ use std::time::{Duration, Instant};
 use thiserror::Error;
 
 use crate::paths::PREFIX;
+use crate::state::Owner;
 use crate::storage::clone::ReconcileReport;
 use crate::sys;
 
-/// The parent cgroup, directly under the cgroup2 mount.
+/// The parent cgroup, directly under the cgroup2 mount; each state dir's
+/// clones sit in its child named by the owner id ([`owner_dir`]).
 pub const PARENT: &str = PREFIX;
+
+/// `<mount>/wasp/<owner id>`: the parent of `owner`'s clone cgroups.
+pub fn owner_dir(mount: &Path, owner: &Owner) -> PathBuf {
+    mount.join(PARENT).join(owner.as_str())
+}
 
 /// `memory.max`: the clone's memory limit (bytes, `K`/`M`/`G` suffixes, or
 /// `max`).
@@ -109,6 +120,9 @@ pub enum CgroupError {
     /// A path that is not a wasp cgroup was given for removal.
     #[error("{0} is not a wasp clone cgroup (its name must start with {PREFIX}-); left alone")]
     NotOurs(PathBuf),
+    /// The state dir's owner id, which names its clones' parent cgroup.
+    #[error("cannot name the clones' parent cgroup after the state dir")]
+    Owner(#[from] crate::state::StateError),
     /// Processes stayed in the cgroup after cgroup.kill.
     #[error("cgroup {0} still has processes after cgroup.kill; not removed")]
     Busy(PathBuf),
@@ -336,9 +350,12 @@ fn write_file(path: &Path, value: &str) -> io::Result<()> {
 }
 
 impl CgroupParent {
-    /// [`CgroupParent::open_named`] with the product's parent, `wasp`.
-    pub fn open(limits: Limits) -> Result<Self, CgroupError> {
-        Self::open_named(PARENT, limits)
+    /// The product's parent for the clones of `state_dir`,
+    /// `wasp/<owner id>` ([`owner_dir`]), opened as
+    /// [`CgroupParent::open_named`] does (the state dir's owner is read, or
+    /// made, only once the controllers are known to be there).
+    pub fn open(state_dir: &Path, limits: Limits) -> Result<Self, CgroupError> {
+        Self::open_at(&[PARENT], Some(state_dir), limits)
     }
 
     /// Checks the controllers (nothing is created when one is missing),
@@ -348,22 +365,42 @@ impl CgroupParent {
         if !name.starts_with(PREFIX) || name.contains('/') || name.contains("..") {
             return Err(CgroupError::NotOurs(PathBuf::from(name)));
         }
+        Self::open_at(&[name], None, limits)
+    }
+
+    /// Creates `<mount>/<parts…>[/<owner id of state_dir>]` level by level
+    /// and enables the controllers from the mount down to the last.
+    fn open_at(
+        parts: &[&str],
+        state_dir: Option<&Path>,
+        limits: Limits,
+    ) -> Result<Self, CgroupError> {
         let mi = Path::new("/proc/self/mountinfo");
         let mountinfo = fs::read_to_string(mi).map_err(io_err("read", mi))?;
         let mount = find_cgroup2(&mountinfo).ok_or(CgroupError::NoCgroup2)?;
         let ctl = mount.join("cgroup.controllers");
         let available = fs::read_to_string(&ctl).map_err(io_err("read", &ctl))?;
         check_controllers(&mountinfo, &mount, &available, &limits)?;
-        let dir = mount.join(name);
-        match fs::create_dir(&dir) {
-            Err(e) if e.kind() != io::ErrorKind::AlreadyExists => {
-                return Err(io_err("create", &dir)(e))
+        let owner = state_dir.map(Owner::of_state_dir).transpose()?;
+        let mut levels = vec![mount.clone()];
+        for p in parts
+            .iter()
+            .copied()
+            .chain(owner.as_ref().map(Owner::as_str))
+        {
+            let dir = levels[levels.len() - 1].join(p);
+            match fs::create_dir(&dir) {
+                Err(e) if e.kind() != io::ErrorKind::AlreadyExists => {
+                    return Err(io_err("create", &dir)(e))
+                }
+                _ => {}
             }
-            _ => {}
+            levels.push(dir);
         }
+        let dir = levels[levels.len() - 1].clone();
         let me = Self { mount, dir, limits };
-        for d in [me.mount.clone(), me.dir.clone()] {
-            me.enable_in(&d)?;
+        for d in &levels {
+            me.enable_in(d)?;
         }
         Ok(me)
     }
@@ -488,7 +525,8 @@ pub fn remove(path: &Path, timeout: Duration) -> Result<(), CgroupError> {
 }
 
 /// Removes every `wasp-<id>` cgroup under `parent` whose clone `is_live`
-/// says is gone. Continues past errors and reports each.
+/// says is gone. `parent` is one state dir's own ([`owner_dir`]): nothing
+/// outside it is looked at. Continues past errors and reports each.
 pub fn reconcile(parent: &Path, is_live: &dyn Fn(&str) -> bool) -> ReconcileReport {
     let mut r = ReconcileReport::default();
     let Some(entries) = r.list(parent) else {
@@ -607,6 +645,32 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("lists: nothing"), "{e}");
+    }
+
+    #[test]
+    fn reconcile_sweeps_only_its_own_state_dirs_parent() {
+        // Plain directories stand in for the cgroup tree: the sweep's
+        // decisions, not the kernel's cgroup.kill.
+        let t = tempfile::tempdir().unwrap();
+        let a = Owner::of_state_dir(&t.path().join("a")).unwrap();
+        let b = Owner::of_state_dir(&t.path().join("b")).unwrap();
+        let mount = t.path().join("cg");
+        for (o, id) in [(&a, "a-1"), (&a, "a-2"), (&b, "b-1")] {
+            fs::create_dir_all(owner_dir(&mount, o).join(format!("{PREFIX}-{id}"))).unwrap();
+        }
+        // The old flat layout, and a stranger: under no owner's parent.
+        fs::create_dir_all(mount.join(PARENT).join("wasp-old-1")).unwrap();
+        let r = reconcile(&owner_dir(&mount, &a), &|id| id == "a-1");
+        assert_eq!(r.kept, 1);
+        assert_eq!(
+            r.removed,
+            vec![owner_dir(&mount, &a).join("wasp-a-2")],
+            "{:?}",
+            r.errors
+        );
+        assert!(owner_dir(&mount, &b).join("wasp-b-1").is_dir());
+        assert!(mount.join(PARENT).join("wasp-old-1").is_dir());
+        assert!(owner_dir(&mount, &a).join("wasp-a-1").is_dir());
     }
 
     #[test]

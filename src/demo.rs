@@ -291,6 +291,9 @@ pub enum DemoError {
     /// A slot for the golden boot.
     #[error("cannot take a slot for the golden boot: {0}")]
     Slot(String),
+    /// The run's state dir.
+    #[error("cannot use the demo's state dir")]
+    State(#[from] crate::state::StateError),
 }
 
 /// A `/proc/PID/status` field in KiB (`VmRSS`, `RssAnon`, …).
@@ -410,6 +413,7 @@ pub fn reconcile_leftovers(root: &Path) -> Leftovers {
             runtime_dir: work.join("run"),
             tap: SlotNet::default().tap,
             pool: None,
+            vmm_binaries: crate::reconcile::vmm_binaries(None, None),
         };
         match crate::reconcile::reconcile(&opts) {
             Ok(r) => {
@@ -578,7 +582,8 @@ fn run_inner(
             (Vmm::Firecracker(fc.clone()), Ready::Running)
         }
     };
-    let store = CloneStore::open(&snap, &o.work_dir.join("run"), Mode::Auto)?;
+    let owner = state::Owner::of_state_dir(&o.work_dir.join("state"))?;
+    let store = CloneStore::open(&snap, &o.work_dir.join("run"), Mode::Auto)?.with_owner(owner);
     let host_before = host_mem();
     let opts = SpawnOptions {
         vmm,

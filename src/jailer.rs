@@ -35,6 +35,7 @@ use std::path::{Path, PathBuf};
 use thiserror::Error;
 
 use crate::paths::STABLE_DRIVE_DIR;
+use crate::state::Owner;
 use crate::storage::clone::ReconcileReport;
 
 /// The chroot base directory under the runtime dir (the jailer's
@@ -117,6 +118,7 @@ pub struct Jailer {
     uid: u32,
     gid: u32,
     base: PathBuf,
+    owner: Option<Owner>,
 }
 
 /// One clone's jail, before launch: what to bind where.
@@ -154,7 +156,16 @@ impl Jailer {
             uid,
             gid,
             base,
+            owner: None,
         })
+    }
+
+    /// Marks every jail dir this jailer mode creates as `owner`'s (with the
+    /// jailed uid/gid), the moment it is created: reconcile removes, and
+    /// kills the VMMs of, only the jails of its own state dir.
+    pub fn with_owner(mut self, owner: Owner) -> Self {
+        self.owner = Some(owner);
+        self
     }
 
     /// The jailer binary.
@@ -241,6 +252,10 @@ impl Jailer {
             Err(e) => return Err(io_err("create", &dir)(e)),
         }
         let made = (|| {
+            if let Some(o) = &self.owner {
+                let ids = [("uid", self.uid.to_string()), ("gid", self.gid.to_string())];
+                o.mark(&dir, &ids).map_err(io_err("mark", &dir))?;
+            }
             let drive_dir = root.join(STABLE_DRIVE_DIR.trim_start_matches('/'));
             let snap_dir = root.join(SNAPSHOT_DIR_IN_JAIL.trim_start_matches('/'));
             for d in [&drive_dir, &snap_dir, &root.join("run")] {
@@ -322,9 +337,15 @@ pub fn remove_jail(dir: &Path) -> Result<(), JailerError> {
     }
 }
 
-/// Removes every `<base>/<exec>/<id>` jail whose clone `is_live` says is
-/// gone. Continues past errors and reports each.
-pub fn reconcile(base: &Path, is_live: &dyn Fn(&str) -> bool) -> ReconcileReport {
+/// Removes every `<base>/<exec>/<id>` jail that `owns` accepts (it carries
+/// the state dir's mark) and whose clone `is_live` says is gone; the
+/// others are listed in [`ReconcileReport::not_ours`] and left alone.
+/// Continues past errors and reports each.
+pub fn reconcile(
+    base: &Path,
+    is_live: &dyn Fn(&str) -> bool,
+    owns: &dyn Fn(&Path) -> bool,
+) -> ReconcileReport {
     let mut r = ReconcileReport::default();
     let Some(execs) = r.list(base) else {
         return r;
@@ -335,6 +356,10 @@ pub fn reconcile(base: &Path, is_live: &dyn Fn(&str) -> bool) -> ReconcileReport
         };
         for j in jails.flatten() {
             let id = j.file_name().to_string_lossy().into_owned();
+            if !owns(&j.path()) {
+                r.not_ours.push(j.path());
+                continue;
+            }
             r.settle(is_live(&id), j.path(), remove_jail);
         }
     }
@@ -423,9 +448,24 @@ mod tests {
             j.prepare("ab-1", &[], &own, &[]),
             Err(JailerError::Exists(_))
         ));
-        let r = reconcile(j.base(), &|id| id == "ab-1");
+        // Unmarked (no owner): not ours, left alone.
+        let owner = Owner::of_state_dir(&t.path().join("state")).unwrap();
+        let owns = |d: &Path| owner.owns(d);
+        let r = reconcile(j.base(), &|_| false, &owns);
+        assert_eq!((r.kept, r.removed.len(), r.not_ours.len()), (0, 0, 1));
+        assert!(p.dir.exists());
+        remove_jail(&p.dir).unwrap();
+        // Marked by its state dir: judged, with the jailed ids in the mark.
+        let j = j.with_owner(owner.clone());
+        let p = j.prepare("ab-1", &[], &own, &[]).unwrap();
+        let mark = owner.marked(&p.dir).unwrap();
+        assert!(mark.contains(&("uid".into(), "64000".into())), "{mark:?}");
+        let other = Owner::of_state_dir(&t.path().join("other")).unwrap();
+        let r = reconcile(j.base(), &|_| false, &|d| other.owns(d));
+        assert_eq!(r.not_ours, vec![p.dir.clone()]);
+        let r = reconcile(j.base(), &|id| id == "ab-1", &owns);
         assert_eq!((r.kept, r.removed.len()), (1, 0));
-        let r = reconcile(j.base(), &|_| false);
+        let r = reconcile(j.base(), &|_| false, &owns);
         assert_eq!(r.removed, vec![p.dir.clone()], "{:?}", r.errors);
         assert!(!p.dir.exists());
         assert!(matches!(remove_jail(&own), Err(JailerError::NotOurs(_))));

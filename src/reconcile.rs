@@ -14,12 +14,23 @@
 //!   stopped, files and record removed, slot recycled (or destroyed).
 //!   Records that do not parse are moved aside as `NAME.corrupt`.
 //! - **VMM processes** without a healthy record (a crash between launch and
-//!   record): every process whose `--api-sock` argument lies in
-//!   `<runtime>/clones/wasp-<id>/` is wasp's; unless it is an adopted
-//!   clone's VMM it is SIGKILLed through a pidfd after checking its start
-//!   time did not change.
-//! - **clone directories** `<runtime>/clones/wasp-<id>` of clones that are
-//!   not adopted ([`crate::storage::clone::reconcile_dir`]).
+//!   record): a process whose `--api-sock` argument lies in
+//!   `<runtime>/clones/wasp-<id>/` (or that runs in a jail
+//!   `<runtime>/jail/<exec>/<id>/root`) is killed only when it is this
+//!   state dir's ([`find_vmms`]): a pidfd is opened first, then its argv,
+//!   root, executable (dev+ino of a configured Firecracker, jailer or
+//!   stand-in, or the jailer's copy of Firecracker in the jail), uids
+//!   (wasp's, or the jail's recorded in its mark) and start time are read,
+//!   the clone dir (and jail dir) it names must carry this state dir's
+//!   mark ([`Owner`]), and the pidfd must still be running afterwards; the
+//!   start time is checked again before `pidfd_send_signal(SIGKILL)`.
+//!   Anything else is left alone (logged), as is an adopted clone's VMM.
+//! - **clone directories** `<runtime>/clones/wasp-<id>` and **jails** of
+//!   clones that are not adopted, when they carry this state dir's mark
+//!   ([`crate::storage::clone::reconcile_dir`], [`crate::jailer::reconcile`]),
+//!   and **cgroups** under this state dir's own parent
+//!   `<cgroup2>/wasp/<owner id>` ([`crate::cgroup::reconcile`]). Several
+//!   state dirs may share a host and a runtime dir: none touches another's.
 //! - **slots** of the pool in scope ([`crate::pool::Pool::reconcile`]):
 //!   healthy ones stay (free ones are the warm pool), broken ones are
 //!   removed, the slots of removed clones and killed orphans are recycled
@@ -35,6 +46,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{File, OpenOptions};
 use std::io;
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -42,10 +54,11 @@ use std::time::Duration;
 use serde::Serialize;
 use thiserror::Error;
 
+use crate::firecracker::Chosen;
 use crate::paths::PREFIX;
 use crate::pool::{Pool, PoolConfig};
 use crate::slot::{HostNet, Kernel, SlotNet, SlotOps};
-use crate::state::{self, CloneRecord, StateError, Store};
+use crate::state::{self, CloneRecord, Owner, StateError, Store};
 use crate::storage::clone::{reconcile_dir, CLONES_SUBDIR};
 use crate::sys::fs::{flock, FlockMode};
 use crate::sys::{netns, pidfd};
@@ -143,6 +156,10 @@ pub struct Options {
     pub tap: String,
     /// The pool whose slots are checked too (`None`: clones only).
     pub pool: Option<(SlotNet, HostNet)>,
+    /// The VMM binaries wasp starts ([`vmm_binaries`]): a process is killed
+    /// as an orphan VMM only when it runs one of them (or, jailed, the
+    /// jailer's copy of Firecracker in a jail of this state dir's).
+    pub vmm_binaries: Vec<PathBuf>,
 }
 
 /// A healthy clone kept.
@@ -494,8 +511,24 @@ pub fn api_sock_arg(cmdline: &[u8]) -> Option<PathBuf> {
     None
 }
 
-/// A VMM process of wasp's found in /proc.
-#[derive(Debug, Clone)]
+/// What a process must be for reconcile to kill it as an orphan VMM of
+/// this state dir.
+#[derive(Debug)]
+pub struct VmmScope<'a> {
+    /// `<runtime>/clones`, as given and canonical.
+    pub clones_dirs: Vec<PathBuf>,
+    /// The state dir's owner: the clone dir (and jail dir) the process
+    /// names must carry its mark.
+    pub owner: &'a Owner,
+    /// `(dev, ino)` of the VMM binaries wasp starts (Firecracker, the
+    /// jailer, the stand-in), run as `uid`.
+    pub exes: Vec<(u64, u64)>,
+    /// The uid of a VMM that is not jailed (wasp's own euid).
+    pub uid: u32,
+}
+
+/// A VMM process of this state dir's found in /proc, held by a pidfd.
+#[derive(Debug)]
 pub struct VmmProc {
     /// pid.
     pub pid: i32,
@@ -505,12 +538,171 @@ pub struct VmmProc {
     pub clone_id: String,
     /// Its network namespace inode.
     pub netns_ino: Option<u64>,
+    /// A pidfd opened before anything of the process was read, so every
+    /// read, and the kill, are of this one process.
+    pub pidfd: OwnedFd,
 }
 
-/// Every process whose API socket lies in one of `clones_dirs`.
-pub fn find_vmms(clones_dirs: &[PathBuf]) -> io::Result<Vec<VmmProc>> {
+/// A process that names a clone's API socket but is not a VMM of this
+/// state dir's: left alone.
+#[derive(Debug, Clone)]
+pub struct LeftAlone {
+    /// pid.
+    pub pid: i32,
+    /// The clone id its argv names.
+    pub clone_id: String,
+    /// Why it is not ours.
+    pub why: String,
+    /// True when the clone dir it names is this state dir's (so a wasp
+    /// VMM may be running from a binary reconcile was not told of).
+    pub names_ours: bool,
+}
+
+enum Inspected {
+    NotAVmm,
+    Ours(VmmProc),
+    LeftAlone(LeftAlone),
+}
+
+fn dev_ino(p: impl AsRef<Path>) -> Option<(u64, u64)> {
+    std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()))
+}
+
+/// The real, effective, saved and fs uids of `pid`, when all four are one.
+fn single_uid(pid: i32) -> Option<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    parse_single_uid(&status)
+}
+
+fn parse_single_uid(status: &str) -> Option<u32> {
+    let line = status.lines().find_map(|l| l.strip_prefix("Uid:"))?;
+    let ids: Vec<u32> = line
+        .split_whitespace()
+        .map(str::parse)
+        .collect::<Result<_, _>>()
+        .ok()?;
+    (ids.len() == 4 && ids.iter().all(|u| *u == ids[0])).then_some(ids[0])
+}
+
+/// Looks at `pid`: a pidfd first, then its argv, root, executable, uids
+/// and start time, then the pidfd again (still running, so every read was
+/// of the process the pidfd holds, never of a process that took its pid).
+fn inspect(pid: i32, s: &VmmScope) -> Inspected {
+    let Ok(pidfd) = pidfd::pidfd_open(pid) else {
+        return Inspected::NotAVmm;
+    };
+    // Gone meanwhile, or a kernel thread: no command line.
+    let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        return Inspected::NotAVmm;
+    };
+    let Some(sock) = api_sock_arg(&cmd) else {
+        return Inspected::NotAVmm;
+    };
+    let sock = if sock.is_relative() {
+        match std::fs::read_link(format!("/proc/{pid}/cwd")) {
+            Ok(cwd) => cwd.join(sock),
+            Err(_) => return Inspected::NotAVmm,
+        }
+    } else {
+        sock
+    };
+    // A jailed Firecracker names its socket inside its chroot,
+    // `<runtime>/jail/<exec>/<id>/root`: the jail names the clone.
+    let root = std::fs::read_link(format!("/proc/{pid}/root")).ok();
+    let jail_root = root
+        .filter(|r| r != Path::new("/"))
+        .and_then(|r| jailed_clone_id(&r, &s.clones_dirs).map(|id| (r, id)));
+    let (clone_id, clone_dir) = match &jail_root {
+        Some((r, id)) => {
+            // <runtime>/jail/<exec>/<id>/root -> <runtime>/clones/wasp-<id>
+            let runtime = r.ancestors().nth(4).unwrap_or(Path::new("/"));
+            (
+                id.clone(),
+                runtime.join(CLONES_SUBDIR).join(format!("{PREFIX}-{id}")),
+            )
+        }
+        None => match clone_id_of_sock(&sock, &s.clones_dirs) {
+            Some(id) => (id, sock.parent().unwrap_or(Path::new("/")).to_owned()),
+            None => return Inspected::NotAVmm,
+        },
+    };
+    let left = |why: String, names_ours: bool| {
+        Inspected::LeftAlone(LeftAlone {
+            pid,
+            clone_id: clone_id.clone(),
+            why,
+            names_ours,
+        })
+    };
+    if !s.owner.owns(&clone_dir) {
+        return left(
+            format!(
+                "the clone dir {} it names is missing or not marked as this state dir's",
+                clone_dir.display()
+            ),
+            false,
+        );
+    }
+    let exe = dev_ino(format!("/proc/{pid}/exe"));
+    let uid = single_uid(pid);
+    let wasp_binary = exe.is_some_and(|e| s.exes.contains(&e)) && uid == Some(s.uid);
+    let jailed_vmm = match &jail_root {
+        None => false,
+        Some((r, _)) => {
+            let jail = r.parent().unwrap_or(Path::new("/"));
+            let Some(mark) = s.owner.marked(jail) else {
+                return left(
+                    format!(
+                        "its jail {} is not marked as this state dir's",
+                        jail.display()
+                    ),
+                    true,
+                );
+            };
+            let field = |k: &str| {
+                mark.iter()
+                    .find(|(key, _)| key == k)
+                    .and_then(|(_, v)| v.parse::<u32>().ok())
+            };
+            // The jailer's copy of Firecracker in that chroot, as the
+            // jail's uid.
+            let exec = jail.parent().and_then(Path::file_name).map(|n| r.join(n));
+            exec.and_then(dev_ino).is_some_and(|c| exe == Some(c))
+                && uid.is_some()
+                && uid == field("uid")
+        }
+    };
+    if !(wasp_binary || jailed_vmm) {
+        return left(
+            format!(
+                "its executable or uid ({uid:?}) is not one of the VMMs wasp starts (Firecracker, the jailer, the stand-in, as configured)"
+            ),
+            true,
+        );
+    }
+    let Some(start) = state::pid_start_time(pid) else {
+        return Inspected::NotAVmm;
+    };
+    let netns_ino = ino(format!("/proc/{pid}/ns/net"));
+    // Still running: the pid was never another process's while we read.
+    if !matches!(pidfd::pidfd_exited(&pidfd, 0), Ok(false)) {
+        return Inspected::NotAVmm;
+    }
+    Inspected::Ours(VmmProc {
+        pid,
+        start,
+        clone_id,
+        netns_ino,
+        pidfd,
+    })
+}
+
+/// Every VMM of this state dir (see [`VmmScope`]) whose API socket lies in
+/// one of its clones dirs, and the processes that name such a socket but
+/// are not ours.
+pub fn find_vmms(s: &VmmScope) -> io::Result<(Vec<VmmProc>, Vec<LeftAlone>)> {
     let me = std::process::id() as i32;
-    let mut out = Vec::new();
+    let (mut ours, mut left) = (Vec::new(), Vec::new());
     for e in std::fs::read_dir("/proc")? {
         let Ok(e) = e else { continue };
         let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
@@ -519,65 +711,64 @@ pub fn find_vmms(clones_dirs: &[PathBuf]) -> io::Result<Vec<VmmProc>> {
         if pid == me {
             continue;
         }
-        // Gone meanwhile, or a kernel thread: no command line.
-        let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
-            continue;
-        };
-        let Some(sock) = api_sock_arg(&cmd) else {
-            continue;
-        };
-        let sock = if sock.is_relative() {
-            match std::fs::read_link(format!("/proc/{pid}/cwd")) {
-                Ok(cwd) => cwd.join(sock),
-                Err(_) => continue,
-            }
-        } else {
-            sock
-        };
-        // A jailed Firecracker names its socket inside its chroot,
-        // `<runtime>/jail/<exec>/<id>/root`: the jail names the clone.
-        let root = std::fs::read_link(format!("/proc/{pid}/root")).ok();
-        let jailed = root
-            .as_deref()
-            .filter(|r| *r != Path::new("/"))
-            .and_then(|r| jailed_clone_id(r, clones_dirs));
-        let Some(clone_id) = jailed.or_else(|| clone_id_of_sock(&sock, clones_dirs)) else {
-            continue;
-        };
-        let Some(start) = state::pid_start_time(pid) else {
-            continue;
-        };
-        out.push(VmmProc {
-            pid,
-            start,
-            clone_id,
-            netns_ino: ino(format!("/proc/{pid}/ns/net")),
-        });
+        match inspect(pid, s) {
+            Inspected::NotAVmm => {}
+            Inspected::Ours(p) => ours.push(p),
+            Inspected::LeftAlone(l) => left.push(l),
+        }
     }
-    Ok(out)
+    Ok((ours, left))
 }
 
-/// SIGKILLs `p` through a pidfd, if it is still the process found.
+/// SIGKILLs `p` through its pidfd, if it is still the process found.
 fn kill_exact(p: &VmmProc) -> io::Result<bool> {
-    let fd = match pidfd::pidfd_open(p.pid) {
-        Ok(fd) => fd,
-        Err(e) if e.raw_os_error() == Some(libc::ESRCH) => return Ok(false),
-        Err(e) => return Err(e),
-    };
-    // The pidfd pins the process: check it is the one we inspected.
-    if !state::same_process(p.pid, p.start) {
+    // The pidfd holds the process: it is alive and its pid still names it,
+    // and its start time is the one inspected.
+    if pidfd::pidfd_exited(&p.pidfd, 0)? || state::pid_start_time(p.pid) != Some(p.start) {
         return Ok(false);
     }
-    match pidfd::pidfd_send_signal(&fd, libc::SIGKILL) {
+    match pidfd::pidfd_send_signal(&p.pidfd, libc::SIGKILL) {
         Ok(()) => {}
         Err(e) if e.raw_os_error() == Some(libc::ESRCH) => return Ok(false),
         Err(e) => return Err(e),
     }
-    if pidfd::pidfd_exited(&fd, KILL_WAIT_MS)? {
+    if pidfd::pidfd_exited(&p.pidfd, KILL_WAIT_MS)? {
         Ok(true)
     } else {
         Err(io::Error::other("still running 5 s after SIGKILL"))
     }
+}
+
+/// The VMM binaries to accept as wasp's: Firecracker and the jailer as
+/// configured (else `WASP_FIRECRACKER`/`WASP_JAILER`, beside Firecracker,
+/// `PATH`) and the stand-in (`WASP_STANDIN`, `wasp-standin` beside this
+/// executable, or this executable, which a stand-in link points to).
+/// Missing ones are left out.
+pub fn vmm_binaries(firecracker: Option<&Chosen>, jailer: Option<&Chosen>) -> Vec<PathBuf> {
+    let from_env = |var: &str| {
+        std::env::var_os(var).map(|p| Chosen {
+            path: PathBuf::from(p),
+            origin: var.to_owned(),
+        })
+    };
+    let fc_env = from_env(crate::config::FIRECRACKER_ENV);
+    let fc = crate::firecracker::locate("firecracker", firecracker.or(fc_env.as_ref()), None).ok();
+    let jl_env = from_env(crate::config::JAILER_ENV);
+    let jl = crate::firecracker::locate(
+        "jailer",
+        jailer.or(jl_env.as_ref()),
+        fc.as_deref().and_then(Path::parent),
+    )
+    .ok();
+    let mut v: Vec<PathBuf> = fc.into_iter().chain(jl).collect();
+    v.extend(std::env::var_os("WASP_STANDIN").map(PathBuf::from));
+    if let Ok(exe) = std::env::current_exe() {
+        if let Some(dir) = exe.parent() {
+            v.push(dir.join(crate::standin::STANDIN_NAME));
+        }
+        v.push(exe);
+    }
+    v
 }
 
 fn clones_dirs(runtime_dir: &Path) -> Vec<PathBuf> {
@@ -595,6 +786,7 @@ fn clones_dirs(runtime_dir: &Path) -> Vec<PathBuf> {
 pub fn run(o: &Options) -> Result<Report, ReconcileError> {
     let mut rep = Report::default();
     let store = Store::open(&o.state_dir)?;
+    let owner = Owner::of_state_dir(&o.state_dir)?;
     rep.temp_removed = store.sweep_temp();
     let (records, bad) = store.list()?;
     for e in bad {
@@ -656,9 +848,28 @@ pub fn run(o: &Options) -> Result<Report, ReconcileError> {
         }
     }
 
-    // VMMs of wasp's with no healthy record.
-    match find_vmms(&clones_dirs(&o.runtime_dir)) {
-        Ok(procs) => {
+    // VMMs of this state dir's with no healthy record.
+    let scope = VmmScope {
+        clones_dirs: clones_dirs(&o.runtime_dir),
+        owner: &owner,
+        exes: o.vmm_binaries.iter().filter_map(dev_ino).collect(),
+        uid: nix::unistd::geteuid().as_raw(),
+    };
+    match find_vmms(&scope) {
+        Ok((procs, left)) => {
+            for l in left {
+                if l.names_ours {
+                    tracing::warn!(
+                        "reconcile: pid {} names clone {}'s API socket, but {}; not ours, left alone",
+                        l.pid, l.clone_id, l.why
+                    );
+                } else {
+                    tracing::info!(
+                        "reconcile: pid {} names clone {}'s API socket, but {}; not ours, left alone",
+                        l.pid, l.clone_id, l.why
+                    );
+                }
+            }
             for p in procs {
                 if adopted_pids.get(&p.clone_id) == Some(&p.pid) {
                     continue;
@@ -686,23 +897,29 @@ pub fn run(o: &Options) -> Result<Report, ReconcileError> {
         Err(e) => rep.errors.push(format!("cannot scan /proc: {e}")),
     }
 
-    // Clone directories of clones that are not adopted.
-    let dirs = reconcile_dir(&o.runtime_dir.join(CLONES_SUBDIR), &|id| {
-        adopted_pids.contains_key(id)
-    });
-    rep.dirs_removed = dirs.removed;
-    rep.errors.extend(dirs.errors);
-    // Jails (`--jailer`) and per-clone cgroups of clones that are not
-    // adopted.
+    // Clone directories, jails (`--jailer`) and per-clone cgroups of this
+    // state dir's clones that are not adopted: the dirs and jails carrying
+    // its mark, the cgroups under its own parent.
     let live = |id: &str| adopted_pids.contains_key(id);
-    let jails = crate::jailer::reconcile(&o.runtime_dir.join(crate::jailer::JAIL_DIR), &live);
-    rep.dirs_removed.extend(jails.removed);
-    rep.errors.extend(jails.errors);
+    let owns = |d: &Path| owner.owns(d);
+    let dirs = reconcile_dir(&o.runtime_dir.join(CLONES_SUBDIR), &live, &owns);
+    let jails =
+        crate::jailer::reconcile(&o.runtime_dir.join(crate::jailer::JAIL_DIR), &live, &owns);
+    for r in [dirs, jails] {
+        for p in &r.not_ours {
+            tracing::info!(
+                "reconcile: {} is not marked as this state dir's; not ours, left alone",
+                p.display()
+            );
+        }
+        rep.dirs_removed.extend(r.removed);
+        rep.errors.extend(r.errors);
+    }
     if let Some(mount) = std::fs::read_to_string("/proc/self/mountinfo")
         .ok()
         .and_then(|mi| crate::cgroup::find_cgroup2(&mi))
     {
-        let cgroups = crate::cgroup::reconcile(&mount.join(crate::cgroup::PARENT), &live);
+        let cgroups = crate::cgroup::reconcile(&crate::cgroup::owner_dir(&mount, &owner), &live);
         rep.dirs_removed.extend(cgroups.removed);
         rep.errors.extend(cgroups.errors);
     }
@@ -784,6 +1001,10 @@ fn reconcile_slots(
 fn move_aside(e: &StateError, rep: &mut Report) {
     let path = match e {
         StateError::Corrupt { path, .. } | StateError::TooLarge { path, .. } => path.clone(),
+        StateError::BadOwner(_) => {
+            rep.errors.push(crate::doctor::error_chain(e));
+            return;
+        }
         StateError::Io { path, .. } => {
             rep.errors.push(crate::doctor::error_chain(e));
             let _ = path;
@@ -842,12 +1063,27 @@ mod tests {
         assert_eq!(jailed("/"), None);
     }
 
+    #[test]
+    fn uids_must_be_one() {
+        let st = |u: &str| format!("Name:\tx\nUid:\t{u}\nGid:\t0\t0\t0\t0\n");
+        assert_eq!(parse_single_uid(&st("0\t0\t0\t0")), Some(0));
+        assert_eq!(
+            parse_single_uid(&st("65534\t65534\t65534\t65534")),
+            Some(65534)
+        );
+        // A setuid process, or one that dropped only some ids: not one uid.
+        assert_eq!(parse_single_uid(&st("1000\t0\t0\t0")), None);
+        assert_eq!(parse_single_uid(&st("0\t0")), None);
+        assert_eq!(parse_single_uid("Name:\tx\n"), None);
+    }
+
     fn clones_only(dir: &Path) -> Options {
         Options {
             state_dir: dir.join("state"),
             runtime_dir: dir.join("run"),
             tap: "tap0".into(),
             pool: None,
+            vmm_binaries: vec![],
         }
     }
 
@@ -880,7 +1116,17 @@ mod tests {
         let r = record(d.path(), i32::MAX, 1);
         std::fs::create_dir_all(&r.clone_dir).unwrap();
         store.put(&r).unwrap();
-        std::fs::create_dir_all(d.path().join("run/clones/wasp-stray-1")).unwrap();
+        let stray = d.path().join("run/clones/wasp-stray-1");
+        std::fs::create_dir_all(&stray).unwrap();
+        let owner = Owner::of_state_dir(&o.state_dir).unwrap();
+        owner.mark(&stray, &[]).unwrap();
+        // Another state dir's clone dir in the same runtime dir: left alone.
+        let theirs = d.path().join("run/clones/wasp-theirs-1");
+        std::fs::create_dir_all(&theirs).unwrap();
+        Owner::of_state_dir(&d.path().join("other"))
+            .unwrap()
+            .mark(&theirs, &[])
+            .unwrap();
         std::fs::write(store.dir().join("wasp-bad.json"), b"{\"id\": ").unwrap();
         std::fs::write(store.dir().join(".wasp-x.json.tmp-9"), b"").unwrap();
 
@@ -896,6 +1142,8 @@ mod tests {
         assert!(rep.corrupt[0].moved_to.exists());
         assert_eq!(rep.temp_removed, 1);
         assert!(!r.clone_dir.exists());
+        assert!(!stray.exists());
+        assert!(theirs.exists());
         assert!(rep.acted());
         // Idempotent: a second run has nothing to do.
         let again = reconcile(&o).unwrap();

@@ -83,6 +83,9 @@ pub enum StateError {
         #[source]
         source: serde_json::Error,
     },
+    /// The state dir's owner file is not an owner id.
+    #[error("{0} is not a wasp owner id (32 hex digits in a root-owned regular file); it names this state dir's clone dirs, jails and cgroups. Restore it, or remove it only when this state dir has no clone left (reconcile then leaves the old clones' files alone)")]
+    BadOwner(PathBuf),
     /// Too large to be a record.
     #[error("clone record {path} is {size} bytes, over {MAX_RECORD}; it is not a wasp record. Run `wasp reconcile`, which moves it aside as NAME.corrupt")]
     TooLarge {
@@ -255,6 +258,148 @@ fn read_record(path: &Path) -> Result<CloneRecord, StateError> {
     })
 }
 
+/// The file in the state dir holding its owner id ([`Owner`]).
+pub const OWNER_FILE: &str = "owner";
+/// The ownership mark wasp writes into every clone dir and jail dir it
+/// creates ([`Owner::mark`]).
+pub const MARK_FILE: &str = ".wasp-owner";
+/// Largest mark or owner file read.
+const MAX_MARK: u64 = 4096;
+
+/// The identity of one state dir: 32 random hex digits, written once to
+/// `<state>/owner` (mode 0600). Every clone dir, jail dir and per-clone
+/// cgroup parent wasp creates for this state dir carries it, so reconcile
+/// acts only on what this state dir made, never on the objects of another
+/// state dir sharing the host or the runtime dir. Not a secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owner(String);
+
+fn is_owner_id(s: &str) -> bool {
+    s.len() == 32
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// Reads a small regular file that is not a symlink and is owned by this
+/// process's euid (nobody else can have written it).
+fn read_owned(path: &Path) -> io::Result<String> {
+    use std::io::Read;
+    use std::os::unix::fs::MetadataExt;
+    let f = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)?;
+    let m = f.metadata()?;
+    if !m.is_file() || m.uid() != nix::unistd::geteuid().as_raw() || m.len() > MAX_MARK {
+        return Err(io::Error::other(
+            "not a regular file of this user's, or too large",
+        ));
+    }
+    let mut s = String::new();
+    f.take(MAX_MARK).read_to_string(&mut s)?;
+    Ok(s)
+}
+
+impl Owner {
+    /// The owner of `state_dir`: read from `<state>/owner`, or made (random,
+    /// from /dev/urandom) and written there once when missing. Concurrent
+    /// first calls agree: the file is published with a hard link, which
+    /// never replaces one already there.
+    pub fn of_state_dir(state_dir: &Path) -> Result<Self, StateError> {
+        let path = state_dir.join(OWNER_FILE);
+        fs::create_dir_all(state_dir).map_err(io_err("create", state_dir))?;
+        match read_owned(&path) {
+            Ok(s) => return Self::parse(&path, &s),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(StateError::Io {
+                    what: "read",
+                    path,
+                    source,
+                })
+            }
+        }
+        let mut raw = [0u8; 16];
+        {
+            use std::io::Read;
+            File::open("/dev/urandom")
+                .and_then(|mut f| f.read_exact(&mut raw))
+                .map_err(io_err("read", Path::new("/dev/urandom")))?;
+        }
+        let id: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+        let tmp = state_dir.join(format!(".{OWNER_FILE}.tmp-{}", std::process::id()));
+        let made = (|| {
+            let mut f = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            f.write_all(format!("{id}\n").as_bytes())?;
+            f.sync_all()?;
+            match fs::hard_link(&tmp, &path) {
+                Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(e),
+                _ => {}
+            }
+            File::open(state_dir)?.sync_all()
+        })();
+        let _ = fs::remove_file(&tmp);
+        made.map_err(io_err("write", &path))?;
+        let s = read_owned(&path).map_err(io_err("read", &path))?;
+        Self::parse(&path, &s)
+    }
+
+    fn parse(path: &Path, s: &str) -> Result<Self, StateError> {
+        let id = s.trim();
+        if is_owner_id(id) {
+            Ok(Self(id.to_owned()))
+        } else {
+            Err(StateError::BadOwner(path.to_owned()))
+        }
+    }
+
+    /// The id (32 hex digits).
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Writes the ownership mark into `dir`, which wasp has just created:
+    /// `<dir>/.wasp-owner`, mode 0600, holding `owner=<id>` and then
+    /// `extra` lines (`key=value`). Never replaces an existing file.
+    pub fn mark(&self, dir: &Path, extra: &[(&str, String)]) -> io::Result<()> {
+        let mut text = format!("owner={}\n", self.0);
+        for (k, v) in extra {
+            text.push_str(&format!("{k}={v}\n"));
+        }
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(dir.join(MARK_FILE))?;
+        f.write_all(text.as_bytes())
+    }
+
+    /// The mark of `dir` when it names this owner: its `key=value` fields
+    /// (`owner` included). `None` when `dir` has no mark, another owner's,
+    /// or one this process's user did not write.
+    pub fn marked(&self, dir: &Path) -> Option<Vec<(String, String)>> {
+        let text = read_owned(&dir.join(MARK_FILE)).ok()?;
+        let fields: Vec<(String, String)> = text
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        (fields.first().map(|(k, v)| (k.as_str(), v.as_str())) == Some(("owner", &self.0)))
+            .then_some(fields)
+    }
+
+    /// True when `dir` carries this owner's mark.
+    pub fn owns(&self, dir: &Path) -> bool {
+        self.marked(dir).is_some()
+    }
+}
+
 /// Start time (clock ticks since boot) of `pid`, from /proc/PID/stat.
 pub fn pid_start_time(pid: i32) -> Option<u64> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -386,6 +531,42 @@ mod tests {
         )
         .unwrap();
         assert!(matches!(s.get("big"), Err(StateError::TooLarge { .. })));
+    }
+
+    #[test]
+    fn owner_is_made_once_and_marks_name_it() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let a = Owner::of_state_dir(&d.path().join("a")).unwrap();
+        assert_eq!(Owner::of_state_dir(&d.path().join("a")).unwrap(), a);
+        assert!(is_owner_id(a.as_str()), "{a:?}");
+        let m = fs::metadata(d.path().join("a").join(OWNER_FILE)).unwrap();
+        assert_eq!(m.permissions().mode() & 0o777, 0o600);
+        let b = Owner::of_state_dir(&d.path().join("b")).unwrap();
+        assert_ne!(a, b);
+
+        let dir = d.path().join("clone");
+        fs::create_dir(&dir).unwrap();
+        assert!(!a.owns(&dir), "no mark yet");
+        a.mark(&dir, &[("uid", "7".into())]).unwrap();
+        assert!(a.owns(&dir) && !b.owns(&dir));
+        assert_eq!(
+            a.marked(&dir).unwrap(),
+            [
+                ("owner".into(), a.as_str().into()),
+                ("uid".into(), "7".into())
+            ]
+        );
+        assert!(a.mark(&dir, &[]).is_err(), "never replaced");
+        // A symlinked mark is nobody's.
+        let link = d.path().join("link");
+        fs::create_dir(&link).unwrap();
+        std::os::unix::fs::symlink(dir.join(MARK_FILE), link.join(MARK_FILE)).unwrap();
+        assert!(!a.owns(&link));
+
+        fs::write(d.path().join("a").join(OWNER_FILE), b"nonsense\n").unwrap();
+        let e = Owner::of_state_dir(&d.path().join("a")).unwrap_err();
+        assert!(matches!(e, StateError::BadOwner(_)), "{e}");
     }
 
     #[test]

@@ -216,13 +216,18 @@ fn reconcile_removes_orphans_after_a_crash() {
     let t = ext4_tempdir();
     let snap = make_snap(t.path(), 1, 1);
     let rt = t.path().join("rt");
-    let store = CloneStore::open(&snap, &rt, Mode::Auto).unwrap();
+    let owner = wasp::state::Owner::of_state_dir(&t.path().join("state")).unwrap();
+    let store = CloneStore::open(&snap, &rt, Mode::Auto)
+        .unwrap()
+        .with_owner(owner.clone());
     for id in ["live1", "dead1", "dead2"] {
         store.prepare(id).unwrap();
     }
     fs::create_dir(store.clones_dir().join("not-ours")).unwrap();
     // A new process (after a crash) reconciles with its own liveness view.
-    let again = CloneStore::open(&snap, &rt, Mode::Auto).unwrap();
+    let again = CloneStore::open(&snap, &rt, Mode::Auto)
+        .unwrap()
+        .with_owner(owner);
     let r = again.reconcile(&|id| id == "live1");
     assert_eq!(r.kept, 1);
     assert_eq!(r.removed.len(), 2, "{r:?}");

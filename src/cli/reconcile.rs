@@ -51,6 +51,10 @@ pub fn options(cfg: &Config, with_pool: bool) -> Options {
         runtime_dir: cfg.runtime_dir.value.clone(),
         tap: cfg.tap.value.clone(),
         pool: with_pool.then(|| (cfg.slot_net(), cfg.host_net())),
+        vmm_binaries: reconcile::vmm_binaries(
+            cfg.firecracker_choice().as_ref(),
+            cfg.jailer_choice().as_ref(),
+        ),
     }
 }
 

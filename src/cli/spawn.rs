@@ -214,6 +214,12 @@ fn build_env(a: &SpawnArgs) -> anyhow::Result<Env> {
 
 /// The batch's cgroup limits and jailer mode. The cgroup parent is made
 /// (and every controller checked) here, before any slot is taken.
+/// The state dir's owner, which marks the clone dirs, jails and cgroups
+/// the spawn creates.
+fn owner(cfg: &Config) -> anyhow::Result<state::Owner> {
+    Ok(state::Owner::of_state_dir(&cfg.state_dir.value)?)
+}
+
 fn build_isolation(a: &SpawnArgs, vmm: &Vmm, cfg: &Config) -> anyhow::Result<Isolation> {
     let mut limits = cgroup::Limits::new();
     if let Some(v) = &a.memory_max {
@@ -233,11 +239,13 @@ fn build_isolation(a: &SpawnArgs, vmm: &Vmm, cfg: &Config) -> anyhow::Result<Iso
         let bin = wasp::firecracker::locate("jailer", cfg.jailer_choice().as_ref(), fc.parent())?;
         wasp::firecracker::version_of(&bin)?;
         let j = Jailer::new(&bin, fc, &cfg.runtime_dir.value, a.jailer_uid, a.jailer_gid)
-            .context("jailer mode")?;
+            .context("jailer mode")?
+            .with_owner(owner(cfg)?);
         iso.jailer = Some(Arc::new(j));
     }
     if !limits.is_empty() {
-        let parent = cgroup::CgroupParent::open(limits).context("per-clone cgroup limits")?;
+        let parent = cgroup::CgroupParent::open(&cfg.state_dir.value, limits)
+            .context("per-clone cgroup limits")?;
         iso.cgroup = Some(Arc::new(parent));
     }
     Ok(iso)
@@ -328,8 +336,9 @@ pub fn spawn_cmd(a: SpawnArgs, mut cfg: Config) -> anyhow::Result<ExitCode> {
     let isolation = build_isolation(&a, &vmm, &cfg)?;
     let (_lock, _) = reconcile::at_start(&super::reconcile::options(&cfg, true))
         .context("reconcile what an earlier run left")?;
-    let store =
-        CloneStore::open(&snapshot, runtime_dir, Mode::Auto).context("open the snapshot")?;
+    let store = CloneStore::open(&snapshot, runtime_dir, Mode::Auto)
+        .context("open the snapshot")?
+        .with_owner(owner(&cfg)?);
     cfg.check_guest(store.manifest())?;
     let in_use = in_use(state_dir, &cfg.pool.value);
     let mut slots = PoolSlots::open(cfg.slot_net(), &cfg.host_net(), a.count, in_use)

@@ -26,6 +26,7 @@ use thiserror::Error;
 use super::probe::{explain_reflink_errno, ReflinkProbe, Strategy};
 use crate::paths::PREFIX;
 use crate::snapshot::{self, CheckError, Manifest};
+use crate::state::Owner;
 use crate::sys::fs::{copy_file_range, ficlone, seek_data_hole, Whence};
 
 /// Sub-directory of the runtime dir that holds clone directories.
@@ -161,6 +162,9 @@ pub struct ReconcileReport {
     pub removed: Vec<PathBuf>,
     /// Live clone directories kept.
     pub kept: usize,
+    /// Objects named like wasp's that do not carry this state dir's mark:
+    /// another state dir's, or not wasp's. Left alone.
+    pub not_ours: Vec<PathBuf>,
     /// Every error met (reconcile continues past them).
     pub errors: Vec<String>,
 }
@@ -213,6 +217,7 @@ pub struct CloneStore {
     bases: BTreeMap<String, Arc<File>>,
     probe: ProbeOutcome,
     strategy: Strategy,
+    owner: Option<Owner>,
 }
 
 impl CloneStore {
@@ -282,6 +287,28 @@ impl CloneStore {
             bases,
             probe,
             strategy,
+            owner: None,
+        })
+    }
+
+    /// Marks every clone dir this store creates as `owner`'s (the state
+    /// dir whose records will name the clones), the moment it is created:
+    /// reconcile removes only the clone dirs of its own state dir.
+    pub fn with_owner(mut self, owner: Owner) -> Self {
+        self.owner = Some(owner);
+        self
+    }
+
+    /// Writes the owner's mark into the clone dir just created; on failure
+    /// removes the dir.
+    fn mark_new(&self, dir: &Path) -> Result<(), StorageError> {
+        let Some(o) = &self.owner else { return Ok(()) };
+        o.mark(dir, &[]).map_err(|source| {
+            let _ = fs::remove_dir_all(dir);
+            StorageError::RuntimeDir {
+                path: dir.join(crate::state::MARK_FILE).display().to_string(),
+                source,
+            }
         })
     }
 
@@ -323,7 +350,7 @@ impl CloneStore {
         }
         let dir = self.clone_dir(clone_id);
         match fs::DirBuilder::new().mode(0o700).create(&dir) {
-            Ok(()) => {}
+            Ok(()) => self.mark_new(&dir)?,
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                 return Err(StorageError::CloneExists(dir.display().to_string()))
             }
@@ -422,16 +449,26 @@ impl CloneStore {
         remove_clone_dir(&self.clone_dir(clone_id))
     }
 
-    /// Removes every `wasp-<id>` directory under `<runtime>/clones` whose
-    /// clone `is_live` says is gone, and leftovers of killed probes.
-    /// Continues past errors and reports each.
+    /// Removes every `wasp-<id>` directory under `<runtime>/clones` that
+    /// carries this store's owner mark ([`CloneStore::with_owner`]) and
+    /// whose clone `is_live` says is gone, and leftovers of killed probes.
+    /// Without an owner it removes no clone dir. Continues past errors and
+    /// reports each.
     pub fn reconcile(&self, is_live: &dyn Fn(&str) -> bool) -> ReconcileReport {
-        reconcile_dir(&self.clones_dir, is_live)
+        let owns = |d: &Path| self.owner.as_ref().is_some_and(|o| o.owns(d));
+        reconcile_dir(&self.clones_dir, is_live, &owns)
     }
 }
 
-/// [`CloneStore::reconcile`] for a clones directory, without a snapshot.
-pub fn reconcile_dir(clones_dir: &Path, is_live: &dyn Fn(&str) -> bool) -> ReconcileReport {
+/// [`CloneStore::reconcile`] for a clones directory, without a snapshot:
+/// only the `wasp-<id>` dirs `owns` accepts (those carrying the state
+/// dir's mark) are judged; the others are listed in
+/// [`ReconcileReport::not_ours`] and left alone.
+pub fn reconcile_dir(
+    clones_dir: &Path,
+    is_live: &dyn Fn(&str) -> bool,
+    owns: &dyn Fn(&Path) -> bool,
+) -> ReconcileReport {
     let mut r = ReconcileReport::default();
     let Some(entries) = r.list(clones_dir) else {
         return r;
@@ -450,6 +487,10 @@ pub fn reconcile_dir(clones_dir: &Path, is_live: &dyn Fn(&str) -> bool) -> Recon
         let name = entry.file_name().to_string_lossy().into_owned();
         let path = entry.path();
         if let Some(id) = name.strip_prefix(&clone_prefix) {
+            if !owns(&path) {
+                r.not_ours.push(path);
+                continue;
+            }
             r.settle(is_live(id), path, remove_clone_dir);
         } else if let Some(pid) = name.strip_prefix(&probe_prefix) {
             let alive = pid
@@ -665,14 +706,30 @@ mod tests {
     #[test]
     fn reconcile_removes_only_dead_wasp_dirs() {
         let dir = tempfile::tempdir().unwrap();
+        let state = tempfile::tempdir().unwrap();
+        let me = Owner::of_state_dir(state.path()).unwrap();
+        let other = tempfile::tempdir().unwrap();
+        let them = Owner::of_state_dir(other.path()).unwrap();
+        assert_ne!(me, them);
         for n in ["wasp-live", "wasp-dead", "other", ".wasp-probe-999999999"] {
             fs::create_dir(dir.path().join(n)).unwrap();
         }
+        for n in ["wasp-live", "wasp-dead"] {
+            me.mark(&dir.path().join(n), &[]).unwrap();
+        }
+        // Another state dir's dead clone, and an unmarked one: not ours.
+        for n in ["wasp-theirs", "wasp-unmarked"] {
+            fs::create_dir(dir.path().join(n)).unwrap();
+        }
+        them.mark(&dir.path().join("wasp-theirs"), &[]).unwrap();
         fs::write(dir.path().join("wasp-dead/rootfs"), b"x").unwrap();
         fs::remove_dir(dir.path().join(".wasp-probe-999999999")).unwrap();
         fs::write(dir.path().join(".wasp-probe-999999999"), b"").unwrap();
-        let r = reconcile_dir(dir.path(), &|id| id == "live");
+        let r = reconcile_dir(dir.path(), &|id| id == "live", &|d| me.owns(d));
         assert_eq!(r.kept, 1);
+        assert_eq!(r.not_ours.len(), 2, "{r:?}");
+        assert!(dir.path().join("wasp-theirs").exists());
+        assert!(dir.path().join("wasp-unmarked").exists());
         assert_eq!(r.removed.len(), 2, "{r:?}");
         assert!(r.errors.is_empty());
         assert!(dir.path().join("wasp-live").exists());
