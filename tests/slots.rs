@@ -299,6 +299,7 @@ fn bad_input_errors_leave_nothing_behind() {
     let hn = HostNet {
         netns: Some(host.name().to_owned()),
         egress_uplink: None,
+        ..Default::default()
     };
     // One pool, several CIDRs.
     let setup_in = |cidr: &str| {
