@@ -392,6 +392,7 @@ fn egress_is_masqueraded_out_of_the_uplink_and_drain_leaves_no_trace() {
     let hn = HostNet {
         netns: Some(host.name().to_owned()),
         egress_uplink: Some("wup0".into()),
+        ..HostNet::default()
     };
 
     // Forwarding is host-wide policy: wasp refuses rather than flip it in a
