@@ -733,6 +733,7 @@ cidr = "10.20.0.0/16"
 bridge = "wasp1"
 host_netns = "wasp-host"
 allow_host = ["10.20.0.1:9000", "10.20.0.1:9001"]
+connect_uids = [990]
 
 [guest]
 tap = "tap1"
@@ -781,6 +782,10 @@ parallel = 64
         assert_eq!(net.guest_ip, Ipv4Addr::new(172, 16, 0, 2));
         assert_eq!(net.allow_host.len(), 2);
         assert_eq!(c.host_net().netns.as_deref(), Some("wasp-host"));
+        assert_eq!(
+            c.host_net().connect_uids,
+            crate::slot::ConnectUids::only([990])
+        );
         assert_eq!(c.runtime_dir.value, Path::new("/srv/wasp"));
         assert_eq!(c.state_dir.value, Path::new("/run/wasp2"));
         assert_eq!(c.ready.value, Ready::Running);

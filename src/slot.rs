@@ -705,10 +705,12 @@ impl FromStr for ConnectUids {
         for w in s.split(',').map(str::trim) {
             match w.parse::<u32>() {
                 Ok(u) if u != u32::MAX => uids.push(u),
-                _ => return Err(format!(
+                _ => {
+                    return Err(format!(
                     "invalid uid {w:?} in {s:?}: write `any`, or numeric uids separated by commas \
                          like 0,1000 (root, uid 0, is always allowed)"
-                )),
+                ))
+                }
             }
         }
         if uids.len() > MAX_CONNECT_UIDS {
@@ -1884,6 +1886,24 @@ impl SlotOps for Kernel {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn connect_uids_parse_with_root_always_in() {
+        let p = |s: &str| s.parse::<ConnectUids>();
+        assert_eq!(p("any").unwrap(), ConnectUids::Any);
+        assert_eq!(p("any").unwrap().uids(), None);
+        assert_eq!(p("1000, 990").unwrap().uids(), Some(vec![0, 990, 1000]));
+        assert_eq!(p("0").unwrap(), ConnectUids::default());
+        assert_eq!(p("1000,0").unwrap().to_string(), "0,1000");
+        for bad in ["", "root", "1,,2", "-1", "4294967295", "any,1"] {
+            let e = p(bad).unwrap_err();
+            assert!(e.contains("write `any`"), "{bad}: {e}");
+        }
+        let many: Vec<String> = (1..=MAX_CONNECT_UIDS as u32 + 1)
+            .map(|u| u.to_string())
+            .collect();
+        assert!(p(&many.join(",")).unwrap_err().contains("more than"));
+    }
 
     #[test]
     fn cidr_parsing_capacity_and_overlap() {
