@@ -79,7 +79,9 @@ pub enum PoolCmd {
         at: Where,
         #[command(flatten)]
         dirs: Dirs,
-        /// Masquerade the clone CIDR out of this uplink (host netns).
+        /// Masquerade the clone CIDR out of this uplink (host netns). It
+        /// stays until `pool drain`; slots built later (by `spawn` too) get
+        /// egress.
         #[arg(long, value_name = "IFNAME")]
         egress_uplink: Option<String>,
         /// Print one JSON document.
