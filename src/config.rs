@@ -27,7 +27,7 @@ use thiserror::Error;
 use crate::firecracker::Chosen;
 use crate::paths::{DEFAULT_RUNTIME_DIR, DEFAULT_STATE_DIR};
 use crate::ready::Ready;
-use crate::slot::{Cidr, HostNet, SlotError, SlotNet};
+use crate::slot::{Cidr, ConnectUids, HostNet, SlotError, SlotNet};
 use crate::snapshot::manifest::Manifest;
 use crate::sys::netns;
 
@@ -265,6 +265,7 @@ struct RawPool {
     bridge: Option<String>,
     host_netns: Option<Parsed<NetnsName>>,
     allow_host: Option<Vec<Parsed<SocketAddrV4>>>,
+    connect_uids: Option<ConnectUids>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -308,6 +309,9 @@ pub struct Config {
     /// `pool.allow_host` (`None`: the bridge address, port
     /// [`DEFAULT_ALLOW_HOST_PORT`]); see [`Config::allow_host`].
     pub allow_host: Setting<Option<Vec<SocketAddrV4>>>,
+    /// `pool.connect_uids`: which local uids of the host netns may open
+    /// connections to the clone CIDR (default: root only).
+    pub connect_uids: Setting<ConnectUids>,
     /// `guest.tap`: the tap name the snapshot expects.
     pub tap: Setting<String>,
     /// `guest.tap_ip`: the tap address, the guest's gateway.
@@ -341,6 +345,7 @@ impl Default for Config {
             bridge: Setting::default(net.bridge),
             host_netns: Setting::default(None),
             allow_host: Setting::default(None),
+            connect_uids: Setting::default(ConnectUids::default()),
             tap: Setting::default(net.tap),
             tap_ip: Setting::default(net.tap_ip),
             tap_prefix: Setting::default(net.tap_prefix),
@@ -495,6 +500,7 @@ impl Config {
                 .map(|v| Some(v.into_iter().map(|a| a.0).collect())),
             src,
         );
+        c.connect_uids.set(pool.connect_uids, src);
         c.tap.set(guest.tap, src);
         c.tap_ip.set(guest.tap_ip.map(|v| v.0), src);
         c.tap_prefix.set(guest.tap_prefix, src);
@@ -538,15 +544,21 @@ impl Config {
             tap_prefix: self.tap_prefix.value,
             guest_ip: self.guest_ip.value,
             allow_host: self.allow_host(),
+            // Egress is the host side's: `Kernel::setup` turns it on for an
+            // uplink, or when the host netns holds the masquerade an
+            // earlier `pool warm --egress-uplink` made.
             egress: false,
         }
     }
 
-    /// The host side (no egress uplink).
+    /// The host side (no egress uplink: a masquerade `pool warm
+    /// --egress-uplink` made is kept, and gives the slots egress, see
+    /// [`crate::slot::Kernel::setup`]).
     pub fn host_net(&self) -> HostNet {
         HostNet {
             netns: self.host_netns.value.clone(),
             egress_uplink: None,
+            connect_uids: self.connect_uids.value.clone(),
         }
     }
 
@@ -598,6 +610,7 @@ impl Config {
             let note = match (key, &s.source) {
                 ("pool.host_netns", _) if value.is_null() => Some("the current netns"),
                 ("pool.allow_host", Source::Default) => Some("the bridge address, port 8080"),
+                ("pool.connect_uids", Source::Default) => Some("root only"),
                 ("paths.firecracker", _) if value.is_null() => Some("looked up on PATH"),
                 ("paths.jailer", _) if value.is_null() => Some("beside firecracker, then on PATH"),
                 _ => None,
@@ -628,6 +641,14 @@ impl Config {
                     .iter()
                     .map(ToString::to_string)
                     .collect::<Vec<_>>()),
+            ),
+            e(
+                "pool.connect_uids",
+                &self.connect_uids,
+                self.connect_uids
+                    .value
+                    .uids()
+                    .map_or(json!("any"), |u| json!(u)),
             ),
             e("guest.tap", &self.tap, json!(self.tap.value)),
             e(
@@ -712,6 +733,7 @@ cidr = "10.20.0.0/16"
 bridge = "wasp1"
 host_netns = "wasp-host"
 allow_host = ["10.20.0.1:9000", "10.20.0.1:9001"]
+connect_uids = [990]
 
 [guest]
 tap = "tap1"
@@ -760,6 +782,10 @@ parallel = 64
         assert_eq!(net.guest_ip, Ipv4Addr::new(172, 16, 0, 2));
         assert_eq!(net.allow_host.len(), 2);
         assert_eq!(c.host_net().netns.as_deref(), Some("wasp-host"));
+        assert_eq!(
+            c.host_net().connect_uids,
+            crate::slot::ConnectUids::only([990])
+        );
         assert_eq!(c.runtime_dir.value, Path::new("/srv/wasp"));
         assert_eq!(c.state_dir.value, Path::new("/run/wasp2"));
         assert_eq!(c.ready.value, Ready::Running);

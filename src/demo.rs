@@ -541,6 +541,7 @@ fn run_inner(
     let host = HostNet {
         netns: Some(host_netns.to_owned()),
         egress_uplink: None,
+        ..Default::default()
     };
     let guest = crate::golden::GuestAddr::of(&net);
     let mut slots = PoolSlots::open(net, &host, o.count, HashSet::new())?;

@@ -140,7 +140,7 @@ impl PoolEntry {
     pub fn host_net(&self) -> HostNet {
         HostNet {
             netns: self.host_netns.clone(),
-            egress_uplink: None,
+            ..HostNet::default()
         }
     }
 
@@ -285,7 +285,7 @@ mod tests {
         let r = Registry::at(dir.path().join("pools"));
         let host = HostNet {
             netns: Some("wasp-hostns-x".into()),
-            egress_uplink: None,
+            ..HostNet::default()
         };
         r.put(PoolEntry::new(&net("a"), &host, true)).unwrap();
         r.put(PoolEntry::new(&net("b"), &HostNet::default(), false))

@@ -631,13 +631,145 @@ pub trait SlotOps: Send + Sync {
     fn lease(&self, n: u32) -> Result<Option<Lease>, SlotError>;
 }
 
-/// Host-side setup: where the bridge lives and optional egress.
+/// Host-side setup: where the bridge lives, optional egress, and which
+/// local uids may connect to clones.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct HostNet {
     /// `--host-netns NAME` (created if missing); `None`: the current one.
     pub netns: Option<String>,
     /// Masquerade the clone CIDR out of this uplink (in the host netns).
+    /// `None` keeps a masquerade an earlier setup made (and the pool's
+    /// slots then get egress too, see [`Kernel::setup`]).
     pub egress_uplink: Option<String>,
+    /// Which uids of the host netns may open connections to the clone
+    /// CIDR (default: root only).
+    pub connect_uids: ConnectUids,
+}
+
+/// Which local uids of the host netns may open connections to the clone
+/// CIDR: an nf_tables rule on the output hook of wasp's host table,
+/// `ip daddr CIDR ct state new meta skuid != { UIDS } reject`, in chain
+/// `connect_<pool>`. Only connections that sockets of the host netns
+/// itself open are affected: traffic forwarded from other hosts or
+/// namespaces does not pass the output hook, and replies to connections a
+/// clone opened (to an allowed host port) are not `new`. A refused
+/// connect fails at once with ECONNREFUSED (ICMP port unreachable), it
+/// does not hang.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConnectUids {
+    /// Any uid (no rule; what wasp did before the option existed).
+    Any,
+    /// Root and these uids only. Always holds 0: wasp itself (root) checks
+    /// readiness over TCP, and root could remove the rule anyway.
+    Only(std::collections::BTreeSet<u32>),
+}
+
+/// Most uids [`ConnectUids`] takes (one set element each).
+pub const MAX_CONNECT_UIDS: usize = 1024;
+
+fn too_many_uids(n: usize) -> String {
+    format!("{n} uids are more than the {MAX_CONNECT_UIDS} wasp allows; allow a service uid, not a range")
+}
+
+impl Default for ConnectUids {
+    /// Root only.
+    fn default() -> Self {
+        ConnectUids::only([])
+    }
+}
+
+impl ConnectUids {
+    /// Root and `uids`.
+    pub fn only(uids: impl IntoIterator<Item = u32>) -> Self {
+        let mut set: std::collections::BTreeSet<u32> = uids.into_iter().collect();
+        set.insert(0);
+        ConnectUids::Only(set)
+    }
+
+    /// The allowed uids in ascending order (`None`: any).
+    pub fn uids(&self) -> Option<Vec<u32>> {
+        match self {
+            ConnectUids::Any => None,
+            ConnectUids::Only(s) => Some(s.iter().copied().collect()),
+        }
+    }
+}
+
+impl fmt::Display for ConnectUids {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.uids() {
+            None => f.write_str("any"),
+            Some(u) => {
+                let u: Vec<String> = u.iter().map(u32::to_string).collect();
+                f.write_str(&u.join(","))
+            }
+        }
+    }
+}
+
+impl FromStr for ConnectUids {
+    type Err = String;
+    /// `any`, or numeric uids separated by commas (root is added).
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s.trim() == "any" {
+            return Ok(ConnectUids::Any);
+        }
+        let mut uids = Vec::new();
+        for w in s.split(',').map(str::trim) {
+            match w.parse::<u32>() {
+                Ok(u) if u != u32::MAX => uids.push(u),
+                _ => {
+                    return Err(format!(
+                    "invalid uid {w:?} in {s:?}: write `any`, or numeric uids separated by commas \
+                         like 0,1000 (root, uid 0, is always allowed)"
+                ))
+                }
+            }
+        }
+        if uids.len() > MAX_CONNECT_UIDS {
+            return Err(too_many_uids(uids.len()));
+        }
+        Ok(ConnectUids::only(uids))
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for ConnectUids {
+    /// The config file's form: an array of numeric uids, or `"any"`.
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = ConnectUids;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(r#"an array of numeric uids like [0, 1000], or "any""#)
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<ConnectUids, E> {
+                if s == "any" {
+                    Ok(ConnectUids::Any)
+                } else {
+                    Err(E::custom(format!(
+                        r#"{s:?} is not "any"; write "any" or an array of numeric uids like [0, 1000]"#
+                    )))
+                }
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<ConnectUids, A::Error> {
+                let mut uids = Vec::new();
+                while let Some(u) = seq.next_element::<u32>()? {
+                    if u == u32::MAX {
+                        return Err(serde::de::Error::custom("uid 4294967295 is no uid"));
+                    }
+                    uids.push(u);
+                    if uids.len() > MAX_CONNECT_UIDS {
+                        return Err(serde::de::Error::custom(too_many_uids(uids.len())));
+                    }
+                }
+                Ok(ConnectUids::only(uids))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 /// The real kernel implementation.
@@ -746,6 +878,16 @@ impl Kernel {
     /// CIDR against the host's addresses, creates (or adopts) the bridge
     /// with the gateway address, and optional egress masquerade. Fails with
     /// one clear error and leaves nothing half-built.
+    ///
+    /// Egress: with an uplink, the masquerade is made and this pool's slots
+    /// forward out of the clone CIDR. Without one, a masquerade an earlier
+    /// setup made for the host netns (`pool warm --egress-uplink`) is the
+    /// pool's egress setting, and the slots built here get egress too, so
+    /// a later `spawn` builds slots like the warmed ones.
+    ///
+    /// Connect uids: [`HostNet::connect_uids`] is applied to the host table
+    /// each time (the rule is replaced, or removed for
+    /// [`ConnectUids::Any`]).
     pub fn setup(mut net: SlotNet, host: &HostNet) -> Result<Kernel, SlotError> {
         // An egress uplink means the slots must forward to it too.
         net.egress |= host.egress_uplink.is_some();
@@ -773,17 +915,28 @@ impl Kernel {
         };
         let r = (|| {
             let bridge = in_ns(&host_ns, || ensure_bridge(&net))??;
-            if let Some(up) = &host.egress_uplink {
-                let owned = created.is_some();
-                if let Err(e) = in_ns(&host_ns, || set_egress(&net, up, owned))? {
+            let rest = (|| {
+                let egress = match &host.egress_uplink {
+                    Some(up) => {
+                        let owned = created.is_some();
+                        in_ns(&host_ns, || set_egress(&net, up, owned))??;
+                        true
+                    }
+                    None => in_ns(&host_ns, host_has_egress)??,
+                };
+                in_ns(&host_ns, || set_connect_uids(&net, &host.connect_uids))??;
+                Ok(egress)
+            })();
+            match rest {
+                Ok(egress) => Ok((bridge, egress)),
+                Err(e) => {
                     let n = net.clone();
                     let _ = in_ns(&host_ns, move || remove_host_objects(&n));
-                    return Err(e);
+                    Err(e)
                 }
             }
-            Ok(bridge)
         })();
-        let (bridge_index, bridge_mac) = match r {
+        let ((bridge_index, bridge_mac), egress) = match r {
             Ok(i) => i,
             Err(e) => {
                 // Nothing half-built: a host netns made just now goes too.
@@ -793,6 +946,7 @@ impl Kernel {
                 return Err(e);
             }
         };
+        net.egress |= egress;
         // Found again by `pool status` and `reconcile` without --pool.
         let entry = crate::registry::PoolEntry::new(&net, host, created.is_some());
         if let Err(e) = crate::registry::Registry::default().put(entry) {
@@ -1370,7 +1524,7 @@ fn set_egress(net: &SlotNet, uplink: &str, owned: bool) -> Result<(), SlotError>
     b.new_chain(
         f,
         NFT_TABLE,
-        "postrouting",
+        EGRESS_CHAIN,
         Some(BaseChain {
             ty: ChainType::Nat,
             hook: Hook::Postrouting,
@@ -1386,9 +1540,105 @@ fn set_egress(net: &SlotNet, uplink: &str, owned: bool) -> Result<(), SlotError>
         net.cidr.prefix,
     ));
     r.push(Expr::Masquerade);
-    b.new_rule(f, NFT_TABLE, "postrouting", &r);
+    b.new_rule(f, NFT_TABLE, EGRESS_CHAIN, &r);
     b.commit(&mut s)
         .map_err(nl("program host egress masquerade"))
+}
+
+/// The host table's chain that masquerades clone traffic ([`set_egress`]).
+const EGRESS_CHAIN: &str = "postrouting";
+
+/// True when wasp's host table holds its egress masquerade chain (made by
+/// [`set_egress`] for an earlier `--egress-uplink`). Runs in the host
+/// netns.
+fn host_has_egress() -> Result<bool, SlotError> {
+    let mut s = Socket::netfilter().map_err(nl("open a netfilter socket"))?;
+    let seq = s.next_seq(1);
+    let mut b = MsgBuf::new();
+    nft::get_chain(&mut b, seq, nft::NFPROTO_IPV4, NFT_TABLE, EGRESS_CHAIN);
+    match s.dump(&b, seq) {
+        Ok(msgs) => Ok(msgs
+            .iter()
+            .any(|(ty, _)| *ty == nft::msg_type(nft::NFT_MSG_NEWCHAIN))),
+        Err(NetlinkError::Kernel { source, .. }) if source.raw_os_error() == Some(libc::ENOENT) => {
+            Ok(false)
+        }
+        Err(e) => Err(nl("look for wasp's egress masquerade in the host netns")(e)),
+    }
+}
+
+impl SlotNet {
+    /// The host table's chain that holds this pool's connect-uid rule.
+    pub fn connect_chain(&self) -> String {
+        format!("connect_{}", self.pool)
+    }
+
+    /// The host netns batch that allows only `uids` to open connections to
+    /// the clone CIDR: table `ip wasp`, base chain
+    /// [`SlotNet::connect_chain`] on the output hook (filter, priority 0,
+    /// policy accept), flushed, then `ip daddr CIDR ct state new meta
+    /// skuid != { UIDS } reject`. `uids` must not be empty.
+    pub fn connect_ruleset(&self, seq: u32, uids: &[u32]) -> Batch {
+        let f = nft::NFPROTO_IPV4;
+        let t = NFT_TABLE;
+        let chain = self.connect_chain();
+        let mut b = Batch::new(seq);
+        b.new_table(f, t);
+        b.new_chain(
+            f,
+            t,
+            &chain,
+            Some(BaseChain {
+                ty: ChainType::Filter,
+                hook: Hook::Output,
+                priority: 0,
+                policy: nft::NF_ACCEPT,
+            }),
+        );
+        b.flush_chain(f, t, &chain);
+        const SET_ID: u32 = 1;
+        if uids.len() > 1 {
+            b.new_uid_set(f, t, SET_ID, uids);
+        }
+        let mut r = nft::ip_addr_match(nft::IP_DADDR, CmpOp::Eq, self.cidr.net, self.cidr.prefix);
+        r.extend(nft::ct_state_new());
+        r.extend(nft::skuid_not_in(uids, SET_ID));
+        r.push(Expr::Reject {
+            icmp_code: nft::ICMP_PORT_UNREACH,
+        });
+        b.new_rule(f, t, &chain, &r);
+        b
+    }
+}
+
+/// Applies `uids` to the host netns (runs there): the connect rule
+/// ([`SlotNet::connect_ruleset`]) replaces any earlier one of this pool in
+/// one atomic batch; [`ConnectUids::Any`] deletes the pool's chain if it
+/// exists.
+fn set_connect_uids(net: &SlotNet, uids: &ConnectUids) -> Result<(), SlotError> {
+    let mut s = Socket::netfilter().map_err(nl("open a netfilter socket"))?;
+    match uids.uids() {
+        Some(list) => net
+            .connect_ruleset(s.next_seq(8), &list)
+            .commit(&mut s)
+            .map_err(nl(format!(
+                "program the host rule that lets only uids {uids} connect to {}",
+                net.cidr
+            ))),
+        None => {
+            let mut b = Batch::new(s.next_seq(4));
+            b.del_chain(nft::NFPROTO_IPV4, NFT_TABLE, &net.connect_chain());
+            match b.commit(&mut s) {
+                Ok(()) => Ok(()),
+                Err(NetlinkError::Kernel { source, .. })
+                    if source.raw_os_error() == Some(libc::ENOENT) =>
+                {
+                    Ok(())
+                }
+                Err(e) => Err(nl("remove the host rule on connecting uids")(e)),
+            }
+        }
+    }
 }
 
 /// Deletes wasp's bridge (only if marked) and host table. Runs in the host
@@ -1669,6 +1919,24 @@ impl SlotOps for Kernel {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn connect_uids_parse_with_root_always_in() {
+        let p = |s: &str| s.parse::<ConnectUids>();
+        assert_eq!(p("any").unwrap(), ConnectUids::Any);
+        assert_eq!(p("any").unwrap().uids(), None);
+        assert_eq!(p("1000, 990").unwrap().uids(), Some(vec![0, 990, 1000]));
+        assert_eq!(p("0").unwrap(), ConnectUids::default());
+        assert_eq!(p("1000,0").unwrap().to_string(), "0,1000");
+        for bad in ["", "root", "1,,2", "-1", "4294967295", "any,1"] {
+            let e = p(bad).unwrap_err();
+            assert!(e.contains("write `any`"), "{bad}: {e}");
+        }
+        let many: Vec<String> = (1..=MAX_CONNECT_UIDS as u32 + 1)
+            .map(|u| u.to_string())
+            .collect();
+        assert!(p(&many.join(",")).unwrap_err().contains("more than"));
+    }
 
     #[test]
     fn cidr_parsing_capacity_and_overlap() {

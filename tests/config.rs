@@ -102,7 +102,7 @@ fn config_show_names_the_source_of_every_value() {
         .iter()
         .map(|e| e["key"].as_str().unwrap().to_owned())
         .collect();
-    assert_eq!(keys.len(), 15, "{keys:?}");
+    assert_eq!(keys.len(), 16, "{keys:?}");
 
     // The table says the same for humans.
     let o = wasp()
@@ -127,6 +127,72 @@ fn config_show_names_the_source_of_every_value() {
         "{text}"
     );
     assert!(line("paths.state_dir").ends_with("default"), "{text}");
+}
+
+#[test]
+fn connect_uids_default_to_root_and_take_a_list_or_any() {
+    let v = show_json(wasp().args(["config", "show", "--json"]));
+    assert_eq!(
+        entry(&v, "pool.connect_uids"),
+        (
+            serde_json::json!([0]),
+            "default".into(),
+            serde_json::Value::Null
+        )
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let file = write_config(tmp.path(), "[pool]\nconnect_uids = [1000, 990]\n");
+    let v = show_json(
+        wasp()
+            .arg("--config")
+            .arg(&file)
+            .args(["config", "show", "--json"]),
+    );
+    // Root is always in; ascending.
+    assert_eq!(
+        entry(&v, "pool.connect_uids").0,
+        serde_json::json!([0, 990, 1000])
+    );
+    let v = show_json(wasp().arg("--config").arg(&file).args([
+        "config",
+        "show",
+        "--json",
+        "--connect-uids",
+        "any",
+    ]));
+    assert_eq!(
+        entry(&v, "pool.connect_uids"),
+        ("any".into(), "flag".into(), "--connect-uids".into())
+    );
+    // Bad values: one error naming the key (and line) or the flag.
+    for (text, want) in [
+        ("[pool]\nconnect_uids = \"all\"\n", "line 2"),
+        ("[pool]\nconnect_uids = [-1]\n", "line 2"),
+    ] {
+        let file = write_config(tmp.path(), text);
+        let o = wasp()
+            .arg("--config")
+            .arg(&file)
+            .args(["config", "show"])
+            .output()
+            .unwrap();
+        assert!(!o.status.success(), "{text}");
+        let e = stderr(&o);
+        assert!(
+            e.contains("pool.connect_uids") && e.contains(want),
+            "{text}: {e}"
+        );
+    }
+    let o = wasp()
+        .args(["config", "show", "--connect-uids", "0,root"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    let e = stderr(&o);
+    assert!(
+        e.contains("--connect-uids") && e.contains("\"root\""),
+        "{e}"
+    );
 }
 
 #[test]

@@ -26,6 +26,15 @@
 //! - `nft_slot.strace.txt`: `strace -f -e trace=sendmsg -e write=3 -s 65536
 //!   nft -f tests/golden/nft_slot.nft` (one sendmsg: the whole batch).
 //! - `nft_add_table.strace.txt`: `nft add table inet wasp_probe`.
+//! - `nft_connect_root.strace.txt` and `nft_connect_uids.strace.txt`
+//!   (kernel 6.18, nftables 1.0.6): `strace -f -e trace=sendmsg -e write=3
+//!   -s 65536 nft -f tests/golden/nft_connect_root.nft` (and
+//!   `nft_connect_uids.nft`) in `unshare -n`, one sendmsg each: the host
+//!   netns rule that lets only root (`meta skuid != 0`) or root and uid
+//!   1000 (`meta skuid != { 0, 1000 }`, an anonymous set) connect to the
+//!   clone CIDR.
+//! - `nft_del_chain.strace.txt`: `nft delete chain ip wasp
+//!   connect_golden`, the same way.
 //!
 //! Only the fields the kernel or the tool chooses per run are normalised:
 //! `nlmsg_seq` (ip uses the time) and `nlmsg_pid`.
@@ -255,4 +264,59 @@ fn table_batch_matches_nft() {
     b.new_table(wasp::netlink::nft::NFPROTO_INET, "wasp_probe");
     let (buf, _, _) = b.finish();
     assert_eq!(buf.as_bytes(), &cap[0][..]);
+}
+
+/// Compares a batch with an nft capture, showing where they first differ.
+fn assert_same_batch(ours: &[u8], theirs: &[u8]) {
+    if ours != theirs {
+        let at = ours
+            .iter()
+            .zip(theirs.iter())
+            .position(|(a, b)| a != b)
+            .unwrap_or(ours.len().min(theirs.len()));
+        panic!(
+            "nft batch differs at byte {at} (ours {} bytes, nft {} bytes)\nours: {:02x?}\nnft:  {:02x?}",
+            ours.len(),
+            theirs.len(),
+            &ours[at.saturating_sub(16)..(at + 32).min(ours.len())],
+            &theirs[at.saturating_sub(16)..(at + 32).min(theirs.len())]
+        );
+    }
+}
+
+#[test]
+fn connect_uid_batches_match_nft() {
+    let net = SlotNet {
+        pool: "golden".into(),
+        cidr: Cidr::new(Ipv4Addr::new(10, 0, 0, 0), 16).unwrap(),
+        ..SlotNet::default()
+    };
+    assert_eq!(net.connect_chain(), "connect_golden");
+    // Root only: `meta skuid != 0`, no set.
+    let cap = parse_dump(include_str!("golden/nft_connect_root.strace.txt"));
+    assert_eq!(cap.len(), 1, "nft sends the batch in one sendmsg");
+    let (buf, seqs, _) = net.connect_ruleset(0, &[0]).finish();
+    assert_eq!(seqs.len(), 4, "table, chain, flush, rule");
+    assert_same_batch(buf.as_bytes(), &cap[0]);
+    // Root and uid 1000: the anonymous set and an inverted lookup.
+    let cap = parse_dump(include_str!("golden/nft_connect_uids.strace.txt"));
+    assert_eq!(cap.len(), 1, "nft sends the batch in one sendmsg");
+    let uids: Vec<u32> = "1000"
+        .parse::<wasp::slot::ConnectUids>()
+        .unwrap()
+        .uids()
+        .unwrap();
+    assert_eq!(uids, [0, 1000], "root is always in, in ascending order");
+    let (buf, seqs, _) = net.connect_ruleset(0, &uids).finish();
+    assert_eq!(seqs.len(), 6, "table, chain, flush, set, elements, rule");
+    assert_same_batch(buf.as_bytes(), &cap[0]);
+}
+
+#[test]
+fn delete_chain_batch_matches_nft() {
+    let cap = parse_dump(include_str!("golden/nft_del_chain.strace.txt"));
+    let mut b = wasp::netlink::nft::Batch::new(0);
+    b.del_chain(wasp::netlink::nft::NFPROTO_IPV4, "wasp", "connect_golden");
+    let (buf, _, _) = b.finish();
+    assert_same_batch(buf.as_bytes(), &cap[0]);
 }

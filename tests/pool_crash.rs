@@ -72,6 +72,7 @@ fn killed_warm_is_reconciled_and_drained() {
     let hn = HostNet {
         netns: Some(host.name().to_owned()),
         egress_uplink: None,
+        ..Default::default()
     };
     let k = Kernel::attach(net, &hn).expect("attach");
     let p = Pool::new(k, PoolConfig::default());

@@ -299,6 +299,7 @@ fn bad_input_errors_leave_nothing_behind() {
     let hn = HostNet {
         netns: Some(host.name().to_owned()),
         egress_uplink: None,
+        ..Default::default()
     };
     // One pool, several CIDRs.
     let setup_in = |cidr: &str| {
@@ -391,6 +392,7 @@ fn egress_is_masqueraded_out_of_the_uplink_and_drain_leaves_no_trace() {
     let hn = HostNet {
         netns: Some(host.name().to_owned()),
         egress_uplink: Some("wup0".into()),
+        ..HostNet::default()
     };
 
     // Forwarding is host-wide policy: wasp refuses rather than flip it in a

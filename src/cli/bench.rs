@@ -143,6 +143,7 @@ fn slots(a: SlotsArgs, cfg: Config) -> anyhow::Result<ExitCode> {
     let host = HostNet {
         netns: Some(host_name),
         egress_uplink: None,
+        ..Default::default()
     };
     let k = Kernel::setup(net, &host).context("set up the bench host side")?;
     let cfg = PoolConfig {

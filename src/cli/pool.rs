@@ -10,7 +10,7 @@ use serde::Serialize;
 use super::reconcile::Dirs;
 use wasp::config::Config;
 use wasp::pool::{Pool, PoolConfig};
-use wasp::slot::{Cidr, Kernel, SlotOps};
+use wasp::slot::{Cidr, ConnectUids, Kernel, SlotOps};
 use wasp::{reconcile, teardown};
 
 /// Where the pool lives; shared by every pool subcommand. Each flag
@@ -35,6 +35,12 @@ pub struct Where {
     /// [pool.allow_host; default: the bridge address, port 8080].
     #[arg(long = "allow-host", value_name = "ADDR:PORT")]
     pub allow_host: Vec<SocketAddrV4>,
+    /// Local uids of the host netns that may open connections to clones:
+    /// `any`, or uids like 0,1000 (root is always allowed); applied to the
+    /// host netns whenever the host side is set up (pool warm, spawn,
+    /// snapshot create) [pool.connect_uids; default: root only].
+    #[arg(long, value_name = "any|UID,...")]
+    pub connect_uids: Option<ConnectUids>,
 }
 
 impl Where {
@@ -49,6 +55,8 @@ impl Where {
             "--allow-host",
             (!self.allow_host.is_empty()).then(|| Some(self.allow_host.clone())),
         );
+        cfg.connect_uids
+            .flag("--connect-uids", self.connect_uids.clone());
     }
 }
 
@@ -71,7 +79,9 @@ pub enum PoolCmd {
         at: Where,
         #[command(flatten)]
         dirs: Dirs,
-        /// Masquerade the clone CIDR out of this uplink (host netns).
+        /// Masquerade the clone CIDR out of this uplink (host netns). It
+        /// stays until `pool drain`; slots built later (by `spawn` too) get
+        /// egress.
         #[arg(long, value_name = "IFNAME")]
         egress_uplink: Option<String>,
         /// Print one JSON document.

@@ -36,6 +36,54 @@ pub const NFT_MSG_NEWCHAIN: u16 = 3;
 pub const NFT_MSG_DELCHAIN: u16 = 5;
 /// `NFT_MSG_NEWRULE`.
 pub const NFT_MSG_NEWRULE: u16 = 6;
+/// `NFT_MSG_GETCHAIN`.
+pub const NFT_MSG_GETCHAIN: u16 = 4;
+/// `NFT_MSG_DELRULE` (without a handle: every rule of the chain).
+pub const NFT_MSG_DELRULE: u16 = 8;
+/// `NFT_MSG_NEWSET`.
+pub const NFT_MSG_NEWSET: u16 = 9;
+/// `NFT_MSG_NEWSETELEM`.
+pub const NFT_MSG_NEWSETELEM: u16 = 12;
+/// `NFTA_SET_TABLE`.
+pub const NFTA_SET_TABLE: u16 = 1;
+/// `NFTA_SET_NAME`.
+pub const NFTA_SET_NAME: u16 = 2;
+/// `NFTA_SET_FLAGS`.
+pub const NFTA_SET_FLAGS: u16 = 3;
+/// `NFTA_SET_KEY_TYPE`.
+pub const NFTA_SET_KEY_TYPE: u16 = 4;
+/// `NFTA_SET_KEY_LEN`.
+pub const NFTA_SET_KEY_LEN: u16 = 5;
+/// `NFTA_SET_DESC` (nested: `NFTA_SET_DESC_SIZE`).
+pub const NFTA_SET_DESC: u16 = 9;
+/// `NFTA_SET_ID`: names a set created in the same batch.
+pub const NFTA_SET_ID: u16 = 10;
+/// `NFTA_SET_USERDATA`.
+pub const NFTA_SET_USERDATA: u16 = 13;
+/// `NFTA_SET_ELEM_LIST_TABLE`.
+pub const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
+/// `NFTA_SET_ELEM_LIST_SET`.
+pub const NFTA_SET_ELEM_LIST_SET: u16 = 2;
+/// `NFTA_SET_ELEM_LIST_ELEMENTS`.
+pub const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
+/// `NFTA_SET_ELEM_LIST_SET_ID`.
+pub const NFTA_SET_ELEM_LIST_SET_ID: u16 = 4;
+/// `NFT_SET_ANONYMOUS | NFT_SET_CONSTANT`: a set bound to one rule.
+pub const NFT_SET_ANON_CONST: u32 = 0x1 | 0x2;
+/// `nft`'s datatype number for a uid (`TYPE_UID`).
+pub const NFT_TYPE_UID: u32 = 24;
+/// The name `nft` gives an anonymous set; the kernel picks the number.
+pub const ANON_SET_NAME: &str = "__set%d";
+/// `NFT_LOOKUP_F_INV`: the lookup matches when the key is *not* in the set.
+pub const NFT_LOOKUP_F_INV: u32 = 1;
+/// `NFT_REJECT_ICMP_UNREACH`.
+pub const NFT_REJECT_ICMP_UNREACH: u32 = 0;
+/// ICMP code "port unreachable" (what plain `reject` sends).
+pub const ICMP_PORT_UNREACH: u8 = 3;
+/// `NFT_META_SKUID`: the uid owning the packet's socket.
+pub const NFT_META_SKUID: u32 = 10;
+/// `IP_CT_NEW` bit of `ct state`.
+pub const CT_STATE_NEW: u32 = 8;
 /// `NFTA_CHAIN_TABLE`.
 pub const NFTA_CHAIN_TABLE: u16 = 1;
 /// `NFTA_CHAIN_NAME`.
@@ -198,6 +246,86 @@ impl Batch {
             b.nest_end(h);
         }
         b.end();
+        self
+    }
+
+    /// Adds `DELCHAIN` (`nft delete chain`; the chain must hold no rule
+    /// another chain jumps to).
+    pub fn del_chain(&mut self, family: u8, table: &str, name: &str) -> &mut Self {
+        self.msg(
+            NFT_MSG_DELCHAIN,
+            0,
+            family,
+            format!("delete chain {table} {name}"),
+        )
+        .attr_str(NFTA_CHAIN_TABLE, table)
+        .attr_str(NFTA_CHAIN_NAME, name)
+        .end();
+        self
+    }
+
+    /// Adds `DELRULE` without a handle (`nft flush chain`): every rule of
+    /// `chain` goes, with the anonymous sets bound to them.
+    pub fn flush_chain(&mut self, family: u8, table: &str, chain: &str) -> &mut Self {
+        self.msg(
+            NFT_MSG_DELRULE,
+            0,
+            family,
+            format!("flush chain {table} {chain}"),
+        )
+        .attr_str(NFTA_RULE_TABLE, table)
+        .attr_str(NFTA_RULE_CHAIN, chain)
+        .end();
+        self
+    }
+
+    /// Adds the anonymous constant set of uids that `nft` makes for
+    /// `meta skuid != { A, B }` (`NEWSET` then `NEWSETELEM`), as set `id`
+    /// of this batch; a rule refers to it with [`Expr::Lookup`]. Elements
+    /// go in the order given (uids are host byte order, like the kernel's
+    /// `sk_uid`).
+    pub fn new_uid_set(&mut self, family: u8, table: &str, id: u32, uids: &[u32]) -> &mut Self {
+        // nft's set userdata: key byte order host (type 0), and "typeof
+        // meta skuid" (type 3: expression meta = 9, key skuid = 10).
+        const UDATA: [u8; 22] = [
+            0x00, 0x04, 0x01, 0x00, 0x00, 0x00, 0x03, 0x0e, 0x00, 0x04, 0x09, 0x00, 0x00, 0x00,
+            0x01, 0x06, 0x00, 0x04, 0x0a, 0x00, 0x00, 0x00,
+        ];
+        let b = self.msg(
+            NFT_MSG_NEWSET,
+            NLM_F_CREATE,
+            family,
+            format!("add anonymous uid set to table {table}"),
+        );
+        b.attr_str(NFTA_SET_TABLE, table)
+            .attr_str(NFTA_SET_NAME, ANON_SET_NAME)
+            .attr_be32(NFTA_SET_FLAGS, NFT_SET_ANON_CONST)
+            .attr_be32(NFTA_SET_KEY_TYPE, NFT_TYPE_UID)
+            .attr_be32(NFTA_SET_KEY_LEN, 4)
+            .attr_be32(NFTA_SET_ID, id);
+        let d = b.nest_begin(NFTA_SET_DESC);
+        b.attr_be32(1, uids.len() as u32);
+        b.nest_end(d);
+        b.attr(NFTA_SET_USERDATA, &UDATA).end();
+        let b = self.msg(
+            NFT_MSG_NEWSETELEM,
+            NLM_F_CREATE,
+            family,
+            format!("add the uids to the set in table {table}"),
+        );
+        b.attr_str(NFTA_SET_ELEM_LIST_TABLE, table)
+            .attr_str(NFTA_SET_ELEM_LIST_SET, ANON_SET_NAME)
+            .attr_be32(NFTA_SET_ELEM_LIST_SET_ID, id);
+        let list = b.nest_begin(NFTA_SET_ELEM_LIST_ELEMENTS);
+        // Like libnftnl, the n-th element's attribute type is n (from 1).
+        for (n, u) in (1u16..).zip(uids) {
+            let elem = b.nest_begin(n);
+            let key = b.nest_begin(1); // NFTA_SET_ELEM_KEY
+            b.attr(NFTA_DATA_VALUE, &u.to_ne_bytes());
+            b.nest_end(key);
+            b.nest_end(elem);
+        }
+        b.nest_end(list).end();
         self
     }
 
@@ -368,6 +496,24 @@ pub enum Expr {
     },
     /// `masq`.
     Masquerade,
+    /// `lookup reg SREG set NAME [inverted]`: a set of this batch, by name
+    /// and id.
+    Lookup {
+        /// Register holding the key.
+        sreg: u32,
+        /// The set's name ([`ANON_SET_NAME`] for an anonymous one).
+        set: String,
+        /// The set's id in the batch ([`Batch::new_uid_set`]).
+        set_id: u32,
+        /// Match when the key is not in the set ([`NFT_LOOKUP_F_INV`]).
+        inverted: bool,
+    },
+    /// `reject type icmp_unreach code CODE` (plain `reject` in an `ip`
+    /// table: [`ICMP_PORT_UNREACH`]; a TCP connect gets ECONNREFUSED).
+    Reject {
+        /// The ICMP code.
+        icmp_code: u8,
+    },
 }
 
 fn data_value(b: &mut MsgBuf, ty: u16, v: &[u8]) {
@@ -387,6 +533,8 @@ impl Expr {
             Expr::Immediate { .. } | Expr::Verdict(_) => "immediate",
             Expr::Nat { .. } => "nat",
             Expr::Masquerade => "masq",
+            Expr::Lookup { .. } => "lookup",
+            Expr::Reject { .. } => "reject",
         }
     }
 
@@ -452,6 +600,21 @@ impl Expr {
                     .attr_be32(3, *addr_reg);
             }
             Expr::Masquerade => {}
+            Expr::Lookup {
+                sreg,
+                set,
+                set_id,
+                inverted,
+            } => {
+                b.attr_be32(2, *sreg)
+                    .attr_str(1, set)
+                    .attr_be32(4, *set_id)
+                    .attr_be32(5, if *inverted { NFT_LOOKUP_F_INV } else { 0 });
+            }
+            Expr::Reject { icmp_code } => {
+                b.attr_be32(1, NFT_REJECT_ICMP_UNREACH)
+                    .attr_u8(2, *icmp_code);
+            }
         }
         b.nest_end(d);
         b.nest_end(elem);
@@ -600,6 +763,66 @@ pub fn ct_established_related() -> [Expr; 3] {
             data: vec![0; 4],
         },
     ]
+}
+
+/// `ct state new`.
+pub fn ct_state_new() -> [Expr; 3] {
+    [
+        Expr::Ct {
+            key: NFT_CT_STATE,
+            dreg: NFT_REG_1,
+        },
+        Expr::Bitwise {
+            sreg: NFT_REG_1,
+            dreg: NFT_REG_1,
+            mask: CT_STATE_NEW.to_ne_bytes().to_vec(),
+            xor: vec![0; 4],
+        },
+        Expr::Cmp {
+            op: CmpOp::Neq,
+            sreg: NFT_REG_1,
+            data: vec![0; 4],
+        },
+    ]
+}
+
+/// `meta skuid != UID` for one uid, or `meta skuid != { UIDS }` through
+/// the anonymous set `set_id` (add it with [`Batch::new_uid_set`] first),
+/// as `nft` writes either. `uids` must not be empty.
+pub fn skuid_not_in(uids: &[u32], set_id: u32) -> Vec<Expr> {
+    let mut v = vec![Expr::Meta {
+        key: NFT_META_SKUID,
+        dreg: NFT_REG_1,
+    }];
+    match uids {
+        [one] => v.push(Expr::Cmp {
+            op: CmpOp::Neq,
+            sreg: NFT_REG_1,
+            data: one.to_ne_bytes().to_vec(),
+        }),
+        _ => v.push(Expr::Lookup {
+            sreg: NFT_REG_1,
+            set: ANON_SET_NAME.into(),
+            set_id,
+            inverted: true,
+        }),
+    }
+    v
+}
+
+/// A `GETCHAIN` request for one chain (answered with `NEWCHAIN`, or
+/// ENOENT when the table or chain does not exist), with `NLM_F_ACK` so a
+/// reply is followed by an ack. Not a batch message.
+pub fn get_chain(b: &mut MsgBuf, seq: u32, family: u8, table: &str, chain: &str) {
+    b.begin(
+        msg_type(NFT_MSG_GETCHAIN),
+        NLM_F_REQUEST | super::NLM_F_ACK,
+        seq,
+    )
+    .raw(&nfgenmsg(family, 0))
+    .attr_str(NFTA_CHAIN_TABLE, table)
+    .attr_str(NFTA_CHAIN_NAME, chain)
+    .end();
 }
 
 /// `snat|dnat to ADDR` (ip family).

@@ -158,6 +158,7 @@ pub fn slot_host(tag: &str, pool: String) -> (TestNetns, wasp::slot::Kernel) {
         &wasp::slot::HostNet {
             netns: Some(host.name().to_owned()),
             egress_uplink: None,
+            ..Default::default()
         },
     )
     .expect("set up the slot host side");
