@@ -150,20 +150,26 @@ impl IdRange {
                         (Some(start), Some(count)) if count > 0 => {
                             let end = start + count - 1;
                             (start <= u64::from(self.last) && end >= u64::from(self.first))
-                                .then(|| start.max(u64::from(self.first)))
+                                .then(|| ("id", start.max(u64::from(self.first))))
                         }
                         _ => None,
                     }
                 } else {
-                    // passwd: uid, then the primary gid; group: gid.
-                    [num(2), if *what == "user" { num(3) } else { None }]
-                        .into_iter()
-                        .flatten()
-                        .find(|&id| id <= u64::from(u32::MAX) && self.contains(id as u32))
+                    // passwd: the uid, then the primary gid; group: the gid.
+                    let fields: &[(&'static str, usize)] = if *what == "user" {
+                        &[("uid", 2), ("primary gid", 3)]
+                    } else {
+                        &[("gid", 2)]
+                    };
+                    fields
+                        .iter()
+                        .filter_map(|(kind, i)| Some((*kind, num(*i)?)))
+                        .find(|(_, id)| *id <= u64::from(u32::MAX) && self.contains(*id as u32))
                 };
-                if let Some(id) = hit {
+                if let Some((kind, id)) = hit {
                     return Err(JailerError::IdInUse {
                         range: *self,
+                        kind,
                         id: id as u32,
                         what,
                         name: name.to_owned(),
@@ -230,10 +236,12 @@ pub enum JailerError {
     #[error("the jailer id range {0} includes 0 (root): the jailer is there to drop root; set jailer.id_range (or --jailer-id-range) to ids above 0, e.g. {DEFAULT_ID_RANGE}")]
     Root(IdRange),
     /// A range that includes an id of an account, group or user namespace.
-    #[error("the jailer id range {range} includes id {id} of {what} `{name}` in {file}: a clone running as it would share that id (and could be reached by it); set jailer.id_range (or --jailer-id-range) to ids no entry of /etc/passwd, /etc/group, /etc/subuid or /etc/subgid uses (default {DEFAULT_ID_RANGE})")]
+    #[error("the jailer id range {range} includes {kind} {id} of {what} `{name}` in {file}: a clone running as it would share that id (and could be reached by it); set jailer.id_range (or --jailer-id-range) to ids no entry of /etc/passwd, /etc/group, /etc/subuid or /etc/subgid uses (default {DEFAULT_ID_RANGE})")]
     IdInUse {
         /// The range.
         range: IdRange,
+        /// Which id of the entry: `uid`, `primary gid`, `gid` or `id`.
+        kind: &'static str,
         /// The id in use.
         id: u32,
         /// `user`, `group`, or a subordinate range.
@@ -769,13 +777,13 @@ mod tests {
         check(r(70_000, 79_999)).unwrap();
         let e = check(r(65_530, 65_535)).unwrap_err().to_string();
         assert!(
-            e.contains("65534") && e.contains("`nobody`") && e.contains("/etc/passwd"),
+            e.contains("uid 65534 of user `nobody`") && e.contains("/etc/passwd"),
             "{e}"
         );
         let e = check(r(64_400, 64_600)).unwrap_err().to_string();
-        assert!(e.contains("64500") && e.contains("`alice`"), "primary gid: {e}");
+        assert!(e.contains("primary gid 64500 of user `alice`"), "{e}");
         let e = check(r(64_010, 64_010)).unwrap_err().to_string();
-        assert!(e.contains("group `kvm`") && e.contains("/etc/group"), "{e}");
+        assert!(e.contains("gid 64010 of group `kvm`") && e.contains("/etc/group"), "{e}");
         let e = check(r(99_000, 100_001)).unwrap_err().to_string();
         assert!(
             e.contains("100000") && e.contains("subordinate uid range of `alice`"),

@@ -280,7 +280,7 @@ fn snapshot_create_with_firecracker_then_spawn_from_it() {
     // One more clone in jailer mode, from the same snapshot and pool.
     let jailed = spawn(
         "1",
-        &["--jailer", "--jailer-uid", "64002", "--jailer-gid", "64002"],
+        &["--jailer", "--jailer-id-range", "64002-64002"],
     );
     let jv = json(&jailed);
     let jail_uid = jv["clones"][0]["pid"].as_i64().and_then(|pid| {

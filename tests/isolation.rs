@@ -584,8 +584,75 @@ fn jailed_clones_get_own_ids_read_only_snapshot_binds_and_a_pid_namespace() {
     let fd = wasp::sys::pidfd::pidfd_open(r.pid).unwrap();
     let (fate, errors) = wasp::teardown::teardown(&st, &r, Duration::from_secs(5));
     assert!(errors.is_empty(), "{errors:?}");
-    assert!(fate.is_some(), "{fate:?}");
+    // Init of its pid namespace drops SIGTERM: killed at once.
+    assert_eq!(fate, Some(wasp::teardown::VmmFate::Killed));
     assert!(wasp::sys::pidfd::pidfd_exited(&fd, 0).unwrap(), "VMM still runs");
     assert!(!jailer.jail_dir(&r.id).exists(), "jail left");
     drop(guard);
+}
+
+#[test]
+fn jailer_id_ranges_with_an_account_or_root_are_refused_before_anything_is_made() {
+    root_or_skip!();
+    let fc = common::firecracker_bin();
+    let tmp = tempfile::tempdir().unwrap();
+    let (run, state) = (tmp.path().join("run"), tmp.path().join("state"));
+    let pool = common::unique_name("jids");
+    let spawn = |extra: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_wasp"))
+            .args(["spawn", "--count", "1", "--jailer"])
+            .args(extra)
+            .arg("--snapshot")
+            .arg(tmp.path().join("snap"))
+            .arg("--firecracker")
+            .arg(&fc)
+            .arg("--runtime-dir")
+            .arg(&run)
+            .arg("--state-dir")
+            .arg(&state)
+            .args(["--pool", &pool])
+            .output()
+            .unwrap()
+    };
+    // An id of an account: the first passwd entry in 1..=4294967294.
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap();
+    let (name, id) = passwd
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            Some((f[0].to_owned(), f.get(2)?.parse::<u32>().ok()?))
+        })
+        .find(|(_, id)| *id > 0)
+        .expect("a non-root account in /etc/passwd");
+    let range = format!("{}-{}", id.saturating_sub(2).max(1), id + 2);
+    let cases: Vec<(Vec<String>, Vec<String>)> = vec![
+        (
+            vec!["--jailer-id-range".into(), range.clone()],
+            vec![format!("uid {id} of user `{name}`"), "/etc/passwd".into()],
+        ),
+        (
+            vec!["--jailer-id-range".into(), "0-100".into()],
+            vec!["root".into()],
+        ),
+        (
+            vec!["--jailer-uid".into(), "64000".into()],
+            vec!["--jailer-id-range".into()],
+        ),
+    ];
+    for (args, want) in cases {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = spawn(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?}: {err}");
+        for w in &want {
+            assert!(err.contains(w.as_str()), "{args:?}: want {w}: {err}");
+        }
+        assert_eq!(err.matches("error").count().max(1), 1, "one error: {err}");
+        assert!(!state.exists(), "{args:?}: a state dir was made");
+        assert!(!run.join("jail").exists(), "{args:?}: a jail dir was made");
+        assert!(
+            !common::ip_netns_list().iter().any(|n| n.contains(&pool)),
+            "{args:?}: a netns was made"
+        );
+    }
 }

@@ -231,9 +231,8 @@ fn build_isolation(a: &SpawnArgs, vmm: &Vmm, cfg: &Config) -> anyhow::Result<Iso
     let mut iso = Isolation::default();
     if a.jailer_uid.is_some() || a.jailer_gid.is_some() {
         bail!(
-            "--jailer-uid/--jailer-gid are gone: every jailed clone now runs as its own uid and gid from --jailer-id-range FIRST-LAST (config jailer.id_range, now {}); e.g. --jailer-id-range {}",
-            cfg.jailer_ids.value,
-            a.jailer_uid.or(a.jailer_gid).map_or(cfg.jailer_ids.value.to_string(), |i| format!("{i}-{}", i.saturating_add(999)))
+            "--jailer-uid/--jailer-gid are gone: every jailed clone now runs as its own uid and gid from --jailer-id-range FIRST-LAST (config jailer.id_range, now {}); drop them, or give --jailer-id-range with ids no account uses",
+            cfg.jailer_ids.value
         );
     }
     if a.jailer {
