@@ -856,8 +856,16 @@ id_range = "80000-80999"
             ("[spawn]\nparallel = 0\n", "`spawn.parallel`", "nonzero"),
             ("[spawn]\nparallel = \"many\"\n", "`spawn.parallel`", ""),
             ("[pool]\nname = 3\n", "`pool.name`", ""),
-            ("[jailer]\nid_range = \"0-9\"\n", "`jailer.id_range`", "root"),
-            ("[jailer]\nid_range = \"9-3\"\n", "`jailer.id_range`", "LAST"),
+            (
+                "[jailer]\nid_range = \"0-9\"\n",
+                "`jailer.id_range`",
+                "root",
+            ),
+            (
+                "[jailer]\nid_range = \"9-3\"\n",
+                "`jailer.id_range`",
+                "LAST",
+            ),
         ];
         for (text, key, hint) in cases {
             let e = err(text);

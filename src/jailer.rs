@@ -94,6 +94,10 @@ pub const DEFAULT_ID_RANGE: IdRange = IdRange {
 /// Where a snapshot file (vmstate, memory) shows inside the chroot.
 pub const SNAPSHOT_DIR_IN_JAIL: &str = "/snapshot";
 
+/// How long an exiting VMM whose root can no longer be read gets to show
+/// its exit on its pidfd (see [`Jailer::vmm`]).
+const VMM_EXIT_SHOW_MS: i32 = 2_000;
+
 /// The API socket inside the chroot.
 pub const API_SOCK_IN_JAIL: &str = "/run/firecracker.socket";
 
@@ -135,7 +139,10 @@ impl IdRange {
     /// Refuses the range when an entry of one of `files` (`(path, text)`,
     /// see [`ID_FILES`] for their order) uses an id of it. For tests; see
     /// [`IdRange::check_host`].
-    fn check_files(&self, files: &[(&Path, &'static str, bool, String)]) -> Result<(), JailerError> {
+    fn check_files(
+        &self,
+        files: &[(&Path, &'static str, bool, String)],
+    ) -> Result<(), JailerError> {
         for (path, what, ranges, text) in files {
             for line in text.lines() {
                 let line = line.trim();
@@ -169,11 +176,8 @@ impl IdRange {
                 if let Some((kind, id)) = hit {
                     return Err(JailerError::IdInUse {
                         range: *self,
-                        kind,
                         id: id as u32,
-                        what,
-                        name: name.to_owned(),
-                        file: path.to_path_buf(),
+                        entry: format!("{kind} {id} of {what} `{name}` in {}", path.display()),
                     });
                 }
             }
@@ -209,9 +213,9 @@ impl FromStr for IdRange {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         let num = |v: &str| {
-            v.trim()
-                .parse::<u32>()
-                .map_err(|_| format!("{s:?} is not an id range; write FIRST-LAST, e.g. 70000-79999"))
+            v.trim().parse::<u32>().map_err(|_| {
+                format!("{s:?} is not an id range; write FIRST-LAST, e.g. 70000-79999")
+            })
         };
         let (first, last) = match s.split_once('-') {
             Some((a, b)) => (num(a)?, num(b)?),
@@ -236,20 +240,14 @@ pub enum JailerError {
     #[error("the jailer id range {0} includes 0 (root): the jailer is there to drop root; set jailer.id_range (or --jailer-id-range) to ids above 0, e.g. {DEFAULT_ID_RANGE}")]
     Root(IdRange),
     /// A range that includes an id of an account, group or user namespace.
-    #[error("the jailer id range {range} includes {kind} {id} of {what} `{name}` in {file}: a clone running as it would share that id (and could be reached by it); set jailer.id_range (or --jailer-id-range) to ids no entry of /etc/passwd, /etc/group, /etc/subuid or /etc/subgid uses (default {DEFAULT_ID_RANGE})")]
+    #[error("the jailer id range {range} includes {entry}: a clone running as it would share that id (and could be reached by it); set jailer.id_range (or --jailer-id-range) to ids no entry of /etc/passwd, /etc/group, /etc/subuid or /etc/subgid uses (default {DEFAULT_ID_RANGE})")]
     IdInUse {
         /// The range.
         range: IdRange,
-        /// Which id of the entry: `uid`, `primary gid`, `gid` or `id`.
-        kind: &'static str,
         /// The id in use.
         id: u32,
-        /// `user`, `group`, or a subordinate range.
-        what: &'static str,
-        /// The entry's name.
-        name: String,
-        /// The file.
-        file: PathBuf,
+        /// Which entry, e.g. ``uid 65534 of user `nobody` in /etc/passwd``.
+        entry: String,
     },
     /// Every id of the range is held by a live jail.
     #[error("every id of the jailer id range {range} ({n} ids) belongs to a live jailed clone (claims in {dir}); widen jailer.id_range (or --jailer-id-range), or kill clones")]
@@ -297,15 +295,14 @@ pub enum JailerError {
         /// The jailer's pid file.
         pid_file: PathBuf,
     },
-    /// The pid file names a process that is not rooted in the chroot.
-    #[error("pid {pid} in {pid_file} is not the jailed VMM (its root is not {root}); left alone")]
+    /// The pid file names a process that is not rooted in the chroot (the
+    /// pid file's directory).
+    #[error("pid {pid} in {pid_file} is not the jailed VMM (its root is not the chroot the file is in); left alone")]
     NotTheVmm {
         /// The pid.
         pid: i32,
         /// The pid file.
         pid_file: PathBuf,
-        /// The chroot.
-        root: PathBuf,
     },
     /// Filesystem work failed.
     #[error("cannot {what} {path}")]
@@ -465,7 +462,11 @@ impl Jailer {
             .map_err(io_err("open", &lock_path))?;
         flock(&lock, FlockMode::Exclusive, true).map_err(io_err("lock", &lock_path))?;
         let n = self.ids.len();
-        let start = self.cursor.load(Ordering::Relaxed).saturating_sub(self.ids.first) % n;
+        let start = self
+            .cursor
+            .load(Ordering::Relaxed)
+            .saturating_sub(self.ids.first)
+            % n;
         for k in 0..n {
             let id = self.ids.first + (start + k) % n;
             let link = self.claims.join(id.to_string());
@@ -604,17 +605,12 @@ impl Jailer {
     pub fn vmm(&self, id: &str) -> Result<(i32, OwnedFd), JailerError> {
         let pid_file = self.pid_file(id);
         let text = fs::read_to_string(&pid_file).map_err(io_err("read", &pid_file))?;
-        let pid: i32 = text
-            .trim()
-            .parse()
-            .ok()
-            .filter(|p| *p > 0)
-            .ok_or_else(|| {
-                io_err("parse", &pid_file)(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!("{:?} is not a pid", text.trim()),
-                ))
-            })?;
+        let pid: i32 = text.trim().parse().ok().filter(|p| *p > 0).ok_or_else(|| {
+            io_err("parse", &pid_file)(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{:?} is not a pid", text.trim()),
+            ))
+        })?;
         let gone = || JailerError::VmmGone {
             pid,
             pid_file: pid_file.clone(),
@@ -627,7 +623,10 @@ impl Jailer {
         let root = self.root(id);
         let want = fs::metadata(&root).map_err(io_err("stat", &root))?;
         let theirs = fs::metadata(format!("/proc/{pid}/root"));
-        let exited = pidfd::pidfd_exited(&fd, 0)
+        // A process that is exiting has no root to show before its pidfd
+        // turns readable: give the exit a bounded wait to show.
+        let wait_ms = if theirs.is_err() { VMM_EXIT_SHOW_MS } else { 0 };
+        let exited = pidfd::pidfd_exited(&fd, wait_ms)
             .map_err(io_err("poll the pidfd of the VMM in", &pid_file))?;
         if exited {
             return Err(gone());
@@ -635,11 +634,7 @@ impl Jailer {
         // Alive after the stat: the /proc entry read was the pidfd's process.
         match theirs {
             Ok(m) if (m.dev(), m.ino()) == (want.dev(), want.ino()) => Ok((pid, fd)),
-            _ => Err(JailerError::NotTheVmm {
-                pid,
-                pid_file,
-                root,
-            }),
+            _ => Err(JailerError::NotTheVmm { pid, pid_file }),
         }
     }
 }
@@ -730,7 +725,12 @@ mod tests {
         );
         let zero = IdRange { first: 0, last: 9 };
         assert!(matches!(
-            Jailer::new(Path::new("j"), &t.path().join("firecracker"), t.path(), zero),
+            Jailer::new(
+                Path::new("j"),
+                &t.path().join("firecracker"),
+                t.path(),
+                zero
+            ),
             Err(JailerError::Root(_))
         ));
     }
@@ -783,7 +783,10 @@ mod tests {
         let e = check(r(64_400, 64_600)).unwrap_err().to_string();
         assert!(e.contains("primary gid 64500 of user `alice`"), "{e}");
         let e = check(r(64_010, 64_010)).unwrap_err().to_string();
-        assert!(e.contains("gid 64010 of group `kvm`") && e.contains("/etc/group"), "{e}");
+        assert!(
+            e.contains("gid 64010 of group `kvm`") && e.contains("/etc/group"),
+            "{e}"
+        );
         let e = check(r(99_000, 100_001)).unwrap_err().to_string();
         assert!(
             e.contains("100000") && e.contains("subordinate uid range of `alice`"),
@@ -820,7 +823,11 @@ mod tests {
         assert_eq!(
             p.binds,
             vec![
-                (own.join("rootfs"), root.join("run/wasp/drives/rootfs"), false),
+                (
+                    own.join("rootfs"),
+                    root.join("run/wasp/drives/rootfs"),
+                    false
+                ),
                 (ro_drive.clone(), root.join("run/wasp/drives/data"), true),
                 (shared.clone(), root.join("snapshot/vm.mem"), true),
             ]

@@ -522,10 +522,11 @@ fn jailed_vmm(
         log: log.to_owned(),
     };
     let ms = JAILER_EXIT_TIMEOUT.as_millis() as i32;
-    let done = sys::pidfd::pidfd_exited(&spawned.pidfd, ms).map_err(|source| LaunchError::Wait {
-        sock: sock.to_owned(),
-        source,
-    })?;
+    let done =
+        sys::pidfd::pidfd_exited(&spawned.pidfd, ms).map_err(|source| LaunchError::Wait {
+            sock: sock.to_owned(),
+            source,
+        })?;
     if !done {
         let _ = spawned.process.kill();
         let _ = spawned.process.wait();

@@ -531,7 +531,10 @@ fn jailed_clones_get_own_ids_read_only_snapshot_binds_and_a_pid_namespace() {
         let uid = status_ids(pid, "Uid:")[0];
         let gid = status_ids(pid, "Gid:")[0];
         assert!(ids.contains(uid) && ids.contains(gid), "{uid}:{gid}");
-        assert!(uid != 0 && !passwd.contains(&uid), "uid {uid} is an account");
+        assert!(
+            uid != 0 && !passwd.contains(&uid),
+            "uid {uid} is an account"
+        );
         assert!(gid != 0 && !group.contains(&gid), "gid {gid} is a group");
         uids.push(uid);
         // Its own pid namespace, where it is init.
@@ -553,7 +556,8 @@ fn jailed_clones_get_own_ids_read_only_snapshot_binds_and_a_pid_namespace() {
             }
         }
         common::assert_maps_private(pid, &golden.join("vm.mem"));
-        let mut client = wasp::vmm_api::Client::connect(&root.join("run/firecracker.socket")).unwrap();
+        let mut client =
+            wasp::vmm_api::Client::connect(&root.join("run/firecracker.socket")).unwrap();
         assert_eq!(client.get_instance_info().unwrap().state, "Running");
     }
     assert_ne!(uids[0], uids[1], "each clone has its own uid");
@@ -568,7 +572,8 @@ fn jailed_clones_get_own_ids_read_only_snapshot_binds_and_a_pid_namespace() {
     };
     let rep = wasp::reconcile::reconcile(&o).unwrap();
     assert!(rep.errors.is_empty(), "{:?}", rep.errors);
-    let mut adopted: Vec<(String, i32)> = rep.adopted.iter().map(|a| (a.id.clone(), a.pid)).collect();
+    let mut adopted: Vec<(String, i32)> =
+        rep.adopted.iter().map(|a| (a.id.clone(), a.pid)).collect();
     adopted.sort();
     let mut want: Vec<(String, i32)> = report
         .clones
@@ -586,7 +591,10 @@ fn jailed_clones_get_own_ids_read_only_snapshot_binds_and_a_pid_namespace() {
     assert!(errors.is_empty(), "{errors:?}");
     // Init of its pid namespace drops SIGTERM: killed at once.
     assert_eq!(fate, Some(wasp::teardown::VmmFate::Killed));
-    assert!(wasp::sys::pidfd::pidfd_exited(&fd, 0).unwrap(), "VMM still runs");
+    assert!(
+        wasp::sys::pidfd::pidfd_exited(&fd, 0).unwrap(),
+        "VMM still runs"
+    );
     assert!(!jailer.jail_dir(&r.id).exists(), "jail left");
     drop(guard);
 }

@@ -235,11 +235,8 @@ impl ChildSetup {
         target: &Path,
         read_only: bool,
     ) -> io::Result<Self> {
-        let mut flags = libc::MS_BIND
-            | libc::MS_REMOUNT
-            | libc::MS_NOSUID
-            | libc::MS_NODEV
-            | libc::MS_NOEXEC;
+        let mut flags =
+            libc::MS_BIND | libc::MS_REMOUNT | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
         if read_only {
             flags |= libc::MS_RDONLY;
         }
