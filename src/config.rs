@@ -25,6 +25,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use thiserror::Error;
 
 use crate::firecracker::Chosen;
+use crate::jailer::{IdRange, DEFAULT_ID_RANGE};
 use crate::paths::{DEFAULT_RUNTIME_DIR, DEFAULT_STATE_DIR};
 use crate::ready::Ready;
 use crate::slot::{Cidr, ConnectUids, HostNet, SlotError, SlotNet};
@@ -255,6 +256,14 @@ struct RawFile {
     paths: RawPaths,
     #[serde(default)]
     spawn: RawSpawn,
+    #[serde(default)]
+    jailer: RawJailer,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawJailer {
+    id_range: Option<Parsed<IdRange>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -332,6 +341,9 @@ pub struct Config {
     pub ready: Setting<Ready>,
     /// `spawn.parallel`: clones in flight at once.
     pub parallel: Setting<usize>,
+    /// `jailer.id_range`: in jailer mode each clone's uid and gid, one
+    /// number of this range per clone.
+    pub jailer_ids: Setting<IdRange>,
 }
 
 impl Default for Config {
@@ -356,6 +368,7 @@ impl Default for Config {
             jailer: Setting::default(None),
             ready: Setting::default(DEFAULT_READY),
             parallel: Setting::default(DEFAULT_PARALLEL),
+            jailer_ids: Setting::default(DEFAULT_ID_RANGE),
         }
     }
 }
@@ -490,6 +503,7 @@ impl Config {
             guest,
             paths,
             spawn,
+            jailer,
         } = raw;
         c.pool.set(pool.name, src);
         c.cidr.set(pool.cidr.map(|v| v.0), src);
@@ -512,6 +526,7 @@ impl Config {
         c.jailer.set(paths.jailer.map(|v| Some(v.0 .0)), src);
         c.ready.set(spawn.ready.map(|v| v.0), src);
         c.parallel.set(spawn.parallel.map(NonZeroUsize::get), src);
+        c.jailer_ids.set(jailer.id_range.map(|v| v.0), src);
         c.slot_net()
             .validate()
             .map_err(|source| ConfigError::Invalid {
@@ -688,6 +703,11 @@ impl Config {
                 json!(self.ready.value.to_string()),
             ),
             e("spawn.parallel", &self.parallel, json!(self.parallel.value)),
+            e(
+                "jailer.id_range",
+                &self.jailer_ids,
+                json!(self.jailer_ids.value.to_string()),
+            ),
         ]
     }
 }
@@ -750,6 +770,9 @@ jailer = "/opt/fc/jailer"
 [spawn]
 ready = "running"
 parallel = 64
+
+[jailer]
+id_range = "80000-80999"
 "#;
 
     #[test]
@@ -790,6 +813,7 @@ parallel = 64
         assert_eq!(c.state_dir.value, Path::new("/run/wasp2"));
         assert_eq!(c.ready.value, Ready::Running);
         assert_eq!(c.parallel.value, 64);
+        assert_eq!(c.jailer_ids.value.to_string(), "80000-80999");
         let fc = c.firecracker_choice().unwrap();
         assert_eq!(fc.path, Path::new("/opt/fc/firecracker"));
         assert!(fc.origin.contains("paths.firecracker"), "{}", fc.origin);
@@ -858,6 +882,16 @@ parallel = 64
             ("[spawn]\nparallel = 0\n", "`spawn.parallel`", "nonzero"),
             ("[spawn]\nparallel = \"many\"\n", "`spawn.parallel`", ""),
             ("[pool]\nname = 3\n", "`pool.name`", ""),
+            (
+                "[jailer]\nid_range = \"0-9\"\n",
+                "`jailer.id_range`",
+                "root",
+            ),
+            (
+                "[jailer]\nid_range = \"9-3\"\n",
+                "`jailer.id_range`",
+                "LAST",
+            ),
         ];
         for (text, key, hint) in cases {
             let e = err(text);

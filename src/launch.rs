@@ -220,11 +220,15 @@ pub struct LaunchSpec {
 /// A started VMM.
 #[derive(Debug)]
 pub struct Launched {
-    /// The child (reaped by whoever waits on it).
+    /// The child wasp started (reaped by whoever waits on it): the VMM, or
+    /// in jailer mode the jailer, already exited and reaped (the VMM is in
+    /// its own pid namespace, not wasp's child: kill it through
+    /// [`Launched::pidfd`]).
     pub child: Process,
-    /// Its pid.
+    /// The VMM's pid (in wasp's pid namespace).
     pub pid: i32,
-    /// A pidfd: signals always reach this process, never a recycled pid.
+    /// A pidfd on the VMM: signals always reach this process, never a
+    /// recycled pid.
     pub pidfd: OwnedFd,
     /// When the process was spawned.
     pub spawned_at: Instant,
@@ -299,6 +303,16 @@ pub enum LaunchError {
     /// The clone's jail could not be made or removed.
     #[error("jailer mode")]
     Jail(#[source] JailerError),
+    /// The jailer did not exit in time (it was killed).
+    #[error("the jailer (pid {pid}) did not start the VMM and exit within {timeout:?}; killed; see {log}")]
+    JailerTimeout {
+        /// The jailer's pid.
+        pid: i32,
+        /// The bound.
+        timeout: Duration,
+        /// stderr log.
+        log: PathBuf,
+    },
     /// inotify or connect failed unexpectedly.
     #[error("waiting for the API socket {sock} failed")]
     Wait {
@@ -403,11 +417,13 @@ fn start(
                     setup = setup.bind_netns(fd, &at).map_err(prepare(&at))?;
                 }
             }
-            for (src, dst) in &plan.binds {
-                setup = setup.bind_file(src, dst).map_err(prepare(src))?;
+            for (src, dst, read_only) in &plan.binds {
+                setup = setup
+                    .bind_file_locked(src, dst, *read_only)
+                    .map_err(prepare(src))?;
             }
             args.extend(
-                j.args(&spec.id, spec.netns.as_deref())
+                j.args(&spec.id, plan.uid, spec.netns.as_deref())
                     .into_iter()
                     .map(Into::into),
             );
@@ -466,14 +482,18 @@ fn start(
         stderr,
     };
     let spawned_at = Instant::now();
-    let spawned = sys::spawn::spawn(exec, setup).map_err(|source| LaunchError::Spawn {
+    let mut spawned = sys::spawn::spawn(exec, setup).map_err(|source| LaunchError::Spawn {
         binary: program,
         source,
     })?;
+    let (pid, pidfd) = match (&jail, &spec.isolation.jailer) {
+        (Some(_), Some(j)) => jailed_vmm(j, &spec.id, &mut spawned, &api_sock, &err_path)?,
+        _ => (spawned.process.id() as i32, spawned.pidfd),
+    };
     Ok(Launched {
-        pid: spawned.process.id() as i32,
+        pid,
         child: spawned.process,
-        pidfd: spawned.pidfd,
+        pidfd,
         spawned_at,
         api_sock,
         placement: spawned.placement,
@@ -482,6 +502,57 @@ fn start(
         jail_dir: jail.map(|j| j.dir),
     })
 }
+
+/// The jailed VMM behind a jailer started with `--new-pid-ns`: waits (up
+/// to [`JAILER_EXIT_TIMEOUT`]) for the jailer to fork the VMM into its pid
+/// namespace and exit, reaps it, then takes hold of the VMM it named
+/// ([`Jailer::vmm`]). A jailer that fails, or a VMM already gone, is
+/// [`LaunchError::Exited`].
+fn jailed_vmm(
+    j: &Jailer,
+    id: &str,
+    spawned: &mut sys::spawn::Spawned,
+    sock: &Path,
+    log: &Path,
+) -> Result<(i32, OwnedFd), LaunchError> {
+    let jailer_pid = spawned.process.id() as i32;
+    let exited = |pid| LaunchError::Exited {
+        pid,
+        sock: sock.to_owned(),
+        log: log.to_owned(),
+    };
+    let ms = JAILER_EXIT_TIMEOUT.as_millis() as i32;
+    let done =
+        sys::pidfd::pidfd_exited(&spawned.pidfd, ms).map_err(|source| LaunchError::Wait {
+            sock: sock.to_owned(),
+            source,
+        })?;
+    if !done {
+        let _ = spawned.process.kill();
+        let _ = spawned.process.wait();
+        return Err(LaunchError::JailerTimeout {
+            pid: jailer_pid,
+            timeout: JAILER_EXIT_TIMEOUT,
+            log: log.to_owned(),
+        });
+    }
+    let status = spawned.process.wait().map_err(|source| LaunchError::Wait {
+        sock: sock.to_owned(),
+        source,
+    })?;
+    if !status.success() {
+        return Err(exited(jailer_pid));
+    }
+    match j.vmm(id) {
+        Ok(v) => Ok(v),
+        Err(JailerError::VmmGone { pid, .. }) => Err(exited(pid)),
+        Err(e) => Err(LaunchError::Jail(e)),
+    }
+}
+
+/// How long a jailer gets to start the VMM in its pid namespace and exit
+/// (it copies Firecracker into the chroot and makes a few device nodes).
+pub const JAILER_EXIT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Waits until `sock` accepts a connection, using inotify for the file to
 /// appear (no polling, no sleeps) and retrying connect only in the short

@@ -261,6 +261,9 @@ pub fn batch_tag() -> String {
 struct Pending {
     slot: SlotLease,
     child: launch::Process,
+    /// A pidfd on the VMM (in jailer mode not `child`, which is the
+    /// jailer), for a reclaim without the driver's job.
+    vmm: Option<std::os::fd::OwnedFd>,
     cgroup: Option<PathBuf>,
     jail_dir: Option<PathBuf>,
     files_dir: PathBuf,
@@ -455,6 +458,7 @@ impl<'a> Batch<'a> {
                 host_dev_name: slot.tap.clone(),
             })
         });
+        let vmm = launched.pidfd.try_clone().ok();
         let job = Job {
             index: i,
             id: id.clone(),
@@ -470,6 +474,7 @@ impl<'a> Batch<'a> {
         let pending = Pending {
             slot,
             child: launched.child,
+            vmm,
             cgroup: launched.cgroup,
             jail_dir: launched.jail_dir,
             files_dir: files.dir,
@@ -488,6 +493,9 @@ impl<'a> Batch<'a> {
             return;
         };
         let id = self.clone_id(i);
+        if let Some(fd) = &p.vmm {
+            let _ = sys::pidfd::pidfd_send_signal(fd, libc::SIGKILL);
+        }
         let _ = p.child.kill();
         let _ = p.child.wait();
         if let Err(e) = self.ctx.store.cleanup(&id) {

@@ -78,7 +78,9 @@ pub enum VmmFate {
 }
 
 /// Stops the clone's VMM: SIGTERM, up to `grace` for it to exit, then
-/// SIGKILL. Never signals a process that is not the recorded one.
+/// SIGKILL (at once for a VMM that is init of its own pid namespace, which
+/// would drop the SIGTERM). Never signals a process that is not the
+/// recorded one.
 pub fn stop_vmm(r: &CloneRecord, grace: Duration) -> Result<VmmFate, TeardownError> {
     let Ok(fd) = pidfd::pidfd_open(r.pid) else {
         return Ok(VmmFate::AlreadyGone);
@@ -94,7 +96,14 @@ pub fn stop_vmm(r: &CloneRecord, grace: Duration) -> Result<VmmFate, TeardownErr
             source,
         })
     };
-    if let Err(e) = sig(libc::SIGTERM) {
+    let wait =
+        |ms: u128| pidfd::pidfd_exited(&fd, ms.min(i32::MAX as u128) as i32).unwrap_or(false);
+    // Init of its own pid namespace (a jailed VMM, `--new-pid-ns`): the
+    // kernel drops a SIGTERM it has no handler for, so grace would only
+    // delay the SIGKILL, which goes first.
+    let init = is_pid_ns_init(r.pid);
+    let first = if init { libc::SIGKILL } else { libc::SIGTERM };
+    if let Err(e) = sig(first) {
         return match e {
             TeardownError::Signal { ref source, .. }
                 if source.raw_os_error() == Some(libc::ESRCH) =>
@@ -104,12 +113,12 @@ pub fn stop_vmm(r: &CloneRecord, grace: Duration) -> Result<VmmFate, TeardownErr
             e => Err(e),
         };
     }
-    let wait =
-        |ms: u128| pidfd::pidfd_exited(&fd, ms.min(i32::MAX as u128) as i32).unwrap_or(false);
-    if wait(grace.as_millis()) {
+    if !init && wait(grace.as_millis()) {
         return Ok(VmmFate::Terminated);
     }
-    sig(libc::SIGKILL)?;
+    if !init {
+        sig(libc::SIGKILL)?;
+    }
     if wait(5_000) {
         Ok(VmmFate::Killed)
     } else {
@@ -118,6 +127,23 @@ pub fn stop_vmm(r: &CloneRecord, grace: Duration) -> Result<VmmFate, TeardownErr
             pid: r.pid,
         })
     }
+}
+
+/// True when `pid` is init (pid 1) of a pid namespace below wasp's: its
+/// `NSpid` line in /proc/PID/status has more than one field, the last 1.
+fn is_pid_ns_init(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            let ids: Vec<String> = s
+                .lines()
+                .find_map(|l| l.strip_prefix("NSpid:"))?
+                .split_whitespace()
+                .map(str::to_owned)
+                .collect();
+            Some(ids.len() > 1 && ids.last().map(String::as_str) == Some("1"))
+        })
+        .unwrap_or(false)
 }
 
 /// Removes a clone directory, but only one named with wasp's prefix.

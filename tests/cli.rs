@@ -316,10 +316,7 @@ fn snapshot_create_with_firecracker_then_spawn_from_it() {
     let out = spawn("2", &["--vmm", "firecracker"]);
     let v = json(&out);
     // One more clone in jailer mode, from the same snapshot and pool.
-    let jailed = spawn(
-        "1",
-        &["--jailer", "--jailer-uid", "64002", "--jailer-gid", "64002"],
-    );
+    let jailed = spawn("1", &["--jailer", "--jailer-id-range", "64002-64002"]);
     let jv = json(&jailed);
     let jail_uid = jv["clones"][0]["pid"].as_i64().and_then(|pid| {
         let st = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;

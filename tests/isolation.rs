@@ -24,7 +24,7 @@ use common::dev_ino;
 use common::fake_slots::FakeSlots;
 use wasp::cgroup::{self, CgroupParent, Limits};
 use wasp::env::Env;
-use wasp::jailer::Jailer;
+use wasp::jailer::{IdRange, Jailer};
 use wasp::launch::{Isolation, Vmm};
 use wasp::ready::Ready;
 use wasp::restore::Timeouts;
@@ -338,8 +338,8 @@ fn jailed_firecracker_clones_from_a_real_snapshot() {
     let mut limits = Limits::new();
     limits.set(key, value).unwrap();
     let tp = TestParent::open("jail", limits);
-    let (uid, gid) = (64_000, 64_001);
-    let jailer = Arc::new(Jailer::new(&jailer_bin, &fc, &runtime, uid, gid).unwrap());
+    let ids: IdRange = "64000-64009".parse().unwrap();
+    let jailer = Arc::new(Jailer::new(&jailer_bin, &fc, &runtime, ids).unwrap());
     let state = tmp.path().join("state");
     let opts = |count, vmm_args: Vec<String>| SpawnOptions {
         vmm: Vmm::Firecracker(fc.clone()),
@@ -372,7 +372,7 @@ fn jailed_firecracker_clones_from_a_real_snapshot() {
     std::fs::set_permissions(&vmstate, std::fs::Permissions::from_mode(0o444)).unwrap();
     let msg = wasp::doctor::error_chain(&e);
     assert!(
-        msg.contains("vm.snapshot") && msg.contains("uid 64000"),
+        msg.contains("vm.snapshot") && msg.contains("64000-64009"),
         "{msg}"
     );
     assert!(empty(&jail_execs) && empty(store.clones_dir()));
@@ -408,8 +408,10 @@ fn jailed_firecracker_clones_from_a_real_snapshot() {
     let records = wasp::state::Store::open(&state).unwrap().list().unwrap().0;
     for c in &report.clones {
         let pid = c.pid.unwrap();
+        let uid = status_ids(pid, "Uid:")[0];
+        assert!(ids.contains(uid), "{}: uid {uid}", c.id);
         assert_eq!(status_ids(pid, "Uid:"), vec![uid; 4], "{}", c.id);
-        assert_eq!(status_ids(pid, "Gid:"), vec![gid; 4], "{}", c.id);
+        assert_eq!(status_ids(pid, "Gid:"), vec![uid; 4], "{}", c.id);
         let root = jailer.root(&c.id);
         assert_eq!(
             dev_ino(format!("/proc/{pid}/root")),
@@ -469,4 +471,197 @@ fn child_cgroups(d: &Path) -> Vec<PathBuf> {
         .map(|e| e.unwrap().path())
         .filter(|p| p.is_dir())
         .collect()
+}
+
+/// uids (field 0) or gids of the entries of a passwd-style file.
+fn ids_in(file: &str) -> Vec<u32> {
+    std::fs::read_to_string(file)
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split(':').nth(2)?.parse().ok())
+        .collect()
+}
+
+/// The per-mount options of the (topmost) mount on `point` in process
+/// `pid`'s mount namespace.
+fn mount_options(pid: i32, point: &str) -> Option<String> {
+    let mi = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap();
+    mi.lines().rev().find_map(|l| {
+        let f: Vec<&str> = l.split(' ').collect();
+        (f.get(4) == Some(&point)).then(|| f[5].to_owned())
+    })
+}
+
+#[test]
+fn jailed_clones_get_own_ids_read_only_snapshot_binds_and_a_pid_namespace() {
+    root_or_skip!();
+    let fc = common::firecracker_bin();
+    let jailer_bin = wasp::firecracker::locate_jailer(Some(&fc)).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let (golden, _) = common::firecracker_golden(tmp.path());
+    let runtime = tmp.path().join("run");
+    let store = CloneStore::open(&golden, &runtime, Mode::Auto).unwrap();
+    let ids: IdRange = "64100-64101".parse().unwrap();
+    let jailer = Arc::new(Jailer::new(&jailer_bin, &fc, &runtime, ids).unwrap());
+    let state = tmp.path().join("state");
+    let opts = SpawnOptions {
+        vmm: Vmm::Firecracker(fc.clone()),
+        count: 2,
+        parallel: 2,
+        ready: Ready::Running,
+        timeouts: Timeouts::default(),
+        driver: None,
+        state_dir: state.clone(),
+        ready_retry: Duration::from_millis(10),
+        vmm_args: vec![],
+        isolation: Isolation {
+            jailer: Some(jailer.clone()),
+            ..Isolation::default()
+        },
+    };
+    let mut slots = FakeSlots::new(2, true);
+    let report = spawn::spawn(&opts, &store, &mut slots, &Env::new()).unwrap();
+    let guard = common::TeardownGuard(&state);
+    assert_eq!(report.summary.ready, 2, "{:#?}", report.clones);
+    let (passwd, group) = (ids_in("/etc/passwd"), ids_in("/etc/group"));
+    let my_pidns = dev_ino("/proc/self/ns/pid");
+    let mut uids = Vec::new();
+    for c in &report.clones {
+        let pid = c.pid.unwrap();
+        let uid = status_ids(pid, "Uid:")[0];
+        let gid = status_ids(pid, "Gid:")[0];
+        assert!(ids.contains(uid) && ids.contains(gid), "{uid}:{gid}");
+        assert!(
+            uid != 0 && !passwd.contains(&uid),
+            "uid {uid} is an account"
+        );
+        assert!(gid != 0 && !group.contains(&gid), "gid {gid} is a group");
+        uids.push(uid);
+        // Its own pid namespace, where it is init.
+        assert_ne!(dev_ino(format!("/proc/{pid}/ns/pid")), my_pidns, "{}", c.id);
+        let nspid = status_ids(pid, "NSpid:");
+        assert_eq!(nspid, vec![pid as u32, 1], "{}", c.id);
+        // The API socket and the chroot's run dir are its uid's alone.
+        let root = jailer.root(&c.id);
+        use std::os::unix::fs::MetadataExt;
+        let sock = std::fs::metadata(root.join("run/firecracker.socket")).unwrap();
+        assert_eq!((sock.uid(), sock.gid()), (uid, gid));
+        // The shared snapshot files: read-only, nosuid, nodev binds.
+        for f in ["/snapshot/vm.mem", "/snapshot/vm.snapshot"] {
+            let opts = mount_options(pid, f)
+                .unwrap_or_else(|| panic!("{f} is no mount in {}'s namespace", c.id));
+            let o: Vec<&str> = opts.split(',').collect();
+            for want in ["ro", "nosuid", "nodev"] {
+                assert!(o.contains(&want), "{f}: {opts}");
+            }
+        }
+        common::assert_maps_private(pid, &golden.join("vm.mem"));
+        let mut client =
+            wasp::vmm_api::Client::connect(&root.join("run/firecracker.socket")).unwrap();
+        assert_eq!(client.get_instance_info().unwrap().state, "Running");
+    }
+    assert_ne!(uids[0], uids[1], "each clone has its own uid");
+
+    // The records name the VMM itself (pid in wasp's namespace, start
+    // time): a reconcile, as after a crash of wasp, adopts both.
+    let o = wasp::reconcile::Options {
+        state_dir: state.clone(),
+        runtime_dir: runtime.clone(),
+        tap: "tap0".into(),
+        pool: None,
+        vmm_binaries: vec![],
+    };
+    let rep = wasp::reconcile::reconcile(&o).unwrap();
+    assert!(rep.errors.is_empty(), "{:?}", rep.errors);
+    let mut adopted: Vec<(String, i32)> =
+        rep.adopted.iter().map(|a| (a.id.clone(), a.pid)).collect();
+    adopted.sort();
+    let mut want: Vec<(String, i32)> = report
+        .clones
+        .iter()
+        .map(|c| (c.id.clone(), c.pid.unwrap()))
+        .collect();
+    want.sort();
+    assert_eq!(adopted, want);
+
+    // Teardown (`wasp kill`) stops exactly that process.
+    let st = wasp::state::Store::open(&state).unwrap();
+    let r = st.list().unwrap().0.into_iter().next().unwrap();
+    let fd = wasp::sys::pidfd::pidfd_open(r.pid).unwrap();
+    let (fate, errors) = wasp::teardown::teardown(&st, &r, Duration::from_secs(5));
+    assert!(errors.is_empty(), "{errors:?}");
+    // Init of its pid namespace drops SIGTERM: killed at once.
+    assert_eq!(fate, Some(wasp::teardown::VmmFate::Killed));
+    assert!(
+        wasp::sys::pidfd::pidfd_exited(&fd, 0).unwrap(),
+        "VMM still runs"
+    );
+    assert!(!jailer.jail_dir(&r.id).exists(), "jail left");
+    drop(guard);
+}
+
+#[test]
+fn jailer_id_ranges_with_an_account_or_root_are_refused_before_anything_is_made() {
+    root_or_skip!();
+    let fc = common::firecracker_bin();
+    let tmp = tempfile::tempdir().unwrap();
+    let (run, state) = (tmp.path().join("run"), tmp.path().join("state"));
+    let pool = common::unique_name("jids");
+    let spawn = |extra: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_wasp"))
+            .args(["spawn", "--count", "1", "--jailer"])
+            .args(extra)
+            .arg("--snapshot")
+            .arg(tmp.path().join("snap"))
+            .arg("--firecracker")
+            .arg(&fc)
+            .arg("--runtime-dir")
+            .arg(&run)
+            .arg("--state-dir")
+            .arg(&state)
+            .args(["--pool", &pool])
+            .output()
+            .unwrap()
+    };
+    // An id of an account: the first passwd entry in 1..=4294967294.
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap();
+    let (name, id) = passwd
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            Some((f[0].to_owned(), f.get(2)?.parse::<u32>().ok()?))
+        })
+        .find(|(_, id)| *id > 0)
+        .expect("a non-root account in /etc/passwd");
+    let range = format!("{}-{}", id.saturating_sub(2).max(1), id + 2);
+    let cases: Vec<(Vec<String>, Vec<String>)> = vec![
+        (
+            vec!["--jailer-id-range".into(), range.clone()],
+            vec![format!("uid {id} of user `{name}`"), "/etc/passwd".into()],
+        ),
+        (
+            vec!["--jailer-id-range".into(), "0-100".into()],
+            vec!["root".into()],
+        ),
+        (
+            vec!["--jailer-uid".into(), "64000".into()],
+            vec!["--jailer-id-range".into()],
+        ),
+    ];
+    for (args, want) in cases {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = spawn(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?}: {err}");
+        for w in &want {
+            assert!(err.contains(w.as_str()), "{args:?}: want {w}: {err}");
+        }
+        assert_eq!(err.matches("error").count().max(1), 1, "one error: {err}");
+        assert!(!state.exists(), "{args:?}: a state dir was made");
+        assert!(!run.join("jail").exists(), "{args:?}: a jail dir was made");
+        assert!(
+            !common::ip_netns_list().iter().any(|n| n.contains(&pool)),
+            "{args:?}: a netns was made"
+        );
+    }
 }

@@ -101,17 +101,22 @@ pub struct SpawnArgs {
     /// pids.max=64.
     #[arg(long = "cgroup", value_name = "KEY=VALUE")]
     pub cgroup: Vec<String>,
-    /// Run each Firecracker under the official jailer (uid/gid drop, chroot
-    /// under <runtime-dir>/jail, the slot netns); jailer from WASP_JAILER,
-    /// beside firecracker, or PATH.
+    /// Run each Firecracker under the official jailer (its own uid/gid,
+    /// chroot under <runtime-dir>/jail, own pid namespace, the slot netns);
+    /// jailer from WASP_JAILER, beside firecracker, or PATH.
     #[arg(long, conflicts_with = "demo_snapshot")]
     pub jailer: bool,
-    /// uid the jailed Firecracker runs as.
-    #[arg(long, default_value_t = wasp::jailer::DEFAULT_ID, requires = "jailer")]
-    pub jailer_uid: u32,
-    /// gid the jailed Firecracker runs as.
-    #[arg(long, default_value_t = wasp::jailer::DEFAULT_ID, requires = "jailer")]
-    pub jailer_gid: u32,
+    /// Ids for jailed VMMs, FIRST-LAST: each clone runs as its own one, as
+    /// uid and gid; no account, group or subuid/subgid range may use them
+    /// [jailer.id_range; default: 70000-79999].
+    #[arg(long, value_name = "FIRST-LAST", requires = "jailer")]
+    pub jailer_id_range: Option<wasp::jailer::IdRange>,
+    /// Gone: one shared uid for every clone (see --jailer-id-range).
+    #[arg(long, hide = true, value_name = "ID")]
+    pub jailer_uid: Option<u32>,
+    /// Gone: one shared gid for every clone (see --jailer-id-range).
+    #[arg(long, hide = true, value_name = "ID")]
+    pub jailer_gid: Option<u32>,
     #[command(flatten)]
     pub at: Where,
     /// Print one JSON document.
@@ -232,13 +237,19 @@ fn build_isolation(a: &SpawnArgs, vmm: &Vmm, cfg: &Config) -> anyhow::Result<Iso
         limits.set_kv(kv)?;
     }
     let mut iso = Isolation::default();
+    if a.jailer_uid.is_some() || a.jailer_gid.is_some() {
+        bail!(
+            "--jailer-uid/--jailer-gid are gone: every jailed clone now runs as its own uid and gid from --jailer-id-range FIRST-LAST (config jailer.id_range, now {}); drop them, or give --jailer-id-range with ids no account uses",
+            cfg.jailer_ids.value
+        );
+    }
     if a.jailer {
         let Vmm::Firecracker(fc) = vmm else {
             bail!("--jailer runs Firecracker only; drop --vmm standin or --jailer");
         };
         let bin = wasp::firecracker::locate("jailer", cfg.jailer_choice().as_ref(), fc.parent())?;
         wasp::firecracker::version_of(&bin)?;
-        let j = Jailer::new(&bin, fc, &cfg.runtime_dir.value, a.jailer_uid, a.jailer_gid)
+        let j = Jailer::new(&bin, fc, &cfg.runtime_dir.value, cfg.jailer_ids.value)
             .context("jailer mode")?
             .with_owner(owner(cfg)?);
         iso.jailer = Some(Arc::new(j));
@@ -289,6 +300,7 @@ pub fn spawn_cmd(a: SpawnArgs, mut cfg: Config) -> anyhow::Result<ExitCode> {
     }
     a.at.apply(&mut cfg);
     a.flags.apply(&mut cfg);
+    cfg.jailer_ids.flag("--jailer-id-range", a.jailer_id_range);
     cfg.slot_net().check_fits(a.count)?;
     let timeouts = timeouts(&a)?;
     let env = build_env(&a).context("bad environment")?;

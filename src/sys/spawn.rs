@@ -156,8 +156,10 @@ pub struct ChildSetup {
     template: Option<TemplateNs>,
     /// tmpfs mount point that holds the drive bind targets.
     drive_dir: Option<CString>,
-    /// (source, target) pairs, bind-mounted in order.
-    binds: Vec<(CString, CString)>,
+    /// (source, target, remount flags) of each bind, made in order; with
+    /// non-zero flags the bind is then remounted with them (see
+    /// [`ChildSetup::bind_file_locked`]).
+    binds: Vec<(CString, CString, libc::c_ulong)>,
     cgroup: Option<CgroupTarget>,
     force_fork: bool,
 }
@@ -208,7 +210,7 @@ impl ChildSetup {
         }
         self.private_mounts = true;
         self.drive_dir = Some(cstr(drive_dir)?);
-        self.binds.push((cstr(file)?, cstr(recorded)?));
+        self.binds.push((cstr(file)?, cstr(recorded)?, 0));
         Ok(self)
     }
 
@@ -219,7 +221,27 @@ impl ChildSetup {
     /// goes away.
     pub fn bind_file(mut self, source: &Path, target: &Path) -> io::Result<Self> {
         self.private_mounts = true;
-        self.binds.push((cstr(source)?, cstr(target)?));
+        self.binds.push((cstr(source)?, cstr(target)?, 0));
+        Ok(self)
+    }
+
+    /// [`Self::bind_file`], then the bind remounted `nosuid,nodev,noexec`,
+    /// and read-only when `read_only`: what the VMM writes through that
+    /// path, and what it could execute or open as a device there, is
+    /// limited by the mount, not only by the file's mode.
+    pub fn bind_file_locked(
+        mut self,
+        source: &Path,
+        target: &Path,
+        read_only: bool,
+    ) -> io::Result<Self> {
+        let mut flags =
+            libc::MS_BIND | libc::MS_REMOUNT | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+        if read_only {
+            flags |= libc::MS_RDONLY;
+        }
+        self.private_mounts = true;
+        self.binds.push((cstr(source)?, cstr(target)?, flags));
         Ok(self)
     }
 
@@ -380,6 +402,7 @@ enum Step {
     Exec = 9,
     Template = 10,
     Cwd = 11,
+    Remount = 12,
 }
 
 impl Step {
@@ -397,6 +420,7 @@ impl Step {
             Exec,
             Template,
             Cwd,
+            Remount,
         ]
         .into_iter()
         .find(|s| *s as u32 == v)
@@ -415,6 +439,7 @@ impl Step {
             Step::Exec => "exec",
             Step::Template => "entering the template mount namespace (setns)",
             Step::Cwd => "returning to wasp's working directory in its mount namespace",
+            Step::Remount => "remounting a bind read-only, nosuid, nodev, noexec",
         }
     }
 }
@@ -467,7 +492,7 @@ struct ChildPlan<'a> {
     mounts: MountPlan<'a>,
     /// Mount the private drive tmpfs here (not when the template has it).
     drive_tmpfs: Option<&'a CString>,
-    binds: &'a [(CString, CString)],
+    binds: &'a [(CString, CString, libc::c_ulong)],
 }
 
 type ChildResult = Result<(), (Step, i32)>;
@@ -573,7 +598,7 @@ fn child_steps(p: &ChildPlan) -> ChildResult {
     if let Some(dir) = p.drive_tmpfs {
         mount_drive_tmpfs(dir).map_err(at(Step::Tmpfs))?;
     }
-    for (src, dst) in p.binds {
+    for (src, dst, remount) in p.binds {
         // SAFETY: dst is a live CString; open creates the bind target.
         let fd = cvt(unsafe {
             libc::open(
@@ -597,6 +622,21 @@ fn child_steps(p: &ChildPlan) -> ChildResult {
             )
         })
         .map_err(at(Step::Bind))?;
+        if *remount != 0 {
+            // A bind takes its flags only from a remount of it.
+            // SAFETY: dst is a live CString; a remount takes no source,
+            // fstype or data.
+            cvt(unsafe {
+                libc::mount(
+                    std::ptr::null(),
+                    dst.as_ptr(),
+                    std::ptr::null(),
+                    *remount,
+                    std::ptr::null(),
+                )
+            })
+            .map_err(at(Step::Remount))?;
+        }
     }
     // SAFETY: program is a live CString; argv and envp are null-terminated
     // arrays of pointers to live CStrings (checked by `spawn`).
