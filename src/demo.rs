@@ -412,7 +412,7 @@ pub fn reconcile_leftovers(root: &Path) -> Leftovers {
             state_dir: work.join("state"),
             runtime_dir: work.join("run"),
             tap: SlotNet::default().tap,
-            pool: None,
+            pools: vec![],
             vmm_binaries: crate::reconcile::vmm_binaries(None, None),
         };
         match crate::reconcile::reconcile(&opts) {

@@ -154,8 +154,8 @@ pub struct Options {
     pub runtime_dir: PathBuf,
     /// The slots' tap name.
     pub tap: String,
-    /// The pool whose slots are checked too (`None`: clones only).
-    pub pool: Option<(SlotNet, HostNet)>,
+    /// The pools whose slots are checked too (none: clones only).
+    pub pools: Vec<(SlotNet, HostNet)>,
     /// The VMM binaries wasp starts ([`vmm_binaries`]): a process is killed
     /// as an orphan VMM only when it runs one of them (or, jailed, the
     /// jailer's copy of Firecracker in a jail of this state dir's).
@@ -234,8 +234,8 @@ pub struct Report {
     pub corrupt: Vec<Corrupt>,
     /// Temp files of interrupted record writes removed.
     pub temp_removed: usize,
-    /// The pool, when in scope.
-    pub slots: Option<SlotsReport>,
+    /// The pools in scope, one report each.
+    pub pools: Vec<SlotsReport>,
     /// Every error met (reconcile goes on past each).
     pub errors: Vec<String>,
 }
@@ -250,9 +250,9 @@ impl Report {
             && self.temp_removed == 0
             && self.errors.is_empty()
             && self
-                .slots
-                .as_ref()
-                .is_none_or(|s| s.removed.is_empty() && s.recycled.is_empty()))
+                .pools
+                .iter()
+                .all(|s| s.removed.is_empty() && s.recycled.is_empty()))
     }
 
     /// One line for logs.
@@ -265,7 +265,7 @@ impl Report {
             self.dirs_removed.len(),
             self.corrupt.len()
         );
-        if let Some(sl) = &self.slots {
+        for sl in &self.pools {
             s.push_str(&format!(
                 "; pool {}: {} healthy slot(s) ({} held by clones), {} broken removed, {} recycled",
                 sl.pool,
@@ -397,7 +397,7 @@ fn remove_unwired(net: &SlotNet, rep: &mut Report) {
             Err(e) => rep.errors.push(format!("delete netns {n}: {e}")),
         }
     }
-    rep.slots = Some(sr);
+    rep.pools.push(sr);
 }
 
 /// Why a record is not healthy, or `None` when it is.
@@ -793,21 +793,26 @@ pub fn run(o: &Options) -> Result<Report, ReconcileError> {
         move_aside(&e, &mut rep);
     }
 
-    // The pool's slots, when in scope, to judge clones by.
-    let mut view = o
-        .pool
-        .as_ref()
-        .and_then(|(net, host)| scan_pool(net, host, &mut rep));
-    let in_scope = |r: &CloneRecord| {
-        o.pool
-            .as_ref()
-            .is_some_and(|(net, host)| r.pool == net.pool && r.host_netns == host.netns)
+    // The slots of the pools in scope, to judge clones by.
+    let mut views: Vec<Option<SlotView>> = o
+        .pools
+        .iter()
+        .map(|(net, host)| scan_pool(net, host, &mut rep))
+        .collect();
+    // Which pool in scope a record's slot belongs to.
+    let scope_of = |r: &CloneRecord| {
+        o.pools
+            .iter()
+            .position(|(net, host)| r.pool == net.pool && r.host_netns == host.netns)
     };
 
     // Judge every record.
     let mut verdicts: Vec<Option<String>> = records
         .iter()
-        .map(|r| judge(r, view.as_ref(), in_scope(r)))
+        .map(|r| {
+            let scope = scope_of(r);
+            judge(r, scope.and_then(|i| views[i].as_ref()), scope.is_some())
+        })
         .collect();
     let alive: Vec<(usize, &CloneRecord)> = records
         .iter()
@@ -820,7 +825,7 @@ pub fn run(o: &Options) -> Result<Report, ReconcileError> {
     }
 
     // Adopt the healthy, remove the broken.
-    let mut to_recycle = BTreeSet::new();
+    let mut to_recycle: BTreeMap<usize, BTreeSet<u32>> = BTreeMap::new();
     let mut adopted_pids = BTreeMap::new();
     for (r, verdict) in records.iter().zip(verdicts) {
         match verdict {
@@ -836,8 +841,8 @@ pub fn run(o: &Options) -> Result<Report, ReconcileError> {
                 let (fate, errors) = teardown::teardown(&store, r, Duration::ZERO);
                 rep.errors
                     .extend(errors.iter().map(|e| crate::doctor::error_chain(e)));
-                if in_scope(r) {
-                    to_recycle.insert(r.slot);
+                if let Some(i) = scope_of(r) {
+                    to_recycle.entry(i).or_default().insert(r.slot);
                 }
                 rep.removed.push(Removed {
                     id: r.id.clone(),
@@ -876,9 +881,10 @@ pub fn run(o: &Options) -> Result<Report, ReconcileError> {
                 }
                 match kill_exact(&p) {
                     Ok(true) => {
-                        if let (Some(v), Some(i)) = (view.as_ref(), p.netns_ino) {
-                            if let Some(idx) = v.by_inode.get(&i) {
-                                to_recycle.insert(*idx);
+                        for (i, v) in views.iter().enumerate() {
+                            let slot = v.as_ref().zip(p.netns_ino);
+                            if let Some(idx) = slot.and_then(|(v, ino)| v.by_inode.get(&ino)) {
+                                to_recycle.entry(i).or_default().insert(*idx);
                             }
                         }
                         rep.orphans_killed.push(Orphan {
@@ -924,21 +930,20 @@ pub fn run(o: &Options) -> Result<Report, ReconcileError> {
         rep.errors.extend(cgroups.errors);
     }
 
-    // The pool: remove broken slots, recycle freed ones.
-    if let Some(kernel) = view.as_mut().and_then(|v| v.kernel.take()) {
+    // Each pool: remove broken slots, recycle freed ones.
+    for (i, view) in views.iter_mut().enumerate() {
+        let Some(kernel) = view.as_mut().and_then(|v| v.kernel.take()) else {
+            continue;
+        };
         let net = kernel.net().clone();
         let held: BTreeSet<u32> = records
             .iter()
-            .filter(|r| in_scope(r) && adopted_pids.contains_key(&r.id))
+            .filter(|r| scope_of(r) == Some(i) && adopted_pids.contains_key(&r.id))
             .map(|r| r.slot)
             .collect();
-        rep.slots = Some(reconcile_slots(
-            kernel,
-            &net,
-            &held,
-            &to_recycle,
-            &mut rep.errors,
-        ));
+        let freed = to_recycle.remove(&i).unwrap_or_default();
+        let sr = reconcile_slots(kernel, &net, &held, &freed, &mut rep.errors);
+        rep.pools.push(sr);
     }
     Ok(rep)
 }
@@ -1082,7 +1087,7 @@ mod tests {
             state_dir: dir.join("state"),
             runtime_dir: dir.join("run"),
             tap: "tap0".into(),
-            pool: None,
+            pools: vec![],
             vmm_binaries: vec![],
         }
     }

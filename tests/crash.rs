@@ -43,7 +43,7 @@ fn killed_during_pool_warm_up() {
     // No clone: the zero outcome for clones; the warm slots stay as the pool.
     assert_eq!(s.assert_only_adopted(&rec), 0);
     assert_eq!(
-        rec["slots"]["healthy"].as_u64().unwrap() as usize,
+        rec["pools"][0]["healthy"].as_u64().unwrap() as usize,
         s.seen().netns.len(),
         "{rec:#}"
     );
@@ -214,7 +214,7 @@ fn slots_whose_host_netns_vanished_are_removed_and_only_they() {
     let mut rec = s.wasp(&["reconcile", "--json"], false);
     at(&mut rec, &common::unique_name("nohost"));
     let r = s.json(rec);
-    assert_eq!(r["slots"]["removed"], serde_json::json!([]), "{r:#}");
+    assert_eq!(r["pools"][0]["removed"], serde_json::json!([]), "{r:#}");
     assert_eq!(s.seen().netns.len(), 3);
     // Their host netns goes: the slots are leftovers. The kernel destroys
     // a namespace's links asynchronously; deleting the host veths first
@@ -246,7 +246,11 @@ fn slots_whose_host_netns_vanished_are_removed_and_only_they() {
     let mut rec = s.wasp(&["reconcile", "--json"], false);
     at(&mut rec, &gone);
     let r = s.json(rec);
-    assert_eq!(r["slots"]["removed"], serde_json::json!([0, 1, 2]), "{r:#}");
+    assert_eq!(
+        r["pools"][0]["removed"],
+        serde_json::json!([0, 1, 2]),
+        "{r:#}"
+    );
     assert_eq!(r["errors"], serde_json::json!([]), "{r:#}");
     assert_eq!(s.seen(), common::wasp_cli::Seen::default());
 }

@@ -568,7 +568,7 @@ fn jailed_clones_get_own_ids_read_only_snapshot_binds_and_a_pid_namespace() {
         state_dir: state.clone(),
         runtime_dir: runtime.clone(),
         tap: "tap0".into(),
-        pool: None,
+        pools: vec![],
         vmm_binaries: vec![],
     };
     let rep = wasp::reconcile::reconcile(&o).unwrap();

@@ -50,7 +50,11 @@ pub fn options(cfg: &Config, with_pool: bool) -> Options {
         state_dir: cfg.state_dir.value.clone(),
         runtime_dir: cfg.runtime_dir.value.clone(),
         tap: cfg.tap.value.clone(),
-        pool: with_pool.then(|| (cfg.slot_net(), cfg.host_net())),
+        pools: if with_pool {
+            vec![(cfg.slot_net(), cfg.host_net())]
+        } else {
+            vec![]
+        },
         vmm_binaries: reconcile::vmm_binaries(
             cfg.firecracker_choice().as_ref(),
             cfg.jailer_choice().as_ref(),
