@@ -1,10 +1,12 @@
 //! File-level syscalls: FICLONE, copy_file_range, SEEK_DATA/SEEK_HOLE,
-//! fadvise, flock, O_TMPFILE and linking an fd to a name.
+//! fadvise, flock, O_TMPFILE, linking an fd to a name and opening one name
+//! relative to a directory fd without following a symlink.
 
 use std::ffi::CString;
+use std::ffi::OsStr;
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
@@ -28,6 +30,34 @@ pub fn open_tmpfile(dir: &Path) -> io::Result<OwnedFd> {
         )
     })?;
     // SAFETY: on success open returned a fresh fd that we now own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Opens the single name `name` in the directory `dir` (the working
+/// directory when `None`; `name` may also be absolute, like `/`) with
+/// `openat(flags | O_NOFOLLOW | O_NOCTTY | O_CLOEXEC)`. When `name` is a
+/// symlink the open fails with `ELOOP` (or, with `O_PATH`, returns the
+/// link itself); it is never followed.
+pub fn open_at_nofollow(
+    dir: Option<BorrowedFd<'_>>,
+    name: &OsStr,
+    flags: libc::c_int,
+) -> io::Result<OwnedFd> {
+    let c =
+        CString::new(name.as_bytes()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let dirfd = dir.map_or(libc::AT_FDCWD, |d| d.as_raw_fd());
+    // SAFETY: c is a valid NUL-terminated string that outlives the call;
+    // dirfd is AT_FDCWD or a descriptor borrowed for the call; openat reads
+    // only the string.
+    let fd = cvt(unsafe {
+        libc::openat(
+            dirfd,
+            c.as_ptr(),
+            flags | libc::O_NOFOLLOW | libc::O_NOCTTY | libc::O_CLOEXEC,
+            0 as libc::c_uint,
+        )
+    })?;
+    // SAFETY: on success openat returned a fresh fd that we now own.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
