@@ -383,8 +383,8 @@ fn unquote(v: &str) -> &str {
 /// Reads an env file, opened once: the directories of its path one by one
 /// with `openat(O_NOFOLLOW)` from `/` (or the working directory's real
 /// path), each owned by root and not writable by group or others unless
-/// sticky (a symlink among them is followed only inside such a directory,
-/// so only root could have placed it); then the file itself with
+/// sticky (a symlink among them is followed only when root owns it, so
+/// only root could have placed it); then the file itself with
 /// `O_NOFOLLOW | O_NONBLOCK` (a symlink is refused, a FIFO cannot block).
 /// On that fd: a regular file, owned by root, no group or other bits, at
 /// most [`MAX_FILE_LEN`] bytes. The bytes are zeroized when dropped.
@@ -454,28 +454,27 @@ fn open_env_file(path: &Path) -> Result<OwnedFd, EnvError> {
     };
     let root = || open_at_nofollow(None, OsStr::new("/"), libc::O_PATH);
     let mut pending: VecDeque<OsString> = components(&abs);
-    if pending.is_empty() {
-        pending.push_back(".".into());
-    }
+    // The file's own name; the rest (and any symlink's target put in
+    // front of it) are directories.
+    let last = pending.pop_back().unwrap_or_else(|| ".".into());
     let mut dir = root().map_err(io)?;
     let mut dir_path = PathBuf::from("/");
     check_dir(path, &dir_path, &dir)?;
     let mut links = 0;
     while let Some(name) = pending.pop_front() {
-        if pending.is_empty() {
-            return open_at_nofollow(Some(dir.as_fd()), &name, libc::O_RDONLY | libc::O_NONBLOCK)
-                .map_err(|e| match e.raw_os_error() {
-                    Some(libc::ELOOP) => EnvError::FileUnsafe {
-                        path: path.into(),
-                        what: "a symlink (symlinks are refused: pass the file itself)".into(),
-                    },
-                    _ => io(e),
-                });
-        }
         let next = open_at_nofollow(Some(dir.as_fd()), &name, libc::O_PATH).map_err(io)?;
-        let kind = fstat(&next).map_err(io)?.st_mode & libc::S_IFMT;
+        let st = fstat(&next).map_err(io)?;
+        let kind = st.st_mode & libc::S_IFMT;
         if kind == libc::S_IFLNK {
-            // `dir` is one only root can change, so root placed this link.
+            // `dir` is one only root can change, or sticky (like /tmp),
+            // where anyone may add a link: followed only when root owns it.
+            if st.st_uid != 0 {
+                return Err(EnvError::DirUnsafe {
+                    path: path.into(),
+                    dir: dir_path.join(&name),
+                    what: format!("a symlink owned by uid {}", st.st_uid),
+                });
+            }
             links += 1;
             if links > MAX_SYMLINKS {
                 return Err(io(std::io::Error::from_raw_os_error(libc::ELOOP)));
@@ -499,7 +498,15 @@ fn open_env_file(path: &Path) -> Result<OwnedFd, EnvError> {
         dir_path.push(&name);
         check_dir(path, &dir_path, &dir)?;
     }
-    unreachable!("the loop returns at the last name")
+    open_at_nofollow(Some(dir.as_fd()), &last, libc::O_RDONLY | libc::O_NONBLOCK).map_err(|e| {
+        match e.raw_os_error() {
+            Some(libc::ELOOP) => EnvError::FileUnsafe {
+                path: path.into(),
+                what: "a symlink (symlinks are refused: pass the file itself)".into(),
+            },
+            _ => io(e),
+        }
+    })
 }
 
 /// The names of `p` in order, `..` kept, `/` and `.` dropped.

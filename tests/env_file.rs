@@ -217,8 +217,8 @@ fn a_directory_another_user_can_change_is_refused() {
 }
 
 /// What stays accepted: a sticky world-writable directory on the path
-/// (like /tmp: others cannot rename root's entries), and symlinks among
-/// the directories when they sit in directories only root can change.
+/// (like /tmp: others cannot rename root's entries), and root's symlinks
+/// among the directories (another user's is refused).
 #[test]
 fn trusted_directories_and_their_symlinks_are_accepted() {
     root_or_skip!();
@@ -231,6 +231,19 @@ fn trusted_directories_and_their_symlinks_are_accepted() {
     file_in(&real, "secrets.env", b"TOKEN=1\n", 0o600);
     std::os::unix::fs::symlink("real", sticky.join("rel")).unwrap();
     std::os::unix::fs::symlink(&real, tmp.path().join("abs")).unwrap();
+    // Anyone may add a symlink to a sticky directory: one not owned by
+    // root is not followed.
+    std::os::unix::fs::symlink(&real, sticky.join("planted")).unwrap();
+    std::os::unix::fs::lchown(sticky.join("planted"), Some(NOBODY), None).unwrap();
+    let all = chain(
+        &Env::new()
+            .add_file(&sticky.join("planted/secrets.env"))
+            .unwrap_err(),
+    );
+    assert!(
+        all.contains("planted") && all.contains("symlink owned by uid 65534"),
+        "{all}"
+    );
     for p in [
         real.join("secrets.env"),
         sticky.join("rel/secrets.env"),
