@@ -25,7 +25,7 @@ cd "$(dirname "$0")/.."
 
 secs=${FUZZ_SECONDS:-15}
 profile=${FUZZ_PROFILE:-dev}
-targets=${FUZZ_TARGETS:-manifest netlink_reply http_response standin_request vmstate inotify_events}
+targets=${FUZZ_TARGETS:-manifest netlink_reply http_response standin_request vmstate inotify_events env_file}
 
 if ! cargo fuzz --version >/dev/null 2>&1; then
     echo "fuzz-smoke: installing cargo-fuzz" >&2

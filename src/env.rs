@@ -3,11 +3,23 @@
 //! the MMDS request body.
 //!
 //! Secret values live in [`Secret`], which zeroizes its bytes on drop and
-//! prints `***` in `Debug`. Nothing here ever logs a value.
+//! prints `***` in `Debug`. Nothing here ever logs a value, and no error
+//! ever quotes the text of an env file (not even a key: a token such as
+//! `ghp_...` is a valid identifier); a bad line is named by its number.
+//!
+//! An env file is opened once ([`read_env_file`]): every directory on its
+//! path is walked with `openat(O_NOFOLLOW)` and must be one only root can
+//! change, the file itself is opened with `O_NOFOLLOW | O_NONBLOCK`, and
+//! every check (regular file, owner root, mode 0600, size) is made on that
+//! open fd, which is the one read.
 
-use std::collections::BTreeMap;
-use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::collections::{BTreeMap, VecDeque};
+use std::ffi::{OsStr, OsString};
+use std::fs::File;
+use std::io::Read;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Component, Path, PathBuf};
 
 use thiserror::Error;
 use zeroize::Zeroizing;
@@ -16,6 +28,12 @@ use zeroize::Zeroizing;
 pub const MAX_VALUE_LEN: usize = 32 * 1024;
 /// Longest key accepted.
 pub const MAX_KEY_LEN: usize = 128;
+/// Largest env file read. MMDS holds 51 200 bytes in all, so this leaves
+/// room for comments and nothing more.
+pub const MAX_FILE_LEN: u64 = 64 * 1024;
+/// Most symlinks followed among the directories of an env file's path (the
+/// kernel's own limit).
+const MAX_SYMLINKS: usize = 40;
 
 /// A value that must never be printed.
 #[derive(Clone, PartialEq, Eq)]
@@ -107,7 +125,7 @@ pub enum EnvError {
         #[source]
         source: std::io::Error,
     },
-    /// Env file with unsafe ownership or mode.
+    /// Env file that is not a regular file owned by root with mode 0600.
     #[error("env file {path} is {what}; it holds secrets, so it must be a regular file owned by root with mode 0600 (chown root:root, chmod 600)")]
     FileUnsafe {
         /// The file.
@@ -115,26 +133,75 @@ pub enum EnvError {
         /// What is wrong.
         what: String,
     },
-    /// A bad key or value on a line of an env file (the value is never
-    /// shown: it is a secret).
-    #[error("env file {path} line {line}")]
+    /// A directory on an env file's path that someone other than root can
+    /// change (and so swap the file in it).
+    #[error("env file {path}: directory {dir} is {what}; whoever can change a directory on the path can swap the file, so each must be owned by root and not writable by group or others unless sticky (chown root, chmod go-w)")]
+    DirUnsafe {
+        /// The file.
+        path: PathBuf,
+        /// The directory.
+        dir: PathBuf,
+        /// What is wrong.
+        what: String,
+    },
+    /// Env file over [`MAX_FILE_LEN`].
+    #[error("env file {path} is {len} bytes, over the {MAX_FILE_LEN}-byte limit for env files (MMDS holds 51200 bytes in all)")]
+    FileTooBig {
+        /// The file.
+        path: PathBuf,
+        /// Its size (at least).
+        len: u64,
+    },
+    /// A bad line in an env file. Only its number is shown: the line may
+    /// hold a secret anywhere, even where a key belongs.
+    #[error(
+        "env file {path} line {line}: {problem} (the line is not shown: env files hold secrets)"
+    )]
     FileLine {
         /// The file.
         path: PathBuf,
         /// 1-based line number.
         line: usize,
         /// What is wrong with it.
-        #[source]
-        source: Box<EnvError>,
+        problem: LineProblem,
     },
-    /// Env file syntax.
-    #[error("env file {path} line {line}: expected KEY=VALUE")]
-    FileSyntax {
-        /// The file.
-        path: PathBuf,
-        /// 1-based line number.
-        line: usize,
-    },
+}
+
+/// What is wrong with one line of an env file. It carries no text of the
+/// line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+pub enum LineProblem {
+    /// No `=`.
+    #[error("expected KEY=VALUE")]
+    NotKeyValue,
+    /// Bytes that are not UTF-8.
+    #[error("it is not valid UTF-8")]
+    NotUtf8,
+    /// Bad key.
+    #[error("its key is not a valid identifier: use [A-Za-z_][A-Za-z0-9_]*, at most {MAX_KEY_LEN} characters")]
+    BadKey,
+    /// AGENT_ID.
+    #[error("its key is AGENT_ID, which wasp sets to each clone's id; do not pass it")]
+    Reserved,
+    /// Value with a NUL byte.
+    #[error("its value holds a NUL byte, which no environment can carry")]
+    Nul,
+    /// Value over [`MAX_VALUE_LEN`]; the length.
+    #[error("its value is {0} bytes, over the {MAX_VALUE_LEN}-byte limit")]
+    TooLong(usize),
+    /// Key given before.
+    #[error("its key is given twice (by an earlier line, an earlier env file or --env)")]
+    Duplicate,
+}
+
+/// A bad line of env-file text: its 1-based number and what is wrong.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+#[error("line {line}: {problem}")]
+pub struct LineError {
+    /// 1-based line number.
+    pub line: usize,
+    /// What is wrong.
+    pub problem: LineProblem,
 }
 
 /// True for `[A-Za-z_][A-Za-z0-9_]*`, at most [`MAX_KEY_LEN`] bytes.
@@ -161,25 +228,38 @@ impl Env {
 
     /// Adds one variable after validating it.
     pub fn insert(&mut self, key: &str, value: Value) -> Result<(), EnvError> {
+        self.try_insert(key, value).map_err(|p| {
+            let key = key.to_owned();
+            match p {
+                LineProblem::BadKey => EnvError::BadKey { key },
+                LineProblem::Reserved => EnvError::Reserved,
+                LineProblem::Nul => EnvError::Nul { key },
+                LineProblem::TooLong(len) => EnvError::TooLong { key, len },
+                LineProblem::Duplicate => EnvError::Duplicate { key },
+                LineProblem::NotKeyValue | LineProblem::NotUtf8 => EnvError::NotKeyValue(key),
+            }
+        })
+    }
+
+    /// The checks of [`Env::insert`], failing with what is wrong only.
+    fn try_insert(&mut self, key: &str, value: Value) -> Result<(), LineProblem> {
         if !valid_key(key) {
-            return Err(EnvError::BadKey { key: key.into() });
+            return Err(LineProblem::BadKey);
         }
         if key == "AGENT_ID" {
-            return Err(EnvError::Reserved);
+            return Err(LineProblem::Reserved);
         }
         let v = value.as_str();
         if v.contains('\0') {
-            return Err(EnvError::Nul { key: key.into() });
+            return Err(LineProblem::Nul);
         }
         if v.len() > MAX_VALUE_LEN {
-            return Err(EnvError::TooLong {
-                key: key.into(),
-                len: v.len(),
-            });
+            return Err(LineProblem::TooLong(v.len()));
         }
-        if self.vars.insert(key.to_owned(), value).is_some() {
-            return Err(EnvError::Duplicate { key: key.into() });
+        if self.vars.contains_key(key) {
+            return Err(LineProblem::Duplicate);
         }
+        self.vars.insert(key.to_owned(), value);
         Ok(())
     }
 
@@ -205,36 +285,45 @@ impl Env {
         self.insert(name, Value::Secret(Secret::new(v)))
     }
 
-    /// Adds every `KEY=VALUE` line of an env file as secrets. The file must
-    /// be a regular file owned by root with mode 0600 (no group/other bits).
-    /// Blank lines and `#` comments are skipped; one pair of matching
-    /// surrounding quotes is removed from a value.
+    /// Adds every `KEY=VALUE` line of an env file as secrets. The file is
+    /// read by [`read_env_file`] (regular, root, 0600, on a path only root
+    /// can change, at most [`MAX_FILE_LEN`] bytes); its text by
+    /// [`Env::add_text`]. A bad line is named by its number only.
     pub fn add_file(&mut self, path: &Path) -> Result<(), EnvError> {
-        check_env_file(path)?;
-        let text =
-            Zeroizing::new(
-                std::fs::read_to_string(path).map_err(|source| EnvError::FileIo {
-                    path: path.into(),
-                    source,
-                })?,
-            );
+        let text = read_env_file(path)?;
+        self.add_text(&text).map_err(|e| EnvError::FileLine {
+            path: path.into(),
+            line: e.line,
+            problem: e.problem,
+        })
+    }
+
+    /// Adds every `KEY=VALUE` line of env-file text as secrets. Blank lines
+    /// and `#` comments are skipped, as is an `export ` prefix; the key is
+    /// trimmed; one pair of matching surrounding quotes is removed from a
+    /// value. The text must be UTF-8. The error holds no text of the line.
+    pub fn add_text(&mut self, text: &[u8]) -> Result<(), LineError> {
+        let text = std::str::from_utf8(text).map_err(|e| LineError {
+            line: 1 + text[..e.valid_up_to()]
+                .iter()
+                .filter(|&&b| b == b'\n')
+                .count(),
+            problem: LineProblem::NotUtf8,
+        })?;
         for (i, line) in text.lines().enumerate() {
+            let fail = |problem| LineError {
+                line: i + 1,
+                problem,
+            };
             let line = line.trim_start();
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
             let line = line.strip_prefix("export ").unwrap_or(line);
-            let (k, v) = line.split_once('=').ok_or(EnvError::FileSyntax {
-                path: path.into(),
-                line: i + 1,
-            })?;
+            let (k, v) = line.split_once('=').ok_or(fail(LineProblem::NotKeyValue))?;
             let v = unquote(v);
-            self.insert(k.trim(), Value::Secret(Secret::new(v.to_owned())))
-                .map_err(|e| EnvError::FileLine {
-                    path: path.into(),
-                    line: i + 1,
-                    source: Box::new(e),
-                })?;
+            self.try_insert(k.trim(), Value::Secret(Secret::new(v.to_owned())))
+                .map_err(fail)?;
         }
         Ok(())
     }
@@ -291,21 +380,37 @@ fn unquote(v: &str) -> &str {
     }
 }
 
-/// Refuses an env file that is not a regular file owned by root with mode
-/// 0600 or stricter.
-pub fn check_env_file(path: &Path) -> Result<(), EnvError> {
-    let md = std::fs::symlink_metadata(path).map_err(|source| EnvError::FileIo {
+/// Reads an env file, opened once: the directories of its path one by one
+/// with `openat(O_NOFOLLOW)` from `/` (or the working directory's real
+/// path), each owned by root and not writable by group or others unless
+/// sticky (a symlink among them is followed only when root owns it, so
+/// only root could have placed it); then the file itself with
+/// `O_NOFOLLOW | O_NONBLOCK` (a symlink is refused, a FIFO cannot block).
+/// On that fd: a regular file, owned by root, no group or other bits, at
+/// most [`MAX_FILE_LEN`] bytes. The bytes are zeroized when dropped.
+pub fn read_env_file(path: &Path) -> Result<zeroize::Zeroizing<Vec<u8>>, EnvError> {
+    let io = |source| EnvError::FileIo {
         path: path.into(),
         source,
-    })?;
+    };
     let unsafe_because = |what: String| EnvError::FileUnsafe {
         path: path.into(),
         what,
     };
-    if !md.file_type().is_file() {
-        return Err(unsafe_because(
-            "not a regular file (symlinks are refused)".into(),
-        ));
+    let file = File::from(open_env_file(path)?);
+    let md = file.metadata().map_err(io)?;
+    let ft = md.file_type();
+    if !ft.is_file() {
+        let kind = if ft.is_fifo() {
+            "a FIFO"
+        } else if ft.is_dir() {
+            "a directory"
+        } else if ft.is_char_device() || ft.is_block_device() {
+            "a device"
+        } else {
+            "something else"
+        };
+        return Err(unsafe_because(format!("not a regular file ({kind})")));
     }
     if md.uid() != 0 {
         return Err(unsafe_because(format!("owned by uid {}", md.uid())));
@@ -313,7 +418,133 @@ pub fn check_env_file(path: &Path) -> Result<(), EnvError> {
     if md.mode() & 0o077 != 0 {
         return Err(unsafe_because(format!("mode {:04o}", md.mode() & 0o7777)));
     }
+    let too_big = |len| EnvError::FileTooBig {
+        path: path.into(),
+        len,
+    };
+    if md.len() > MAX_FILE_LEN {
+        return Err(too_big(md.len()));
+    }
+    // Room for one byte more than the cap, so the read never reallocates
+    // (which would leave a copy of the secrets behind) and a file that grew
+    // since the fstat is caught.
+    let mut buf = Zeroizing::new(Vec::with_capacity(MAX_FILE_LEN as usize + 1));
+    file.take(MAX_FILE_LEN + 1)
+        .read_to_end(&mut buf)
+        .map_err(io)?;
+    if buf.len() as u64 > MAX_FILE_LEN {
+        return Err(too_big(buf.len() as u64));
+    }
+    Ok(buf)
+}
+
+/// Opens `path` for [`read_env_file`]: walks its directories (see there)
+/// and opens the last name with `O_RDONLY | O_NOFOLLOW | O_NONBLOCK`.
+fn open_env_file(path: &Path) -> Result<OwnedFd, EnvError> {
+    use crate::sys::fs::open_at_nofollow;
+    let io = |source| EnvError::FileIo {
+        path: path.into(),
+        source,
+    };
+    let abs = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        // getcwd: the kernel's real path, no symlinks in it.
+        std::env::current_dir().map_err(io)?.join(path)
+    };
+    let root = || open_at_nofollow(None, OsStr::new("/"), libc::O_PATH);
+    let mut pending: VecDeque<OsString> = components(&abs);
+    // The file's own name; the rest (and any symlink's target put in
+    // front of it) are directories.
+    let last = pending.pop_back().unwrap_or_else(|| ".".into());
+    let mut dir = root().map_err(io)?;
+    let mut dir_path = PathBuf::from("/");
+    check_dir(path, &dir_path, &dir)?;
+    let mut links = 0;
+    while let Some(name) = pending.pop_front() {
+        let next = open_at_nofollow(Some(dir.as_fd()), &name, libc::O_PATH).map_err(io)?;
+        let st = fstat(&next).map_err(io)?;
+        let kind = st.st_mode & libc::S_IFMT;
+        if kind == libc::S_IFLNK {
+            // `dir` is one only root can change, or sticky (like /tmp),
+            // where anyone may add a link: followed only when root owns it.
+            if st.st_uid != 0 {
+                return Err(EnvError::DirUnsafe {
+                    path: path.into(),
+                    dir: dir_path.join(&name),
+                    what: format!("a symlink owned by uid {}", st.st_uid),
+                });
+            }
+            links += 1;
+            if links > MAX_SYMLINKS {
+                return Err(io(std::io::Error::from_raw_os_error(libc::ELOOP)));
+            }
+            let target = nix::fcntl::readlinkat(Some(dir.as_raw_fd()), name.as_os_str())
+                .map_err(|e| io(e.into()))?;
+            let target = Path::new(&target);
+            for c in components(target).into_iter().rev() {
+                pending.push_front(c);
+            }
+            if target.is_absolute() {
+                dir = root().map_err(io)?;
+                dir_path = PathBuf::from("/");
+            }
+            continue;
+        }
+        if kind != libc::S_IFDIR {
+            return Err(io(std::io::Error::from_raw_os_error(libc::ENOTDIR)));
+        }
+        dir = next;
+        dir_path.push(&name);
+        check_dir(path, &dir_path, &dir)?;
+    }
+    open_at_nofollow(Some(dir.as_fd()), &last, libc::O_RDONLY | libc::O_NONBLOCK).map_err(|e| {
+        match e.raw_os_error() {
+            Some(libc::ELOOP) => EnvError::FileUnsafe {
+                path: path.into(),
+                what: "a symlink (symlinks are refused: pass the file itself)".into(),
+            },
+            _ => io(e),
+        }
+    })
+}
+
+/// The names of `p` in order, `..` kept, `/` and `.` dropped.
+fn components(p: &Path) -> VecDeque<OsString> {
+    p.components()
+        .filter_map(|c| match c {
+            Component::Normal(n) => Some(n.to_owned()),
+            Component::ParentDir => Some("..".into()),
+            Component::RootDir | Component::CurDir | Component::Prefix(_) => None,
+        })
+        .collect()
+}
+
+/// Refuses a directory that someone other than root can change: not owned
+/// by root, or writable by group or others without the sticky bit (with
+/// it, only root may rename or remove root's entries).
+fn check_dir(path: &Path, dir_path: &Path, dir: &OwnedFd) -> Result<(), EnvError> {
+    let st = fstat(dir).map_err(|source| EnvError::FileIo {
+        path: path.into(),
+        source,
+    })?;
+    let bad = |what: String| EnvError::DirUnsafe {
+        path: path.into(),
+        dir: dir_path.into(),
+        what,
+    };
+    if st.st_uid != 0 {
+        return Err(bad(format!("owned by uid {}", st.st_uid)));
+    }
+    if st.st_mode & 0o022 != 0 && st.st_mode & libc::S_ISVTX == 0 {
+        return Err(bad(format!("mode {:04o}", st.st_mode & 0o7777)));
+    }
     Ok(())
+}
+
+/// `fstat` of an fd (an `O_PATH` one too).
+fn fstat(fd: &OwnedFd) -> std::io::Result<nix::sys::stat::FileStat> {
+    nix::sys::stat::fstat(fd.as_raw_fd()).map_err(std::io::Error::from)
 }
 
 #[cfg(test)]
@@ -394,9 +625,58 @@ mod tests {
             assert_eq!(v["env"]["C"], "plain");
             std::fs::write(&p, "NOT A PAIR\n").unwrap();
             let err = Env::new().add_file(&p).unwrap_err();
-            assert!(matches!(err, EnvError::FileSyntax { line: 1, .. }), "{err}");
+            assert!(
+                matches!(
+                    err,
+                    EnvError::FileLine {
+                        line: 1,
+                        problem: LineProblem::NotKeyValue,
+                        ..
+                    }
+                ),
+                "{err}"
+            );
         } else {
             assert!(err.to_string().contains("owned by uid"), "{err}");
         }
+    }
+
+    #[test]
+    fn env_text_is_parsed_and_bad_lines_are_numbered_without_text() {
+        let mut e = Env::new();
+        e.add_text(b"# c\n\n  export A='x y'\r\nB=\"z\"\n C = v=w \nD=\nE='\n")
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&e.mmds_body("x")).unwrap();
+        assert_eq!(v["env"]["A"], "x y");
+        assert_eq!(v["env"]["B"], "z");
+        assert_eq!(v["env"]["C"], " v=w ");
+        assert_eq!(v["env"]["D"], "");
+        assert_eq!(v["env"]["E"], "'");
+        let err = |t: &[u8]| Env::new().add_text(t).unwrap_err();
+        let at = |line, problem| LineError { line, problem };
+        assert_eq!(
+            err(b"A=1\nDB_PASSWORD: hunter2=x"),
+            at(2, LineProblem::BadKey)
+        );
+        assert_eq!(err(b"\n\nnope\n"), at(3, LineProblem::NotKeyValue));
+        assert_eq!(err(b"A=1\nA=2\n"), at(2, LineProblem::Duplicate));
+        assert_eq!(err(b"AGENT_ID=1\n"), at(1, LineProblem::Reserved));
+        assert_eq!(err(b"A=\0\n"), at(1, LineProblem::Nul));
+        let long = format!("A=1\n\nB={}", "x".repeat(MAX_VALUE_LEN + 1));
+        assert_eq!(
+            err(long.as_bytes()),
+            at(3, LineProblem::TooLong(MAX_VALUE_LEN + 1))
+        );
+        assert_eq!(err(b"A=1\nB=2\nC=\xff\n"), at(3, LineProblem::NotUtf8));
+        // The error types hold no text: Display and Debug show the number.
+        let e = err(b"ghp_s3cret=1\nghp_s3cret=2\n");
+        assert!(!format!("{e} {e:?}").contains("s3cret"));
+        // A key already given by --env is a duplicate too.
+        let mut e = Env::new();
+        e.add_plain("A=1").unwrap();
+        assert_eq!(
+            e.add_text(b"A=2\n").unwrap_err(),
+            at(1, LineProblem::Duplicate)
+        );
     }
 }

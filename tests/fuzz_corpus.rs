@@ -6,6 +6,7 @@
 
 use std::path::PathBuf;
 
+use wasp::env::{valid_key, Env, LineError, LineProblem};
 use wasp::netlink::rtnl::{parse_link, RTM_NEWLINK};
 use wasp::netlink::{attrs, error_code, split_msgs, NLMSG_DONE, NLMSG_ERROR, NLMSG_HDRLEN};
 use wasp::snapshot::manifest::{Manifest, MAX_MANIFEST_SIZE};
@@ -227,4 +228,47 @@ fn manifest_corpus() {
     }
     assert!(Manifest::from_bytes(seed(&c, "firecracker.json"), "x").is_ok());
     assert!(Manifest::from_bytes(seed(&c, "truncated.json"), "x").is_err());
+}
+
+#[test]
+fn env_file_corpus() {
+    let c = corpus("env_file");
+    for (name, data) in &c {
+        let mut env = Env::new();
+        match env.add_text(data) {
+            Err(e) => {
+                let lines = 1 + data.iter().filter(|&&b| b == b'\n').count();
+                assert!((1..=lines).contains(&e.line), "{name}: {e:?}");
+            }
+            Ok(()) => {
+                assert!(env.keys().all(valid_key), "{name}");
+                let body: serde_json::Value = serde_json::from_slice(&env.mmds_body("x")).unwrap();
+                let mut text = String::new();
+                for k in env.keys() {
+                    let v = body["env"][k].as_str().unwrap();
+                    text.push_str(&format!("{k}=\"{v}\"\n"));
+                }
+                let mut again = Env::new();
+                again.add_text(text.as_bytes()).unwrap();
+                assert_eq!(again, env, "{name}");
+            }
+        }
+    }
+
+    let mut env = Env::new();
+    env.add_text(seed(&c, "typical")).unwrap();
+    let body: serde_json::Value = serde_json::from_slice(&env.mmds_body("x")).unwrap();
+    assert_eq!(body["env"]["API_URL"], "http://10.0.0.1:8080/");
+    assert_eq!(body["env"]["ANTHROPIC_API_KEY"], "sk-ant-test");
+    assert_eq!(body["env"]["QUOTED"], "a b=c");
+    assert_eq!(body["env"]["EMPTY"], "");
+    assert_eq!(env.len(), 4);
+    let err = |s| Env::new().add_text(seed(&c, s)).unwrap_err();
+    let at = |line, problem| LineError { line, problem };
+    assert_eq!(err("key_with_colon"), at(2, LineProblem::BadKey));
+    assert_eq!(err("duplicate_key"), at(2, LineProblem::Duplicate));
+    assert_eq!(err("not_utf8"), at(2, LineProblem::NotUtf8));
+    assert_eq!(err("nul_value"), at(1, LineProblem::Nul));
+    assert_eq!(err("no_equals"), at(2, LineProblem::NotKeyValue));
+    assert_eq!(err("agent_id"), at(1, LineProblem::Reserved));
 }

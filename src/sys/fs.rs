@@ -33,6 +33,34 @@ pub fn open_tmpfile(dir: &Path) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// Opens the single name `name` in the directory `dir` (the working
+/// directory when `None`; `name` may also be absolute, like `/`) with
+/// `openat(flags | O_NOFOLLOW | O_NOCTTY | O_CLOEXEC)`. When `name` is a
+/// symlink the open fails with `ELOOP` (or, with `O_PATH`, returns the
+/// link itself); it is never followed.
+pub fn open_at_nofollow(
+    dir: Option<BorrowedFd<'_>>,
+    name: &OsStr,
+    flags: libc::c_int,
+) -> io::Result<OwnedFd> {
+    let c =
+        CString::new(name.as_bytes()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let dirfd = dir.map_or(libc::AT_FDCWD, |d| d.as_raw_fd());
+    // SAFETY: c is a valid NUL-terminated string that outlives the call;
+    // dirfd is AT_FDCWD or a descriptor borrowed for the call; openat reads
+    // only the string.
+    let fd = cvt(unsafe {
+        libc::openat(
+            dirfd,
+            c.as_ptr(),
+            flags | libc::O_NOFOLLOW | libc::O_NOCTTY | libc::O_CLOEXEC,
+            0 as libc::c_uint,
+        )
+    })?;
+    // SAFETY: on success openat returned a fresh fd that we now own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
 /// Gives the file behind `fd` the (new) name `path`: another hard link, on
 /// the same mount (`linkat` with `AT_EMPTY_PATH`, which needs
 /// `CAP_DAC_READ_SEARCH`). `AlreadyExists` when the name is taken.
@@ -52,38 +80,13 @@ pub fn link_fd(fd: impl AsFd, path: &Path) -> io::Result<()> {
     Ok(())
 }
 
-fn c_name(name: &OsStr) -> io::Result<CString> {
-    CString::new(name.as_bytes()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
-}
-
-fn openat_nofollow(
-    dir: Option<BorrowedFd<'_>>,
-    name: &OsStr,
-    flags: libc::c_int,
-) -> io::Result<OwnedFd> {
-    let c = c_name(name)?;
-    let dirfd = dir.map(|d| d.as_raw_fd()).unwrap_or(libc::AT_FDCWD);
-    // SAFETY: c is a valid NUL-terminated name that outlives the call;
-    // dirfd is AT_FDCWD or a descriptor borrowed for the call; openat
-    // reads only them (no O_CREAT, so no mode argument is read).
-    let fd = cvt(unsafe {
-        libc::openat(
-            dirfd,
-            c.as_ptr(),
-            flags | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-        )
-    })?;
-    // SAFETY: on success openat returned a fresh fd that we now own.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
 /// Opens the directory `name` (one component, or `/` with `dir` None)
 /// inside `dir` as an `O_PATH` handle, without following a symlink: a
 /// symlink fails with `ELOOP` or `ENOTDIR`, anything but a directory with
 /// `ENOTDIR`. The handle serves `fstat` (through [`File::metadata`]) and as
 /// the `dir` of further opens, so a walk holds each directory it checked.
 pub fn open_dir_nofollow(dir: Option<BorrowedFd<'_>>, name: &OsStr) -> io::Result<OwnedFd> {
-    openat_nofollow(dir, name, libc::O_PATH | libc::O_DIRECTORY)
+    open_at_nofollow(dir, name, libc::O_PATH | libc::O_DIRECTORY)
 }
 
 /// Opens the file `name` (one component) inside `dir` read-only, without
@@ -92,11 +95,7 @@ pub fn open_dir_nofollow(dir: Option<BorrowedFd<'_>>, name: &OsStr) -> io::Resul
 /// open (callers `fstat` the result and refuse anything but a regular
 /// file; for a regular file `O_NONBLOCK` changes nothing).
 pub fn open_file_nofollow(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<File> {
-    let fd = openat_nofollow(
-        Some(dir),
-        name,
-        libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOCTTY,
-    )?;
+    let fd = open_at_nofollow(Some(dir), name, libc::O_RDONLY | libc::O_NONBLOCK)?;
     Ok(File::from(fd))
 }
 
