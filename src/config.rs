@@ -574,6 +574,7 @@ impl Config {
             netns: self.host_netns.value.clone(),
             egress_uplink: None,
             connect_uids: self.connect_uids.value.clone(),
+            registry: Some(crate::registry::Registry::dir_of(&self.state_dir.value)),
         }
     }
 

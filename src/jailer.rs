@@ -882,7 +882,9 @@ mod tests {
         let j = j.with_owner(owner.clone());
         let p = j.prepare("ab-1", &[], &own, &[]).unwrap();
         let mark = owner.marked(&p.dir).unwrap();
-        assert!(mark.contains(&("uid".into(), "64000".into())), "{mark:?}");
+        let id = p.uid.to_string();
+        assert!(mark.contains(&("uid".into(), id.clone())), "{mark:?}");
+        assert!(mark.contains(&("gid".into(), id)), "{mark:?}");
         let other = Owner::of_state_dir(&t.path().join("other")).unwrap();
         let r = reconcile(j.base(), &|_| false, &|d| other.owns(d));
         assert_eq!(r.not_ours, vec![p.dir.clone()]);

@@ -5,10 +5,11 @@
 //! lives (a private host netns such as the demo's) nor the pool's
 //! addressing, so a command run without `--pool` could not find a pool made
 //! with other settings. Pool set-up ([`crate::slot::Kernel::setup`], under
-//! the host set-up lock) writes one small record per pool to
-//! `REGISTRY_DIR/<pool>.json`; `pool drain` removes it with the pool.
-//! `pool status` and `reconcile` without `--pool` cover every pool listed
-//! here. A pool made by a run that owns it alone (`wasp demo`,
+//! the host set-up lock) writes one small record per pool to the state
+//! dir's `pools/<pool>.json`; `pool drain` removes it with the pool.
+//! `pool status`, `pool drain --all` and `reconcile` without `--pool`
+//! cover every pool listed there: the pools that commands of this state
+//! dir set up, never another state dir's. A pool made by a run that owns it alone (`wasp demo`,
 //! `wasp bench`) records that process, so a reconcile can remove the pool
 //! once its process is gone, whatever the pool's name.
 
@@ -21,8 +22,8 @@ use thiserror::Error;
 
 use crate::slot::{Cidr, HostNet, SlotNet};
 
-/// Where the records live (host-wide, like slot names and leases).
-pub const REGISTRY_DIR: &str = "/run/wasp/pools";
+/// The registry's folder inside a state dir.
+pub const REGISTRY_SUBDIR: &str = "pools";
 
 /// Errors reading or writing the registry.
 #[derive(Debug, Error)]
@@ -150,19 +151,23 @@ impl PoolEntry {
     }
 }
 
-/// The registry in `dir` ([`REGISTRY_DIR`] but in tests).
+/// The records in one folder (a state dir's [`REGISTRY_SUBDIR`]).
 #[derive(Debug, Clone)]
 pub struct Registry {
     dir: PathBuf,
 }
 
-impl Default for Registry {
-    fn default() -> Self {
-        Registry::at(REGISTRY_DIR)
-    }
-}
-
 impl Registry {
+    /// The registry of the state dir `state_dir`.
+    pub fn of_state_dir(state_dir: &Path) -> Self {
+        Registry::at(Self::dir_of(state_dir))
+    }
+
+    /// The registry's folder in the state dir `state_dir`.
+    pub fn dir_of(state_dir: &Path) -> PathBuf {
+        state_dir.join(REGISTRY_SUBDIR)
+    }
+
     /// The registry kept in `dir`.
     pub fn at(dir: impl Into<PathBuf>) -> Self {
         Registry { dir: dir.into() }
@@ -257,6 +262,24 @@ impl Registry {
             }
             None => Ok(()),
         }
+    }
+
+    /// The pools a command run without `--pool` covers: `configured` (the
+    /// configuration's pool, found even when it predates the registry),
+    /// then every recorded pool, each once.
+    pub fn pools_with(&self, configured: (SlotNet, HostNet)) -> Vec<(SlotNet, HostNet)> {
+        let mut out = vec![configured];
+        for e in self.list().0 {
+            let Some(net) = e.slot_net() else { continue };
+            let host = e.host_net();
+            if !out
+                .iter()
+                .any(|(n, h)| n.pool == net.pool && h.netns == host.netns)
+            {
+                out.push((net, host));
+            }
+        }
+        out
     }
 
     /// True when another recorded pool keeps its bridge in `host_netns`.

@@ -644,6 +644,10 @@ pub struct HostNet {
     /// Which uids of the host netns may open connections to the clone
     /// CIDR (default: root only).
     pub connect_uids: ConnectUids,
+    /// The registry that set-up records the pool in
+    /// ([`crate::registry`]: the state dir's `pools/`); `None`: not
+    /// recorded.
+    pub registry: Option<std::path::PathBuf>,
 }
 
 /// Which local uids of the host netns may open connections to the clone
@@ -948,13 +952,15 @@ impl Kernel {
         };
         net.egress |= egress;
         // Found again by `pool status` and `reconcile` without --pool.
-        let entry = crate::registry::PoolEntry::new(&net, host, created.is_some());
-        if let Err(e) = crate::registry::Registry::default().put(entry) {
-            tracing::warn!(
-                "pool {}: {}; it is found only with --pool",
-                net.pool,
-                crate::doctor::error_chain(&e)
-            );
+        if let Some(dir) = &host.registry {
+            let entry = crate::registry::PoolEntry::new(&net, host, created.is_some());
+            if let Err(e) = crate::registry::Registry::at(dir).put(entry) {
+                tracing::warn!(
+                    "pool {}: {}; it is found only with --pool",
+                    net.pool,
+                    crate::doctor::error_chain(&e)
+                );
+            }
         }
         let k = Kernel {
             net,

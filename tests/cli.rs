@@ -259,6 +259,76 @@ fn demo_snapshot_takes_vmm_standin_and_refuses_firecracker_with_a_reason() {
         .exists());
 }
 
+#[test]
+fn without_pool_status_reconcile_and_drain_cover_every_pool_of_the_state_dir() {
+    root_or_skip!();
+    let w = World::new("allp", "a");
+    let snap = w.synth();
+    let mut c = w.wasp(
+        &["spawn", "--vmm", "standin", "--count", "2", "--json"],
+        true,
+    );
+    c.arg("--snapshot").arg(&snap);
+    common::ok(&c.output().unwrap());
+
+    // No --pool: the pool this state dir's spawn made (in a host netns of
+    // its own) is found with its own settings.
+    let v = json(
+        &w.wasp(&["pool", "status", "--json"], false)
+            .output()
+            .unwrap(),
+    );
+    let pools = v["pools"].as_array().unwrap();
+    let mine = pools
+        .iter()
+        .find(|p| p["pool"] == w.pool.as_str())
+        .unwrap_or_else(|| panic!("{v:#}"));
+    assert_eq!(mine["host_netns"], w.host.as_str());
+    assert_eq!(mine["slots"], 2, "{v:#}");
+    let r = json(&w.wasp(&["reconcile", "--json"], false).output().unwrap());
+    let rp = r["pools"].as_array().unwrap();
+    let mine = rp
+        .iter()
+        .find(|p| p["pool"] == w.pool.as_str())
+        .unwrap_or_else(|| panic!("{r:#}"));
+    assert_eq!(mine["held"], 2, "{r:#}");
+    assert_eq!(r["adopted"].as_array().unwrap().len(), 2, "{r:#}");
+
+    // Drain names the pools and asks which; nothing is removed.
+    let out = w.wasp(&["pool", "drain"], false).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains(&w.pool) && err.contains("--all"), "{err}");
+    assert!(common::ip_netns_list().contains(&w.host));
+
+    // --all drains it, with the host netns wasp made for it.
+    common::ok(&w.wasp(&["kill", "--all"], false).output().unwrap());
+    let d = json(
+        &w.wasp(&["pool", "drain", "--all", "--json"], false)
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(d["pool"], w.pool.as_str(), "{d:#}");
+    assert_eq!(d["host_netns_removed"], w.host.as_str(), "{d:#}");
+    let names = common::ip_netns_list();
+    assert!(!names.contains(&w.host), "{names:?}");
+    let prefix = format!("wasp-{}-", w.pool);
+    assert!(!names.iter().any(|n| n.starts_with(&prefix)), "{names:?}");
+    let v = json(
+        &w.wasp(&["pool", "status", "--json"], false)
+            .output()
+            .unwrap(),
+    );
+    assert!(
+        !v["pools"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["pool"] == w.pool.as_str()),
+        "{v:#}"
+    );
+}
+
 /// `--kernel K --rootfs R --out OUT` of `wasp snapshot create`, with the
 /// guest files of [`common::guest_files`].
 fn guest_args(

@@ -31,7 +31,8 @@ impl Dirs {
     }
 }
 
-/// `wasp reconcile`.
+/// `wasp reconcile`: without --pool, it covers every pool wasp has on
+/// this host (the pool registry, [`wasp::registry`]).
 #[derive(Debug, Args)]
 pub struct ReconcileArgs {
     #[command(flatten)]
@@ -66,7 +67,13 @@ pub fn options(cfg: &Config, with_pool: bool) -> Options {
 pub fn run(a: ReconcileArgs, mut cfg: Config) -> anyhow::Result<ExitCode> {
     a.dirs.apply(&mut cfg);
     a.at.apply(&mut cfg);
-    let rep = reconcile::reconcile(&options(&cfg, true))?;
+    let mut o = options(&cfg, true);
+    if cfg.pool.source == wasp::config::Source::Default {
+        // No pool named: every pool wasp has on this host.
+        o.pools = wasp::registry::Registry::of_state_dir(&cfg.state_dir.value)
+            .pools_with((cfg.slot_net(), cfg.host_net()));
+    }
+    let rep = reconcile::reconcile(&o)?;
     if a.json {
         super::print_json(&rep)?;
     } else {

@@ -221,18 +221,15 @@ impl Drop for Setup {
 }
 
 /// `wasp ARGS` with the per-test `state` and `run` dirs (as far as the
-/// command takes them: `ls` only the state dir, `pool status` neither), so
+/// command takes them: `ls` only the state dir), so
 /// the reconcile every state-owning command runs first never looks at the
 /// machine's own /run/wasp or /var/lib/wasp; with `at`, `--host-netns HOST
 /// --pool POOL` too.
 pub fn wasp_in(args: &[&str], state: &Path, run: &Path, at: Option<(&str, &str)>) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_wasp"));
     c.args(args);
-    let status = args[0] == "pool" && args.get(1) == Some(&"status");
-    if !status {
-        c.arg("--state-dir").arg(state);
-    }
-    if args[0] != "ls" && !status {
+    c.arg("--state-dir").arg(state);
+    if args[0] != "ls" {
         c.arg("--runtime-dir").arg(run);
     }
     if let Some((host, pool)) = at {
