@@ -13,13 +13,13 @@
 //! every check (regular file, owner root, mode 0600, size) is made on that
 //! open fd, which is the one read.
 
-use std::collections::{BTreeMap, VecDeque};
-use std::ffi::{OsStr, OsString};
+use std::collections::BTreeMap;
+
 use std::fs::File;
 use std::io::Read;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 use zeroize::Zeroizing;
@@ -31,9 +31,6 @@ pub const MAX_KEY_LEN: usize = 128;
 /// Largest env file read. MMDS holds 51 200 bytes in all, so this leaves
 /// room for comments and nothing more.
 pub const MAX_FILE_LEN: u64 = 64 * 1024;
-/// Most symlinks followed among the directories of an env file's path (the
-/// kernel's own limit).
-const MAX_SYMLINKS: usize = 40;
 
 /// A value that must never be printed.
 #[derive(Clone, PartialEq, Eq)]
@@ -438,113 +435,48 @@ pub fn read_env_file(path: &Path) -> Result<zeroize::Zeroizing<Vec<u8>>, EnvErro
     Ok(buf)
 }
 
-/// Opens `path` for [`read_env_file`]: walks its directories (see there)
-/// and opens the last name with `O_RDONLY | O_NOFOLLOW | O_NONBLOCK`.
+/// Opens `path` for [`read_env_file`]: walks its directories
+/// ([`crate::trust::open_dir`]: each owned by root and not writable by
+/// group or others unless sticky; root's symlinks among them followed) and
+/// opens the last name with `O_RDONLY | O_NOFOLLOW | O_NONBLOCK`.
 fn open_env_file(path: &Path) -> Result<OwnedFd, EnvError> {
     use crate::sys::fs::open_at_nofollow;
+    use crate::trust::{self, Rules, WalkError};
     let io = |source| EnvError::FileIo {
         path: path.into(),
         source,
     };
-    let abs = if path.is_absolute() {
-        path.to_path_buf()
-    } else {
-        // getcwd: the kernel's real path, no symlinks in it.
-        std::env::current_dir().map_err(io)?.join(path)
+    let name = path
+        .file_name()
+        .ok_or_else(|| io(std::io::Error::from_raw_os_error(libc::EISDIR)))?;
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
     };
-    let root = || open_at_nofollow(None, OsStr::new("/"), libc::O_PATH);
-    let mut pending: VecDeque<OsString> = components(&abs);
-    // The file's own name; the rest (and any symlink's target put in
-    // front of it) are directories.
-    let last = pending.pop_back().unwrap_or_else(|| ".".into());
-    let mut dir = root().map_err(io)?;
-    let mut dir_path = PathBuf::from("/");
-    check_dir(path, &dir_path, &dir)?;
-    let mut links = 0;
-    while let Some(name) = pending.pop_front() {
-        let next = open_at_nofollow(Some(dir.as_fd()), &name, libc::O_PATH).map_err(io)?;
-        let st = fstat(&next).map_err(io)?;
-        let kind = st.st_mode & libc::S_IFMT;
-        if kind == libc::S_IFLNK {
-            // `dir` is one only root can change, or sticky (like /tmp),
-            // where anyone may add a link: followed only when root owns it.
-            if st.st_uid != 0 {
-                return Err(EnvError::DirUnsafe {
-                    path: path.into(),
-                    dir: dir_path.join(&name),
-                    what: format!("a symlink owned by uid {}", st.st_uid),
-                });
-            }
-            links += 1;
-            if links > MAX_SYMLINKS {
-                return Err(io(std::io::Error::from_raw_os_error(libc::ELOOP)));
-            }
-            let target = nix::fcntl::readlinkat(Some(dir.as_raw_fd()), name.as_os_str())
-                .map_err(|e| io(e.into()))?;
-            let target = Path::new(&target);
-            for c in components(target).into_iter().rev() {
-                pending.push_front(c);
-            }
-            if target.is_absolute() {
-                dir = root().map_err(io)?;
-                dir_path = PathBuf::from("/");
-            }
-            continue;
-        }
-        if kind != libc::S_IFDIR {
-            return Err(io(std::io::Error::from_raw_os_error(libc::ENOTDIR)));
-        }
-        dir = next;
-        dir_path.push(&name);
-        check_dir(path, &dir_path, &dir)?;
-    }
-    open_at_nofollow(Some(dir.as_fd()), &last, libc::O_RDONLY | libc::O_NONBLOCK).map_err(|e| {
-        match e.raw_os_error() {
+    let rules = Rules {
+        follow_root_symlinks: true,
+        ..Rules::default()
+    };
+    let dir = trust::open_dir(parent, rules).map_err(|e| match e {
+        WalkError::Untrusted(u) => EnvError::DirUnsafe {
+            path: path.into(),
+            dir: u.dir.clone(),
+            what: match u.problem {
+                trust::Problem::Writable { .. } => format!("{} (mode {:04o})", u.reason(), u.mode),
+                _ => u.reason(),
+            },
+        },
+        WalkError::Io { source, .. } => io(source),
+    })?;
+    open_at_nofollow(Some(dir.as_fd()), name, libc::O_RDONLY | libc::O_NONBLOCK).map_err(
+        |e| match e.raw_os_error() {
             Some(libc::ELOOP) => EnvError::FileUnsafe {
                 path: path.into(),
                 what: "a symlink (symlinks are refused: pass the file itself)".into(),
             },
             _ => io(e),
-        }
-    })
-}
-
-/// The names of `p` in order, `..` kept, `/` and `.` dropped.
-fn components(p: &Path) -> VecDeque<OsString> {
-    p.components()
-        .filter_map(|c| match c {
-            Component::Normal(n) => Some(n.to_owned()),
-            Component::ParentDir => Some("..".into()),
-            Component::RootDir | Component::CurDir | Component::Prefix(_) => None,
-        })
-        .collect()
-}
-
-/// Refuses a directory that someone other than root can change: not owned
-/// by root, or writable by group or others without the sticky bit (with
-/// it, only root may rename or remove root's entries).
-fn check_dir(path: &Path, dir_path: &Path, dir: &OwnedFd) -> Result<(), EnvError> {
-    let st = fstat(dir).map_err(|source| EnvError::FileIo {
-        path: path.into(),
-        source,
-    })?;
-    let bad = |what: String| EnvError::DirUnsafe {
-        path: path.into(),
-        dir: dir_path.into(),
-        what,
-    };
-    if st.st_uid != 0 {
-        return Err(bad(format!("owned by uid {}", st.st_uid)));
-    }
-    if st.st_mode & 0o022 != 0 && st.st_mode & libc::S_ISVTX == 0 {
-        return Err(bad(format!("mode {:04o}", st.st_mode & 0o7777)));
-    }
-    Ok(())
-}
-
-/// `fstat` of an fd (an `O_PATH` one too).
-fn fstat(fd: &OwnedFd) -> std::io::Result<nix::sys::stat::FileStat> {
-    nix::sys::stat::fstat(fd.as_raw_fd()).map_err(std::io::Error::from)
+        },
+    )
 }
 
 #[cfg(test)]

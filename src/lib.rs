@@ -38,5 +38,6 @@ pub mod sys;
 pub mod teardown;
 pub mod testguest;
 pub mod testhook;
+pub mod trust;
 pub mod vmm_api;
 pub mod vmstate;

@@ -26,7 +26,7 @@ use std::fs::{self, File};
 use std::io::{self, Read};
 use std::os::fd::AsFd;
 use std::os::unix::fs::{FileExt, MetadataExt};
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde::Serialize;
@@ -108,7 +108,7 @@ pub enum CheckError {
     },
     /// The snapshot directory, or one of its ancestors, is owned or
     /// writable by a user other than root.
-    #[error("snapshot directory {dir} is not safe to use: {path} {reason} (owner uid {uid}, mode {mode:o}), so a user other than root could rename or replace the snapshot's files under running clones (fix: chown root:root {path} && chmod go-w {path})")]
+    #[error("snapshot directory {dir} is not safe to use: {path} is {reason} (owner uid {uid}, mode {mode:o}), so a user other than root could rename or replace the snapshot's files under running clones (fix: chown root:root {path} && chmod go-w {path})")]
     UntrustedDir {
         /// Snapshot directory.
         dir: String,
@@ -423,68 +423,35 @@ pub fn check(dir: &Path, deep: bool) -> Result<CheckReport, CheckError> {
     })
 }
 
-/// Opens the canonical directory `canon` one component at a time from `/`
-/// (`O_PATH`, `O_NOFOLLOW`: a component swapped for a symlink meanwhile
-/// fails) and checks each: owned by root or by the user running wasp, and
-/// not writable by group or others; an ancestor may be if it is sticky
-/// (others cannot rename or remove what they do not own in it), the
-/// snapshot directory itself may not (they could add a missing file).
+/// Opens the canonical directory `canon` through a chain of directories
+/// only root (or the user running wasp) can change
+/// ([`crate::trust::open_dir`], no symlink followed: one swapped in
+/// meanwhile fails): not writable by group or others, where an ancestor
+/// may be if it is sticky (others cannot rename or remove what they do not
+/// own in it) and the snapshot directory itself may not (they could add a
+/// missing file).
 fn open_trusted_dir(canon: &Path) -> Result<File, CheckError> {
-    let euid = nix::unistd::geteuid().as_raw();
-    let untrusted = |path: &Path, meta: &fs::Metadata, reason: String| CheckError::UntrustedDir {
-        dir: canon.display().to_string(),
-        path: path.display().to_string(),
-        reason,
-        uid: meta.uid(),
-        mode: meta.mode() & 0o7777,
+    use crate::trust::{self, Rules, WalkError};
+    let rules = Rules {
+        also_owner: Some(nix::unistd::geteuid().as_raw()),
+        follow_root_symlinks: false,
+        last_strict: true,
     };
-    let names: Vec<&std::ffi::OsStr> = canon
-        .components()
-        .filter_map(|c| match c {
-            Component::Normal(n) => Some(n),
-            _ => None,
+    trust::open_dir(canon, rules)
+        .map(File::from)
+        .map_err(|e| match e {
+            WalkError::Untrusted(u) => CheckError::UntrustedDir {
+                dir: canon.display().to_string(),
+                path: u.dir.display().to_string(),
+                reason: u.reason(),
+                uid: u.uid,
+                mode: u.mode,
+            },
+            WalkError::Io { dir, source } => CheckError::Io {
+                path: dir.display().to_string(),
+                source,
+            },
         })
-        .collect();
-    let mut cur = PathBuf::from("/");
-    let mut fd: Option<File> = None;
-    for i in 0..=names.len() {
-        let name = if i == 0 {
-            std::ffi::OsStr::new("/")
-        } else {
-            cur.push(names[i - 1]);
-            names[i - 1]
-        };
-        let io_err = |source| CheckError::Io {
-            path: cur.display().to_string(),
-            source,
-        };
-        let next = File::from(
-            crate::sys::fs::open_dir_nofollow(fd.as_ref().map(|f| f.as_fd()), name)
-                .map_err(io_err)?,
-        );
-        let meta = next.metadata().map_err(io_err)?;
-        let is_snapshot_dir = i == names.len();
-        if meta.uid() != 0 && meta.uid() != euid {
-            return Err(untrusted(
-                &cur,
-                &meta,
-                format!("is owned by uid {}, not root", meta.uid()),
-            ));
-        }
-        if meta.mode() & 0o022 != 0 && (is_snapshot_dir || meta.mode() & libc::S_ISVTX == 0) {
-            return Err(untrusted(
-                &cur,
-                &meta,
-                if is_snapshot_dir {
-                    "is writable by group or others".into()
-                } else {
-                    "is writable by group or others and not sticky".into()
-                },
-            ));
-        }
-        fd = Some(next);
-    }
-    Ok(fd.expect("the walk opens at least /"))
 }
 
 /// Opens the snapshot file `name` relative to the checked directory `dir`

@@ -80,15 +80,6 @@ pub fn link_fd(fd: impl AsFd, path: &Path) -> io::Result<()> {
     Ok(())
 }
 
-/// Opens the directory `name` (one component, or `/` with `dir` None)
-/// inside `dir` as an `O_PATH` handle, without following a symlink: a
-/// symlink fails with `ELOOP` or `ENOTDIR`, anything but a directory with
-/// `ENOTDIR`. The handle serves `fstat` (through [`File::metadata`]) and as
-/// the `dir` of further opens, so a walk holds each directory it checked.
-pub fn open_dir_nofollow(dir: Option<BorrowedFd<'_>>, name: &OsStr) -> io::Result<OwnedFd> {
-    open_at_nofollow(dir, name, libc::O_PATH | libc::O_DIRECTORY)
-}
-
 /// Opens the file `name` (one component) inside `dir` read-only, without
 /// following a symlink (`ELOOP` when it is one), close-on-exec, and
 /// non-blocking so that a FIFO or device put in its place cannot block the
@@ -277,14 +268,15 @@ mod tests {
     #[test]
     fn nofollow_opens_refuse_symlinks_and_walk_directories() {
         use std::ffi::OsStr;
+        const DIR: libc::c_int = libc::O_PATH | libc::O_DIRECTORY;
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("f"), b"x").unwrap();
         std::os::unix::fs::symlink("f", dir.path().join("l")).unwrap();
         std::os::unix::fs::symlink(".", dir.path().join("dl")).unwrap();
-        let root = open_dir_nofollow(None, OsStr::new("/")).unwrap();
+        let root = open_at_nofollow(None, OsStr::new("/"), DIR).unwrap();
         let mut d = root;
         for c in dir.path().iter().skip(1) {
-            d = open_dir_nofollow(Some(d.as_fd()), c).unwrap();
+            d = open_at_nofollow(Some(d.as_fd()), c, DIR).unwrap();
         }
         let mut s = String::new();
         open_file_nofollow(d.as_fd(), OsStr::new("f"))
@@ -294,12 +286,12 @@ mod tests {
         assert_eq!(s, "x");
         let e = open_file_nofollow(d.as_fd(), OsStr::new("l")).unwrap_err();
         assert_eq!(e.raw_os_error(), Some(libc::ELOOP));
-        let e = open_dir_nofollow(Some(d.as_fd()), OsStr::new("dl")).unwrap_err();
+        let e = open_at_nofollow(Some(d.as_fd()), OsStr::new("dl"), DIR).unwrap_err();
         assert!(
             matches!(e.raw_os_error(), Some(libc::ELOOP) | Some(libc::ENOTDIR)),
             "{e}"
         );
-        let e = open_dir_nofollow(Some(d.as_fd()), OsStr::new("f")).unwrap_err();
+        let e = open_at_nofollow(Some(d.as_fd()), OsStr::new("f"), DIR).unwrap_err();
         assert_eq!(e.raw_os_error(), Some(libc::ENOTDIR));
     }
 
