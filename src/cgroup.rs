@@ -34,7 +34,7 @@ use thiserror::Error;
 
 use crate::paths::PREFIX;
 use crate::state::Owner;
-use crate::storage::clone::ReconcileReport;
+use crate::sweep::ReconcileReport;
 use crate::sys;
 
 /// The parent cgroup, directly under the cgroup2 mount; each state dir's

@@ -744,7 +744,7 @@ mod tests {
     }
 
     fn err(text: &str) -> String {
-        crate::doctor::error_chain(&parse(text).unwrap_err())
+        crate::error::chain(&parse(text).unwrap_err())
     }
 
     const FULL: &str = r#"

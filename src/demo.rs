@@ -420,7 +420,7 @@ pub fn reconcile_leftovers(root: &Path) -> Leftovers {
                 out.vmms += r.orphans_killed.len() + r.removed.len();
                 out.errors.extend(r.errors);
             }
-            Err(e) => out.errors.push(crate::doctor::error_chain(&e)),
+            Err(e) => out.errors.push(crate::error::chain(&e)),
         }
         // Healthy clones of a dead demo are still the demo's: stop them.
         if let Ok(store) = state::Store::open(&work.join("state")) {
@@ -428,7 +428,7 @@ pub fn reconcile_leftovers(root: &Path) -> Leftovers {
                 let (_, errs) = teardown::teardown(&store, &r, Duration::ZERO);
                 out.vmms += 1;
                 out.errors
-                    .extend(errs.iter().map(|e| crate::doctor::error_chain(e)));
+                    .extend(errs.iter().map(|e| crate::error::chain(e)));
             }
         }
         let host = host_netns_of(pid);
@@ -485,7 +485,7 @@ pub fn run_observed(
         if let Ok((records, _)) = store.list() {
             for r in records {
                 let (_, errs) = teardown::teardown(&store, &r, Duration::from_secs(2));
-                cleanup_errors.extend(errs.iter().map(|e| crate::doctor::error_chain(e)));
+                cleanup_errors.extend(errs.iter().map(|e| crate::error::chain(e)));
             }
         }
     }
@@ -674,16 +674,16 @@ fn run_inner(
         if let Ok((records, _)) = store.list() {
             for r in records {
                 let (_, errs) = teardown::teardown(&store, &r, Duration::from_secs(2));
-                cleanup_errors.extend(errs.iter().map(|e| crate::doctor::error_chain(e)));
+                cleanup_errors.extend(errs.iter().map(|e| crate::error::chain(e)));
                 sys::pidfd::reap_exited_child(r.pid);
             }
         }
     }
     if let Err(e) = slots.pool().drain() {
-        cleanup_errors.push(crate::doctor::error_chain(&e));
+        cleanup_errors.push(crate::error::chain(&e));
     }
     if let Err(e) = slots.pool().ops().remove_host() {
-        cleanup_errors.push(crate::doctor::error_chain(&e));
+        cleanup_errors.push(crate::error::chain(&e));
     }
     Ok((report?, ok, failures, memory, hold))
 }

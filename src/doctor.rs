@@ -191,19 +191,7 @@ pub fn probe_nftables() -> Probe<()> {
         b.commit(&mut sock)
     })
     .map_err(|e| format!("cannot create a scratch netns: {e}"))?
-    .map_err(|e| error_chain(&e))
-}
-
-/// Formats an error and its sources as `a: caused by b: caused by c`.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": caused by ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
+    .map_err(|e| crate::error::chain(&e))
 }
 
 fn open_rw(p: &str) -> Probe<()> {
@@ -222,7 +210,7 @@ pub fn probe(opts: &Options) -> Probes {
     let with_version =
         |r: Result<PathBuf, firecracker::FirecrackerError>| -> Probe<(PathBuf, Version)> {
             let p = r.map_err(|e| e.to_string())?;
-            let v = firecracker::version_of(&p).map_err(|e| error_chain(&e))?;
+            let v = firecracker::version_of(&p).map_err(|e| crate::error::chain(&e))?;
             Ok((p, v))
         };
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();

@@ -72,7 +72,7 @@ use thiserror::Error;
 
 use crate::paths::STABLE_DRIVE_DIR;
 use crate::state::Owner;
-use crate::storage::clone::ReconcileReport;
+use crate::sweep::ReconcileReport;
 use crate::sys::fs::{flock, FlockMode};
 use crate::sys::pidfd;
 

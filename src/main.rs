@@ -31,11 +31,7 @@ fn main() -> ExitCode {
     match cli::run(args) {
         Ok(code) => code,
         Err(e) => {
-            let mut msg = format!("error: {e}");
-            for cause in e.chain().skip(1) {
-                msg.push_str(&format!(": caused by {cause}"));
-            }
-            eprintln!("{msg}");
+            eprintln!("error: {}", wasp::error::chain(e.as_ref()));
             ExitCode::from(1)
         }
     }

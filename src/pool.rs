@@ -285,12 +285,9 @@ impl<O: SlotOps> Inner<O> {
                 .try_send(self.free_len.load(Ordering::Acquire));
             if let Some(e) = err {
                 self.refill_failures.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(
-                    "slot pool refill failed: {}",
-                    crate::doctor::error_chain(&e)
-                );
+                tracing::warn!("slot pool refill failed: {}", crate::error::chain(&e));
                 if let Ok(mut g) = self.last_refill_error.lock() {
-                    *g = Some(crate::doctor::error_chain(&e));
+                    *g = Some(crate::error::chain(&e));
                 }
             }
         }
@@ -431,11 +428,8 @@ impl<O: SlotOps + 'static> Pool<O> {
                     continue;
                 }
                 Err(e) => {
-                    rep.errors.push(format!(
-                        "slot {}: {}",
-                        f.index,
-                        crate::doctor::error_chain(&e)
-                    ));
+                    rep.errors
+                        .push(format!("slot {}: {}", f.index, crate::error::chain(&e)));
                     continue;
                 }
             };
@@ -452,11 +446,9 @@ impl<O: SlotOps + 'static> Pool<O> {
             }
             match i.destroy_held(f.index) {
                 Ok(()) => rep.removed.push(f.index),
-                Err(e) => rep.errors.push(format!(
-                    "slot {}: {}",
-                    f.index,
-                    crate::doctor::error_chain(&e)
-                )),
+                Err(e) => rep
+                    .errors
+                    .push(format!("slot {}: {}", f.index, crate::error::chain(&e))),
             }
         }
         // Fresh indices continue after everything seen; the holes below
@@ -503,12 +495,12 @@ impl<O: SlotOps + 'static> Pool<O> {
                         Err(e) => errs.push(format!(
                             "slot {}: {}",
                             f.index,
-                            crate::doctor::error_chain(&e)
+                            crate::error::chain(&e)
                         )),
                     }
                 }
             }
-            Err(e) => errs.push(crate::doctor::error_chain(&e)),
+            Err(e) => errs.push(crate::error::chain(&e)),
         }
         let idx: Vec<u32> = mine.into_iter().collect();
         for (n, r) in idx.iter().zip(i.ops.destroy_many(&idx)) {
@@ -520,7 +512,7 @@ impl<O: SlotOps + 'static> Pool<O> {
                         errs.push(format!("slot {n}: remove its lease file: {e}"));
                     }
                 }
-                Err(e) => errs.push(format!("slot {n}: {}", crate::doctor::error_chain(&e))),
+                Err(e) => errs.push(format!("slot {n}: {}", crate::error::chain(&e))),
             }
         }
         i.in_use.store(0, Ordering::Relaxed);

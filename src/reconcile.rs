@@ -343,11 +343,8 @@ fn scan_pool(net: &SlotNet, host: &HostNet, rep: &mut Report) -> Option<SlotView
     let (kernel, found) = match attached {
         Ok(kf) => kf,
         Err(e) => {
-            rep.errors.push(format!(
-                "pool {}: {}",
-                net.pool,
-                crate::doctor::error_chain(&e)
-            ));
+            rep.errors
+                .push(format!("pool {}: {}", net.pool, crate::error::chain(&e)));
             return None;
         }
     };
@@ -840,7 +837,7 @@ pub fn run(o: &Options) -> Result<Report, ReconcileError> {
             Some(reason) => {
                 let (fate, errors) = teardown::teardown(&store, r, Duration::ZERO);
                 rep.errors
-                    .extend(errors.iter().map(|e| crate::doctor::error_chain(e)));
+                    .extend(errors.iter().map(|e| crate::error::chain(e)));
                 if let Some(i) = scope_of(r) {
                     to_recycle.entry(i).or_default().insert(r.slot);
                 }
@@ -969,11 +966,7 @@ fn reconcile_slots(
     let pr = match pool.reconcile() {
         Ok(r) => r,
         Err(e) => {
-            errors.push(format!(
-                "pool {}: {}",
-                net.pool,
-                crate::doctor::error_chain(&e)
-            ));
+            errors.push(format!("pool {}: {}", net.pool, crate::error::chain(&e)));
             return sr;
         }
     };
@@ -988,12 +981,12 @@ fn reconcile_slots(
             Err(e) => {
                 errors.push(format!(
                     "slot {i} could not be recycled, removing it: {}",
-                    crate::doctor::error_chain(&e)
+                    crate::error::chain(&e)
                 ));
                 healthy.remove(&i);
                 match pool.ops().destroy(i) {
                     Ok(()) => sr.removed.push(i),
-                    Err(e) => errors.push(format!("slot {i}: {}", crate::doctor::error_chain(&e))),
+                    Err(e) => errors.push(format!("slot {i}: {}", crate::error::chain(&e))),
                 }
             }
         }
@@ -1007,11 +1000,11 @@ fn move_aside(e: &StateError, rep: &mut Report) {
     let path = match e {
         StateError::Corrupt { path, .. } | StateError::TooLarge { path, .. } => path.clone(),
         StateError::BadOwner(_) => {
-            rep.errors.push(crate::doctor::error_chain(e));
+            rep.errors.push(crate::error::chain(e));
             return;
         }
         StateError::Io { path, .. } => {
-            rep.errors.push(crate::doctor::error_chain(e));
+            rep.errors.push(crate::error::chain(e));
             let _ = path;
             return;
         }
@@ -1023,7 +1016,7 @@ fn move_aside(e: &StateError, rep: &mut Report) {
         Ok(()) => rep.corrupt.push(Corrupt {
             path,
             moved_to: to,
-            error: crate::doctor::error_chain(e),
+            error: crate::error::chain(e),
         }),
         Err(err) => rep.errors.push(format!(
             "cannot move corrupt record {} aside: {err}",

@@ -231,7 +231,7 @@ pub enum SlotError {
         netns: String,
     },
     /// Several teardown steps failed.
-    #[error("teardown had {} error(s): {}", .0.len(), .0.iter().map(|e| crate::doctor::error_chain(e)).collect::<Vec<_>>().join("; "))]
+    #[error("teardown had {} error(s): {}", .0.len(), .0.iter().map(|e| crate::error::chain(e)).collect::<Vec<_>>().join("; "))]
     Teardown(Vec<SlotError>),
 }
 
@@ -958,7 +958,7 @@ impl Kernel {
                 tracing::warn!(
                     "pool {}: {}; it is found only with --pool",
                     net.pool,
-                    crate::doctor::error_chain(&e)
+                    crate::error::chain(&e)
                 );
             }
         }

@@ -626,7 +626,7 @@ fn ready_port(r: Ready) -> Option<u16> {
 
 /// `a: caused by b: …`
 pub fn chain(e: &dyn std::error::Error) -> String {
-    crate::doctor::error_chain(e)
+    crate::error::chain(e)
 }
 
 impl Batch<'_> {

@@ -235,7 +235,7 @@ pub enum DrainError {
     },
     /// `--force` could not tear every live clone down; the pool was not
     /// drained.
-    #[error("pool {pool} not drained: {} of its live clone(s) could not be torn down: {}", errors.len(), errors.iter().map(|e| crate::doctor::error_chain(e)).collect::<Vec<_>>().join("; "))]
+    #[error("pool {pool} not drained: {} of its live clone(s) could not be torn down: {}", errors.len(), errors.iter().map(|e| crate::error::chain(e)).collect::<Vec<_>>().join("; "))]
     Teardown {
         /// The pool.
         pool: String,

@@ -370,7 +370,7 @@ fn jailed_firecracker_clones_from_a_real_snapshot() {
     let mut slots = FakeSlots::new(1, true);
     let e = spawn::spawn(&opts(1, vec![]), &store, &mut slots, &Env::new()).unwrap_err();
     std::fs::set_permissions(&vmstate, std::fs::Permissions::from_mode(0o444)).unwrap();
-    let msg = wasp::doctor::error_chain(&e);
+    let msg = wasp::error::chain(&e);
     assert!(
         msg.contains("vm.snapshot") && msg.contains("64000-64009"),
         "{msg}"

@@ -40,7 +40,7 @@ pub fn run(a: ConfigArgs, mut cfg: Config) -> anyhow::Result<ExitCode> {
         .slot_net()
         .validate()
         .err()
-        .map(|e| wasp::doctor::error_chain(&e));
+        .map(|e| wasp::error::chain(&e));
     let entries = cfg.entries();
     if json {
         super::print_json(&serde_json::json!({

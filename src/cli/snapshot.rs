@@ -194,7 +194,7 @@ fn check(a: CheckArgs) -> anyhow::Result<ExitCode> {
         Err(e) if a.json => {
             super::print_json(&serde_json::json!({
                 "ok": false,
-                "error": wasp::doctor::error_chain(&e),
+                "error": wasp::error::chain(&e),
             }))?;
             Ok(ExitCode::from(1))
         }

@@ -447,7 +447,7 @@ pub fn ls(a: LsArgs, mut cfg: Config) -> anyhow::Result<ExitCode> {
     let store = state::Store::open(&cfg.state_dir.value)?;
     let (recs, bad) = store.list()?;
     for e in &bad {
-        eprintln!("warning: {}", wasp::doctor::error_chain(e));
+        eprintln!("warning: {}", wasp::error::chain(e));
     }
     let rows: Vec<serde_json::Value> = recs
         .iter()
@@ -524,10 +524,7 @@ pub fn kill(a: KillArgs, mut cfg: Config) -> anyhow::Result<ExitCode> {
     for r in &targets {
         let (fate, errors) = teardown::teardown(&store, r, grace);
         failed += usize::from(!errors.is_empty());
-        let errs: Vec<String> = errors
-            .iter()
-            .map(|e| wasp::doctor::error_chain(e))
-            .collect();
+        let errs: Vec<String> = errors.iter().map(|e| wasp::error::chain(e)).collect();
         if !a.json {
             match (&fate, errs.is_empty()) {
                 (Some(f), true) => println!("{}: {:?}; files and record removed", r.id, f),

@@ -949,12 +949,7 @@ impl<H: Host> Vmm<H> {
                 ))
             }
             Err(e) => {
-                let mut msg = e.to_string();
-                let mut src = std::error::Error::source(&e);
-                while let Some(s) = src {
-                    msg.push_str(&format!(": {s}"));
-                    src = s.source();
-                }
+                let msg = crate::error::chain_with(&e, ": ");
                 return fatal(format!(
                     "{LOAD_PREFIX}Failed to get snapshot state from file: Failed to load snapshot state from file: {msg}"
                 ));

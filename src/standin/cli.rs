@@ -65,13 +65,7 @@ pub fn main(args: impl Iterator<Item = String>) -> ExitCode {
     }) {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
         Err(e) => {
-            let mut msg = e.to_string();
-            let mut src = std::error::Error::source(&e);
-            while let Some(s) = src {
-                msg.push_str(&format!(": {s}"));
-                src = s.source();
-            }
-            eprintln!("{msg}");
+            eprintln!("{}", crate::error::chain_with(&e, ": "));
             ExitCode::from(1)
         }
     }

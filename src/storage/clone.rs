@@ -27,6 +27,7 @@ use super::probe::{explain_reflink_errno, ReflinkProbe, Strategy};
 use crate::paths::PREFIX;
 use crate::snapshot::{self, CheckError, Manifest};
 use crate::state::Owner;
+use crate::sweep::ReconcileReport;
 use crate::sys::fs::{copy_file_range, ficlone, seek_data_hole, Whence};
 
 /// Sub-directory of the runtime dir that holds clone directories.
@@ -153,54 +154,6 @@ pub struct CloneFiles {
     pub bytes_copied: u64,
     /// Bytes of guest memory copied: always 0.
     pub mem_bytes_copied: u64,
-}
-
-/// What reconcile did.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct ReconcileReport {
-    /// Orphaned clone directories removed.
-    pub removed: Vec<PathBuf>,
-    /// Live clone directories kept.
-    pub kept: usize,
-    /// Objects named like wasp's that do not carry this state dir's mark:
-    /// another state dir's, or not wasp's. Left alone.
-    pub not_ours: Vec<PathBuf>,
-    /// Every error met (reconcile continues past them).
-    pub errors: Vec<String>,
-}
-
-impl ReconcileReport {
-    /// Keeps a live clone's `path`, or removes a dead one's with `remove`,
-    /// and records which (or the error).
-    pub fn settle<E: std::error::Error>(
-        &mut self,
-        live: bool,
-        path: PathBuf,
-        remove: impl FnOnce(&Path) -> Result<(), E>,
-    ) {
-        if live {
-            self.kept += 1;
-            return;
-        }
-        match remove(&path) {
-            Ok(()) => self.removed.push(path),
-            Err(e) => self.errors.push(crate::doctor::error_chain(&e)),
-        }
-    }
-
-    /// Lists `dir` for a reconcile: `None` when it is missing (nothing to
-    /// do) or cannot be listed (the error is recorded).
-    pub fn list(&mut self, dir: &Path) -> Option<fs::ReadDir> {
-        match fs::read_dir(dir) {
-            Ok(e) => Some(e),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-            Err(e) => {
-                self.errors
-                    .push(format!("cannot list {}: {e}", dir.display()));
-                None
-            }
-        }
-    }
 }
 
 /// Clone storage for one snapshot in one runtime directory.

@@ -9,5 +9,5 @@ pub mod probe;
 
 pub use clone::{
     make_drive, probe_clone_strategy, reconcile_dir, CloneDrive, CloneFiles, CloneStore, Mode,
-    ProbeOutcome, ReconcileReport, StorageError, CLONES_SUBDIR,
+    ProbeOutcome, StorageError, CLONES_SUBDIR,
 };
