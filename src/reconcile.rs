@@ -162,6 +162,28 @@ pub struct Options {
     pub vmm_binaries: Vec<PathBuf>,
 }
 
+impl Options {
+    /// The reconcile scope of a command run with the effective `cfg`: its
+    /// dirs, its VMM binaries, and its pool when the command owns slots
+    /// (`with_pool`).
+    pub fn from_config(cfg: &crate::config::Config, with_pool: bool) -> Options {
+        Options {
+            state_dir: cfg.state_dir.value.clone(),
+            runtime_dir: cfg.runtime_dir.value.clone(),
+            tap: cfg.tap.value.clone(),
+            pools: if with_pool {
+                vec![(cfg.slot_net(), cfg.host_net())]
+            } else {
+                vec![]
+            },
+            vmm_binaries: vmm_binaries(
+                cfg.firecracker_choice().as_ref(),
+                cfg.jailer_choice().as_ref(),
+            ),
+        }
+    }
+}
+
 /// A healthy clone kept.
 #[derive(Debug, Clone, Serialize)]
 pub struct Adopted {

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use clap::{Args, Subcommand};
 use wasp::config::Config;
 
-use super::pool::Where;
+use super::args::Where;
 use super::spawn::SpawnFlags;
 
 /// `wasp config ...`.

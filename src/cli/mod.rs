@@ -1,5 +1,6 @@
 //! Command-line parsing, one file per subcommand.
 
+mod args;
 pub mod bench;
 pub mod bench_clone;
 mod bench_spawn;

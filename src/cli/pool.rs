@@ -1,65 +1,17 @@
 //! `wasp pool warm|status|drain`: the slot pool from the command line.
 
-use std::net::SocketAddrV4;
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use serde::Serialize;
 
-use super::reconcile::Dirs;
+use super::args::{Dirs, Where};
 use wasp::config::{Config, Source};
 use wasp::pool::{Pool, PoolConfig};
 use wasp::registry::Registry;
-use wasp::slot::{Cidr, ConnectUids, HostNet, Kernel, SlotNet, SlotOps};
+use wasp::slot::{HostNet, Kernel, SlotNet, SlotOps};
 use wasp::{reconcile, teardown};
-
-/// Where the pool lives; shared by every pool subcommand. Each flag
-/// overrides the config file's `[pool]` value (see `wasp config show`).
-#[derive(Debug, Clone, Args)]
-pub struct Where {
-    /// Pool name (slot namespaces are wasp-<pool>-<n>) [pool.name; default: default].
-    #[arg(long)]
-    pub pool: Option<String>,
-    /// Host network namespace for the bridge (created if missing)
-    /// [pool.host_netns; default: the current one].
-    #[arg(long, value_name = "NAME")]
-    pub host_netns: Option<String>,
-    /// Clone address space; the bridge takes its first address
-    /// [pool.cidr; default: 10.0.0.0/16].
-    #[arg(long)]
-    pub cidr: Option<Cidr>,
-    /// Host bridge name [pool.bridge; default: wasp0].
-    #[arg(long)]
-    pub bridge: Option<String>,
-    /// Host ports clones may reach (repeatable), e.g. 10.0.0.1:8080
-    /// [pool.allow_host; default: the bridge address, port 8080].
-    #[arg(long = "allow-host", value_name = "ADDR:PORT")]
-    pub allow_host: Vec<SocketAddrV4>,
-    /// Local uids of the host netns that may open connections to clones:
-    /// `any`, or uids like 0,1000 (root is always allowed); applied to the
-    /// host netns whenever the host side is set up (pool warm, spawn,
-    /// snapshot create) [pool.connect_uids; default: root only].
-    #[arg(long, value_name = "any|UID,...")]
-    pub connect_uids: Option<ConnectUids>,
-}
-
-impl Where {
-    /// Lays the flags the user gave over `cfg`.
-    pub fn apply(&self, cfg: &mut Config) {
-        cfg.pool.flag("--pool", self.pool.clone());
-        cfg.host_netns
-            .flag("--host-netns", self.host_netns.clone().map(Some));
-        cfg.cidr.flag("--cidr", self.cidr);
-        cfg.bridge.flag("--bridge", self.bridge.clone());
-        cfg.allow_host.flag(
-            "--allow-host",
-            (!self.allow_host.is_empty()).then(|| Some(self.allow_host.clone())),
-        );
-        cfg.connect_uids
-            .flag("--connect-uids", self.connect_uids.clone());
-    }
-}
 
 /// `wasp pool ...`.
 #[derive(Debug, Args)]
@@ -145,7 +97,7 @@ pub fn run(a: PoolArgs, mut cfg: Config) -> anyhow::Result<ExitCode> {
             at.apply(&mut cfg);
             dirs.apply(&mut cfg);
             cfg.slot_net().check_fits(size)?;
-            let (_lock, _) = reconcile::at_start(&super::reconcile::options(&cfg, true))
+            let (_lock, _) = reconcile::at_start(&reconcile::Options::from_config(&cfg, true))
                 .context("reconcile what an earlier run left")?;
             let mut host = cfg.host_net();
             host.egress_uplink = egress_uplink;
@@ -224,7 +176,7 @@ pub fn run(a: PoolArgs, mut cfg: Config) -> anyhow::Result<ExitCode> {
                 }
                 found
             };
-            let (_lock, _) = reconcile::at_start(&super::reconcile::options(&cfg, true))
+            let (_lock, _) = reconcile::at_start(&reconcile::Options::from_config(&cfg, true))
                 .context("reconcile what an earlier run left")?;
             let store = wasp::state::Store::open(&cfg.state_dir.value)?;
             let reg = Registry::of_state_dir(&cfg.state_dir.value);

@@ -1,6 +1,5 @@
 //! `wasp reconcile`: find what a crashed wasp left and adopt or remove it.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Args;
@@ -8,28 +7,7 @@ use clap::Args;
 use wasp::config::Config;
 use wasp::reconcile::{self, Options, Report};
 
-use super::pool::Where;
-
-/// The state and runtime dirs of commands that own state.
-#[derive(Debug, Clone, Args)]
-pub struct Dirs {
-    /// Per-clone files [paths.runtime_dir; default: /var/lib/wasp].
-    #[arg(long)]
-    pub runtime_dir: Option<PathBuf>,
-    /// Clone records, and the lock every state-owning command holds
-    /// [paths.state_dir; default: /run/wasp].
-    #[arg(long)]
-    pub state_dir: Option<PathBuf>,
-}
-
-impl Dirs {
-    /// Lays the flags the user gave over `cfg`.
-    pub fn apply(&self, cfg: &mut Config) {
-        cfg.runtime_dir
-            .flag("--runtime-dir", self.runtime_dir.clone());
-        cfg.state_dir.flag("--state-dir", self.state_dir.clone());
-    }
-}
+use super::args::{Dirs, Where};
 
 /// `wasp reconcile`: without --pool, it covers every pool wasp has on
 /// this host (the pool registry, [`wasp::registry`]).
@@ -44,30 +22,11 @@ pub struct ReconcileArgs {
     pub json: bool,
 }
 
-/// The reconcile scope of a command: its dirs, and its pool when it owns
-/// slots.
-pub fn options(cfg: &Config, with_pool: bool) -> Options {
-    Options {
-        state_dir: cfg.state_dir.value.clone(),
-        runtime_dir: cfg.runtime_dir.value.clone(),
-        tap: cfg.tap.value.clone(),
-        pools: if with_pool {
-            vec![(cfg.slot_net(), cfg.host_net())]
-        } else {
-            vec![]
-        },
-        vmm_binaries: reconcile::vmm_binaries(
-            cfg.firecracker_choice().as_ref(),
-            cfg.jailer_choice().as_ref(),
-        ),
-    }
-}
-
 /// Runs `wasp reconcile`.
 pub fn run(a: ReconcileArgs, mut cfg: Config) -> anyhow::Result<ExitCode> {
     a.dirs.apply(&mut cfg);
     a.at.apply(&mut cfg);
-    let mut o = options(&cfg, true);
+    let mut o = Options::from_config(&cfg, true);
     if cfg.pool.source == wasp::config::Source::Default {
         // No pool named: every pool wasp has on this host.
         o.pools = wasp::registry::Registry::of_state_dir(&cfg.state_dir.value)

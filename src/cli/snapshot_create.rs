@@ -15,8 +15,8 @@ use wasp::reconcile;
 use wasp::spawn::{PoolSlots, Slots};
 use wasp::storage::probe::{probe_reflink, ReflinkProbe};
 
-use super::pool::Where;
-use super::reconcile::Dirs;
+use super::args::Dirs;
+use super::args::Where;
 use super::spawn::VmmArg;
 
 /// `wasp snapshot create`.
@@ -81,7 +81,7 @@ pub fn create(a: CreateArgs, mut cfg: Config) -> anyhow::Result<ExitCode> {
     };
     // Like spawn: the pool's slots are reconciled under the state lock, and
     // the slots live clones hold are never taken to boot in.
-    let (_lock, _) = reconcile::at_start(&super::reconcile::options(&cfg, true))
+    let (_lock, _) = reconcile::at_start(&reconcile::Options::from_config(&cfg, true))
         .context("reconcile what an earlier run left")?;
     let net = cfg.slot_net();
     let in_use = super::spawn::in_use(&cfg.state_dir.value, &net.pool);

@@ -22,8 +22,8 @@ use wasp::stats::Percentiles;
 use wasp::storage::clone::{CloneStore, Mode};
 use wasp::{demo, reconcile, state, teardown};
 
-use super::pool::Where;
-use super::reconcile::Dirs;
+use super::args::Dirs;
+use super::args::Where;
 
 /// Which VMM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -346,7 +346,7 @@ pub fn spawn_cmd(a: SpawnArgs, mut cfg: Config) -> anyhow::Result<ExitCode> {
     };
     // Limits and jailer mode are checked before anything is taken.
     let isolation = build_isolation(&a, &vmm, &cfg)?;
-    let (_lock, _) = reconcile::at_start(&super::reconcile::options(&cfg, true))
+    let (_lock, _) = reconcile::at_start(&reconcile::Options::from_config(&cfg, true))
         .context("reconcile what an earlier run left")?;
     let store = CloneStore::open(&snapshot, runtime_dir, Mode::Auto)
         .context("open the snapshot")?
@@ -485,7 +485,7 @@ pub fn ls(a: LsArgs, mut cfg: Config) -> anyhow::Result<ExitCode> {
 pub fn kill(a: KillArgs, mut cfg: Config) -> anyhow::Result<ExitCode> {
     a.dirs.apply(&mut cfg);
     let state_dir = &cfg.state_dir.value;
-    let (_lock, rep) = reconcile::at_start(&super::reconcile::options(&cfg, false))
+    let (_lock, rep) = reconcile::at_start(&reconcile::Options::from_config(&cfg, false))
         .context("reconcile what an earlier run left")?;
     // Broken clones reconcile just removed count as killed.
     let removed: Vec<_> = rep.map(|r| r.removed).unwrap_or_default();
