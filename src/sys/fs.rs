@@ -3,23 +3,18 @@
 //! never follow a symlink (`openat` with `O_NOFOLLOW`) for walking a
 //! directory chain and opening the files in it.
 
-use std::ffi::{CString, OsStr};
+use std::ffi::OsStr;
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 use super::cvt;
 
-fn c_path(p: &Path) -> io::Result<CString> {
-    CString::new(p.as_os_str().as_bytes()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
-}
-
 /// An unnamed regular file (mode 0) in the directory `dir`
 /// (`O_TMPFILE`), which [`link_fd`] can give names.
 pub fn open_tmpfile(dir: &Path) -> io::Result<OwnedFd> {
-    let c = c_path(dir)?;
+    let c = super::c_path(dir)?;
     // SAFETY: c is a valid NUL-terminated path that outlives the call; open
     // reads only it.
     let fd = cvt(unsafe {
@@ -43,8 +38,7 @@ pub fn open_at_nofollow(
     name: &OsStr,
     flags: libc::c_int,
 ) -> io::Result<OwnedFd> {
-    let c =
-        CString::new(name.as_bytes()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let c = super::c_str(name)?;
     let dirfd = dir.map_or(libc::AT_FDCWD, |d| d.as_raw_fd());
     // SAFETY: c is a valid NUL-terminated string that outlives the call;
     // dirfd is AT_FDCWD or a descriptor borrowed for the call; openat reads
@@ -65,7 +59,7 @@ pub fn open_at_nofollow(
 /// the same mount (`linkat` with `AT_EMPTY_PATH`, which needs
 /// `CAP_DAC_READ_SEARCH`). `AlreadyExists` when the name is taken.
 pub fn link_fd(fd: impl AsFd, path: &Path) -> io::Result<()> {
-    let c = c_path(path)?;
+    let c = super::c_path(path)?;
     // SAFETY: the empty string and c are valid NUL-terminated strings that
     // outlive the call; fd is a live descriptor borrowed for the call.
     cvt(unsafe {

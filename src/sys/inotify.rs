@@ -1,10 +1,8 @@
 //! inotify with raw watch descriptors, so that events read through io_uring
 //! can be parsed from plain bytes.
 
-use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 use super::cvt;
@@ -22,8 +20,7 @@ pub fn init() -> io::Result<OwnedFd> {
 
 /// Watches `dir` for `mask`; returns the watch descriptor.
 pub fn add_watch(ino: &OwnedFd, dir: &Path, mask: u32) -> io::Result<i32> {
-    let c = CString::new(dir.as_os_str().as_bytes())
-        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let c = super::c_path(dir)?;
     // SAFETY: c is a live NUL-terminated path.
     cvt(unsafe { libc::inotify_add_watch(ino.as_raw_fd(), c.as_ptr(), mask) })
 }

@@ -16,11 +16,9 @@
 //! unshare, so unmounts in wasp's namespace still reach the template,
 //! while nothing done inside it (or in a copy of it) reaches wasp's.
 
-use std::ffi::CString;
 use std::io;
 use std::marker::PhantomData;
 use std::os::fd::{FromRawFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 use super::cvt;
@@ -33,15 +31,6 @@ pub struct InTemplate {
     _on_this_thread: PhantomData<*const ()>,
 }
 
-fn cpath(p: &Path) -> io::Result<CString> {
-    CString::new(p.as_os_str().as_bytes()).map_err(|_| {
-        io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("{} holds a NUL byte", p.display()),
-        )
-    })
-}
-
 impl InTemplate {
     /// The template's mount table (`/proc/thread-self/mountinfo`).
     pub fn mountinfo(&self) -> io::Result<String> {
@@ -52,7 +41,7 @@ impl InTemplate {
     /// template (`umount2(MNT_DETACH)`). `Ok(false)`: `dir` is no mount
     /// point (any more).
     pub fn detach(&self, dir: &Path) -> io::Result<bool> {
-        let c = cpath(dir)?;
+        let c = super::c_path(dir)?;
         // SAFETY: c is a live NUL-terminated path; umount2 only reads it.
         // This thread is in the template namespace (see `make_template`),
         // so only the template loses the mount.
@@ -66,7 +55,7 @@ impl InTemplate {
     /// Mounts the private drive tmpfs (see `sys::spawn`) on `dir`, which
     /// must exist.
     pub fn mount_drive_tmpfs(&self, dir: &Path) -> io::Result<()> {
-        super::spawn::mount_drive_tmpfs(&cpath(dir)?)
+        super::mount::mount_drive_tmpfs(&super::c_path(dir)?)
     }
 }
 
@@ -81,7 +70,7 @@ where
         s.spawn(|| {
             // Only this thread moves: unshare(CLONE_NEWNS) also gives it
             // its own root/cwd (fs_struct); wasp's other threads stay.
-            unshare_slave_copy()?;
+            super::mount::unshare_slave_copy()?;
             prepare(&InTemplate {
                 _on_this_thread: PhantomData,
             })?;
@@ -98,23 +87,4 @@ where
         .join()
         .unwrap_or_else(|p| std::panic::resume_unwind(p))
     })
-}
-
-/// Gives the calling task its own copy of its mount namespace, every mount
-/// a slave: mounts made in the copy propagate nowhere. Two raw syscalls and
-/// no allocation, so a vfork child may call it (`sys::spawn`).
-pub(crate) fn unshare_slave_copy() -> io::Result<()> {
-    // SAFETY: unshare only reads its flags.
-    cvt(unsafe { libc::unshare(libc::CLONE_NEWNS) })?;
-    // SAFETY: NUL-terminated literals; null fstype/data pointers are allowed.
-    cvt(unsafe {
-        libc::mount(
-            c"none".as_ptr(),
-            c"/".as_ptr(),
-            std::ptr::null(),
-            libc::MS_REC | libc::MS_SLAVE,
-            std::ptr::null(),
-        )
-    })
-    .map(drop)
 }

@@ -9,6 +9,7 @@ pub mod fs;
 pub mod inotify;
 pub mod mem;
 pub mod mntns;
+pub mod mount;
 pub mod netns;
 pub mod pagecache;
 pub mod pidfd;
@@ -22,6 +23,24 @@ pub mod uffd_mem;
 pub mod uring;
 
 use std::io;
+
+/// `path` as a C string for a syscall; a path holding a NUL byte is
+/// `InvalidInput`, naming it.
+pub fn c_path(path: &std::path::Path) -> io::Result<std::ffi::CString> {
+    c_str(path.as_os_str())
+}
+
+/// `s` as a C string for a syscall; one holding a NUL byte is
+/// `InvalidInput`, naming it.
+pub fn c_str(s: &std::ffi::OsStr) -> io::Result<std::ffi::CString> {
+    use std::os::unix::ffi::OsStrExt;
+    std::ffi::CString::new(s.as_bytes()).map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{s:?} holds a NUL byte"),
+        )
+    })
+}
 
 /// Turns a C-style `-1 and errno` return into an `io::Result`.
 pub fn cvt<T: IsMinusOne>(ret: T) -> io::Result<T> {

@@ -48,7 +48,7 @@
 //! and never allocates. A failing child step reports (step, errno) through
 //! a close-on-exec pipe, so the parent's error names the step.
 
-use std::ffi::{CStr, CString, OsStr, OsString};
+use std::ffi::{CString, OsString};
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -164,19 +164,6 @@ pub struct ChildSetup {
     force_fork: bool,
 }
 
-fn cstr(p: &Path) -> io::Result<CString> {
-    cstring(p.as_os_str())
-}
-
-fn cstring(s: &OsStr) -> io::Result<CString> {
-    CString::new(s.as_bytes()).map_err(|_| {
-        io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("{:?} holds a NUL byte", s),
-        )
-    })
-}
-
 impl ChildSetup {
     /// Nothing to do: the child inherits the parent's namespaces.
     pub fn new() -> Self {
@@ -209,8 +196,9 @@ impl ChildSetup {
             ));
         }
         self.private_mounts = true;
-        self.drive_dir = Some(cstr(drive_dir)?);
-        self.binds.push((cstr(file)?, cstr(recorded)?, 0));
+        self.drive_dir = Some(super::c_path(drive_dir)?);
+        self.binds
+            .push((super::c_path(file)?, super::c_path(recorded)?, 0));
         Ok(self)
     }
 
@@ -221,7 +209,8 @@ impl ChildSetup {
     /// goes away.
     pub fn bind_file(mut self, source: &Path, target: &Path) -> io::Result<Self> {
         self.private_mounts = true;
-        self.binds.push((cstr(source)?, cstr(target)?, 0));
+        self.binds
+            .push((super::c_path(source)?, super::c_path(target)?, 0));
         Ok(self)
     }
 
@@ -241,7 +230,8 @@ impl ChildSetup {
             flags |= libc::MS_RDONLY;
         }
         self.private_mounts = true;
-        self.binds.push((cstr(source)?, cstr(target)?, flags));
+        self.binds
+            .push((super::c_path(source)?, super::c_path(target)?, flags));
         Ok(self)
     }
 
@@ -444,29 +434,6 @@ impl Step {
     }
 }
 
-/// The source and options of the private tmpfs that holds the drive bind
-/// targets (in a child, or in a template namespace).
-const DRIVE_TMPFS_SOURCE: &CStr = c"wasp-drives";
-const DRIVE_TMPFS_DATA: &CStr = c"mode=0700,size=64k";
-
-/// Mounts the private drive tmpfs on `dir` in the calling task's mount
-/// namespace. Async-signal-safe (one raw mount call), so a child may call
-/// it; the only other caller is a template's own thread (`sys::mntns`).
-pub(super) fn mount_drive_tmpfs(dir: &CStr) -> io::Result<()> {
-    // SAFETY: every pointer is a live NUL-terminated string; mount only
-    // reads them.
-    cvt(unsafe {
-        libc::mount(
-            DRIVE_TMPFS_SOURCE.as_ptr(),
-            dir.as_ptr(),
-            c"tmpfs".as_ptr(),
-            libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
-            DRIVE_TMPFS_DATA.as_ptr().cast(),
-        )
-    })
-    .map(drop)
-}
-
 /// Which mount namespace the child ends up in.
 #[derive(Clone, Copy)]
 enum MountPlan<'a> {
@@ -576,7 +543,7 @@ fn child_steps(p: &ChildPlan) -> ChildResult {
     match p.mounts {
         MountPlan::Inherit => {}
         MountPlan::CopyOfOurs => {
-            super::mntns::unshare_slave_copy().map_err(at(Step::MountNs))?;
+            super::mount::unshare_slave_copy().map_err(at(Step::MountNs))?;
         }
         MountPlan::FromTemplate { ns, cwd } => {
             // The child has its own fs_struct (no CLONE_FS), as setns into
@@ -596,7 +563,7 @@ fn child_steps(p: &ChildPlan) -> ChildResult {
         }
     }
     if let Some(dir) = p.drive_tmpfs {
-        mount_drive_tmpfs(dir).map_err(at(Step::Tmpfs))?;
+        super::mount::mount_drive_tmpfs(dir).map_err(at(Step::Tmpfs))?;
     }
     for (src, dst, remount) in p.binds {
         // SAFETY: dst is a live CString; open creates the bind target.
@@ -1052,17 +1019,17 @@ pub fn spawn(exec: Exec, setup: ChildSetup) -> io::Result<Spawned> {
         cgroup,
         force_fork,
     } = setup;
-    let program = cstr(&resolve(&exec.program, &exec.env)?)?;
-    let mut argv_c = vec![cstr(&exec.program)?];
+    let program = super::c_path(&resolve(&exec.program, &exec.env)?)?;
+    let mut argv_c = vec![super::c_path(&exec.program)?];
     for a in &exec.args {
-        argv_c.push(cstring(a)?);
+        argv_c.push(super::c_str(a)?);
     }
     let mut envp_c = Vec::with_capacity(exec.env.len());
     for (k, v) in &exec.env {
         let mut kv = k.clone();
         kv.push("=");
         kv.push(v);
-        envp_c.push(cstring(&kv)?);
+        envp_c.push(super::c_str(&kv)?);
     }
     let nul = std::ptr::null::<libc::c_char>();
     let argv: Vec<_> = argv_c.iter().map(|c| c.as_ptr()).chain([nul]).collect();
@@ -1073,7 +1040,10 @@ pub fn spawn(exec: Exec, setup: ChildSetup) -> io::Result<Spawned> {
     // Without a working directory to go back to, the VMM stays at the
     // namespace's root.
     let cwd = match &template {
-        Some(_) => std::env::current_dir().ok().map(|d| cstr(&d)).transpose()?,
+        Some(_) => std::env::current_dir()
+            .ok()
+            .map(|d| super::c_path(&d))
+            .transpose()?,
         None => None,
     };
     let mounts = match &template {
@@ -1087,7 +1057,7 @@ pub fn spawn(exec: Exec, setup: ChildSetup) -> io::Result<Spawned> {
     let template_tmpfs = template
         .as_ref()
         .and_then(|t| t.drive_tmpfs.as_deref())
-        .map(cstr)
+        .map(super::c_path)
         .transpose()?;
     let drive_tmpfs = drive_dir
         .as_ref()
