@@ -36,6 +36,27 @@
 //! in `epoll_wait` on all of them at once (no periodic poll), and a VMM that
 //! exits on its own is reaped, its files, isolation and record removed and
 //! its slot given back.
+//!
+//! For a service (one engine per process, requests from many threads):
+//! keep the engine in an `Arc` (it is `Send + Sync`), give each request its
+//! own [`SpawnRequest`] (snapshot, count, [`Env`] with zeroized secrets,
+//! readiness, limits, VMM arguments, labels), keep the [`Ticket`] (it is
+//! `Send`) and wait on it from any thread ([`Ticket::wait`],
+//! [`Ticket::wait_observed`] for rows as they finish, or
+//! [`Ticket::wait_timeout`]); [`Engine::exits`] streams reaped clones.
+//! [`Engine::shutdown`] finishes what was accepted before it returns.
+//!
+//! ```no_run
+//! # use std::sync::Arc;
+//! # use wasp::engine::*;
+//! # fn f(cfg: EngineConfig, pool: PoolSetup) -> Result<(), Box<dyn std::error::Error>> {
+//! let engine = Arc::new(Engine::open(cfg, pool)?);
+//! let req = SpawnRequest::new(SnapshotSource::Dir("/var/lib/wasp/golden".into()), 10);
+//! let report = engine.spawn(req)?.wait()?;
+//! println!("{} ready in {:.1} ms", report.summary.ready, report.summary.wall_ms);
+//! engine.shutdown(false);
+//! # Ok(()) }
+//! ```
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::os::fd::{AsFd, OwnedFd};
