@@ -122,6 +122,7 @@ fn driver_batch(kind: DriverKind, n: usize, parallel: usize) -> Duration {
         listeners.push(UnixListener::bind(&sock).expect("bind"));
         jobs.push(Job {
             index: i,
+            plan: None,
             id: format!("wasp-bench-{i}"),
             api_sock: sock,
             // Our own pid: a VMM that never exits.

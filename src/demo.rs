@@ -8,17 +8,19 @@ use std::collections::HashSet;
 use std::io::{Read, Write};
 use std::net::{SocketAddrV4, TcpStream};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use thiserror::Error;
 
+use crate::engine::{Engine, EngineConfig, EngineError, SnapshotSource, SpawnRequest};
 use crate::env::Env;
 use crate::launch::Vmm;
 use crate::ready::Ready;
 use crate::restore::Timeouts;
 use crate::slot::{HostNet, SlotNet};
 use crate::snapshot::synth::{self, SynthOptions};
-use crate::spawn::{self, PoolSlots, SpawnOptions, SpawnReport};
+use crate::spawn::{self, PoolSlots, SpawnReport};
 use crate::storage::clone::{CloneStore, Mode};
 use crate::{state, sys, teardown};
 
@@ -282,6 +284,9 @@ pub enum DemoError {
     /// Spawn.
     #[error("the spawn failed")]
     Spawn(#[from] spawn::SpawnError),
+    /// The engine.
+    #[error("cannot open the engine")]
+    Engine(#[from] EngineError),
     /// Files.
     #[error("cannot prepare {0}")]
     Io(PathBuf, #[source] std::io::Error),
@@ -469,7 +474,7 @@ pub fn run(o: &DemoOptions) -> Result<DemoReport, DemoError> {
 }
 
 /// [`run`], calling `on_done` as each clone of the batch finishes (see
-/// [`spawn::spawn_observed`]).
+/// [`crate::engine::Ticket::wait_observed`]).
 pub fn run_observed(
     o: &DemoOptions,
     on_done: &mut (dyn FnMut(&spawn::CloneReport) + Send),
@@ -586,21 +591,22 @@ fn run_inner(
     let owner = state::Owner::of_state_dir(&o.work_dir.join("state"))?;
     let store = CloneStore::open(&snap, &o.work_dir.join("run"), Mode::Auto)?.with_owner(owner);
     let host_before = host_mem();
-    let opts = SpawnOptions {
-        vmm,
-        count: o.count,
-        parallel: o.parallel,
-        ready,
-        timeouts: Timeouts::default(),
-        driver: o.driver,
-        state_dir: o.work_dir.join("state"),
-        ready_retry: Duration::from_millis(5),
-        vmm_args: vec![],
-        isolation: Default::default(),
-    };
+    let mut cfg = EngineConfig::new(vmm, o.work_dir.join("state"), o.work_dir.join("run"));
+    cfg.parallel = o.parallel;
+    cfg.driver = o.driver;
+    let engine = Engine::with_slots(cfg, slots)?;
     let mut env = Env::new();
     let _ = env.add_plain("API_URL=http://10.0.0.1:8080/");
-    let report = spawn::spawn_observed(&opts, &store, &mut slots, &env, on_done);
+    let req = SpawnRequest {
+        env,
+        ready,
+        timeouts: Timeouts::default(),
+        ready_retry: Duration::from_millis(5),
+        ..SpawnRequest::new(SnapshotSource::Store(Arc::new(store)), o.count)
+    };
+    let report = engine
+        .spawn(req)
+        .and_then(|t| t.wait_observed(|row| on_done(row)));
     let mut memory = MemFigures::default();
     if let Ok(r) = &report {
         let pids: Vec<i32> = r.clones.iter().filter_map(|c| c.pid).collect();
@@ -667,17 +673,17 @@ fn run_inner(
         }
         _ => (0, Vec::new()),
     };
-    // Stop the clones before draining the pool (their slots go with it).
-    // They are this process's children: reap them, so no zombie stays
-    // until the command exits.
-    if let Ok(store) = state::Store::open(&o.work_dir.join("state")) {
-        if let Ok((records, _)) = store.list() {
-            for r in records {
-                let (_, errs) = teardown::teardown(&store, &r, Duration::from_secs(2));
-                cleanup_errors.extend(errs.iter().map(|e| crate::error::chain(e)));
-                sys::pidfd::reap_exited_child(r.pid);
-            }
-        }
+    // Stop the clones before draining the pool (their slots go with it):
+    // the engine kills each through its pidfd, reaps it, removes its files
+    // and record, and gives its slot back.
+    let down = engine.shutdown(true);
+    for r in &down.killed {
+        cleanup_errors.extend(r.errors.iter().map(|e| format!("{}: {e}", r.id)));
+    }
+    let driver_error = engine.take_driver_error();
+    let slots = engine.into_slots();
+    if let Some(e) = driver_error {
+        cleanup_errors.push(crate::error::chain(&e));
     }
     if let Err(e) = slots.pool().drain() {
         cleanup_errors.push(crate::error::chain(&e));

@@ -11,6 +11,7 @@ pub mod cgroup;
 pub mod config;
 pub mod demo;
 pub mod doctor;
+pub mod engine;
 pub mod env;
 pub mod error;
 pub mod firecracker;

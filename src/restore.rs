@@ -77,7 +77,9 @@ impl Default for Timeouts {
 /// show on its pidfd.
 pub const EXIT_GRACE: Duration = Duration::from_millis(500);
 
-/// What every clone of a batch shares.
+/// What every clone of one request shares (snapshot, readiness, limits).
+/// A driver has a default plan; a [`Job`] may carry its own, so one driver
+/// serves requests for many snapshots at once.
 #[derive(Debug, Clone)]
 pub struct Plan {
     /// The vmstate file.
@@ -97,8 +99,11 @@ pub struct Plan {
 
 /// One clone handed to a driver.
 pub struct Job {
-    /// Position in the batch.
+    /// The job's key, unique among the jobs one driver has in flight (the
+    /// position in a batch, or an engine's sequence number).
     pub index: usize,
+    /// This job's plan; `None`: the driver's.
+    pub plan: Option<Arc<Plan>>,
     /// Clone id (also AGENT_ID).
     pub id: String,
     /// API socket path.
@@ -616,6 +621,7 @@ pub(crate) mod tests {
         let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
         Job {
             index,
+            plan: None,
             id: format!("wasp-{index}"),
             api_sock: "/tmp/x.sock".into(),
             pid: 1,

@@ -119,7 +119,8 @@ pub trait Feed {
     }
 }
 
-/// Runs every job `feed` yields, `parallel` at a time.
+/// Runs every job `feed` yields, `parallel` at a time; `plan` serves the
+/// jobs that carry none of their own.
 pub fn run(
     kind: DriverKind,
     plan: Arc<Plan>,
@@ -320,8 +321,9 @@ impl UringDriver {
                         let pidfd = job.pidfd.as_raw_fd();
                         self.ring
                             .push(ud(idx, OP_PIDFD), Op::PollIn { fd: pidfd })?;
+                        let plan = job.plan.clone().unwrap_or_else(|| self.plan.clone());
                         let ue = UringEntry {
-                            e: Entry::new(Machine::new(job, self.plan.clone())),
+                            e: Entry::new(Machine::new(job, plan)),
                             io: None,
                             poll: true,
                             cancel_io_sent: false,
@@ -701,7 +703,8 @@ impl SyscallDriver {
             while may_pull && !exhausted && entries.len() < self.parallel {
                 match feed.poll_job() {
                     Next::Job(job) => {
-                        entries.insert(job.index, Entry::new(Machine::new(job, self.plan.clone())));
+                        let plan = job.plan.clone().unwrap_or_else(|| self.plan.clone());
+                        entries.insert(job.index, Entry::new(Machine::new(job, plan)));
                     }
                     Next::Later => may_pull = false,
                     Next::End => exhausted = true,

@@ -4,36 +4,36 @@
 //! slot pool -> clone storage -> VMM launch -> restore -> inject -> resume -> ready
 //! ```
 //!
-//! Two threads share the work. The admission thread takes the slot,
-//! prepares storage and launches the VMM for each clone, hands the job to
-//! the restore driver through a channel and wakes it with an eventfd; it
-//! also records finished clones and reclaims failed ones. The driver thread
+//! The pipeline itself is [`crate::engine`]: a long-lived object that
+//! accepts requests continuously. This module holds what a batch is made
+//! of and reports (the [`Slots`] seam and the real [`PoolSlots`], the
+//! per-clone [`CloneReport`] and the [`SpawnReport`]), and [`spawn`], one
+//! batch on an engine of its own over borrowed slots.
+//!
+//! Per clone, admission (on the engine's admission workers) takes the
+//! slot, prepares storage and launches the VMM; the restore driver
 //! ([`crate::ring`]) runs restore, inject, resume and ready as state
 //! machines, `parallel` clones at a time, and does nothing else, so no
 //! clone's I/O waits behind another clone's fork or disk copy. A clone that
 //! fails at any stage is reclaimed at once (VMM killed through its pidfd,
 //! files removed, slot given back) and the rest of the batch goes on.
 
-use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
-use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::sync::{mpsc, Arc};
+use std::time::Duration;
 
 use serde::Serialize;
 use thiserror::Error;
 
 use crate::env::Env;
-use crate::launch::{self, Isolation, LaunchSpec, Vmm};
+use crate::launch::{self, Isolation, Vmm};
 use crate::ready::Ready;
-use crate::restore::{Job, LinkSync, Plan, Timeouts};
-use crate::ring::{self, DriverKind, Feed, Next, Outcome};
+use crate::restore::{LinkSync, Timeouts};
+use crate::ring::{self, DriverKind};
 use crate::slot::SlotOps;
-use crate::stats::{ms, Percentiles};
 use crate::storage::clone::CloneStore;
 use crate::storage::probe::Strategy;
-use crate::sys::tap::EventFd;
-use crate::vmm_api::{BackendType, NetworkOverride};
 use crate::{state, sys};
 
 /// A network slot as spawn sees it.
@@ -68,6 +68,10 @@ pub trait Slots: Send {
     fn check_tap(&mut self, slot: &SlotLease) -> Result<(), SlotError>;
     /// The host netns the bridge lives in, if not the current one.
     fn host_netns(&self) -> Option<String>;
+    /// The pool's counters, when the provider is a pool.
+    fn status(&self) -> Option<crate::pool::PoolStatus> {
+        None
+    }
 }
 
 /// Options of one batch.
@@ -132,6 +136,13 @@ pub enum SpawnError {
     /// The driver failed as a whole.
     #[error("the restore driver failed")]
     Driver(#[source] ring::DriverError),
+    /// The snapshot could not be opened.
+    #[error("cannot open the snapshot")]
+    Storage(#[source] crate::storage::clone::StorageError),
+    /// The engine is shutting down (or its restore driver stopped): it
+    /// takes no more requests.
+    #[error("the engine is shutting down and takes no more requests; open a new one")]
+    Stopped,
 }
 
 /// Milliseconds per phase of one clone.
@@ -258,471 +269,9 @@ pub fn batch_tag() -> String {
     format!("{:06x}", h.finish() & 0xff_ffff)
 }
 
-struct Pending {
-    slot: SlotLease,
-    child: launch::Process,
-    /// A pidfd on the VMM (in jailer mode not `child`, which is the
-    /// jailer), for a reclaim without the driver's job.
-    vmm: Option<std::os::fd::OwnedFd>,
-    cgroup: Option<PathBuf>,
-    jail_dir: Option<PathBuf>,
-    files_dir: PathBuf,
-    admitted: Instant,
-    phases: PhasesMs,
-    /// Admission thread CPU spent on this clone so far.
-    cpu: Duration,
-}
-
-/// What every admission worker reads.
-struct Ctx<'a> {
-    opts: &'a SpawnOptions,
-    store: &'a CloneStore,
-    env: &'a Env,
-    state: state::Store,
-    tag: String,
-    snapshot_tap: Option<(String, String)>,
-    /// The guest MAC of the snapshot's first interface.
-    guest_mac: Option<[u8; 6]>,
-    host_netns: Option<String>,
-    /// What every launch gets: the batch's isolation, with its template
-    /// mount namespace.
-    isolation: Isolation,
-}
-
-/// What admission and outcomes change, under one lock (held only for
-/// bookkeeping, never across storage, launch or a record write).
-struct Book<'a> {
-    slots: &'a mut dyn Slots,
-    next: usize,
-    in_flight: usize,
-    driver_gone: bool,
-    pending: HashMap<usize, Pending>,
-    rows: Vec<Option<CloneReport>>,
-    disk_bytes: u64,
-    /// Told each clone's row as it finishes (progress displays).
-    on_done: &'a mut (dyn FnMut(&CloneReport) + Send),
-}
-
-impl Book<'_> {
-    /// Records clone `i`'s row and tells the observer.
-    fn set_row(&mut self, i: usize, row: CloneReport) {
-        (self.on_done)(&row);
-        self.rows[i] = Some(row);
-    }
-}
-
-/// Admission workers run at once: the launch waits for the VMM's exec,
-/// which another worker's clone can overlap.
-const ADMISSION_WORKERS: usize = 2;
-
-struct Batch<'a> {
-    ctx: Ctx<'a>,
-    book: Mutex<Book<'a>>,
-    /// Signalled when `in_flight` drops (room for another clone).
-    room: Condvar,
-}
-
-impl<'a> Batch<'a> {
-    fn clone_id(&self, i: usize) -> String {
-        format!("{}-{i}", self.ctx.tag)
-    }
-
-    fn lock(&self) -> MutexGuard<'_, Book<'a>> {
-        self.book.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn fail_row(
-        &self,
-        book: &mut Book,
-        i: usize,
-        id: String,
-        slot: Option<&SlotLease>,
-        phases: PhasesMs,
-        admitted: Instant,
-        (phase, err): (&str, String),
-    ) {
-        // Every error names its phase first (restore errors already do).
-        let err = if err.starts_with(phase) && err[phase.len()..].starts_with(": ") {
-            err
-        } else {
-            format!("{phase}: {err}")
-        };
-        tracing::warn!(clone = %id, phase, "clone failed: {err}");
-        book.set_row(
-            i,
-            CloneReport {
-                id,
-                netns: slot.map(|s| s.netns.clone()),
-                clone_ip: slot.map(|s| s.clone_ip),
-                pid: None,
-                host_netns: self.ctx.host_netns.clone(),
-                ready_port: ready_port(self.ctx.opts.ready),
-                phases_ms: phases,
-                total_ms: ms(admitted.elapsed()),
-                wasp_cpu_ms: 0.0,
-                ok: false,
-                error: Some(err),
-                failed_phase: Some(phase.into()),
-            },
-        );
-    }
-
-    /// Admits clone `i`: slot, storage, launch. `None` means it failed and
-    /// was reclaimed (its row is written).
-    fn admit(&self, i: usize) -> Option<Job> {
-        let id = self.clone_id(i);
-        let admitted = Instant::now();
-        let cpu_start = sys::thread_cpu_time();
-        let mut phases = PhasesMs::default();
-        let store = self.ctx.store;
-
-        let taken = self.lock().slots.take();
-        let slot = match taken {
-            Ok(s) => s,
-            Err(e) => {
-                let mut b = self.lock();
-                self.fail_row(&mut b, i, id, None, phases, admitted, ("slot", chain(&*e)));
-                return None;
-            }
-        };
-        phases.slot = ms(admitted.elapsed());
-
-        let t = Instant::now();
-        let files = match store.prepare(&id) {
-            Ok(f) => f,
-            Err(e) => {
-                let mut b = self.lock();
-                let _ = b.slots.give_back(slot.clone());
-                let why = ("storage", chain(&e));
-                self.fail_row(&mut b, i, id, Some(&slot), phases, admitted, why);
-                return None;
-            }
-        };
-        phases.storage = ms(t.elapsed());
-
-        let reclaim_files = |id: &str| {
-            if let Err(e) = store.cleanup(id) {
-                tracing::warn!(clone = %id, "cleanup failed: {}", chain(&e));
-            }
-        };
-        let tap = {
-            let mut b = self.lock();
-            b.disk_bytes += files.bytes_copied;
-            b.slots.check_tap(&slot)
-        };
-        if let Err(e) = tap {
-            reclaim_files(&id);
-            let mut b = self.lock();
-            let _ = b.slots.give_back(slot.clone());
-            let why = ("slot", format!("the slot's tap is missing: {}", chain(&*e)));
-            self.fail_row(&mut b, i, id, Some(&slot), phases, admitted, why);
-            return None;
-        }
-
-        let t = Instant::now();
-        let opts = self.ctx.opts;
-        let spec = LaunchSpec {
-            vmm: opts.vmm.clone(),
-            id: id.clone(),
-            api_sock: files.dir.join("api.sock"),
-            netns: Some(slot.netns.clone()),
-            drives: files
-                .drives
-                .iter()
-                .map(|d| (d.file.clone(), d.drive_id.clone()))
-                .collect(),
-            log_dir: files.dir.clone(),
-            extra_args: opts.vmm_args.clone(),
-            stdin_pipe: false,
-            isolation: self.ctx.isolation.clone(),
-            snapshot_files: vec![files.vmstate.clone(), files.memory.clone()],
-        };
-        let launched = match launch::launch(&spec) {
-            Ok(l) => l,
-            Err(e) => {
-                reclaim_files(&id);
-                let mut b = self.lock();
-                let _ = b.slots.give_back(slot.clone());
-                let why = ("launch", chain(&e));
-                self.fail_row(&mut b, i, id, Some(&slot), phases, admitted, why);
-                return None;
-            }
-        };
-        phases.launch = ms(t.elapsed());
-        crate::testhook::point("clone-launched");
-
-        let net_override = self.ctx.snapshot_tap.as_ref().and_then(|(iface, tap)| {
-            (*tap != slot.tap).then(|| NetworkOverride {
-                iface_id: iface.clone(),
-                host_dev_name: slot.tap.clone(),
-            })
-        });
-        let vmm = launched.pidfd.try_clone().ok();
-        let job = Job {
-            index: i,
-            id: id.clone(),
-            api_sock: launched.api_sock,
-            pid: launched.pid,
-            pidfd: launched.pidfd,
-            launched_at: launched.spawned_at,
-            net_override,
-            clone_ip: slot.clone_ip,
-            mmds_body: self.ctx.env.mmds_body(&id),
-            link_sync: link_sync(&slot, self.ctx.guest_mac),
-        };
-        let pending = Pending {
-            slot,
-            child: launched.child,
-            vmm,
-            cgroup: launched.cgroup,
-            jail_dir: launched.jail_dir,
-            files_dir: files.dir,
-            admitted,
-            phases,
-            cpu: sys::thread_cpu_time().saturating_sub(cpu_start),
-        };
-        self.lock().pending.insert(i, pending);
-        Some(job)
-    }
-
-    /// Reclaims a clone the driver never finished (it failed as a whole):
-    /// kill and reap its VMM, remove its files, give its slot back.
-    fn abandon(&self, book: &mut Book, i: usize, why: &str) {
-        let Some(mut p) = book.pending.remove(&i) else {
-            return;
-        };
-        let id = self.clone_id(i);
-        if let Some(fd) = &p.vmm {
-            let _ = sys::pidfd::pidfd_send_signal(fd, libc::SIGKILL);
-        }
-        let _ = p.child.kill();
-        let _ = p.child.wait();
-        if let Err(e) = self.ctx.store.cleanup(&id) {
-            tracing::warn!(clone = %id, "cleanup failed: {}", chain(&e));
-        }
-        for e in launch::remove_isolation(p.cgroup.as_deref(), p.jail_dir.as_deref()) {
-            tracing::warn!(clone = %id, "cleanup failed: {}", chain(&e));
-        }
-        let slot = p.slot.clone();
-        if let Err(e) = book.slots.give_back(p.slot) {
-            tracing::warn!(clone = %id, "slot give-back failed: {}", chain(&*e));
-        }
-        let why = ("driver", why.to_owned());
-        self.fail_row(book, i, id, Some(&slot), p.phases, p.admitted, why);
-    }
-
-    /// One admission worker: claims the next clone while fewer than
-    /// `parallel` are in flight, admits it, hands the job to the driver and
-    /// wakes it. Returns when every clone is claimed or the driver is gone.
-    fn admission_worker(&self, parallel: usize, jobs: mpsc::Sender<Job>, wake: &EventFd) {
-        self.admit_all(parallel, &jobs, wake);
-        // This worker's sender closes: once every worker's has, the driver
-        // sees the end of the jobs, but only if it is woken to look.
-        drop(jobs);
-        let _ = wake.signal();
-    }
-
-    fn admit_all(&self, parallel: usize, jobs: &mpsc::Sender<Job>, wake: &EventFd) {
-        loop {
-            let i = {
-                let mut b = self.lock();
-                loop {
-                    if b.driver_gone || b.next >= self.ctx.opts.count {
-                        return;
-                    }
-                    if b.in_flight < parallel {
-                        break;
-                    }
-                    b = self.room.wait(b).unwrap_or_else(|p| p.into_inner());
-                }
-                b.next += 1;
-                b.in_flight += 1;
-                b.next - 1
-            };
-            let sent = match self.admit(i) {
-                Some(job) => jobs.send(job).is_ok(),
-                None => {
-                    // Failed and reclaimed: its room is free again.
-                    self.lock().in_flight -= 1;
-                    self.room.notify_all();
-                    continue;
-                }
-            };
-            if sent {
-                if let Err(e) = wake.signal() {
-                    tracing::warn!("cannot wake the restore driver: {e}");
-                }
-            } else {
-                let mut b = self.lock();
-                b.driver_gone = true;
-                self.abandon(&mut b, i, "the restore driver stopped");
-                b.in_flight -= 1;
-                self.room.notify_all();
-            }
-        }
-    }
-
-    /// Handles the driver's outcomes until it is gone; then reclaims any
-    /// clone that never got one (the driver failed as a whole).
-    fn outcomes(&self, outcomes: mpsc::Receiver<Outcome>) {
-        for o in outcomes {
-            self.done(o);
-            self.lock().in_flight -= 1;
-            self.room.notify_all();
-        }
-        let mut b = self.lock();
-        b.driver_gone = true;
-        let left: Vec<usize> = b.pending.keys().copied().collect();
-        for i in left {
-            self.abandon(
-                &mut b,
-                i,
-                "the restore driver stopped before this clone finished",
-            );
-        }
-        self.room.notify_all();
-    }
-}
-
-/// The driver's side of the admission thread: jobs from a channel, woken
-/// by an eventfd; outcomes back through a channel.
-struct ChannelFeed<'a> {
-    jobs: mpsc::Receiver<Job>,
-    outcomes: mpsc::Sender<Outcome>,
-    wake: &'a EventFd,
-}
-
-impl Feed for ChannelFeed<'_> {
-    fn next_job(&mut self) -> Option<Job> {
-        self.jobs.recv().ok()
-    }
-
-    fn poll_job(&mut self) -> Next {
-        match self.jobs.try_recv() {
-            Ok(job) => Next::Job(job),
-            Err(mpsc::TryRecvError::Empty) => Next::Later,
-            Err(mpsc::TryRecvError::Disconnected) => Next::End,
-        }
-    }
-
-    fn wake(&self) -> Option<&EventFd> {
-        Some(self.wake)
-    }
-
-    fn done(&mut self, outcome: Outcome) {
-        // The admission thread outlives the driver; a failed send means it
-        // is gone and the outcome (with the job's pidfd) is dropped.
-        let _ = self.outcomes.send(outcome);
-    }
-}
-
-fn ready_port(r: Ready) -> Option<u16> {
-    match r {
-        Ready::Tcp(p) => Some(p),
-        _ => None,
-    }
-}
-
-/// `a: caused by b: …`
-pub fn chain(e: &dyn std::error::Error) -> String {
-    crate::error::chain(e)
-}
-
-impl Batch<'_> {
-    /// A clone's driver outcome: record it, or reclaim it.
-    fn done(&self, o: Outcome) {
-        let cpu_start = sys::thread_cpu_time();
-        let i = o.job.index;
-        let Some(mut p) = self.lock().pending.remove(&i) else {
-            return;
-        };
-        let (opts, host_netns) = (self.ctx.opts, &self.ctx.host_netns);
-        let mut phases = p.phases;
-        phases.socket = ms(o.times.socket);
-        phases.load = ms(o.times.load);
-        phases.mmds = ms(o.times.mmds);
-        phases.resume = ms(o.times.resume);
-        phases.ready = ms(o.times.ready);
-        let id = o.job.id.clone();
-        match o.result {
-            Ok(()) => {
-                let record = state::CloneRecord {
-                    id: id.clone(),
-                    pid: o.job.pid,
-                    pid_start: state::pid_start_time(o.job.pid).unwrap_or(0),
-                    vmm: match opts.vmm {
-                        Vmm::Firecracker(_) => "firecracker".into(),
-                        Vmm::Standin(_) => "standin".into(),
-                    },
-                    netns: p.slot.netns.clone(),
-                    slot: p.slot.index,
-                    pool: p.slot.pool.clone(),
-                    host_netns: host_netns.clone(),
-                    clone_ip: p.slot.clone_ip,
-                    ready_port: ready_port(opts.ready),
-                    api_sock: o.job.api_sock.clone(),
-                    clone_dir: p.files_dir.clone(),
-                    snapshot: self.ctx.store.snapshot_dir().to_owned(),
-                    created_at: crate::snapshot::manifest::rfc3339_utc(std::time::SystemTime::now()),
-                    cgroup: p.cgroup.clone(),
-                    jail_dir: p.jail_dir.clone(),
-                };
-                if let Err(e) = self.ctx.state.put(&record) {
-                    tracing::warn!(clone = %id, "cannot record clone: {}", chain(&e));
-                }
-                crate::testhook::point("clone-recorded");
-                let cpu = p.cpu + sys::thread_cpu_time().saturating_sub(cpu_start);
-                self.lock().set_row(
-                    i,
-                    CloneReport {
-                        id,
-                        netns: Some(p.slot.netns.clone()),
-                        clone_ip: Some(p.slot.clone_ip),
-                        pid: Some(o.job.pid),
-                        host_netns: host_netns.clone(),
-                        ready_port: ready_port(opts.ready),
-                        phases_ms: phases,
-                        total_ms: ms(o.finished_at.saturating_duration_since(p.admitted)),
-                        wasp_cpu_ms: ms(cpu),
-                        ok: true,
-                        error: None,
-                        failed_phase: None,
-                    },
-                );
-            }
-            Err(e) => {
-                // Reclaim: kill exactly this VMM, reap it, remove its files,
-                // give its slot back.
-                let _ = sys::pidfd::pidfd_send_signal(&o.job.pidfd, libc::SIGKILL);
-                let _ = p.child.wait();
-                if let Err(ce) = self.ctx.store.cleanup(&id) {
-                    tracing::warn!(clone = %id, "cleanup failed: {}", chain(&ce));
-                }
-                for ie in launch::remove_isolation(p.cgroup.as_deref(), p.jail_dir.as_deref()) {
-                    tracing::warn!(clone = %id, "cleanup failed: {}", chain(&ie));
-                }
-                let phase = e.phase().to_string();
-                let slot = p.slot.clone();
-                let mut b = self.lock();
-                if let Err(se) = b.slots.give_back(p.slot) {
-                    tracing::warn!(clone = %id, "slot give-back failed: {}", chain(&*se));
-                }
-                let why = (phase.as_str(), chain(&e));
-                self.fail_row(&mut b, i, id, Some(&slot), phases, p.admitted, why);
-            }
-        }
-    }
-}
-
-/// The CPU time `f` takes on this thread.
-fn cpu_of(f: impl FnOnce()) -> Duration {
-    let cpu = sys::thread_cpu_time();
-    f();
-    sys::thread_cpu_time().saturating_sub(cpu)
-}
-
-/// Runs a batch. The driver runs on a thread inside the host netns (for
+/// Runs one batch on an engine of its own over `slots` (see
+/// [`crate::engine`]): opened for the batch, shut down after it; the clones
+/// keep running. The driver runs on a thread inside the host netns (for
 /// `tcp:` readiness from where a user of the clone connects).
 pub fn spawn(
     opts: &SpawnOptions,
@@ -731,6 +280,49 @@ pub fn spawn(
     env: &Env,
 ) -> Result<SpawnReport, SpawnError> {
     spawn_observed(opts, store, slots, env, &mut |_| {})
+}
+
+/// A slot call the engine's threads make, served by the thread that owns
+/// the borrowed slots of [`spawn_observed`].
+enum SlotCall {
+    Take(mpsc::Sender<Result<SlotLease, SlotError>>),
+    GiveBack(SlotLease, mpsc::Sender<Result<(), SlotError>>),
+    CheckTap(SlotLease, mpsc::Sender<Result<(), SlotError>>),
+}
+
+/// Borrowed slots seen by an engine: each call goes to the owner's thread.
+struct ProxySlots {
+    calls: mpsc::Sender<SlotCall>,
+    host_netns: Option<String>,
+}
+
+impl ProxySlots {
+    fn call<T>(
+        &self,
+        make: impl FnOnce(mpsc::Sender<Result<T, SlotError>>) -> SlotCall,
+    ) -> Result<T, SlotError> {
+        let (tx, rx) = mpsc::channel();
+        self.calls
+            .send(make(tx))
+            .map_err(|_| "the slot owner stopped serving")?;
+        rx.recv().map_err(|_| "the slot owner stopped serving")?
+    }
+}
+
+impl Slots for ProxySlots {
+    fn take(&mut self) -> Result<SlotLease, SlotError> {
+        self.call(SlotCall::Take)
+    }
+    fn give_back(&mut self, slot: SlotLease) -> Result<(), SlotError> {
+        self.call(|tx| SlotCall::GiveBack(slot, tx))
+    }
+    fn check_tap(&mut self, slot: &SlotLease) -> Result<(), SlotError> {
+        let slot = slot.clone();
+        self.call(|tx| SlotCall::CheckTap(slot, tx))
+    }
+    fn host_netns(&self) -> Option<String> {
+        self.host_netns.clone()
+    }
 }
 
 /// [`spawn`], calling `on_done` with each clone's row as it finishes (ready
@@ -742,181 +334,67 @@ pub fn spawn_observed(
     env: &Env,
     on_done: &mut (dyn FnMut(&CloneReport) + Send),
 ) -> Result<SpawnReport, SpawnError> {
+    use crate::engine::{Engine, EngineConfig, SnapshotSource, SpawnRequest};
     if opts.count == 0 || opts.count > MAX_COUNT {
         return Err(SpawnError::Count(opts.count));
     }
-    let m = store.manifest();
-    let made_by = m.vmm.to_string();
-    let asked = match opts.vmm {
-        Vmm::Firecracker(_) => "firecracker",
-        Vmm::Standin(_) => "standin",
+    let (calls, served) = mpsc::channel();
+    let proxy = ProxySlots {
+        calls,
+        host_netns: slots.host_netns(),
     };
-    if made_by != asked {
-        return Err(SpawnError::VmmMismatch {
-            made_by,
-            asked: asked.into(),
-        });
-    }
-    let state = state::Store::open(&opts.state_dir).map_err(SpawnError::State)?;
-    let _ = sys::rlimit::raise_nofile((opts.parallel as u64) * 8 + 1024);
-    let (kind, reason) = match opts.driver {
-        Some(k) => (k, None),
-        None => ring::choose(),
+    let cfg = EngineConfig {
+        parallel: opts.parallel,
+        driver: opts.driver,
+        isolation: opts.isolation.clone(),
+        ..EngineConfig::new(
+            opts.vmm.clone(),
+            opts.state_dir.clone(),
+            store
+                .clones_dir()
+                .parent()
+                .unwrap_or(store.clones_dir())
+                .to_owned(),
+        )
     };
-    let (vmstate, mem) = (
-        store.snapshot_dir().join(&m.vmstate.file),
-        store.snapshot_dir().join(&m.memory.file),
-    );
-    if let Some(j) = &opts.isolation.jailer {
-        // What every jailed VMM opens but does not own: the snapshot's
-        // files and its read-only drives (shared, never chowned).
-        let shared: Vec<PathBuf> = m
-            .drives
-            .iter()
-            .filter(|d| d.read_only)
-            .map(|d| store.snapshot_dir().join(&d.file))
-            .chain([vmstate.clone(), mem.clone()])
-            .collect();
-        j.check_readable(&shared).map_err(SpawnError::Jailer)?;
-    }
-    let plan = Arc::new(Plan {
-        snapshot_path: opts.isolation.visible_path(&vmstate),
-        mem_path: opts.isolation.visible_path(&mem),
-        backend: BackendType::File,
+    let req = SpawnRequest {
+        env: env.clone(),
         ready: opts.ready,
         timeouts: opts.timeouts,
         ready_retry: opts.ready_retry,
-    });
-    // The batch's wall time starts here: it includes making the template.
-    let start = Instant::now();
-    // One template mount namespace per batch, released when it ends: each
-    // VMM's copy then holds a few dozen mounts, not one per slot netns (in
-    // jailer mode, the jailer's copy, with its slot's netns bound back).
-    let mut isolation = opts.isolation.clone();
-    if isolation.mount_template.is_none() && (isolation.jailer.is_some() || !m.drives.is_empty()) {
-        let t = launch::MountTemplate::new().map_err(SpawnError::Mounts)?;
-        isolation.mount_template = Some(Arc::new(t));
-    }
-    let host_netns = slots.host_netns();
-    let batch = Batch {
-        ctx: Ctx {
-            opts,
-            store,
-            env,
-            state,
-            tag: batch_tag(),
-            snapshot_tap: m
-                .network_interfaces
-                .first()
-                .map(|n| (n.iface_id.clone(), n.host_dev_name.clone())),
-            guest_mac: m
-                .network_interfaces
-                .first()
-                .and_then(|n| crate::snapshot::manifest::parse_mac(&n.guest_mac)),
-            host_netns: host_netns.clone(),
-            isolation,
-        },
-        book: Mutex::new(Book {
-            slots,
-            next: 0,
-            in_flight: 0,
-            driver_gone: false,
-            pending: HashMap::new(),
-            rows: vec![None; opts.count],
-            disk_bytes: 0,
-            on_done,
-        }),
-        room: Condvar::new(),
+        vmm_args: opts.vmm_args.clone(),
+        ..SpawnRequest::new(SnapshotSource::Store(Arc::new(store.clone())), opts.count)
     };
-    let host_fd = match &host_netns {
-        Some(ns) => {
-            Some(sys::netns::open_named(ns).map_err(|e| SpawnError::HostNetns(ns.clone(), e))?)
+    std::thread::scope(|s| {
+        // The engine runs beside this thread, which serves its slot calls
+        // until the engine (and with it the proxy) is gone.
+        let run = s.spawn(move || {
+            let engine = Engine::with_slots(cfg, proxy).map_err(|e| match e {
+                crate::engine::EngineError::State(e) => SpawnError::State(e),
+                crate::engine::EngineError::HostNetns(ns, e) => SpawnError::HostNetns(ns, e),
+                e => SpawnError::Admission(std::io::Error::other(chain(&e))),
+            })?;
+            let report = engine.spawn(req).and_then(|t| t.wait_observed(on_done));
+            engine.shutdown(false);
+            if let Some(e) = engine.take_driver_error() {
+                return Err(SpawnError::Driver(e));
+            }
+            report
+        });
+        for call in served {
+            match call {
+                SlotCall::Take(tx) => drop(tx.send(slots.take())),
+                SlotCall::GiveBack(slot, tx) => drop(tx.send(slots.give_back(slot))),
+                SlotCall::CheckTap(slot, tx) => drop(tx.send(slots.check_tap(&slot))),
+            }
         }
-        None => None,
-    };
-    let wake = EventFd::new().map_err(SpawnError::Admission)?;
-    let parallel = opts.parallel.max(1);
-    let (job_tx, job_rx) = mpsc::channel();
-    let (out_tx, out_rx) = mpsc::channel();
-    let mut feed = ChannelFeed {
-        jobs: job_rx,
-        outcomes: out_tx,
-        wake: &wake,
-    };
-    // The driver runs on its own thread inside the host netns (for `tcp:`
-    // readiness from where a user of the clone connects); the admission
-    // workers and the outcome thread run beside it.
-    let drive = |feed: &mut ChannelFeed| {
-        let cpu = sys::thread_cpu_time();
-        let r = ring::run(kind, plan.clone(), parallel, feed);
-        (r, sys::thread_cpu_time().saturating_sub(cpu))
-    };
-    let (result, driver_cpu, admission_cpu) = std::thread::scope(|s| {
-        let (batch, wake) = (&batch, &wake);
-        let mut helpers = Vec::new();
-        let outcomes = std::thread::Builder::new()
-            .name("wasp-outcomes".into())
-            .spawn_scoped(s, move || cpu_of(|| batch.outcomes(out_rx)));
-        helpers.push(outcomes);
-        for w in 0..ADMISSION_WORKERS.min(parallel) {
-            let jobs = job_tx.clone();
-            let worker = std::thread::Builder::new()
-                .name(format!("wasp-admit-{w}"))
-                .spawn_scoped(s, move || {
-                    cpu_of(|| batch.admission_worker(parallel, jobs, wake))
-                });
-            helpers.push(worker);
-        }
-        // The workers hold the only senders: when they are done, the driver
-        // sees the end of the jobs.
-        drop(job_tx);
-        let failed_start = helpers
-            .iter()
-            .find_map(|h| h.as_ref().err().map(|e| e.kind()));
-        let driven = match (failed_start, host_fd) {
-            // A helper that could not start: end the batch at once.
-            (Some(k), _) => Err(std::io::Error::from(k)),
-            (None, Some(fd)) => sys::netns::run_in(fd, || drive(&mut feed)),
-            (None, None) => Ok(drive(&mut feed)),
-        };
-        // Closing the driver's ends lets the outcome thread finish (and
-        // reclaim whatever is still in flight if the driver failed).
-        drop(feed);
-        let mut admission_cpu = Duration::ZERO;
-        for h in helpers.into_iter().flatten() {
-            admission_cpu += h.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
-        }
-        if let Some(k) = failed_start {
-            return Err(SpawnError::Admission(std::io::Error::from(k)));
-        }
-        let (r, driver_cpu) =
-            driven.map_err(|e| SpawnError::HostNetns(host_netns.clone().unwrap_or_default(), e))?;
-        Ok::<_, SpawnError>((r, driver_cpu, admission_cpu))
-    })?;
-    result.map_err(SpawnError::Driver)?;
-    let wall = start.elapsed();
-    let book = batch.book.into_inner().unwrap_or_else(|p| p.into_inner());
-    let clones: Vec<CloneReport> = book.rows.into_iter().flatten().collect();
-    let totals: Vec<f64> = clones.iter().filter(|c| c.ok).map(|c| c.total_ms).collect();
-    let p = Percentiles::of(&totals);
-    let ready = clones.iter().filter(|c| c.ok).count();
-    Ok(SpawnReport {
-        summary: Summary {
-            wall_ms: ms(wall),
-            ready,
-            failed: clones.len() - ready,
-            p50: p.p50,
-            p99: p.p99,
-            driver: kind,
-            driver_fallback_reason: reason,
-            storage_strategy: store.strategy(),
-            mem_bytes_copied: 0,
-            disk_bytes_copied: book.disk_bytes,
-            driver_cpu_ms: ms(driver_cpu),
-            admission_cpu_ms: ms(admission_cpu),
-        },
-        clones,
+        run.join().unwrap_or_else(|p| std::panic::resume_unwind(p))
     })
+}
+
+/// `a: caused by b: …`
+pub fn chain(e: &dyn std::error::Error) -> String {
+    crate::error::chain(e)
 }
 
 /// The real slot pool behind the spawn seam. Slots that live clones hold
@@ -962,10 +440,22 @@ impl PoolSlots {
         count: usize,
         in_use: std::collections::HashSet<u32>,
     ) -> Result<Self, PoolSlotsError> {
+        Self::open_with(net, host, count, in_use, crate::pool::PoolConfig::default())
+    }
+
+    /// [`PoolSlots::open`] with the pool's sizing (its low-water mark
+    /// starts the background refill).
+    pub fn open_with(
+        net: crate::slot::SlotNet,
+        host: &crate::slot::HostNet,
+        count: usize,
+        in_use: std::collections::HashSet<u32>,
+        cfg: crate::pool::PoolConfig,
+    ) -> Result<Self, PoolSlotsError> {
         let tap = net.tap.clone();
         let pool_name = net.pool.clone();
         let kernel = crate::slot::Kernel::setup(net, host)?;
-        let pool = crate::pool::Pool::new(kernel, crate::pool::PoolConfig::default());
+        let pool = crate::pool::Pool::new(kernel, cfg);
         pool.reconcile()?;
         let mut me = Self {
             pool,
@@ -1045,6 +535,10 @@ impl Slots for PoolSlots {
     fn host_netns(&self) -> Option<String> {
         self.host_netns.clone()
     }
+
+    fn status(&self) -> Option<crate::pool::PoolStatus> {
+        Some(self.pool.status())
+    }
 }
 
 /// The tap link sync for a clone in `slot` (see [`LinkSync`]): a route
@@ -1057,7 +551,7 @@ impl Slots for PoolSlots {
 /// its gateway's address, which differs from the golden VM's slot. `None`,
 /// logged, when the socket cannot be made; the restore works without it,
 /// only its network may start late.
-fn link_sync(slot: &SlotLease, guest_mac: Option<[u8; 6]>) -> Option<LinkSync> {
+pub(crate) fn link_sync(slot: &SlotLease, guest_mac: Option<[u8; 6]>) -> Option<LinkSync> {
     use crate::netlink::{rtnl, MsgBuf};
     use std::os::fd::AsFd;
     let made = sys::netns::open_named(&slot.netns).and_then(|ns| {

@@ -135,6 +135,7 @@ fn setup(behaviours: &[Behaviour], ready: Ready) -> Setup {
         gos.push(go_tx);
         jobs.push(Job {
             index: i,
+            plan: None,
             id: format!("wasp-test-{i}"),
             api_sock: sock,
             pid,

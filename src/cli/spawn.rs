@@ -11,13 +11,14 @@ use clap::{Args, ValueEnum};
 
 use wasp::cgroup;
 use wasp::config::Config;
+use wasp::engine::{Engine, EngineConfig, EngineError, PoolSetup, SnapshotSource, SpawnRequest};
 use wasp::env::Env;
 use wasp::jailer::Jailer;
 use wasp::launch::{Isolation, Vmm};
 use wasp::ready::Ready;
 use wasp::restore::Timeouts;
 use wasp::ring::DriverKind;
-use wasp::spawn::{self, PhasesMs, PoolSlots, SpawnOptions, SpawnReport};
+use wasp::spawn::{self, PhasesMs, SpawnReport};
 use wasp::stats::Percentiles;
 use wasp::storage::clone::{CloneStore, Mode};
 use wasp::{demo, reconcile, state, teardown};
@@ -352,27 +353,45 @@ pub fn spawn_cmd(a: SpawnArgs, mut cfg: Config) -> anyhow::Result<ExitCode> {
         .context("open the snapshot")?
         .with_owner(owner(&cfg)?);
     cfg.check_guest(store.manifest())?;
-    let in_use = in_use(state_dir, &cfg.pool.value);
-    let mut slots = PoolSlots::open(cfg.slot_net(), &cfg.host_net(), a.count, in_use)
-        .context("prepare the slot pool")?;
-    let opts = SpawnOptions {
-        vmm,
-        count: a.count,
-        parallel: cfg.parallel.value,
+    let mut engine_cfg = EngineConfig::new(vmm, state_dir.clone(), runtime_dir.clone());
+    engine_cfg.parallel = cfg.parallel.value;
+    engine_cfg.driver = a.driver.map(|d| match d {
+        DriverArg::Uring => DriverKind::Uring,
+        DriverArg::Syscalls => DriverKind::Syscalls,
+    });
+    engine_cfg.isolation = isolation;
+    let engine = Engine::open(
+        engine_cfg,
+        PoolSetup {
+            net: cfg.slot_net(),
+            host: cfg.host_net(),
+            warm: a.count,
+            low_water: 0,
+            high_water: usize::MAX,
+        },
+    )
+    .map_err(|e| match e {
+        EngineError::Pool(e) => anyhow::Error::new(e).context("prepare the slot pool"),
+        e => e.into(),
+    })?;
+    let req = SpawnRequest {
+        env,
         ready: cfg.ready.value,
         timeouts,
-        driver: a.driver.map(|d| match d {
-            DriverArg::Uring => DriverKind::Uring,
-            DriverArg::Syscalls => DriverKind::Syscalls,
-        }),
-        state_dir: state_dir.clone(),
         ready_retry: Duration::from_millis(5),
         vmm_args: a.standin_args.clone(),
-        isolation,
+        ..SpawnRequest::new(SnapshotSource::Store(Arc::new(store)), a.count)
     };
     let bar = super::progress::bar(a.count, "clones");
-    let report = spawn::spawn_observed(&opts, &store, &mut slots, &env, &mut |_| bar.inc(1));
+    let report = engine
+        .spawn(req)
+        .and_then(|t| t.wait_observed(|_| bar.inc(1)));
     bar.finish_and_clear();
+    // The clones keep running; `wasp kill` stops them.
+    engine.shutdown(false);
+    if let Some(e) = engine.take_driver_error() {
+        return Err(spawn::SpawnError::Driver(e).into());
+    }
     let report = report?;
     if a.json {
         super::print_json(&report)?;

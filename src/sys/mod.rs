@@ -5,6 +5,7 @@
 //! return `std::io::Result`. Return codes go through [`cvt`] so that errno is
 //! captured in exactly one way.
 
+pub mod epoll;
 pub mod fs;
 pub mod inotify;
 pub mod mem;
