@@ -78,8 +78,8 @@ use crate::restore::{Job, Plan, Timeouts};
 use crate::ring::{self, DriverError, DriverKind, Feed, Next, Outcome};
 use crate::slot::{HostNet, SlotNet};
 use crate::spawn::{
-    batch_tag, chain, link_sync, CloneReport, PhasesMs, PoolSlots, PoolSlotsError, SlotLease,
-    Slots, SpawnError, SpawnReport, Summary, MAX_COUNT,
+    batch_tag, link_sync, CloneReport, PhasesMs, PoolSlots, PoolSlotsError, SlotError, SlotLease,
+    Slots, SpawnError, SpawnOptions, SpawnReport, Summary, MAX_COUNT,
 };
 use crate::state::{self, CloneRecord};
 use crate::stats::{ms, Percentiles};
@@ -630,7 +630,7 @@ impl<S: Slots + 'static> Engine<S> {
                     // The cause is kept before the feed closes: the
                     // outcome thread names it in the rows it fails.
                     if let Err(e) = r {
-                        tracing::error!("the restore driver failed: {}", chain(&e));
+                        tracing::error!("the restore driver failed: {}", crate::error::chain(&e));
                         *lock(&c.driver_error) = Some(e);
                     }
                     drop(feed);
@@ -732,7 +732,9 @@ impl<S: Slots + 'static> Engine<S> {
             let _ = h.join();
         }
         let mut rep = ShutdownReport {
-            driver_error: lock(&self.core.driver_error).as_ref().map(|e| chain(e)),
+            driver_error: lock(&self.core.driver_error)
+                .as_ref()
+                .map(|e| crate::error::chain(e)),
             ..Default::default()
         };
         if kill_clones {
@@ -1061,7 +1063,7 @@ impl<S: Slots + 'static> Core<S> {
 
     fn driver_gone_why(&self) -> String {
         match &*lock(&self.driver_error) {
-            Some(e) => format!("the restore driver stopped: {}", chain(e)),
+            Some(e) => format!("the restore driver stopped: {}", crate::error::chain(e)),
             None => "the restore driver stopped".into(),
         }
     }
@@ -1160,7 +1162,7 @@ impl<S: Slots + 'static> Core<S> {
         match self.slots().give_back(slot) {
             Ok(()) => None,
             Err(e) => {
-                let e = format!("slot give-back failed: {}", chain(&*e));
+                let e = format!("slot give-back failed: {}", crate::error::chain(&*e));
                 tracing::warn!(clone = %id, "{e}");
                 Some(e)
             }
@@ -1181,7 +1183,7 @@ impl<S: Slots + 'static> Core<S> {
         let slot = match taken {
             Ok(s) => s,
             Err(e) => {
-                let why = ("slot", chain(&*e));
+                let why = ("slot", crate::error::chain(&*e));
                 self.fail_row(r, i, id, None, phases, admitted, why, cpu());
                 return None;
             }
@@ -1193,7 +1195,7 @@ impl<S: Slots + 'static> Core<S> {
             Ok(f) => f,
             Err(e) => {
                 self.give_back(&id, slot.clone());
-                let why = ("storage", chain(&e));
+                let why = ("storage", crate::error::chain(&e));
                 self.fail_row(r, i, id, Some(&slot), phases, admitted, why, cpu());
                 return None;
             }
@@ -1203,14 +1205,17 @@ impl<S: Slots + 'static> Core<S> {
 
         let reclaim_files = |id: &str| {
             if let Err(e) = store.cleanup(id) {
-                tracing::warn!(clone = %id, "cleanup failed: {}", chain(&e));
+                tracing::warn!(clone = %id, "cleanup failed: {}", crate::error::chain(&e));
             }
         };
         let tap = self.slots().check_tap(&slot);
         if let Err(e) = tap {
             reclaim_files(&id);
             self.give_back(&id, slot.clone());
-            let why = ("slot", format!("the slot's tap is missing: {}", chain(&*e)));
+            let why = (
+                "slot",
+                format!("the slot's tap is missing: {}", crate::error::chain(&*e)),
+            );
             self.fail_row(r, i, id, Some(&slot), phases, admitted, why, cpu());
             return None;
         }
@@ -1237,7 +1242,7 @@ impl<S: Slots + 'static> Core<S> {
             Err(e) => {
                 reclaim_files(&id);
                 self.give_back(&id, slot.clone());
-                let why = ("launch", chain(&e));
+                let why = ("launch", crate::error::chain(&e));
                 self.fail_row(r, i, id, Some(&slot), phases, admitted, why, cpu());
                 return None;
             }
@@ -1323,10 +1328,10 @@ impl<S: Slots + 'static> Core<S> {
     ) -> Vec<String> {
         let mut errors = Vec::new();
         if let Err(e) = store.cleanup(id) {
-            errors.push(format!("cleanup failed: {}", chain(&e)));
+            errors.push(format!("cleanup failed: {}", crate::error::chain(&e)));
         }
         for e in launch::remove_isolation(cgroup, jail_dir) {
-            errors.push(format!("cleanup failed: {}", chain(&e)));
+            errors.push(format!("cleanup failed: {}", crate::error::chain(&e)));
         }
         for e in &errors {
             tracing::warn!(clone = %id, "{e}");
@@ -1385,7 +1390,7 @@ impl<S: Slots + 'static> Core<S> {
                     jail_dir: p.jail_dir.clone(),
                 };
                 if let Err(e) = self.state.put(&record) {
-                    tracing::warn!(clone = %id, "cannot record clone: {}", chain(&e));
+                    tracing::warn!(clone = %id, "cannot record clone: {}", crate::error::chain(&e));
                 }
                 crate::testhook::point("clone-recorded");
                 let row = CloneReport {
@@ -1426,7 +1431,7 @@ impl<S: Slots + 'static> Core<S> {
                 self.remove_clone_files(&r.store, &id, p.cgroup.as_deref(), p.jail_dir.as_deref());
                 let phase = e.phase().to_string();
                 self.give_back(&id, p.slot.clone());
-                let why = (phase.as_str(), chain(&e));
+                let why = (phase.as_str(), crate::error::chain(&e));
                 let cpu = p.cpu + sys::thread_cpu_time().saturating_sub(cpu_start);
                 self.fail_row(&r, p.i, id, Some(&p.slot), phases, p.admitted, why, cpu);
             }
@@ -1506,7 +1511,7 @@ impl<S: Slots + 'static> Core<S> {
             rec.jail_dir.as_deref(),
         );
         if let Err(e) = self.state.remove(&rec.id) {
-            errors.push(chain(&e));
+            errors.push(crate::error::chain(&e));
         }
         errors.extend(self.give_back(&rec.id, run.slot.clone()));
         lock(&self.live).unref_tag(&run.request);
@@ -1521,6 +1526,128 @@ impl<S: Slots + 'static> Core<S> {
         lock(&self.exit_subs).retain(|s| s.send(reaped.clone()).is_ok());
         reaped
     }
+}
+
+/// Runs one batch on an engine of its own over `slots` (see
+/// [`crate::engine`]): opened for the batch, shut down after it; the clones
+/// keep running. The driver runs on a thread inside the host netns (for
+/// `tcp:` readiness from where a user of the clone connects).
+pub fn spawn(
+    opts: &SpawnOptions,
+    store: &CloneStore,
+    slots: &mut dyn Slots,
+    env: &Env,
+) -> Result<SpawnReport, SpawnError> {
+    spawn_observed(opts, store, slots, env, &mut |_| {})
+}
+
+/// A slot call the engine's threads make, served by the thread that owns
+/// the borrowed slots of [`spawn_observed`].
+enum SlotCall {
+    Take(mpsc::Sender<Result<SlotLease, SlotError>>),
+    GiveBack(SlotLease, mpsc::Sender<Result<(), SlotError>>),
+    CheckTap(SlotLease, mpsc::Sender<Result<(), SlotError>>),
+}
+
+/// Borrowed slots seen by an engine: each call goes to the owner's thread.
+struct ProxySlots {
+    calls: mpsc::Sender<SlotCall>,
+    host_netns: Option<String>,
+}
+
+impl ProxySlots {
+    fn call<T>(
+        &self,
+        make: impl FnOnce(mpsc::Sender<Result<T, SlotError>>) -> SlotCall,
+    ) -> Result<T, SlotError> {
+        let (tx, rx) = mpsc::channel();
+        self.calls
+            .send(make(tx))
+            .map_err(|_| "the slot owner stopped serving")?;
+        rx.recv().map_err(|_| "the slot owner stopped serving")?
+    }
+}
+
+impl Slots for ProxySlots {
+    fn take(&mut self) -> Result<SlotLease, SlotError> {
+        self.call(SlotCall::Take)
+    }
+    fn give_back(&mut self, slot: SlotLease) -> Result<(), SlotError> {
+        self.call(|tx| SlotCall::GiveBack(slot, tx))
+    }
+    fn check_tap(&mut self, slot: &SlotLease) -> Result<(), SlotError> {
+        let slot = slot.clone();
+        self.call(|tx| SlotCall::CheckTap(slot, tx))
+    }
+    fn host_netns(&self) -> Option<String> {
+        self.host_netns.clone()
+    }
+}
+
+/// [`spawn`], calling `on_done` with each clone's row as it finishes (ready
+/// or failed), in completion order: for progress displays.
+pub fn spawn_observed(
+    opts: &SpawnOptions,
+    store: &CloneStore,
+    slots: &mut dyn Slots,
+    env: &Env,
+    on_done: &mut (dyn FnMut(&CloneReport) + Send),
+) -> Result<SpawnReport, SpawnError> {
+    if opts.count == 0 || opts.count > MAX_COUNT {
+        return Err(SpawnError::Count(opts.count));
+    }
+    let (calls, served) = mpsc::channel();
+    let proxy = ProxySlots {
+        calls,
+        host_netns: slots.host_netns(),
+    };
+    let cfg = EngineConfig {
+        parallel: opts.parallel,
+        driver: opts.driver,
+        isolation: opts.isolation.clone(),
+        ..EngineConfig::new(
+            opts.vmm.clone(),
+            opts.state_dir.clone(),
+            store
+                .clones_dir()
+                .parent()
+                .unwrap_or(store.clones_dir())
+                .to_owned(),
+        )
+    };
+    let req = SpawnRequest {
+        env: env.clone(),
+        ready: opts.ready,
+        timeouts: opts.timeouts,
+        ready_retry: opts.ready_retry,
+        vmm_args: opts.vmm_args.clone(),
+        ..SpawnRequest::new(SnapshotSource::Store(Arc::new(store.clone())), opts.count)
+    };
+    std::thread::scope(|s| {
+        // The engine runs beside this thread, which serves its slot calls
+        // until the engine (and with it the proxy) is gone.
+        let run = s.spawn(move || {
+            let engine = Engine::with_slots(cfg, proxy).map_err(|e| match e {
+                EngineError::State(e) => SpawnError::State(e),
+                EngineError::HostNetns(ns, e) => SpawnError::HostNetns(ns, e),
+                e => SpawnError::Admission(std::io::Error::other(crate::error::chain(&e))),
+            })?;
+            let report = engine.spawn(req).and_then(|t| t.wait_observed(on_done));
+            engine.shutdown(false);
+            if let Some(e) = engine.take_driver_error() {
+                return Err(SpawnError::Driver(e));
+            }
+            report
+        });
+        for call in served {
+            match call {
+                SlotCall::Take(tx) => drop(tx.send(slots.take())),
+                SlotCall::GiveBack(slot, tx) => drop(tx.send(slots.give_back(slot))),
+                SlotCall::CheckTap(slot, tx) => drop(tx.send(slots.check_tap(&slot))),
+            }
+        }
+        run.join().unwrap_or_else(|p| std::panic::resume_unwind(p))
+    })
 }
 
 #[cfg(test)]

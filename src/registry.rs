@@ -4,7 +4,7 @@
 //! Slot names say which pool a slot belongs to, but not where its bridge
 //! lives (a private host netns such as the demo's) nor the pool's
 //! addressing, so a command run without `--pool` could not find a pool made
-//! with other settings. Pool set-up ([`crate::slot::Kernel::setup`], under
+//! with other settings. Pool set-up (`slot::Kernel::setup`, under
 //! the host set-up lock) writes one small record per pool to the state
 //! dir's `pools/<pool>.json`; `pool drain` removes it with the pool.
 //! `pool status`, `pool drain --all` and `reconcile` without `--pool`
@@ -19,8 +19,6 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
-
-use crate::slot::{Cidr, HostNet, SlotNet};
 
 /// The registry's folder inside a state dir.
 pub const REGISTRY_SUBDIR: &str = "pools";
@@ -104,47 +102,6 @@ pub struct PoolEntry {
 }
 
 impl PoolEntry {
-    /// The record of a pool set up with `net` and `host`.
-    pub fn new(net: &SlotNet, host: &HostNet, host_netns_created: bool) -> Self {
-        PoolEntry {
-            pool: net.pool.clone(),
-            host_netns: host.netns.clone(),
-            host_netns_created,
-            cidr: net.cidr.to_string(),
-            bridge: net.bridge.clone(),
-            tap: net.tap.clone(),
-            tap_ip: net.tap_ip,
-            tap_prefix: net.tap_prefix,
-            guest_ip: net.guest_ip,
-            allow_host: net.allow_host.clone(),
-            egress: net.egress,
-            owner: None,
-        }
-    }
-
-    /// The slot settings to attach to the pool again.
-    pub fn slot_net(&self) -> Option<SlotNet> {
-        Some(SlotNet {
-            pool: self.pool.clone(),
-            cidr: self.cidr.parse::<Cidr>().ok()?,
-            bridge: self.bridge.clone(),
-            tap: self.tap.clone(),
-            tap_ip: self.tap_ip,
-            tap_prefix: self.tap_prefix,
-            guest_ip: self.guest_ip,
-            allow_host: self.allow_host.clone(),
-            egress: self.egress,
-        })
-    }
-
-    /// Its host side (the egress uplink is not needed to attach).
-    pub fn host_net(&self) -> HostNet {
-        HostNet {
-            netns: self.host_netns.clone(),
-            ..HostNet::default()
-        }
-    }
-
     /// An owned pool whose owner is gone: its slots are leftovers.
     pub fn orphaned(&self) -> bool {
         self.owner.is_some_and(|o| !o.alive())
@@ -264,24 +221,6 @@ impl Registry {
         }
     }
 
-    /// The pools a command run without `--pool` covers: `configured` (the
-    /// configuration's pool, found even when it predates the registry),
-    /// then every recorded pool, each once.
-    pub fn pools_with(&self, configured: (SlotNet, HostNet)) -> Vec<(SlotNet, HostNet)> {
-        let mut out = vec![configured];
-        for e in self.list().0 {
-            let Some(net) = e.slot_net() else { continue };
-            let host = e.host_net();
-            if !out
-                .iter()
-                .any(|(n, h)| n.pool == net.pool && h.netns == host.netns)
-            {
-                out.push((net, host));
-            }
-        }
-        out
-    }
-
     /// True when another recorded pool keeps its bridge in `host_netns`.
     pub fn host_netns_shared(&self, host_netns: &str, except: &str) -> bool {
         self.list()
@@ -295,10 +234,20 @@ impl Registry {
 mod tests {
     use super::*;
 
-    fn net(pool: &str) -> SlotNet {
-        SlotNet {
+    fn entry(pool: &str, host_netns: Option<&str>, created: bool) -> PoolEntry {
+        PoolEntry {
             pool: pool.into(),
-            ..SlotNet::default()
+            host_netns: host_netns.map(str::to_owned),
+            host_netns_created: created,
+            cidr: "10.0.0.0/16".into(),
+            bridge: "wasp0".into(),
+            tap: "tap0".into(),
+            tap_ip: Ipv4Addr::new(192, 168, 241, 1),
+            tap_prefix: 29,
+            guest_ip: Ipv4Addr::new(192, 168, 241, 2),
+            allow_host: vec![],
+            egress: false,
+            owner: None,
         }
     }
 
@@ -306,19 +255,15 @@ mod tests {
     fn put_get_list_remove_and_what_a_rewrite_keeps() {
         let dir = tempfile::tempdir().unwrap();
         let r = Registry::at(dir.path().join("pools"));
-        let host = HostNet {
-            netns: Some("wasp-hostns-x".into()),
-            ..HostNet::default()
-        };
-        r.put(PoolEntry::new(&net("a"), &host, true)).unwrap();
-        r.put(PoolEntry::new(&net("b"), &HostNet::default(), false))
-            .unwrap();
-        let a = r.get("a").unwrap().unwrap();
-        assert_eq!(a.slot_net().unwrap(), net("a"));
-        assert_eq!(a.host_net(), host);
+        r.put(entry("a", Some("wasp-hostns-x"), true)).unwrap();
+        r.put(entry("b", None, false)).unwrap();
+        assert_eq!(
+            r.get("a").unwrap().unwrap(),
+            entry("a", Some("wasp-hostns-x"), true)
+        );
         // A later set-up that found the netns already there keeps the
         // fact that wasp made it.
-        r.put(PoolEntry::new(&net("a"), &host, false)).unwrap();
+        r.put(entry("a", Some("wasp-hostns-x"), false)).unwrap();
         assert!(r.get("a").unwrap().unwrap().host_netns_created);
         let (all, errs) = r.list();
         assert!(errs.is_empty());
@@ -337,8 +282,7 @@ mod tests {
     fn an_owner_that_is_gone_orphans_the_pool() {
         let dir = tempfile::tempdir().unwrap();
         let r = Registry::at(dir.path());
-        r.put(PoolEntry::new(&net("mine"), &HostNet::default(), false))
-            .unwrap();
+        r.put(entry("mine", None, false)).unwrap();
         r.set_owner_me("mine").unwrap();
         let e = r.get("mine").unwrap().unwrap();
         assert!(!e.orphaned(), "this process runs");

@@ -36,6 +36,7 @@ use thiserror::Error;
 use crate::lease::{Lease, LEASE_DIR};
 use crate::netlink::nft::{self, BaseChain, Batch, ChainType, CmpOp, Expr, Hook};
 use crate::netlink::{self, rtnl, MsgBuf, NetlinkError, Socket};
+use crate::registry::{PoolEntry, Registry};
 use crate::sys::{netns, tap};
 
 /// Prefix of every slot namespace, host veth and nft table wasp makes.
@@ -631,6 +632,65 @@ pub trait SlotOps: Send + Sync {
     fn lease(&self, n: u32) -> Result<Option<Lease>, SlotError>;
 }
 
+impl SlotNet {
+    /// The registry record ([`crate::registry`]) of a pool set up with
+    /// these settings in `host`.
+    pub fn registry_entry(&self, host: &HostNet, host_netns_created: bool) -> PoolEntry {
+        PoolEntry {
+            pool: self.pool.clone(),
+            host_netns: host.netns.clone(),
+            host_netns_created,
+            cidr: self.cidr.to_string(),
+            bridge: self.bridge.clone(),
+            tap: self.tap.clone(),
+            tap_ip: self.tap_ip,
+            tap_prefix: self.tap_prefix,
+            guest_ip: self.guest_ip,
+            allow_host: self.allow_host.clone(),
+            egress: self.egress,
+            owner: None,
+        }
+    }
+
+    /// The settings a registry record names, to attach to the pool again
+    /// (the egress uplink is not needed for that); `None` when its CIDR
+    /// does not parse.
+    pub fn from_entry(e: &PoolEntry) -> Option<(SlotNet, HostNet)> {
+        let net = SlotNet {
+            pool: e.pool.clone(),
+            cidr: e.cidr.parse::<Cidr>().ok()?,
+            bridge: e.bridge.clone(),
+            tap: e.tap.clone(),
+            tap_ip: e.tap_ip,
+            tap_prefix: e.tap_prefix,
+            guest_ip: e.guest_ip,
+            allow_host: e.allow_host.clone(),
+            egress: e.egress,
+        };
+        let host = HostNet {
+            netns: e.host_netns.clone(),
+            ..HostNet::default()
+        };
+        Some((net, host))
+    }
+}
+
+/// The pools a command run without `--pool` covers: `configured` (the
+/// configuration's pool, found even when it predates the registry), then
+/// every pool `reg` records, each once.
+pub fn registered_pools(reg: &Registry, configured: (SlotNet, HostNet)) -> Vec<(SlotNet, HostNet)> {
+    let mut out = vec![configured];
+    for (net, host) in reg.list().0.iter().filter_map(SlotNet::from_entry) {
+        if !out
+            .iter()
+            .any(|(n, h)| n.pool == net.pool && h.netns == host.netns)
+        {
+            out.push((net, host));
+        }
+    }
+    out
+}
+
 /// Host-side setup: where the bridge lives, optional egress, and which
 /// local uids may connect to clones.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -953,8 +1013,8 @@ impl Kernel {
         net.egress |= egress;
         // Found again by `pool status` and `reconcile` without --pool.
         if let Some(dir) = &host.registry {
-            let entry = crate::registry::PoolEntry::new(&net, host, created.is_some());
-            if let Err(e) = crate::registry::Registry::at(dir).put(entry) {
+            let entry = net.registry_entry(host, created.is_some());
+            if let Err(e) = Registry::at(dir).put(entry) {
                 tracing::warn!(
                     "pool {}: {}; it is found only with --pool",
                     net.pool,

@@ -20,19 +20,16 @@
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
-use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 use serde::Serialize;
 use thiserror::Error;
 
-use crate::env::Env;
 use crate::launch::{self, Isolation, Vmm};
 use crate::ready::Ready;
 use crate::restore::{LinkSync, Timeouts};
 use crate::ring::{self, DriverKind};
 use crate::slot::SlotOps;
-use crate::storage::clone::CloneStore;
 use crate::storage::probe::Strategy;
 use crate::{state, sys};
 
@@ -267,134 +264,6 @@ pub fn batch_tag() -> String {
     );
     h.write_u32(std::process::id());
     format!("{:06x}", h.finish() & 0xff_ffff)
-}
-
-/// Runs one batch on an engine of its own over `slots` (see
-/// [`crate::engine`]): opened for the batch, shut down after it; the clones
-/// keep running. The driver runs on a thread inside the host netns (for
-/// `tcp:` readiness from where a user of the clone connects).
-pub fn spawn(
-    opts: &SpawnOptions,
-    store: &CloneStore,
-    slots: &mut dyn Slots,
-    env: &Env,
-) -> Result<SpawnReport, SpawnError> {
-    spawn_observed(opts, store, slots, env, &mut |_| {})
-}
-
-/// A slot call the engine's threads make, served by the thread that owns
-/// the borrowed slots of [`spawn_observed`].
-enum SlotCall {
-    Take(mpsc::Sender<Result<SlotLease, SlotError>>),
-    GiveBack(SlotLease, mpsc::Sender<Result<(), SlotError>>),
-    CheckTap(SlotLease, mpsc::Sender<Result<(), SlotError>>),
-}
-
-/// Borrowed slots seen by an engine: each call goes to the owner's thread.
-struct ProxySlots {
-    calls: mpsc::Sender<SlotCall>,
-    host_netns: Option<String>,
-}
-
-impl ProxySlots {
-    fn call<T>(
-        &self,
-        make: impl FnOnce(mpsc::Sender<Result<T, SlotError>>) -> SlotCall,
-    ) -> Result<T, SlotError> {
-        let (tx, rx) = mpsc::channel();
-        self.calls
-            .send(make(tx))
-            .map_err(|_| "the slot owner stopped serving")?;
-        rx.recv().map_err(|_| "the slot owner stopped serving")?
-    }
-}
-
-impl Slots for ProxySlots {
-    fn take(&mut self) -> Result<SlotLease, SlotError> {
-        self.call(SlotCall::Take)
-    }
-    fn give_back(&mut self, slot: SlotLease) -> Result<(), SlotError> {
-        self.call(|tx| SlotCall::GiveBack(slot, tx))
-    }
-    fn check_tap(&mut self, slot: &SlotLease) -> Result<(), SlotError> {
-        let slot = slot.clone();
-        self.call(|tx| SlotCall::CheckTap(slot, tx))
-    }
-    fn host_netns(&self) -> Option<String> {
-        self.host_netns.clone()
-    }
-}
-
-/// [`spawn`], calling `on_done` with each clone's row as it finishes (ready
-/// or failed), in completion order: for progress displays.
-pub fn spawn_observed(
-    opts: &SpawnOptions,
-    store: &CloneStore,
-    slots: &mut dyn Slots,
-    env: &Env,
-    on_done: &mut (dyn FnMut(&CloneReport) + Send),
-) -> Result<SpawnReport, SpawnError> {
-    use crate::engine::{Engine, EngineConfig, SnapshotSource, SpawnRequest};
-    if opts.count == 0 || opts.count > MAX_COUNT {
-        return Err(SpawnError::Count(opts.count));
-    }
-    let (calls, served) = mpsc::channel();
-    let proxy = ProxySlots {
-        calls,
-        host_netns: slots.host_netns(),
-    };
-    let cfg = EngineConfig {
-        parallel: opts.parallel,
-        driver: opts.driver,
-        isolation: opts.isolation.clone(),
-        ..EngineConfig::new(
-            opts.vmm.clone(),
-            opts.state_dir.clone(),
-            store
-                .clones_dir()
-                .parent()
-                .unwrap_or(store.clones_dir())
-                .to_owned(),
-        )
-    };
-    let req = SpawnRequest {
-        env: env.clone(),
-        ready: opts.ready,
-        timeouts: opts.timeouts,
-        ready_retry: opts.ready_retry,
-        vmm_args: opts.vmm_args.clone(),
-        ..SpawnRequest::new(SnapshotSource::Store(Arc::new(store.clone())), opts.count)
-    };
-    std::thread::scope(|s| {
-        // The engine runs beside this thread, which serves its slot calls
-        // until the engine (and with it the proxy) is gone.
-        let run = s.spawn(move || {
-            let engine = Engine::with_slots(cfg, proxy).map_err(|e| match e {
-                crate::engine::EngineError::State(e) => SpawnError::State(e),
-                crate::engine::EngineError::HostNetns(ns, e) => SpawnError::HostNetns(ns, e),
-                e => SpawnError::Admission(std::io::Error::other(chain(&e))),
-            })?;
-            let report = engine.spawn(req).and_then(|t| t.wait_observed(on_done));
-            engine.shutdown(false);
-            if let Some(e) = engine.take_driver_error() {
-                return Err(SpawnError::Driver(e));
-            }
-            report
-        });
-        for call in served {
-            match call {
-                SlotCall::Take(tx) => drop(tx.send(slots.take())),
-                SlotCall::GiveBack(slot, tx) => drop(tx.send(slots.give_back(slot))),
-                SlotCall::CheckTap(slot, tx) => drop(tx.send(slots.check_tap(&slot))),
-            }
-        }
-        run.join().unwrap_or_else(|p| std::panic::resume_unwind(p))
-    })
-}
-
-/// `a: caused by b: …`
-pub fn chain(e: &dyn std::error::Error) -> String {
-    crate::error::chain(e)
 }
 
 /// The real slot pool behind the spawn seam. Slots that live clones hold

@@ -239,7 +239,7 @@ fn firecracker_corrupt_vmstate_and_truncated_memory_mid_batch() {
     };
     let batch = |what: &str, cause: &str| {
         let mut slots = FakeSlots::new(2, true);
-        let r = wasp::spawn::spawn(&opts, &store, &mut slots, &wasp::env::Env::new()).unwrap();
+        let r = wasp::engine::spawn(&opts, &store, &mut slots, &wasp::env::Env::new()).unwrap();
         let mut back = slots.given_back.clone();
         back.sort();
         assert_eq!(back, [0, 1], "{what}: slots given back");

@@ -14,7 +14,7 @@ use wasp::golden::{self, GoldenOptions};
 use wasp::launch::Vmm;
 use wasp::ready::Ready;
 use wasp::restore::Timeouts;
-use wasp::spawn::{self, SpawnOptions};
+use wasp::spawn::SpawnOptions;
 use wasp::storage::clone::{CloneStore, Mode};
 
 #[test]
@@ -53,7 +53,7 @@ fn firecracker_golden_snapshot_then_clones() {
         vmm_args: vec![],
         isolation: Default::default(),
     };
-    let report = spawn::spawn(&opts, &store, &mut slots, &Env::new()).unwrap();
+    let report = wasp::engine::spawn(&opts, &store, &mut slots, &Env::new()).unwrap();
     let _g = common::TeardownGuard(&state);
     assert_eq!(report.summary.ready, 3, "{:#?}", report.clones);
     for c in &report.clones {

@@ -28,7 +28,7 @@ use wasp::jailer::{IdRange, Jailer};
 use wasp::launch::{Isolation, Vmm};
 use wasp::ready::Ready;
 use wasp::restore::Timeouts;
-use wasp::spawn::{self, SpawnOptions};
+use wasp::spawn::SpawnOptions;
 use wasp::storage::clone::{CloneStore, Mode};
 use wasp::sys::spawn::{ChildSetup, CloneStyle, Exec, Placement, Stdin};
 
@@ -368,7 +368,7 @@ fn jailed_firecracker_clones_from_a_real_snapshot() {
     let vmstate = golden.join("vm.snapshot");
     std::fs::set_permissions(&vmstate, std::fs::Permissions::from_mode(0o400)).unwrap();
     let mut slots = FakeSlots::new(1, true);
-    let e = spawn::spawn(&opts(1, vec![]), &store, &mut slots, &Env::new()).unwrap_err();
+    let e = wasp::engine::spawn(&opts(1, vec![]), &store, &mut slots, &Env::new()).unwrap_err();
     std::fs::set_permissions(&vmstate, std::fs::Permissions::from_mode(0o444)).unwrap();
     let msg = wasp::error::chain(&e);
     assert!(
@@ -380,7 +380,7 @@ fn jailed_firecracker_clones_from_a_real_snapshot() {
 
     // A clone whose Firecracker refuses its arguments fails, and its jail
     // and cgroup are reclaimed with it.
-    let bad = spawn::spawn(
+    let bad = wasp::engine::spawn(
         &opts(1, vec!["--no-such-flag".into()]),
         &store,
         &mut slots,
@@ -402,7 +402,7 @@ fn jailed_firecracker_clones_from_a_real_snapshot() {
     let mut slots = FakeSlots::new(n, true);
     let mut env = Env::new();
     env.add_plain("ROLE=jailed").unwrap();
-    let report = spawn::spawn(&opts(n, vec![]), &store, &mut slots, &env).unwrap();
+    let report = wasp::engine::spawn(&opts(n, vec![]), &store, &mut slots, &env).unwrap();
     let guard = common::TeardownGuard(&state);
     assert_eq!(report.summary.ready, n, "{:#?}", report.clones);
     let records = wasp::state::Store::open(&state).unwrap().list().unwrap().0;
@@ -520,7 +520,7 @@ fn jailed_clones_get_own_ids_read_only_snapshot_binds_and_a_pid_namespace() {
         },
     };
     let mut slots = FakeSlots::new(2, true);
-    let report = spawn::spawn(&opts, &store, &mut slots, &Env::new()).unwrap();
+    let report = wasp::engine::spawn(&opts, &store, &mut slots, &Env::new()).unwrap();
     let guard = common::TeardownGuard(&state);
     assert_eq!(report.summary.ready, 2, "{:#?}", report.clones);
     let (passwd, group) = (ids_in("/etc/passwd"), ids_in("/etc/group"));

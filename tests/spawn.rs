@@ -15,7 +15,7 @@ use wasp::launch::Vmm;
 use wasp::ready::Ready;
 use wasp::restore::Timeouts;
 use wasp::snapshot::synth::{synth, SynthOptions};
-use wasp::spawn::{self, SpawnOptions};
+use wasp::spawn::SpawnOptions;
 use wasp::storage::clone::{CloneStore, Mode};
 
 fn setup(root: &Path) -> (PathBuf, CloneStore) {
@@ -64,7 +64,8 @@ fn standin_clones_get_their_own_disk_shared_memory_and_own_agent_id() {
     env.add_plain("API_URL=http://10.0.0.1:8080").unwrap();
     env.add_secret_from("TOKEN", |_| Some("canary-9f2c".into()))
         .unwrap();
-    let report = spawn::spawn(&options(tmp.path(), 3, &[]), &store, &mut slots, &env).unwrap();
+    let report =
+        wasp::engine::spawn(&options(tmp.path(), 3, &[]), &store, &mut slots, &env).unwrap();
     let state = tmp.path().join("state");
     let guard = common::TeardownGuard(&state);
     assert_eq!(report.summary.ready, 3, "{:#?}", report.clones);
@@ -154,7 +155,7 @@ fn a_missing_tap_and_a_failing_load_are_reclaimed_and_the_batch_goes_on() {
     let (_snap, store) = setup(tmp.path());
     // No taps at all: every clone fails in the slot phase, before load.
     let mut slots = FakeSlots::new(2, false);
-    let report = spawn::spawn(
+    let report = wasp::engine::spawn(
         &options(tmp.path(), 2, &[]),
         &store,
         &mut slots,
@@ -170,7 +171,7 @@ fn a_missing_tap_and_a_failing_load_are_reclaimed_and_the_batch_goes_on() {
 
     // load-400 fault: typed error in phase load; slot and files reclaimed.
     let mut slots = FakeSlots::new(2, true);
-    let report = spawn::spawn(
+    let report = wasp::engine::spawn(
         &options(tmp.path(), 2, &["--fault", "load-400"]),
         &store,
         &mut slots,

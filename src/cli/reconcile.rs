@@ -29,8 +29,8 @@ pub fn run(a: ReconcileArgs, mut cfg: Config) -> anyhow::Result<ExitCode> {
     let mut o = Options::from_config(&cfg, true);
     if cfg.pool.source == wasp::config::Source::Default {
         // No pool named: every pool wasp has on this host.
-        o.pools = wasp::registry::Registry::of_state_dir(&cfg.state_dir.value)
-            .pools_with((cfg.slot_net(), cfg.host_net()));
+        let reg = wasp::registry::Registry::of_state_dir(&cfg.state_dir.value);
+        o.pools = wasp::slot::registered_pools(&reg, (cfg.slot_net(), cfg.host_net()));
     }
     let rep = reconcile::reconcile(&o)?;
     if a.json {
