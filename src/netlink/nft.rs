@@ -12,6 +12,13 @@
 
 use std::net::Ipv4Addr;
 
+use netlink_packet_netfilter::nftables::{
+    ChainAttribute, ChainMessage, Hook as HookAttr, HookNumber, InetHookNumber, NfTablesMessage,
+    RuleAttribute, RuleMessage, TableAttribute, TableFlags, TableMessage,
+};
+use netlink_packet_netfilter::none::ControlMessage;
+use netlink_packet_netfilter::{NetfilterHeader, NetfilterMessage, NetfilterProtoFamily};
+
 use super::{MsgBuf, NetlinkError, Socket, NLM_F_APPEND, NLM_F_CREATE, NLM_F_REQUEST};
 
 /// `NFNL_SUBSYS_NFTABLES`.
@@ -174,9 +181,7 @@ impl Batch {
     /// Starts a batch whose BATCH_BEGIN carries `seq`.
     pub fn new(seq: u32) -> Self {
         let mut buf = MsgBuf::new();
-        buf.begin(NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, seq)
-            .raw(&nfgenmsg(0, NFNL_SUBSYS_NFTABLES))
-            .end();
+        buf.push(NLM_F_REQUEST, seq, batch_control(ControlMessage::BatchBegin));
         Self {
             buf,
             first_seq: seq,
@@ -203,21 +208,33 @@ impl Batch {
         &mut self.buf
     }
 
+    /// Adds one message built with netlink-packet-netfilter to the batch,
+    /// with the next sequence number.
+    fn push(&mut self, flags: u16, family: u8, what: String, m: NfTablesMessage) {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.labels.push((seq, what));
+        self.buf
+            .push(NLM_F_REQUEST | flags, seq, nftables(family, m));
+    }
+
     /// Adds `NEWTABLE family name` (`nft add table`: an existing table is
     /// kept).
     pub fn new_table(&mut self, family: u8, name: &str) -> &mut Self {
-        self.msg(NFT_MSG_NEWTABLE, 0, family, format!("add table {name}"))
-            .attr_str(NFTA_TABLE_NAME, name)
-            .attr_be32(NFTA_TABLE_FLAGS, 0)
-            .end();
+        let attributes = vec![
+            TableAttribute::Name(name.to_owned()),
+            TableAttribute::Flags(TableFlags::empty()),
+        ];
+        let m = NfTablesMessage::NewTable(TableMessage { attributes });
+        self.push(0, family, format!("add table {name}"), m);
         self
     }
 
     /// Adds `DELTABLE family name`.
     pub fn del_table(&mut self, family: u8, name: &str) -> &mut Self {
-        self.msg(NFT_MSG_DELTABLE, 0, family, format!("delete table {name}"))
-            .attr_str(NFTA_TABLE_NAME, name)
-            .end();
+        let attributes = vec![TableAttribute::Name(name.to_owned())];
+        let m = NfTablesMessage::DeleteTable(TableMessage { attributes });
+        self.push(0, family, format!("delete table {name}"), m);
         self
     }
 
@@ -229,53 +246,42 @@ impl Batch {
         name: &str,
         base: Option<BaseChain>,
     ) -> &mut Self {
-        let b = self.msg(
-            NFT_MSG_NEWCHAIN,
-            NLM_F_CREATE,
-            family,
-            format!("add chain {table} {name}"),
-        );
-        b.attr_str(NFTA_CHAIN_TABLE, table)
-            .attr_str(NFTA_CHAIN_NAME, name);
+        let mut attributes = vec![
+            ChainAttribute::Table(table.to_owned()),
+            ChainAttribute::Name(name.to_owned()),
+        ];
         if let Some(bc) = base {
-            b.attr_str(NFTA_CHAIN_TYPE, bc.ty.as_str())
-                .attr_be32(NFTA_CHAIN_POLICY, bc.policy);
-            let h = b.nest_begin(NFTA_CHAIN_HOOK);
-            b.attr_be32(NFTA_HOOK_HOOKNUM, bc.hook as u32)
-                .attr_be32(NFTA_HOOK_PRIORITY, bc.priority as u32);
-            b.nest_end(h);
+            attributes.push(ChainAttribute::Type(bc.ty.as_str().to_owned()));
+            attributes.push(ChainAttribute::Policy(bc.policy));
+            attributes.push(ChainAttribute::Hook(vec![
+                HookAttr::Number(HookNumber::Inet(bc.hook.number())),
+                HookAttr::Priority(bc.priority as u32),
+            ]));
         }
-        b.end();
+        let m = NfTablesMessage::NewChain(ChainMessage { attributes });
+        self.push(NLM_F_CREATE, family, format!("add chain {table} {name}"), m);
         self
     }
 
     /// Adds `DELCHAIN` (`nft delete chain`; the chain must hold no rule
     /// another chain jumps to).
     pub fn del_chain(&mut self, family: u8, table: &str, name: &str) -> &mut Self {
-        self.msg(
-            NFT_MSG_DELCHAIN,
-            0,
-            family,
-            format!("delete chain {table} {name}"),
-        )
-        .attr_str(NFTA_CHAIN_TABLE, table)
-        .attr_str(NFTA_CHAIN_NAME, name)
-        .end();
+        let m = NfTablesMessage::DeleteChain(ChainMessage {
+            attributes: chain_id(table, name),
+        });
+        self.push(0, family, format!("delete chain {table} {name}"), m);
         self
     }
 
     /// Adds `DELRULE` without a handle (`nft flush chain`): every rule of
     /// `chain` goes, with the anonymous sets bound to them.
     pub fn flush_chain(&mut self, family: u8, table: &str, chain: &str) -> &mut Self {
-        self.msg(
-            NFT_MSG_DELRULE,
-            0,
-            family,
-            format!("flush chain {table} {chain}"),
-        )
-        .attr_str(NFTA_RULE_TABLE, table)
-        .attr_str(NFTA_RULE_CHAIN, chain)
-        .end();
+        let attributes = vec![
+            RuleAttribute::Table(table.to_owned()),
+            RuleAttribute::Chain(chain.to_owned()),
+        ];
+        let m = NfTablesMessage::DeleteRule(RuleMessage { attributes });
+        self.push(0, family, format!("flush chain {table} {chain}"), m);
         self
     }
 
@@ -352,9 +358,7 @@ impl Batch {
     pub fn finish(mut self) -> (MsgBuf, Vec<u32>, Vec<(u32, String)>) {
         let end_seq = self.next_seq;
         self.buf
-            .begin(NFNL_MSG_BATCH_END, NLM_F_REQUEST, end_seq)
-            .raw(&nfgenmsg(0, NFNL_SUBSYS_NFTABLES))
-            .end();
+            .push(NLM_F_REQUEST, end_seq, batch_control(ControlMessage::BatchEnd));
         let seqs = (self.first_seq + 1..end_seq).collect();
         (self.buf, seqs, self.labels)
     }
@@ -386,6 +390,18 @@ pub enum Hook {
     Output = 3,
     /// `NF_INET_POST_ROUTING`.
     Postrouting = 4,
+}
+
+impl Hook {
+    fn number(self) -> InetHookNumber {
+        match self {
+            Hook::Prerouting => InetHookNumber::PreRouting,
+            Hook::Input => InetHookNumber::LocalIn,
+            Hook::Forward => InetHookNumber::Forward,
+            Hook::Output => InetHookNumber::LocalOut,
+            Hook::Postrouting => InetHookNumber::PostRouting,
+        }
+    }
 }
 
 /// Base chain types.
@@ -814,15 +830,35 @@ pub fn skuid_not_in(uids: &[u32], set_id: u32) -> Vec<Expr> {
 /// ENOENT when the table or chain does not exist), with `NLM_F_ACK` so a
 /// reply is followed by an ack. Not a batch message.
 pub fn get_chain(b: &mut MsgBuf, seq: u32, family: u8, table: &str, chain: &str) {
-    b.begin(
-        msg_type(NFT_MSG_GETCHAIN),
-        NLM_F_REQUEST | super::NLM_F_ACK,
-        seq,
+    let m = NfTablesMessage::GetChain(ChainMessage {
+        attributes: chain_id(table, chain),
+    });
+    b.push(NLM_F_REQUEST | super::NLM_F_ACK, seq, nftables(family, m));
+}
+
+/// NFTA_CHAIN_TABLE and NFTA_CHAIN_NAME.
+fn chain_id(table: &str, chain: &str) -> Vec<ChainAttribute> {
+    vec![
+        ChainAttribute::Table(table.to_owned()),
+        ChainAttribute::Name(chain.to_owned()),
+    ]
+}
+
+/// An nf_tables message of `family` (nfgenmsg version 0, res_id 0).
+fn nftables(family: u8, m: NfTablesMessage) -> NetfilterMessage {
+    NetfilterMessage::new(
+        NetfilterHeader::new(NetfilterProtoFamily::from(family), 0, 0),
+        m,
     )
-    .raw(&nfgenmsg(family, 0))
-    .attr_str(NFTA_CHAIN_TABLE, table)
-    .attr_str(NFTA_CHAIN_NAME, chain)
-    .end();
+}
+
+/// `NFNL_MSG_BATCH_BEGIN` / `_END` for the nf_tables subsystem (family
+/// unspec, res_id `NFNL_SUBSYS_NFTABLES`).
+fn batch_control(m: ControlMessage) -> NetfilterMessage {
+    NetfilterMessage::new(
+        NetfilterHeader::new(NetfilterProtoFamily::Unspec, 0, NFNL_SUBSYS_NFTABLES),
+        m,
+    )
 }
 
 /// `snat|dnat to ADDR` (ip family).
