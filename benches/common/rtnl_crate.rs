@@ -93,9 +93,7 @@ pub fn set_isolated(b: &mut MsgBuf, seq: u32, name: &str, on: bool) {
     let mut m = by_name(name);
     m.attributes.push(LinkAttribute::LinkInfo(vec![
         kind("bridge_slave"),
-        LinkInfo::PortData(InfoPortData::BridgePort(vec![InfoBridgePort::Isolated(
-            on,
-        )])),
+        LinkInfo::PortData(InfoPortData::BridgePort(vec![InfoBridgePort::Isolated(on)])),
     ]));
     b.push(SET, seq, RouteNetlinkMessage::NewLink(m));
 }

@@ -119,7 +119,10 @@ impl MsgBuf {
     /// into this buffer, after the messages already in it.
     pub fn push<T: NetlinkSerializable>(&mut self, flags: u16, seq: u32, payload: T) -> &mut Self {
         assert!(self.msg_start.is_none(), "push() inside an open message");
-        let mut m = NetlinkMessage::new(NetlinkHeader::default(), NetlinkPayload::InnerMessage(payload));
+        let mut m = NetlinkMessage::new(
+            NetlinkHeader::default(),
+            NetlinkPayload::InnerMessage(payload),
+        );
         m.header.flags = flags;
         m.header.sequence_number = seq;
         m.finalize();
