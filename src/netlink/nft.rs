@@ -16,8 +16,8 @@
 //! - the batch framing, `NEWTABLE` and `NEWCHAIN`: they are in every
 //!   slot's ruleset, and built with the crate (`ControlMessage`,
 //!   `TableMessage`, `ChainMessage`) they cost measurably more there: the
-//!   gate bench "slot nft batch encode" went from 3.70 us to 5.10 us
-//!   (+38%) and "nft_table_batch_encode" from 202 ns to 264 ns (+31%),
+//!   gate bench "slot nft batch encode" went from 3.72 us to 4.97 us
+//!   (+33%) and "nft_table_batch_encode" from 204 ns to 264 ns (+29%),
 //!   over the gate's 25% (thread CPU time, `cargo bench --bench pure --
 //!   nft`, interleaved runs, see docs/benchmarks.md);
 //! - rules ([`Batch::new_rule`], [`Expr`]): netlink-packet-netfilter 0.4

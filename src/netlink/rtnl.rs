@@ -201,7 +201,7 @@ pub fn new_bridge(b: &mut MsgBuf, seq: u32, name: &str, mcast_snooping: bool) {
 // slot build (and `SlotNet::inner_links`) sends, and the crate costs ten
 // times as much for them: the gate bench "slot rtnetlink messages" (these
 // nine messages, thread CPU time, `cargo bench --bench pure -- 'slot
-// rtnetlink messages'`) takes 226 ns hand-written and 2.21 us built with
+// rtnetlink messages'`) takes 225 ns hand-written and 2.20 us built with
 // netlink-packet-route 0.34 ("slot rtnetlink messages via crate",
 // benches/common/rtnl_crate.rs, checked byte-equal before it is timed):
 // medians of three interleaved runs each, see docs/benchmarks.md. The
