@@ -2,6 +2,9 @@
 //!
 //! - the regression gate's benches (`benches/common/gate.rs`): nf_tables
 //!   batch encoding, rtnetlink message building, the HTTP response parser;
+//! - the same slot rtnetlink messages built with netlink-packet-route
+//!   (`benches/common/rtnl_crate.rs`), the figure that keeps the slot
+//!   path's builders hand-written;
 //! - the slot pool's `take`/`give_back` under contention from two threads
 //!   (both cores here), over a slot ops that does no kernel work;
 //! - the restore driver's overhead per clone state machine: a batch of
@@ -17,6 +20,8 @@ mod cputime;
 mod fake_vmm;
 #[path = "common/gate.rs"]
 mod gate;
+#[path = "common/rtnl_crate.rs"]
+mod rtnl_crate;
 
 use std::io::{BufReader, Write};
 use std::net::Ipv4Addr;
@@ -36,6 +41,13 @@ use zeroize::Zeroizing;
 fn gate_benches(c: &mut gate::GateCriterion) {
     let inject = std::env::var("WASP_BENCH_INJECT_SLOWDOWN").ok();
     gate::register(c, inject.as_deref().filter(|s| !s.is_empty()));
+}
+
+/// The slot path's rtnetlink messages built with netlink-packet-route, in
+/// the gate's measurement (thread CPU time), to compare with the gate's
+/// hand-built "slot rtnetlink messages".
+fn crate_comparison(c: &mut gate::GateCriterion) {
+    rtnl_crate::register(c);
 }
 
 /// Slot ops that build descriptions only: the pool's own cost.
@@ -187,7 +199,7 @@ fn driver_overhead(c: &mut Criterion) {
 criterion_group! {
     name = gate_group;
     config = gate::criterion();
-    targets = gate_benches
+    targets = gate_benches, crate_comparison
 }
 criterion_group! {
     name = threaded;

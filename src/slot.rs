@@ -1774,17 +1774,16 @@ fn delete_veth0_in(name: &str) -> Result<(), SlotError> {
     }
 }
 
-/// `IPCTNL_MSG_CT_DELETE` without attributes: flush the conntrack table.
+/// `IPCTNL_MSG_CT_DELETE` without attributes: flush the conntrack table
+/// (built with netlink-packet-netfilter).
 pub fn conntrack_flush_msg(b: &mut MsgBuf, seq: u32) {
-    const NFNL_SUBSYS_CTNETLINK: u16 = 1;
-    const IPCTNL_MSG_CT_DELETE: u16 = 2;
-    b.begin(
-        (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_DELETE,
-        netlink::NLM_F_REQUEST | netlink::NLM_F_ACK,
-        seq,
-    )
-    .raw(&nft::nfgenmsg(rtnl::AF_INET, 0))
-    .end();
+    use netlink_packet_netfilter::conntrack::ConntrackMessage;
+    use netlink_packet_netfilter::{NetfilterHeader, NetfilterMessage, NetfilterProtoFamily};
+    let m = NetfilterMessage::new(
+        NetfilterHeader::new(NetfilterProtoFamily::IPv4, 0, 0),
+        ConntrackMessage::Delete(Vec::new()),
+    );
+    b.push(netlink::NLM_F_REQUEST | netlink::NLM_F_ACK, seq, m);
 }
 
 impl Kernel {
@@ -1984,6 +1983,19 @@ impl SlotOps for Kernel {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn the_conntrack_flush_is_the_bare_ctnetlink_delete() {
+        let mut b = MsgBuf::new();
+        conntrack_flush_msg(&mut b, 7);
+        // nlmsghdr: length 20, type CTNETLINK << 8 | CT_DELETE, flags
+        // REQUEST | ACK, seq 7, pid 0; nfgenmsg: AF_INET, version 0, res 0.
+        let want: [u8; 20] = [
+            20, 0, 0, 0, 0x02, 0x01, 0x05, 0x00, 7, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0,
+        ];
+        assert_eq!(b.as_bytes(), &want);
+    }
+
     use super::*;
 
     #[test]

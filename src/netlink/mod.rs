@@ -11,6 +11,7 @@ pub mod rtnl;
 
 use std::io;
 
+use netlink_packet_core::{NetlinkHeader, NetlinkMessage, NetlinkPayload, NetlinkSerializable};
 use netlink_sys::{protocols, Socket as RawSocket, SocketAddr};
 use thiserror::Error;
 
@@ -108,6 +109,27 @@ impl MsgBuf {
         self.buf.extend_from_slice(&flags.to_ne_bytes());
         self.buf.extend_from_slice(&seq.to_ne_bytes());
         self.buf.extend_from_slice(&0u32.to_ne_bytes());
+        self
+    }
+
+    /// Appends one message built with the netlink-packet crates
+    /// (`RouteNetlinkMessage`, `NetfilterMessage`): the crate's
+    /// `NetlinkMessage` writes the header (length and type from the
+    /// payload, then `flags` and `seq`, port id 0) and the payload straight
+    /// into this buffer, after the messages already in it.
+    pub fn push<T: NetlinkSerializable>(&mut self, flags: u16, seq: u32, payload: T) -> &mut Self {
+        assert!(self.msg_start.is_none(), "push() inside an open message");
+        let mut m = NetlinkMessage::new(
+            NetlinkHeader::default(),
+            NetlinkPayload::InnerMessage(payload),
+        );
+        m.header.flags = flags;
+        m.header.sequence_number = seq;
+        m.finalize();
+        let at = self.buf.len();
+        self.buf.resize(at + m.buffer_len(), 0);
+        m.serialize(&mut self.buf[at..]);
+        self.pad();
         self
     }
 
