@@ -30,12 +30,12 @@ use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use wasp::pool::{Pool, PoolConfig};
-use wasp::ready::Ready;
-use wasp::restore::{Job, Plan, Timeouts};
-use wasp::ring::{self, DriverKind, Feed, Outcome};
-use wasp::slot::{Found, Slot, SlotError, SlotOps};
-use wasp::vmm_api::BackendType;
+use wasp::pipeline::pool::{Pool, PoolConfig};
+use wasp::pipeline::ready::Ready;
+use wasp::pipeline::restore::{Job, Plan, Timeouts};
+use wasp::pipeline::ring::{self, DriverKind, Feed, Outcome};
+use wasp::pipeline::slot::{Found, Slot, SlotError, SlotOps};
+use wasp::vmm::api::BackendType;
 use zeroize::Zeroizing;
 
 fn gate_benches(c: &mut gate::GateCriterion) {
@@ -74,8 +74,8 @@ impl SlotOps for NoKernel {
             host_veth: format!("waspb{n}"),
         })
     }
-    fn lease(&self, _: u32) -> Result<Option<wasp::lease::Lease>, SlotError> {
-        Ok(Some(wasp::lease::Lease::detached()))
+    fn lease(&self, _: u32) -> Result<Option<wasp::pipeline::lease::Lease>, SlotError> {
+        Ok(Some(wasp::pipeline::lease::Lease::detached()))
     }
 }
 

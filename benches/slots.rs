@@ -11,7 +11,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, SamplingMode};
-use wasp::slot::{Kernel, SlotOps};
+use wasp::pipeline::slot::{Kernel, SlotOps};
 
 /// Destroys the slots it holds and the host side on drop.
 struct Built<'a> {

@@ -1,6 +1,6 @@
 //! A small stand-in spawn batch (root only): 8 clones through the whole
 //! pipeline (pool, storage, launch, restore driver, TCP readiness) with
-//! `wasp::demo::run`, which makes its own private host netns and work dir
+//! `wasp::bench::demo::run`, which makes its own private host netns and work dir
 //! and removes them, never touching the machine's own network. Each sample
 //! is the batch's wall time as the spawn reports it (the pool warm, the
 //! snapshot synth and the teardown are outside it).
@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion, SamplingMode, Throughput};
-use wasp::demo::{self, DemoOptions, DemoVmm};
+use wasp::bench::demo::{self, DemoOptions, DemoVmm};
 
 const CLONES: usize = 8;
 

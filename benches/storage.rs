@@ -9,8 +9,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion};
+use wasp::pipeline::storage::{CloneStore, Mode};
 use wasp::snapshot::{synth, SynthOptions};
-use wasp::storage::{CloneStore, Mode};
 
 fn store_in(parent: &Path, rootfs_mib: u64) -> CloneStore {
     let snap = parent.join("snap");

@@ -1,46 +1,44 @@
 //! wasp: restores Firecracker microVM clones from one golden snapshot, fast
 //! and densely.
 //!
-//! The library holds all logic; `src/main.rs` is a thin CLI. See
-//! `docs/architecture.md` for the pipeline stages and the modules that
-//! implement them.
+//! The library holds all logic; `src/main.rs` and `src/cli/` are a thin
+//! CLI. The layers, lowest first; each uses only those listed before it
+//! (and the leaf modules), never one after it. `docs/architecture.md` draws
+//! them as the pipeline.
 
-pub mod benchcmp;
-pub mod benchgate;
-pub mod cgroup;
+#![deny(missing_docs)]
+
+/// Measurements: the demo and bench runners, the regression gate, compare, plots.
+pub mod bench;
+/// The config file and the effective settings.
 pub mod config;
-pub mod demo;
-pub mod doctor;
+/// The long-lived engine that runs the pipeline for many requests at once.
 pub mod engine;
-pub mod env;
+/// Error formatting (a leaf).
 pub mod error;
-pub mod firecracker;
-pub mod golden;
-pub mod guestnet;
-pub mod jailer;
-pub mod launch;
-pub mod lease;
+/// Netlink message building and sockets (rtnetlink, nf_tables, ctnetlink).
 pub mod netlink;
+/// Recovery and host checks: reconcile, teardown, doctor.
+pub mod ops;
+/// Default locations and the `wasp` prefix of everything wasp creates (a leaf).
 pub mod paths;
-pub mod plot;
-pub mod pool;
-pub mod ready;
-pub mod reconcile;
-pub mod registry;
-pub mod restore;
-pub mod ring;
-pub mod slot;
+/// The pipeline stages: slot, pool, storage, launch, restore, ready and the drivers.
+pub mod pipeline;
+/// Snapshot directories: manifest, check, adopt, synth, warm and golden creation.
 pub mod snapshot;
-pub mod spawn;
+/// The stand-in VMM, its userspace guest network and the built-in test guest.
 pub mod standin;
+/// The state dir: clone records, owner marks, atomic writes.
 pub mod state;
+/// Percentiles and millisecond helpers (a leaf).
 pub mod stats;
-pub mod storage;
+/// The report of a sweep for leftovers (a leaf of `state`).
 pub mod sweep;
+/// The only place for raw syscalls and `unsafe`.
 pub mod sys;
-pub mod teardown;
-pub mod testguest;
+/// `WASP_STOP_AT` stop points for the crash tests (a leaf).
 pub mod testhook;
+/// Directory chains only root can change (over `sys`).
 pub mod trust;
-pub mod vmm_api;
-pub mod vmstate;
+/// The VMM: Firecracker's API client, finding Firecracker, jailer and cgroup.
+pub mod vmm;

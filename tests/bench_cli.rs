@@ -98,7 +98,7 @@ fn bench_clone_plots_prints_json_and_compares() {
         &svg,
         &[
             "time per clone (ms)",
-            wasp::plot::CDF_Y_LABEL,
+            wasp::bench::plot::CDF_Y_LABEL,
             "prep",
             "cleanup",
         ],
@@ -200,9 +200,9 @@ fn bench_spawn_plots_the_latency_cdf_and_phases_per_clone() {
         &svg,
         &[
             "clone latency, admission to ready (ms)",
-            wasp::plot::CDF_Y_LABEL,
-            wasp::plot::BARS_X_LABEL,
-            wasp::plot::BARS_Y_LABEL,
+            wasp::bench::plot::CDF_Y_LABEL,
+            wasp::bench::plot::BARS_X_LABEL,
+            wasp::bench::plot::BARS_Y_LABEL,
             "socket",
             "load",
             "resume",
@@ -230,7 +230,7 @@ fn bench_slots_plots_and_prints_a_percentile_table() {
         &svg,
         &[
             "time per slot (ms)",
-            wasp::plot::CDF_Y_LABEL,
+            wasp::bench::plot::CDF_Y_LABEL,
             "build",
             "destroy",
         ],
@@ -337,7 +337,9 @@ fn bench_commands_take_their_defaults_from_the_config_file() {
             .keys()
             .map(String::as_str)
             .collect::<std::collections::BTreeSet<_>>(),
-        wasp::slot::BuildSteps::NAMES.into_iter().collect()
+        wasp::pipeline::slot::BuildSteps::NAMES
+            .into_iter()
+            .collect()
     );
     let step_mean: f64 = steps
         .values()

@@ -2,7 +2,7 @@
 //! gate benches (`benches/common/gate.rs`), run in-process the way
 //! `scripts/bench-gate.sh` runs them across two commits: the base saved as
 //! baseline `base`, stale results cleared, the head compared against it,
-//! then `wasp::benchgate` decides, and a regression is confirmed by a
+//! then `wasp::bench::gate` decides, and a regression is confirmed by a
 //! second measurement of just the regressed benches.
 //!
 //! - an injected 2x slowdown (the bench does its work twice) fails, and
@@ -24,7 +24,7 @@ use std::process::Command;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use wasp::benchgate::{self, GateError, GateOptions, GateReport, Verdict};
+use wasp::bench::gate::{self as benchgate, GateError, GateOptions, GateReport, Verdict};
 
 /// Two of the gate's benches: enough to show that only the slowed one
 /// fails, short enough for a test.

@@ -255,7 +255,7 @@ fn demo_snapshot_takes_vmm_standin_and_refuses_firecracker_with_a_reason() {
     assert!(!tmp
         .path()
         .join("run")
-        .join(wasp::demo::DEMO_SNAPSHOT_NAME)
+        .join(wasp::bench::demo::DEMO_SNAPSHOT_NAME)
         .exists());
 }
 
@@ -474,7 +474,7 @@ fn snapshot_create_with_the_standin_and_tcp_readiness_then_spawn_from_it() {
             assert_eq!(cl["ready_port"], 22);
             let ip: std::net::Ipv4Addr = cl["clone_ip"].as_str().unwrap().parse().unwrap();
             let id = s.host.run(|| {
-                wasp::demo::agent_id(ip, std::time::Duration::from_secs(5))
+                wasp::bench::demo::agent_id(ip, std::time::Duration::from_secs(5))
                     .unwrap_or_else(|e| panic!("agent of {} at {ip}: {e}", cl["id"]))
             });
             assert_eq!(id, cl["id"].as_str().unwrap(), "agent at {ip}");
@@ -819,11 +819,11 @@ fn a_killed_demo_is_cleaned_up_by_the_next_one() {
     // Killed with two clones ready and more in flight.
     let pid = common::wasp_cli::stop_and_kill(c, "clone-recorded:2", &tmp.path().join("log"));
     let work = run.join(format!("demo-{pid}"));
-    let host = wasp::demo::host_netns_of(pid);
+    let host = wasp::bench::demo::host_netns_of(pid);
     let vmms = || common::wasp_cli::vmm_pids(&Default::default(), &work);
     assert!(work.exists() && wasp::sys::netns::exists(&host));
     assert!(vmms().len() >= 2, "clones ran at the kill: {:?}", vmms());
-    let slots = format!("wasp-{}-", wasp::demo::pool_of(pid));
+    let slots = format!("wasp-{}-", wasp::bench::demo::pool_of(pid));
     assert!(
         common::ip_netns_list()
             .iter()

@@ -1,5 +1,5 @@
 //! Several `wasp spawn` processes on one pool at once. Slots are leased
-//! across processes ([`wasp::lease`]), so on a cold pool and on a warm one
+//! across processes ([`wasp::pipeline::lease`]), so on a cold pool and on a warm one
 //! no slot or clone IP is handed out twice, and a spawner killed with
 //! SIGKILL in the middle does not disturb the others.
 

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use common::TestNetns;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
-use wasp::vmm_api::{Client, Method};
+use wasp::vmm::api::{Client, Method};
 
 /// Generous bound for a VMM to show up; a failure bound, not a delay.
 const STARTUP_LIMIT: Duration = Duration::from_secs(20);
@@ -469,7 +469,7 @@ fn prepare_dir(tag: &str) -> tempfile::TempDir {
         .prefix(&format!("wasp-conf-{tag}-"))
         .tempdir()
         .unwrap();
-    wasp::testguest::write(&d.path().join("guest.elf")).unwrap();
+    wasp::standin::testguest::write(&d.path().join("guest.elf")).unwrap();
     std::fs::write(d.path().join("disk.img"), vec![0u8; 1 << 20]).unwrap();
     d
 }
@@ -498,7 +498,7 @@ fn run_kind(kind: Kind) -> KindRun {
     let start_at = 31;
     let mut config = run_steps(&mut a, &CONFIG_STEPS[..=start_at]);
     if kind == Kind::Firecracker {
-        a.wait_stdout(wasp::testguest::MARKER.trim_end());
+        a.wait_stdout(wasp::standin::testguest::MARKER.trim_end());
     }
     config.extend(run_steps(&mut a, &CONFIG_STEPS[start_at + 1..]));
     states.push(a.state());
@@ -753,7 +753,7 @@ fn standin_is_honest_and_injects_faults() {
         .client
         .raw(Method::Patch, "/vm", Some(br#"{"state":"Resumed"}"#));
     assert!(
-        matches!(r, Err(wasp::vmm_api::ApiError::Io { .. })),
+        matches!(r, Err(wasp::vmm::api::ApiError::Io { .. })),
         "resume must hang: {r:?}"
     );
     assert!(
@@ -1043,7 +1043,7 @@ fn mmds_limits_match() {
         // only; the connection is unusable afterwards).
         assert!(matches!(
             v.client.raw(Method::Put, "/mmds", Some(big.as_bytes())),
-            Err(wasp::vmm_api::ApiError::BodyTooLarge { .. })
+            Err(wasp::vmm::api::ApiError::BodyTooLarge { .. })
         ));
         // Kept open to the end: Firecracker goes on answering the rest of
         // the body as garbage requests, and is killed by SIGSYS (its own
@@ -1052,7 +1052,7 @@ fn mmds_limits_match() {
         let mut raw = UnixStream::connect(dir.path().join("lim.sock")).unwrap();
         {
             use std::io::{Read, Write};
-            raw.write_all(&wasp::vmm_api::encode_request(
+            raw.write_all(&wasp::vmm::api::encode_request(
                 Method::Put,
                 "/mmds",
                 Some(big.as_bytes()),
@@ -1061,7 +1061,7 @@ fn mmds_limits_match() {
             let mut buf = Vec::new();
             let mut chunk = [0u8; 4096];
             let r = loop {
-                if let Some((r, _)) = wasp::vmm_api::parse_response(&buf).unwrap() {
+                if let Some((r, _)) = wasp::vmm::api::parse_response(&buf).unwrap() {
                     break r;
                 }
                 let n = raw.read(&mut chunk).unwrap();

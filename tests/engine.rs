@@ -11,14 +11,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::fake_slots::FakeSlots;
+use wasp::engine::batch::SpawnError;
 use wasp::engine::{Engine, EngineConfig, PoolSetup, SnapshotSource, SpawnRequest};
-use wasp::launch::Vmm;
-use wasp::ready::Ready;
-use wasp::restore::Timeouts;
+use wasp::ops::teardown::VmmFate;
+use wasp::pipeline::launch::Vmm;
+use wasp::pipeline::ready::Ready;
+use wasp::pipeline::restore::Timeouts;
+use wasp::pipeline::storage::clone::{CloneStore, Mode};
 use wasp::snapshot::synth::{synth, SynthOptions};
-use wasp::spawn::SpawnError;
-use wasp::storage::clone::{CloneStore, Mode};
-use wasp::teardown::VmmFate;
 
 /// A bound on waits for an event that must come (never a sleep).
 const EVENT_BOUND: Duration = Duration::from_secs(60);
@@ -319,13 +319,13 @@ fn an_engine_serves_four_threads_at_once_on_the_real_pool_and_reuses_a_reaped_sl
         pool: pool.clone(),
         state: tmp.path().join("state"),
     };
-    let net = wasp::slot::SlotNet {
+    let net = wasp::pipeline::slot::SlotNet {
         pool: pool.clone(),
-        ..wasp::slot::SlotNet::default()
+        ..wasp::pipeline::slot::SlotNet::default()
     };
     let setup = PoolSetup {
         net,
-        host: wasp::slot::HostNet {
+        host: wasp::pipeline::slot::HostNet {
             netns: Some(guard.host.name().to_owned()),
             ..Default::default()
         },

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use wasp::env::{Env, EnvError};
+use wasp::pipeline::env::{Env, EnvError};
 
 const NOBODY: u32 = 65534;
 
@@ -86,7 +86,7 @@ fn a_fifo_is_refused_at_once() {
 fn a_file_over_the_size_cap_is_refused() {
     root_or_skip!();
     let tmp = tempfile::tempdir().unwrap();
-    let cap = wasp::env::MAX_FILE_LEN as usize;
+    let cap = wasp::pipeline::env::MAX_FILE_LEN as usize;
     // Comment lines only: the old reader accepted any amount of them.
     let mut text = b"A=1\n".to_vec();
     while text.len() < cap {

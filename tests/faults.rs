@@ -207,7 +207,7 @@ fn memory_file_truncated_after_the_snapshot_was_made() {
 fn firecracker_corrupt_vmstate_and_truncated_memory_mid_batch() {
     use common::fake_slots::FakeSlots;
     use std::time::Duration;
-    use wasp::storage::clone::{CloneStore, Mode};
+    use wasp::pipeline::storage::clone::{CloneStore, Mode};
     root_or_skip!();
     let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let tmp = tempfile::tempdir().unwrap();
@@ -220,12 +220,12 @@ fn firecracker_corrupt_vmstate_and_truncated_memory_mid_batch() {
     for f in [&vmstate, &mem] {
         std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o644)).unwrap();
     }
-    let opts = wasp::spawn::SpawnOptions {
-        vmm: wasp::launch::Vmm::Firecracker(common::firecracker_bin()),
+    let opts = wasp::engine::batch::SpawnOptions {
+        vmm: wasp::pipeline::launch::Vmm::Firecracker(common::firecracker_bin()),
         count: 2,
         parallel: 2,
-        ready: wasp::ready::Ready::Running,
-        timeouts: wasp::restore::Timeouts {
+        ready: wasp::pipeline::ready::Ready::Running,
+        timeouts: wasp::pipeline::restore::Timeouts {
             socket: Duration::from_secs(5),
             load: Duration::from_secs(5),
             api: Duration::from_secs(2),
@@ -239,7 +239,8 @@ fn firecracker_corrupt_vmstate_and_truncated_memory_mid_batch() {
     };
     let batch = |what: &str, cause: &str| {
         let mut slots = FakeSlots::new(2, true);
-        let r = wasp::engine::spawn(&opts, &store, &mut slots, &wasp::env::Env::new()).unwrap();
+        let r = wasp::engine::spawn(&opts, &store, &mut slots, &wasp::pipeline::env::Env::new())
+            .unwrap();
         let mut back = slots.given_back.clone();
         back.sort();
         assert_eq!(back, [0, 1], "{what}: slots given back");

@@ -6,14 +6,14 @@
 
 use std::path::PathBuf;
 
-use wasp::env::{valid_key, Env, LineError, LineProblem};
 use wasp::netlink::rtnl::{parse_link, RTM_NEWLINK};
 use wasp::netlink::{attrs, error_code, split_msgs, NLMSG_DONE, NLMSG_ERROR, NLMSG_HDRLEN};
+use wasp::pipeline::env::{valid_key, Env, LineError, LineProblem};
 use wasp::snapshot::manifest::{Manifest, MAX_MANIFEST_SIZE};
 use wasp::standin::http::parse_request;
+use wasp::standin::vmstate::{VmState, VmStateError};
 use wasp::sys::inotify::parse_events;
-use wasp::vmm_api::{fault_message_of, parse_response, MAX_BODY};
-use wasp::vmstate::{VmState, VmStateError};
+use wasp::vmm::api::{fault_message_of, parse_response, MAX_BODY};
 
 /// `(file name, bytes)` of every file in fuzz/corpus/<target>, sorted;
 /// fails if the directory is missing or empty.

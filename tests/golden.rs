@@ -9,13 +9,13 @@ use std::time::Duration;
 
 use common::fake_slots::FakeSlots;
 use common::TestNetns;
-use wasp::env::Env;
-use wasp::golden::{self, GoldenOptions};
-use wasp::launch::Vmm;
-use wasp::ready::Ready;
-use wasp::restore::Timeouts;
-use wasp::spawn::SpawnOptions;
-use wasp::storage::clone::{CloneStore, Mode};
+use wasp::engine::batch::SpawnOptions;
+use wasp::pipeline::env::Env;
+use wasp::pipeline::launch::Vmm;
+use wasp::pipeline::ready::Ready;
+use wasp::pipeline::restore::Timeouts;
+use wasp::pipeline::storage::clone::{CloneStore, Mode};
+use wasp::snapshot::golden::{self, GoldenOptions};
 
 #[test]
 fn firecracker_golden_snapshot_then_clones() {
@@ -66,7 +66,7 @@ fn firecracker_golden_snapshot_then_clones() {
             c.id
         );
         let mut client =
-            wasp::vmm_api::Client::connect(&store.clone_dir(&c.id).join("api.sock")).unwrap();
+            wasp::vmm::api::Client::connect(&store.clone_dir(&c.id).join("api.sock")).unwrap();
         assert_eq!(client.get_instance_info().unwrap().state, "Running");
         assert_eq!(client.get_mmds().unwrap()["env"]["AGENT_ID"], c.id.as_str());
     }

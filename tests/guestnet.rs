@@ -9,7 +9,7 @@ use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 use common::TestNetns;
-use wasp::guestnet::{GuestIface, GuestNet, GuestNetConfig, Outbound};
+use wasp::standin::guestnet::{GuestIface, GuestNet, GuestNetConfig, Outbound};
 use wasp::sys::tap;
 
 const GUEST: Ipv4Addr = Ipv4Addr::new(192, 168, 241, 2);

@@ -82,8 +82,8 @@ fn delete_of_missing_netns_reports_not_found() {
 fn pinned_firecracker_reports_its_version() {
     root_or_skip!();
     let fc = common::firecracker_bin();
-    let v = wasp::firecracker::version_of(&fc).unwrap();
-    assert_eq!(v, wasp::firecracker::PINNED_VERSION);
+    let v = wasp::vmm::firecracker::version_of(&fc).unwrap();
+    assert_eq!(v, wasp::vmm::firecracker::PINNED_VERSION);
 }
 
 #[test]

@@ -20,8 +20,8 @@ use std::time::Duration;
 
 use common::wasp_cli::Setup;
 use common::TestNetns;
-use wasp::guestnet::{GuestIface, GuestNet, GuestNetConfig, Outbound};
-use wasp::slot::{HostNet, Kernel, SlotNet, SlotOps};
+use wasp::pipeline::slot::{HostNet, Kernel, SlotNet, SlotOps};
+use wasp::standin::guestnet::{GuestIface, GuestNet, GuestNetConfig, Outbound};
 use wasp::sys::{netns, tap};
 
 /// A safety net against a hung test, never a synchronisation point.

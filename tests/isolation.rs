@@ -22,15 +22,15 @@ use std::time::Duration;
 
 use common::dev_ino;
 use common::fake_slots::FakeSlots;
-use wasp::cgroup::{self, CgroupParent, Limits};
-use wasp::env::Env;
-use wasp::jailer::{IdRange, Jailer};
-use wasp::launch::{Isolation, Vmm};
-use wasp::ready::Ready;
-use wasp::restore::Timeouts;
-use wasp::spawn::SpawnOptions;
-use wasp::storage::clone::{CloneStore, Mode};
+use wasp::engine::batch::SpawnOptions;
+use wasp::pipeline::env::Env;
+use wasp::pipeline::launch::{Isolation, Vmm};
+use wasp::pipeline::ready::Ready;
+use wasp::pipeline::restore::Timeouts;
+use wasp::pipeline::storage::clone::{CloneStore, Mode};
 use wasp::sys::spawn::{ChildSetup, CloneStyle, Exec, Placement, Stdin};
+use wasp::vmm::cgroup::{self, CgroupParent, Limits};
+use wasp::vmm::jailer::{IdRange, Jailer};
 
 /// Tests that enable controllers at the root take turns, so each can put
 /// the root's subtree_control back as it found it.
@@ -329,7 +329,7 @@ fn status_ids(pid: i32, field: &str) -> Vec<u32> {
 fn jailed_firecracker_clones_from_a_real_snapshot() {
     root_or_skip!();
     let fc = common::firecracker_bin();
-    let jailer_bin = wasp::firecracker::locate_jailer(Some(&fc)).unwrap();
+    let jailer_bin = wasp::vmm::firecracker::locate_jailer(Some(&fc)).unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let (golden, _) = common::firecracker_golden(tmp.path());
     let runtime = tmp.path().join("run");
@@ -444,7 +444,7 @@ fn jailed_firecracker_clones_from_a_real_snapshot() {
         );
 
         let sock = root.join("run/firecracker.socket");
-        let mut client = wasp::vmm_api::Client::connect(&sock).unwrap();
+        let mut client = wasp::vmm::api::Client::connect(&sock).unwrap();
         assert_eq!(client.get_instance_info().unwrap().state, "Running");
         assert_eq!(client.get_mmds().unwrap()["env"]["AGENT_ID"], c.id.as_str());
         let r = records.iter().find(|r| r.id == c.id).unwrap();
@@ -496,7 +496,7 @@ fn mount_options(pid: i32, point: &str) -> Option<String> {
 fn jailed_clones_get_own_ids_read_only_snapshot_binds_and_a_pid_namespace() {
     root_or_skip!();
     let fc = common::firecracker_bin();
-    let jailer_bin = wasp::firecracker::locate_jailer(Some(&fc)).unwrap();
+    let jailer_bin = wasp::vmm::firecracker::locate_jailer(Some(&fc)).unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let (golden, _) = common::firecracker_golden(tmp.path());
     let runtime = tmp.path().join("run");
@@ -557,21 +557,21 @@ fn jailed_clones_get_own_ids_read_only_snapshot_binds_and_a_pid_namespace() {
         }
         common::assert_maps_private(pid, &golden.join("vm.mem"));
         let mut client =
-            wasp::vmm_api::Client::connect(&root.join("run/firecracker.socket")).unwrap();
+            wasp::vmm::api::Client::connect(&root.join("run/firecracker.socket")).unwrap();
         assert_eq!(client.get_instance_info().unwrap().state, "Running");
     }
     assert_ne!(uids[0], uids[1], "each clone has its own uid");
 
     // The records name the VMM itself (pid in wasp's namespace, start
     // time): a reconcile, as after a crash of wasp, adopts both.
-    let o = wasp::reconcile::Options {
+    let o = wasp::ops::reconcile::Options {
         state_dir: state.clone(),
         runtime_dir: runtime.clone(),
         tap: "tap0".into(),
         pools: vec![],
         vmm_binaries: vec![],
     };
-    let rep = wasp::reconcile::reconcile(&o).unwrap();
+    let rep = wasp::ops::reconcile::reconcile(&o).unwrap();
     assert!(rep.errors.is_empty(), "{:?}", rep.errors);
     let mut adopted: Vec<(String, i32)> =
         rep.adopted.iter().map(|a| (a.id.clone(), a.pid)).collect();
@@ -588,10 +588,10 @@ fn jailed_clones_get_own_ids_read_only_snapshot_binds_and_a_pid_namespace() {
     let st = wasp::state::Store::open(&state).unwrap();
     let r = st.list().unwrap().0.into_iter().next().unwrap();
     let fd = wasp::sys::pidfd::pidfd_open(r.pid).unwrap();
-    let (fate, errors) = wasp::teardown::teardown(&st, &r, Duration::from_secs(5));
+    let (fate, errors) = wasp::ops::teardown::teardown(&st, &r, Duration::from_secs(5));
     assert!(errors.is_empty(), "{errors:?}");
     // Init of its pid namespace drops SIGTERM: killed at once.
-    assert_eq!(fate, Some(wasp::teardown::VmmFate::Killed));
+    assert_eq!(fate, Some(wasp::ops::teardown::VmmFate::Killed));
     assert!(
         wasp::sys::pidfd::pidfd_exited(&fd, 0).unwrap(),
         "VMM still runs"

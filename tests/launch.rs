@@ -10,7 +10,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::TestNetns;
-use wasp::launch::{self, LaunchSpec, Vmm};
+use wasp::pipeline::launch::{self, LaunchSpec, Vmm};
 use wasp::sys::{netns, pidfd};
 
 fn get_root(mut s: std::os::unix::net::UnixStream) -> String {
@@ -181,7 +181,7 @@ fn a_missing_slot_netns_is_a_clear_error() {
 fn firecracker_from_a_template_mount_namespace_in_both_clone_styles() {
     root_or_skip!();
     use std::sync::Arc;
-    use wasp::launch::{CloneStyle, Isolation, MountTemplate};
+    use wasp::pipeline::launch::{CloneStyle, Isolation, MountTemplate};
     let fc = common::firecracker_bin();
     let dir = tempfile::tempdir().unwrap();
     // A named netns, so wasp's own table has at least one nsfs mount under

@@ -42,7 +42,7 @@
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use wasp::netlink::{rtnl, MsgBuf};
-use wasp::slot::{Cidr, SlotNet, MAX_INDEX};
+use wasp::pipeline::slot::{Cidr, SlotNet, MAX_INDEX};
 
 /// Parses strace's `-e write=` hex dump into one byte vector per section
 /// (a section starts at offset 00000).
@@ -302,7 +302,7 @@ fn connect_uid_batches_match_nft() {
     let cap = parse_dump(include_str!("golden/nft_connect_uids.strace.txt"));
     assert_eq!(cap.len(), 1, "nft sends the batch in one sendmsg");
     let uids: Vec<u32> = "1000"
-        .parse::<wasp::slot::ConnectUids>()
+        .parse::<wasp::pipeline::slot::ConnectUids>()
         .unwrap()
         .uids()
         .unwrap();

@@ -9,8 +9,8 @@ use std::process::{Command, Stdio};
 use common::TestNetns;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
-use wasp::pool::{Pool, PoolConfig};
-use wasp::slot::{HostNet, Kernel, SlotNet};
+use wasp::pipeline::pool::{Pool, PoolConfig};
+use wasp::pipeline::slot::{HostNet, Kernel, SlotNet};
 use wasp::sys::netns;
 
 #[test]

@@ -13,11 +13,11 @@ use std::process::{Child, Command};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-use wasp::ready::Ready;
-use wasp::restore::{Job, LinkSync, Phase, Plan, RestoreError, Timeouts};
-use wasp::ring::{self, DriverKind, Feed, Next, Outcome};
+use wasp::pipeline::ready::Ready;
+use wasp::pipeline::restore::{Job, LinkSync, Phase, Plan, RestoreError, Timeouts};
+use wasp::pipeline::ring::{self, DriverKind, Feed, Next, Outcome};
 use wasp::sys::tap::EventFd;
-use wasp::vmm_api::BackendType;
+use wasp::vmm::api::BackendType;
 use zeroize::Zeroizing;
 
 use fake_vmm::{good_response, read_request};

@@ -137,7 +137,7 @@ fn decoys_that_name_a_clone_socket_survive_reconcile() {
 /// build machines, pids on a unified one).
 fn cgroup_limit() -> String {
     let mi = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    let mount = wasp::cgroup::find_cgroup2(&mi).expect("cgroup2 is mounted");
+    let mount = wasp::vmm::cgroup::find_cgroup2(&mi).expect("cgroup2 is mounted");
     let ctl = std::fs::read_to_string(mount.join("cgroup.controllers")).unwrap();
     let has = |c: &str| ctl.split_whitespace().any(|x| x == c);
     if has("hugetlb") && Path::new("/sys/kernel/mm/hugepages/hugepages-2048kB").exists() {

@@ -11,8 +11,8 @@ use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 use common::TestNetns;
-use wasp::guestnet::{GuestIface, GuestNet, GuestNetConfig, Outbound};
-use wasp::slot::{HostNet, Kernel, Slot, SlotError, SlotNet, SlotOps};
+use wasp::pipeline::slot::{HostNet, Kernel, Slot, SlotError, SlotNet, SlotOps};
+use wasp::standin::guestnet::{GuestIface, GuestNet, GuestNetConfig, Outbound};
 use wasp::sys::{netns, tap};
 
 /// A safety net against a hung test, never a synchronisation point.

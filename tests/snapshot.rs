@@ -422,7 +422,8 @@ fn check_refuses_a_manifest_writable_by_others() {
 /// issue's reproduction).
 fn record_rootfs_at(dir: &Path, path: &str) {
     let vs_path = dir.join("vm.snapshot");
-    let mut vs = wasp::vmstate::VmState::from_bytes(&fs::read(&vs_path).unwrap(), "t").unwrap();
+    let mut vs =
+        wasp::standin::vmstate::VmState::from_bytes(&fs::read(&vs_path).unwrap(), "t").unwrap();
     vs.drives[0].path_on_host = path.into();
     let bytes = vs.to_bytes();
     fs::set_permissions(&vs_path, fs::Permissions::from_mode(0o644)).unwrap();
@@ -530,7 +531,9 @@ fn check_refuses_a_snapshot_dir_owned_by_another_user() {
     );
     // Spawn opens its store through the same check: refused too.
     let run = dir.with_file_name("run");
-    let e = wasp::storage::CloneStore::open(&dir, &run, wasp::storage::Mode::Auto).unwrap_err();
+    let e =
+        wasp::pipeline::storage::CloneStore::open(&dir, &run, wasp::pipeline::storage::Mode::Auto)
+            .unwrap_err();
     assert!(format!("{:?}", e).contains("65534"), "{e:?}");
     assert!(!run.exists(), "nothing made for a refused snapshot");
 }
@@ -563,7 +566,9 @@ fn a_symlink_swapped_in_after_the_check_is_never_followed() {
     root_or_skip!();
     let (t, dir) = snap();
     let run = t.path().join("run");
-    let store = wasp::storage::CloneStore::open(&dir, &run, wasp::storage::Mode::Auto).unwrap();
+    let store =
+        wasp::pipeline::storage::CloneStore::open(&dir, &run, wasp::pipeline::storage::Mode::Auto)
+            .unwrap();
     let base = fs::read(dir.join("rootfs.ext4")).unwrap();
     // A root-only file of the same size (so no size check can tell).
     let secret = t.path().join("secret");
@@ -585,7 +590,9 @@ fn a_symlink_swapped_in_after_the_check_is_never_followed() {
     assert!(!disk.starts_with(b"TOP SECRET"));
     store.cleanup("swap").unwrap();
     // A new spawn (a new store) refuses the symlink: O_NOFOLLOW.
-    let e = wasp::storage::CloneStore::open(&dir, &run, wasp::storage::Mode::Auto).unwrap_err();
+    let e =
+        wasp::pipeline::storage::CloneStore::open(&dir, &run, wasp::pipeline::storage::Mode::Auto)
+            .unwrap_err();
     let msg = format!("{:?}", e);
     assert!(msg.contains("Symlink") || msg.contains("symlink"), "{msg}");
     let msg = check(&dir, false).unwrap_err().to_string();

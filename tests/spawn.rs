@@ -10,13 +10,13 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::fake_slots::FakeSlots;
-use wasp::env::Env;
-use wasp::launch::Vmm;
-use wasp::ready::Ready;
-use wasp::restore::Timeouts;
+use wasp::engine::batch::SpawnOptions;
+use wasp::pipeline::env::Env;
+use wasp::pipeline::launch::Vmm;
+use wasp::pipeline::ready::Ready;
+use wasp::pipeline::restore::Timeouts;
+use wasp::pipeline::storage::clone::{CloneStore, Mode};
 use wasp::snapshot::synth::{synth, SynthOptions};
-use wasp::spawn::SpawnOptions;
-use wasp::storage::clone::{CloneStore, Mode};
 
 fn setup(root: &Path) -> (PathBuf, CloneStore) {
     let snap = root.join("snap");
@@ -132,7 +132,7 @@ fn standin_clones_get_their_own_disk_shared_memory_and_own_agent_id() {
         assert!(netns_mounts.is_empty(), "clone {}: {netns_mounts:#?}", c.id);
         // Its own AGENT_ID in MMDS.
         let mut client =
-            wasp::vmm_api::Client::connect(&store.clone_dir(&c.id).join("api.sock")).unwrap();
+            wasp::vmm::api::Client::connect(&store.clone_dir(&c.id).join("api.sock")).unwrap();
         let mmds = client.get_mmds().unwrap();
         assert_eq!(mmds["env"]["AGENT_ID"], c.id.as_str());
         // No secret in argv or environ.
@@ -214,7 +214,8 @@ fn check_and_spawn_refuse_a_writable_drive_recorded_outside_its_per_clone_path()
     let recorded = golden.to_str().unwrap();
     // Writable, at the host file, in both records.
     let vs_path = snap.join("vm.snapshot");
-    let mut vs = wasp::vmstate::VmState::from_bytes(&fs::read(&vs_path).unwrap(), "t").unwrap();
+    let mut vs =
+        wasp::standin::vmstate::VmState::from_bytes(&fs::read(&vs_path).unwrap(), "t").unwrap();
     vs.drives[0].path_on_host = recorded.into();
     vs.drives[0].is_read_only = false;
     let bytes = vs.to_bytes();

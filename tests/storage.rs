@@ -12,9 +12,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use loopfs::LoopFs;
+use wasp::pipeline::storage::probe::Strategy;
+use wasp::pipeline::storage::{CloneStore, Mode, StorageError};
 use wasp::snapshot::{synth, SynthOptions, MIB};
-use wasp::storage::probe::Strategy;
-use wasp::storage::{CloneStore, Mode, StorageError};
 
 fn make_snap(parent: &Path, mem_mib: u64, rootfs_mib: u64) -> PathBuf {
     let out = parent.join("snap");

@@ -25,8 +25,8 @@ pub fn criterion() -> GateCriterion {
     Criterion::default().with_measurement(ThreadCpuTime::default())
 }
 use wasp::netlink::{nft, rtnl, MsgBuf};
-use wasp::slot::SlotNet;
-use wasp::vmm_api::{parse_response, Response};
+use wasp::pipeline::slot::SlotNet;
+use wasp::vmm::api::{parse_response, Response};
 
 /// The gate benches' names, in run order.
 pub const NAMES: [&str; 5] = [

@@ -21,7 +21,7 @@ use netlink_packet_route::route::{
 };
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use wasp::netlink::{rtnl, MsgBuf, NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST};
-use wasp::slot::SlotNet;
+use wasp::pipeline::slot::SlotNet;
 
 const NEW: u16 = NLM_F_REQUEST | NLM_F_ACK | NLM_F_EXCL | NLM_F_CREATE;
 const SET: u16 = NLM_F_REQUEST | NLM_F_ACK;

@@ -5,7 +5,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use wasp::env::{valid_key, Env};
+use wasp::pipeline::env::{valid_key, Env};
 
 fuzz_target!(|data: &[u8]| {
     let mut env = Env::new();

@@ -5,7 +5,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use wasp::vmm_api::{fault_message_of, parse_response, MAX_BODY};
+use wasp::vmm::api::{fault_message_of, parse_response, MAX_BODY};
 
 fuzz_target!(|data: &[u8]| {
     let _ = fault_message_of(data);

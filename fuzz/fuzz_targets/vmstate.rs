@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use wasp::vmstate::VmState;
+use wasp::standin::vmstate::VmState;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(s) = VmState::from_bytes(data, "fuzz") {

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 use wasp::config::Config;
-use wasp::slot::{Cidr, ConnectUids};
+use wasp::pipeline::slot::{Cidr, ConnectUids};
 
 /// Where the pool lives; shared by every pool subcommand. Each flag
 /// overrides the config file's `[pool]` value (see `wasp config show`).

@@ -9,8 +9,8 @@ use clap::{Args, Subcommand};
 use serde::Serialize;
 
 use wasp::config::Config;
-use wasp::pool::{Pool, PoolConfig};
-use wasp::slot::{BuildSteps, HostNet, Kernel, SlotNet, SlotOps};
+use wasp::pipeline::pool::{Pool, PoolConfig};
+use wasp::pipeline::slot::{BuildSteps, HostNet, Kernel, SlotNet, SlotOps};
 use wasp::stats::{ms, us, Percentiles};
 use wasp::sys::netns;
 
@@ -96,14 +96,17 @@ pub struct SlotFigures {
 }
 
 /// (unreclaimable kernel memory, slab) from /proc/meminfo, KiB. The
-/// first is the `kernel` sum of [`wasp::demo::HostMem`] (`SUnreclaim +
+/// first is the `kernel` sum of [`wasp::bench::demo::HostMem`] (`SUnreclaim +
 /// KernelStack + PageTables + SecPageTables + VmallocUsed + Percpu`).
 fn meminfo() -> anyhow::Result<(f64, f64)> {
     let s = std::fs::read_to_string("/proc/meminfo").context("read /proc/meminfo")?;
-    let slab = wasp::demo::kib_fields(&s)
+    let slab = wasp::bench::demo::kib_fields(&s)
         .find(|(k, _)| *k == "Slab")
         .map_or(0, |(_, v)| v);
-    Ok((wasp::demo::parse_meminfo(&s).kernel as f64, slab as f64))
+    Ok((
+        wasp::bench::demo::parse_meminfo(&s).kernel as f64,
+        slab as f64,
+    ))
 }
 
 /// Deletes the bench's host netns on every exit path.
@@ -119,7 +122,7 @@ impl Drop for HostNs {
 fn slots(a: SlotsArgs, cfg: Config) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(a.count > 0, "--count must be at least 1");
     if let Some(p) = &a.plot {
-        wasp::plot::check_path(p)?;
+        wasp::bench::plot::check_path(p)?;
     }
     let pid = std::process::id();
     // The configured slot shape (CIDR, bridge, tap and guest addressing),
@@ -159,7 +162,7 @@ fn slots(a: SlotsArgs, cfg: Config) -> anyhow::Result<ExitCode> {
     drained.context("remove the bench slots")?;
     host_removed.context("remove the bench bridge")?;
     if let Some(path) = &a.plot {
-        wasp::plot::cdf_svg(
+        wasp::bench::plot::cdf_svg(
             path,
             &format!("wasp bench slots: {} slots", figs.count),
             "time per slot (ms)",

@@ -17,9 +17,9 @@ use anyhow::Context;
 use clap::{Args, ValueEnum};
 use serde::Serialize;
 use wasp::config::Config;
+use wasp::pipeline::storage::probe::Strategy;
+use wasp::pipeline::storage::{CloneStore, Mode};
 use wasp::stats::{ms, Percentiles};
-use wasp::storage::probe::Strategy;
-use wasp::storage::{CloneStore, Mode};
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum StrategyArg {
@@ -94,12 +94,12 @@ pub struct Baseline {
 /// `--runtime-dir` gives it.
 pub fn bench_clone(a: BenchCloneArgs, mut cfg: Config) -> anyhow::Result<ExitCode> {
     if let Some(p) = &a.plot {
-        wasp::plot::check_path(p)?;
+        wasp::bench::plot::check_path(p)?;
     }
     cfg.runtime_dir.flag("--runtime-dir", a.runtime_dir.clone());
     let r = run_bench_clone(&a, &cfg.runtime_dir.value)?;
     if let Some(path) = &a.plot {
-        wasp::plot::cdf_svg(
+        wasp::bench::plot::cdf_svg(
             path,
             &format!("wasp bench clone: {} clones by {}", r.count, r.strategy),
             "time per clone (ms)",

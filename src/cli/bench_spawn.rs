@@ -7,9 +7,9 @@ use std::process::ExitCode;
 use clap::Args;
 use serde::Serialize;
 
+use wasp::bench::demo::{self, DemoVmm};
 use wasp::config::Config;
-use wasp::demo::{self, DemoVmm};
-use wasp::spawn::PhasesMs;
+use wasp::engine::batch::PhasesMs;
 use wasp::stats::Percentiles;
 
 use super::spawn::{DriverArg, VmmArg};
@@ -98,7 +98,7 @@ struct Slowest {
     netns: Option<String>,
     clone_ip: Option<std::net::Ipv4Addr>,
     total_ms: f64,
-    phases_ms: wasp::spawn::PhasesMs,
+    phases_ms: wasp::engine::batch::PhasesMs,
 }
 
 /// Runs the bench. The runtime dir, the firecracker binary and the
@@ -106,7 +106,7 @@ struct Slowest {
 /// pool are always the bench's own.
 pub fn run(a: SpawnBenchArgs, mut cfg: Config) -> anyhow::Result<ExitCode> {
     if let Some(p) = &a.plot {
-        wasp::plot::check_path(p)?;
+        wasp::bench::plot::check_path(p)?;
     }
     cfg.runtime_dir.flag("--runtime-dir", a.runtime_dir.clone());
     cfg.firecracker
@@ -117,9 +117,12 @@ pub fn run(a: SpawnBenchArgs, mut cfg: Config) -> anyhow::Result<ExitCode> {
     let vmm = match a.vmm {
         VmmArg::Standin => DemoVmm::Standin,
         VmmArg::Firecracker => {
-            let p =
-                wasp::firecracker::locate("firecracker", cfg.firecracker_choice().as_ref(), None)?;
-            wasp::firecracker::version_of(&p)?;
+            let p = wasp::vmm::firecracker::locate(
+                "firecracker",
+                cfg.firecracker_choice().as_ref(),
+                None,
+            )?;
+            wasp::vmm::firecracker::version_of(&p)?;
             DemoVmm::Firecracker(p)
         }
     };
@@ -132,8 +135,8 @@ pub fn run(a: SpawnBenchArgs, mut cfg: Config) -> anyhow::Result<ExitCode> {
             work_dir: runtime_dir.join(format!("bench-{}", std::process::id())),
             vmm,
             driver: a.driver.map(|d| match d {
-                DriverArg::Uring => wasp::ring::DriverKind::Uring,
-                DriverArg::Syscalls => wasp::ring::DriverKind::Syscalls,
+                DriverArg::Uring => wasp::pipeline::ring::DriverKind::Uring,
+                DriverArg::Syscalls => wasp::pipeline::ring::DriverKind::Syscalls,
             }),
             mem_mib: a.mem_mib,
             hold: a.hold,
@@ -156,9 +159,9 @@ pub fn run(a: SpawnBenchArgs, mut cfg: Config) -> anyhow::Result<ExitCode> {
     }
     if let Some(path) = &a.plot {
         let rows: Vec<Vec<f64>> = ok.iter().map(|c| c.phases_ms.values().to_vec()).collect();
-        wasp::plot::draw_svg(
+        wasp::bench::plot::draw_svg(
             path,
-            &wasp::plot::Plot {
+            &wasp::bench::plot::Plot {
                 title: &format!(
                     "wasp bench spawn: {} clones on {}, parallel {}",
                     a.count,
@@ -166,11 +169,11 @@ pub fn run(a: SpawnBenchArgs, mut cfg: Config) -> anyhow::Result<ExitCode> {
                     parallel
                 ),
                 x_label: "clone latency, admission to ready (ms)",
-                series: &[wasp::plot::Series {
+                series: &[wasp::bench::plot::Series {
                     label: "ready clones",
                     samples: &totals,
                 }],
-                phases: Some(wasp::plot::PhaseBars {
+                phases: Some(wasp::bench::plot::PhaseBars {
                     names: &PhasesMs::NAMES,
                     rows: &rows,
                 }),

@@ -7,8 +7,8 @@ use std::process::ExitCode;
 
 use clap::{Args, ValueEnum};
 
-use wasp::benchcmp;
-use wasp::benchgate::{self, GateOptions, Statistic};
+use wasp::bench::compare;
+use wasp::bench::gate::{self, GateOptions, Statistic};
 use wasp::stats::Percentiles;
 
 /// `wasp bench compare`.
@@ -25,11 +25,11 @@ pub struct CompareArgs {
 
 /// Runs `wasp bench compare`.
 pub fn compare(a: CompareArgs) -> anyhow::Result<ExitCode> {
-    let c = benchcmp::compare_files(&a.a, &a.b)?;
+    let c = compare::compare_files(&a.a, &a.b)?;
     if a.json {
         super::print_json(&c)?;
     } else {
-        print!("{}", benchcmp::render(&c));
+        print!("{}", compare::render(&c));
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -71,7 +71,7 @@ pub struct GateArgs {
 /// Runs `wasp bench gate`.
 pub fn gate(a: GateArgs) -> anyhow::Result<ExitCode> {
     if a.clear {
-        let n = benchgate::clear_stale(&a.criterion_dir)?;
+        let n = gate::clear_stale(&a.criterion_dir)?;
         eprintln!(
             "bench gate: removed {n} stale new/ and change/ directories under {}",
             a.criterion_dir.display()
@@ -83,7 +83,7 @@ pub fn gate(a: GateArgs) -> anyhow::Result<ExitCode> {
         "--threshold {} must be a positive percentage",
         a.threshold
     );
-    let r = benchgate::evaluate(
+    let r = gate::evaluate(
         &a.criterion_dir,
         &GateOptions {
             threshold: a.threshold / 100.0,
@@ -97,7 +97,7 @@ pub fn gate(a: GateArgs) -> anyhow::Result<ExitCode> {
     if a.json {
         super::print_json(&r)?;
     } else {
-        print!("{}", benchgate::render(&r));
+        print!("{}", gate::render(&r));
     }
     let bad = r.regressions();
     if bad.is_empty() {

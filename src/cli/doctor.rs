@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::Args;
 use wasp::config::Config;
-use wasp::doctor::{self, Status};
+use wasp::ops::doctor::{self, Status};
 
 #[derive(Debug, Args)]
 pub struct DoctorArgs {

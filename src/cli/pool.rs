@@ -8,10 +8,10 @@ use serde::Serialize;
 
 use super::args::{Dirs, Where};
 use wasp::config::{Config, Source};
-use wasp::pool::{Pool, PoolConfig};
-use wasp::registry::Registry;
-use wasp::slot::{HostNet, Kernel, SlotNet, SlotOps};
-use wasp::{reconcile, teardown};
+use wasp::pipeline::pool::{Pool, PoolConfig};
+use wasp::pipeline::registry::Registry;
+use wasp::pipeline::slot::{HostNet, Kernel, SlotNet, SlotOps};
+use wasp::{ops::reconcile, ops::teardown};
 
 /// `wasp pool ...`.
 #[derive(Debug, Args)]
@@ -234,7 +234,7 @@ fn where_is(net: &SlotNet, host: &HostNet) -> String {
 /// configured one when it has slots.
 fn existing_pools(cfg: &Config) -> Vec<(SlotNet, HostNet)> {
     let reg = Registry::of_state_dir(&cfg.state_dir.value);
-    let mut all = wasp::slot::registered_pools(&reg, (cfg.slot_net(), cfg.host_net()));
+    let mut all = wasp::pipeline::slot::registered_pools(&reg, (cfg.slot_net(), cfg.host_net()));
     let configured_has_slots = reg.get(&cfg.pool.value).ok().flatten().is_some()
         || Kernel::attach(cfg.slot_net(), &cfg.host_net())
             .and_then(|k| k.scan())

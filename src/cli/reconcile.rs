@@ -5,12 +5,12 @@ use std::process::ExitCode;
 use clap::Args;
 
 use wasp::config::Config;
-use wasp::reconcile::{self, Options, Report};
+use wasp::ops::reconcile::{self, Options, Report};
 
 use super::args::{Dirs, Where};
 
 /// `wasp reconcile`: without --pool, it covers every pool wasp has on
-/// this host (the pool registry, [`wasp::registry`]).
+/// this host (the pool registry, [`wasp::pipeline::registry`]).
 #[derive(Debug, Args)]
 pub struct ReconcileArgs {
     #[command(flatten)]
@@ -29,8 +29,8 @@ pub fn run(a: ReconcileArgs, mut cfg: Config) -> anyhow::Result<ExitCode> {
     let mut o = Options::from_config(&cfg, true);
     if cfg.pool.source == wasp::config::Source::Default {
         // No pool named: every pool wasp has on this host.
-        let reg = wasp::registry::Registry::of_state_dir(&cfg.state_dir.value);
-        o.pools = wasp::slot::registered_pools(&reg, (cfg.slot_net(), cfg.host_net()));
+        let reg = wasp::pipeline::registry::Registry::of_state_dir(&cfg.state_dir.value);
+        o.pools = wasp::pipeline::slot::registered_pools(&reg, (cfg.slot_net(), cfg.host_net()));
     }
     let rep = reconcile::reconcile(&o)?;
     if a.json {

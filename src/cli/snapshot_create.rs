@@ -1,5 +1,5 @@
 //! `wasp snapshot create`: boot a guest in a slot, wait until it is ready,
-//! snapshot it, write the manifest (see `wasp::golden`).
+//! snapshot it, write the manifest (see `wasp::snapshot::golden`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -9,11 +9,11 @@ use anyhow::Context;
 use clap::Args;
 
 use wasp::config::Config;
-use wasp::golden::{self, GoldenOptions, GoldenReady};
-use wasp::launch::Vmm;
-use wasp::reconcile;
-use wasp::spawn::{PoolSlots, Slots};
-use wasp::storage::probe::{probe_reflink, ReflinkProbe};
+use wasp::engine::batch::{PoolSlots, Slots};
+use wasp::ops::reconcile;
+use wasp::pipeline::launch::Vmm;
+use wasp::pipeline::storage::probe::{probe_reflink, ReflinkProbe};
+use wasp::snapshot::golden::{self, GoldenOptions, GoldenReady};
 
 use super::args::Dirs;
 use super::args::Where;
@@ -70,9 +70,12 @@ pub fn create(a: CreateArgs, mut cfg: Config) -> anyhow::Result<ExitCode> {
         .flag("--firecracker", a.firecracker.clone().map(Some));
     let vmm = match a.vmm {
         VmmArg::Firecracker => {
-            let p =
-                wasp::firecracker::locate("firecracker", cfg.firecracker_choice().as_ref(), None)?;
-            wasp::firecracker::version_of(&p)?;
+            let p = wasp::vmm::firecracker::locate(
+                "firecracker",
+                cfg.firecracker_choice().as_ref(),
+                None,
+            )?;
+            wasp::vmm::firecracker::version_of(&p)?;
             Vmm::Firecracker(p)
         }
         VmmArg::Standin => Vmm::Standin(

@@ -9,19 +9,19 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
 
-use wasp::cgroup;
 use wasp::config::Config;
+use wasp::engine::batch::{self, PhasesMs, SpawnReport};
 use wasp::engine::{Engine, EngineConfig, EngineError, PoolSetup, SnapshotSource, SpawnRequest};
-use wasp::env::Env;
-use wasp::jailer::Jailer;
-use wasp::launch::{Isolation, Vmm};
-use wasp::ready::Ready;
-use wasp::restore::Timeouts;
-use wasp::ring::DriverKind;
-use wasp::spawn::{self, PhasesMs, SpawnReport};
+use wasp::pipeline::env::Env;
+use wasp::pipeline::launch::{Isolation, Vmm};
+use wasp::pipeline::ready::Ready;
+use wasp::pipeline::restore::Timeouts;
+use wasp::pipeline::ring::DriverKind;
+use wasp::pipeline::storage::clone::{CloneStore, Mode};
 use wasp::stats::Percentiles;
-use wasp::storage::clone::{CloneStore, Mode};
-use wasp::{demo, reconcile, state, teardown};
+use wasp::vmm::cgroup;
+use wasp::vmm::jailer::Jailer;
+use wasp::{bench::demo, ops::reconcile, ops::teardown, state};
 
 use super::args::Dirs;
 use super::args::Where;
@@ -111,7 +111,7 @@ pub struct SpawnArgs {
     /// uid and gid; no account, group or subuid/subgid range may use them
     /// [jailer.id_range; default: 70000-79999].
     #[arg(long, value_name = "FIRST-LAST", requires = "jailer")]
-    pub jailer_id_range: Option<wasp::jailer::IdRange>,
+    pub jailer_id_range: Option<wasp::vmm::jailer::IdRange>,
     /// Gone: one shared uid for every clone (see --jailer-id-range).
     #[arg(long, hide = true, value_name = "ID")]
     pub jailer_uid: Option<u32>,
@@ -248,8 +248,9 @@ fn build_isolation(a: &SpawnArgs, vmm: &Vmm, cfg: &Config) -> anyhow::Result<Iso
         let Vmm::Firecracker(fc) = vmm else {
             bail!("--jailer runs Firecracker only; drop --vmm standin or --jailer");
         };
-        let bin = wasp::firecracker::locate("jailer", cfg.jailer_choice().as_ref(), fc.parent())?;
-        wasp::firecracker::version_of(&bin)?;
+        let bin =
+            wasp::vmm::firecracker::locate("jailer", cfg.jailer_choice().as_ref(), fc.parent())?;
+        wasp::vmm::firecracker::version_of(&bin)?;
         let j = Jailer::new(&bin, fc, &cfg.runtime_dir.value, cfg.jailer_ids.value)
             .context("jailer mode")?
             .with_owner(owner(cfg)?);
@@ -292,11 +293,11 @@ pub fn in_use(state_dir: &std::path::Path, pool: &str) -> HashSet<u32> {
 
 /// Runs `wasp spawn`.
 pub fn spawn_cmd(a: SpawnArgs, mut cfg: Config) -> anyhow::Result<ExitCode> {
-    if a.count == 0 || a.count > spawn::MAX_COUNT {
+    if a.count == 0 || a.count > batch::MAX_COUNT {
         bail!(
             "--count {} is out of range: use 1 to {}",
             a.count,
-            spawn::MAX_COUNT
+            batch::MAX_COUNT
         );
     }
     a.at.apply(&mut cfg);
@@ -335,10 +336,13 @@ pub fn spawn_cmd(a: SpawnArgs, mut cfg: Config) -> anyhow::Result<ExitCode> {
     let state_dir = &cfg.state_dir.value;
     let vmm = match vmm_arg {
         VmmArg::Firecracker => {
-            let p =
-                wasp::firecracker::locate("firecracker", cfg.firecracker_choice().as_ref(), None)?;
-            wasp::firecracker::version_of(&p)?;
-            wasp::firecracker::check_kvm()?;
+            let p = wasp::vmm::firecracker::locate(
+                "firecracker",
+                cfg.firecracker_choice().as_ref(),
+                None,
+            )?;
+            wasp::vmm::firecracker::version_of(&p)?;
+            wasp::vmm::firecracker::check_kvm()?;
             Vmm::Firecracker(p)
         }
         VmmArg::Standin => {
@@ -390,7 +394,7 @@ pub fn spawn_cmd(a: SpawnArgs, mut cfg: Config) -> anyhow::Result<ExitCode> {
     // The clones keep running; `wasp kill` stops them.
     engine.shutdown(false);
     if let Some(e) = engine.take_driver_error() {
-        return Err(spawn::SpawnError::Driver(e).into());
+        return Err(batch::SpawnError::Driver(e).into());
     }
     let report = report?;
     if a.json {

@@ -16,7 +16,7 @@ use thiserror::Error;
 
 use super::manifest::{self, Drive, FileEntry, Manifest, Mmds, NetIface, Vmm, MIB};
 use super::{sha256_file, write_atomic, MANIFEST_FILE};
-use crate::vmstate::{self, VmState};
+use crate::standin::vmstate::{self, VmState};
 
 /// A drive to record.
 #[derive(Debug, Clone)]

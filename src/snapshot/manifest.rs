@@ -27,7 +27,7 @@ pub const MIB: u64 = 1 << 20;
 pub enum Vmm {
     /// Real Firecracker: the vmstate is Firecracker's own binary format.
     Firecracker,
-    /// wasp's stand-in VMM: the vmstate is [`crate::vmstate::VmState`].
+    /// wasp's stand-in VMM: the vmstate is [`crate::standin::vmstate::VmState`].
     Standin,
 }
 

@@ -17,6 +17,7 @@
 //! while any clone lives; wasp makes base files read-only (0444).
 
 pub mod adopt;
+pub mod golden;
 pub mod manifest;
 pub mod synth;
 pub mod warm;
@@ -38,7 +39,7 @@ pub use manifest::{Manifest, ManifestError, Vmm, FORMAT_VERSION, MANIFEST_FILE, 
 pub use synth::{synth, SynthError, SynthOptions};
 pub use warm::{warm, WarmError, WarmMethod, WarmReport};
 
-use crate::vmstate::{VmState, VmStateError};
+use crate::standin::vmstate::{VmState, VmStateError};
 
 /// The `path_on_host` that synthesized snapshots record for their rootfs.
 ///
@@ -46,8 +47,8 @@ use crate::vmstate::{VmState, VmStateError};
 /// cannot override it on load, so the recorded path must resolve to each
 /// clone's own disk. The spawn stage gives every clone a private mount
 /// namespace and bind-mounts that clone's rootfs (from
-/// [`crate::storage::CloneFiles`]) over this path before the VMM starts
-/// (see [`crate::paths::STABLE_DRIVE_DIR`] and [`crate::launch`]).
+/// [`crate::pipeline::storage::CloneFiles`]) over this path before the VMM starts
+/// (see [`crate::paths::STABLE_DRIVE_DIR`] and [`crate::pipeline::launch`]).
 pub const CLONE_ROOTFS_PATH: &str = "/run/wasp/drives/rootfs";
 
 /// The `path_on_host` recorded for an optional per-clone scratch drive
@@ -524,7 +525,7 @@ fn check_standin_vmstate(f: &File, p: &str, m: &Manifest) -> Result<(), CheckErr
         source,
     };
     let size = m.vmstate.size;
-    if size > crate::vmstate::MAX_SIZE {
+    if size > crate::standin::vmstate::MAX_SIZE {
         return Err(invalid(VmStateError::TooLarge {
             path: p.into(),
             size,

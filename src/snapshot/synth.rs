@@ -19,7 +19,7 @@ use thiserror::Error;
 
 use super::manifest::{self, Drive, FileEntry, Manifest, Mmds, NetIface, Vmm, MIB};
 use super::{hex, write_atomic, CLONE_ROOTFS_PATH, CLONE_SCRATCH_PATH, MANIFEST_FILE};
-use crate::vmstate::{self, DriveState, GuestState, MmdsState, NetState, VmState};
+use crate::standin::vmstate::{self, DriveState, GuestState, MmdsState, NetState, VmState};
 
 /// Stand-in guest IP (every clone has the same one behind its own tap).
 pub const GUEST_IP: &str = "192.168.241.2";

@@ -4,7 +4,7 @@
 //! tests can check that injection worked without printing a secret.
 //!
 //! Environment layout in MMDS: wasp's own object under `"env"` (see
-//! `crate::env`), else the top-level object; only string values count. `AGENT_ID` and `API_URL` are read from the same
+//! `crate::pipeline::env`), else the top-level object; only string values count. `AGENT_ID` and `API_URL` are read from the same
 //! place.
 
 use std::collections::BTreeMap;

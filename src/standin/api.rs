@@ -18,11 +18,11 @@ use serde_json::Value;
 
 use super::http::Request;
 use super::Faults;
-use crate::vmm_api::{
+use crate::standin::vmstate::{DriveState, GuestState, MmdsState, NetState, VmState, VmStateError};
+use crate::vmm::api::{
     Action, ActionType, BackendType, MemBackend, NetworkOverride, SnapshotCreate, SnapshotType, Vm,
     VmRunState,
 };
-use crate::vmstate::{DriveState, GuestState, MmdsState, NetState, VmState, VmStateError};
 
 /// `vmm_version` reported by `GET /`: the Firecracker API version it speaks,
 /// marked as a stand-in.
@@ -66,7 +66,7 @@ pub trait RunningGuest: Send {
 #[derive(Clone)]
 pub struct GuestParams {
     /// Addressing and service ports.
-    pub addr: crate::guestnet::GuestIface,
+    pub addr: crate::standin::guestnet::GuestIface,
     /// The MMDS data store (shared: the agent reads it live).
     pub mmds: Arc<Mutex<Option<Value>>>,
 }
@@ -595,7 +595,7 @@ impl<H: Host> Vmm<H> {
             (Phase::Started, false) => "Running",
             (Phase::Started, true) => "Paused",
         };
-        Reply::json_of(&crate::vmm_api::InstanceInfo {
+        Reply::json_of(&crate::vmm::api::InstanceInfo {
             id: self.id.clone(),
             state: state.to_owned(),
             vmm_version: VMM_VERSION.to_owned(),
@@ -762,7 +762,7 @@ impl<H: Host> Vmm<H> {
         };
         // "Load" the kernel image where an ELF guest would sit, so the memory
         // file of a snapshot carries it.
-        let at = crate::testguest::LOAD_ADDR as usize;
+        let at = crate::standin::testguest::LOAD_ADDR as usize;
         if at + kernel.len() <= len {
             mem.bytes_mut()[at..at + kernel.len()].copy_from_slice(&kernel);
         }
@@ -786,7 +786,7 @@ impl<H: Host> Vmm<H> {
         };
         let params = (|| {
             Some(GuestParams {
-                addr: crate::guestnet::GuestIface {
+                addr: crate::standin::guestnet::GuestIface {
                     mac: parse_mac(&net.guest_mac)?,
                     ip: self.guest.ip.parse().ok()?,
                     prefix_len: self.guest.prefix_len,
@@ -883,7 +883,7 @@ impl<H: Host> Vmm<H> {
             return Reply::fault("Create snapshot error: Cannot save the microVM state: Operation not allowed: save/restore unavailable while running");
         }
         let state = VmState {
-            version: crate::vmstate::VERSION,
+            version: crate::standin::vmstate::VERSION,
             mem_size_mib: self.machine.mem_size_mib,
             vcpu_count: self.machine.vcpu_count,
             drives: self.drives.iter().map(|(d, _)| d.clone()).collect(),

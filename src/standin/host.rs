@@ -12,10 +12,10 @@ use std::sync::{Arc, Mutex};
 
 use super::agent;
 use super::api::{GuestMem, GuestParams, Host, MemLoadError, RunningGuest};
-use crate::guestnet::{GuestNet, GuestNetConfig, Outbound};
+use crate::standin::guestnet::{GuestNet, GuestNetConfig, Outbound};
+use crate::standin::vmstate::{VmState, VmStateError};
 use crate::sys::mem::GuestMapping;
 use crate::sys::uffd_mem::Userfault;
-use crate::vmstate::{VmState, VmStateError};
 use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
 
 static LOG_FILE: std::sync::OnceLock<File> = std::sync::OnceLock::new();

@@ -171,10 +171,10 @@ mod tests {
     #[test]
     fn responses_round_trip_through_the_client_parser() {
         let b = encode_response(400, Some(br#"{"fault_message":"x"}"#));
-        let (r, n) = crate::vmm_api::parse_response(&b).unwrap().unwrap();
+        let (r, n) = crate::vmm::api::parse_response(&b).unwrap().unwrap();
         assert_eq!((r.status, n), (400, b.len()));
         let b = encode_response(204, None);
-        let (r, _) = crate::vmm_api::parse_response(&b).unwrap().unwrap();
+        let (r, _) = crate::vmm::api::parse_response(&b).unwrap().unwrap();
         assert_eq!((r.status, r.body.len()), (204, 0));
     }
 
@@ -212,7 +212,7 @@ mod tests {
             if let Ok(Some((_, n))) = parse_request(&b[..cut]) {
                 assert!(n <= cut);
             }
-            if let Ok(Some((_, n))) = crate::vmm_api::parse_response(&b[..cut]) {
+            if let Ok(Some((_, n))) = crate::vmm::api::parse_response(&b[..cut]) {
                 assert!(n <= cut);
             }
         }

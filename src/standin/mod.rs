@@ -9,14 +9,23 @@
 //!   trait;
 //! - [`host`]: the real host side (files, taps, MAP_PRIVATE memory, the
 //!   userspace guest);
-//! - [`server`]: the single-threaded blocking accept loop.
+//! - [`server`]: the single-threaded blocking accept loop;
+//! - [`guestnet`]: the userspace TCP/IP guest (smoltcp) on a tap;
+//! - [`vmstate`]: the stand-in's snapshot state file;
+//! - [`testguest`]: the built-in idle x86-64 guest real Firecracker boots
+//!   in tests.
+//!
+//! May use: `sys`, `vmm` (the API's wire types), `snapshot`, the leaves.
 
 pub mod agent;
 pub mod api;
 pub mod cli;
+pub mod guestnet;
 pub mod host;
 pub mod http;
 pub mod server;
+pub mod testguest;
+pub mod vmstate;
 
 use thiserror::Error;
 

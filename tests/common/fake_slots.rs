@@ -2,7 +2,7 @@
 //! the spawn pipeline's slot seam without the real pool.
 
 use super::TestNetns;
-use wasp::spawn::{SlotError, SlotLease, Slots};
+use wasp::engine::batch::{SlotError, SlotLease, Slots};
 
 /// Fake pool.
 pub struct FakeSlots {

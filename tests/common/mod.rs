@@ -147,15 +147,15 @@ impl Drop for NetnsPrefixGuard {
 
 /// A private host netns (`tag`) with the slot pool `pool`'s host side set
 /// up in it: the bridge and wasp's host nft table.
-pub fn slot_host(tag: &str, pool: String) -> (TestNetns, wasp::slot::Kernel) {
+pub fn slot_host(tag: &str, pool: String) -> (TestNetns, wasp::pipeline::slot::Kernel) {
     let host = TestNetns::new(tag);
-    let net = wasp::slot::SlotNet {
+    let net = wasp::pipeline::slot::SlotNet {
         pool,
-        ..wasp::slot::SlotNet::default()
+        ..wasp::pipeline::slot::SlotNet::default()
     };
-    let k = wasp::slot::Kernel::setup(
+    let k = wasp::pipeline::slot::Kernel::setup(
         net,
-        &wasp::slot::HostNet {
+        &wasp::pipeline::slot::HostNet {
             netns: Some(host.name().to_owned()),
             egress_uplink: None,
             ..Default::default()
@@ -252,7 +252,7 @@ pub fn add_tap0(ns: &TestNetns) {
 /// `dir/testguest.elf`, and a 1 MiB rootfs image, `dir/rootfs.img`.
 pub fn guest_files(dir: &std::path::Path) -> (PathBuf, PathBuf) {
     let kernel = dir.join("testguest.elf");
-    wasp::testguest::write(&kernel).unwrap();
+    wasp::standin::testguest::write(&kernel).unwrap();
     let rootfs = dir.join("rootfs.img");
     std::fs::write(&rootfs, vec![0x5au8; 1 << 20]).unwrap();
     (kernel, rootfs)
@@ -269,8 +269,8 @@ pub fn fc_golden(
 ) -> wasp::snapshot::Manifest {
     let (kernel, rootfs) = guest_files(work);
     add_tap0(ns);
-    wasp::golden::create(&wasp::golden::GoldenOptions {
-        vmm: wasp::launch::Vmm::Firecracker(firecracker_bin()),
+    wasp::snapshot::golden::create(&wasp::snapshot::golden::GoldenOptions {
+        vmm: wasp::pipeline::launch::Vmm::Firecracker(firecracker_bin()),
         kernel,
         rootfs,
         vcpus: 1,
@@ -281,7 +281,7 @@ pub fn fc_golden(
         out: out.to_owned(),
         netns: ns.name().to_owned(),
         tap: "tap0".into(),
-        guest: wasp::golden::GuestAddr::default(),
+        guest: wasp::snapshot::golden::GuestAddr::default(),
         sha256,
     })
     .unwrap()
@@ -345,7 +345,8 @@ pub fn assert_maps_private(pid: i32, file: &std::path::Path) {
 pub fn teardown_all(state: &std::path::Path) {
     let store = wasp::state::Store::open(state).unwrap();
     for r in store.list().unwrap().0 {
-        let (_, errors) = wasp::teardown::teardown(&store, &r, std::time::Duration::from_secs(5));
+        let (_, errors) =
+            wasp::ops::teardown::teardown(&store, &r, std::time::Duration::from_secs(5));
         assert!(errors.is_empty(), "{errors:?}");
     }
 }

@@ -27,11 +27,11 @@
 //!   Anything else is left alone (logged), as is an adopted clone's VMM.
 //! - **clone directories** `<runtime>/clones/wasp-<id>` and **jails** of
 //!   clones that are not adopted, when they carry this state dir's mark
-//!   ([`crate::storage::clone::reconcile_dir`], [`crate::jailer::reconcile`]),
+//!   ([`crate::pipeline::storage::clone::reconcile_dir`], [`crate::vmm::jailer::reconcile`]),
 //!   and **cgroups** under this state dir's own parent
-//!   `<cgroup2>/wasp/<owner id>` ([`crate::cgroup::reconcile`]). Several
+//!   `<cgroup2>/wasp/<owner id>` ([`crate::vmm::cgroup::reconcile`]). Several
 //!   state dirs may share a host and a runtime dir: none touches another's.
-//! - **slots** of the pool in scope ([`crate::pool::Pool::reconcile`]):
+//! - **slots** of the pool in scope ([`crate::pipeline::pool::Pool::reconcile`]):
 //!   healthy ones stay (free ones are the warm pool), broken ones are
 //!   removed, the slots of removed clones and killed orphans are recycled
 //!   (tap free, conntrack flushed).
@@ -54,15 +54,15 @@ use std::time::Duration;
 use serde::Serialize;
 use thiserror::Error;
 
-use crate::firecracker::Chosen;
+use crate::ops::teardown::{self, VmmFate};
 use crate::paths::PREFIX;
-use crate::pool::{Pool, PoolConfig};
-use crate::slot::{HostNet, Kernel, SlotNet, SlotOps};
+use crate::pipeline::pool::{Pool, PoolConfig};
+use crate::pipeline::slot::{HostNet, Kernel, SlotNet, SlotOps};
+use crate::pipeline::storage::clone::{reconcile_dir, CLONES_SUBDIR};
 use crate::state::{self, CloneRecord, Owner, StateError, Store};
-use crate::storage::clone::{reconcile_dir, CLONES_SUBDIR};
 use crate::sys::fs::{flock, FlockMode};
 use crate::sys::{netns, pidfd};
-use crate::teardown::{self, VmmFate};
+use crate::vmm::firecracker::Chosen;
 
 /// The lock file in the state dir.
 pub const LOCK_FILE: &str = "lock";
@@ -407,7 +407,10 @@ fn remove_unwired(net: &SlotNet, rep: &mut Report) {
         .collect();
     // A slot whose veth0 still exists is wired to some other host netns
     // (the same pool name used elsewhere): not ours to judge.
-    for (n, gone) in ours.iter().zip(links_missing(&ours, crate::slot::VETH0)) {
+    for (n, gone) in ours
+        .iter()
+        .zip(links_missing(&ours, crate::pipeline::slot::VETH0))
+    {
         let (Some(i), Some(_)) = (net.index_of_netns(n), gone) else {
             continue;
         };
@@ -500,7 +503,7 @@ pub fn clone_id_of_sock(sock: &Path, clones_dirs: &[PathBuf]) -> Option<String> 
 pub fn jailed_clone_id(root: &Path, clones_dirs: &[PathBuf]) -> Option<String> {
     let jail = root.parent()?;
     let base = jail.parent()?.parent()?;
-    if base.file_name()? != crate::jailer::JAIL_DIR || root.file_name()? != "root" {
+    if base.file_name()? != crate::vmm::jailer::JAIL_DIR || root.file_name()? != "root" {
         return None;
     }
     let runtime = base.parent()?;
@@ -771,9 +774,10 @@ pub fn vmm_binaries(firecracker: Option<&Chosen>, jailer: Option<&Chosen>) -> Ve
         })
     };
     let fc_env = from_env(crate::config::FIRECRACKER_ENV);
-    let fc = crate::firecracker::locate("firecracker", firecracker.or(fc_env.as_ref()), None).ok();
+    let fc =
+        crate::vmm::firecracker::locate("firecracker", firecracker.or(fc_env.as_ref()), None).ok();
     let jl_env = from_env(crate::config::JAILER_ENV);
-    let jl = crate::firecracker::locate(
+    let jl = crate::vmm::firecracker::locate(
         "jailer",
         jailer.or(jl_env.as_ref()),
         fc.as_deref().and_then(Path::parent),
@@ -928,8 +932,11 @@ pub fn run(o: &Options) -> Result<Report, ReconcileError> {
     let live = |id: &str| adopted_pids.contains_key(id);
     let owns = |d: &Path| owner.owns(d);
     let dirs = reconcile_dir(&o.runtime_dir.join(CLONES_SUBDIR), &live, &owns);
-    let jails =
-        crate::jailer::reconcile(&o.runtime_dir.join(crate::jailer::JAIL_DIR), &live, &owns);
+    let jails = crate::vmm::jailer::reconcile(
+        &o.runtime_dir.join(crate::vmm::jailer::JAIL_DIR),
+        &live,
+        &owns,
+    );
     for r in [dirs, jails] {
         for p in &r.not_ours {
             tracing::info!(
@@ -942,9 +949,10 @@ pub fn run(o: &Options) -> Result<Report, ReconcileError> {
     }
     if let Some(mount) = std::fs::read_to_string("/proc/self/mountinfo")
         .ok()
-        .and_then(|mi| crate::cgroup::find_cgroup2(&mi))
+        .and_then(|mi| crate::vmm::cgroup::find_cgroup2(&mi))
     {
-        let cgroups = crate::cgroup::reconcile(&crate::cgroup::owner_dir(&mount, &owner), &live);
+        let cgroups =
+            crate::vmm::cgroup::reconcile(&crate::vmm::cgroup::owner_dir(&mount, &owner), &live);
         rep.dirs_removed.extend(cgroups.removed);
         rep.errors.extend(cgroups.errors);
     }

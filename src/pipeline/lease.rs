@@ -13,7 +13,7 @@
 //! A clone outlives the command that spawned it; once that command has
 //! exited, its slot is unleased but its tap is attached (the VMM holds
 //! it), and a pool that adopts the slot sees the busy tap and sets it aside
-//! ([`crate::pool`]). The tap is attached only by a VMM that a lease holder
+//! ([`crate::pipeline::pool`]). The tap is attached only by a VMM that a lease holder
 //! launched, so "unleased and tap free" means free.
 //!
 //! Lease files are removed only by a holder, after it has removed the

@@ -1,8 +1,8 @@
 //! Pipeline stages "restore", "inject" and "resume" for one clone, as a pure
 //! state machine over its API socket: connect, `PUT /snapshot/load`,
-//! `PUT /mmds`, `PATCH /vm`, then the readiness check of [`crate::ready`].
+//! `PUT /mmds`, `PATCH /vm`, then the readiness check of [`crate::pipeline::ready`].
 //!
-//! The machine does no I/O. A driver ([`crate::ring`]: io_uring, or the
+//! The machine does no I/O. A driver ([`crate::pipeline::ring`]: io_uring, or the
 //! plain-syscall fallback) performs what [`Machine::want`] asks for and
 //! reports back, so both drivers share every decision and tests can drive a
 //! machine with made-up events.
@@ -16,10 +16,8 @@ use serde::Serialize;
 use thiserror::Error;
 use zeroize::Zeroizing;
 
-use crate::ready::Ready;
-use crate::vmm_api::{
-    self, BackendType, MemBackend, Method, NetworkOverride, SnapshotLoad, VmRunState,
-};
+use crate::pipeline::ready::Ready;
+use crate::vmm::api::{BackendType, MemBackend, Method, NetworkOverride, SnapshotLoad, VmRunState};
 
 /// A phase of one clone's life, in order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -187,7 +185,7 @@ pub enum RestoreError {
         phase: Phase,
         /// Cause.
         #[source]
-        source: vmm_api::ParseError,
+        source: crate::vmm::api::ParseError,
     },
     /// The VMM closed the connection mid-response.
     #[error("{phase}: the VMM closed the API connection before answering")]
@@ -396,7 +394,7 @@ impl Machine {
     }
 
     fn request(&mut self, method: Method, path: &str, body: Option<&[u8]>) {
-        self.tx = Zeroizing::new(vmm_api::encode_request(method, path, body));
+        self.tx = Zeroizing::new(crate::vmm::api::encode_request(method, path, body));
         self.tx_off = 0;
         self.rx.clear();
         self.want = Want::Send;
@@ -469,7 +467,7 @@ impl Machine {
             return;
         }
         self.rx.extend_from_slice(data);
-        let resp = match vmm_api::parse_response(&self.rx) {
+        let resp = match crate::vmm::api::parse_response(&self.rx) {
             Ok(None) => return,
             Ok(Some((r, _))) => r,
             Err(source) => {
@@ -483,7 +481,7 @@ impl Machine {
             return self.finish(Err(RestoreError::Api {
                 phase,
                 status: resp.status,
-                fault_message: vmm_api::fault_message_of(&resp.body),
+                fault_message: crate::vmm::api::fault_message_of(&resp.body),
             }));
         }
         match self.phase {
@@ -499,7 +497,7 @@ impl Machine {
             }
             Phase::Mmds => {
                 self.enter(Phase::Resume, now);
-                let body = serde_json::to_vec(&vmm_api::Vm {
+                let body = serde_json::to_vec(&crate::vmm::api::Vm {
                     state: VmRunState::Resumed,
                 })
                 .expect("json");

@@ -24,13 +24,13 @@ use std::str::FromStr;
 use serde::{Deserialize, Deserializer, Serialize};
 use thiserror::Error;
 
-use crate::firecracker::Chosen;
-use crate::jailer::{IdRange, DEFAULT_ID_RANGE};
 use crate::paths::{DEFAULT_RUNTIME_DIR, DEFAULT_STATE_DIR};
-use crate::ready::Ready;
-use crate::slot::{Cidr, ConnectUids, HostNet, SlotError, SlotNet};
+use crate::pipeline::ready::Ready;
+use crate::pipeline::slot::{Cidr, ConnectUids, HostNet, SlotError, SlotNet};
 use crate::snapshot::manifest::Manifest;
 use crate::sys::netns;
+use crate::vmm::firecracker::Chosen;
+use crate::vmm::jailer::{IdRange, DEFAULT_ID_RANGE};
 
 /// The config file read when no `--config` or `WASP_CONFIG` names one.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/wasp/wasp.toml";
@@ -568,13 +568,15 @@ impl Config {
 
     /// The host side (no egress uplink: a masquerade `pool warm
     /// --egress-uplink` made is kept, and gives the slots egress, see
-    /// [`crate::slot::Kernel::setup`]).
+    /// [`crate::pipeline::slot::Kernel::setup`]).
     pub fn host_net(&self) -> HostNet {
         HostNet {
             netns: self.host_netns.value.clone(),
             egress_uplink: None,
             connect_uids: self.connect_uids.value.clone(),
-            registry: Some(crate::registry::Registry::dir_of(&self.state_dir.value)),
+            registry: Some(crate::pipeline::registry::Registry::dir_of(
+                &self.state_dir.value,
+            )),
         }
     }
 
@@ -608,12 +610,12 @@ impl Config {
         Some(Chosen { path, origin })
     }
 
-    /// The chosen firecracker binary, for [`crate::firecracker::locate`].
+    /// The chosen firecracker binary, for [`crate::vmm::firecracker::locate`].
     pub fn firecracker_choice(&self) -> Option<Chosen> {
         Self::chosen(&self.firecracker, "paths.firecracker")
     }
 
-    /// The chosen jailer binary, for [`crate::firecracker::locate`].
+    /// The chosen jailer binary, for [`crate::vmm::firecracker::locate`].
     pub fn jailer_choice(&self) -> Option<Chosen> {
         Self::chosen(&self.jailer, "paths.jailer")
     }
@@ -808,7 +810,7 @@ id_range = "80000-80999"
         assert_eq!(c.host_net().netns.as_deref(), Some("wasp-host"));
         assert_eq!(
             c.host_net().connect_uids,
-            crate::slot::ConnectUids::only([990])
+            crate::pipeline::slot::ConnectUids::only([990])
         );
         assert_eq!(c.runtime_dir.value, Path::new("/srv/wasp"));
         assert_eq!(c.state_dir.value, Path::new("/run/wasp2"));

@@ -8,7 +8,7 @@
 //!   conntrack flushed) or destroys it above the high-water mark.
 //! - [`Pool::reconcile`] finds what a crashed wasp left, by names and
 //!   ownership marks: healthy slots are adopted, broken ones removed.
-//! - Every slot the pool holds, free or taken, is leased ([`crate::lease`]):
+//! - Every slot the pool holds, free or taken, is leased ([`crate::pipeline::lease`]):
 //!   the pool takes a slot's lease before it builds or adopts it, and skips
 //!   a slot another process holds. So any number of processes share one
 //!   pool's kernel objects and never hand one slot out twice. Leases are
@@ -28,8 +28,8 @@ use crossbeam::queue::SegQueue;
 use serde::Serialize;
 use thiserror::Error;
 
-use crate::lease::Lease;
-use crate::slot::{Slot, SlotError, SlotOps};
+use crate::pipeline::lease::Lease;
+use crate::pipeline::slot::{Slot, SlotError, SlotOps};
 
 /// Pool sizing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -570,7 +570,7 @@ impl<O: SlotOps + 'static> Drop for Pool<O> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::slot::Found;
+    use crate::pipeline::slot::Found;
     use std::net::Ipv4Addr;
 
     /// Records every kernel call; `existing` plays the kernel's state.

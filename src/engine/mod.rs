@@ -46,6 +46,14 @@
 //! [`Ticket::wait_timeout`]); [`Engine::exits`] streams reaped clones.
 //! [`Engine::shutdown`] finishes what was accepted before it returns.
 //!
+//! [`batch`] holds what one request is made of and reports: options,
+//! per-clone rows and the summary, the [`Slots`] seam and its pool-backed
+//! [`PoolSlots`]. [`spawn`] runs one batch on an engine of its own (for
+//! callers that hold their slots themselves).
+//!
+//! May use: `pipeline` and everything below it. Not `ops`, `config` or
+//! `bench`.
+//!
 //! ```no_run
 //! # use std::sync::Arc;
 //! # use wasp::engine::*;
@@ -57,6 +65,8 @@
 //! engine.shutdown(false);
 //! # Ok(()) }
 //! ```
+
+pub mod batch;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::os::fd::{AsFd, OwnedFd};
@@ -70,26 +80,26 @@ use crossbeam::channel as cb;
 use serde::Serialize;
 use thiserror::Error;
 
-use crate::env::Env;
-use crate::launch::{self, Isolation, LaunchSpec, MountTemplate, Vmm};
-use crate::pool::{PoolConfig, PoolStatus};
-use crate::ready::Ready;
-use crate::restore::{Job, Plan, Timeouts};
-use crate::ring::{self, DriverError, DriverKind, Feed, Next, Outcome};
-use crate::slot::{HostNet, SlotNet};
-use crate::spawn::{
+use crate::engine::batch::{
     batch_tag, link_sync, CloneReport, PhasesMs, PoolSlots, PoolSlotsError, SlotError, SlotLease,
     Slots, SpawnError, SpawnOptions, SpawnReport, Summary, MAX_COUNT,
 };
+use crate::ops::teardown::VmmFate;
+use crate::pipeline::env::Env;
+use crate::pipeline::launch::{self, Isolation, LaunchSpec, MountTemplate, Vmm};
+use crate::pipeline::pool::{PoolConfig, PoolStatus};
+use crate::pipeline::ready::Ready;
+use crate::pipeline::restore::{Job, Plan, Timeouts};
+use crate::pipeline::ring::{self, DriverError, DriverKind, Feed, Next, Outcome};
+use crate::pipeline::slot::{HostNet, SlotNet};
+use crate::pipeline::storage::clone::{CloneStore, Mode};
 use crate::state::{self, CloneRecord};
 use crate::stats::{ms, Percentiles};
-use crate::storage::clone::{CloneStore, Mode};
 use crate::sys;
 use crate::sys::epoll::Epoll;
 use crate::sys::spawn::Process;
 use crate::sys::tap::EventFd;
-use crate::teardown::VmmFate;
-use crate::vmm_api::{BackendType, NetworkOverride};
+use crate::vmm::api::{BackendType, NetworkOverride};
 
 /// Admission workers run at once: the launch waits for the VMM's exec,
 /// which another worker's clone can overlap.

@@ -28,10 +28,10 @@ use std::time::{Duration, Instant};
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 use thiserror::Error;
 
-use crate::cgroup::{CgroupError, CgroupParent, CloneCgroup};
-use crate::jailer::{JailPlan, Jailer, JailerError};
 use crate::paths::STABLE_DRIVE_DIR;
 use crate::sys;
+use crate::vmm::cgroup::{CgroupError, CgroupParent, CloneCgroup};
+use crate::vmm::jailer::{JailPlan, Jailer, JailerError};
 
 pub use crate::sys::spawn::{CloneStyle, Placement, Process};
 
@@ -89,7 +89,7 @@ fn netns_mounts(mountinfo: &str) -> (Vec<PathBuf>, usize) {
     let run = Path::new(sys::netns::NETNS_RUN_DIR);
     let entries: Vec<(PathBuf, bool)> = mountinfo
         .lines()
-        .filter_map(crate::cgroup::mountinfo_entry)
+        .filter_map(crate::vmm::cgroup::mountinfo_entry)
         .map(|(dir, fstype, _)| {
             let dir = PathBuf::from(dir);
             let gone = dir.starts_with(run) || fstype == "nsfs";
@@ -367,12 +367,12 @@ pub fn launch(spec: &LaunchSpec) -> Result<Launched, LaunchError> {
 pub fn remove_isolation(cgroup: Option<&Path>, jail_dir: Option<&Path>) -> Vec<LaunchError> {
     let mut errors = Vec::new();
     if let Some(c) = cgroup {
-        if let Err(e) = crate::cgroup::remove(c, Duration::from_secs(5)) {
+        if let Err(e) = crate::vmm::cgroup::remove(c, Duration::from_secs(5)) {
             errors.push(LaunchError::Cgroup(e));
         }
     }
     if let Some(j) = jail_dir {
-        if let Err(e) = crate::jailer::remove_jail(j) {
+        if let Err(e) = crate::vmm::jailer::remove_jail(j) {
             errors.push(LaunchError::Jail(e));
         }
     }

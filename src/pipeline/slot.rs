@@ -33,10 +33,10 @@ use crossbeam::channel::{bounded, unbounded, Receiver, Sender};
 
 use thiserror::Error;
 
-use crate::lease::{Lease, LEASE_DIR};
 use crate::netlink::nft::{self, BaseChain, Batch, ChainType, CmpOp, Expr, Hook};
 use crate::netlink::{self, rtnl, MsgBuf, NetlinkError, Socket};
-use crate::registry::{PoolEntry, Registry};
+use crate::pipeline::lease::{Lease, LEASE_DIR};
+use crate::pipeline::registry::{PoolEntry, Registry};
 use crate::sys::{netns, tap};
 
 /// Prefix of every slot namespace, host veth and nft table wasp makes.
@@ -627,13 +627,13 @@ pub trait SlotOps: Send + Sync {
     fn scan(&self) -> Result<Vec<Found>, SlotError>;
     /// The slot description of index `n` (for adopting a found slot).
     fn describe(&self, n: u32) -> Result<Slot, SlotError>;
-    /// Takes the cross-process lease of slot `n` ([`crate::lease`]), or
+    /// Takes the cross-process lease of slot `n` ([`crate::pipeline::lease`]), or
     /// `None` when another process holds it.
     fn lease(&self, n: u32) -> Result<Option<Lease>, SlotError>;
 }
 
 impl SlotNet {
-    /// The registry record ([`crate::registry`]) of a pool set up with
+    /// The registry record ([`crate::pipeline::registry`]) of a pool set up with
     /// these settings in `host`.
     pub fn registry_entry(&self, host: &HostNet, host_netns_created: bool) -> PoolEntry {
         PoolEntry {
@@ -705,7 +705,7 @@ pub struct HostNet {
     /// CIDR (default: root only).
     pub connect_uids: ConnectUids,
     /// The registry that set-up records the pool in
-    /// ([`crate::registry`]: the state dir's `pools/`); `None`: not
+    /// ([`crate::pipeline::registry`]: the state dir's `pools/`); `None`: not
     /// recorded.
     pub registry: Option<std::path::PathBuf>,
 }
@@ -961,7 +961,7 @@ impl Kernel {
             "cannot open /dev/net/tun, so no slot can get its tap; load the tun module (modprobe tun) and run as root",
         ))?;
         // One process at a time makes or checks the host side.
-        let _setup = crate::lease::host_setup_lock(Path::new(LEASE_DIR))
+        let _setup = crate::pipeline::lease::host_setup_lock(Path::new(LEASE_DIR))
             .map_err(io_err(format!("lock {LEASE_DIR}/host-setup.lock")))?;
         let mut created = None;
         let host_ns = match &host.netns {

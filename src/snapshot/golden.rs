@@ -20,12 +20,12 @@ use std::time::{Duration, Instant};
 
 use thiserror::Error;
 
-use crate::launch::{self, LaunchSpec, Vmm};
-use crate::slot::SlotNet;
+use crate::pipeline::launch::{self, LaunchSpec, Vmm};
+use crate::pipeline::slot::SlotNet;
 use crate::snapshot::manifest::{self, Drive, FileEntry, Manifest, Mmds, NetIface};
 use crate::snapshot::{self, MANIFEST_FILE};
 use crate::sys;
-use crate::vmm_api::{self, ApiError, Client};
+use crate::vmm::api::{ApiError, Client};
 
 /// The guest's addressing behind the slot's tap: the same in every clone
 /// (the slot's NAT maps the clone IP to it).
@@ -484,7 +484,7 @@ fn create_in(o: &GoldenOptions, tmp: &Path, work: &Path) -> Result<Manifest, Gol
     let mut c = api("connect", Client::connect(&spec.api_sock))?;
     api(
         "PUT /machine-config",
-        c.put_machine_config(&vmm_api::MachineConfig {
+        c.put_machine_config(&crate::vmm::api::MachineConfig {
             vcpu_count: o.vcpus,
             mem_size_mib: o.mem_mib,
             smt: None,
@@ -493,7 +493,7 @@ fn create_in(o: &GoldenOptions, tmp: &Path, work: &Path) -> Result<Manifest, Gol
     )?;
     api(
         "PUT /boot-source",
-        c.put_boot_source(&vmm_api::BootSource {
+        c.put_boot_source(&crate::vmm::api::BootSource {
             kernel_image_path: o.kernel.display().to_string(),
             boot_args: Some(boot_args(&o.guest, &o.boot_args)),
             initrd_path: None,
@@ -504,7 +504,7 @@ fn create_in(o: &GoldenOptions, tmp: &Path, work: &Path) -> Result<Manifest, Gol
         .to_string();
     api(
         "PUT /drives/rootfs",
-        c.put_drive(&vmm_api::Drive {
+        c.put_drive(&crate::vmm::api::Drive {
             drive_id: "rootfs".into(),
             path_on_host: drive_path.clone(),
             is_root_device: true,
@@ -513,7 +513,7 @@ fn create_in(o: &GoldenOptions, tmp: &Path, work: &Path) -> Result<Manifest, Gol
     )?;
     api(
         "PUT /network-interfaces/eth0",
-        c.put_network_interface(&vmm_api::NetworkInterface {
+        c.put_network_interface(&crate::vmm::api::NetworkInterface {
             iface_id: IFACE_ID.into(),
             host_dev_name: o.tap.clone(),
             guest_mac: Some(GUEST_MAC.into()),
@@ -521,7 +521,7 @@ fn create_in(o: &GoldenOptions, tmp: &Path, work: &Path) -> Result<Manifest, Gol
     )?;
     api(
         "PUT /mmds/config",
-        c.put_mmds_config(&vmm_api::MmdsConfig {
+        c.put_mmds_config(&crate::vmm::api::MmdsConfig {
             version: Some("V2".into()),
             network_interfaces: vec![IFACE_ID.into()],
             ipv4_address: Some(MMDS_IP.into()),
@@ -552,13 +552,16 @@ fn create_in(o: &GoldenOptions, tmp: &Path, work: &Path) -> Result<Manifest, Gol
         });
     }
     let info = api("GET /", c.get_instance_info())?;
-    api("PATCH /vm Paused", c.patch_vm(vmm_api::VmRunState::Paused))?;
+    api(
+        "PATCH /vm Paused",
+        c.patch_vm(crate::vmm::api::VmRunState::Paused),
+    )?;
     let vmstate = tmp.join("vm.snapshot");
     let mem = tmp.join("vm.mem");
     api(
         "PUT /snapshot/create",
-        c.snapshot_create(&vmm_api::SnapshotCreate {
-            snapshot_type: Some(vmm_api::SnapshotType::Full),
+        c.snapshot_create(&crate::vmm::api::SnapshotCreate {
+            snapshot_type: Some(crate::vmm::api::SnapshotType::Full),
             snapshot_path: vmstate.display().to_string(),
             mem_file_path: mem.display().to_string(),
         }),

@@ -8,10 +8,12 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::firecracker::{self, Chosen, Version};
 use crate::netlink::{self, nft};
-use crate::storage::probe::{explain_reflink_errno, probe_reflink, ReflinkProbe, Strategy};
+use crate::pipeline::storage::probe::{
+    explain_reflink_errno, probe_reflink, ReflinkProbe, Strategy,
+};
 use crate::sys;
+use crate::vmm::firecracker::{self, Chosen, Version};
 
 /// Outcome of one check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -214,7 +216,7 @@ pub fn probe(opts: &Options) -> Probes {
             Ok((p, v))
         };
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let cgroup2 = crate::cgroup::find_cgroup2(&mountinfo).map(|dir| {
+    let cgroup2 = crate::vmm::cgroup::find_cgroup2(&mountinfo).map(|dir| {
         let ctrl = std::fs::read_to_string(dir.join("cgroup.controllers")).unwrap_or_default();
         (dir, ctrl)
     });
@@ -241,7 +243,7 @@ pub fn probe(opts: &Options) -> Probes {
             opts.runtime_dir.clone(),
             probe_reflink(&opts.runtime_dir).map_err(|e| e.to_string()),
         ),
-        strategy: crate::storage::probe::probe_dir_strategy(&opts.runtime_dir)
+        strategy: crate::pipeline::storage::probe::probe_dir_strategy(&opts.runtime_dir)
             .map(|o| o.strategy)
             .map_err(|e| e.to_string()),
         nofile: sys::rlimit::nofile()
@@ -395,11 +397,11 @@ pub fn evaluate(p: &Probes) -> Report {
             let shown = if ctrl.trim().is_empty() { "none" } else { ctrl.trim() };
             // The same check, and the same words, as `wasp spawn
             // --memory-max/--cpu-max`.
-            let mut limits = crate::cgroup::Limits::new();
-            for key in [crate::cgroup::MEMORY_MAX, crate::cgroup::CPU_MAX] {
+            let mut limits = crate::vmm::cgroup::Limits::new();
+            for key in [crate::vmm::cgroup::MEMORY_MAX, crate::vmm::cgroup::CPU_MAX] {
                 limits.set(key, "max").expect("valid key");
             }
-            match crate::cgroup::check_controllers(&p.mountinfo, dir, ctrl, &limits) {
+            match crate::vmm::cgroup::check_controllers(&p.mountinfo, dir, ctrl, &limits) {
                 Ok(()) => check("cgroup2", Status::Ok, format!("cgroup v2 at {}, controllers: {shown}", dir.display())),
                 Err(e) => check(
                     "cgroup2",
@@ -414,7 +416,7 @@ pub fn evaluate(p: &Probes) -> Report {
         None => check(
             "cgroup2",
             Status::Warn,
-            crate::cgroup::CgroupError::NoCgroup2.to_string(),
+            crate::vmm::cgroup::CgroupError::NoCgroup2.to_string(),
         ),
     });
 

@@ -12,7 +12,7 @@
 //!
 //! Per clone, admission (on the engine's admission workers) takes the
 //! slot, prepares storage and launches the VMM; the restore driver
-//! ([`crate::ring`]) runs restore, inject, resume and ready as state
+//! ([`crate::pipeline::ring`]) runs restore, inject, resume and ready as state
 //! machines, `parallel` clones at a time, and does nothing else, so no
 //! clone's I/O waits behind another clone's fork or disk copy. A clone that
 //! fails at any stage is reclaimed at once (VMM killed through its pidfd,
@@ -25,12 +25,12 @@ use std::time::Duration;
 use serde::Serialize;
 use thiserror::Error;
 
-use crate::launch::{self, Isolation, Vmm};
-use crate::ready::Ready;
-use crate::restore::{LinkSync, Timeouts};
-use crate::ring::{self, DriverKind};
-use crate::slot::SlotOps;
-use crate::storage::probe::Strategy;
+use crate::pipeline::launch::{self, Isolation, Vmm};
+use crate::pipeline::ready::Ready;
+use crate::pipeline::restore::{LinkSync, Timeouts};
+use crate::pipeline::ring::{self, DriverKind};
+use crate::pipeline::slot::SlotOps;
+use crate::pipeline::storage::probe::Strategy;
 use crate::{state, sys};
 
 /// A network slot as spawn sees it.
@@ -66,7 +66,7 @@ pub trait Slots: Send {
     /// The host netns the bridge lives in, if not the current one.
     fn host_netns(&self) -> Option<String>;
     /// The pool's counters, when the provider is a pool.
-    fn status(&self) -> Option<crate::pool::PoolStatus> {
+    fn status(&self) -> Option<crate::pipeline::pool::PoolStatus> {
         None
     }
 }
@@ -123,7 +123,7 @@ pub enum SpawnError {
     HostNetns(String, #[source] std::io::Error),
     /// Jailer mode cannot work with this snapshot.
     #[error("jailer mode")]
-    Jailer(#[source] crate::jailer::JailerError),
+    Jailer(#[source] crate::vmm::jailer::JailerError),
     /// The VMMs' template mount namespace could not be made.
     #[error("cannot prepare the VMMs' mount namespace")]
     Mounts(#[source] launch::LaunchError),
@@ -135,7 +135,7 @@ pub enum SpawnError {
     Driver(#[source] ring::DriverError),
     /// The snapshot could not be opened.
     #[error("cannot open the snapshot")]
-    Storage(#[source] crate::storage::clone::StorageError),
+    Storage(#[source] crate::pipeline::storage::clone::StorageError),
     /// The engine is shutting down (or its restore driver stopped): it
     /// takes no more requests.
     #[error("the engine is shutting down and takes no more requests; open a new one")]
@@ -269,15 +269,15 @@ pub fn batch_tag() -> String {
 /// The real slot pool behind the spawn seam. Slots that live clones hold
 /// (from earlier commands: found in the state dir, or by their attached
 /// tap) are set aside when the pool's reconcile adopted them, and slots
-/// another process holds are leased there ([`crate::lease`]): never handed
+/// another process holds are leased there ([`crate::pipeline::lease`]): never handed
 /// out twice.
 pub struct PoolSlots {
-    pool: crate::pool::Pool<crate::slot::Kernel>,
+    pool: crate::pipeline::pool::Pool<crate::pipeline::slot::Kernel>,
     tap: String,
     pool_name: String,
     host_netns: Option<String>,
     in_use: std::collections::HashSet<u32>,
-    aside: Vec<crate::slot::Slot>,
+    aside: Vec<crate::pipeline::slot::Slot>,
 }
 
 impl std::fmt::Debug for PoolSlots {
@@ -293,10 +293,10 @@ impl std::fmt::Debug for PoolSlots {
 pub enum PoolSlotsError {
     /// Host side or slot setup.
     #[error("cannot set up the slot pool")]
-    Slot(#[from] crate::slot::SlotError),
+    Slot(#[from] crate::pipeline::slot::SlotError),
     /// Reconcile or warm.
     #[error("cannot prepare the slot pool")]
-    Pool(#[from] crate::pool::PoolError),
+    Pool(#[from] crate::pipeline::pool::PoolError),
 }
 
 impl PoolSlots {
@@ -304,27 +304,33 @@ impl PoolSlots {
     /// warms it to `count` free slots. `in_use` lists slot indexes live
     /// clones hold.
     pub fn open(
-        net: crate::slot::SlotNet,
-        host: &crate::slot::HostNet,
+        net: crate::pipeline::slot::SlotNet,
+        host: &crate::pipeline::slot::HostNet,
         count: usize,
         in_use: std::collections::HashSet<u32>,
     ) -> Result<Self, PoolSlotsError> {
-        Self::open_with(net, host, count, in_use, crate::pool::PoolConfig::default())
+        Self::open_with(
+            net,
+            host,
+            count,
+            in_use,
+            crate::pipeline::pool::PoolConfig::default(),
+        )
     }
 
     /// [`PoolSlots::open`] with the pool's sizing (its low-water mark
     /// starts the background refill).
     pub fn open_with(
-        net: crate::slot::SlotNet,
-        host: &crate::slot::HostNet,
+        net: crate::pipeline::slot::SlotNet,
+        host: &crate::pipeline::slot::HostNet,
         count: usize,
         in_use: std::collections::HashSet<u32>,
-        cfg: crate::pool::PoolConfig,
+        cfg: crate::pipeline::pool::PoolConfig,
     ) -> Result<Self, PoolSlotsError> {
         let tap = net.tap.clone();
         let pool_name = net.pool.clone();
-        let kernel = crate::slot::Kernel::setup(net, host)?;
-        let pool = crate::pool::Pool::new(kernel, cfg);
+        let kernel = crate::pipeline::slot::Kernel::setup(net, host)?;
+        let pool = crate::pipeline::pool::Pool::new(kernel, cfg);
         pool.reconcile()?;
         let mut me = Self {
             pool,
@@ -349,7 +355,7 @@ impl PoolSlots {
                 Ok(()) => {}
                 // A live clone of a command that has exited (of another
                 // state dir too) holds its tap: never hand the slot out.
-                Err(crate::pool::PoolError::GiveBack {
+                Err(crate::pipeline::pool::PoolError::GiveBack {
                     slot: Some(busy), ..
                 }) => me.aside.push(*busy),
                 Err(e) => return Err(e.into()),
@@ -361,7 +367,7 @@ impl PoolSlots {
     }
 
     /// The pool.
-    pub fn pool(&self) -> &crate::pool::Pool<crate::slot::Kernel> {
+    pub fn pool(&self) -> &crate::pipeline::pool::Pool<crate::pipeline::slot::Kernel> {
         &self.pool
     }
 }
@@ -405,7 +411,7 @@ impl Slots for PoolSlots {
         self.host_netns.clone()
     }
 
-    fn status(&self) -> Option<crate::pool::PoolStatus> {
+    fn status(&self) -> Option<crate::pipeline::pool::PoolStatus> {
         Some(self.pool.status())
     }
 }

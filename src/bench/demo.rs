@@ -13,16 +13,16 @@ use std::time::Duration;
 
 use thiserror::Error;
 
+use crate::engine::batch::{self, PoolSlots, SpawnReport};
 use crate::engine::{Engine, EngineConfig, EngineError, SnapshotSource, SpawnRequest};
-use crate::env::Env;
-use crate::launch::Vmm;
-use crate::ready::Ready;
-use crate::restore::Timeouts;
-use crate::slot::{HostNet, SlotNet};
+use crate::pipeline::env::Env;
+use crate::pipeline::launch::Vmm;
+use crate::pipeline::ready::Ready;
+use crate::pipeline::restore::Timeouts;
+use crate::pipeline::slot::{HostNet, SlotNet};
+use crate::pipeline::storage::clone::{CloneStore, Mode};
 use crate::snapshot::synth::{self, SynthOptions};
-use crate::spawn::{self, PoolSlots, SpawnReport};
-use crate::storage::clone::{CloneStore, Mode};
-use crate::{state, sys, teardown};
+use crate::{ops::teardown, state, sys};
 
 /// The pool name of `wasp spawn --demo-snapshot` clones. (`wasp demo` and
 /// `wasp bench spawn` runs use a pool of their own, `demo<pid>`: slot
@@ -60,7 +60,7 @@ pub struct DemoOptions {
     /// The VMM.
     pub vmm: DemoVmm,
     /// Restore driver (default: probe).
-    pub driver: Option<crate::ring::DriverKind>,
+    pub driver: Option<crate::pipeline::ring::DriverKind>,
     /// Guest memory of the snapshot.
     pub mem_mib: u64,
     /// Hold every clone at once and account for it: before the memory
@@ -184,7 +184,7 @@ pub struct HoldFigures {
 
 /// Asks the VMM behind `api_sock` for its state.
 fn vmm_state(api_sock: &Path) -> Result<String, String> {
-    let mut c = crate::vmm_api::Client::connect(api_sock).map_err(|e| e.to_string())?;
+    let mut c = crate::vmm::api::Client::connect(api_sock).map_err(|e| e.to_string())?;
     c.set_timeout(Duration::from_secs(5));
     c.get_instance_info()
         .map(|i| i.state)
@@ -277,13 +277,13 @@ pub enum DemoError {
     Synth(#[from] synth::SynthError),
     /// Storage.
     #[error("cannot set up clone storage")]
-    Storage(#[from] crate::storage::clone::StorageError),
+    Storage(#[from] crate::pipeline::storage::clone::StorageError),
     /// Pool.
     #[error("cannot set up the slot pool")]
-    Pool(#[from] spawn::PoolSlotsError),
+    Pool(#[from] batch::PoolSlotsError),
     /// Spawn.
     #[error("the spawn failed")]
-    Spawn(#[from] spawn::SpawnError),
+    Spawn(#[from] batch::SpawnError),
     /// The engine.
     #[error("cannot open the engine")]
     Engine(#[from] EngineError),
@@ -292,7 +292,7 @@ pub enum DemoError {
     Io(PathBuf, #[source] std::io::Error),
     /// The golden snapshot.
     #[error("cannot make the Firecracker golden snapshot")]
-    Golden(#[from] crate::golden::GoldenError),
+    Golden(#[from] crate::snapshot::golden::GoldenError),
     /// A slot for the golden boot.
     #[error("cannot take a slot for the golden boot: {0}")]
     Slot(String),
@@ -392,7 +392,7 @@ pub struct Leftovers {
 /// Removes what killed `wasp demo` / `wasp bench spawn` runs left under
 /// `root` (their work dirs `demo-<pid>` and `bench-<pid>`, found by name
 /// and a dead pid): their VMMs (recorded or orphaned, by
-/// [`crate::reconcile`]), their host netns (bridge and nft table with it)
+/// [`crate::ops::reconcile`]), their host netns (bridge and nft table with it)
 /// the slot namespaces of their pool `demo<pid>`, and the work dir.
 pub fn reconcile_leftovers(root: &Path) -> Leftovers {
     let mut out = Leftovers::default();
@@ -413,14 +413,14 @@ pub fn reconcile_leftovers(root: &Path) -> Leftovers {
             continue;
         }
         let work = e.path();
-        let opts = crate::reconcile::Options {
+        let opts = crate::ops::reconcile::Options {
             state_dir: work.join("state"),
             runtime_dir: work.join("run"),
             tap: SlotNet::default().tap,
             pools: vec![],
-            vmm_binaries: crate::reconcile::vmm_binaries(None, None),
+            vmm_binaries: crate::ops::reconcile::vmm_binaries(None, None),
         };
-        match crate::reconcile::reconcile(&opts) {
+        match crate::ops::reconcile::reconcile(&opts) {
             Ok(r) => {
                 out.vmms += r.orphans_killed.len() + r.removed.len();
                 out.errors.extend(r.errors);
@@ -477,7 +477,7 @@ pub fn run(o: &DemoOptions) -> Result<DemoReport, DemoError> {
 /// [`crate::engine::Ticket::wait_observed`]).
 pub fn run_observed(
     o: &DemoOptions,
-    on_done: &mut (dyn FnMut(&spawn::CloneReport) + Send),
+    on_done: &mut (dyn FnMut(&batch::CloneReport) + Send),
 ) -> Result<DemoReport, DemoError> {
     let host_netns = host_netns_of(std::process::id());
     // Before anything is made: the hold's check that nothing stayed.
@@ -535,7 +535,7 @@ fn run_inner(
     o: &DemoOptions,
     host_netns: &str,
     cleanup_errors: &mut Vec<String>,
-    on_done: &mut (dyn FnMut(&spawn::CloneReport) + Send),
+    on_done: &mut (dyn FnMut(&batch::CloneReport) + Send),
 ) -> Result<Inner, DemoError> {
     let snap = o.work_dir.join("snapshot");
     std::fs::create_dir_all(&o.work_dir).map_err(|e| DemoError::Io(o.work_dir.clone(), e))?;
@@ -548,7 +548,7 @@ fn run_inner(
         egress_uplink: None,
         ..Default::default()
     };
-    let guest = crate::golden::GuestAddr::of(&net);
+    let guest = crate::snapshot::golden::GuestAddr::of(&net);
     let mut slots = PoolSlots::open(net, &host, o.count, HashSet::new())?;
     let (vmm, ready) = match &o.vmm {
         DemoVmm::Standin => {
@@ -558,21 +558,22 @@ fn run_inner(
             (Vmm::Standin(standin), Ready::Tcp(22))
         }
         DemoVmm::Firecracker(fc) => {
-            use crate::spawn::Slots;
+            use crate::engine::batch::Slots;
             let kernel = o.work_dir.join("testguest.elf");
-            crate::testguest::write(&kernel).map_err(|e| DemoError::Io(kernel.clone(), e))?;
+            crate::standin::testguest::write(&kernel)
+                .map_err(|e| DemoError::Io(kernel.clone(), e))?;
             let rootfs = o.work_dir.join("rootfs.img");
             std::fs::write(&rootfs, vec![0x5au8; 1 << 20])
                 .map_err(|e| DemoError::Io(rootfs.clone(), e))?;
             let lease = slots.take().map_err(|e| DemoError::Slot(e.to_string()))?;
-            let made = crate::golden::create(&crate::golden::GoldenOptions {
+            let made = crate::snapshot::golden::create(&crate::snapshot::golden::GoldenOptions {
                 vmm: Vmm::Firecracker(fc.clone()),
                 kernel,
                 rootfs,
                 vcpus: 1,
                 mem_mib: o.mem_mib,
                 boot_args: String::new(),
-                ready: crate::golden::GoldenReady::Serial(
+                ready: crate::snapshot::golden::GoldenReady::Serial(
                     regex::Regex::new("^wasp-testguest ready").expect("regex"),
                 ),
                 timeout: Duration::from_secs(30),

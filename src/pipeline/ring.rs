@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use thiserror::Error;
 use zeroize::Zeroizing;
 
-use crate::restore::{Job, Machine, PhaseTimes, Plan, RestoreError, Want};
+use crate::pipeline::restore::{Job, Machine, PhaseTimes, Plan, RestoreError, Want};
 use crate::sys::inotify;
 use crate::sys::sock::{self, SockAddr};
 use crate::sys::tap::EventFd;

@@ -51,7 +51,7 @@ pub enum TeardownError {
         id: String,
         /// Cause.
         #[source]
-        source: crate::launch::LaunchError,
+        source: crate::pipeline::launch::LaunchError,
     },
     /// Removing the record failed.
     #[error("clone {id}: cannot remove its record")]
@@ -191,7 +191,9 @@ pub fn teardown(
     // After the VMM: an empty cgroup is removed at once; one that still
     // holds processes (the VMM survived its signals) is emptied through
     // cgroup.kill first. Then the jail, like the clone's files above.
-    for source in crate::launch::remove_isolation(r.cgroup.as_deref(), r.jail_dir.as_deref()) {
+    for source in
+        crate::pipeline::launch::remove_isolation(r.cgroup.as_deref(), r.jail_dir.as_deref())
+    {
         errors.push(TeardownError::Isolation {
             id: r.id.clone(),
             source,

@@ -1,0 +1,12 @@
+//! Measurements: the `wasp demo` / `wasp bench spawn` runner with its
+//! `/proc` accounting ([`demo`]), the criterion regression gate
+//! ([`gate`]), bench output comparison ([`compare`]) and latency plots
+//! ([`plot`]).
+//!
+//! May use: every layer below it (`engine`, `ops`, `pipeline`, …). Nothing
+//! but the CLI uses it.
+
+pub mod compare;
+pub mod demo;
+pub mod gate;
+pub mod plot;
