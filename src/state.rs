@@ -380,6 +380,53 @@ impl Owner {
         f.write_all(text.as_bytes())
     }
 
+    /// Makes the directory `parent/name` (mode 0700) already carrying this
+    /// owner's mark: it is made and marked under a staging name
+    /// ([`Owner::staging_prefix`] + `name`), then renamed into place
+    /// without replacing anything. A crash leaves a marked directory or a
+    /// staging one whose name says whose it is, never an unmarked
+    /// `name` that no reconcile may touch. `AlreadyExists` when `name`
+    /// is taken.
+    pub fn make_marked_dir(
+        &self,
+        parent: &Path,
+        name: &str,
+        extra: &[(&str, String)],
+    ) -> io::Result<PathBuf> {
+        use std::os::unix::fs::DirBuilderExt;
+        let staging = parent.join(format!("{}{name}", self.staging_prefix()));
+        let dir = parent.join(name);
+        fs::DirBuilder::new().mode(0o700).create(&staging)?;
+        let made = (|| {
+            // The mode is umask-proof.
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(&staging, fs::Permissions::from_mode(0o700))?;
+            self.mark(&staging, extra)?;
+            nix::fcntl::renameat2(
+                None,
+                &staging,
+                None,
+                &dir,
+                nix::fcntl::RenameFlags::RENAME_NOREPLACE,
+            )
+            .map_err(io::Error::from)
+        })();
+        match made {
+            Ok(()) => Ok(dir),
+            Err(e) => {
+                let _ = fs::remove_dir_all(&staging);
+                Err(e)
+            }
+        }
+    }
+
+    /// The name prefix of this owner's staging directories
+    /// (`.wasp-new-<id>-`): what a crash inside [`Owner::make_marked_dir`]
+    /// can leave, found again by name.
+    pub fn staging_prefix(&self) -> String {
+        format!(".{}-new-{}-", crate::paths::PREFIX, self.0)
+    }
+
     /// The mark of `dir` when it names this owner: its `key=value` fields
     /// (`owner` included). `None` when `dir` has no mark, another owner's,
     /// or one this process's user did not write.

@@ -931,7 +931,7 @@ pub fn run(o: &Options) -> Result<Report, ReconcileError> {
     // its mark, the cgroups under its own parent.
     let live = |id: &str| adopted_pids.contains_key(id);
     let owns = |d: &Path| owner.owns(d);
-    let dirs = reconcile_dir(&o.runtime_dir.join(CLONES_SUBDIR), &live, &owns);
+    let dirs = reconcile_dir(&o.runtime_dir.join(CLONES_SUBDIR), &live, Some(&owner));
     let jails = crate::vmm::jailer::reconcile(
         &o.runtime_dir.join(crate::vmm::jailer::JAIL_DIR),
         &live,

@@ -252,19 +252,6 @@ impl CloneStore {
         self
     }
 
-    /// Writes the owner's mark into the clone dir just created; on failure
-    /// removes the dir.
-    fn mark_new(&self, dir: &Path) -> Result<(), StorageError> {
-        let Some(o) = &self.owner else { return Ok(()) };
-        o.mark(dir, &[]).map_err(|source| {
-            let _ = fs::remove_dir_all(dir);
-            StorageError::RuntimeDir {
-                path: dir.join(crate::state::MARK_FILE).display().to_string(),
-                source,
-            }
-        })
-    }
-
     /// The strategy every clone of this store uses.
     pub fn strategy(&self) -> Strategy {
         self.strategy
@@ -302,8 +289,16 @@ impl CloneStore {
             return Err(StorageError::BadCloneId(clone_id.into()));
         }
         let dir = self.clone_dir(clone_id);
-        match fs::DirBuilder::new().mode(0o700).create(&dir) {
-            Ok(()) => self.mark_new(&dir)?,
+        let made = match &self.owner {
+            // Marked before it has its name: a crash never leaves an
+            // unmarked clone dir behind.
+            Some(o) => o
+                .make_marked_dir(&self.clones_dir, &format!("{PREFIX}-{clone_id}"), &[])
+                .map(drop),
+            None => fs::DirBuilder::new().mode(0o700).create(&dir),
+        };
+        match made {
+            Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                 return Err(StorageError::CloneExists(dir.display().to_string()))
             }
@@ -408,20 +403,21 @@ impl CloneStore {
     /// Without an owner it removes no clone dir. Continues past errors and
     /// reports each.
     pub fn reconcile(&self, is_live: &dyn Fn(&str) -> bool) -> ReconcileReport {
-        let owns = |d: &Path| self.owner.as_ref().is_some_and(|o| o.owns(d));
-        reconcile_dir(&self.clones_dir, is_live, &owns)
+        reconcile_dir(&self.clones_dir, is_live, self.owner.as_ref())
     }
 }
 
 /// [`CloneStore::reconcile`] for a clones directory, without a snapshot:
-/// only the `wasp-<id>` dirs `owns` accepts (those carrying the state
-/// dir's mark) are judged; the others are listed in
-/// [`ReconcileReport::not_ours`] and left alone.
+/// only the `wasp-<id>` dirs carrying `owner`'s mark are judged; the others
+/// are listed in [`ReconcileReport::not_ours`] and left alone. `owner`'s
+/// staging dirs (a crash inside [`Owner::make_marked_dir`]) are removed.
 pub fn reconcile_dir(
     clones_dir: &Path,
     is_live: &dyn Fn(&str) -> bool,
-    owns: &dyn Fn(&Path) -> bool,
+    owner: Option<&Owner>,
 ) -> ReconcileReport {
+    let owns = |d: &Path| owner.is_some_and(|o| o.owns(d));
+    let staging = owner.map(Owner::staging_prefix);
     let mut r = ReconcileReport::default();
     let Some(entries) = r.list(clones_dir) else {
         return r;
@@ -439,7 +435,9 @@ pub fn reconcile_dir(
         };
         let name = entry.file_name().to_string_lossy().into_owned();
         let path = entry.path();
-        if let Some(id) = name.strip_prefix(&clone_prefix) {
+        if staging.as_deref().is_some_and(|p| name.starts_with(p)) {
+            r.settle(false, path, remove_clone_dir);
+        } else if let Some(id) = name.strip_prefix(&clone_prefix) {
             if !owns(&path) {
                 r.not_ours.push(path);
                 continue;
@@ -634,6 +632,7 @@ pub fn probe_clone_strategy(src: &File, base: &Path, dir: &Path) -> io::Result<P
 mod tests {
     use super::*;
     use std::io::Write;
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn copy_data_skips_holes_and_matches() {
@@ -678,7 +677,7 @@ mod tests {
         fs::write(dir.path().join("wasp-dead/rootfs"), b"x").unwrap();
         fs::remove_dir(dir.path().join(".wasp-probe-999999999")).unwrap();
         fs::write(dir.path().join(".wasp-probe-999999999"), b"").unwrap();
-        let r = reconcile_dir(dir.path(), &|id| id == "live", &|d| me.owns(d));
+        let r = reconcile_dir(dir.path(), &|id| id == "live", Some(&me));
         assert_eq!(r.kept, 1);
         assert_eq!(r.not_ours.len(), 2, "{r:?}");
         assert!(dir.path().join("wasp-theirs").exists());
@@ -688,5 +687,41 @@ mod tests {
         assert!(dir.path().join("wasp-live").exists());
         assert!(dir.path().join("other").exists());
         assert!(!dir.path().join("wasp-dead").exists());
+    }
+
+    #[test]
+    fn a_marked_dir_appears_whole_and_a_crashed_one_is_found_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = tempfile::tempdir().unwrap();
+        let me = Owner::of_state_dir(state.path()).unwrap();
+        let other = tempfile::tempdir().unwrap();
+        let them = Owner::of_state_dir(other.path()).unwrap();
+        let made = me.make_marked_dir(dir.path(), "wasp-a-0", &[]).unwrap();
+        assert!(me.owns(&made));
+        assert_eq!(
+            fs::metadata(&made).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
+        let again = me.make_marked_dir(dir.path(), "wasp-a-0", &[]).unwrap_err();
+        assert_eq!(again.kind(), io::ErrorKind::AlreadyExists);
+        // Only the clone dir is left: no staging dir of either call.
+        let names: Vec<String> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, ["wasp-a-0"]);
+        // A crash between making the staging dir and marking it: found by
+        // its name, and only by its owner's reconcile.
+        let mine = dir.path().join(format!("{}wasp-a-1", me.staging_prefix()));
+        let theirs = dir
+            .path()
+            .join(format!("{}wasp-b-1", them.staging_prefix()));
+        fs::create_dir(&mine).unwrap();
+        fs::create_dir(&theirs).unwrap();
+        let r = reconcile_dir(dir.path(), &|id| id == "a-0", Some(&me));
+        assert_eq!(r.removed, vec![mine.clone()], "{r:?}");
+        assert!(!mine.exists());
+        assert!(theirs.exists());
+        assert!(made.exists());
     }
 }
