@@ -12,9 +12,9 @@
 //! - [`effects`]: the [`Host`] trait and what it hands back;
 //! - [`replies`]: [`Reply`], status codes and Firecracker's fault messages;
 //! - [`wire`]: request bodies with Firecracker's field lists;
-//! - [`configure`]: the pre-boot configuration calls;
-//! - [`lifecycle`]: start, pause/resume, the guest, snapshot create;
-//! - [`load`]: snapshot load;
+//! - `configure`: the pre-boot configuration calls;
+//! - `lifecycle`: start, pause/resume, the guest, snapshot create;
+//! - `load`: snapshot load;
 //! - [`guest`]: the modelled guest (boot args, dirtying, MMDS merge patch).
 
 mod configure;
