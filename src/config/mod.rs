@@ -12,23 +12,29 @@
 //! The keys, their defaults and an example file are in
 //! `docs/operations.md` (section "The config file"); a test parses that
 //! example.
+//!
+//! - this file: [`Config`], [`Setting`], [`Source`], the defaults, the
+//!   precedence ([`Config::load_with`]) and the accessors the commands use;
+//! - `error`: [`ConfigError`];
+//! - `file`: the TOML schema and its parse ([`Config::from_toml`]);
+//! - `show`: `wasp config show`'s [`Entry`] list.
+
+mod error;
+mod file;
+mod show;
+
+pub use error::ConfigError;
+pub use show::Entry;
 
 use std::ffi::OsString;
 use std::fmt;
-use std::io::Read;
 use std::net::{Ipv4Addr, SocketAddrV4};
-use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
-
-use serde::{Deserialize, Deserializer, Serialize};
-use thiserror::Error;
 
 use crate::paths::{DEFAULT_RUNTIME_DIR, DEFAULT_STATE_DIR};
 use crate::pipeline::ready::Ready;
-use crate::pipeline::slot::{Cidr, ConnectUids, HostNet, SlotError, SlotNet};
+use crate::pipeline::slot::{Cidr, ConnectUids, HostNet, SlotNet};
 use crate::snapshot::manifest::Manifest;
-use crate::sys::netns;
 use crate::vmm::firecracker::Chosen;
 use crate::vmm::jailer::{IdRange, DEFAULT_ID_RANGE};
 
@@ -123,185 +129,6 @@ impl<T> Setting<T> {
     }
 }
 
-/// Why the configuration could not be loaded. Every variant names the file.
-#[derive(Debug, Error)]
-pub enum ConfigError {
-    /// The file could not be read (an explicitly named file must exist).
-    #[error("cannot read the config file {path}")]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// Cause.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The file is too large to be a config file.
-    #[error("the config file {path} is larger than {MAX_FILE_BYTES} bytes")]
-    TooLarge {
-        /// The file.
-        path: PathBuf,
-    },
-    /// A key wasp does not know.
-    #[error("config file {path}{}: unknown key `{key}` ({expected})", at_line(*.line))]
-    UnknownKey {
-        /// The file.
-        path: PathBuf,
-        /// 1-based line, when known.
-        line: Option<usize>,
-        /// Dotted key, e.g. `pool.cidrr`.
-        key: String,
-        /// The keys allowed there.
-        expected: String,
-    },
-    /// A key whose value is not usable.
-    #[error("config file {path}{}: `{key}`: {reason}", at_line(*.line))]
-    BadValue {
-        /// The file.
-        path: PathBuf,
-        /// 1-based line, when known.
-        line: Option<usize>,
-        /// Dotted key, e.g. `spawn.parallel`.
-        key: String,
-        /// What is wrong and how to write it.
-        reason: String,
-    },
-    /// Not TOML.
-    #[error("config file {path}{} is not valid TOML: {message}", at_line(*.line))]
-    Syntax {
-        /// The file.
-        path: PathBuf,
-        /// 1-based line, when known.
-        line: Option<usize>,
-        /// The parser's message.
-        message: String,
-    },
-    /// The snapshot's guest has another address than `guest.guest_ip`.
-    #[error("the snapshot's guest has address {snapshot} (network_interfaces[0].guest_ip in its manifest), but guest.guest_ip is {configured} ({from}); set guest.guest_ip = \"{snapshot}\" and the tap addressing the guest was booted with, or use a snapshot made with this config")]
-    GuestMismatch {
-        /// What the manifest records.
-        snapshot: String,
-        /// The effective setting.
-        configured: Ipv4Addr,
-        /// Where the setting came from.
-        from: Source,
-    },
-    /// Each value parses, but together they make no usable network.
-    #[error("config file {path} describes an unusable slot network")]
-    Invalid {
-        /// The file.
-        path: PathBuf,
-        /// What is wrong.
-        #[source]
-        source: SlotError,
-    },
-}
-
-fn at_line(line: Option<usize>) -> String {
-    line.map(|l| format!(", line {l}")).unwrap_or_default()
-}
-
-/// A value written as a string in the file and parsed with `FromStr`, so a
-/// bad one is reported with its key and line.
-#[derive(Debug)]
-struct Parsed<T>(T);
-
-impl<'de, T> Deserialize<'de> for Parsed<T>
-where
-    T: FromStr,
-    T::Err: fmt::Display,
-{
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse().map(Parsed).map_err(serde::de::Error::custom)
-    }
-}
-
-/// An absolute path.
-#[derive(Debug)]
-struct AbsPath(PathBuf);
-
-impl FromStr for AbsPath {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let p = PathBuf::from(s);
-        if p.is_absolute() {
-            Ok(AbsPath(p))
-        } else {
-            Err(format!("{s:?} is not an absolute path; write it from /"))
-        }
-    }
-}
-
-/// A named network namespace (`/run/netns/NAME`).
-#[derive(Debug)]
-struct NetnsName(String);
-
-impl FromStr for NetnsName {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        netns::validate_name(s)
-            .map(|()| NetnsName(s.to_owned()))
-            .map_err(|e| format!("{s:?} is not a network namespace name: {e}"))
-    }
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawFile {
-    #[serde(default)]
-    pool: RawPool,
-    #[serde(default)]
-    guest: RawGuest,
-    #[serde(default)]
-    paths: RawPaths,
-    #[serde(default)]
-    spawn: RawSpawn,
-    #[serde(default)]
-    jailer: RawJailer,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawJailer {
-    id_range: Option<Parsed<IdRange>>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawPool {
-    name: Option<String>,
-    cidr: Option<Parsed<Cidr>>,
-    bridge: Option<String>,
-    host_netns: Option<Parsed<NetnsName>>,
-    allow_host: Option<Vec<Parsed<SocketAddrV4>>>,
-    connect_uids: Option<ConnectUids>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawGuest {
-    tap: Option<String>,
-    tap_ip: Option<Parsed<Ipv4Addr>>,
-    tap_prefix: Option<u8>,
-    guest_ip: Option<Parsed<Ipv4Addr>>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawPaths {
-    runtime_dir: Option<Parsed<AbsPath>>,
-    state_dir: Option<Parsed<AbsPath>>,
-    firecracker: Option<Parsed<AbsPath>>,
-    jailer: Option<Parsed<AbsPath>>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawSpawn {
-    ready: Option<Parsed<Ready>>,
-    parallel: Option<NonZeroUsize>,
-}
-
 /// The effective configuration, each value with its source.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
@@ -373,66 +200,6 @@ impl Default for Config {
     }
 }
 
-/// 1-based line of byte offset `at` in `text`.
-fn line_of(text: &str, at: usize) -> usize {
-    text.as_bytes()[..at.min(text.len())]
-        .iter()
-        .filter(|&&b| b == b'\n')
-        .count()
-        + 1
-}
-
-/// Turns a deserialization error into one naming the key.
-fn classify(
-    path: &Path,
-    text: &str,
-    e: serde_path_to_error::Error<toml::de::Error>,
-) -> ConfigError {
-    let at = e.path().to_string();
-    let inner = e.inner();
-    let line = inner.span().map(|s| line_of(text, s.start));
-    let msg = inner.message().trim().to_owned();
-    let path = path.to_owned();
-    if let Some(rest) = msg.strip_prefix("unknown field `") {
-        if let Some((field, expected)) = rest.split_once('`') {
-            // The path already ends with the unknown field itself.
-            let key = if at == "." || at.is_empty() {
-                field.to_owned()
-            } else if at == field || at.ends_with(&format!(".{field}")) {
-                at.clone()
-            } else {
-                format!("{at}.{field}")
-            };
-            let expected = expected.trim_start_matches(',').trim();
-            let expected = if expected.is_empty() {
-                "no keys are allowed there".to_owned()
-            } else {
-                expected.to_owned()
-            };
-            return ConfigError::UnknownKey {
-                path,
-                line,
-                key,
-                expected,
-            };
-        }
-    }
-    if at == "." || at.is_empty() {
-        ConfigError::Syntax {
-            path,
-            line,
-            message: msg,
-        }
-    } else {
-        ConfigError::BadValue {
-            path,
-            line,
-            key: at,
-            reason: msg,
-        }
-    }
-}
-
 impl Config {
     /// Loads the configuration: the file (`explicit`, else `$WASP_CONFIG`,
     /// else [`DEFAULT_CONFIG_PATH`] when it exists), then the environment.
@@ -466,74 +233,6 @@ impl Config {
         cfg.jailer
             .set(env_path(JAILER_ENV).map(Some), || Source::Env(JAILER_ENV));
         Ok(cfg)
-    }
-
-    /// Reads one file over the built-in defaults (no environment).
-    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
-        let read = |source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        };
-        let mut text = String::new();
-        std::fs::File::open(path)
-            .map_err(read)?
-            .take(MAX_FILE_BYTES + 1)
-            .read_to_string(&mut text)
-            .map_err(read)?;
-        if text.len() as u64 > MAX_FILE_BYTES {
-            return Err(ConfigError::TooLarge {
-                path: path.to_owned(),
-            });
-        }
-        Self::from_toml(path, &text)
-    }
-
-    /// Parses `text` (the contents of `path`) over the built-in defaults.
-    pub fn from_toml(path: &Path, text: &str) -> Result<Config, ConfigError> {
-        let de = toml::Deserializer::new(text);
-        let raw: RawFile =
-            serde_path_to_error::deserialize(de).map_err(|e| classify(path, text, e))?;
-        let mut c = Config {
-            file: Some(path.to_owned()),
-            ..Config::default()
-        };
-        let src = || Source::File(path.to_owned());
-        let RawFile {
-            pool,
-            guest,
-            paths,
-            spawn,
-            jailer,
-        } = raw;
-        c.pool.set(pool.name, src);
-        c.cidr.set(pool.cidr.map(|v| v.0), src);
-        c.bridge.set(pool.bridge, src);
-        c.host_netns.set(pool.host_netns.map(|v| Some(v.0 .0)), src);
-        c.allow_host.set(
-            pool.allow_host
-                .map(|v| Some(v.into_iter().map(|a| a.0).collect())),
-            src,
-        );
-        c.connect_uids.set(pool.connect_uids, src);
-        c.tap.set(guest.tap, src);
-        c.tap_ip.set(guest.tap_ip.map(|v| v.0), src);
-        c.tap_prefix.set(guest.tap_prefix, src);
-        c.guest_ip.set(guest.guest_ip.map(|v| v.0), src);
-        c.runtime_dir.set(paths.runtime_dir.map(|v| v.0 .0), src);
-        c.state_dir.set(paths.state_dir.map(|v| v.0 .0), src);
-        c.firecracker
-            .set(paths.firecracker.map(|v| Some(v.0 .0)), src);
-        c.jailer.set(paths.jailer.map(|v| Some(v.0 .0)), src);
-        c.ready.set(spawn.ready.map(|v| v.0), src);
-        c.parallel.set(spawn.parallel.map(NonZeroUsize::get), src);
-        c.jailer_ids.set(jailer.id_range.map(|v| v.0), src);
-        c.slot_net()
-            .validate()
-            .map_err(|source| ConfigError::Invalid {
-                path: path.to_owned(),
-                source,
-            })?;
-        Ok(c)
     }
 
     /// The host ports clones may reach: `pool.allow_host`, else the bridge
@@ -619,122 +318,6 @@ impl Config {
     pub fn jailer_choice(&self) -> Option<Chosen> {
         Self::chosen(&self.jailer, "paths.jailer")
     }
-
-    /// Every setting as `(key, value, source)`, in file order, for
-    /// `wasp config show`. Unset optional values are JSON `null`.
-    pub fn entries(&self) -> Vec<Entry> {
-        use serde_json::{json, Value};
-        fn e<T>(key: &'static str, s: &Setting<T>, value: Value) -> Entry {
-            let note = match (key, &s.source) {
-                ("pool.host_netns", _) if value.is_null() => Some("the current netns"),
-                ("pool.allow_host", Source::Default) => Some("the bridge address, port 8080"),
-                ("pool.connect_uids", Source::Default) => Some("root only"),
-                ("paths.firecracker", _) if value.is_null() => Some("looked up on PATH"),
-                ("paths.jailer", _) if value.is_null() => Some("beside firecracker, then on PATH"),
-                _ => None,
-            };
-            Entry {
-                key,
-                value,
-                source: s.source.clone(),
-                note,
-            }
-        }
-        let path = |p: &Path| json!(p.display().to_string());
-        let opt_path = |p: &Option<PathBuf>| p.as_deref().map_or(Value::Null, path);
-        vec![
-            e("pool.name", &self.pool, json!(self.pool.value)),
-            e("pool.cidr", &self.cidr, json!(self.cidr.value.to_string())),
-            e("pool.bridge", &self.bridge, json!(self.bridge.value)),
-            e(
-                "pool.host_netns",
-                &self.host_netns,
-                json!(self.host_netns.value),
-            ),
-            e(
-                "pool.allow_host",
-                &self.allow_host,
-                json!(self
-                    .allow_host()
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()),
-            ),
-            e(
-                "pool.connect_uids",
-                &self.connect_uids,
-                self.connect_uids
-                    .value
-                    .uids()
-                    .map_or(json!("any"), |u| json!(u)),
-            ),
-            e("guest.tap", &self.tap, json!(self.tap.value)),
-            e(
-                "guest.tap_ip",
-                &self.tap_ip,
-                json!(self.tap_ip.value.to_string()),
-            ),
-            e(
-                "guest.tap_prefix",
-                &self.tap_prefix,
-                json!(self.tap_prefix.value),
-            ),
-            e(
-                "guest.guest_ip",
-                &self.guest_ip,
-                json!(self.guest_ip.value.to_string()),
-            ),
-            e(
-                "paths.runtime_dir",
-                &self.runtime_dir,
-                path(&self.runtime_dir.value),
-            ),
-            e(
-                "paths.state_dir",
-                &self.state_dir,
-                path(&self.state_dir.value),
-            ),
-            e(
-                "paths.firecracker",
-                &self.firecracker,
-                opt_path(&self.firecracker.value),
-            ),
-            e("paths.jailer", &self.jailer, opt_path(&self.jailer.value)),
-            e(
-                "spawn.ready",
-                &self.ready,
-                json!(self.ready.value.to_string()),
-            ),
-            e("spawn.parallel", &self.parallel, json!(self.parallel.value)),
-            e(
-                "jailer.id_range",
-                &self.jailer_ids,
-                json!(self.jailer_ids.value.to_string()),
-            ),
-        ]
-    }
-}
-
-/// One line of `wasp config show`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Entry {
-    /// Dotted key as written in the file, e.g. `pool.cidr`.
-    pub key: &'static str,
-    /// The effective value (`null`: unset, see the key's meaning).
-    pub value: serde_json::Value,
-    /// Where it came from.
-    #[serde(serialize_with = "source_kind")]
-    pub source: Source,
-    /// What an unset or derived value means.
-    pub note: Option<&'static str>,
-}
-
-fn source_kind<S: serde::Serializer>(s: &Source, ser: S) -> Result<S::Ok, S::Error> {
-    use serde::ser::SerializeMap;
-    let mut m = ser.serialize_map(Some(2))?;
-    m.serialize_entry("kind", s.kind())?;
-    m.serialize_entry("origin", &s.origin())?;
-    m.end()
 }
 
 #[cfg(test)]

@@ -2,7 +2,10 @@
 //!
 //! Probing (touching the machine) and evaluation (turning probe results into
 //! checks) are separate: [`probe`] gathers [`Probes`], and [`evaluate`] is a
-//! pure function that unit tests drive with made-up probe results.
+//! pure function that unit tests drive with made-up probe results. The
+//! checks are one table (`CHECKS`): each row names a check, the function
+//! that reads its probe and judges it, and what a failed probe means (its
+//! status and the fix); `evaluate` runs the rows in order.
 
 use std::path::{Path, PathBuf};
 
@@ -256,14 +259,6 @@ pub fn probe(opts: &Options) -> Probes {
     }
 }
 
-fn check(name: &'static str, status: Status, detail: impl Into<String>) -> Check {
-    Check {
-        name,
-        status,
-        detail: detail.into(),
-    }
-}
-
 /// The clone count doctor sizes its limit checks for.
 pub const DENSE_CLONES: u64 = 1000;
 /// fds wasp wants to be able to open for a dense batch ([`DENSE_CLONES`]).
@@ -292,248 +287,358 @@ pub const NEIGH_MAX: &str = "/proc/sys/net/ipv4/neigh/default/gc_thresh3";
 /// uplink neighbours for egress, the host's own networks.
 pub const NEIGH_WANTED: u64 = 1024;
 
-/// Turns probe results into checks. Pure.
-pub fn evaluate(p: &Probes) -> Report {
-    let mut v = Vec::new();
+/// A judged probe: its status and what was found (and, for warn/fail, the
+/// fix).
+type Verdict = (Status, String);
 
+/// One row of [`CHECKS`]: a check's name, what it reads from the probes and
+/// how it judges that reading, and what a failed probe means.
+struct Spec {
+    /// The check's name (stable: `--json` readers and tests use it).
+    name: &'static str,
+    /// Reads the probe and judges it. `Err` is a probe that failed, with
+    /// its error text.
+    judge: fn(&Probes) -> Result<Verdict, String>,
+    /// The status of a failed probe.
+    failed: Status,
+    /// The fix appended to a failed probe's error (`"{error}; {fix}"`);
+    /// `None`: the error alone.
+    fix: Option<&'static str>,
+}
+
+/// Every check, in report order.
+static CHECKS: &[Spec] = &[
+    Spec {
+        name: "root",
+        judge: root,
+        failed: Status::Fail,
+        fix: None,
+    },
+    Spec {
+        name: "kvm",
+        judge: kvm,
+        failed: Status::Fail,
+        fix: Some("load kvm_intel or kvm_amd (modprobe) and run as root or a member of the kvm group"),
+    },
+    Spec {
+        name: "tun",
+        judge: |p| {
+            opens(&p.tun_open, "/dev/net/tun: ")?;
+            Ok((Status::Ok, "/dev/net/tun opens".into()))
+        },
+        failed: Status::Fail,
+        fix: Some("run `modprobe tun`"),
+    },
+    Spec {
+        name: "nftables",
+        judge: |p| {
+            opens(&p.nftables, "")?;
+            Ok((
+                Status::Ok,
+                "created and deleted a table in a scratch netns over netlink".into(),
+            ))
+        },
+        failed: Status::Fail,
+        fix: Some("load nf_tables and nft_nat (modprobe nf_tables nft_nat) and run as root"),
+    },
+    Spec {
+        name: "io_uring",
+        judge: io_uring,
+        failed: Status::Warn,
+        fix: Some("wasp falls back to plain syscalls (check kernel.io_uring_disabled)"),
+    },
+    Spec {
+        name: "userfaultfd",
+        judge: |p| {
+            opens(&p.userfaultfd, "")?;
+            Ok((
+                Status::Ok,
+                "userfaultfd opens (Uffd memory backend available)".into(),
+            ))
+        },
+        failed: Status::Warn,
+        fix: Some("only the File memory backend is available (set vm.unprivileged_userfaultfd=1 or run as root)"),
+    },
+    Spec {
+        name: "cgroup2",
+        judge: cgroup2,
+        failed: Status::Warn,
+        fix: None,
+    },
+    Spec {
+        name: "firecracker",
+        judge: |p| installed(&p.firecracker),
+        failed: Status::Warn,
+        fix: Some("`--vmm standin` and `wasp demo` work without it"),
+    },
+    Spec {
+        name: "jailer",
+        judge: |p| installed(&p.jailer),
+        failed: Status::Warn,
+        fix: Some("needed only for `wasp spawn --jailer`"),
+    },
+    Spec {
+        name: "reflink",
+        judge: reflink,
+        failed: Status::Fail,
+        fix: Some("create it or pass --runtime-dir"),
+    },
+    Spec {
+        name: "nofile",
+        judge: |p| {
+            let (soft, hard, open) = *p.nofile.as_ref()?;
+            Ok(at_least(
+                hard,
+                NOFILE_WANTED,
+                format!(
+                    "RLIMIT_NOFILE soft {soft}, hard {hard}, {open} open, headroom {}",
+                    soft.saturating_sub(open)
+                ),
+                "; wasp raises the soft limit as needed",
+                format!("; dense batches want >= {NOFILE_WANTED}: raise the hard limit (ulimit -Hn, LimitNOFILE=)"),
+            ))
+        },
+        failed: Status::Warn,
+        fix: None,
+    },
+    Spec {
+        name: "conntrack",
+        judge: |p| {
+            let Some(max) = *p.conntrack_max.as_ref()? else {
+                return Ok((
+                    Status::Ok,
+                    "nf_conntrack is not loaded yet (the first slot's NAT rules load it); check again after `wasp pool warm`".into(),
+                ));
+            };
+            Ok(at_least(
+                max,
+                CONNTRACK_WANTED,
+                format!("net.netfilter.nf_conntrack_max is {max}"),
+                " (each netns counts its own entries against it)",
+                format!("; the host netns tracks every connection to the clones, so dense batches want >= {CONNTRACK_WANTED}: sysctl -w net.netfilter.nf_conntrack_max={CONNTRACK_WANTED} (it can only be set from the initial netns)"),
+            ))
+        },
+        failed: Status::Warn,
+        fix: None,
+    },
+    Spec {
+        name: "netns_max",
+        judge: |p| {
+            let n = *p.max_netns.as_ref()?;
+            Ok(at_least(
+                n,
+                NETNS_WANTED,
+                format!("user.max_net_namespaces is {n}; each slot is one netns"),
+                "",
+                format!(", so {DENSE_CLONES} clones want >= {NETNS_WANTED}: sysctl -w user.max_net_namespaces={NETNS_WANTED}"),
+            ))
+        },
+        failed: Status::Warn,
+        fix: None,
+    },
+    Spec {
+        name: "pid_max",
+        judge: |p| {
+            let n = *p.pid_max.as_ref()?;
+            Ok(at_least(
+                n,
+                PIDS_WANTED,
+                format!("kernel.pid_max is {n}"),
+                "",
+                format!("; every VMM runs several threads, so {DENSE_CLONES} clones want >= {PIDS_WANTED}: sysctl -w kernel.pid_max=4194304"),
+            ))
+        },
+        failed: Status::Warn,
+        fix: None,
+    },
+    Spec {
+        name: "neigh",
+        judge: |p| {
+            let n = *p.neigh_max.as_ref()?;
+            Ok(at_least(
+                n,
+                NEIGH_WANTED,
+                format!("net.ipv4.neigh.default.gc_thresh3 is {n}"),
+                "",
+                format!(", below the kernel's default {NEIGH_WANTED}; the ARP table is shared by every netns (wasp's slots use permanent and externally learned entries, exempt from it, but the host's other traffic is not; past the limit the kernel drops packets with \"neighbour table overflow\"): sysctl -w net.ipv4.neigh.default.gc_thresh3={NEIGH_WANTED} net.ipv4.neigh.default.gc_thresh2={}", NEIGH_WANTED / 2),
+            ))
+        },
+        failed: Status::Warn,
+        fix: None,
+    },
+];
+
+/// Turns probe results into checks, one per row of [`CHECKS`]. Pure.
+pub fn evaluate(p: &Probes) -> Report {
+    let checks = CHECKS
+        .iter()
+        .map(|spec| {
+            let (status, detail) = match (spec.judge)(p) {
+                Ok(verdict) => verdict,
+                Err(e) => (
+                    spec.failed,
+                    match spec.fix {
+                        Some(fix) => format!("{e}; {fix}"),
+                        None => e,
+                    },
+                ),
+            };
+            Check {
+                name: spec.name,
+                status,
+                detail,
+            }
+        })
+        .collect();
+    Report { checks }
+}
+
+/// A probe that opens something: its error, prefixed, when it failed.
+fn opens(r: &Probe<()>, prefix: &str) -> Result<(), String> {
+    r.clone().map_err(|e| format!("{prefix}{e}"))
+}
+
+/// A limit: ok at `wanted` or above; `found` then says what was found,
+/// followed by `ok_note`, or by `low_note` (why it matters and how to raise
+/// it) when below.
+fn at_least(have: u64, wanted: u64, found: String, ok_note: &str, low_note: String) -> Verdict {
+    if have >= wanted {
+        (Status::Ok, found + ok_note)
+    } else {
+        (Status::Warn, found + &low_note)
+    }
+}
+
+/// Root with the two capabilities wasp needs (never a failed probe).
+fn root(p: &Probes) -> Result<Verdict, String> {
     let caps = p.cap_eff.unwrap_or(0);
     let has = |bit: u32| caps & (1u64 << bit) != 0;
-    v.push(if p.euid == 0 && has(CAP_NET_ADMIN) && has(CAP_SYS_ADMIN) {
-        check("root", Status::Ok, "running as root with CAP_NET_ADMIN and CAP_SYS_ADMIN")
-    } else {
-        let mut missing = Vec::new();
-        if p.euid != 0 {
-            missing.push(format!("euid is {}, not 0", p.euid));
-        }
-        if !has(CAP_NET_ADMIN) {
-            missing.push("CAP_NET_ADMIN missing".into());
-        }
-        if !has(CAP_SYS_ADMIN) {
-            missing.push("CAP_SYS_ADMIN missing".into());
-        }
-        check(
-            "root",
-            Status::Fail,
-            format!("{}; run wasp as root (sudo) so it can create namespaces, links and nf_tables rules", missing.join(", ")),
-        )
-    });
-
-    v.push(match (&p.kvm_open, p.kvm_pvm) {
-        (Ok(()), false) => check("kvm", Status::Ok, "/dev/kvm opens read-write"),
-        (Ok(()), true) => check(
-            "kvm",
-            Status::Warn,
-            "/dev/kvm is kvm_pvm (/sys/module/kvm_pvm exists): Firecracker runs, but only PVM-enlightened guest kernels boot; use the stand-in VMM for networked demos",
-        ),
-        (Err(e), _) => check(
-            "kvm",
-            Status::Fail,
-            format!("/dev/kvm: {e}; load kvm_intel or kvm_amd (modprobe) and run as root or a member of the kvm group"),
-        ),
-    });
-
-    v.push(match &p.tun_open {
-        Ok(()) => check("tun", Status::Ok, "/dev/net/tun opens"),
-        Err(e) => check(
-            "tun",
-            Status::Fail,
-            format!("/dev/net/tun: {e}; run `modprobe tun`"),
-        ),
-    });
-
-    v.push(match &p.nftables {
-        Ok(()) => check(
-            "nftables",
+    if p.euid == 0 && has(CAP_NET_ADMIN) && has(CAP_SYS_ADMIN) {
+        return Ok((
             Status::Ok,
-            "created and deleted a table in a scratch netns over netlink",
+            "running as root with CAP_NET_ADMIN and CAP_SYS_ADMIN".into(),
+        ));
+    }
+    let mut missing = Vec::new();
+    if p.euid != 0 {
+        missing.push(format!("euid is {}, not 0", p.euid));
+    }
+    if !has(CAP_NET_ADMIN) {
+        missing.push("CAP_NET_ADMIN missing".into());
+    }
+    if !has(CAP_SYS_ADMIN) {
+        missing.push("CAP_SYS_ADMIN missing".into());
+    }
+    Ok((
+        Status::Fail,
+        format!(
+            "{}; run wasp as root (sudo) so it can create namespaces, links and nf_tables rules",
+            missing.join(", ")
         ),
-        Err(e) => check(
-            "nftables",
-            Status::Fail,
-            format!("{e}; load nf_tables and nft_nat (modprobe nf_tables nft_nat) and run as root"),
-        ),
-    });
+    ))
+}
 
-    v.push(match &p.io_uring {
-        Ok(ops) => {
-            let missing: Vec<_> = ops.iter().filter(|(_, s)| !s).map(|(n, _)| *n).collect();
-            let have: Vec<_> = ops.iter().filter(|(_, s)| *s).map(|(n, _)| *n).collect();
-            if missing.is_empty() {
-                check(
-                    "io_uring",
-                    Status::Ok,
-                    format!("opcodes: {}", have.join(" ")),
-                )
-            } else {
-                check(
-                    "io_uring",
-                    Status::Warn,
-                    format!(
-                        "opcodes: {}; missing: {} (wasp uses its plain-syscall fallback for those)",
-                        have.join(" "),
-                        missing.join(" ")
-                    ),
-                )
-            }
-        }
-        Err(e) => check(
-            "io_uring",
+/// /dev/kvm opens, and whether it is kvm_pvm.
+fn kvm(p: &Probes) -> Result<Verdict, String> {
+    opens(&p.kvm_open, "/dev/kvm: ")?;
+    Ok(if p.kvm_pvm {
+        (
             Status::Warn,
-            format!("{e}; wasp falls back to plain syscalls (check kernel.io_uring_disabled)"),
-        ),
-    });
+            "/dev/kvm is kvm_pvm (/sys/module/kvm_pvm exists): Firecracker runs, but only PVM-enlightened guest kernels boot; use the stand-in VMM for networked demos".into(),
+        )
+    } else {
+        (Status::Ok, "/dev/kvm opens read-write".into())
+    })
+}
 
-    v.push(match &p.userfaultfd {
-        Ok(()) => check("userfaultfd", Status::Ok, "userfaultfd opens (Uffd memory backend available)"),
-        Err(e) => check(
-            "userfaultfd",
+/// The io_uring opcodes the kernel supports.
+fn io_uring(p: &Probes) -> Result<Verdict, String> {
+    let ops = p.io_uring.as_ref()?;
+    let missing: Vec<_> = ops.iter().filter(|(_, s)| !s).map(|(n, _)| *n).collect();
+    let have: Vec<_> = ops.iter().filter(|(_, s)| *s).map(|(n, _)| *n).collect();
+    Ok(if missing.is_empty() {
+        (Status::Ok, format!("opcodes: {}", have.join(" ")))
+    } else {
+        (
             Status::Warn,
-            format!("{e}; only the File memory backend is available (set vm.unprivileged_userfaultfd=1 or run as root)"),
-        ),
-    });
+            format!(
+                "opcodes: {}; missing: {} (wasp uses its plain-syscall fallback for those)",
+                have.join(" "),
+                missing.join(" ")
+            ),
+        )
+    })
+}
 
-    v.push(match &p.cgroup2 {
-        Some((dir, ctrl)) => {
-            let shown = if ctrl.trim().is_empty() { "none" } else { ctrl.trim() };
-            // The same check, and the same words, as `wasp spawn
-            // --memory-max/--cpu-max`.
-            let mut limits = crate::vmm::cgroup::Limits::new();
-            for key in [crate::vmm::cgroup::MEMORY_MAX, crate::vmm::cgroup::CPU_MAX] {
-                limits.set(key, "max").expect("valid key");
-            }
-            match crate::vmm::cgroup::check_controllers(&p.mountinfo, dir, ctrl, &limits) {
-                Ok(()) => check("cgroup2", Status::Ok, format!("cgroup v2 at {}, controllers: {shown}", dir.display())),
-                Err(e) => check(
-                    "cgroup2",
-                    Status::Warn,
-                    format!(
-                        "cgroup v2 at {}, controllers: {shown}; per-clone --memory-max/--cpu-max are unavailable: {e}",
-                        dir.display()
-                    ),
-                ),
-            }
-        }
-        None => check(
-            "cgroup2",
+/// cgroup v2 with the controllers `--memory-max/--cpu-max` need (never a
+/// failed probe: no cgroup2 is a warning).
+fn cgroup2(p: &Probes) -> Result<Verdict, String> {
+    let Some((dir, ctrl)) = &p.cgroup2 else {
+        return Ok((
             Status::Warn,
             crate::vmm::cgroup::CgroupError::NoCgroup2.to_string(),
-        ),
-    });
-
-    for (name, r) in [("firecracker", &p.firecracker), ("jailer", &p.jailer)] {
-        v.push(match r {
-            Ok((path, ver)) => check(name, Status::Ok, format!("{} is v{ver}", path.display())),
-            Err(e) if name == "jailer" => check(
-                name,
-                Status::Warn,
-                format!("{e}; needed only for `wasp spawn --jailer`"),
-            ),
-            Err(e) => check(
-                name,
-                Status::Warn,
-                format!("{e}; `--vmm standin` and `wasp demo` work without it"),
-            ),
-        });
+        ));
+    };
+    let shown = if ctrl.trim().is_empty() {
+        "none"
+    } else {
+        ctrl.trim()
+    };
+    // The same check, and the same words, as `wasp spawn
+    // --memory-max/--cpu-max`.
+    let mut limits = crate::vmm::cgroup::Limits::new();
+    for key in [crate::vmm::cgroup::MEMORY_MAX, crate::vmm::cgroup::CPU_MAX] {
+        limits.set(key, "max").expect("valid key");
     }
+    Ok(
+        match crate::vmm::cgroup::check_controllers(&p.mountinfo, dir, ctrl, &limits) {
+            Ok(()) => (
+                Status::Ok,
+                format!("cgroup v2 at {}, controllers: {shown}", dir.display()),
+            ),
+            Err(e) => (
+                Status::Warn,
+                format!(
+                    "cgroup v2 at {}, controllers: {shown}; per-clone --memory-max/--cpu-max are unavailable: {e}",
+                    dir.display()
+                ),
+            ),
+        },
+    )
+}
 
+/// A located binary and its version.
+fn installed(r: &Probe<(PathBuf, Version)>) -> Result<Verdict, String> {
+    let (path, ver) = r.as_ref()?;
+    Ok((Status::Ok, format!("{} is v{ver}", path.display())))
+}
+
+/// FICLONE in the runtime directory, else the strategy clone disks get.
+fn reflink(p: &Probes) -> Result<Verdict, String> {
     let (dir, r) = &p.reflink;
-    v.push(match r {
-        Ok(ReflinkProbe::Supported) => check(
-            "reflink",
+    let r = r.as_ref().map_err(|e| format!("{}: {e}", dir.display()))?;
+    Ok(match r {
+        ReflinkProbe::Supported => (
             Status::Ok,
-            format!("{}: FICLONE works; clone disks use strategy {}", dir.display(), Strategy::Reflink),
+            format!(
+                "{}: FICLONE works; clone disks use strategy {}",
+                dir.display(),
+                Strategy::Reflink
+            ),
         ),
-        Ok(ReflinkProbe::Unsupported(errno)) => check(
-            "reflink",
+        ReflinkProbe::Unsupported(errno) => (
             Status::Warn,
             format!(
                 "{}: {}; clone disks fall back to {} (put the runtime dir on XFS with reflink=1 or btrfs for O(1) clones)",
                 dir.display(),
                 explain_reflink_errno(*errno),
-                p.strategy.as_ref().map(|s| s.to_string()).unwrap_or_else(|e| format!("an unprobed strategy ({e})"))
+                p.strategy
+                    .as_ref()
+                    .map(|s| s.to_string())
+                    .unwrap_or_else(|e| format!("an unprobed strategy ({e})"))
             ),
         ),
-        Err(e) => check("reflink", Status::Fail, format!("{}: {e}; create it or pass --runtime-dir", dir.display())),
-    });
-
-    v.push(match &p.nofile {
-        Ok((soft, hard, open)) => {
-            let detail = format!("RLIMIT_NOFILE soft {soft}, hard {hard}, {open} open, headroom {}", soft.saturating_sub(*open));
-            if *hard >= NOFILE_WANTED {
-                check("nofile", Status::Ok, format!("{detail}; wasp raises the soft limit as needed"))
-            } else {
-                check(
-                    "nofile",
-                    Status::Warn,
-                    format!("{detail}; dense batches want >= {NOFILE_WANTED}: raise the hard limit (ulimit -Hn, LimitNOFILE=)"),
-                )
-            }
-        }
-        Err(e) => check("nofile", Status::Warn, e.clone()),
-    });
-
-    v.push(match &p.conntrack_max {
-        Ok(Some(max)) if *max >= CONNTRACK_WANTED => check(
-            "conntrack",
-            Status::Ok,
-            format!("net.netfilter.nf_conntrack_max is {max} (each netns counts its own entries against it)"),
-        ),
-        Ok(Some(max)) => check(
-            "conntrack",
-            Status::Warn,
-            format!("net.netfilter.nf_conntrack_max is {max}; the host netns tracks every connection to the clones, so dense batches want >= {CONNTRACK_WANTED}: sysctl -w net.netfilter.nf_conntrack_max={CONNTRACK_WANTED} (it can only be set from the initial netns)"),
-        ),
-        Ok(None) => check(
-            "conntrack",
-            Status::Ok,
-            "nf_conntrack is not loaded yet (the first slot's NAT rules load it); check again after `wasp pool warm`",
-        ),
-        Err(e) => check("conntrack", Status::Warn, e.clone()),
-    });
-
-    v.push(match &p.max_netns {
-        Ok(n) if *n >= NETNS_WANTED => check(
-            "netns_max",
-            Status::Ok,
-            format!("user.max_net_namespaces is {n}; each slot is one netns"),
-        ),
-        Ok(n) => check(
-            "netns_max",
-            Status::Warn,
-            format!("user.max_net_namespaces is {n}; each slot is one netns, so {DENSE_CLONES} clones want >= {NETNS_WANTED}: sysctl -w user.max_net_namespaces={NETNS_WANTED}"),
-        ),
-        Err(e) => check("netns_max", Status::Warn, e.clone()),
-    });
-
-    v.push(match &p.pid_max {
-        Ok(n) if *n >= PIDS_WANTED => check(
-            "pid_max",
-            Status::Ok,
-            format!("kernel.pid_max is {n}"),
-        ),
-        Ok(n) => check(
-            "pid_max",
-            Status::Warn,
-            format!("kernel.pid_max is {n}; every VMM runs several threads, so {DENSE_CLONES} clones want >= {PIDS_WANTED}: sysctl -w kernel.pid_max=4194304"),
-        ),
-        Err(e) => check("pid_max", Status::Warn, e.clone()),
-    });
-
-    v.push(match &p.neigh_max {
-        Ok(n) if *n >= NEIGH_WANTED => check(
-            "neigh",
-            Status::Ok,
-            format!("net.ipv4.neigh.default.gc_thresh3 is {n}"),
-        ),
-        Ok(n) => check(
-            "neigh",
-            Status::Warn,
-            format!("net.ipv4.neigh.default.gc_thresh3 is {n}, below the kernel's default {NEIGH_WANTED}; the ARP table is shared by every netns (wasp's slots use permanent and externally learned entries, exempt from it, but the host's other traffic is not; past the limit the kernel drops packets with \"neighbour table overflow\"): sysctl -w net.ipv4.neigh.default.gc_thresh3={NEIGH_WANTED} net.ipv4.neigh.default.gc_thresh2={}", NEIGH_WANTED / 2),
-        ),
-        Err(e) => check("neigh", Status::Warn, e.clone()),
-    });
-
-    Report { checks: v }
+    })
 }
 
 /// Probes and evaluates.
