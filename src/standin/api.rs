@@ -349,9 +349,9 @@ pub struct Vmm<H: Host> {
 /// `wasp.dirty=`).
 pub fn guest_from_boot_args(args: Option<&str>) -> GuestState {
     let mut g = GuestState {
-        ip: "192.168.241.2".into(),
-        prefix_len: 29,
-        gateway: "192.168.241.1".into(),
+        ip: crate::paths::DEFAULT_GUEST_IP.to_string(),
+        prefix_len: crate::paths::DEFAULT_TAP_PREFIX,
+        gateway: crate::paths::DEFAULT_TAP_IP.to_string(),
         ready_port: 22,
         agent_port: 8080,
         dirty_fraction: 0.01,
@@ -687,7 +687,7 @@ impl<H: Host> Vmm<H> {
                     )))
                 }
             },
-            None => "06:00:c0:a8:f1:02".to_owned(),
+            None => crate::paths::GUEST_MAC.to_owned(),
         };
         // Replacing an interface closes its old tap first.
         self.nets.retain(|(s, _)| s.iface_id != n.iface_id);

@@ -46,6 +46,7 @@ use std::str::FromStr;
 use thiserror::Error;
 
 use crate::netlink::NetlinkError;
+use crate::paths;
 use crate::pipeline::lease::Lease;
 
 pub use addr::{Cidr, MAX_INDEX};
@@ -55,7 +56,7 @@ pub use kernel::{conntrack_flush_msg, Kernel};
 pub use links::{dump_addrs, dump_links, dump_routes, get_link};
 
 /// Prefix of every slot namespace, host veth and nft table wasp makes.
-pub const PREFIX: &str = "wasp";
+pub use crate::paths::PREFIX;
 /// Name of the veth end inside the slot.
 pub const VETH0: &str = "veth0";
 /// Name of wasp's nf_tables table (in slots and in the host netns).
@@ -88,19 +89,21 @@ pub struct SlotNet {
 }
 
 impl Default for SlotNet {
+    /// The built-in defaults ([`crate::paths`]' guest network).
     fn default() -> Self {
+        let cidr = Cidr {
+            net: paths::DEFAULT_CIDR_NET,
+            prefix: paths::DEFAULT_CIDR_PREFIX,
+        };
         SlotNet {
             pool: "default".into(),
-            cidr: Cidr {
-                net: Ipv4Addr::new(10, 0, 0, 0),
-                prefix: 16,
-            },
-            bridge: "wasp0".into(),
-            tap: "tap0".into(),
-            tap_ip: Ipv4Addr::new(192, 168, 241, 1),
-            tap_prefix: 29,
-            guest_ip: Ipv4Addr::new(192, 168, 241, 2),
-            allow_host: vec![SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 1), 8080)],
+            cidr,
+            bridge: paths::DEFAULT_BRIDGE.into(),
+            tap: paths::DEFAULT_TAP.into(),
+            tap_ip: paths::DEFAULT_TAP_IP,
+            tap_prefix: paths::DEFAULT_TAP_PREFIX,
+            guest_ip: paths::DEFAULT_GUEST_IP,
+            allow_host: vec![SocketAddrV4::new(cidr.gateway(), 8080)],
             egress: false,
         }
     }
