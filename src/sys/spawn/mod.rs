@@ -14,11 +14,11 @@
 //! [`Spawned::style`]):
 //!
 //! - **vfork-style** (the default on x86-64): `clone3(CLONE_VM |
-//!   CLONE_VFORK)` on a stack this thread owns ([`ChildStack`](clone::ChildStack)). No page
+//!   CLONE_VFORK)` on a stack this thread owns (`clone::ChildStack`). No page
 //!   table of wasp is copied (the cost of a fork grows with wasp's memory
 //!   and threads) and the calling thread sleeps until the child has exec'd
 //!   or exited; wasp's other threads go on. The child shares wasp's memory
-//!   until exec, so it only reads the [`ChildPlan`](plan::ChildPlan) prepared before the
+//!   until exec, so it only reads the `plan::ChildPlan` prepared before the
 //!   clone, makes raw async-signal-safe calls, never allocates and never
 //!   touches a lock. All signals are blocked in the calling thread across
 //!   the clone, so no handler of wasp's runs on the child's side before
@@ -49,9 +49,9 @@
 //! a close-on-exec pipe, so the parent's error names the step.
 //!
 //! The parts: `plan` holds what the child runs between clone and exec (the
-//! [`ChildPlan`](plan::ChildPlan) and its steps, the step errors); `clone`
-//! the ways to create the child (the clone3 arguments, the vfork-style
-//! trampoline and its stack, the fork-style fallback, the pidfd). This
+//! `ChildPlan` and its steps, the step errors); `clone` the ways to create
+//! the child (the clone3 arguments, the vfork-style trampoline and its
+//! stack, the fork-style fallback, the pidfd). This
 //! file turns a [`ChildSetup`] and an [`Exec`] into a plan and waits for
 //! the child's exec or its failed step.
 
