@@ -93,7 +93,7 @@ fn standin_clones_get_their_own_disk_shared_memory_and_own_agent_id() {
             serde_json::from_str(&ns.sh("ip -j -d neigh show dev tap0 192.168.241.2")).unwrap();
         assert_eq!(
             n[0]["lladdr"],
-            wasp::snapshot::synth::GUEST_MAC,
+            wasp::paths::GUEST_MAC,
             "clone {}: {n}",
             c.id
         );

@@ -73,7 +73,7 @@ pub struct AdoptArgs {
     #[arg(long)]
     pub tap: Option<String>,
     /// Firecracker iface id.
-    #[arg(long, default_value = "eth0")]
+    #[arg(long, default_value = wasp::paths::GUEST_IFACE_ID)]
     pub iface_id: String,
     /// Guest MAC (required with --tap).
     #[arg(long)]
@@ -85,7 +85,7 @@ pub struct AdoptArgs {
     #[arg(long)]
     pub mmds_version: Option<String>,
     /// MMDS address.
-    #[arg(long, default_value = "169.254.169.254")]
+    #[arg(long, default_value = wasp::paths::MMDS_IPV4)]
     pub mmds_address: String,
     /// Record sha256 sums (reads every file once).
     #[arg(long)]

@@ -233,6 +233,7 @@ impl Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::paths;
 
     fn entry(pool: &str, host_netns: Option<&str>, created: bool) -> PoolEntry {
         PoolEntry {
@@ -240,11 +241,11 @@ mod tests {
             host_netns: host_netns.map(str::to_owned),
             host_netns_created: created,
             cidr: "10.0.0.0/16".into(),
-            bridge: "wasp0".into(),
-            tap: "tap0".into(),
-            tap_ip: Ipv4Addr::new(192, 168, 241, 1),
-            tap_prefix: 29,
-            guest_ip: Ipv4Addr::new(192, 168, 241, 2),
+            bridge: paths::DEFAULT_BRIDGE.into(),
+            tap: paths::DEFAULT_TAP.into(),
+            tap_ip: paths::DEFAULT_TAP_IP,
+            tap_prefix: paths::DEFAULT_TAP_PREFIX,
+            guest_ip: paths::DEFAULT_GUEST_IP,
             allow_host: vec![],
             egress: false,
             owner: None,

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use thiserror::Error;
 
+use crate::paths::{GUEST_IFACE_ID as IFACE_ID, GUEST_MAC, MMDS_IPV4};
 use crate::pipeline::launch::{self, LaunchSpec, Vmm};
 use crate::pipeline::slot::SlotNet;
 use crate::snapshot::manifest::{self, Drive, FileEntry, Manifest, Mmds, NetIface};
@@ -65,12 +66,6 @@ impl Default for GuestAddr {
         Self::of(&SlotNet::default())
     }
 }
-/// The fixed guest MAC.
-pub const GUEST_MAC: &str = "06:00:c0:a8:f1:02";
-/// The interface id.
-pub const IFACE_ID: &str = "eth0";
-/// MMDS address.
-pub const MMDS_IP: &str = "169.254.169.254";
 
 /// When the booted guest counts as ready to snapshot.
 #[derive(Debug, Clone)]
@@ -524,7 +519,7 @@ fn create_in(o: &GoldenOptions, tmp: &Path, work: &Path) -> Result<Manifest, Gol
         c.put_mmds_config(&crate::vmm::api::MmdsConfig {
             version: Some("V2".into()),
             network_interfaces: vec![IFACE_ID.into()],
-            ipv4_address: Some(MMDS_IP.into()),
+            ipv4_address: Some(MMDS_IPV4.into()),
         }),
     )?;
     api("InstanceStart", c.instance_start())?;
@@ -611,7 +606,7 @@ fn create_in(o: &GoldenOptions, tmp: &Path, work: &Path) -> Result<Manifest, Gol
         }],
         mmds: Some(Mmds {
             version: "V2".into(),
-            ipv4_address: MMDS_IP.into(),
+            ipv4_address: MMDS_IPV4.into(),
         }),
         created_at: manifest::rfc3339_utc(std::time::SystemTime::now()),
     };

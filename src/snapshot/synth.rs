@@ -19,22 +19,12 @@ use thiserror::Error;
 
 use super::manifest::{self, Drive, FileEntry, Manifest, Mmds, NetIface, Vmm, MIB};
 use super::{hex, write_atomic, CLONE_ROOTFS_PATH, CLONE_SCRATCH_PATH, MANIFEST_FILE};
+use crate::paths::{
+    DEFAULT_GUEST_IP, DEFAULT_TAP, DEFAULT_TAP_IP, DEFAULT_TAP_PREFIX, GUEST_IFACE_ID as IFACE_ID,
+    GUEST_MAC, MMDS_IPV4,
+};
 use crate::standin::vmstate::{self, DriveState, GuestState, MmdsState, NetState, VmState};
 
-/// Stand-in guest IP (every clone has the same one behind its own tap).
-pub const GUEST_IP: &str = "192.168.241.2";
-/// Prefix length of the tap link.
-pub const GUEST_PREFIX_LEN: u8 = 29;
-/// The guest's gateway (the tap's host-side address).
-pub const GATEWAY_IP: &str = "192.168.241.1";
-/// Guest MAC (Firecracker's convention: 06:00 + the guest IP).
-pub const GUEST_MAC: &str = "06:00:c0:a8:f1:02";
-/// Tap name recorded in the snapshot.
-pub const TAP_NAME: &str = "tap0";
-/// Firecracker iface id.
-pub const IFACE_ID: &str = "eth0";
-/// MMDS address.
-pub const MMDS_IPV4: &str = "169.254.169.254";
 /// The stand-in VMM's version string.
 pub const STANDIN_VERSION: &str = "0.1.0-standin";
 
@@ -205,7 +195,7 @@ fn build(o: &SynthOptions, dir: &Path) -> Result<Manifest, SynthError> {
             .collect(),
         network_interfaces: vec![NetState {
             iface_id: IFACE_ID.into(),
-            host_dev_name: TAP_NAME.into(),
+            host_dev_name: DEFAULT_TAP.into(),
             guest_mac: GUEST_MAC.into(),
         }],
         mmds: Some(MmdsState {
@@ -214,9 +204,9 @@ fn build(o: &SynthOptions, dir: &Path) -> Result<Manifest, SynthError> {
             ipv4_address: MMDS_IPV4.into(),
         }),
         guest: GuestState {
-            ip: GUEST_IP.into(),
-            prefix_len: GUEST_PREFIX_LEN,
-            gateway: GATEWAY_IP.into(),
+            ip: DEFAULT_GUEST_IP.to_string(),
+            prefix_len: DEFAULT_TAP_PREFIX,
+            gateway: DEFAULT_TAP_IP.to_string(),
             ready_port: 22,
             agent_port: 8080,
             dirty_fraction: 0.01,
@@ -252,9 +242,9 @@ fn build(o: &SynthOptions, dir: &Path) -> Result<Manifest, SynthError> {
         drives,
         network_interfaces: vec![NetIface {
             iface_id: IFACE_ID.into(),
-            host_dev_name: TAP_NAME.into(),
+            host_dev_name: DEFAULT_TAP.into(),
             guest_mac: GUEST_MAC.into(),
-            guest_ip: Some(GUEST_IP.into()),
+            guest_ip: Some(DEFAULT_GUEST_IP.to_string()),
         }],
         mmds: Some(Mmds {
             version: "V2".into(),

@@ -99,7 +99,7 @@ impl<H: Host> Vmm<H> {
                     )))
                 }
             },
-            None => "06:00:c0:a8:f1:02".to_owned(),
+            None => crate::paths::GUEST_MAC.to_owned(),
         };
         // Replacing an interface closes its old tap first.
         self.nets.retain(|(s, _)| s.iface_id != n.iface_id);

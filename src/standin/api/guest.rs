@@ -14,9 +14,9 @@ use crate::standin::vmstate::GuestState;
 /// `wasp.dirty=`).
 pub fn guest_from_boot_args(args: Option<&str>) -> GuestState {
     let mut g = GuestState {
-        ip: "192.168.241.2".into(),
-        prefix_len: 29,
-        gateway: "192.168.241.1".into(),
+        ip: crate::paths::DEFAULT_GUEST_IP.to_string(),
+        prefix_len: crate::paths::DEFAULT_TAP_PREFIX,
+        gateway: crate::paths::DEFAULT_TAP_IP.to_string(),
         ready_port: 22,
         agent_port: 8080,
         dirty_fraction: 0.01,
