@@ -18,10 +18,7 @@ fn store_in(parent: &Path, rootfs_mib: u64) -> CloneStore {
         out: snap.clone(),
         mem_mib: 8,
         rootfs_mib,
-        vcpus: 1,
-        rootfs_read_only: false,
-        scratch_mib: None,
-        sha256: false,
+        ..Default::default()
     })
     .expect("synth");
     CloneStore::open(&snap, &parent.join("rt"), Mode::Auto).expect("open store")

@@ -27,12 +27,7 @@ fn snapshot(root: &Path) -> Arc<CloneStore> {
     let snap = root.join("snap");
     synth(&SynthOptions {
         out: snap.clone(),
-        mem_mib: 32,
-        rootfs_mib: 4,
-        vcpus: 1,
-        rootfs_read_only: false,
-        scratch_mib: None,
-        sha256: false,
+        ..Default::default()
     })
     .unwrap();
     Arc::new(CloneStore::open(&snap, &root.join("run"), Mode::Auto).unwrap())

@@ -18,10 +18,8 @@ fn opts(out: PathBuf) -> SynthOptions {
         out,
         mem_mib: 2,
         rootfs_mib: 1,
-        vcpus: 1,
-        rootfs_read_only: false,
-        scratch_mib: None,
         sha256: true,
+        ..Default::default()
     }
 }
 

@@ -28,10 +28,8 @@ impl Setup {
             out: tmp.path().join("snap"),
             mem_mib: 16,
             rootfs_mib: 1,
-            vcpus: 1,
             rootfs_read_only: true,
-            scratch_mib: None,
-            sha256: false,
+            ..Default::default()
         })
         .unwrap();
         Setup {
