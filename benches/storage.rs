@@ -2,8 +2,7 @@
 //! image, root only) and by copy (copy_file_range on the root filesystem,
 //! /var/tmp). Each sample times `prepare` only; `cleanup` runs untimed.
 
-#[path = "../tests/common/loopfs.rs"]
-mod loopfs;
+use wasp_testkit::loopfs;
 
 use std::path::Path;
 use std::time::{Duration, Instant};

@@ -1,7 +1,7 @@
 //! Snapshot store: synth, check (one test per validation error), adopt of a
 //! seed-like Firecracker directory, warm.
 
-mod common;
+use wasp_testkit::root_or_skip;
 
 use std::fs::{self, OpenOptions};
 use std::os::unix::fs::{symlink, FileExt, PermissionsExt};

@@ -2,19 +2,17 @@
 //! image, the fallbacks on the ext4 root (/var/tmp), EXDEV across
 //! filesystems, ENOSPC mid-copy on a tiny tmpfs, reconcile, shared-readonly.
 
-mod common;
-#[path = "common/loopfs.rs"]
-mod loopfs;
+use wasp_testkit::root_or_skip;
 
 use std::fs::{self, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use loopfs::LoopFs;
 use wasp::pipeline::storage::probe::Strategy;
 use wasp::pipeline::storage::{CloneStore, Mode, StorageError};
 use wasp::snapshot::{synth, SynthOptions, MIB};
+use wasp_testkit::loopfs::LoopFs;
 
 fn make_snap(parent: &Path, mem_mib: u64, rootfs_mib: u64) -> PathBuf {
     let out = parent.join("snap");
