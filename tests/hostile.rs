@@ -287,6 +287,14 @@ fn in_private_mounts(setup: &str, c: &Command) -> Command {
         .arg("sh")
         .arg(c.get_program())
         .args(c.get_args());
+    // `c`'s environment (no WASP_* of the test's) reaches wasp through
+    // unshare and sh.
+    for (k, v) in c.get_envs() {
+        match v {
+            Some(v) => u.env(k, v),
+            None => u.env_remove(k),
+        };
+    }
     u
 }
 
