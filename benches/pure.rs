@@ -1,27 +1,22 @@
 //! Benches of the pure parts (no root, no network namespace):
 //!
-//! - the regression gate's benches (`benches/common/gate.rs`): nf_tables
+//! - the regression gate's benches (`testkit/src/bench/gate.rs`): nf_tables
 //!   batch encoding, rtnetlink message building, the HTTP response parser;
 //! - the same slot rtnetlink messages built with netlink-packet-route
-//!   (`benches/common/rtnl_crate.rs`), the figure that keeps the slot
+//!   (`testkit/src/bench/rtnl_crate.rs`), the figure that keeps the slot
 //!   path's builders hand-written;
 //! - the slot pool's `take`/`give_back` under contention from two threads
 //!   (both cores here), over a slot ops that does no kernel work;
 //! - the restore driver's overhead per clone state machine: a batch of
 //!   clones against fake VMM API servers on real unix sockets
-//!   (`tests/common/fake_vmm.rs`), on io_uring and on the syscall fallback.
+//!   (`testkit/src/fake_vmm.rs`), on io_uring and on the syscall fallback.
 //!
 //! `WASP_BENCH_INJECT_SLOWDOWN=NAME` makes gate bench NAME do its work
 //! twice per iteration (used to prove the gate; see docs/benchmarks.md).
 
-#[path = "common/cputime.rs"]
-mod cputime;
-#[path = "../tests/common/fake_vmm.rs"]
-mod fake_vmm;
-#[path = "common/gate.rs"]
-mod gate;
-#[path = "common/rtnl_crate.rs"]
-mod rtnl_crate;
+use wasp_testkit::bench::gate;
+use wasp_testkit::bench::rtnl_crate;
+use wasp_testkit::fake_vmm;
 
 use std::io::{BufReader, Write};
 use std::net::Ipv4Addr;

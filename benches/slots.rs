@@ -1,12 +1,11 @@
 //! One slot build on real kernel objects (root only): namespace, tap, veth
 //! pair to the bridge, addresses, routes and the nf_tables batch, in a
-//! private host netns made by the test harness (`tests/common`), never the
+//! private host netns made by the test harness (`wasp_testkit`), never the
 //! machine's own. Each sample times `build` only; the sample's slots are
 //! destroyed untimed afterwards, and everything is removed at the end, also
 //! on panic. The pure message building is in `benches/pure.rs`.
 
-#[path = "../tests/common/mod.rs"]
-mod common;
+use wasp_testkit as testkit;
 
 use std::time::{Duration, Instant};
 
@@ -44,8 +43,8 @@ fn slot_build(c: &mut Criterion) {
         eprintln!("SKIPPED slot build: needs root (network namespaces, links, nf_tables)");
         return;
     }
-    common::sweep_stale();
-    let (host, k) = common::slot_host("bench", format!("b{}", std::process::id()));
+    testkit::sweep_stale();
+    let (host, k) = testkit::slot_host("bench", format!("b{}", std::process::id()));
     let mut built = Built {
         k: &k,
         slots: Vec::new(),

@@ -2,8 +2,7 @@
 //! image, root only) and by copy (copy_file_range on the root filesystem,
 //! /var/tmp). Each sample times `prepare` only; `cleanup` runs untimed.
 
-#[path = "../tests/common/loopfs.rs"]
-mod loopfs;
+use wasp_testkit::loopfs;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -18,10 +17,7 @@ fn store_in(parent: &Path, rootfs_mib: u64) -> CloneStore {
         out: snap.clone(),
         mem_mib: 8,
         rootfs_mib,
-        vcpus: 1,
-        rootfs_read_only: false,
-        scratch_mib: None,
-        sha256: false,
+        ..Default::default()
     })
     .expect("synth");
     CloneStore::open(&snap, &parent.join("rt"), Mode::Auto).expect("open store")

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The benchmark regression gate (see docs/benchmarks.md, "Regression gate").
 #
-# Measures the gate benches (benches/common/gate.rs, in `cargo bench --bench
+# Measures the gate benches (testkit/src/bench/gate.rs, in `cargo bench --bench
 # pure`) on the base commit (extracted under target/bench-gate/base) and
 # then on this work tree, in the same run on
 # the same machine, and fails when a bench's median is slower than the

@@ -4,15 +4,17 @@
 //! `wasp bench compare` prints ratio and difference per figure and refuses
 //! outputs of different commands.
 
-mod common;
+use wasp_testkit as testkit;
+use wasp_testkit::{root_or_skip, wasp_cmd};
 
 use std::path::Path;
 use std::process::{Command, Output};
 
-use common::ok;
+use testkit::ok;
 
+/// `wasp` with no `WASP_*` variable of the environment.
 fn wasp() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_wasp"))
+    wasp_cmd!()
 }
 
 /// stdout as exactly one JSON document, stderr free of terminal control.
@@ -237,17 +239,14 @@ fn bench_slots_plots_and_prints_a_percentile_table() {
     );
 }
 
-/// `wasp --config DIR/wasp.toml` with `toml` written there, and neither
-/// `WASP_CONFIG` nor `WASP_FIRECRACKER` (which outranks the file) from the
-/// test's environment.
+/// `wasp --config DIR/wasp.toml` with `toml` written there (and, as every
+/// [`wasp`], neither `WASP_CONFIG` nor `WASP_FIRECRACKER`, which outranks
+/// the file, from the test's environment).
 fn with_config(dir: &Path, toml: &str) -> Command {
     let file = dir.join("wasp.toml");
     std::fs::write(&file, toml).unwrap();
     let mut c = wasp();
-    c.env_remove("WASP_CONFIG")
-        .env_remove("WASP_FIRECRACKER")
-        .arg("--config")
-        .arg(file);
+    c.arg("--config").arg(file);
     c
 }
 
@@ -318,7 +317,7 @@ fn bench_commands_take_their_defaults_from_the_config_file() {
         "{err}"
     );
 
-    if !common::require_root(module_path!()) {
+    if !testkit::require_root(module_path!()) {
         return;
     }
     let v = clean_json(

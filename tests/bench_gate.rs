@@ -1,5 +1,5 @@
 //! Proves the benchmark regression gate on real criterion runs of the real
-//! gate benches (`benches/common/gate.rs`), run in-process the way
+//! gate benches (`testkit/src/bench/gate.rs`), run in-process the way
 //! `scripts/bench-gate.sh` runs them across two commits: the base saved as
 //! baseline `base`, stale results cleared, the head compared against it,
 //! then `wasp::bench::gate` decides, and a regression is confirmed by a
@@ -14,13 +14,10 @@
 //! No root needed. The tests share one lock so their measurements do not
 //! compete for the CPU with each other.
 
-#[path = "../benches/common/cputime.rs"]
-mod cputime;
-#[path = "../benches/common/gate.rs"]
-mod gate;
+use wasp_testkit::bench::gate;
+use wasp_testkit::wasp_cmd;
 
 use std::path::Path;
-use std::process::Command;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -87,10 +84,9 @@ fn gate_run(dir: &Path, inject: Option<&str>) -> GateReport {
 }
 
 fn wasp_gate(dir: &Path) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_wasp"))
+    let out = wasp_cmd!()
         .args(["bench", "gate"])
         .arg(dir)
-        .env_remove("WASP_BENCH_GATE_ALLOW_NEW")
         .output()
         .expect("run wasp bench gate");
     (

@@ -2,12 +2,16 @@
 //! `wasp spawn` through the real pool in a private host netns, then `ls`,
 //! `kill` and `pool drain`, checked with `ip netns` as an independent reader.
 
-mod common;
+use wasp_testkit as testkit;
+use wasp_testkit::{root_or_skip, wasp_bin, wasp_cmd};
 
 use std::process::Command;
 
+use testkit::cli::World;
+
+/// `wasp` with no `WASP_*` variable of the environment.
 fn wasp() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_wasp"))
+    wasp_cmd!()
 }
 
 fn json(out: &std::process::Output) -> serde_json::Value {
@@ -20,79 +24,15 @@ fn json(out: &std::process::Output) -> serde_json::Value {
     })
 }
 
-/// One test's own world for the commands: per-test state and runtime dirs
-/// in a temp dir, a host netns name that wasp creates when missing, and a
-/// pool of its own. Dropped (also on panic), it kills the recorded clones,
-/// drains the pool and deletes the host netns, so a failing test leaves
-/// nothing behind.
-struct World {
-    tmp: tempfile::TempDir,
-    host: String,
-    pool: String,
-}
-
-impl World {
-    /// Host netns `wasptest-…-<tag>`, pool `<pool><pid>`.
-    fn new(tag: &str, pool: &str) -> Self {
-        World {
-            tmp: tempfile::tempdir().unwrap(),
-            host: common::unique_name(tag),
-            pool: format!("{pool}{}", std::process::id()),
-        }
-    }
-
-    fn state(&self) -> std::path::PathBuf {
-        self.tmp.path().join("state")
-    }
-
-    fn run(&self) -> std::path::PathBuf {
-        self.tmp.path().join("run")
-    }
-
-    /// `wasp ARGS` with this world's dirs and (when `at`) its host netns
-    /// and pool ([`common::wasp_cli::wasp_in`]).
-    fn wasp(&self, args: &[&str], at: bool) -> Command {
-        common::wasp_cli::wasp_in(
-            args,
-            &self.state(),
-            &self.run(),
-            at.then_some((self.host.as_str(), self.pool.as_str())),
-        )
-    }
-
-    /// `wasp snapshot synth` of a small stand-in snapshot at `snap`, which
-    /// must succeed.
-    fn synth(&self) -> std::path::PathBuf {
-        let snap = self.tmp.path().join("snap");
-        let st = synth(&snap);
-        common::ok(&st);
-        snap
-    }
-}
-
-impl Drop for World {
-    fn drop(&mut self) {
-        let _ = self.wasp(&["kill", "--all"], false).output();
-        let _ = self.wasp(&["pool", "drain", "--force"], true).output();
-        let _ = wasp::sys::netns::delete_named(&self.host);
-    }
+/// The one CLI fixture, with a host netns (`wasptest-…-<tag>`) that wasp
+/// creates when missing and a pool `<pool><pid>`.
+fn world(tag: &str, pool: &str) -> World {
+    World::with_host_by_wasp(wasp_bin!(), tag, pool)
 }
 
 /// `wasp snapshot synth` of a small stand-in snapshot at `out`.
 fn synth(out: &std::path::Path) -> std::process::Output {
-    wasp()
-        .args([
-            "snapshot",
-            "synth",
-            "--mem-mib",
-            "32",
-            "--rootfs-mib",
-            "4",
-            "--out",
-        ])
-        .arg(out)
-        .output()
-        .unwrap()
+    testkit::cli::synth_small(wasp_bin!(), out)
 }
 
 /// Each demo has its own pool `demo<pid>` and host netns, but the tests
@@ -103,18 +43,18 @@ static DEMO: std::sync::Mutex<()> = std::sync::Mutex::new(());
 fn demo_spawns_checks_agents_and_removes_everything() {
     root_or_skip!();
     let _g = DEMO.lock().unwrap_or_else(|p| p.into_inner());
-    let before = common::ip_netns_list();
+    let before = testkit::ip_netns_list();
     let out = wasp()
         .args(["demo", "--count", "6", "--parallel", "3", "--json"])
         .output()
         .unwrap();
     let v = json(&out);
-    common::ok(&out);
+    testkit::ok(&out);
     assert_eq!(v["spawn"]["summary"]["ready"], 6);
     assert_eq!(v["agents_ok"], 6);
     assert_eq!(v["cleanup_errors"].as_array().unwrap().len(), 0);
     let host = v["host_netns"].as_str().unwrap();
-    let after = common::ip_netns_list();
+    let after = testkit::ip_netns_list();
     assert!(!after.iter().any(|n| n == host), "demo left {host}");
     let new: Vec<_> = after
         .iter()
@@ -126,7 +66,7 @@ fn demo_spawns_checks_agents_and_removes_everything() {
 #[test]
 fn spawn_ls_kill_drain_through_the_real_pool() {
     root_or_skip!();
-    let w = World::new("cli", "c");
+    let w = world("cli", "c");
     let snap = w.synth();
     let mut c = w.wasp(
         &[
@@ -151,12 +91,12 @@ fn spawn_ls_kill_drain_through_the_real_pool() {
     assert_eq!(clones.len(), 3);
     for cl in clones {
         assert_eq!(cl["ok"], true);
-        assert_eq!(cl["host_netns"], w.host.as_str());
+        assert_eq!(cl["host_netns"], w.host.name());
         assert_eq!(cl["ready_port"], 22);
         assert!(cl["phases_ms"]["load"].as_f64().unwrap() > 0.0);
     }
     // The slots exist, seen by ip.
-    let names = common::ip_netns_list();
+    let names = testkit::ip_netns_list();
     for cl in clones {
         assert!(names.contains(&cl["netns"].as_str().unwrap().to_owned()));
     }
@@ -178,7 +118,7 @@ fn spawn_ls_kill_drain_through_the_real_pool() {
         .wasp(&["kill", "--all", "--json"], false)
         .output()
         .unwrap();
-    common::ok(&out);
+    testkit::ok(&out);
     for p in pids {
         assert!(
             !std::path::Path::new(&format!("/proc/{p}")).exists()
@@ -192,10 +132,10 @@ fn spawn_ls_kill_drain_through_the_real_pool() {
     assert_eq!(json(&out)["clones"].as_array().unwrap().len(), 0);
 
     let out = w.wasp(&["pool", "drain", "--json"], true).output().unwrap();
-    common::ok(&out);
+    testkit::ok(&out);
     let prefix = format!("wasp-{}-", w.pool);
     assert!(
-        !common::ip_netns_list()
+        !testkit::ip_netns_list()
             .iter()
             .any(|n| n.starts_with(&prefix)),
         "slots left"
@@ -262,14 +202,14 @@ fn demo_snapshot_takes_vmm_standin_and_refuses_firecracker_with_a_reason() {
 #[test]
 fn without_pool_status_reconcile_and_drain_cover_every_pool_of_the_state_dir() {
     root_or_skip!();
-    let w = World::new("allp", "a");
+    let w = world("allp", "a");
     let snap = w.synth();
     let mut c = w.wasp(
         &["spawn", "--vmm", "standin", "--count", "2", "--json"],
         true,
     );
     c.arg("--snapshot").arg(&snap);
-    common::ok(&c.output().unwrap());
+    testkit::ok(&c.output().unwrap());
 
     // No --pool: the pool this state dir's spawn made (in a host netns of
     // its own) is found with its own settings.
@@ -283,7 +223,7 @@ fn without_pool_status_reconcile_and_drain_cover_every_pool_of_the_state_dir() {
         .iter()
         .find(|p| p["pool"] == w.pool.as_str())
         .unwrap_or_else(|| panic!("{v:#}"));
-    assert_eq!(mine["host_netns"], w.host.as_str());
+    assert_eq!(mine["host_netns"], w.host.name());
     assert_eq!(mine["slots"], 2, "{v:#}");
     let r = json(&w.wasp(&["reconcile", "--json"], false).output().unwrap());
     let rp = r["pools"].as_array().unwrap();
@@ -299,19 +239,19 @@ fn without_pool_status_reconcile_and_drain_cover_every_pool_of_the_state_dir() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains(&w.pool) && err.contains("--all"), "{err}");
-    assert!(common::ip_netns_list().contains(&w.host));
+    assert!(testkit::ip_netns_list().contains(&w.host.name().to_owned()));
 
     // --all drains it, with the host netns wasp made for it.
-    common::ok(&w.wasp(&["kill", "--all"], false).output().unwrap());
+    testkit::ok(&w.wasp(&["kill", "--all"], false).output().unwrap());
     let d = json(
         &w.wasp(&["pool", "drain", "--all", "--json"], false)
             .output()
             .unwrap(),
     );
     assert_eq!(d["pool"], w.pool.as_str(), "{d:#}");
-    assert_eq!(d["host_netns_removed"], w.host.as_str(), "{d:#}");
-    let names = common::ip_netns_list();
-    assert!(!names.contains(&w.host), "{names:?}");
+    assert_eq!(d["host_netns_removed"], w.host.name(), "{d:#}");
+    let names = testkit::ip_netns_list();
+    assert!(!names.contains(&w.host.name().to_owned()), "{names:?}");
     let prefix = format!("wasp-{}-", w.pool);
     assert!(!names.iter().any(|n| n.starts_with(&prefix)), "{names:?}");
     let v = json(
@@ -330,7 +270,7 @@ fn without_pool_status_reconcile_and_drain_cover_every_pool_of_the_state_dir() {
 }
 
 /// `--kernel K --rootfs R --out OUT` of `wasp snapshot create`, with the
-/// guest files of [`common::guest_files`].
+/// guest files of [`testkit::guest_files`].
 fn guest_args(
     c: &mut Command,
     (kernel, rootfs): &(std::path::PathBuf, std::path::PathBuf),
@@ -347,9 +287,9 @@ fn guest_args(
 #[test]
 fn snapshot_create_with_firecracker_then_spawn_from_it() {
     root_or_skip!();
-    let fc = common::firecracker_bin();
-    let w = World::new("mk", "m");
-    let guest = common::guest_files(w.tmp.path());
+    let fc = testkit::firecracker_bin();
+    let w = world("mk", "m");
+    let guest = testkit::guest_files(w.tmp.path());
     let out_dir = w.tmp.path().join("golden");
     let mut c = w.wasp(
         &[
@@ -394,7 +334,7 @@ fn snapshot_create_with_firecracker_then_spawn_from_it() {
             .find(|l| l.starts_with("Uid:"))
             .map(str::to_owned)
     });
-    let jail_dir = w.run().join("jail/firecracker");
+    let jail_dir = w.run_dir().join("jail/firecracker");
     let jails = std::fs::read_dir(&jail_dir).map(|d| d.count()).unwrap_or(0);
     let kill = w.wasp(&["kill", "--all"], false).output().unwrap();
     let jails_after = std::fs::read_dir(&jail_dir).map(|d| d.count()).unwrap_or(0);
@@ -411,16 +351,16 @@ fn snapshot_create_with_firecracker_then_spawn_from_it() {
         (1, 0),
         "one jail while it ran, none after kill"
     );
-    common::ok(&kill);
-    common::ok(&drain);
+    testkit::ok(&kill);
+    testkit::ok(&drain);
 }
 
 #[test]
 fn snapshot_create_with_the_standin_and_tcp_readiness_then_spawn_from_it() {
     root_or_skip!();
-    let s = common::wasp_cli::Setup::new("mkst");
+    let s = World::new(wasp_bin!(), "mkst");
     let dir = s.tmp.path();
-    let guest = common::guest_files(dir);
+    let guest = testkit::guest_files(dir);
     let create = |out: &std::path::Path, ready: &str, timeout: &str| {
         let mut c = s.wasp(
             &[
@@ -495,7 +435,7 @@ fn snapshot_create_with_the_standin_and_tcp_readiness_then_spawn_from_it() {
         "{err}"
     );
     assert!(!failed.exists());
-    let stray: Vec<_> = common::wasp_cli::names_in(dir)
+    let stray: Vec<_> = testkit::cli::names_in(dir)
         .into_iter()
         .filter(|n| n.starts_with('.'))
         .collect();
@@ -508,10 +448,10 @@ fn snapshot_create_with_the_standin_and_tcp_readiness_then_spawn_from_it() {
 #[test]
 fn pool_drain_refuses_while_clones_live_and_force_kills_them_first() {
     root_or_skip!();
-    let s = common::wasp_cli::Setup::new("drain");
+    let s = World::new(wasp_bin!(), "drain");
     let v = s.json(s.spawn_ready("3", "tcp:22"));
     assert_eq!(v["summary"]["ready"], 3, "{v:#}");
-    let ids = common::wasp_cli::ids(&v["clones"]);
+    let ids = testkit::cli::ids(&v["clones"]);
     let before = s.seen();
     assert_eq!(before.vmms.len(), 3);
 
@@ -547,14 +487,14 @@ fn pool_drain_refuses_while_clones_live_and_force_kills_them_first() {
     refused(&rest);
 
     let v = s.json(s.wasp(&["pool", "drain", "--force", "--json"], true));
-    assert_eq!(common::wasp_cli::ids(&v["killed"]), rest, "{v:#}");
+    assert_eq!(testkit::cli::ids(&v["killed"]), rest, "{v:#}");
     for k in v["killed"].as_array().unwrap() {
         assert!(k["vmm"] == "terminated" || k["vmm"] == "killed", "{k}");
     }
     assert_eq!(v["removed"].as_u64().unwrap() as usize, before.netns.len());
     assert_eq!(
         s.seen(),
-        common::wasp_cli::Seen::default(),
+        testkit::cli::Seen::default(),
         "nothing of wasp's is left"
     );
 }
@@ -578,14 +518,14 @@ fn files_below(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
 fn secrets_appear_nowhere_but_in_the_guest() {
     root_or_skip!();
     use std::os::unix::fs::PermissionsExt;
-    let w = World::new("sec", "s");
+    let w = world("sec", "s");
     let snap = w.synth();
     let canary_file = format!("canary-file-{}", std::process::id());
     let canary_env = format!("canary-env-{}", std::process::id());
     let env_file = w.tmp.path().join("secrets.env");
     std::fs::write(&env_file, format!("ANTHROPIC_API_KEY={canary_file}\n")).unwrap();
     std::fs::set_permissions(&env_file, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let (run, state, host) = (w.run(), w.state(), &w.host);
+    let (run, state, host) = (w.run_dir(), w.state(), w.host.name());
     let out = w
         .wasp(
             &[
@@ -707,7 +647,7 @@ fn not_root_is_one_clear_error_and_nothing_is_built() {
         );
     }
     // Other tests run in parallel, so look only for this test's pool.
-    assert!(!common::ip_netns_list()
+    assert!(!testkit::ip_netns_list()
         .iter()
         .any(|n| n.starts_with("wasp-nr-")));
 }
@@ -715,18 +655,18 @@ fn not_root_is_one_clear_error_and_nothing_is_built() {
 #[test]
 fn pool_and_spawn_take_their_settings_from_the_config_file() {
     root_or_skip!();
-    let w = World::new("cfg", "f");
-    let (host, pool, state) = (&w.host, &w.pool, w.state());
+    let w = world("cfg", "f");
+    let (host, pool, state) = (&w.host.name().to_owned(), &w.pool, w.state());
     let base = format!(
         "[pool]\nname = \"{pool}\"\nhost_netns = \"{host}\"\ncidr = \"10.77.0.0/24\"\n\n[paths]\nstate_dir = \"{}\"\nruntime_dir = \"{}\"\n",
         state.display(),
-        w.run().display()
+        w.run_dir().display()
     );
     let file = w.tmp.path().join("wasp.toml");
     std::fs::write(&file, &base).unwrap();
     let with_config = |f: &std::path::Path| {
         let mut c = wasp();
-        c.env_remove("WASP_CONFIG").arg("--config").arg(f);
+        c.arg("--config").arg(f);
         c
     };
 
@@ -734,9 +674,9 @@ fn pool_and_spawn_take_their_settings_from_the_config_file() {
         .args(["pool", "warm", "--size", "2", "--json"])
         .output()
         .unwrap();
-    common::ok(&out);
+    testkit::ok(&out);
     assert_eq!(json(&out)["pool"], pool.as_str());
-    let ns = common::ip_netns_list();
+    let ns = testkit::ip_netns_list();
     for n in 0..2 {
         assert!(ns.contains(&format!("wasp-{pool}-{n}")), "{ns:?}");
     }
@@ -790,7 +730,7 @@ fn pool_and_spawn_take_their_settings_from_the_config_file() {
             .unwrap(),
     );
     assert_eq!(v["removed"], 2);
-    assert!(!common::ip_netns_list()
+    assert!(!testkit::ip_netns_list()
         .iter()
         .any(|n| n.starts_with(&format!("wasp-{pool}-"))));
 }
@@ -817,15 +757,15 @@ fn a_killed_demo_is_cleaned_up_by_the_next_one() {
     let mut c = demo();
     c.args(["--count", "4", "--parallel", "2"]);
     // Killed with two clones ready and more in flight.
-    let pid = common::wasp_cli::stop_and_kill(c, "clone-recorded:2", &tmp.path().join("log"));
+    let pid = testkit::cli::stop_and_kill(c, "clone-recorded:2", &tmp.path().join("log"));
     let work = run.join(format!("demo-{pid}"));
     let host = wasp::bench::demo::host_netns_of(pid);
-    let vmms = || common::wasp_cli::vmm_pids(&Default::default(), &work);
+    let vmms = || testkit::cli::vmm_pids(&Default::default(), &work);
     assert!(work.exists() && wasp::sys::netns::exists(&host));
     assert!(vmms().len() >= 2, "clones ran at the kill: {:?}", vmms());
     let slots = format!("wasp-{}-", wasp::bench::demo::pool_of(pid));
     assert!(
-        common::ip_netns_list()
+        testkit::ip_netns_list()
             .iter()
             .any(|n| n.starts_with(&slots)),
         "the killed demo had slots"
@@ -839,7 +779,7 @@ fn a_killed_demo_is_cleaned_up_by_the_next_one() {
     assert!(!wasp::sys::netns::exists(&host), "its host netns is gone");
     assert_eq!(vmms(), Default::default(), "its VMMs are gone");
     assert!(
-        !common::ip_netns_list()
+        !testkit::ip_netns_list()
             .iter()
             .any(|n| n.starts_with(&slots)),
         "no slot of the killed demo left"

@@ -3,16 +3,17 @@
 //! no slot or clone IP is handed out twice, and a spawner killed with
 //! SIGKILL in the middle does not disturb the others.
 
-mod common;
+use wasp_testkit as testkit;
+use wasp_testkit::{root_or_skip, wasp_bin};
 
 use std::collections::BTreeSet;
 use std::process::{Child, Stdio};
 
-use common::wasp_cli::{stop_and_kill, Setup};
+use testkit::cli::{stop_and_kill, World};
 
 const EACH: usize = 50;
 
-fn start(s: &Setup) -> Child {
+fn start(s: &World) -> Child {
     s.spawn_ready(&EACH.to_string(), "tcp:22")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -61,7 +62,7 @@ fn distinct(batches: &[serde_json::Value]) -> BTreeSet<String> {
     ids
 }
 
-fn four_at_once(s: &Setup) {
+fn four_at_once(s: &World) {
     let children: Vec<Child> = (0..4).map(|_| start(s)).collect();
     let batches: Vec<serde_json::Value> = children.into_iter().map(finish).collect();
     let ids = distinct(&batches);
@@ -73,13 +74,13 @@ fn four_at_once(s: &Setup) {
 #[test]
 fn four_spawns_share_a_cold_pool() {
     root_or_skip!();
-    four_at_once(&Setup::new("ccold"));
+    four_at_once(&World::new(wasp_bin!(), "ccold"));
 }
 
 #[test]
 fn four_spawns_share_a_warm_pool() {
     root_or_skip!();
-    let s = Setup::new("cwarm");
+    let s = World::new(wasp_bin!(), "cwarm");
     s.json(s.wasp(&["pool", "warm", "--size", "120", "--json"], true));
     four_at_once(&s);
 }
@@ -87,7 +88,7 @@ fn four_spawns_share_a_warm_pool() {
 #[test]
 fn a_spawner_killed_mid_batch_leaves_the_others_whole() {
     root_or_skip!();
-    let s = Setup::new("ckill");
+    let s = World::new(wasp_bin!(), "ckill");
     let others: Vec<Child> = (0..3).map(|_| start(&s)).collect();
     // The fourth stops itself at its 10th launched clone, while the others
     // are in flight, and is SIGKILLed there.

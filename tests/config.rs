@@ -5,12 +5,11 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
+use wasp_testkit::wasp_cmd;
+
+/// `wasp` with no `WASP_*` variable of the environment.
 fn wasp() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_wasp"));
-    for v in ["WASP_CONFIG", "WASP_FIRECRACKER", "WASP_JAILER"] {
-        c.env_remove(v);
-    }
-    c
+    wasp_cmd!()
 }
 
 fn stderr(o: &Output) -> String {

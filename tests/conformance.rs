@@ -10,7 +10,8 @@
 //! run in fresh processes in fresh namespaces, where the recorded tap does not
 //! exist: both create it bare and answer 204.
 
-mod common;
+use wasp_testkit as testkit;
+use wasp_testkit::root_or_skip;
 
 use std::io::{BufRead, BufReader};
 use std::os::fd::AsFd;
@@ -20,9 +21,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{channel, Receiver};
 use std::time::{Duration, Instant};
 
-use common::TestNetns;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+use testkit::TestNetns;
 use wasp::vmm::api::{Client, Method};
 
 /// Generous bound for a VMM to show up; a failure bound, not a delay.
@@ -37,7 +38,7 @@ enum Kind {
 impl Kind {
     fn bin(self) -> PathBuf {
         match self {
-            Kind::Firecracker => common::firecracker_bin(),
+            Kind::Firecracker => testkit::firecracker_bin(),
             Kind::Standin => PathBuf::from(env!("CARGO_BIN_EXE_wasp-standin")),
         }
     }

@@ -14,14 +14,15 @@
 //! stop points (see `wasp::testhook`): wasp SIGSTOPs itself at the Nth
 //! pass, the test sees it with `waitpid(WUNTRACED)` and sends SIGKILL.
 
-mod common;
+use wasp_testkit as testkit;
+use wasp_testkit::{root_or_skip, wasp_bin, wasp_cmd};
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Mutex;
 
-use common::wasp_cli::Setup;
+use testkit::cli::World;
 
 /// The batches are large: one at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -30,7 +31,7 @@ static SERIAL: Mutex<()> = Mutex::new(());
 fn killed_during_pool_warm_up() {
     root_or_skip!();
     let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    let s = Setup::new("warm");
+    let s = World::new(wasp_bin!(), "warm");
     s.kill_at(s.spawn_cmd(), "slot-built:40");
     let seen = s.seen();
     assert!(
@@ -54,7 +55,7 @@ fn killed_during_pool_warm_up() {
 fn killed_mid_restore() {
     root_or_skip!();
     let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    let s = Setup::new("restore");
+    let s = World::new(wasp_bin!(), "restore");
     s.kill_at(s.spawn_cmd(), "clone-recorded:60");
     let before = s.seen();
     assert!(
@@ -83,7 +84,7 @@ fn killed_mid_restore() {
 fn killed_mid_teardown() {
     root_or_skip!();
     let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    let s = Setup::new("teardown");
+    let s = World::new(wasp_bin!(), "teardown");
     let v = s.json(s.spawn_cmd());
     assert_eq!(v["summary"]["ready"], 200, "{:#}", v["summary"]);
     // The 80th clone's VMM is stopped; its files and record are not yet
@@ -106,7 +107,7 @@ fn killed_mid_teardown() {
 fn torn_and_corrupt_records_are_moved_aside_and_their_vmms_reclaimed() {
     root_or_skip!();
     let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    let s = Setup::new("corrupt");
+    let s = World::new(wasp_bin!(), "corrupt");
     let v = s.json(s.spawn_n("2"));
     assert_eq!(v["summary"]["ready"], 2);
     let recs = s.state().join("clones");
@@ -167,7 +168,7 @@ fn torn_and_corrupt_records_are_moved_aside_and_their_vmms_reclaimed() {
     // A state dir that cannot be used is one clear error, not a panic.
     let file = s.tmp.path().join("not-a-dir");
     std::fs::write(&file, b"").unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_wasp"))
+    let out = wasp_cmd!()
         .args(["ls", "--state-dir"])
         .arg(&file)
         .output()
@@ -186,11 +187,11 @@ fn torn_and_corrupt_records_are_moved_aside_and_their_vmms_reclaimed() {
 fn a_thousand_clones_at_once_then_zero_leaks() {
     root_or_skip!();
     let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    let s = Setup::new("k1000");
+    let s = World::new(wasp_bin!(), "k1000");
     let v = s.json(s.spawn_n("1000"));
     assert_eq!(v["summary"]["ready"], 1000, "{:#}", v["summary"]);
     // All alive at once, each in its own slot.
-    assert_eq!(s.assert_only(&common::wasp_cli::ids(&v["clones"])), 1000);
+    assert_eq!(s.assert_only(&testkit::cli::ids(&v["clones"])), 1000);
     s.kill_drain_and_assert_zero();
 }
 
@@ -201,8 +202,8 @@ fn a_thousand_clones_at_once_then_zero_leaks() {
 fn slots_whose_host_netns_vanished_are_removed_and_only_they() {
     root_or_skip!();
     let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    let s = Setup::new("gone");
-    let gone = common::unique_name("gonehost");
+    let s = World::new(wasp_bin!(), "gone");
+    let gone = testkit::unique_name("gonehost");
     let at = |c: &mut Command, host: &str| {
         c.args(["--pool", &s.pool, "--host-netns", host]);
     };
@@ -212,7 +213,7 @@ fn slots_whose_host_netns_vanished_are_removed_and_only_they() {
     assert_eq!(s.seen().netns.len(), 3);
     // Another host netns that does not exist yet: the wired slots stay.
     let mut rec = s.wasp(&["reconcile", "--json"], false);
-    at(&mut rec, &common::unique_name("nohost"));
+    at(&mut rec, &testkit::unique_name("nohost"));
     let r = s.json(rec);
     assert_eq!(r["pools"][0]["removed"], serde_json::json!([]), "{r:#}");
     assert_eq!(s.seen().netns.len(), 3);
@@ -252,5 +253,5 @@ fn slots_whose_host_netns_vanished_are_removed_and_only_they() {
         "{r:#}"
     );
     assert_eq!(r["errors"], serde_json::json!([]), "{r:#}");
-    assert_eq!(s.seen(), common::wasp_cli::Seen::default());
+    assert_eq!(s.seen(), testkit::cli::Seen::default());
 }

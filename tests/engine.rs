@@ -3,14 +3,15 @@
 //! that exits on its own is reaped (record, files and slot reclaimed) by a
 //! reaper blocked in epoll_wait, never a poll loop; kill and shutdown.
 
-mod common;
+use wasp_testkit as testkit;
+use wasp_testkit::root_or_skip;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::fake_slots::FakeSlots;
+use testkit::fake_slots::FakeSlots;
 use wasp::engine::batch::SpawnError;
 use wasp::engine::{Engine, EngineConfig, PoolSetup, SnapshotSource, SpawnRequest};
 use wasp::ops::teardown::VmmFate;
@@ -27,12 +28,7 @@ fn snapshot(root: &Path) -> Arc<CloneStore> {
     let snap = root.join("snap");
     synth(&SynthOptions {
         out: snap.clone(),
-        mem_mib: 32,
-        rootfs_mib: 4,
-        vcpus: 1,
-        rootfs_read_only: false,
-        scratch_mib: None,
-        sha256: false,
+        ..Default::default()
     })
     .unwrap();
     Arc::new(CloneStore::open(&snap, &root.join("run"), Mode::Auto).unwrap())
@@ -97,7 +93,7 @@ fn concurrent_requests_get_their_own_reports_and_distinct_slots() {
     let tmp = tempfile::tempdir().unwrap();
     let store = snapshot(tmp.path());
     let state = tmp.path().join("state");
-    let _guard = common::TeardownGuard(&state);
+    let _guard = testkit::TeardownGuard(&state);
     let engine =
         Arc::new(Engine::with_slots(config(tmp.path(), 4), FakeSlots::new(8, true)).unwrap());
     let threads: Vec<_> = (0..4)
@@ -167,7 +163,7 @@ fn a_vmm_that_exits_on_its_own_is_reaped_and_its_slot_given_back() {
     let tmp = tempfile::tempdir().unwrap();
     let store = snapshot(tmp.path());
     let state = tmp.path().join("state");
-    let _guard = common::TeardownGuard(&state);
+    let _guard = testkit::TeardownGuard(&state);
     let engine = Engine::with_slots(config(tmp.path(), 4), FakeSlots::new(2, true)).unwrap();
     let exits = engine.exits();
     let report = engine
@@ -227,7 +223,7 @@ fn kill_stops_one_clone_and_shutdown_leaves_the_rest_running() {
     let tmp = tempfile::tempdir().unwrap();
     let store = snapshot(tmp.path());
     let state = tmp.path().join("state");
-    let _guard = common::TeardownGuard(&state);
+    let _guard = testkit::TeardownGuard(&state);
     let engine = Engine::with_slots(config(tmp.path(), 4), FakeSlots::new(3, true)).unwrap();
     let report = engine
         .spawn(request(&store, 3, Ready::Running))
@@ -271,7 +267,7 @@ fn a_bad_request_is_refused_at_once_and_the_engine_goes_on() {
     let tmp = tempfile::tempdir().unwrap();
     let store = snapshot(tmp.path());
     let state = tmp.path().join("state");
-    let _guard = common::TeardownGuard(&state);
+    let _guard = testkit::TeardownGuard(&state);
     let engine = Engine::with_slots(config(tmp.path(), 2), FakeSlots::new(1, true)).unwrap();
     let e = engine
         .spawn(request(&store, 0, Ready::Running))
@@ -292,16 +288,16 @@ fn a_bad_request_is_refused_at_once_and_the_engine_goes_on() {
 
 /// The real pool in a private host netns, removed on drop.
 struct RealPool {
-    host: common::TestNetns,
+    host: testkit::TestNetns,
     pool: String,
     state: PathBuf,
 }
 
 impl Drop for RealPool {
     fn drop(&mut self) {
-        common::teardown_all(&self.state);
+        testkit::teardown_all(&self.state);
         let prefix = format!("{}-{}-", wasp::paths::PREFIX, self.pool);
-        drop(common::NetnsPrefixGuard(prefix));
+        drop(testkit::NetnsPrefixGuard(prefix));
     }
 }
 
@@ -312,7 +308,7 @@ fn an_engine_serves_four_threads_at_once_on_the_real_pool_and_reuses_a_reaped_sl
     const EACH: usize = 25;
     let tmp = tempfile::tempdir().unwrap();
     let store = snapshot(tmp.path());
-    let host = common::TestNetns::new("eng");
+    let host = testkit::TestNetns::new("eng");
     let pool = format!("e{}", std::process::id());
     let guard = RealPool {
         host,

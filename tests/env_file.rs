@@ -5,7 +5,7 @@
 //! of the file ever appears in an error (Display or Debug, whole chain).
 //! Root: ownership is the point.
 
-mod common;
+use wasp_testkit::root_or_skip;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};

@@ -7,7 +7,8 @@
 //! the pool, unbroken; the even clones are ready; the exit status is 1 and
 //! the summary counts 3 failures. docs/testing.md has the table.
 
-mod common;
+use wasp_testkit as testkit;
+use wasp_testkit::{root_or_skip, wasp_bin};
 
 use std::collections::BTreeSet;
 use std::os::unix::fs::PermissionsExt;
@@ -15,7 +16,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Mutex;
 
-use common::wasp_cli::Setup;
+use testkit::cli::World;
 
 /// The machine has two cores: one batch at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -23,7 +24,7 @@ static SERIAL: Mutex<()> = Mutex::new(());
 /// A VMM "binary" that runs the stand-in, with `--fault FAULT` for clones
 /// whose index is odd (the API socket path ends in `<tag>-<i>/api.sock`).
 /// The VMM's environment is cleared by wasp, so everything is in the text.
-fn odd_fault_standin(s: &Setup, fault: &str) -> PathBuf {
+fn odd_fault_standin(s: &World, fault: &str) -> PathBuf {
     let p = s.tmp.path().join(format!("standin-odd-{fault}"));
     let standin = env!("CARGO_BIN_EXE_wasp-standin");
     std::fs::write(
@@ -38,7 +39,7 @@ fn odd_fault_standin(s: &Setup, fault: &str) -> PathBuf {
 }
 
 /// Runs the batch; returns the report and checks exit 1 + 3 failures.
-fn run(s: &Setup, mut c: Command) -> serde_json::Value {
+fn run(s: &World, mut c: Command) -> serde_json::Value {
     let out = c.output().unwrap();
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
         panic!(
@@ -53,7 +54,7 @@ fn run(s: &Setup, mut c: Command) -> serde_json::Value {
 
 /// Checks the report and what is left: odd clones failed in `phase` with
 /// `cause` in the error, even ones ready and nothing else of wasp's.
-fn check(s: &Setup, v: &serde_json::Value, phase: &str, cause: &str, failed: usize) {
+fn check(s: &World, v: &serde_json::Value, phase: &str, cause: &str, failed: usize) {
     assert_eq!(v["summary"]["failed"], failed, "{:#}", v["summary"]);
     assert_eq!(v["summary"]["ready"], 6 - failed, "{:#}", v["summary"]);
     let mut ready = BTreeSet::new();
@@ -78,7 +79,7 @@ fn check(s: &Setup, v: &serde_json::Value, phase: &str, cause: &str, failed: usi
 
 /// One fault through the odd-clone wrapper.
 fn odd_fault(tag: &str, fault: &str, extra: &[&str], ready: &str, phase: &str, cause: &str) {
-    let s = Setup::new(tag);
+    let s = World::new(wasp_bin!(), tag);
     let vmm = odd_fault_standin(&s, fault);
     let mut c = s.spawn_ready("6", ready);
     c.args(extra).env("WASP_STANDIN", &vmm);
@@ -164,7 +165,7 @@ fn guest_never_ready() {
 fn tap_deleted_behind_wasps_back() {
     root_or_skip!();
     let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    let s = Setup::new("notap");
+    let s = World::new(wasp_bin!(), "notap");
     s.json(s.wasp(&["pool", "warm", "--size", "6", "--json"], true));
     for n in [1, 3] {
         let ns = format!("wasp-{}-{n}", s.pool);
@@ -189,7 +190,7 @@ fn truncate_to_half(p: &std::path::Path) {
 fn memory_file_truncated_after_the_snapshot_was_made() {
     root_or_skip!();
     let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    let s = Setup::new("trunc");
+    let s = World::new(wasp_bin!(), "trunc");
     truncate_to_half(&s.tmp.path().join("snap/vm.mem"));
     // Caught before anything is built: one clear error naming the file.
     let out = s.spawn_n("6").output().unwrap();
@@ -205,15 +206,15 @@ fn memory_file_truncated_after_the_snapshot_was_made() {
 /// the check at open: a corrupt vmstate, then a truncated memory file.
 #[test]
 fn firecracker_corrupt_vmstate_and_truncated_memory_mid_batch() {
-    use common::fake_slots::FakeSlots;
     use std::time::Duration;
+    use testkit::fake_slots::FakeSlots;
     use wasp::pipeline::storage::clone::{CloneStore, Mode};
     root_or_skip!();
     let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let tmp = tempfile::tempdir().unwrap();
-    let boot = common::TestNetns::new("fcfault");
+    let boot = testkit::TestNetns::new("fcfault");
     let snap = tmp.path().join("golden");
-    common::fc_golden(tmp.path(), &snap, &boot, false);
+    testkit::fc_golden(tmp.path(), &snap, &boot, false);
     let store = CloneStore::open(&snap, &tmp.path().join("run"), Mode::Auto).unwrap();
     let vmstate = snap.join(&store.manifest().vmstate.file);
     let mem = snap.join(&store.manifest().memory.file);
@@ -221,7 +222,7 @@ fn firecracker_corrupt_vmstate_and_truncated_memory_mid_batch() {
         std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o644)).unwrap();
     }
     let opts = wasp::engine::batch::SpawnOptions {
-        vmm: wasp::pipeline::launch::Vmm::Firecracker(common::firecracker_bin()),
+        vmm: wasp::pipeline::launch::Vmm::Firecracker(testkit::firecracker_bin()),
         count: 2,
         parallel: 2,
         ready: wasp::pipeline::ready::Ready::Running,
@@ -245,15 +246,15 @@ fn firecracker_corrupt_vmstate_and_truncated_memory_mid_batch() {
         back.sort();
         assert_eq!(back, [0, 1], "{what}: slots given back");
         assert!(
-            common::wasp_cli::names_in(store.clones_dir()).is_empty(),
+            testkit::cli::names_in(store.clones_dir()).is_empty(),
             "{what}: clone files left"
         );
         assert!(
-            common::wasp_cli::names_in(&tmp.path().join("state/clones")).is_empty(),
+            testkit::cli::names_in(&tmp.path().join("state/clones")).is_empty(),
             "{what}: records left"
         );
         assert!(
-            common::wasp_cli::vmm_pids(&Default::default(), tmp.path()).is_empty(),
+            testkit::cli::vmm_pids(&Default::default(), tmp.path()).is_empty(),
             "{what}: VMMs left"
         );
         assert_eq!(r.summary.failed, 2, "{what}");

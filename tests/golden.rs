@@ -3,12 +3,13 @@
 //! each reaches Running, holds its own rootfs inode at the recorded path,
 //! maps the shared memory file, and answers GET /mmds with its own AGENT_ID.
 
-mod common;
+use wasp_testkit as testkit;
+use wasp_testkit::root_or_skip;
 
 use std::time::Duration;
 
-use common::fake_slots::FakeSlots;
-use common::TestNetns;
+use testkit::fake_slots::FakeSlots;
+use testkit::TestNetns;
 use wasp::engine::batch::SpawnOptions;
 use wasp::pipeline::env::Env;
 use wasp::pipeline::launch::Vmm;
@@ -20,9 +21,9 @@ use wasp::snapshot::golden::{self, GoldenOptions};
 #[test]
 fn firecracker_golden_snapshot_then_clones() {
     root_or_skip!();
-    let fc = common::firecracker_bin();
+    let fc = testkit::firecracker_bin();
     let tmp = tempfile::tempdir().unwrap();
-    let (out, m) = common::firecracker_golden(tmp.path());
+    let (out, m) = testkit::firecracker_golden(tmp.path());
     assert_eq!(m.vmm_version, "1.12.1");
     assert_eq!(
         m.drives[0].path_on_host,
@@ -54,14 +55,14 @@ fn firecracker_golden_snapshot_then_clones() {
         isolation: Default::default(),
     };
     let report = wasp::engine::spawn(&opts, &store, &mut slots, &Env::new()).unwrap();
-    let _g = common::TeardownGuard(&state);
+    let _g = testkit::TeardownGuard(&state);
     assert_eq!(report.summary.ready, 3, "{:#?}", report.clones);
     for c in &report.clones {
         let pid = c.pid.unwrap();
-        common::assert_maps_private(pid, &out.join("vm.mem"));
-        let own = common::dev_ino(store.clone_dir(&c.id).join("rootfs"));
+        testkit::assert_maps_private(pid, &out.join("vm.mem"));
+        let own = testkit::dev_ino(store.clone_dir(&c.id).join("rootfs"));
         assert!(
-            common::held_files(pid).contains(&own),
+            testkit::held_files(pid).contains(&own),
             "{} does not hold its own rootfs",
             c.id
         );
@@ -76,12 +77,12 @@ fn firecracker_golden_snapshot_then_clones() {
 fn a_failed_create_leaves_nothing_at_out() {
     root_or_skip!();
     let tmp = tempfile::tempdir().unwrap();
-    let (kernel, rootfs) = common::guest_files(tmp.path());
+    let (kernel, rootfs) = testkit::guest_files(tmp.path());
     let ns = TestNetns::new("goldfail");
     ns.sh("ip tuntap add tap0 mode tap && ip link set tap0 up");
     let out = tmp.path().join("golden");
     let e = golden::create(&GoldenOptions {
-        vmm: Vmm::Firecracker(common::firecracker_bin()),
+        vmm: Vmm::Firecracker(testkit::firecracker_bin()),
         kernel,
         rootfs,
         vcpus: 1,

@@ -1,14 +1,15 @@
 //! The userspace guest stack on a real tap in a throwaway namespace.
 
-mod common;
-mod netutil;
+use wasp_testkit as testkit;
+use wasp_testkit::netutil;
+use wasp_testkit::root_or_skip;
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream};
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
-use common::TestNetns;
+use testkit::TestNetns;
 use wasp::standin::guestnet::{GuestIface, GuestNet, GuestNetConfig, Outbound};
 use wasp::sys::tap;
 

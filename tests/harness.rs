@@ -1,15 +1,16 @@
 //! The root harness and the sys layer's namespace helpers, checked against
 //! `ip netns` as an independent reader.
 
-mod common;
+use wasp_testkit as testkit;
+use wasp_testkit::{root_or_skip, wasp_cmd};
 
-use common::{ip_netns_list, TestNetns};
+use testkit::{ip_netns_list, TestNetns};
 use wasp::sys::netns;
 
 #[test]
 fn named_netns_round_trip_is_visible_to_ip() {
     root_or_skip!();
-    let name = common::unique_name("rt");
+    let name = testkit::unique_name("rt");
     netns::create_named(&name).unwrap();
     assert!(
         ip_netns_list().contains(&name),
@@ -42,7 +43,7 @@ fn run_in_enters_another_namespace_and_leaves_the_caller_alone() {
 #[test]
 fn create_named_with_runs_inside_and_cleans_up_on_error() {
     root_or_skip!();
-    let name = common::unique_name("cw");
+    let name = testkit::unique_name("cw");
     let r = netns::create_named_with(&name, || -> Result<(), &'static str> { Err("boom") });
     assert!(matches!(r, Err(netns::CreateError::Inner("boom"))));
     assert!(!netns::exists(&name), "a failed create left {name} behind");
@@ -74,14 +75,14 @@ fn test_netns_is_removed_even_on_panic() {
 #[test]
 fn delete_of_missing_netns_reports_not_found() {
     root_or_skip!();
-    let e = netns::delete_named(&common::unique_name("absent")).unwrap_err();
+    let e = netns::delete_named(&testkit::unique_name("absent")).unwrap_err();
     assert_eq!(e.kind(), std::io::ErrorKind::NotFound);
 }
 
 #[test]
 fn pinned_firecracker_reports_its_version() {
     root_or_skip!();
-    let fc = common::firecracker_bin();
+    let fc = testkit::firecracker_bin();
     let v = wasp::vmm::firecracker::version_of(&fc).unwrap();
     assert_eq!(v, wasp::vmm::firecracker::PINNED_VERSION);
 }
@@ -89,10 +90,10 @@ fn pinned_firecracker_reports_its_version() {
 #[test]
 fn doctor_json_reports_every_check_on_this_host() {
     root_or_skip!();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wasp"))
+    let out = wasp_cmd!()
         .args(["doctor", "--json", "--runtime-dir"])
-        .arg(std::env::temp_dir().join(common::unique_name("doc")))
-        .env("WASP_FIRECRACKER", common::firecracker_bin())
+        .arg(std::env::temp_dir().join(testkit::unique_name("doc")))
+        .env("WASP_FIRECRACKER", testkit::firecracker_bin())
         .output()
         .unwrap();
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON document");

@@ -8,8 +8,9 @@
 //!   peer beyond the uplink, including clones in slots that `spawn` built
 //!   later; without egress a clone does not reach it.
 
-mod common;
-mod netutil;
+use wasp_testkit as testkit;
+use wasp_testkit::netutil;
+use wasp_testkit::{root_or_skip, wasp_bin};
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener};
@@ -18,8 +19,8 @@ use std::process::Command;
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
-use common::wasp_cli::Setup;
-use common::TestNetns;
+use testkit::cli::World;
+use testkit::TestNetns;
 use wasp::pipeline::slot::{HostNet, Kernel, SlotNet, SlotOps};
 use wasp::standin::guestnet::{GuestIface, GuestNet, GuestNetConfig, Outbound};
 use wasp::sys::{netns, tap};
@@ -103,7 +104,7 @@ fn clones(report: &serde_json::Value) -> Vec<(String, Ipv4Addr)> {
 #[test]
 fn only_allowed_local_uids_may_connect_to_clones() {
     root_or_skip!();
-    let s = Setup::new("cu");
+    let s = World::new(wasp_bin!(), "cu");
     // Default: root only. wasp's own readiness probe (tcp:22, as root)
     // gets through.
     s.json(s.wasp(&["pool", "warm", "--size", "1", "--json"], true));
@@ -116,9 +117,9 @@ fn only_allowed_local_uids_may_connect_to_clones() {
     let rep = s.json(s.spawn_ready("1", "tcp:22"));
     let (id, ip) = clones(&rep).pop().unwrap();
     let agent = SocketAddrV4::new(ip, AGENT_PORT);
-    assert_reaches(&s.host, 0, agent, &id);
-    assert_refused(&s.host, 65534, agent);
-    assert_refused(&s.host, 1000, agent);
+    assert_reaches(s.host.netns(), 0, agent, &id);
+    assert_refused(s.host.netns(), 65534, agent);
+    assert_refused(s.host.netns(), 1000, agent);
 
     // A list: root is always allowed, and so are the uids named.
     s.json(s.wasp(
@@ -139,9 +140,9 @@ fn only_allowed_local_uids_may_connect_to_clones() {
         1,
         "the rule is replaced, not added: {table}"
     );
-    assert_reaches(&s.host, 65534, agent, &id);
-    assert_reaches(&s.host, 0, agent, &id);
-    assert_refused(&s.host, 1000, agent);
+    assert_reaches(s.host.netns(), 65534, agent, &id);
+    assert_reaches(s.host.netns(), 0, agent, &id);
+    assert_refused(s.host.netns(), 1000, agent);
 
     // `any`: today's open behaviour, the chain is gone.
     s.json(s.wasp(
@@ -157,9 +158,9 @@ fn only_allowed_local_uids_may_connect_to_clones() {
         true,
     ));
     assert!(!s.host.sh_ok(&list_chain));
-    assert_reaches(&s.host, 65534, agent, &id);
-    assert_reaches(&s.host, 1000, agent, &id);
-    assert_reaches(&s.host, 0, agent, &id);
+    assert_reaches(s.host.netns(), 65534, agent, &id);
+    assert_reaches(s.host.netns(), 1000, agent, &id);
+    assert_reaches(s.host.netns(), 0, agent, &id);
 
     // A bad value is one clear error naming the flag, and changes nothing.
     let out = s
@@ -196,8 +197,8 @@ fn uplink(host: &TestNetns) -> TestNetns {
 #[test]
 fn egress_reaches_every_clone_of_a_pool_warmed_with_an_uplink() {
     root_or_skip!();
-    let s = Setup::new("eg");
-    let inet = uplink(&s.host);
+    let s = World::new(wasp_bin!(), "eg");
+    let inet = uplink(s.host.netns());
     let srv = inet.run(|| TcpListener::bind((PEER, 7070)).expect("bind"));
     // One slot warmed with egress; spawn builds the second itself.
     s.json(s.wasp(

@@ -1,16 +1,17 @@
 //! Hostile and bad input through the commands, as a user types them: each
 //! case gets one clear error (what, which file or field, what to do), no
 //! panic, and nothing half-built (checked with the independent readers of
-//! `common::wasp_cli`). The table in docs/testing.md maps every case of the
+//! `wasp_testkit::cli`). The table in docs/testing.md maps every case of the
 //! issue to its test, here or in the library's tests.
 
-mod common;
+use wasp_testkit as testkit;
+use wasp_testkit::{root_or_skip, wasp_bin};
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Output};
 
-use common::wasp_cli::{Seen, Setup};
+use testkit::cli::{Seen, World};
 
 /// Runs `c`; checks the exit code, that stderr holds every one of `want`,
 /// and that there is no panic.
@@ -26,11 +27,11 @@ fn fails(mut c: Command, code: i32, want: &[&str]) -> String {
 }
 
 /// Nothing of wasp's exists for this test.
-fn nothing_built(s: &Setup) {
+fn nothing_built(s: &World) {
     assert_eq!(s.seen(), Seen::default());
 }
 
-fn env_file(s: &Setup, text: &[u8], mode: u32) -> std::path::PathBuf {
+fn env_file(s: &World, text: &[u8], mode: u32) -> std::path::PathBuf {
     let p = s.tmp.path().join("secrets.env");
     std::fs::write(&p, text).unwrap();
     std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
@@ -40,7 +41,7 @@ fn env_file(s: &Setup, text: &[u8], mode: u32) -> std::path::PathBuf {
 #[test]
 fn corrupt_manifest() {
     root_or_skip!();
-    let s = Setup::new("hman");
+    let s = World::new(wasp_bin!(), "hman");
     let m = s.tmp.path().join("snap/wasp-snapshot.json");
     std::fs::set_permissions(&m, std::fs::Permissions::from_mode(0o644)).unwrap();
     std::fs::write(&m, b"{\"format_version\": 1, \"vmm\": ").unwrap();
@@ -51,7 +52,7 @@ fn corrupt_manifest() {
 #[test]
 fn snapshot_file_symlinked_outside_the_dir() {
     root_or_skip!();
-    let s = Setup::new("hsym");
+    let s = World::new(wasp_bin!(), "hsym");
     let snap = s.tmp.path().join("snap");
     let outside = s.tmp.path().join("elsewhere.mem");
     std::fs::rename(snap.join("vm.mem"), &outside).unwrap();
@@ -70,7 +71,7 @@ fn snapshot_file_symlinked_outside_the_dir() {
 #[test]
 fn snapshot_dir_given_as_a_symlink_is_resolved_and_checked_the_same() {
     root_or_skip!();
-    let s = Setup::new("hsymd");
+    let s = World::new(wasp_bin!(), "hsymd");
     let link = s.tmp.path().join("snap-link");
     std::os::unix::fs::symlink(s.tmp.path().join("snap"), &link).unwrap();
     // The files behind the link are checked like any others: one not
@@ -95,7 +96,7 @@ fn snapshot_dir_given_as_a_symlink_is_resolved_and_checked_the_same() {
 #[test]
 fn snapshot_file_not_owned_by_root() {
     root_or_skip!();
-    let s = Setup::new("hown");
+    let s = World::new(wasp_bin!(), "hown");
     nix::unistd::chown(
         &s.tmp.path().join("snap/vm.mem"),
         Some(nix::unistd::Uid::from_raw(65534)),
@@ -109,7 +110,7 @@ fn snapshot_file_not_owned_by_root() {
 #[test]
 fn cidr_exhausted() {
     root_or_skip!();
-    let s = Setup::new("hfull");
+    let s = World::new(wasp_bin!(), "hfull");
     let mut c = s.spawn_n("3");
     c.args(["--cidr", "10.9.0.0/30", "--allow-host", "10.9.0.1:8080"]);
     fails(c, 1, &["10.9.0.0/30", "exhausted", "larger --cidr"]);
@@ -122,7 +123,7 @@ fn cidr_exhausted() {
 #[test]
 fn cidr_overlapping_a_host_route() {
     root_or_skip!();
-    let s = Setup::new("hroute");
+    let s = World::new(wasp_bin!(), "hroute");
     s.host.sh("ip route add 10.7.0.0/16 dev lo");
     let mut c = s.spawn_n("1");
     c.args(["--cidr", "10.7.0.0/16", "--allow-host", "10.7.0.1:8080"]);
@@ -133,7 +134,7 @@ fn cidr_overlapping_a_host_route() {
 #[test]
 fn count_zero_and_huge() {
     root_or_skip!();
-    let s = Setup::new("hcount");
+    let s = World::new(wasp_bin!(), "hcount");
     fails(s.spawn_n("0"), 1, &["--count 0 is out of range"]);
     fails(s.spawn_n("100001"), 1, &["--count 100001 is out of range"]);
     fails(s.spawn_n("-1"), 2, &["--count"]);
@@ -143,7 +144,7 @@ fn count_zero_and_huge() {
 #[test]
 fn interface_name_clash() {
     root_or_skip!();
-    let s = Setup::new("hclash");
+    let s = World::new(wasp_bin!(), "hclash");
     // Something not wasp's holds the bridge name.
     s.host.sh("ip link add wasp0 type bridge");
     fails(s.spawn_n("1"), 1, &["wasp0", "not wasp's"]);
@@ -162,7 +163,7 @@ fn interface_name_clash() {
 #[test]
 fn env_file_wrong_mode_or_owner() {
     root_or_skip!();
-    let s = Setup::new("henvm");
+    let s = World::new(wasp_bin!(), "henvm");
     let f = env_file(&s, b"TOKEN=canary-mode\n", 0o644);
     let mut c = s.spawn_n("1");
     c.arg("--env-file").arg(&f);
@@ -203,7 +204,7 @@ fn output_bounded(mut c: Command) -> Output {
 #[test]
 fn env_file_line_holding_a_secret_is_named_by_number_only() {
     root_or_skip!();
-    let s = Setup::new("henvs");
+    let s = World::new(wasp_bin!(), "henvs");
     let f = env_file(&s, b"A=1\nDB_PASSWORD: hunter2-S3cret=x\n", 0o600);
     let mut c = s.spawn_n("1");
     c.arg("--env-file").arg(&f);
@@ -217,7 +218,7 @@ fn env_file_line_holding_a_secret_is_named_by_number_only() {
 #[test]
 fn env_file_that_is_a_fifo_symlink_or_too_big() {
     root_or_skip!();
-    let s = Setup::new("henvf");
+    let s = World::new(wasp_bin!(), "henvf");
     let f = s.tmp.path().join("secrets.env");
     nix::unistd::mkfifo(&f, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
     let mut c = s.spawn_n("1");
@@ -249,7 +250,7 @@ fn env_file_that_is_a_fifo_symlink_or_too_big() {
 #[test]
 fn env_keys_that_are_not_identifiers() {
     root_or_skip!();
-    let s = Setup::new("henvk");
+    let s = World::new(wasp_bin!(), "henvk");
     let mut c = s.spawn_n("1");
     c.args(["--env", "1BAD=x"]);
     fails(c, 1, &["\"1BAD\"", "not a valid identifier"]);
@@ -265,7 +266,7 @@ fn env_keys_that_are_not_identifiers() {
 #[test]
 fn env_values_very_long_or_holding_nul() {
     root_or_skip!();
-    let s = Setup::new("henvv");
+    let s = World::new(wasp_bin!(), "henvv");
     let mut c = s.spawn_n("1");
     c.arg("--env").arg(format!("BIG={}", "x".repeat(100_000)));
     fails(c, 1, &["BIG", "bytes, over the"]);
@@ -286,13 +287,21 @@ fn in_private_mounts(setup: &str, c: &Command) -> Command {
         .arg("sh")
         .arg(c.get_program())
         .args(c.get_args());
+    // `c`'s environment (no WASP_* of the test's) reaches wasp through
+    // unshare and sh.
+    for (k, v) in c.get_envs() {
+        match v {
+            Some(v) => u.env(k, v),
+            None => u.env_remove(k),
+        };
+    }
     u
 }
 
 #[test]
 fn missing_dev_kvm() {
     root_or_skip!();
-    let s = Setup::new("hkvm");
+    let s = World::new(wasp_bin!(), "hkvm");
     let dev = s.tmp.path().join("dev");
     std::fs::create_dir(&dev).unwrap();
     let d = dev.display();
@@ -315,7 +324,7 @@ fn missing_dev_kvm() {
     c.arg("--snapshot")
         .arg(s.tmp.path().join("snap"))
         .arg("--firecracker")
-        .arg(common::firecracker_bin());
+        .arg(testkit::firecracker_bin());
     fails(
         in_private_mounts(&hide, &c),
         1,
@@ -327,7 +336,7 @@ fn missing_dev_kvm() {
 #[test]
 fn missing_tun() {
     root_or_skip!();
-    let s = Setup::new("htun");
+    let s = World::new(wasp_bin!(), "htun");
     let hide = "mount -t tmpfs wasptest-devnet /dev/net";
     fails(
         in_private_mounts(hide, &s.spawn_n("1")),

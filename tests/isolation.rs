@@ -14,14 +14,15 @@
 //! Test cgroups live under `<cgroup2 mount>/wasptest-<pid>-<tag>`; a
 //! controller the test enabled at the mount's root is disabled again.
 
-mod common;
+use wasp_testkit as testkit;
+use wasp_testkit::{root_or_skip, wasp_bin, wasp_cmd};
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use common::dev_ino;
-use common::fake_slots::FakeSlots;
+use testkit::dev_ino;
+use testkit::fake_slots::FakeSlots;
 use wasp::engine::batch::SpawnOptions;
 use wasp::pipeline::env::Env;
 use wasp::pipeline::launch::{Isolation, Vmm};
@@ -258,9 +259,9 @@ fn memory_max_without_the_v2_memory_controller_is_one_clear_error() {
 
     // The CLI: one clear error before any slot, clone or record exists.
     let tmp = tempfile::tempdir().unwrap();
-    let wasp = env!("CARGO_BIN_EXE_wasp");
+    let wasp = wasp_bin!();
     let snap = tmp.path().join("snap");
-    let out = std::process::Command::new(wasp)
+    let out = testkit::wasp_command(wasp)
         .args([
             "snapshot",
             "synth",
@@ -278,7 +279,7 @@ fn memory_max_without_the_v2_memory_controller_is_one_clear_error() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let out = std::process::Command::new(wasp)
+    let out = testkit::wasp_command(wasp)
         .args([
             "spawn",
             "--vmm",
@@ -296,7 +297,7 @@ fn memory_max_without_the_v2_memory_controller_is_one_clear_error() {
         .arg(tmp.path().join("state"))
         .args([
             "--host-netns",
-            &common::unique_name("memcli"),
+            &testkit::unique_name("memcli"),
             "--pool",
             "wasptest-memcli",
         ])
@@ -310,7 +311,9 @@ fn memory_max_without_the_v2_memory_controller_is_one_clear_error() {
     );
     assert!(!tmp.path().join("state").exists(), "no clone records");
     assert!(
-        !common::ip_netns_list().iter().any(|n| n.contains("memcli")),
+        !testkit::ip_netns_list()
+            .iter()
+            .any(|n| n.contains("memcli")),
         "no host netns or slot was made"
     );
 }
@@ -328,10 +331,10 @@ fn status_ids(pid: i32, field: &str) -> Vec<u32> {
 #[test]
 fn jailed_firecracker_clones_from_a_real_snapshot() {
     root_or_skip!();
-    let fc = common::firecracker_bin();
+    let fc = testkit::firecracker_bin();
     let jailer_bin = wasp::vmm::firecracker::locate_jailer(Some(&fc)).unwrap();
     let tmp = tempfile::tempdir().unwrap();
-    let (golden, _) = common::firecracker_golden(tmp.path());
+    let (golden, _) = testkit::firecracker_golden(tmp.path());
     let runtime = tmp.path().join("run");
     let store = CloneStore::open(&golden, &runtime, Mode::Auto).unwrap();
     let (key, value) = available_limit();
@@ -403,7 +406,7 @@ fn jailed_firecracker_clones_from_a_real_snapshot() {
     let mut env = Env::new();
     env.add_plain("ROLE=jailed").unwrap();
     let report = wasp::engine::spawn(&opts(n, vec![]), &store, &mut slots, &env).unwrap();
-    let guard = common::TeardownGuard(&state);
+    let guard = testkit::TeardownGuard(&state);
     assert_eq!(report.summary.ready, n, "{:#?}", report.clones);
     let records = wasp::state::Store::open(&state).unwrap().list().unwrap().0;
     for c in &report.clones {
@@ -435,10 +438,10 @@ fn jailed_firecracker_clones_from_a_real_snapshot() {
 
         // The shared memory file (inside the chroot its path is
         // /snapshot/vm.mem), mapped private.
-        common::assert_maps_private(pid, &golden.join("vm.mem"));
+        testkit::assert_maps_private(pid, &golden.join("vm.mem"));
         let own = dev_ino(store.clone_dir(&c.id).join("rootfs"));
         assert!(
-            common::held_files(pid).contains(&own),
+            testkit::held_files(pid).contains(&own),
             "{} does not hold its own rootfs",
             c.id
         );
@@ -495,10 +498,10 @@ fn mount_options(pid: i32, point: &str) -> Option<String> {
 #[test]
 fn jailed_clones_get_own_ids_read_only_snapshot_binds_and_a_pid_namespace() {
     root_or_skip!();
-    let fc = common::firecracker_bin();
+    let fc = testkit::firecracker_bin();
     let jailer_bin = wasp::vmm::firecracker::locate_jailer(Some(&fc)).unwrap();
     let tmp = tempfile::tempdir().unwrap();
-    let (golden, _) = common::firecracker_golden(tmp.path());
+    let (golden, _) = testkit::firecracker_golden(tmp.path());
     let runtime = tmp.path().join("run");
     let store = CloneStore::open(&golden, &runtime, Mode::Auto).unwrap();
     let ids: IdRange = "64100-64101".parse().unwrap();
@@ -521,7 +524,7 @@ fn jailed_clones_get_own_ids_read_only_snapshot_binds_and_a_pid_namespace() {
     };
     let mut slots = FakeSlots::new(2, true);
     let report = wasp::engine::spawn(&opts, &store, &mut slots, &Env::new()).unwrap();
-    let guard = common::TeardownGuard(&state);
+    let guard = testkit::TeardownGuard(&state);
     assert_eq!(report.summary.ready, 2, "{:#?}", report.clones);
     let (passwd, group) = (ids_in("/etc/passwd"), ids_in("/etc/group"));
     let my_pidns = dev_ino("/proc/self/ns/pid");
@@ -555,7 +558,7 @@ fn jailed_clones_get_own_ids_read_only_snapshot_binds_and_a_pid_namespace() {
                 assert!(o.contains(&want), "{f}: {opts}");
             }
         }
-        common::assert_maps_private(pid, &golden.join("vm.mem"));
+        testkit::assert_maps_private(pid, &golden.join("vm.mem"));
         let mut client =
             wasp::vmm::api::Client::connect(&root.join("run/firecracker.socket")).unwrap();
         assert_eq!(client.get_instance_info().unwrap().state, "Running");
@@ -603,12 +606,12 @@ fn jailed_clones_get_own_ids_read_only_snapshot_binds_and_a_pid_namespace() {
 #[test]
 fn jailer_id_ranges_with_an_account_or_root_are_refused_before_anything_is_made() {
     root_or_skip!();
-    let fc = common::firecracker_bin();
+    let fc = testkit::firecracker_bin();
     let tmp = tempfile::tempdir().unwrap();
     let (run, state) = (tmp.path().join("run"), tmp.path().join("state"));
-    let pool = common::unique_name("jids");
+    let pool = testkit::unique_name("jids");
     let spawn = |extra: &[&str]| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_wasp"))
+        wasp_cmd!()
             .args(["spawn", "--count", "1", "--jailer"])
             .args(extra)
             .arg("--snapshot")
@@ -660,7 +663,7 @@ fn jailer_id_ranges_with_an_account_or_root_are_refused_before_anything_is_made(
         assert!(!state.exists(), "{args:?}: a state dir was made");
         assert!(!run.join("jail").exists(), "{args:?}: a jail dir was made");
         assert!(
-            !common::ip_netns_list().iter().any(|n| n.contains(&pool)),
+            !testkit::ip_netns_list().iter().any(|n| n.contains(&pool)),
             "{args:?}: a netns was made"
         );
     }

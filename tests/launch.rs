@@ -2,14 +2,15 @@
 //! slot's netns, in its own mount namespace where the recorded drive path is
 //! this clone's file, in its own process group, with a clean environment.
 
-mod common;
+use wasp_testkit as testkit;
+use wasp_testkit::root_or_skip;
 
 use std::io::{Read, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::time::Duration;
 
-use common::TestNetns;
+use testkit::TestNetns;
 use wasp::pipeline::launch::{self, LaunchSpec, Vmm};
 use wasp::sys::{netns, pidfd};
 
@@ -78,7 +79,7 @@ fn start(spec: &LaunchSpec) -> (Kill, String) {
 #[test]
 fn firecracker_runs_in_the_slot_netns_with_its_own_drive_view() {
     root_or_skip!();
-    let fc = common::firecracker_bin();
+    let fc = testkit::firecracker_bin();
     let dir = tempfile::tempdir().unwrap();
     let a = TestNetns::new("la");
     let b = TestNetns::new("lb");
@@ -162,10 +163,10 @@ fn a_missing_slot_netns_is_a_clear_error() {
     root_or_skip!();
     let dir = tempfile::tempdir().unwrap();
     let spec = LaunchSpec {
-        vmm: Vmm::Firecracker(common::firecracker_bin()),
+        vmm: Vmm::Firecracker(testkit::firecracker_bin()),
         id: "x".into(),
         api_sock: dir.path().join("api.sock"),
-        netns: Some(common::unique_name("absent")),
+        netns: Some(testkit::unique_name("absent")),
         drives: vec![],
         log_dir: dir.path().to_owned(),
         extra_args: vec![],
@@ -182,7 +183,7 @@ fn firecracker_from_a_template_mount_namespace_in_both_clone_styles() {
     root_or_skip!();
     use std::sync::Arc;
     use wasp::pipeline::launch::{CloneStyle, Isolation, MountTemplate};
-    let fc = common::firecracker_bin();
+    let fc = testkit::firecracker_bin();
     let dir = tempfile::tempdir().unwrap();
     // A named netns, so wasp's own table has at least one nsfs mount under
     // /run/netns for the template to drop.
@@ -236,10 +237,10 @@ fn firecracker_from_a_template_mount_namespace_in_both_clone_styles() {
         // (this test's netns at least): the template dropped them. (Total
         // counts are not compared: with few namespaces on the host, the
         // drive tmpfs and binds outnumber the netns mounts dropped.)
-        let netns_mounts = common::netns_mounts_of(pid);
+        let netns_mounts = testkit::netns_mounts_of(pid);
         assert!(netns_mounts.is_empty(), "{tag}: {netns_mounts:#?}");
         assert!(
-            !common::netns_mounts_of(std::process::id() as i32).is_empty(),
+            !testkit::netns_mounts_of(std::process::id() as i32).is_empty(),
             "{tag}: wasp's own table has netns mounts to drop"
         );
         // The recorded drive path is this clone's file; the devices and

@@ -1,14 +1,15 @@
 //! SIGKILL `wasp pool warm` midway, then reconcile + drain: nothing of
 //! wasp's is left, and nothing that is not wasp's is touched.
 
-mod common;
+use wasp_testkit as testkit;
+use wasp_testkit::{root_or_skip, wasp_cmd};
 
 use std::os::fd::AsFd;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
-use common::TestNetns;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+use testkit::TestNetns;
 use wasp::pipeline::pool::{Pool, PoolConfig};
 use wasp::pipeline::slot::{HostNet, Kernel, SlotNet};
 use wasp::sys::netns;
@@ -22,13 +23,13 @@ fn killed_warm_is_reconciled_and_drained() {
     let pool = format!("k{}", std::process::id());
     let prefix = format!("wasp-{pool}-");
     // Declared after `host`, so dropped before it (slots, then their host).
-    let _slots = common::NetnsPrefixGuard(prefix.clone());
+    let _slots = testkit::NetnsPrefixGuard(prefix.clone());
 
     let ino = Inotify::init(InitFlags::IN_CLOEXEC).unwrap();
     std::fs::create_dir_all(netns::NETNS_RUN_DIR).unwrap();
     ino.add_watch(netns::NETNS_RUN_DIR, AddWatchFlags::IN_CREATE)
         .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_wasp"))
+    let mut child = wasp_cmd!()
         .args(["pool", "warm", "--size", "400", "--pool", &pool])
         .args(["--host-netns", host.name()])
         .stdout(Stdio::null())
@@ -82,7 +83,7 @@ fn killed_warm_is_reconciled_and_drained() {
     p.drain().expect("drain");
     p.ops().remove_host().expect("remove bridge");
 
-    let left: Vec<String> = common::ip_netns_list()
+    let left: Vec<String> = testkit::ip_netns_list()
         .into_iter()
         .filter(|n| n.starts_with(&prefix))
         .collect();

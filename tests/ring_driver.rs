@@ -2,9 +2,6 @@
 //! VMM API servers on real unix sockets: the same batch must give the same
 //! outcomes. No root needed.
 
-#[path = "common/fake_vmm.rs"]
-mod fake_vmm;
-
 use std::io::{BufReader, Read, Write};
 use std::net::{Ipv4Addr, TcpListener};
 use std::os::unix::net::{UnixDatagram, UnixListener};
@@ -20,7 +17,7 @@ use wasp::sys::tap::EventFd;
 use wasp::vmm::api::BackendType;
 use zeroize::Zeroizing;
 
-use fake_vmm::{good_response, read_request};
+use wasp_testkit::fake_vmm::{good_response, read_request};
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Behaviour {
@@ -108,7 +105,7 @@ impl Feed for Batch {
 
 /// Jobs (in reverse order), their fake VMMs' go switches, the stand-in
 /// children, what the fake VMMs saw, the plan, and the temp dir.
-type Setup = (
+type World = (
     Vec<Job>,
     Vec<mpsc::Sender<()>>,
     Vec<Child>,
@@ -117,7 +114,7 @@ type Setup = (
     tempfile::TempDir,
 );
 
-fn setup(behaviours: &[Behaviour], ready: Ready) -> Setup {
+fn setup(behaviours: &[Behaviour], ready: Ready) -> World {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().to_owned();
     let (seen_tx, seen_rx) = mpsc::channel();

@@ -10,13 +10,14 @@
 //!   wasp never marked, both survive `wasp reconcile`;
 //! - real orphans of the state dir are still killed (tests/crash.rs).
 
-mod common;
+use wasp_testkit as testkit;
+use wasp_testkit::{root_or_skip, wasp_bin};
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
-use common::wasp_cli::{wasp_in, Setup};
+use testkit::cli::{wasp_in, World};
 
 /// A process that stays until its stdin closes, whose argv names `sock` as
 /// `--api-sock`, like a VMM's; run as `uid` when given. Returns once it
@@ -62,8 +63,8 @@ fn assert_alive_then_end(mut child: Child, what: &str) {
 #[test]
 fn reconcile_of_another_state_dir_leaves_a_clone_alone() {
     root_or_skip!();
-    let a = Setup::new("sra");
-    let b = Setup::new("srb");
+    let a = World::new(wasp_bin!(), "sra");
+    let b = World::new(wasp_bin!(), "srb");
     let v = a.json(a.spawn_n("1"));
     assert_eq!(v["summary"]["ready"], 1, "{v:#}");
     let id = v["clones"][0]["id"].as_str().unwrap().to_owned();
@@ -72,6 +73,7 @@ fn reconcile_of_another_state_dir_leaves_a_clone_alone() {
 
     // State dir B, same runtime dir as A, its own pool.
     let out = wasp_in(
+        wasp_bin!(),
         &["reconcile", "--json"],
         &b.state(),
         &a.run_dir(),
@@ -104,7 +106,7 @@ fn reconcile_of_another_state_dir_leaves_a_clone_alone() {
 #[test]
 fn decoys_that_name_a_clone_socket_survive_reconcile() {
     root_or_skip!();
-    let s = Setup::new("srd");
+    let s = World::new(wasp_bin!(), "srd");
     let clones = s.run_dir().join("clones");
     std::fs::create_dir_all(&clones).unwrap();
     // As nobody, naming a clone dir that does not exist.
@@ -152,8 +154,8 @@ fn cgroup_limit() -> String {
 #[test]
 fn reconcile_of_another_state_dir_leaves_a_clones_cgroup_alone() {
     root_or_skip!();
-    let a = Setup::new("srca");
-    let b = Setup::new("srcb");
+    let a = World::new(wasp_bin!(), "srca");
+    let b = World::new(wasp_bin!(), "srcb");
     let mut spawn = a.spawn_n("1");
     spawn.args(["--cgroup", &cgroup_limit()]);
     let v = a.json(spawn);
@@ -176,6 +178,7 @@ fn reconcile_of_another_state_dir_leaves_a_clones_cgroup_alone() {
     assert!(procs.lines().any(|p| p == pid), "{procs}");
 
     let out = wasp_in(
+        wasp_bin!(),
         &["reconcile", "--json"],
         &b.state(),
         &a.run_dir(),

@@ -2,15 +2,16 @@
 //! ways through bridge -> veth -> DNAT -> tap -> guest, isolation, allowed
 //! host ports, independent readers, bad input.
 
-mod common;
-mod netutil;
+use wasp_testkit as testkit;
+use wasp_testkit::netutil;
+use wasp_testkit::root_or_skip;
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream};
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
-use common::TestNetns;
+use testkit::TestNetns;
 use wasp::pipeline::slot::{HostNet, Kernel, Slot, SlotError, SlotNet, SlotOps};
 use wasp::standin::guestnet::{GuestIface, GuestNet, GuestNetConfig, Outbound};
 use wasp::sys::{netns, tap};
@@ -24,7 +25,7 @@ fn pool_name(tag: &str) -> String {
 }
 
 fn setup(tag: &str) -> (TestNetns, Kernel) {
-    common::slot_host(tag, pool_name(tag))
+    testkit::slot_host(tag, pool_name(tag))
 }
 
 /// Destroys slots on drop, even when the test panics.

@@ -1,7 +1,7 @@
 //! Snapshot store: synth, check (one test per validation error), adopt of a
 //! seed-like Firecracker directory, warm.
 
-mod common;
+use wasp_testkit::root_or_skip;
 
 use std::fs::{self, OpenOptions};
 use std::os::unix::fs::{symlink, FileExt, PermissionsExt};
@@ -18,10 +18,8 @@ fn opts(out: PathBuf) -> SynthOptions {
         out,
         mem_mib: 2,
         rootfs_mib: 1,
-        vcpus: 1,
-        rootfs_read_only: false,
-        scratch_mib: None,
         sha256: true,
+        ..Default::default()
     }
 }
 

@@ -3,13 +3,14 @@
 //! its slot's netns, holds its own rootfs, maps the shared memory file and
 //! sees its own AGENT_ID in MMDS; failures are typed and reclaimed.
 
-mod common;
+use wasp_testkit as testkit;
+use wasp_testkit::{root_or_skip, wasp_bin, wasp_cmd};
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::fake_slots::FakeSlots;
+use testkit::fake_slots::FakeSlots;
 use wasp::engine::batch::SpawnOptions;
 use wasp::pipeline::env::Env;
 use wasp::pipeline::launch::Vmm;
@@ -22,12 +23,7 @@ fn setup(root: &Path) -> (PathBuf, CloneStore) {
     let snap = root.join("snap");
     synth(&SynthOptions {
         out: snap.clone(),
-        mem_mib: 32,
-        rootfs_mib: 4,
-        vcpus: 1,
-        rootfs_read_only: false,
-        scratch_mib: None,
-        sha256: false,
+        ..Default::default()
     })
     .unwrap();
     let store = CloneStore::open(&snap, &root.join("run"), Mode::Auto).unwrap();
@@ -67,11 +63,11 @@ fn standin_clones_get_their_own_disk_shared_memory_and_own_agent_id() {
     let report =
         wasp::engine::spawn(&options(tmp.path(), 3, &[]), &store, &mut slots, &env).unwrap();
     let state = tmp.path().join("state");
-    let guard = common::TeardownGuard(&state);
+    let guard = testkit::TeardownGuard(&state);
     assert_eq!(report.summary.ready, 3, "{:#?}", report.clones);
     assert_eq!(report.summary.failed, 0);
     assert_eq!(report.summary.mem_bytes_copied, 0);
-    let base_rootfs = common::dev_ino(snap.join("rootfs.ext4"));
+    let base_rootfs = testkit::dev_ino(snap.join("rootfs.ext4"));
     for c in &report.clones {
         let pid = c.pid.unwrap();
         // In its slot's netns.
@@ -106,10 +102,10 @@ fn standin_clones_get_their_own_disk_shared_memory_and_own_agent_id() {
             c.id
         );
         // The shared memory file, mapped private.
-        common::assert_maps_private(pid, &snap.join("vm.mem"));
+        testkit::assert_maps_private(pid, &snap.join("vm.mem"));
         // Its own rootfs inode open, not the base's.
-        let own = common::dev_ino(store.clone_dir(&c.id).join("rootfs"));
-        let fds = common::held_files(pid);
+        let own = testkit::dev_ino(store.clone_dir(&c.id).join("rootfs"));
+        let fds = testkit::held_files(pid);
         assert!(
             fds.contains(&own),
             "clone {} does not hold its own rootfs",
@@ -123,12 +119,12 @@ fn standin_clones_get_their_own_disk_shared_memory_and_own_agent_id() {
         // Its mount namespace is a copy of the batch's template: the
         // recorded drive path is its own rootfs, and no slot netns (the
         // batch's slots are named netns) is mounted in it.
-        let seen = common::dev_ino(format!(
+        let seen = testkit::dev_ino(format!(
             "/proc/{pid}/root{}",
             wasp::paths::stable_drive_path("rootfs").display()
         ));
         assert_eq!(seen, own, "clone {}: recorded drive path", c.id);
-        let netns_mounts = common::netns_mounts_of(pid);
+        let netns_mounts = testkit::netns_mounts_of(pid);
         assert!(netns_mounts.is_empty(), "clone {}: {netns_mounts:#?}", c.id);
         // Its own AGENT_ID in MMDS.
         let mut client =
@@ -179,7 +175,7 @@ fn a_missing_tap_and_a_failing_load_are_reclaimed_and_the_batch_goes_on() {
     )
     .unwrap();
     let state = tmp.path().join("state");
-    let _guard = common::TeardownGuard(&state);
+    let _guard = testkit::TeardownGuard(&state);
     assert_eq!(report.summary.failed, 2);
     for c in &report.clones {
         assert_eq!(c.failed_phase.as_deref(), Some("load"), "{c:?}");
@@ -207,7 +203,7 @@ fn check_and_spawn_refuse_a_writable_drive_recorded_outside_its_per_clone_path()
     root_or_skip!();
     use std::fs;
     use std::os::unix::fs::PermissionsExt;
-    let s = common::wasp_cli::Setup::new("drvpath");
+    let s = testkit::cli::World::new(wasp_bin!(), "drvpath");
     let snap = s.tmp.path().join("snap");
     let golden = s.tmp.path().join("golden-rootfs.ext4");
     fs::write(&golden, b"golden").unwrap();
@@ -230,7 +226,7 @@ fn check_and_spawn_refuse_a_writable_drive_recorded_outside_its_per_clone_path()
     m["vmstate"].as_object_mut().unwrap().remove("sha256");
     fs::write(&mp, m.to_string()).unwrap();
 
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wasp"))
+    let out = wasp_cmd!()
         .args(["snapshot", "check"])
         .arg(&snap)
         .output()
@@ -251,6 +247,6 @@ fn check_and_spawn_refuse_a_writable_drive_recorded_outside_its_per_clone_path()
     );
     assert!(err.contains("/run/wasp/drives/rootfs"), "{err}");
     // Nothing built: no slot, clone dir, VMM or record.
-    assert_eq!(s.seen(), common::wasp_cli::Seen::default());
+    assert_eq!(s.seen(), testkit::cli::Seen::default());
     assert_eq!(fs::read(&golden).unwrap(), b"golden");
 }

@@ -2,19 +2,17 @@
 //! image, the fallbacks on the ext4 root (/var/tmp), EXDEV across
 //! filesystems, ENOSPC mid-copy on a tiny tmpfs, reconcile, shared-readonly.
 
-mod common;
-#[path = "common/loopfs.rs"]
-mod loopfs;
+use wasp_testkit::root_or_skip;
 
 use std::fs::{self, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use loopfs::LoopFs;
 use wasp::pipeline::storage::probe::Strategy;
 use wasp::pipeline::storage::{CloneStore, Mode, StorageError};
 use wasp::snapshot::{synth, SynthOptions, MIB};
+use wasp_testkit::loopfs::LoopFs;
 
 fn make_snap(parent: &Path, mem_mib: u64, rootfs_mib: u64) -> PathBuf {
     let out = parent.join("snap");
@@ -22,10 +20,7 @@ fn make_snap(parent: &Path, mem_mib: u64, rootfs_mib: u64) -> PathBuf {
         out: out.clone(),
         mem_mib,
         rootfs_mib,
-        vcpus: 1,
-        rootfs_read_only: false,
-        scratch_mib: None,
-        sha256: false,
+        ..Default::default()
     })
     .unwrap();
     out
@@ -201,10 +196,7 @@ fn synth_on_a_full_filesystem_leaves_nothing() {
         out: small.path().join("snap"),
         mem_mib: 2,
         rootfs_mib: 8,
-        vcpus: 1,
-        rootfs_read_only: false,
-        scratch_mib: None,
-        sha256: false,
+        ..Default::default()
     })
     .unwrap_err();
     assert!(e.to_string().contains("nothing was left behind"), "{e}");
@@ -255,10 +247,9 @@ fn shared_readonly_shares_the_base_and_makes_a_scratch_drive() {
         out: out.clone(),
         mem_mib: 1,
         rootfs_mib: 2,
-        vcpus: 1,
         rootfs_read_only: true,
         scratch_mib: Some(4),
-        sha256: false,
+        ..Default::default()
     })
     .unwrap();
     let rt = t.path().join("rt");

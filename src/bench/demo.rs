@@ -332,11 +332,7 @@ fn ensure_snapshot_sized(dir: &Path, mem_mib: u64) -> Result<(), DemoError> {
     synth::synth(&SynthOptions {
         out: dir.to_owned(),
         mem_mib,
-        rootfs_mib: 4,
-        vcpus: 1,
-        rootfs_read_only: false,
-        scratch_mib: None,
-        sha256: false,
+        ..Default::default()
     })?;
     Ok(())
 }

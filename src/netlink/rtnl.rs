@@ -203,7 +203,7 @@ pub fn new_bridge(b: &mut MsgBuf, seq: u32, name: &str, mcast_snooping: bool) {
 // nine messages, thread CPU time, `cargo bench --bench pure -- 'slot
 // rtnetlink messages'`) takes 225 ns hand-written and 2.20 us built with
 // netlink-packet-route 0.34 ("slot rtnetlink messages via crate",
-// benches/common/rtnl_crate.rs, checked byte-equal before it is timed):
+// testkit/src/bench/rtnl_crate.rs, checked byte-equal before it is timed):
 // medians of three interleaved runs each, see docs/benchmarks.md. The
 // crate allocates a Vec per attribute list and a String per name, and
 // its nested emit recomputes every inner length once per level.

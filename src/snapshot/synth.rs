@@ -57,6 +57,22 @@ pub struct SynthOptions {
     pub sha256: bool,
 }
 
+impl Default for SynthOptions {
+    /// A small stand-in snapshot: 32 MiB of memory, a 4 MiB writable rootfs,
+    /// one vCPU, no scratch drive, no sums. `out` is empty: set it.
+    fn default() -> Self {
+        Self {
+            out: PathBuf::new(),
+            mem_mib: 32,
+            rootfs_mib: 4,
+            vcpus: 1,
+            rootfs_read_only: false,
+            scratch_mib: None,
+            sha256: false,
+        }
+    }
+}
+
 /// Why synth failed. Nothing is left behind.
 #[derive(Debug, Error)]
 pub enum SynthError {

@@ -1,58 +1,149 @@
-//! `wasp` as a user runs it, for the crash and fault tests: a synthesized
-//! stand-in snapshot, per-test state and runtime dirs, a private host netns
-//! and pool, and independent readers (`ip`, `nft`, /proc, the file system)
-//! of everything wasp may leave.
+//! `wasp` as a user runs it: [`World`], the one fixture of the CLI tests
+//! (crash, fault, hostile-input and command tests): per-test state and
+//! runtime dirs, a host netns and a pool of its own, a stand-in snapshot,
+//! and independent readers (`ip`, `nft`, /proc, the file system) of
+//! everything wasp may leave. Every `wasp` it runs starts from
+//! [`crate::wasp_command`]: no `WASP_*` variable of the environment.
 
 use std::collections::BTreeSet;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Command, Output, Stdio};
 
 use nix::sys::signal::Signal;
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use wasp::snapshot::synth::{synth, SynthOptions};
 
-use super::TestNetns;
+use crate::{wasp_command, TestNetns};
 
-pub struct Setup {
-    pub tmp: tempfile::TempDir,
-    pub host: TestNetns,
-    pub pool: String,
+/// A [`World`]'s host network namespace.
+#[derive(Debug)]
+pub enum Host {
+    /// Made by the test (with `lo` up), deleted on drop.
+    Test(TestNetns),
+    /// Only named by the test (`wasptest-…`): the first `wasp` command
+    /// given `--host-netns` of it creates it. The [`World`] deletes it on
+    /// drop if wasp did not.
+    ByWasp(String),
 }
 
-impl Setup {
-    pub fn new(tag: &str) -> Self {
+impl Host {
+    /// The namespace's name under /run/netns.
+    pub fn name(&self) -> &str {
+        match self {
+            Host::Test(ns) => ns.name(),
+            Host::ByWasp(n) => n,
+        }
+    }
+
+    /// The test-made namespace; panics for one wasp makes.
+    pub fn netns(&self) -> &TestNetns {
+        match self {
+            Host::Test(ns) => ns,
+            Host::ByWasp(n) => panic!("host netns {n} is made by wasp, not by the test"),
+        }
+    }
+
+    /// Runs a shell command inside the namespace and returns stdout;
+    /// panics on failure (see [`TestNetns::sh`]).
+    pub fn sh(&self, cmd: &str) -> String {
+        crate::sh_in(self.name(), cmd)
+    }
+
+    /// Like [`Host::sh`] but returns whether it succeeded.
+    pub fn sh_ok(&self, cmd: &str) -> bool {
+        crate::sh_ok_in(self.name(), cmd)
+    }
+
+    /// Runs `f` on a thread inside the namespace.
+    pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        match self {
+            Host::Test(ns) => ns.run(f),
+            Host::ByWasp(n) => {
+                let fd = wasp::sys::netns::open_named(n).expect("open the host netns");
+                wasp::sys::netns::run_in(&fd, f).expect("setns")
+            }
+        }
+    }
+}
+
+/// One test's own world for the `wasp` commands: per-test state and
+/// runtime dirs in a temp dir, a host netns and a pool of its own.
+/// Dropped (also on panic), it kills the recorded clones, drains the pool
+/// and deletes the host netns, so a failing test leaves nothing behind.
+pub struct World {
+    /// The test's temp dir: `state/`, `run/`, `snap/` and whatever the
+    /// test puts there.
+    pub tmp: tempfile::TempDir,
+    /// The host netns the pool's bridge and nft table live in.
+    pub host: Host,
+    /// The pool's name, unique to this test process.
+    pub pool: String,
+    bin: PathBuf,
+}
+
+impl World {
+    /// A world for the `wasp` binary `bin` (`wasp_bin!()`): a host netns
+    /// made here (`wasptest-…-<tag>`), pool `x<tag><pid>`, and a small
+    /// stand-in snapshot synthesized in-process at [`World::snap`] (16 MiB
+    /// of memory, a 1 MiB read-only rootfs).
+    pub fn new(bin: &Path, tag: &str) -> Self {
         let tmp = tempfile::tempdir().unwrap();
         synth(&SynthOptions {
             out: tmp.path().join("snap"),
             mem_mib: 16,
             rootfs_mib: 1,
-            vcpus: 1,
             rootfs_read_only: true,
-            scratch_mib: None,
-            sha256: false,
+            ..Default::default()
         })
         .unwrap();
-        Setup {
+        World {
             tmp,
-            host: TestNetns::new(tag),
+            host: Host::Test(TestNetns::new(tag)),
             pool: format!("x{tag}{}", std::process::id()),
+            bin: bin.to_owned(),
         }
     }
 
+    /// A world whose host netns wasp itself makes: only its name
+    /// (`wasptest-…-<tag>`) is chosen here. Pool `<pool><pid>`; no
+    /// snapshot yet ([`World::synth`] makes one).
+    pub fn with_host_by_wasp(bin: &Path, tag: &str, pool: &str) -> Self {
+        World {
+            tmp: tempfile::tempdir().unwrap(),
+            host: Host::ByWasp(crate::unique_name(tag)),
+            pool: format!("{pool}{}", std::process::id()),
+            bin: bin.to_owned(),
+        }
+    }
+
+    /// The `wasp` binary this world runs.
+    pub fn bin(&self) -> &Path {
+        &self.bin
+    }
+
+    /// The per-test state dir.
     pub fn state(&self) -> PathBuf {
         self.tmp.path().join("state")
     }
 
+    /// The per-test runtime dir.
     pub fn run_dir(&self) -> PathBuf {
         self.tmp.path().join("run")
     }
 
+    /// Where the world's snapshot is (made by [`World::new`] or
+    /// [`World::synth`]).
+    pub fn snap(&self) -> PathBuf {
+        self.tmp.path().join("snap")
+    }
+
     /// `wasp ARGS` with this test's dirs (as far as the command takes
-    /// them) and (when `at`) pool.
+    /// them) and (when `at`) host netns and pool ([`wasp_in`]).
     pub fn wasp(&self, args: &[&str], at: bool) -> Command {
         wasp_in(
+            &self.bin,
             args,
             &self.state(),
             &self.run_dir(),
@@ -60,16 +151,26 @@ impl Setup {
         )
     }
 
+    /// `wasp snapshot synth` of a small stand-in snapshot (32 MiB of
+    /// memory, 4 MiB rootfs) at [`World::snap`], which must succeed.
+    pub fn synth(&self) -> PathBuf {
+        let snap = self.snap();
+        crate::ok(&synth_small(&self.bin, &snap));
+        snap
+    }
+
+    /// `wasp spawn` of 200 clones (see [`World::spawn_ready`]).
     pub fn spawn_cmd(&self) -> Command {
         self.spawn_n("200")
     }
 
+    /// `wasp spawn` of `count` clones, ready when running.
     pub fn spawn_n(&self, count: &str) -> Command {
         self.spawn_ready(count, "running")
     }
 
     /// `wasp spawn --vmm standin --count N --ready R --json` of the
-    /// synthesized snapshot.
+    /// world's snapshot.
     pub fn spawn_ready(&self, count: &str, ready: &str) -> Command {
         let mut c = self.wasp(
             &[
@@ -86,7 +187,7 @@ impl Setup {
             ],
             true,
         );
-        c.arg("--snapshot").arg(self.tmp.path().join("snap"));
+        c.arg("--snapshot").arg(self.snap());
         c
     }
 
@@ -96,6 +197,7 @@ impl Setup {
         stop_and_kill(c, point, &self.tmp.path().join("killed.stderr"));
     }
 
+    /// Runs `c`, which must succeed, and parses its stdout as JSON.
     pub fn json(&self, mut c: Command) -> serde_json::Value {
         let out = c.output().unwrap();
         assert!(
@@ -107,6 +209,8 @@ impl Setup {
         serde_json::from_slice(&out.stdout).unwrap()
     }
 
+    /// `wasp reconcile --json` of the world's pool, which must report no
+    /// error.
     pub fn reconcile(&self) -> serde_json::Value {
         let r = self.json(self.wasp(&["reconcile", "--json"], true));
         assert_eq!(r["errors"], serde_json::json!([]), "{r:#}");
@@ -116,7 +220,7 @@ impl Setup {
     /// What the independent readers see of this test's wasp objects.
     pub fn seen(&self) -> Seen {
         let prefix = format!("wasp-{}-", self.pool);
-        let netns: BTreeSet<String> = super::ip_netns_list()
+        let netns: BTreeSet<String> = crate::ip_netns_list()
             .into_iter()
             .filter(|n| n.starts_with(&prefix))
             .collect();
@@ -160,7 +264,7 @@ impl Setup {
     }
 
     /// Outcome "adopted": `wasp ls` lists exactly the clones reconcile
-    /// adopted (see [`Setup::assert_only`]). Returns their number.
+    /// adopted (see [`World::assert_only`]). Returns their number.
     pub fn assert_only_adopted(&self, rec: &serde_json::Value) -> usize {
         self.assert_only(&ids(&rec["adopted"]))
     }
@@ -213,20 +317,47 @@ impl Setup {
     }
 }
 
-impl Drop for Setup {
+impl Drop for World {
     fn drop(&mut self) {
         let _ = self.wasp(&["kill", "--all"], false).output();
-        let _ = self.wasp(&["pool", "drain"], true).output();
+        let _ = self.wasp(&["pool", "drain", "--force"], true).output();
+        if let Host::ByWasp(n) = &self.host {
+            let _ = wasp::sys::netns::delete_named(n);
+        }
     }
 }
 
-/// `wasp ARGS` with the per-test `state` and `run` dirs (as far as the
+/// `wasp snapshot synth --mem-mib 32 --rootfs-mib 4 --out OUT` (a small
+/// stand-in snapshot), run.
+pub fn synth_small(bin: &Path, out: &Path) -> Output {
+    wasp_command(bin)
+        .args([
+            "snapshot",
+            "synth",
+            "--mem-mib",
+            "32",
+            "--rootfs-mib",
+            "4",
+            "--out",
+        ])
+        .arg(out)
+        .output()
+        .unwrap()
+}
+
+/// `wasp ARGS` (of the binary `bin`) with the per-test `state` and `run` dirs (as far as the
 /// command takes them: `ls` only the state dir), so
 /// the reconcile every state-owning command runs first never looks at the
 /// machine's own /run/wasp or /var/lib/wasp; with `at`, `--host-netns HOST
 /// --pool POOL` too.
-pub fn wasp_in(args: &[&str], state: &Path, run: &Path, at: Option<(&str, &str)>) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_wasp"));
+pub fn wasp_in(
+    bin: &Path,
+    args: &[&str],
+    state: &Path,
+    run: &Path,
+    at: Option<(&str, &str)>,
+) -> Command {
+    let mut c = wasp_command(bin);
     c.args(args);
     c.arg("--state-dir").arg(state);
     if args[0] != "ls" {
@@ -238,6 +369,7 @@ pub fn wasp_in(args: &[&str], state: &Path, run: &Path, at: Option<(&str, &str)>
     c
 }
 
+/// What the independent readers see of one world's wasp objects.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Seen {
     pub netns: BTreeSet<String>,
@@ -284,6 +416,7 @@ pub fn ids(clones: &serde_json::Value) -> BTreeSet<String> {
         .collect()
 }
 
+/// The names in `dir` (none when it does not exist).
 pub fn names_in(dir: &Path) -> BTreeSet<String> {
     std::fs::read_dir(dir)
         .map(|rd| {

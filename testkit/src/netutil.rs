@@ -1,6 +1,5 @@
 //! Test-only network helpers: an ICMP echo ("ping") over a raw socket, so
 //! the tests need no `ping` binary.
-#![allow(dead_code)]
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::fd::AsRawFd;

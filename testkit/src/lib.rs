@@ -1,4 +1,6 @@
-//! Root test harness shared by the integration tests and the benches.
+//! Shared setup of wasp's integration tests (`tests/`) and benches
+//! (`benches/`), as a workspace member: a dev-dependency of `wasp`, the way
+//! Cloud Hypervisor's `test_infra` serves its tests.
 //!
 //! - [`require_root`] fails the test with a clear message when not root and
 //!   `CI` is set, and otherwise skips loudly.
@@ -8,7 +10,15 @@
 //!   killed test run left behind without touching anything else.
 //! - Tests never touch the machine's own network namespace: everything runs
 //!   inside namespaces made here, including a private "host" namespace.
-#![allow(dead_code)]
+//! - Every helper that runs the `wasp` binary starts from
+//!   [`wasp_command`]: no `WASP_*` variable of the caller's environment
+//!   reaches it; a test passes what it needs (e.g. `WASP_FIRECRACKER`)
+//!   explicitly. A library cannot know `CARGO_BIN_EXE_wasp`: the
+//!   [`wasp_bin!`] and [`wasp_cmd!`] macros expand it in the test's crate.
+//!
+//! Modules: [`cli`] (the one fixture for `wasp` as a user runs it),
+//! [`fake_slots`], [`fake_vmm`], [`loopfs`], [`netutil`], and [`bench`]
+//! (the regression gate's benches and measurement).
 
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
@@ -17,8 +27,12 @@ use std::sync::Once;
 
 use wasp::sys::netns;
 
+pub mod bench;
+pub mod cli;
 pub mod fake_slots;
-pub mod wasp_cli;
+pub mod fake_vmm;
+pub mod loopfs;
+pub mod netutil;
 
 /// Prefix of every namespace the harness creates.
 pub const TEST_PREFIX: &str = "wasptest-";
@@ -43,9 +57,41 @@ pub fn require_root(test: &str) -> bool {
 #[macro_export]
 macro_rules! root_or_skip {
     () => {
-        if !$crate::common::require_root(module_path!()) {
+        if !$crate::require_root(module_path!()) {
             return;
         }
+    };
+}
+
+/// `Command::new(bin)` with every `WASP_*` variable of this process's
+/// environment removed, so a developer's or CI's settings (a config file,
+/// a Firecracker path, a stop point) never change what a test runs. Add
+/// what the test wants after this.
+pub fn wasp_command(bin: impl AsRef<std::ffi::OsStr>) -> std::process::Command {
+    let mut c = std::process::Command::new(bin);
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("WASP_") {
+            c.env_remove(k);
+        }
+    }
+    c
+}
+
+/// The `wasp` binary of the calling test or bench target
+/// (`CARGO_BIN_EXE_wasp`, expanded in the caller's crate), as a `&Path`.
+#[macro_export]
+macro_rules! wasp_bin {
+    () => {
+        ::std::path::Path::new(env!("CARGO_BIN_EXE_wasp"))
+    };
+}
+
+/// `wasp` with no `WASP_*` variable of the environment: [`wasp_command`]
+/// of [`wasp_bin!`].
+#[macro_export]
+macro_rules! wasp_cmd {
+    () => {
+        $crate::wasp_command(env!("CARGO_BIN_EXE_wasp"))
     };
 }
 
@@ -95,29 +141,39 @@ impl TestNetns {
     /// Runs a shell command inside the namespace (test tooling only, as an
     /// independent reader or a peer) and returns stdout; panics on failure.
     pub fn sh(&self, cmd: &str) -> String {
-        let out = std::process::Command::new("ip")
-            .args(["netns", "exec", &self.name, "sh", "-c", cmd])
-            .output()
-            .expect("spawn ip netns exec");
-        assert!(
-            out.status.success(),
-            "`{cmd}` in {} failed: {}",
-            self.name,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        sh_in(&self.name, cmd)
     }
 
     /// Like [`TestNetns::sh`] but returns whether it succeeded.
     pub fn sh_ok(&self, cmd: &str) -> bool {
-        std::process::Command::new("ip")
-            .args(["netns", "exec", &self.name, "sh", "-c", cmd])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false)
+        sh_ok_in(&self.name, cmd)
     }
+}
+
+/// Runs a shell command inside the named netns `ns` (test tooling only)
+/// and returns stdout; panics on failure.
+pub fn sh_in(ns: &str, cmd: &str) -> String {
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", ns, "sh", "-c", cmd])
+        .output()
+        .expect("spawn ip netns exec");
+    assert!(
+        out.status.success(),
+        "`{cmd}` in {ns} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Like [`sh_in`] but returns whether it succeeded.
+pub fn sh_ok_in(ns: &str, cmd: &str) -> bool {
+    std::process::Command::new("ip")
+        .args(["netns", "exec", ns, "sh", "-c", cmd])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
 }
 
 impl Drop for TestNetns {
@@ -194,7 +250,10 @@ pub fn firecracker_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("WASP_FIRECRACKER") {
         return p.into();
     }
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/fetch-firecracker.sh");
+    let script = PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../scripts/fetch-firecracker.sh"
+    ));
     let out = std::process::Command::new("bash")
         .arg(&script)
         .output()

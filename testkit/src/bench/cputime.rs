@@ -3,7 +3,6 @@
 //! descheduled because a neighbour compiles on the same two cores is not
 //! charged for the time it did not run. The regression gate's benches are
 //! single-threaded, so this is all of their work.
-#![allow(dead_code)]
 
 use std::time::Duration;
 

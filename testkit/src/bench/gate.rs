@@ -8,7 +8,6 @@
 //! `inject`: the name of one bench that does its work twice per iteration,
 //! a real 2x slowdown of a real bench (`WASP_BENCH_INJECT_SLOWDOWN=NAME`
 //! in `benches/pure.rs`).
-#![allow(dead_code)]
 
 use std::hint::black_box;
 use std::net::Ipv4Addr;

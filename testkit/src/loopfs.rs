@@ -4,7 +4,6 @@
 //! unmounts (the loop device detaches itself: `mount -o loop` sets
 //! autoclear) and removes the temp dir, also when the test panics.
 //! `mkfs.xfs`/`mount`/`umount` are test tooling only.
-#![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

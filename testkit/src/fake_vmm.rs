@@ -1,7 +1,6 @@
 //! A fake VMM API server for driver tests and benches: reads HTTP requests
 //! the way Firecracker's API does (head + Content-Length body) and answers
 //! like a healthy Firecracker.
-#![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Read};
 use std::os::unix::net::UnixStream;

@@ -4,7 +4,6 @@
 //! timing, the crate-built bytes are checked equal to the hand-built ones
 //! (themselves checked against `ip` in tests/netlink_golden.rs), so both
 //! benches build the same datagram.
-#![allow(dead_code)]
 
 use std::hint::black_box;
 use std::net::Ipv4Addr;
