@@ -602,7 +602,6 @@ fn run_inner(
         env,
         ready,
         timeouts: Timeouts::default(),
-        ready_retry: Duration::from_millis(5),
         ..SpawnRequest::new(SnapshotSource::Store(Arc::new(store)), o.count)
     };
     let report = engine
