@@ -1,5 +1,5 @@
-//! Measurements: the `wasp demo` / `wasp bench spawn` runner with its
-//! `/proc` accounting ([`demo`]), the criterion regression gate
+//! Measurements: the `wasp demo` / `wasp bench spawn` runner ([`demo`]),
+//! its `/proc` accounting ([`proc`]), the criterion regression gate
 //! ([`gate`]), bench output comparison ([`compare`]) and latency plots
 //! ([`plot`]).
 //!
@@ -10,3 +10,4 @@ pub mod compare;
 pub mod demo;
 pub mod gate;
 pub mod plot;
+pub mod proc;

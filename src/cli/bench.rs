@@ -96,15 +96,15 @@ pub struct SlotFigures {
 }
 
 /// (unreclaimable kernel memory, slab) from /proc/meminfo, KiB. The
-/// first is the `kernel` sum of [`wasp::bench::demo::HostMem`] (`SUnreclaim +
+/// first is the `kernel` sum of [`wasp::bench::proc::HostMem`] (`SUnreclaim +
 /// KernelStack + PageTables + SecPageTables + VmallocUsed + Percpu`).
 fn meminfo() -> anyhow::Result<(f64, f64)> {
     let s = std::fs::read_to_string("/proc/meminfo").context("read /proc/meminfo")?;
-    let slab = wasp::bench::demo::kib_fields(&s)
+    let slab = wasp::bench::proc::kib_fields(&s)
         .find(|(k, _)| *k == "Slab")
         .map_or(0, |(_, v)| v);
     Ok((
-        wasp::bench::demo::parse_meminfo(&s).kernel as f64,
+        wasp::bench::proc::parse_meminfo(&s).kernel as f64,
         slab as f64,
     ))
 }

@@ -8,6 +8,7 @@ use clap::Args;
 use serde::Serialize;
 
 use wasp::bench::demo::{self, DemoVmm};
+use wasp::bench::proc;
 use wasp::config::Config;
 use wasp::engine::batch::PhasesMs;
 use wasp::stats::Percentiles;
@@ -87,7 +88,7 @@ struct Out {
     #[serde(skip_serializing_if = "Option::is_none")]
     slowest: Option<Slowest>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    hold: Option<demo::HoldFigures>,
+    hold: Option<proc::HoldFigures>,
     failures: Vec<String>,
 }
 
