@@ -1,5 +1,5 @@
 //! Measurements: the `wasp demo` / `wasp bench spawn` runner ([`demo`]),
-//! its `/proc` accounting ([`proc`]), the criterion regression gate
+//! its `/proc` accounting ([`proc`]), `wasp bench slots` ([`slots`]), the criterion regression gate
 //! ([`gate`]), bench output comparison ([`compare`]) and latency plots
 //! ([`plot`]).
 //!
@@ -11,3 +11,4 @@ pub mod demo;
 pub mod gate;
 pub mod plot;
 pub mod proc;
+pub mod slots;
