@@ -249,15 +249,12 @@ fn step_percentiles(steps: &[BuildSteps]) -> serde_json::Map<String, serde_json:
         .enumerate()
         .map(|(i, name)| {
             let v: Vec<f64> = steps.iter().map(|s| s.values()[i]).collect();
-            ((*name).into(), percentiles_value(Percentiles::of(&v)))
+            (
+                (*name).into(),
+                super::percentiles_value(Percentiles::of(&v)),
+            )
         })
         .collect()
-}
-
-/// `p` as a JSON value. (Numbers only: serializing cannot fail, and a
-/// non-finite figure would read `null` either way.)
-pub(crate) fn percentiles_value(p: Percentiles) -> serde_json::Value {
-    serde_json::to_value(p).unwrap_or_default()
 }
 
 /// The p50 of a step in [`SlotFigures::create_steps_ms`] (0 when absent).
