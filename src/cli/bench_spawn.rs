@@ -82,10 +82,7 @@ pub fn run(a: SpawnBenchArgs, mut cfg: Config) -> anyhow::Result<ExitCode> {
             count: a.count,
             parallel,
             vmm,
-            driver: a.driver.map(|d| match d {
-                DriverArg::Uring => wasp::pipeline::ring::DriverKind::Uring,
-                DriverArg::Syscalls => wasp::pipeline::ring::DriverKind::Syscalls,
-            }),
+            driver: a.driver.map(Into::into),
             mem_mib: a.mem_mib,
             hold: a.hold,
         },

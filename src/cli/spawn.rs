@@ -44,6 +44,15 @@ pub enum DriverArg {
     Syscalls,
 }
 
+impl From<DriverArg> for DriverKind {
+    fn from(d: DriverArg) -> Self {
+        match d {
+            DriverArg::Uring => DriverKind::Uring,
+            DriverArg::Syscalls => DriverKind::Syscalls,
+        }
+    }
+}
+
 /// `wasp spawn`.
 #[derive(Debug, Args)]
 pub struct SpawnArgs {
@@ -360,10 +369,7 @@ pub fn spawn_cmd(a: SpawnArgs, mut cfg: Config) -> anyhow::Result<ExitCode> {
     cfg.check_guest(store.manifest())?;
     let mut engine_cfg = EngineConfig::new(vmm, state_dir.clone(), runtime_dir.clone());
     engine_cfg.parallel = cfg.parallel.value;
-    engine_cfg.driver = a.driver.map(|d| match d {
-        DriverArg::Uring => DriverKind::Uring,
-        DriverArg::Syscalls => DriverKind::Syscalls,
-    });
+    engine_cfg.driver = a.driver.map(DriverKind::from);
     engine_cfg.isolation = isolation;
     let engine = Engine::open(
         engine_cfg,
