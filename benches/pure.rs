@@ -165,7 +165,7 @@ fn driver_batch(kind: DriverKind, n: usize, parallel: usize) -> Duration {
         backend: BackendType::File,
         ready: Ready::Running,
         timeouts: Timeouts::default(),
-        ready_retry: Duration::from_millis(5),
+        ready_retry: wasp::pipeline::ready::READY_RETRY,
     });
     let t = Instant::now();
     ring::run(kind, plan, parallel, &mut Batch { jobs }).expect("driver");

@@ -70,12 +70,11 @@ pub fn create(a: CreateArgs, mut cfg: Config) -> anyhow::Result<ExitCode> {
         .flag("--firecracker", a.firecracker.clone().map(Some));
     let vmm = match a.vmm {
         VmmArg::Firecracker => {
-            let p = wasp::vmm::firecracker::locate(
+            let p = wasp::vmm::firecracker::locate_checked(
                 "firecracker",
                 cfg.firecracker_choice().as_ref(),
                 None,
             )?;
-            wasp::vmm::firecracker::version_of(&p)?;
             Vmm::Firecracker(p)
         }
         VmmArg::Standin => Vmm::Standin(

@@ -44,6 +44,15 @@ pub enum DriverArg {
     Syscalls,
 }
 
+impl From<DriverArg> for DriverKind {
+    fn from(d: DriverArg) -> Self {
+        match d {
+            DriverArg::Uring => DriverKind::Uring,
+            DriverArg::Syscalls => DriverKind::Syscalls,
+        }
+    }
+}
+
 /// `wasp spawn`.
 #[derive(Debug, Args)]
 pub struct SpawnArgs {
@@ -248,9 +257,11 @@ fn build_isolation(a: &SpawnArgs, vmm: &Vmm, cfg: &Config) -> anyhow::Result<Iso
         let Vmm::Firecracker(fc) = vmm else {
             bail!("--jailer runs Firecracker only; drop --vmm standin or --jailer");
         };
-        let bin =
-            wasp::vmm::firecracker::locate("jailer", cfg.jailer_choice().as_ref(), fc.parent())?;
-        wasp::vmm::firecracker::version_of(&bin)?;
+        let bin = wasp::vmm::firecracker::locate_checked(
+            "jailer",
+            cfg.jailer_choice().as_ref(),
+            fc.parent(),
+        )?;
         let j = Jailer::new(&bin, fc, &cfg.runtime_dir.value, cfg.jailer_ids.value)
             .context("jailer mode")?
             .with_owner(owner(cfg)?);
@@ -336,12 +347,11 @@ pub fn spawn_cmd(a: SpawnArgs, mut cfg: Config) -> anyhow::Result<ExitCode> {
     let state_dir = &cfg.state_dir.value;
     let vmm = match vmm_arg {
         VmmArg::Firecracker => {
-            let p = wasp::vmm::firecracker::locate(
+            let p = wasp::vmm::firecracker::locate_checked(
                 "firecracker",
                 cfg.firecracker_choice().as_ref(),
                 None,
             )?;
-            wasp::vmm::firecracker::version_of(&p)?;
             wasp::vmm::firecracker::check_kvm()?;
             Vmm::Firecracker(p)
         }
@@ -359,10 +369,7 @@ pub fn spawn_cmd(a: SpawnArgs, mut cfg: Config) -> anyhow::Result<ExitCode> {
     cfg.check_guest(store.manifest())?;
     let mut engine_cfg = EngineConfig::new(vmm, state_dir.clone(), runtime_dir.clone());
     engine_cfg.parallel = cfg.parallel.value;
-    engine_cfg.driver = a.driver.map(|d| match d {
-        DriverArg::Uring => DriverKind::Uring,
-        DriverArg::Syscalls => DriverKind::Syscalls,
-    });
+    engine_cfg.driver = a.driver.map(DriverKind::from);
     engine_cfg.isolation = isolation;
     let engine = Engine::open(
         engine_cfg,
@@ -382,7 +389,6 @@ pub fn spawn_cmd(a: SpawnArgs, mut cfg: Config) -> anyhow::Result<ExitCode> {
         env,
         ready: cfg.ready.value,
         timeouts,
-        ready_retry: Duration::from_millis(5),
         vmm_args: a.standin_args.clone(),
         ..SpawnRequest::new(SnapshotSource::Store(Arc::new(store)), a.count)
     };

@@ -223,7 +223,8 @@ pub struct SpawnRequest {
 
 impl SpawnRequest {
     /// `count` clones of `snapshot` with no environment, `tcp:22`
-    /// readiness and the default limits.
+    /// readiness retried every [`READY_RETRY`](crate::pipeline::ready::READY_RETRY)
+    /// and the default limits.
     pub fn new(snapshot: SnapshotSource, count: usize) -> Self {
         Self {
             snapshot,
@@ -231,7 +232,7 @@ impl SpawnRequest {
             env: Env::new(),
             ready: Ready::Tcp(22),
             timeouts: Timeouts::default(),
-            ready_retry: Duration::from_millis(5),
+            ready_retry: crate::pipeline::ready::READY_RETRY,
             vmm_args: Vec::new(),
             labels: BTreeMap::new(),
         }
@@ -788,7 +789,7 @@ fn placeholder_plan() -> Arc<Plan> {
         backend: BackendType::File,
         ready: Ready::None,
         timeouts: Timeouts::default(),
-        ready_retry: Duration::from_millis(5),
+        ready_retry: crate::pipeline::ready::READY_RETRY,
     })
 }
 

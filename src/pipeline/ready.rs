@@ -1,8 +1,13 @@
 //! Pipeline stage "ready": how wasp decides a resumed clone is usable.
 
 use std::str::FromStr;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+
+/// How long a readiness check that failed waits before it tries again
+/// (the default of every spawn request).
+pub const READY_RETRY: Duration = Duration::from_millis(5);
 
 /// Readiness check after resume.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -642,7 +642,7 @@ pub(crate) mod tests {
             backend: BackendType::File,
             ready,
             timeouts: Timeouts::default(),
-            ready_retry: Duration::from_millis(5),
+            ready_retry: crate::pipeline::ready::READY_RETRY,
         })
     }
 

@@ -202,6 +202,18 @@ pub fn version_of(path: &Path) -> Result<Version, FirecrackerError> {
     Ok(v)
 }
 
+/// [`locate`] then [`version_of`]: the binary a command runs, found and
+/// checked to be at least [`MIN_VERSION`], with one error if it is not.
+pub fn locate_checked(
+    what: &'static str,
+    chosen: Option<&Chosen>,
+    beside: Option<&Path>,
+) -> Result<PathBuf, FirecrackerError> {
+    let p = locate(what, chosen, beside)?;
+    version_of(&p)?;
+    Ok(p)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
