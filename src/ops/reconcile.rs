@@ -44,7 +44,7 @@
 //! killed process, so a crash never leaves it held.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io;
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::MetadataExt;
@@ -107,15 +107,7 @@ impl StateLock {
             source,
         };
         std::fs::create_dir_all(state_dir).map_err(lock_err)?;
-        use std::os::unix::fs::OpenOptionsExt;
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(&path)
-            .map_err(lock_err)?;
+        let file = crate::sys::fs::open_lock_file(&path).map_err(lock_err)?;
         Ok(Self { file, path })
     }
 

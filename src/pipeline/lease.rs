@@ -20,12 +20,12 @@
 //! slot; a taker checks that the file it locked is still the one at the
 //! path, so a file unlinked under it is never mistaken for a lease.
 
-use std::fs::{DirBuilder, File, OpenOptions};
+use std::fs::{DirBuilder, File};
 use std::io::{self, Read, Seek, Write};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
-use crate::sys::fs::{flock, FlockMode};
+use crate::sys::fs::{flock, open_lock_file, FlockMode};
 
 /// Where every slot's lease file lives: one directory for the host, since
 /// slot names are global whatever the state dir.
@@ -38,14 +38,7 @@ pub const LEASE_DIR: &str = "/run/wasp/slots";
 /// not marked yet looks foreign).
 pub fn host_setup_lock(dir: &Path) -> io::Result<File> {
     DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(dir.join("host-setup.lock"))?;
+    let file = open_lock_file(&dir.join("host-setup.lock"))?;
     flock(&file, FlockMode::Exclusive, true)?;
     Ok(file)
 }
@@ -71,14 +64,7 @@ impl Lease {
         DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
         let path = Self::path_of(dir, netns);
         loop {
-            let mut file = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .mode(0o600)
-                .custom_flags(libc::O_NOFOLLOW)
-                .open(&path)?;
+            let mut file = open_lock_file(&path)?;
             if !flock(&file, FlockMode::Exclusive, false)? {
                 return Ok(None);
             }

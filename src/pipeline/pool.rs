@@ -206,6 +206,17 @@ impl<O: SlotOps> Inner<O> {
         let built = AtomicUsize::new(0);
         let first_err: Mutex<Option<SlotError>> = Mutex::new(None);
         let workers = self.cfg.workers.clamp(1, want.max(1));
+        // Index `n` failed with `e`: every worker stops, and the first
+        // error is kept. Exhausted indices are not reused; others are.
+        let fail = |n: u32, e: SlotError| {
+            if !matches!(e, SlotError::Exhausted { .. }) {
+                self.spare.push(n);
+            }
+            todo.store(0, Ordering::Release);
+            if let Ok(mut g) = first_err.lock() {
+                g.get_or_insert(e);
+            }
+        };
         std::thread::scope(|s| {
             for _ in 0..workers {
                 s.spawn(|| loop {
@@ -225,16 +236,7 @@ impl<O: SlotOps> Inner<O> {
                             // Another process holds slot n: never ours to
                             // reuse here.
                             Ok(None) => continue,
-                            Err(e) => {
-                                if !matches!(e, SlotError::Exhausted { .. }) {
-                                    self.spare.push(n);
-                                }
-                                todo.store(0, Ordering::Release);
-                                if let Ok(mut g) = first_err.lock() {
-                                    g.get_or_insert(e);
-                                }
-                                return;
-                            }
+                            Err(e) => return fail(n, e),
                         };
                         match self.ops.build(n) {
                             Ok(slot) => {
@@ -247,17 +249,7 @@ impl<O: SlotOps> Inner<O> {
                             // Built by a process that has let it go: a
                             // reconcile adopts it. Move on.
                             Err(SlotError::NameTaken { .. }) => continue,
-                            Err(e) => {
-                                // Exhausted indices are not reused; others are.
-                                if !matches!(e, SlotError::Exhausted { .. }) {
-                                    self.spare.push(n);
-                                }
-                                todo.store(0, Ordering::Release);
-                                if let Ok(mut g) = first_err.lock() {
-                                    g.get_or_insert(e);
-                                }
-                                return;
-                            }
+                            Err(e) => return fail(n, e),
                         }
                     }
                 });

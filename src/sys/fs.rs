@@ -162,6 +162,20 @@ pub fn fadvise_willneed(f: &File) -> io::Result<()> {
     fadvise(f, libc::POSIX_FADV_WILLNEED)
 }
 
+/// Opens (or creates, mode 0600) the lock file `path` for `flock`,
+/// read-write, never through a symlink.
+pub fn open_lock_file(path: &Path) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+}
+
 /// `flock(2)` modes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FlockMode {
