@@ -227,6 +227,13 @@ impl Store {
             .collect())
     }
 
+    /// The slot indexes of `pool` that live clones recorded here hold.
+    pub fn slots_in_use(&self, pool: &str) -> std::collections::HashSet<u32> {
+        self.live_in_pool(pool)
+            .map(|recs| recs.into_iter().map(|r| r.slot).collect())
+            .unwrap_or_default()
+    }
+
     /// Removes temp files a crash left mid-write.
     pub fn sweep_temp(&self) -> usize {
         let mut n = 0;

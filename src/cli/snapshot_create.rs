@@ -86,7 +86,9 @@ pub fn create(a: CreateArgs, mut cfg: Config) -> anyhow::Result<ExitCode> {
     let (_lock, _) = reconcile::at_start(&reconcile::Options::from_config(&cfg, true))
         .context("reconcile what an earlier run left")?;
     let net = cfg.slot_net();
-    let in_use = super::spawn::in_use(&cfg.state_dir.value, &net.pool);
+    let in_use = wasp::state::Store::open(&cfg.state_dir.value)
+        .map(|s| s.slots_in_use(&net.pool))
+        .unwrap_or_default();
     let mut slots = PoolSlots::open(net.clone(), &cfg.host_net(), 1, in_use)
         .context("prepare a slot to boot in")?;
     let lease = slots

@@ -1,6 +1,5 @@
 //! `wasp spawn`, `wasp ls`, `wasp kill` and `wasp demo`.
 
-use std::collections::HashSet;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -292,14 +291,6 @@ fn timeouts(a: &SpawnArgs) -> anyhow::Result<Timeouts> {
         api: pick("api-timeout", a.api_timeout, d.api)?,
         ready: pick("ready-timeout", a.ready_timeout, d.ready)?,
     })
-}
-
-/// The slot indexes of `pool` that live clones recorded in `state_dir` hold.
-pub fn in_use(state_dir: &std::path::Path, pool: &str) -> HashSet<u32> {
-    state::Store::open(state_dir)
-        .and_then(|s| s.live_in_pool(pool))
-        .map(|recs| recs.into_iter().map(|r| r.slot).collect())
-        .unwrap_or_default()
 }
 
 /// Runs `wasp spawn`.

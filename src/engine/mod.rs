@@ -523,8 +523,7 @@ impl Engine<PoolSlots> {
     /// `pool.low_water > 0`.
     pub fn open(cfg: EngineConfig, pool: PoolSetup) -> Result<Self, EngineError> {
         let in_use = state::Store::open(&cfg.state_dir)
-            .and_then(|s| s.live_in_pool(&pool.net.pool))
-            .map(|recs| recs.into_iter().map(|r| r.slot).collect())
+            .map(|s| s.slots_in_use(&pool.net.pool))
             .unwrap_or_default();
         let pc = PoolConfig {
             low_water: pool.low_water,
