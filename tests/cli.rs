@@ -784,4 +784,13 @@ fn a_killed_demo_is_cleaned_up_by_the_next_one() {
             .any(|n| n.starts_with(&slots)),
         "no slot of the killed demo left"
     );
+    let leases: Vec<String> = std::fs::read_dir(wasp::pipeline::lease::LEASE_DIR)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(&slots))
+        .collect();
+    assert!(
+        leases.is_empty(),
+        "lease files of the killed demo left: {leases:?}"
+    );
 }

@@ -250,8 +250,10 @@ pub fn reconcile_leftovers(root: &Path) -> Leftovers {
         match sys::netns::list_named() {
             Ok(names) => {
                 for n in names.iter().filter(|n| pool.index_of_netns(n).is_some()) {
-                    match sys::netns::delete_named(n) {
-                        Ok(()) => out.slots += 1,
+                    let lease_dir = Path::new(crate::pipeline::lease::LEASE_DIR);
+                    match crate::pipeline::lease::Lease::remove_leftover_slot(lease_dir, n) {
+                        Ok(true) => out.slots += 1,
+                        Ok(false) => {}
                         Err(e) => out.errors.push(format!("delete netns {n}: {e}")),
                     }
                 }

@@ -406,8 +406,11 @@ fn remove_unwired(net: &SlotNet, rep: &mut Report) {
         let (Some(i), Some(_)) = (net.index_of_netns(n), gone) else {
             continue;
         };
-        match netns::delete_named(n) {
-            Ok(()) => sr.removed.push(i),
+        let lease_dir = Path::new(crate::pipeline::lease::LEASE_DIR);
+        match crate::pipeline::lease::Lease::remove_leftover_slot(lease_dir, n) {
+            Ok(true) => sr.removed.push(i),
+            // Another process holds it: not a leftover.
+            Ok(false) => {}
             Err(e) => rep.errors.push(format!("delete netns {n}: {e}")),
         }
     }

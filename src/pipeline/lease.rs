@@ -87,6 +87,18 @@ impl Lease {
         }
     }
 
+    /// Removes the leftover slot `netns` (its namespace name; the kernel
+    /// objects inside go with it) and its lease file, unless another
+    /// process holds the lease: then `Ok(false)` and nothing is touched.
+    pub fn remove_leftover_slot(dir: &Path, netns: &str) -> io::Result<bool> {
+        let Some(lease) = Self::try_take(dir, netns)? else {
+            return Ok(false);
+        };
+        crate::sys::netns::delete_named(netns)?;
+        lease.remove()?;
+        Ok(true)
+    }
+
     /// A lease with no file behind it, for fakes of the slot operations.
     pub fn detached() -> Lease {
         Lease { held: None }
