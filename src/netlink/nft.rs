@@ -774,7 +774,16 @@ pub fn l4_dport(proto: u8, port: u16) -> [Expr; 4] {
 
 /// `ct state established,related`.
 pub fn ct_established_related() -> [Expr; 3] {
-    let bits = CT_STATE_ESTABLISHED | CT_STATE_RELATED;
+    ct_state_any(CT_STATE_ESTABLISHED | CT_STATE_RELATED)
+}
+
+/// `ct state new`.
+pub fn ct_state_new() -> [Expr; 3] {
+    ct_state_any(CT_STATE_NEW)
+}
+
+/// `ct state` is one of the `bits` (a mask, then "not zero").
+fn ct_state_any(bits: u32) -> [Expr; 3] {
     [
         Expr::Ct {
             key: NFT_CT_STATE,
@@ -784,27 +793,6 @@ pub fn ct_established_related() -> [Expr; 3] {
             sreg: NFT_REG_1,
             dreg: NFT_REG_1,
             mask: bits.to_ne_bytes().to_vec(),
-            xor: vec![0; 4],
-        },
-        Expr::Cmp {
-            op: CmpOp::Neq,
-            sreg: NFT_REG_1,
-            data: vec![0; 4],
-        },
-    ]
-}
-
-/// `ct state new`.
-pub fn ct_state_new() -> [Expr; 3] {
-    [
-        Expr::Ct {
-            key: NFT_CT_STATE,
-            dreg: NFT_REG_1,
-        },
-        Expr::Bitwise {
-            sreg: NFT_REG_1,
-            dreg: NFT_REG_1,
-            mask: CT_STATE_NEW.to_ne_bytes().to_vec(),
             xor: vec![0; 4],
         },
         Expr::Cmp {
