@@ -206,8 +206,15 @@ pub fn status_kib(pid: i32, field: &str) -> Option<u64> {
 /// live threads (`/proc/PID/task/*/schedstat`, nanoseconds).
 pub fn process_cpu(pid: i32) -> Option<Duration> {
     let mut ns = 0u64;
-    for t in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
-        let stat = std::fs::read_to_string(t.ok()?.path().join("schedstat")).ok()?;
+    for t in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .ok()?
+        .flatten()
+    {
+        // A thread that exits between the listing and the read is skipped
+        // (its time is gone from the process's figure anyway).
+        let Ok(stat) = std::fs::read_to_string(t.path().join("schedstat")) else {
+            continue;
+        };
         ns += stat.split_whitespace().next()?.parse::<u64>().ok()?;
     }
     Some(Duration::from_nanos(ns))
