@@ -239,22 +239,7 @@ fn slot_nft_batch_matches_nft() {
     // nft numbers its batch from 0, as does this call.
     let (buf, seqs, _) = net.ruleset(0, Ipv4Addr::new(10, 0, 0, 2)).finish();
     assert_eq!(seqs.len(), 10);
-    let ours = buf.as_bytes();
-    let theirs = &cap[0];
-    if ours != &theirs[..] {
-        let at = ours
-            .iter()
-            .zip(theirs.iter())
-            .position(|(a, b)| a != b)
-            .unwrap_or(ours.len().min(theirs.len()));
-        panic!(
-            "nft batch differs at byte {at} (ours {} bytes, nft {} bytes)\nours: {:02x?}\nnft:  {:02x?}",
-            ours.len(),
-            theirs.len(),
-            &ours[at.saturating_sub(16)..(at + 32).min(ours.len())],
-            &theirs[at.saturating_sub(16)..(at + 32).min(theirs.len())]
-        );
-    }
+    assert_same_batch(buf.as_bytes(), &cap[0]);
 }
 
 #[test]

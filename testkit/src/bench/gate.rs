@@ -23,7 +23,7 @@ pub type GateCriterion = Criterion<ThreadCpuTime>;
 pub fn criterion() -> GateCriterion {
     Criterion::default().with_measurement(ThreadCpuTime::default())
 }
-use wasp::netlink::{nft, rtnl, MsgBuf};
+use wasp::netlink::{nft, MsgBuf};
 use wasp::pipeline::slot::SlotNet;
 use wasp::vmm::api::{parse_response, Response};
 
@@ -71,31 +71,7 @@ pub fn register(c: &mut GateCriterion, inject: Option<&str>) {
     });
     let mut m = MsgBuf::new();
     bench(c, inject, NAMES[2], || {
-        m.clear();
-        rtnl::new_veth(
-            &mut m,
-            1,
-            &rtnl::VethSpec {
-                name: "wasp12345000001",
-                up: true,
-                master: Some(2),
-                peer_name: "veth0",
-                peer_ns_fd: Some(9),
-                peer_index: 0,
-                peer_up: false,
-                peer_mac: Some([2, 0x12, 0x34, 0, 0, 1]),
-                queues: Some(1),
-            },
-        );
-        rtnl::set_alias(
-            &mut m,
-            2,
-            rtnl::Link::Name("wasp12345000001"),
-            "wasp:default:1",
-        );
-        rtnl::set_isolated(&mut m, 3, rtnl::Link::Name("wasp12345000001"), true);
-        black_box(&net).inner_links(&mut m, 4, 2, 3, black_box(ip));
-        m.as_bytes().len()
+        super::rtnl_crate::hand_messages(&mut m, black_box(&net), black_box(ip))
     });
     let no_content: &[u8] =
         b"HTTP/1.1 204 No Content\r\nServer: Firecracker API\r\nConnection: keep-alive\r\n\r\n";

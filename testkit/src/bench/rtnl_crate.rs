@@ -163,7 +163,9 @@ pub fn slot_messages(m: &mut MsgBuf, net: &SlotNet, ip: Ipv4Addr) -> usize {
     m.as_bytes().len()
 }
 
-fn hand_messages(m: &mut MsgBuf, net: &SlotNet, ip: Ipv4Addr) -> usize {
+/// The gate bench "slot rtnetlink messages": the slot path's messages
+/// built by hand, into `m` (cleared first); the bytes built.
+pub fn hand_messages(m: &mut MsgBuf, net: &SlotNet, ip: Ipv4Addr) -> usize {
     m.clear();
     rtnl::new_veth(m, 1, &spec());
     rtnl::set_alias(m, 2, rtnl::Link::Name(HOST), "wasp:default:1");
