@@ -132,6 +132,15 @@ impl Lease {
 mod tests {
     use super::*;
 
+    /// Takes and holds the lock of `path` on a new open file, waiting for
+    /// it: a child another test forks holds a copy of every fd of this
+    /// process until it execs, and with it any lock just released.
+    fn wait_for_lock(path: &Path) -> File {
+        let f = File::open(path).unwrap();
+        assert!(flock(&f, FlockMode::Exclusive, true).unwrap());
+        f
+    }
+
     #[test]
     fn one_holder_at_a_time_and_released_on_drop() {
         let dir = tempfile::tempdir().unwrap();
@@ -142,6 +151,9 @@ mod tests {
         assert!(Lease::try_take(d, "wasp-p-1").unwrap().is_some());
         assert_eq!(Lease::holder(d, "wasp-p-0"), Some(std::process::id()));
         drop(a);
+        // A child another test forks meanwhile holds a copy of every fd
+        // until it execs, and with it `a`'s lock: wait that out first.
+        drop(wait_for_lock(&Lease::path_of(d, "wasp-p-0")));
         let b = Lease::try_take(d, "wasp-p-0")
             .unwrap()
             .expect("released on drop");
@@ -157,7 +169,8 @@ mod tests {
         // A taker that opened the file before the holder removed it.
         let stale = File::open(Lease::path_of(d, "wasp-p-0")).unwrap();
         a.remove().unwrap();
-        assert!(flock(&stale, FlockMode::Exclusive, false).unwrap());
+        // Waits, not tries (see `wait_for_lock`).
+        assert!(flock(&stale, FlockMode::Exclusive, true).unwrap());
         // The stale lock does not block a real taker, which gets a new file.
         let b = Lease::try_take(d, "wasp-p-0")
             .unwrap()
