@@ -5,6 +5,7 @@
 //! disk fault, a hand edit) gives a clear error naming the file and how to
 //! recover, never a panic.
 
+use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::net::Ipv4Addr;
@@ -58,6 +59,20 @@ pub struct CloneRecord {
     /// Its jailer chroot directory in jailer mode (removed on teardown).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jail_dir: Option<PathBuf>,
+    /// The tag of the engine request that made it (clone ids are
+    /// `<tag>-<i>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<String>,
+    /// The request's labels.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// When its TTL ends (Unix epoch, ms), absolute, so an engine that
+    /// adopts the clone after a restart keeps the deadline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at_ms: Option<u64>,
+    /// True while its vCPUs are paused (`PATCH /vm Paused`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub paused: bool,
 }
 
 /// Errors of the state store.
@@ -507,6 +522,10 @@ mod tests {
             created_at: "2026-11-28T00:00:00Z".into(),
             cgroup: None,
             jail_dir: None,
+            request: None,
+            labels: Default::default(),
+            expires_at_ms: None,
+            paused: false,
         }
     }
 

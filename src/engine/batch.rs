@@ -69,6 +69,34 @@ pub trait Slots: Send {
     fn status(&self) -> Option<crate::pipeline::pool::PoolStatus> {
         None
     }
+    /// Hands out slot `index`, which a live clone recorded in the state
+    /// dir holds (the pool set it aside when it was opened), for an engine
+    /// that adopts that clone; it comes back through [`Slots::give_back`]
+    /// like any taken slot. An error when the provider does not hold that
+    /// slot aside (another process leases it, or it was broken).
+    fn adopt(&mut self, index: u32) -> Result<SlotLease, SlotError> {
+        Err(format!("this slot provider holds no slot {index} for an adopted clone").into())
+    }
+    /// Re-marks the pool at run time (see [`crate::engine::PoolMarks`]):
+    /// the background refill reads the new marks, a larger size is built
+    /// in the background, surplus free slots are destroyed at once.
+    fn set_marks(
+        &mut self,
+        marks: crate::engine::PoolMarks,
+    ) -> Result<crate::pipeline::pool::PoolStatus, SlotError> {
+        let _ = marks;
+        Err("this slot provider has no pool to re-mark".into())
+    }
+    /// The most slots the provider can ever hold at once (the pool's CIDR
+    /// and index limit).
+    fn max_slots(&self) -> usize {
+        usize::MAX
+    }
+    /// True once the pool has reached its warm target (always, for a
+    /// provider without one).
+    fn is_warm(&self) -> bool {
+        true
+    }
 }
 
 /// Options of one batch.
@@ -140,6 +168,17 @@ pub enum SpawnError {
     /// takes no more requests.
     #[error("the engine is shutting down and takes no more requests; open a new one")]
     Stopped,
+    /// More clones asked for than the host can take now (free and
+    /// buildable slots, memory, fds): refused before anything was taken.
+    #[error("{asked} clone(s) asked for, but this host can take {possible} more now (slots, memory and fds; see the engine's capacity); retry after {} s or ask for fewer", retry_after.as_secs().max(1))]
+    Overloaded {
+        /// Clones asked for.
+        asked: usize,
+        /// Clones the host can take now ([`crate::engine::Capacity::clones_possible`]).
+        possible: usize,
+        /// When a retry may succeed (clones expire or exit, the pool refills).
+        retry_after: Duration,
+    },
 }
 
 /// Milliseconds per phase of one clone.

@@ -66,7 +66,14 @@
 //! # Ok(()) }
 //! ```
 
+mod adopt;
 pub mod batch;
+mod capacity;
+mod control;
+mod ttl;
+
+pub use adopt::AdoptReport;
+pub use capacity::{Capacity, PoolMarks, MEM_PER_CLONE_BYTES};
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::os::fd::{AsFd, OwnedFd};
@@ -183,6 +190,34 @@ pub enum EngineError {
     /// No live clone of this engine has the id.
     #[error("no live clone {0} in this engine; list() shows the clones it runs")]
     NoClone(String),
+    /// The clone is not in a state the call works from (pause of a paused
+    /// clone, resume of a running one).
+    #[error("clone {id} is {state}; {hint}")]
+    WrongState {
+        /// Clone id.
+        id: String,
+        /// Its state.
+        state: CloneState,
+        /// What to do instead.
+        hint: &'static str,
+    },
+    /// A call to the clone's VMM API failed.
+    #[error("clone {id}: the VMM's API call {call} failed")]
+    Vmm {
+        /// Clone id.
+        id: String,
+        /// The call (`PATCH /vm Paused`, ...).
+        call: &'static str,
+        /// Cause.
+        #[source]
+        source: crate::vmm::api::ApiError,
+    },
+    /// Pool marks that cannot be applied (the message names the field).
+    #[error("bad pool marks: {0}")]
+    BadMarks(String),
+    /// The slot provider refused the marks.
+    #[error("cannot re-mark the slot pool")]
+    Marks(#[source] SlotError),
 }
 
 fn start_err(what: &'static str) -> impl FnOnce(std::io::Error) -> EngineError {
@@ -219,6 +254,9 @@ pub struct SpawnRequest {
     pub vmm_args: Vec<String>,
     /// Free-form labels, shown with the clones in [`Engine::list`].
     pub labels: BTreeMap<String, String>,
+    /// How long each clone may live once ready (`None`: no expiry). The
+    /// deadline is recorded, so a restarted engine keeps it.
+    pub ttl: Option<Duration>,
 }
 
 impl SpawnRequest {
@@ -235,6 +273,7 @@ impl SpawnRequest {
             ready_retry: crate::pipeline::ready::READY_RETRY,
             vmm_args: Vec::new(),
             labels: BTreeMap::new(),
+            ttl: None,
         }
     }
 }
@@ -307,16 +346,58 @@ impl Ticket {
     }
 }
 
-/// A live clone of the engine.
+/// Whether a clone's vCPUs run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CloneState {
+    /// Running (as restored).
+    Running,
+    /// Paused through [`Engine::pause`]; it keeps its slot.
+    Paused,
+}
+
+impl std::fmt::Display for CloneState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            CloneState::Running => "running",
+            CloneState::Paused => "paused",
+        })
+    }
+}
+
+/// A live clone of the engine. As JSON: the record's fields (labels,
+/// request tag and `expires_at_ms` among them, as in the state dir) and
+/// `state`.
 #[derive(Debug, Clone, Serialize)]
 pub struct LiveClone {
     /// Its record (as in the state dir).
     #[serde(flatten)]
     pub record: CloneRecord,
     /// The tag of the request that made it.
+    #[serde(skip)]
     pub request: String,
     /// The request's labels.
+    #[serde(skip)]
     pub labels: BTreeMap<String, String>,
+    /// Running or paused.
+    pub state: CloneState,
+    /// When its TTL ends (Unix epoch, ms); `None`: no expiry.
+    #[serde(skip)]
+    pub expires_at_ms: Option<u64>,
+}
+
+/// Why the engine reaped a clone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReapCause {
+    /// Its VMM exited on its own.
+    Exited,
+    /// [`Engine::kill`] or [`Engine::kill_matching`].
+    Killed,
+    /// Its TTL ran out.
+    TtlExpired,
+    /// [`Engine::shutdown`] with `kill_clones`.
+    Shutdown,
 }
 
 /// A clone the engine stopped or saw exit, and what its reclaim met.
@@ -335,6 +416,8 @@ pub struct Reaped {
     pub status: Option<i32>,
     /// Every error of the reclaim (files, isolation, record, slot).
     pub errors: Vec<String>,
+    /// Why it was reaped.
+    pub cause: ReapCause,
 }
 
 /// What [`Engine::shutdown`] did.
@@ -374,6 +457,7 @@ struct Req {
     ready: Ready,
     vmm_args: Vec<String>,
     labels: BTreeMap<String, String>,
+    ttl: Option<Duration>,
     plan: Arc<Plan>,
     isolation: Isolation,
     snapshot_tap: Option<(String, String)>,
@@ -677,6 +761,8 @@ impl<S: Slots + 'static> Engine<S> {
                 record: r.record.clone(),
                 request: r.request.clone(),
                 labels: r.labels.clone(),
+                state: CloneState::Running,
+                expires_at_ms: r.record.expires_at_ms,
             })
             .collect();
         v.sort_by(|a, b| a.record.id.cmp(&b.record.id));
@@ -968,6 +1054,7 @@ impl<S: Slots + 'static> Core<S> {
             ready: r.ready,
             vmm_args: r.vmm_args,
             labels: r.labels,
+            ttl: r.ttl,
             plan,
             isolation,
             started,
@@ -1398,6 +1485,10 @@ impl<S: Slots + 'static> Core<S> {
                     created_at: crate::snapshot::manifest::rfc3339_utc(std::time::SystemTime::now()),
                     cgroup: p.cgroup.clone(),
                     jail_dir: p.jail_dir.clone(),
+                    request: Some(r.tag.clone()),
+                    labels: r.labels.clone(),
+                    expires_at_ms: r.ttl.map(ttl::deadline_ms),
+                    paused: false,
                 };
                 if let Err(e) = self.state.put(&record) {
                     tracing::warn!(clone = %id, "cannot record clone: {}", crate::error::chain(&e));
@@ -1532,6 +1623,7 @@ impl<S: Slots + 'static> Core<S> {
             vmm: fate,
             status,
             errors,
+            cause: ReapCause::Exited,
         };
         lock(&self.exit_subs).retain(|s| s.send(reaped.clone()).is_ok());
         reaped
