@@ -24,6 +24,8 @@ pub mod ops;
 pub mod paths;
 /// The pipeline stages: slot, pool, storage, launch, restore, ready and the drivers.
 pub mod pipeline;
+/// `wasp serve`: the HTTP API over the engine, metrics, auth and the daemon's life.
+pub mod serve;
 /// Snapshot directories: manifest, check, adopt, synth, warm and golden creation.
 pub mod snapshot;
 /// The stand-in VMM, its userspace guest network and the built-in test guest.

@@ -136,7 +136,7 @@ pub trait Backend: Send + Sync + 'static {
 }
 
 /// What [`EngineBackend`] needs besides the engine.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct EngineBackendOptions {
     /// The daemon's runtime dir (snapshots given by directory are opened
     /// on it).
@@ -154,6 +154,16 @@ pub struct EngineBackendOptions {
     /// Checks a snapshot's guest network against the config (the CLI's
     /// `Config::check_guest`).
     pub check_guest: Option<Arc<GuestCheck>>,
+}
+
+impl std::fmt::Debug for EngineBackendOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EngineBackendOptions")
+            .field("runtime_dir", &self.runtime_dir)
+            .field("pool", &self.pool)
+            .field("ready", &self.ready)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A snapshot check run before a snapshot is accepted.
@@ -230,7 +240,7 @@ impl<S: Slots + 'static> EngineBackend<S> {
         if let Some(o) = &self.opts.owner {
             store = store.with_owner(o.clone());
         }
-        if store.manifest().vmm != self.vmm {
+        if store.manifest().vmm.to_string() != self.vmm {
             return Err(BackendError::Invalid(format!(
                 "snapshot {} was made by {}, this daemon runs {}",
                 dir.display(),
@@ -284,7 +294,7 @@ fn info(name: &str, dir: &Path, store: &CloneStore) -> SnapshotInfo {
     SnapshotInfo {
         name: name.to_owned(),
         dir: dir.to_owned(),
-        vmm: m.vmm.clone(),
+        vmm: m.vmm.to_string(),
         vmm_version: m.vmm_version.clone(),
         mem_mib: m.mem_mib,
         vcpus: m.vcpus,

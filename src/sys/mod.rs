@@ -12,6 +12,7 @@ pub mod mem;
 pub mod mntns;
 pub mod mount;
 pub mod netns;
+pub mod notify;
 pub mod pagecache;
 pub mod pidfd;
 pub mod poll;
