@@ -147,6 +147,11 @@ pub struct AdoptBody {
 /// the field's path. A message about a field under `secrets` never quotes
 /// the value.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(ApiError::bad_request(
+            "the body must be one JSON object (see docs/api/openapi.yaml)",
+        ));
+    }
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let r: Result<T, _> = serde_path_to_error::deserialize(&mut de);
     let v = match r {
@@ -159,7 +164,12 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
                     "{path}: each secret must be a string (the value is not shown: {})",
                     inner.classify_name()
                 )
-            } else if path == "." || path.is_empty() {
+            } else if matches!(
+                inner.classify(),
+                serde_json::error::Category::Syntax | serde_json::error::Category::Eof
+            ) {
+                format!("the body is not valid JSON: {inner}")
+            } else if path == "." || path == "?" || path.is_empty() {
                 format!("the body is not the JSON object this route takes: {inner}")
             } else {
                 format!("{path}: {inner}")

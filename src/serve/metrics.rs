@@ -9,7 +9,7 @@
 //! | `wasp_clone_failures_total` | counter | `phase`, `reason` |
 //! | `wasp_vmm_exits_total` | counter | `cause` (`exited`, `killed`, `ttl_expired`, `shutdown`) |
 //! | `wasp_ttl_expiries_total` | counter | |
-//! | `wasp_http_requests_total` | counter | `method`, `route` (the matched template), `status` |
+//! | `wasp_http_requests_total` | counter | `method`, `route` (the matched template, `{id}` written `:id`), `status` |
 //! | `wasp_http_request_duration_seconds` | histogram | `route` |
 //! | `wasp_build_info` | info | `version` |
 
@@ -221,8 +221,12 @@ impl Metrics {
         }
     }
 
-    /// Counts one HTTP request.
+    /// Counts one HTTP request. The route's `{param}` is written `:param`
+    /// in the label (some text-format parsers split label values on
+    /// braces).
     pub fn observe_request(&self, method: &str, route: &str, status: u16, secs: f64) {
+        let route = route.replace('{', ":").replace('}', "");
+        let route = route.as_str();
         self.requests
             .get_or_create(&Request {
                 method: method.to_owned(),

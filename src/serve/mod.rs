@@ -448,3 +448,6 @@ impl Server {
         r
     }
 }
+
+#[cfg(test)]
+mod tests;
