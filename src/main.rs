@@ -27,7 +27,13 @@ fn main() -> ExitCode {
             };
         }
     };
-    cli::init_logging(args.verbose);
+    // The daemon logs one line per request: info unless -v asks for more.
+    let daemon = matches!(args.command, cli::Command::Serve(_));
+    cli::init_logging(if daemon {
+        args.verbose.max(1)
+    } else {
+        args.verbose
+    });
     match cli::run(args) {
         Ok(code) => code,
         Err(e) => {

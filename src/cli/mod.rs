@@ -11,6 +11,7 @@ mod doctor;
 pub mod pool;
 mod progress;
 pub mod reconcile;
+pub mod serve;
 mod snapshot;
 mod snapshot_create;
 pub mod spawn;
@@ -50,6 +51,9 @@ pub enum Command {
     Ls(spawn::LsArgs),
     /// Stop clones (exactly the VMMs wasp started) and remove their files.
     Kill(spawn::KillArgs),
+    /// The per-host daemon: an HTTP API (unix socket, or TCP with a token)
+    /// over one long-lived engine, with metrics.
+    Serve(Box<serve::ServeArgs>),
     /// Snapshot store: check, adopt, synth, warm.
     Snapshot(snapshot::SnapshotArgs),
     /// The pre-warmed pool of network slots.
@@ -106,6 +110,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Kill(a) => {
             require_root("kill")?;
             spawn::kill(a, cfg()?)
+        }
+        Command::Serve(a) => {
+            require_root("serve")?;
+            serve::serve_cmd(*a, cfg()?)
         }
         Command::Snapshot(a) => snapshot::run(a, &cfg),
         Command::Pool(a) => {

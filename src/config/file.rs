@@ -77,6 +77,22 @@ struct RawFile {
     spawn: RawSpawn,
     #[serde(default)]
     jailer: RawJailer,
+    #[serde(default)]
+    serve: RawServe,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServe {
+    listen: Option<Vec<Parsed<super::Listen>>>,
+    socket_group: Option<String>,
+    token_file: Option<Parsed<AbsPath>>,
+    metrics: Option<Parsed<std::net::SocketAddr>>,
+    max_count: Option<NonZeroUsize>,
+    body_limit: Option<NonZeroUsize>,
+    warm: Option<usize>,
+    low_water: Option<usize>,
+    high_water: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -218,6 +234,7 @@ impl Config {
             paths,
             spawn,
             jailer,
+            serve,
         } = raw;
         c.pool.set(pool.name, src);
         c.cidr.set(pool.cidr.map(|v| v.0), src);
@@ -241,6 +258,21 @@ impl Config {
         c.ready.set(spawn.ready.map(|v| v.0), src);
         c.parallel.set(spawn.parallel.map(NonZeroUsize::get), src);
         c.jailer_ids.set(jailer.id_range.map(|v| v.0), src);
+        c.serve_listen.set(
+            serve.listen.map(|v| v.into_iter().map(|l| l.0).collect()),
+            src,
+        );
+        c.serve_socket_group.set(serve.socket_group.map(Some), src);
+        c.serve_token_file
+            .set(serve.token_file.map(|v| Some(v.0 .0)), src);
+        c.serve_metrics.set(serve.metrics.map(|v| Some(v.0)), src);
+        c.serve_max_count
+            .set(serve.max_count.map(NonZeroUsize::get), src);
+        c.serve_body_limit
+            .set(serve.body_limit.map(NonZeroUsize::get), src);
+        c.serve_warm.set(serve.warm, src);
+        c.serve_low_water.set(serve.low_water, src);
+        c.serve_high_water.set(serve.high_water, src);
         c.slot_net()
             .validate()
             .map_err(|source| ConfigError::Invalid {

@@ -53,6 +53,58 @@ pub const DEFAULT_READY: Ready = Ready::Tcp(22);
 /// The host port clones may reach on the bridge address unless
 /// `pool.allow_host` says otherwise.
 pub const DEFAULT_ALLOW_HOST_PORT: u16 = 8080;
+/// `wasp serve`'s default API socket.
+pub const DEFAULT_SOCKET: &str = "/run/wasp/wasp.sock";
+/// `wasp serve`'s default largest `count` of one request.
+pub const DEFAULT_MAX_COUNT: usize = 1000;
+/// `wasp serve`'s default largest request body, bytes.
+pub const DEFAULT_BODY_LIMIT: usize = 64 * 1024;
+/// `wasp serve`'s default warm pool: free slots built at start.
+pub const DEFAULT_SERVE_WARM: usize = 16;
+/// `wasp serve`'s default refill mark.
+pub const DEFAULT_SERVE_LOW_WATER: usize = 8;
+/// `wasp serve`'s default high-water mark.
+pub const DEFAULT_SERVE_HIGH_WATER: usize = 256;
+
+/// Where `wasp serve` listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Listen {
+    /// A unix socket (mode 0660, `serve.socket_group`).
+    Unix(PathBuf),
+    /// TCP (only with a token file).
+    Tcp(std::net::SocketAddr),
+}
+
+impl std::str::FromStr for Listen {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if let Some(p) = s.strip_prefix("unix:") {
+            let p = PathBuf::from(p);
+            if !p.is_absolute() {
+                return Err(format!("{s:?}: the socket path must be absolute"));
+            }
+            Ok(Listen::Unix(p))
+        } else if let Some(a) = s.strip_prefix("tcp:") {
+            a.parse()
+                .map(Listen::Tcp)
+                .map_err(|e| format!("{s:?}: {a:?} is not ADDR:PORT ({e})"))
+        } else {
+            Err(format!(
+                "{s:?} is not unix:PATH or tcp:ADDR:PORT (e.g. unix:{DEFAULT_SOCKET}, tcp:0.0.0.0:7070)"
+            ))
+        }
+    }
+}
+
+impl fmt::Display for Listen {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Listen::Unix(p) => write!(f, "unix:{}", p.display()),
+            Listen::Tcp(a) => write!(f, "tcp:{a}"),
+        }
+    }
+}
+
 /// Largest config file wasp reads.
 pub const MAX_FILE_BYTES: u64 = 1 << 20;
 
@@ -171,6 +223,24 @@ pub struct Config {
     /// `jailer.id_range`: in jailer mode each clone's uid and gid, one
     /// number of this range per clone.
     pub jailer_ids: Setting<IdRange>,
+    /// `serve.listen`: the daemon's API listeners.
+    pub serve_listen: Setting<Vec<Listen>>,
+    /// `serve.socket_group`: the unix sockets' group (`None`: root's).
+    pub serve_socket_group: Setting<Option<String>>,
+    /// `serve.token_file`: the TCP listeners' bearer token file.
+    pub serve_token_file: Setting<Option<PathBuf>>,
+    /// `serve.metrics`: a separate metrics listener.
+    pub serve_metrics: Setting<Option<std::net::SocketAddr>>,
+    /// `serve.max_count`: the largest `count` of one request.
+    pub serve_max_count: Setting<usize>,
+    /// `serve.body_limit`: the largest request body, bytes.
+    pub serve_body_limit: Setting<usize>,
+    /// `serve.warm`: free slots the daemon's pool holds warm.
+    pub serve_warm: Setting<usize>,
+    /// `serve.low_water`: the background refill starts below this.
+    pub serve_low_water: Setting<usize>,
+    /// `serve.high_water`: free slots above this are destroyed.
+    pub serve_high_water: Setting<usize>,
 }
 
 impl Default for Config {
@@ -196,6 +266,15 @@ impl Default for Config {
             ready: Setting::default(DEFAULT_READY),
             parallel: Setting::default(DEFAULT_PARALLEL),
             jailer_ids: Setting::default(DEFAULT_ID_RANGE),
+            serve_listen: Setting::default(vec![Listen::Unix(DEFAULT_SOCKET.into())]),
+            serve_socket_group: Setting::default(None),
+            serve_token_file: Setting::default(None),
+            serve_metrics: Setting::default(None),
+            serve_max_count: Setting::default(DEFAULT_MAX_COUNT),
+            serve_body_limit: Setting::default(DEFAULT_BODY_LIMIT),
+            serve_warm: Setting::default(DEFAULT_SERVE_WARM),
+            serve_low_water: Setting::default(DEFAULT_SERVE_LOW_WATER),
+            serve_high_water: Setting::default(DEFAULT_SERVE_HIGH_WATER),
         }
     }
 }

@@ -19,6 +19,9 @@ impl Config {
                 ("pool.connect_uids", Source::Default) => Some("root only"),
                 ("paths.firecracker", _) if value.is_null() => Some("looked up on PATH"),
                 ("paths.jailer", _) if value.is_null() => Some("beside firecracker, then on PATH"),
+                ("serve.socket_group", _) if value.is_null() => Some("root's group"),
+                ("serve.token_file", _) if value.is_null() => Some("none: no TCP listener"),
+                ("serve.metrics", _) if value.is_null() => Some("only on the API listeners"),
                 _ => None,
             };
             Entry {
@@ -98,6 +101,54 @@ impl Config {
                 "jailer.id_range",
                 &self.jailer_ids,
                 json!(self.jailer_ids.value.to_string()),
+            ),
+            e(
+                "serve.listen",
+                &self.serve_listen,
+                json!(self
+                    .serve_listen
+                    .value
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()),
+            ),
+            e(
+                "serve.socket_group",
+                &self.serve_socket_group,
+                json!(self.serve_socket_group.value),
+            ),
+            e(
+                "serve.token_file",
+                &self.serve_token_file,
+                opt_path(&self.serve_token_file.value),
+            ),
+            e(
+                "serve.metrics",
+                &self.serve_metrics,
+                self.serve_metrics
+                    .value
+                    .map_or(Value::Null, |a| json!(a.to_string())),
+            ),
+            e(
+                "serve.max_count",
+                &self.serve_max_count,
+                json!(self.serve_max_count.value),
+            ),
+            e(
+                "serve.body_limit",
+                &self.serve_body_limit,
+                json!(self.serve_body_limit.value),
+            ),
+            e("serve.warm", &self.serve_warm, json!(self.serve_warm.value)),
+            e(
+                "serve.low_water",
+                &self.serve_low_water,
+                json!(self.serve_low_water.value),
+            ),
+            e(
+                "serve.high_water",
+                &self.serve_high_water,
+                json!(self.serve_high_water.value),
             ),
         ]
     }

@@ -51,58 +51,14 @@ pub use routes::{router, App, Limits, Route, ROUTES};
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::sync::Arc;
 
 use thiserror::Error;
 
-/// The default API socket.
-pub const DEFAULT_SOCKET: &str = "/run/wasp/wasp.sock";
+pub use crate::config::{Listen, DEFAULT_BODY_LIMIT, DEFAULT_MAX_COUNT, DEFAULT_SOCKET};
+
 /// The variable naming a daemon for the CLI (`unix:PATH` or a path).
 pub const SERVER_ENV: &str = "WASP_SERVER";
-/// Default largest `count` of one request.
-pub const DEFAULT_MAX_COUNT: usize = 1000;
-/// Default largest request body.
-pub const DEFAULT_BODY_LIMIT: usize = 64 * 1024;
-
-/// Where to listen.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Listen {
-    /// A unix socket (mode 0660, the configured group).
-    Unix(PathBuf),
-    /// TCP (needs a token).
-    Tcp(SocketAddr),
-}
-
-impl FromStr for Listen {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        if let Some(p) = s.strip_prefix("unix:") {
-            let p = PathBuf::from(p);
-            if !p.is_absolute() {
-                return Err(format!("{s:?}: the socket path must be absolute"));
-            }
-            Ok(Listen::Unix(p))
-        } else if let Some(a) = s.strip_prefix("tcp:") {
-            a.parse()
-                .map(Listen::Tcp)
-                .map_err(|e| format!("{s:?}: {a:?} is not ADDR:PORT ({e})"))
-        } else {
-            Err(format!(
-                "{s:?} is not unix:PATH or tcp:ADDR:PORT (e.g. unix:{DEFAULT_SOCKET}, tcp:0.0.0.0:7070)"
-            ))
-        }
-    }
-}
-
-impl std::fmt::Display for Listen {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Listen::Unix(p) => write!(f, "unix:{}", p.display()),
-            Listen::Tcp(a) => write!(f, "tcp:{a}"),
-        }
-    }
-}
 
 /// How the daemon serves.
 #[derive(Debug, Clone)]
