@@ -51,6 +51,15 @@ impl<S: Slots + 'static> Engine<S> {
     }
 }
 
+/// Reaps the recorded VMM when it has exited and is a child of this
+/// process (an engine of this process started it before this one adopted
+/// it): checked by its start time, so a recycled pid is never reaped.
+pub(crate) fn reap_if_ours(r: &CloneRecord) {
+    if state::pid_start_time(r.pid) == Some(r.pid_start) {
+        sys::pidfd::reap_exited_child(r.pid);
+    }
+}
+
 impl<S: Slots + 'static> Core<S> {
     /// Adopts the live clones recorded for `pool` (on this engine's host
     /// netns) and reclaims the dead ones; see the module docs.
@@ -104,8 +113,8 @@ impl<S: Slots + 'static> Core<S> {
                     if let Some(fd) = pidfd.filter(|_| state::same_process(r.pid, r.pid_start)) {
                         let _ = sys::pidfd::pidfd_send_signal(&fd, libc::SIGKILL);
                         let _ = sys::pidfd::pidfd_exited(&fd, 5_000);
-                        sys::pidfd::reap_exited_child(r.pid);
                     }
+                    reap_if_ours(&r);
                     rep.errors.extend(self.remove_recorded_files(&r));
                     if let Err(e) = self.state.remove(&r.id) {
                         rep.errors.push(crate::error::chain(&e));

@@ -1728,7 +1728,7 @@ impl<S: Slots + 'static> Core<S> {
                 // case it is our child after all (an engine of this
                 // process adopted it), else its parent (or init) does.
                 let _ = sys::pidfd::pidfd_exited(&run.pidfd, 5_000);
-                sys::pidfd::reap_exited_child(run.record.pid);
+                adopt::reap_if_ours(&run.record);
                 None
             }
         };
