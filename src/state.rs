@@ -500,6 +500,33 @@ pub fn same_process(pid: i32, start: u64) -> bool {
     parse_start_time(&stat) == Some(start) && !matches!(parse_state(&stat), Some('Z' | 'X'))
 }
 
+/// Why the clone `r` describes is not alive in its slot, or `None` when
+/// it is: its VMM is the recorded process (pid and start time,
+/// [`same_process`]), that process lives in the recorded slot netns (the
+/// namespace inode of `/run/netns/<slot>`), and the clone's directory
+/// exists. Shared by reconcile and by an engine adopting clones after a
+/// restart; the caller pins the process with a pidfd first.
+pub fn clone_health(r: &CloneRecord) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let ino = |p: &Path| fs::metadata(p).ok().map(|m| m.ino());
+    if !same_process(r.pid, r.pid_start) {
+        return Some(format!("its VMM (pid {}) is gone", r.pid));
+    }
+    let Some(slot_ino) = ino(&crate::sys::netns::path_of(&r.netns)) else {
+        return Some(format!("its slot netns {} is gone", r.netns));
+    };
+    if ino(Path::new(&format!("/proc/{}/ns/net", r.pid))) != Some(slot_ino) {
+        return Some(format!(
+            "its VMM (pid {}) is not in slot netns {}",
+            r.pid, r.netns
+        ));
+    }
+    if !r.clone_dir.is_dir() {
+        return Some(format!("its directory {} is gone", r.clone_dir.display()));
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

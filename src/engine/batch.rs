@@ -409,6 +409,22 @@ impl PoolSlots {
     pub fn pool(&self) -> &crate::pipeline::pool::Pool<crate::pipeline::slot::Kernel> {
         &self.pool
     }
+
+    /// Slots set aside because live clones hold them (not handed out).
+    pub fn aside(&self) -> usize {
+        self.aside.len()
+    }
+
+    fn lease_of(&self, s: crate::pipeline::slot::Slot) -> SlotLease {
+        SlotLease {
+            pool: self.pool_name.clone(),
+            index: s.index,
+            netns: s.netns,
+            clone_ip: s.clone_ip,
+            tap: self.tap.clone(),
+            guest_ip: Some(self.pool.ops().net().guest_ip),
+        }
+    }
 }
 
 impl Slots for PoolSlots {
@@ -422,14 +438,7 @@ impl Slots for PoolSlots {
                     .ok_or("the slot pool is empty after warming")?
             }
         };
-        Ok(SlotLease {
-            pool: self.pool_name.clone(),
-            index: s.index,
-            netns: s.netns,
-            clone_ip: s.clone_ip,
-            tap: self.tap.clone(),
-            guest_ip: Some(self.pool.ops().net().guest_ip),
-        })
+        Ok(self.lease_of(s))
     }
 
     fn give_back(&mut self, slot: SlotLease) -> Result<(), SlotError> {
@@ -452,6 +461,40 @@ impl Slots for PoolSlots {
 
     fn status(&self) -> Option<crate::pipeline::pool::PoolStatus> {
         Some(self.pool.status())
+    }
+
+    fn adopt(&mut self, index: u32) -> Result<SlotLease, SlotError> {
+        let at = self
+            .aside
+            .iter()
+            .position(|s| s.index == index)
+            .ok_or_else(|| {
+                format!(
+                    "slot {index} of pool {} is not held for a live clone by this process (another process leases it, or it was broken and removed)",
+                    self.pool_name
+                )
+            })?;
+        let s = self.aside.swap_remove(at);
+        Ok(self.lease_of(s))
+    }
+
+    fn set_marks(
+        &mut self,
+        marks: crate::engine::PoolMarks,
+    ) -> Result<crate::pipeline::pool::PoolStatus, SlotError> {
+        Ok(self
+            .pool
+            .set_marks(marks.size, marks.low_water, marks.high_water)?)
+    }
+
+    fn max_slots(&self) -> usize {
+        self.pool.ops().net().max_slots()
+    }
+
+    fn is_warm(&self) -> bool {
+        let st = self.pool.status();
+        // Warm at its size, or as warm as the CIDR lets it be.
+        st.free >= st.size || st.free + st.in_use + self.aside.len() >= self.max_slots()
     }
 }
 

@@ -1,44 +1,158 @@
 //! Control of live clones: look-up, pause and resume through the VMM's
 //! API, TTL changes, and kills by label.
+//!
+//! Pause and resume are Firecracker's `PATCH /vm` over the clone's API
+//! socket (its path is in the record). The clone keeps its slot, files,
+//! pidfd watch and TTL; the paused state is recorded, so an engine that
+//! adopts the clone after a restart knows it. The API call is made with
+//! the live set unlocked; a clone killed meanwhile is reported as gone.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use super::{Engine, EngineError, LiveClone, Reaped};
+use super::{lock, ttl, Engine, EngineError, LiveClone, ReapCause, Reaped};
 use crate::engine::batch::Slots;
+use crate::vmm::api::{Client, VmRunState};
+
+/// How long a pause or resume may take over the API socket.
+const VMM_API_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// True when `have` holds every pair of `want`.
+pub(crate) fn labels_match(
+    have: &BTreeMap<String, String>,
+    want: &BTreeMap<String, String>,
+) -> bool {
+    want.iter().all(|(k, v)| have.get(k) == Some(v))
+}
 
 impl<S: Slots + 'static> Engine<S> {
     /// The live clone `id`, if this engine runs it.
     pub fn get(&self, id: &str) -> Option<LiveClone> {
-        let _ = id;
-        todo!()
+        let live = lock(&self.core.live);
+        let t = live.by_id.get(id)?;
+        live.by_token.get(t).map(|r| r.live())
     }
 
     /// Pauses the clone's vCPUs (`PATCH /vm {"state":"Paused"}` over its
     /// API socket). It keeps its slot, files and TTL; the paused state is
     /// recorded. A paused clone whose VMM exits is still reaped.
+    /// [`EngineError::WrongState`] when it is paused already.
     pub fn pause(&self, id: &str) -> Result<LiveClone, EngineError> {
-        let _ = id;
-        todo!()
+        self.set_paused(id, true)
     }
 
     /// Resumes a paused clone (`PATCH /vm {"state":"Resumed"}`).
+    /// [`EngineError::WrongState`] when it is running.
     pub fn resume(&self, id: &str) -> Result<LiveClone, EngineError> {
-        let _ = id;
-        todo!()
+        self.set_paused(id, false)
+    }
+
+    fn set_paused(&self, id: &str, pause: bool) -> Result<LiveClone, EngineError> {
+        let gone = || EngineError::NoClone(id.to_owned());
+        let sock = {
+            let mut live = lock(&self.core.live);
+            let (_, r) = live.get_mut(id).ok_or_else(gone)?;
+            if r.record.paused == pause {
+                let c = r.live();
+                return Err(EngineError::WrongState {
+                    id: id.to_owned(),
+                    state: c.state,
+                    hint: if pause {
+                        "resume it first, or leave it paused"
+                    } else {
+                        "pause it first"
+                    },
+                });
+            }
+            r.record.api_sock.clone()
+        };
+        let call = if pause {
+            "PATCH /vm Paused"
+        } else {
+            "PATCH /vm Resumed"
+        };
+        let vmm_err = |source| EngineError::Vmm {
+            id: id.to_owned(),
+            call,
+            source,
+        };
+        let mut c = Client::connect(&sock).map_err(vmm_err)?;
+        c.set_timeout(VMM_API_TIMEOUT);
+        c.patch_vm(if pause {
+            VmRunState::Paused
+        } else {
+            VmRunState::Resumed
+        })
+        .map_err(vmm_err)?;
+        let mut live = lock(&self.core.live);
+        let (_, r) = live.get_mut(id).ok_or_else(gone)?;
+        r.record.paused = pause;
+        if let Err(e) = self.core.state.put(&r.record) {
+            tracing::warn!(clone = %id, "cannot record the paused state: {}", crate::error::chain(&e));
+        }
+        Ok(r.live())
     }
 
     /// Sets the clone's deadline to now + `ttl` (extends or shortens it);
-    /// `None` clears it. The deadline is recorded.
+    /// `None` clears it. The deadline is recorded; a deadline already
+    /// past stops the clone at once (on the reaper's thread).
     pub fn set_ttl(&self, id: &str, ttl: Option<Duration>) -> Result<LiveClone, EngineError> {
-        let _ = (id, ttl);
-        todo!()
+        let mut live = lock(&self.core.live);
+        let (token, r) = live
+            .get_mut(id)
+            .ok_or_else(|| EngineError::NoClone(id.to_owned()))?;
+        let old = r.record.expires_at_ms;
+        r.record.expires_at_ms = ttl.map(ttl::deadline_ms);
+        if let Err(e) = self.core.state.put(&r.record) {
+            tracing::warn!(clone = %id, "cannot record the TTL: {}", crate::error::chain(&e));
+        }
+        let (new, c) = (r.record.expires_at_ms, r.live());
+        if let Some(d) = old {
+            live.deadlines.remove(&(d, token));
+        }
+        if let Some(d) = new {
+            live.deadlines.insert((d, token));
+        }
+        self.core.arm_timer(&live);
+        Ok(c)
     }
 
     /// Stops every live clone whose labels include all of `labels` (every
     /// clone when `labels` is empty), as [`Engine::kill`] does each.
     pub fn kill_matching(&self, labels: &BTreeMap<String, String>, grace: Duration) -> Vec<Reaped> {
-        let _ = (labels, grace);
-        todo!()
+        let runs: Vec<_> = {
+            let mut live = lock(&self.core.live);
+            let ids: Vec<String> = live
+                .by_token
+                .values()
+                .filter(|r| labels_match(&r.record.labels, labels))
+                .map(|r| r.record.id.clone())
+                .collect();
+            ids.iter().filter_map(|id| live.take_id(id)).collect()
+        };
+        self.core.stop_many(runs, grace, ReapCause::Killed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn a_clone_matches_when_its_labels_include_every_pair_asked() {
+        let have = m(&[("team", "a"), ("job", "7")]);
+        assert!(labels_match(&have, &m(&[])));
+        assert!(labels_match(&have, &m(&[("team", "a")])));
+        assert!(labels_match(&have, &m(&[("team", "a"), ("job", "7")])));
+        assert!(!labels_match(&have, &m(&[("team", "b")])));
+        assert!(!labels_match(&have, &m(&[("team", "a"), ("x", "1")])));
+        assert!(!labels_match(&m(&[]), &m(&[("team", "a")])));
     }
 }

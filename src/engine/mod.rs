@@ -106,6 +106,7 @@ use crate::sys;
 use crate::sys::epoll::Epoll;
 use crate::sys::spawn::Process;
 use crate::sys::tap::EventFd;
+use crate::sys::timerfd::TimerFd;
 use crate::vmm::api::{BackendType, NetworkOverride};
 
 /// Admission workers run at once: the launch waits for the VMM's exec,
@@ -114,6 +115,8 @@ const ADMISSION_WORKERS: usize = 2;
 
 /// The reaper's token for its stop eventfd.
 const STOP_TOKEN: u64 = u64::MAX;
+/// The reaper's token for its TTL timer.
+const TIMER_TOKEN: u64 = u64::MAX - 1;
 
 /// What an engine is opened with.
 #[derive(Debug, Clone)]
@@ -499,15 +502,45 @@ struct Sched {
     seq: usize,
 }
 
-/// A clone that is up, watched through its pidfd.
+/// A clone that is up, watched through its pidfd. Its record (labels,
+/// request tag, TTL deadline, paused) is the one truth about it.
 struct Running {
     record: CloneRecord,
-    child: Process,
+    /// The VMM as this process's child; `None` for an adopted clone (its
+    /// VMM is another process's child, or init's).
+    child: Option<Process>,
     pidfd: OwnedFd,
     slot: SlotLease,
-    store: Arc<CloneStore>,
-    request: String,
-    labels: BTreeMap<String, String>,
+    /// The store its files came from; `None` for an adopted clone, whose
+    /// directory is removed by its record (when it carries the state
+    /// dir's mark).
+    store: Option<Arc<CloneStore>>,
+}
+
+impl Running {
+    /// The tag of the request that made it.
+    fn tag(&self) -> String {
+        self.record.request.clone().unwrap_or_else(|| {
+            let id = &self.record.id;
+            id.rsplit_once('-')
+                .map_or(id.as_str(), |(t, _)| t)
+                .to_owned()
+        })
+    }
+
+    fn live(&self) -> LiveClone {
+        LiveClone {
+            record: self.record.clone(),
+            request: self.tag(),
+            labels: self.record.labels.clone(),
+            state: if self.record.paused {
+                CloneState::Paused
+            } else {
+                CloneState::Running
+            },
+            expires_at_ms: self.record.expires_at_ms,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -517,18 +550,29 @@ struct Live {
     next_token: u64,
     /// Tags in use (by a request or a live clone), with their users.
     tags: HashMap<String, usize>,
+    /// TTL deadlines (Unix epoch ms) and their clones' tokens, earliest
+    /// first.
+    deadlines: std::collections::BTreeSet<(u64, u64)>,
 }
 
 impl Live {
     fn take_id(&mut self, id: &str) -> Option<Running> {
-        let t = self.by_id.remove(id)?;
-        self.by_token.remove(&t)
+        let t = *self.by_id.get(id)?;
+        self.take_token(t)
     }
 
     fn take_token(&mut self, t: u64) -> Option<Running> {
         let r = self.by_token.remove(&t)?;
         self.by_id.remove(&r.record.id);
+        if let Some(d) = r.record.expires_at_ms {
+            self.deadlines.remove(&(d, t));
+        }
         Some(r)
+    }
+
+    fn get_mut(&mut self, id: &str) -> Option<(u64, &mut Running)> {
+        let t = *self.by_id.get(id)?;
+        self.by_token.get_mut(&t).map(|r| (t, r))
     }
 
     fn unref_tag(&mut self, tag: &str) {
@@ -562,6 +606,12 @@ struct Core<S> {
     live: Mutex<Live>,
     epoll: Epoll,
     reaper_stop: EventFd,
+    /// Armed at the earliest TTL deadline of the live clones.
+    timer: TimerFd,
+    /// What [`Engine::open`] adopted and reclaimed.
+    adopt_report: Mutex<AdoptReport>,
+    /// The pool reached its warm target once (latched).
+    warm: std::sync::atomic::AtomicBool,
     /// Wakes the driver when a job is sent (or the jobs end).
     wake: EventFd,
     /// The driver thread's CPU time (ns), as of its last feed call.
@@ -603,20 +653,31 @@ impl<S: Slots + 'static> std::fmt::Debug for Engine<S> {
 impl Engine<PoolSlots> {
     /// Opens an engine on the real slot pool: sets up the host side,
     /// reconciles the pool's slots (those live clones recorded in the state
-    /// dir hold are set aside), warms it, and starts the refill when
-    /// `pool.low_water > 0`.
+    /// dir hold are set aside), warms it, starts the refill when
+    /// `pool.low_water > 0`, and adopts the live clones the state dir
+    /// records for this pool (reclaiming the dead ones; see
+    /// [`Engine::adopted`]). Run `wasp reconcile` (`ops::reconcile`)
+    /// first: it kills the VMMs a crash left without a record.
     pub fn open(cfg: EngineConfig, pool: PoolSetup) -> Result<Self, EngineError> {
         let in_use = state::Store::open(&cfg.state_dir)
             .map(|s| s.slots_in_use(&pool.net.pool))
             .unwrap_or_default();
         let pc = PoolConfig {
             low_water: pool.low_water,
+            size: pool.warm,
             high_water: pool.high_water,
             ..PoolConfig::default()
         };
+        let name = pool.net.pool.clone();
         let slots = PoolSlots::open_with(pool.net, &pool.host, pool.warm, in_use, pc)
             .map_err(EngineError::Pool)?;
-        Self::with_slots(cfg, slots)
+        let engine = Self::with_slots(cfg, slots)?;
+        let adopted = engine.core.adopt_all(&name);
+        for e in &adopted.errors {
+            tracing::warn!("adoption: {e}");
+        }
+        *lock(&engine.core.adopt_report) = adopted;
+        Ok(engine)
     }
 }
 
@@ -646,6 +707,10 @@ impl<S: Slots + 'static> Engine<S> {
         epoll
             .add(reaper_stop.as_fd(), STOP_TOKEN)
             .map_err(start_err("reaper's epoll"))?;
+        let timer = TimerFd::new().map_err(start_err("reaper's TTL timer"))?;
+        epoll
+            .add(timer.as_fd(), TIMER_TOKEN)
+            .map_err(start_err("reaper's epoll"))?;
         let core = Arc::new(Core {
             vmm: cfg.vmm,
             runtime_dir: cfg.runtime_dir,
@@ -671,6 +736,9 @@ impl<S: Slots + 'static> Engine<S> {
             live: Mutex::new(Live::default()),
             epoll,
             reaper_stop,
+            timer,
+            adopt_report: Mutex::new(AdoptReport::default()),
+            warm: std::sync::atomic::AtomicBool::new(false),
             wake: EventFd::new().map_err(start_err("driver's eventfd"))?,
             driver_cpu_ns: AtomicU64::new(0),
             driver_error: Mutex::new(None),
@@ -754,17 +822,7 @@ impl<S: Slots + 'static> Engine<S> {
     /// Every live clone of this engine, by id.
     pub fn list(&self) -> Vec<LiveClone> {
         let live = lock(&self.core.live);
-        let mut v: Vec<LiveClone> = live
-            .by_token
-            .values()
-            .map(|r| LiveClone {
-                record: r.record.clone(),
-                request: r.request.clone(),
-                labels: r.labels.clone(),
-                state: CloneState::Running,
-                expires_at_ms: r.record.expires_at_ms,
-            })
-            .collect();
+        let mut v: Vec<LiveClone> = live.by_token.values().map(Running::live).collect();
         v.sort_by(|a, b| a.record.id.cmp(&b.record.id));
         v
     }
@@ -775,7 +833,7 @@ impl<S: Slots + 'static> Engine<S> {
     pub fn kill(&self, id: &str, grace: Duration) -> Result<Reaped, EngineError> {
         let r = lock(&self.core.live).take_id(id);
         let r = r.ok_or_else(|| EngineError::NoClone(id.to_owned()))?;
-        Ok(self.core.stop(r, grace))
+        Ok(self.core.stop(r, grace, ReapCause::Killed))
     }
 
     /// The slot pool's counters, when the slot provider has them.
@@ -834,12 +892,9 @@ impl<S: Slots + 'static> Engine<S> {
             ..Default::default()
         };
         if kill_clones {
-            let ids: Vec<String> = lock(&self.core.live).by_id.keys().cloned().collect();
-            for id in ids {
-                if let Ok(r) = self.kill(&id, Duration::from_secs(2)) {
-                    rep.killed.push(r);
-                }
-            }
+            rep.killed = self
+                .core
+                .stop_all(Duration::from_secs(2), ReapCause::Shutdown);
         }
         if let Some(h) = t.reaper.take() {
             let _ = self.core.reaper_stop.signal();
@@ -964,11 +1019,21 @@ impl<S: Slots + 'static> Core<S> {
         if r.count == 0 || r.count > MAX_COUNT {
             return Err(SpawnError::Count(r.count));
         }
-        {
+        let queued = {
             let s = lock(&self.sched);
             if !s.accepting || s.driver_gone {
                 return Err(SpawnError::Stopped);
             }
+            // Clones accepted but not admitted yet hold nothing so far.
+            s.queue.iter().map(|(q, i)| q.count - i).sum::<usize>()
+        };
+        let possible = self.capacity().clones_possible.saturating_sub(queued);
+        if r.count > possible {
+            return Err(SpawnError::Overloaded {
+                asked: r.count,
+                possible,
+                retry_after: self.retry_after(),
+            });
         }
         let started = Instant::now();
         let store = match r.snapshot {
@@ -1510,12 +1575,10 @@ impl<S: Slots + 'static> Core<S> {
                 };
                 self.watch(Running {
                     record,
-                    child: p.child,
+                    child: Some(p.child),
                     pidfd: o.job.pidfd,
                     slot: p.slot,
-                    store: r.store.clone(),
-                    request: r.tag.clone(),
-                    labels: r.labels.clone(),
+                    store: Some(r.store.clone()),
                 });
                 let cpu = p.cpu + sys::thread_cpu_time().saturating_sub(cpu_start);
                 let row = CloneReport {
@@ -1539,7 +1602,7 @@ impl<S: Slots + 'static> Core<S> {
         }
     }
 
-    /// Starts watching a ready clone's pidfd.
+    /// Starts watching a live clone's pidfd (and its TTL).
     fn watch(&self, run: Running) {
         let mut live = lock(&self.live);
         let token = live.next_token;
@@ -1547,9 +1610,13 @@ impl<S: Slots + 'static> Core<S> {
         if let Err(e) = self.epoll.add(run.pidfd.as_fd(), token) {
             tracing::warn!(clone = %run.record.id, "cannot watch the VMM's exit: {e}");
         }
-        *live.tags.entry(run.request.clone()).or_default() += 1;
+        *live.tags.entry(run.tag()).or_default() += 1;
+        if let Some(d) = run.record.expires_at_ms {
+            live.deadlines.insert((d, token));
+        }
         live.by_id.insert(run.record.id.clone(), token);
         live.by_token.insert(token, run);
+        self.arm_timer(&live);
     }
 
     /// The reaper: waits on every live clone's pidfd at once; a VMM that
@@ -1569,53 +1636,117 @@ impl<S: Slots + 'static> Core<S> {
                 if t == STOP_TOKEN {
                     return;
                 }
+                if t == TIMER_TOKEN {
+                    self.expire();
+                    continue;
+                }
                 let run = lock(&self.live).take_token(t);
                 if let Some(run) = run {
                     tracing::info!(clone = %run.record.id, pid = run.record.pid, "the VMM exited; reclaiming its clone");
-                    self.reclaim(run, VmmFate::AlreadyGone);
+                    self.reclaim(run, VmmFate::AlreadyGone, ReapCause::Exited);
                 }
             }
         }
     }
 
+    /// Stops every live clone: SIGTERM to all, up to `grace` for them
+    /// (once, not per clone), then SIGKILL; reclaims each.
+    fn stop_all(&self, grace: Duration, cause: ReapCause) -> Vec<Reaped> {
+        let runs: Vec<Running> = {
+            let mut live = lock(&self.live);
+            let tokens: Vec<u64> = live.by_token.keys().copied().collect();
+            tokens
+                .into_iter()
+                .filter_map(|t| live.take_token(t))
+                .collect()
+        };
+        self.stop_many(runs, grace, cause)
+    }
+
+    /// Stops `runs` (taken out of the live set) together: SIGTERM to all,
+    /// up to `grace` once, then SIGKILL; reclaims each. Sorted by id.
+    fn stop_many(&self, runs: Vec<Running>, grace: Duration, cause: ReapCause) -> Vec<Reaped> {
+        let termed: Vec<bool> = runs.iter().map(|r| self.term(r)).collect();
+        let deadline = Instant::now() + grace;
+        let mut v: Vec<Reaped> = runs
+            .into_iter()
+            .zip(termed)
+            .map(|(r, t)| self.finish_stop(r, t, deadline, cause))
+            .collect();
+        v.sort_by(|a, b| a.id.cmp(&b.id));
+        v
+    }
+
     /// Stops a live clone (taken out of the live set) and reclaims it.
-    fn stop(&self, run: Running, grace: Duration) -> Reaped {
-        // No exit event for it from now on.
+    fn stop(&self, run: Running, grace: Duration, cause: ReapCause) -> Reaped {
+        let termed = self.term(&run);
+        self.finish_stop(run, termed, Instant::now() + grace, cause)
+    }
+
+    /// The first half of a stop: no exit event for the clone from now on,
+    /// and SIGTERM through its pidfd unless it is gone. True when the
+    /// signal went.
+    fn term(&self, run: &Running) -> bool {
         let _ = self.epoll.delete(run.pidfd.as_fd());
+        !sys::pidfd::pidfd_exited(&run.pidfd, 0).unwrap_or(false)
+            && sys::pidfd::pidfd_send_signal(&run.pidfd, libc::SIGTERM).is_ok()
+    }
+
+    /// The second half: until `deadline` for a VMM sent SIGTERM to exit,
+    /// then SIGKILL; then the reclaim.
+    fn finish_stop(
+        &self,
+        run: Running,
+        termed: bool,
+        deadline: Instant,
+        cause: ReapCause,
+    ) -> Reaped {
         let exited = |ms: u128| {
             sys::pidfd::pidfd_exited(&run.pidfd, ms.min(i32::MAX as u128) as i32).unwrap_or(false)
         };
-        let fate = if exited(0) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let fate = if !termed && exited(0) {
             VmmFate::AlreadyGone
-        } else if sys::pidfd::pidfd_send_signal(&run.pidfd, libc::SIGTERM).is_ok()
-            && exited(grace.as_millis())
-        {
+        } else if termed && exited(left.as_millis()) {
             VmmFate::Terminated
         } else {
             let _ = sys::pidfd::pidfd_send_signal(&run.pidfd, libc::SIGKILL);
             VmmFate::Killed
         };
-        self.reclaim(run, fate)
+        self.reclaim(run, fate, cause)
     }
 
     /// Reaps a clone's VMM (gone, or going after SIGKILL), removes its
     /// files, isolation and record, gives its slot back, and tells the
     /// exit subscribers.
-    fn reclaim(&self, mut run: Running, fate: VmmFate) -> Reaped {
+    fn reclaim(&self, mut run: Running, fate: VmmFate, cause: ReapCause) -> Reaped {
         let _ = self.epoll.delete(run.pidfd.as_fd());
-        let status = run.child.wait().ok().and_then(status_code);
+        let status = match &mut run.child {
+            Some(c) => c.wait().ok().and_then(status_code),
+            None => {
+                // Not our child: its exit shows on the pidfd; reap it in
+                // case it is our child after all (an engine of this
+                // process adopted it), else its parent (or init) does.
+                let _ = sys::pidfd::pidfd_exited(&run.pidfd, 5_000);
+                adopt::reap_if_ours(&run.record);
+                None
+            }
+        };
         let rec = &run.record;
-        let mut errors = self.remove_clone_files(
-            &run.store,
-            &rec.id,
-            rec.cgroup.as_deref(),
-            rec.jail_dir.as_deref(),
-        );
+        let mut errors = match &run.store {
+            Some(store) => self.remove_clone_files(
+                store,
+                &rec.id,
+                rec.cgroup.as_deref(),
+                rec.jail_dir.as_deref(),
+            ),
+            None => self.remove_recorded_files(rec),
+        };
         if let Err(e) = self.state.remove(&rec.id) {
             errors.push(crate::error::chain(&e));
         }
         errors.extend(self.give_back(&rec.id, run.slot.clone()));
-        lock(&self.live).unref_tag(&run.request);
+        lock(&self.live).unref_tag(&run.tag());
         let reaped = Reaped {
             id: rec.id.clone(),
             pid: rec.pid,
@@ -1623,7 +1754,7 @@ impl<S: Slots + 'static> Core<S> {
             vmm: fate,
             status,
             errors,
-            cause: ReapCause::Exited,
+            cause,
         };
         lock(&self.exit_subs).retain(|s| s.send(reaped.clone()).is_ok());
         reaped
