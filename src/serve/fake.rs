@@ -47,6 +47,7 @@ impl FakeBackend {
             pool: Mutex::new(PoolStatus {
                 free: 0,
                 in_use: 0,
+                size: 0,
                 low_water: 0,
                 high_water: 0,
                 refill_failures: 0,
@@ -67,6 +68,7 @@ impl FakeBackend {
         *lock(&f.pool) = PoolStatus {
             free: 4,
             in_use: 0,
+            size: 4,
             low_water: 0,
             high_water: 8,
             refill_failures: 0,
@@ -330,6 +332,7 @@ impl Backend for FakeBackend {
         }
         let mut p = lock(&self.pool);
         if let Some(s) = body.size {
+            p.size = s;
             p.free = s;
         }
         if let Some(l) = body.low_water {
