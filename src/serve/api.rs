@@ -215,8 +215,7 @@ fn check_labels(labels: &BTreeMap<String, String>, what: &str) -> Result<(), Api
 pub fn check_label(k: &str, v: &str, what: &str) -> Result<(), ApiError> {
     let key_ok = !k.is_empty()
         && k.len() <= MAX_LABEL_LEN
-        && k
-            .bytes()
+        && k.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"_.-/".contains(&b));
     if !key_ok {
         return Err(ApiError::unprocessable(format!(
@@ -367,8 +366,8 @@ mod tests {
 
     #[test]
     fn a_secret_of_the_wrong_type_is_not_quoted() {
-        let e = parse_json::<SpawnBody>(br#"{"snapshot":"s","secrets":{"K":98765431}}"#)
-            .unwrap_err();
+        let e =
+            parse_json::<SpawnBody>(br#"{"snapshot":"s","secrets":{"K":98765431}}"#).unwrap_err();
         assert_eq!(e.status.as_u16(), 400);
         assert!(!e.detail.contains("98765431"), "{}", e.detail);
         assert!(e.detail.contains("secrets.K"), "{}", e.detail);

@@ -152,10 +152,16 @@ mod tests {
         assert!(!e.contains("abcdef"), "{e}");
         let l = tmp.path().join("link");
         std::os::unix::fs::symlink(&p, &l).unwrap();
-        assert!(Token::from_file(&l).unwrap_err().to_string().contains("symlink"));
+        assert!(Token::from_file(&l)
+            .unwrap_err()
+            .to_string()
+            .contains("symlink"));
         let s = tmp.path().join("short");
         std::fs::write(&s, "abc").unwrap();
         std::fs::set_permissions(&s, std::fs::Permissions::from_mode(0o600)).unwrap();
-        assert!(Token::from_file(&s).unwrap_err().to_string().contains("too short"));
+        assert!(Token::from_file(&s)
+            .unwrap_err()
+            .to_string()
+            .contains("too short"));
     }
 }

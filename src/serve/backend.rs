@@ -15,7 +15,7 @@ use serde::Serialize;
 use thiserror::Error;
 
 use super::api::{AdoptBody, PoolBody, SnapshotBody, SpawnSpec};
-use crate::engine::batch::{SpawnError, SpawnReport, Slots};
+use crate::engine::batch::{Slots, SpawnError, SpawnReport};
 use crate::engine::{
     Capacity, Engine, EngineError, LiveClone, PoolMarks, Reaped, SnapshotSource, SpawnRequest,
 };
@@ -235,7 +235,11 @@ impl<S: Slots + 'static> EngineBackend<S> {
 
     fn open_store(&self, dir: &Path) -> Result<Arc<CloneStore>, BackendError> {
         let mut store = CloneStore::open(dir, &self.opts.runtime_dir, Mode::Auto).map_err(|e| {
-            BackendError::Invalid(format!("cannot open snapshot {}: {}", dir.display(), chain(&e)))
+            BackendError::Invalid(format!(
+                "cannot open snapshot {}: {}",
+                dir.display(),
+                chain(&e)
+            ))
         })?;
         if let Some(o) = &self.opts.owner {
             store = store.with_owner(o.clone());
@@ -249,9 +253,8 @@ impl<S: Slots + 'static> EngineBackend<S> {
             )));
         }
         if let Some(check) = &self.opts.check_guest {
-            check(store.manifest()).map_err(|e| {
-                BackendError::Invalid(format!("snapshot {}: {e}", dir.display()))
-            })?;
+            check(store.manifest())
+                .map_err(|e| BackendError::Invalid(format!("snapshot {}: {e}", dir.display())))?;
         }
         Ok(Arc::new(store))
     }
@@ -306,8 +309,7 @@ fn info(name: &str, dir: &Path, store: &CloneStore) -> SnapshotInfo {
 pub fn valid_snapshot_name(n: &str) -> bool {
     !n.is_empty()
         && n.len() <= 64
-        && n
-            .bytes()
+        && n.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
 }
 

@@ -158,7 +158,10 @@ impl Backend for FakeBackend {
                 retry_after_s: 3,
             });
         }
-        if !lock(&self.snapshots).iter().any(|s| s.name == spec.snapshot) {
+        if !lock(&self.snapshots)
+            .iter()
+            .any(|s| s.name == spec.snapshot)
+        {
             return Err(BackendError::Invalid(format!(
                 "no snapshot named {:?}",
                 spec.snapshot

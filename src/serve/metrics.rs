@@ -148,7 +148,11 @@ impl Metrics {
             exits.clone(),
         );
         let ttl = Counter::default();
-        registry.register("wasp_ttl_expiries", "Clones killed at their TTL", ttl.clone());
+        registry.register(
+            "wasp_ttl_expiries",
+            "Clones killed at their TTL",
+            ttl.clone(),
+        );
         let requests = Family::<Request, Counter>::default();
         registry.register(
             "wasp_http_requests",
@@ -166,7 +170,10 @@ impl Metrics {
         registry.register(
             "wasp_build",
             "wasp's version",
-            Info::new(vec![("version".to_owned(), env!("CARGO_PKG_VERSION").to_owned())]),
+            Info::new(vec![(
+                "version".to_owned(),
+                env!("CARGO_PKG_VERSION").to_owned(),
+            )]),
         );
         Self {
             registry,

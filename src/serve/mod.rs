@@ -23,6 +23,7 @@
 //! - `api`: request bodies and their checks (unknown fields refused,
 //!   secrets zeroized and never quoted);
 //! - `auth`: the TCP listener's token file and constant-time check;
+//! - `client`: a small blocking client of the API (the CLI, the tests);
 //! - `backend`: the [`Backend`] seam and [`EngineBackend`];
 //! - `error`: [`ApiError`], the `{error, detail}` body;
 //! - `fake`: [`FakeBackend`], a recording fake for tests without root;
@@ -36,6 +37,7 @@
 pub mod api;
 pub mod auth;
 pub mod backend;
+pub mod client;
 pub mod error;
 pub mod fake;
 pub mod metrics;
@@ -211,7 +213,9 @@ impl Server {
             let _g = rt.enter();
             for l in &opts.listen {
                 match l {
-                    Listen::Unix(p) => bound.push(Bound::Unix(bind_unix(p, opts.socket_gid)?, p.clone())),
+                    Listen::Unix(p) => {
+                        bound.push(Bound::Unix(bind_unix(p, opts.socket_gid)?, p.clone()))
+                    }
                     Listen::Tcp(a) => {
                         let t = std::net::TcpListener::bind(a)
                             .and_then(|t| {
@@ -315,7 +319,10 @@ impl Server {
                 match stop {
                     Stop::Signals => {
                         use tokio::signal::unix::{signal, SignalKind};
-                        match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+                        match (
+                            signal(SignalKind::terminate()),
+                            signal(SignalKind::interrupt()),
+                        ) {
                             (Ok(mut t), Ok(mut i)) => {
                                 tokio::select! {
                                     _ = t.recv() => tracing::info!("SIGTERM: stopping"),
@@ -353,14 +360,14 @@ impl Server {
                     app.set_backend(b.clone());
                     if let Some(rx) = b.exits() {
                         let m = app.metrics.clone();
-                        let _ = std::thread::Builder::new()
-                            .name("wasp-exits".into())
-                            .spawn(move || {
+                        let _ = std::thread::Builder::new().name("wasp-exits".into()).spawn(
+                            move || {
                                 for r in rx {
                                     tracing::info!(clone = %r.id, cause = ?r.cause, "clone reaped");
                                     m.observe_exit(&r);
                                 }
-                            });
+                            },
+                        );
                     }
                     match crate::sys::notify::notify("READY=1") {
                         Ok(true) => tracing::info!("told systemd READY=1"),

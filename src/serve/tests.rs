@@ -94,7 +94,14 @@ async fn every_route_answers_and_others_get_json_404_and_405() {
     assert_eq!(j["clones"].as_array().unwrap().len(), 2);
     assert!(j["summary"]["ready"].as_u64() == Some(2));
     let id = j["clones"][0]["id"].as_str().unwrap().to_owned();
-    for key in ["id", "clone_ip", "host_netns", "ready_port", "phases_ms", "total_ms"] {
+    for key in [
+        "id",
+        "clone_ip",
+        "host_netns",
+        "ready_port",
+        "phases_ms",
+        "total_ms",
+    ] {
         assert!(j["clones"][0].get(key).is_some(), "no {key}: {j}");
     }
     let list = call(&r, "GET", "/v1/clones?label=team=a", None).await;
@@ -111,7 +118,13 @@ async fn every_route_answers_and_others_get_json_404_and_405() {
     assert_error(&again, 409, "paused");
     let p = call(&r, "POST", &format!("/v1/clones/{id}/resume"), None).await;
     assert_eq!(p.json()["state"], "running");
-    let t = call(&r, "PATCH", &format!("/v1/clones/{id}"), Some(r#"{"ttl_s":30}"#)).await;
+    let t = call(
+        &r,
+        "PATCH",
+        &format!("/v1/clones/{id}"),
+        Some(r#"{"ttl_s":30}"#),
+    )
+    .await;
     assert_eq!(t.status, StatusCode::OK, "{}", t.text);
     let d = call(&r, "DELETE", &format!("/v1/clones/{id}"), None).await;
     assert_eq!(d.json()["killed"][0]["id"], id.as_str());
@@ -153,9 +166,19 @@ async fn every_route_answers_and_others_get_json_404_and_405() {
     assert_error(&p, 404, "other");
     let c = call(&r, "GET", "/v1/capacity", None).await;
     assert!(c.json()["clones_possible"].is_u64(), "{}", c.text);
-    assert_eq!(call(&r, "GET", "/healthz", None).await.status, StatusCode::OK);
-    assert_eq!(call(&r, "GET", "/readyz", None).await.status, StatusCode::OK);
-    assert_error(&call(&r, "GET", "/v2/clones", None).await, 404, "/v2/clones");
+    assert_eq!(
+        call(&r, "GET", "/healthz", None).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        call(&r, "GET", "/readyz", None).await.status,
+        StatusCode::OK
+    );
+    assert_error(
+        &call(&r, "GET", "/v2/clones", None).await,
+        404,
+        "/v2/clones",
+    );
     assert_error(&call(&r, "PUT", "/v1/clones", None).await, 405, "method");
     // Every call reached the fake in order, nothing else.
     let calls = fake.calls();
@@ -167,14 +190,38 @@ async fn bad_bodies_get_a_clear_4xx_and_nothing_is_built() {
     let (app, fake) = app();
     let r = router(app, None);
     let cases: &[(&str, u16, &str)] = &[
-        (r#"{"snapshot":"snap","cuont":1}"#, 400, "unknown field `cuont`"),
-        (r#"{"snapshot":"snap","count":11}"#, 400, "count 11 is out of range: use 1 to 10"),
-        (r#"{"snapshot":"snap","count":0}"#, 400, "count 0 is out of range"),
-        (r#"{"snapshot":"snap","env":{"BAD-KEY":"v"}}"#, 422, "BAD-KEY"),
-        (r#"{"snapshot":"snap","env":{"AGENT_ID":"v"}}"#, 422, "AGENT_ID"),
+        (
+            r#"{"snapshot":"snap","cuont":1}"#,
+            400,
+            "unknown field `cuont`",
+        ),
+        (
+            r#"{"snapshot":"snap","count":11}"#,
+            400,
+            "count 11 is out of range: use 1 to 10",
+        ),
+        (
+            r#"{"snapshot":"snap","count":0}"#,
+            400,
+            "count 0 is out of range",
+        ),
+        (
+            r#"{"snapshot":"snap","env":{"BAD-KEY":"v"}}"#,
+            422,
+            "BAD-KEY",
+        ),
+        (
+            r#"{"snapshot":"snap","env":{"AGENT_ID":"v"}}"#,
+            422,
+            "AGENT_ID",
+        ),
         (r#"{"snapshot":"snap","ready":"tcp:x"}"#, 422, "ready"),
         (r#"{"snapshot":"snap","ttl_s":0}"#, 422, "ttl_s 0"),
-        (r#"{"snapshot":"snap","labels":{"a b":"c"}}"#, 422, "label key"),
+        (
+            r#"{"snapshot":"snap","labels":{"a b":"c"}}"#,
+            422,
+            "label key",
+        ),
         (r#"{"snapshot":"snap","vmm":"firecracker"}"#, 422, "standin"),
         (r#"{"count":1}"#, 400, "snapshot"),
         (r#"{"snapshot":"snap""#, 400, "JSON"),
@@ -215,7 +262,13 @@ async fn overload_is_503_with_retry_after_and_starting_is_503() {
     let (app, fake) = app();
     let r = router(app, None);
     fake.overloaded.store(true, Ordering::Relaxed);
-    let rep = call(&r, "POST", "/v1/clones", Some(r#"{"snapshot":"snap","count":5}"#)).await;
+    let rep = call(
+        &r,
+        "POST",
+        "/v1/clones",
+        Some(r#"{"snapshot":"snap","count":5}"#),
+    )
+    .await;
     assert_error(&rep, 503, "asked 5");
     assert_eq!(rep.headers[header::RETRY_AFTER], "3");
 
@@ -224,7 +277,10 @@ async fn overload_is_503_with_retry_after_and_starting_is_503() {
     let rep = call(&r, "GET", "/v1/clones", None).await;
     assert_error(&rep, 503, "starting");
     assert!(rep.headers.contains_key(header::RETRY_AFTER));
-    assert_eq!(call(&r, "GET", "/healthz", None).await.status, StatusCode::OK);
+    assert_eq!(
+        call(&r, "GET", "/healthz", None).await.status,
+        StatusCode::OK
+    );
     let ready = call(&r, "GET", "/readyz", None).await;
     assert_eq!(ready.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(ready.json()["ready"], false);
@@ -313,7 +369,14 @@ async fn one_log_line_per_request_and_never_a_secret() {
     let rep = call_with(&r, "POST", "/v1/clones", Some(&bad), &auth).await;
     assert_eq!(rep.status.as_u16(), 422);
     assert!(!rep.text.contains(secret));
-    let wrong = call_with(&r, "GET", "/v1/clones", None, &[("authorization", "Bearer guess-123")]).await;
+    let wrong = call_with(
+        &r,
+        "GET",
+        "/v1/clones",
+        None,
+        &[("authorization", "Bearer guess-123")],
+    )
+    .await;
     assert_eq!(wrong.status.as_u16(), 401);
     let logs = String::from_utf8(cap.0.lock().unwrap().clone()).unwrap();
     assert!(!logs.contains(secret), "{logs}");
@@ -322,14 +385,23 @@ async fn one_log_line_per_request_and_never_a_secret() {
     let lines: Vec<&str> = logs.lines().filter(|l| l.contains("request")).collect();
     assert_eq!(lines.len(), 3, "{logs}");
     let first = lines[0];
-    for want in ["method=POST", "route=/v1/clones", "status=201", "ms=", "clones=f00000-0"] {
+    for want in [
+        "method=POST",
+        "route=/v1/clones",
+        "status=201",
+        "ms=",
+        "clones=f00000-0",
+    ] {
         assert!(first.contains(want), "{want} not in {first}");
     }
     assert!(lines[2].contains("status=401") && lines[2].contains("route=/v1/clones"));
     assert!(logs.contains("no bearer token") || logs.contains("wrong token"));
     // The backend got the key, never the value in its record of calls.
     let calls = fake.calls().join("\n");
-    assert!(calls.contains("API_KEY") && !calls.contains(secret), "{calls}");
+    assert!(
+        calls.contains("API_KEY") && !calls.contains(secret),
+        "{calls}"
+    );
 }
 
 #[tokio::test]
@@ -337,7 +409,13 @@ async fn metrics_scrape_parses_and_counts() {
     let (app, fake) = app();
     let exits = fake.exits().unwrap();
     let r = router(app.clone(), None);
-    call(&r, "POST", "/v1/clones", Some(r#"{"snapshot":"snap","count":3}"#)).await;
+    call(
+        &r,
+        "POST",
+        "/v1/clones",
+        Some(r#"{"snapshot":"snap","count":3}"#),
+    )
+    .await;
     call(&r, "GET", "/v1/clones/nope", None).await;
     // An expiry, seen as the daemon sees exits.
     let id = fake.list()[0].record.id.clone();
@@ -350,9 +428,7 @@ async fn metrics_scrape_parses_and_counts() {
         scrape
             .samples
             .iter()
-            .find(|s| {
-                s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v))
-            })
+            .find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
             .unwrap_or_else(|| panic!("no {name} {labels:?} in\n{text}"))
             .value
             .clone()
@@ -373,7 +449,11 @@ async fn metrics_scrape_parses_and_counts() {
     assert_eq!(
         counter(find(
             "wasp_http_requests_total",
-            &[("route", "/v1/clones"), ("status", "201"), ("method", "POST")]
+            &[
+                ("route", "/v1/clones"),
+                ("status", "201"),
+                ("method", "POST")
+            ]
         )),
         1.0
     );
@@ -391,7 +471,10 @@ async fn metrics_scrape_parses_and_counts() {
     );
     assert_eq!(counter(find("wasp_clones_running", &[])), 2.0);
     assert_eq!(
-        counter(find("wasp_pool_slots", &[("pool", "default"), ("state", "free")])),
+        counter(find(
+            "wasp_pool_slots",
+            &[("pool", "default"), ("state", "free")]
+        )),
         4.0
     );
     assert!(text.contains("wasp_build_info{version=\""), "{text}");

@@ -1,0 +1,602 @@
+//! `wasp serve` as an operator runs it: the real binary on the stand-in
+//! VMM, in a [`World`] (its own host netns, pool, state and runtime dirs),
+//! driven by a real HTTP client over its real unix socket (and TCP).
+//! Readiness is awaited on systemd's protocol (`READY=1` on a datagram
+//! socket the test binds as `NOTIFY_SOCKET`), events on the daemon's log
+//! lines or stop points: never a sleep.
+
+use wasp_testkit as testkit;
+use wasp_testkit::{root_or_skip, wasp_bin};
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader};
+use std::os::unix::net::UnixDatagram;
+use std::path::PathBuf;
+use std::process::{Child, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use nix::sys::signal::{kill, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+use serde_json::{json, Value};
+use testkit::cli::World;
+use wasp::serve::client::{Client, Response};
+use wasp::serve::Listen;
+
+/// A bound on waits for an event that must come (never a sleep).
+const EVENT_BOUND: Duration = Duration::from_secs(90);
+
+/// The daemons are small but share the host: one test at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+struct Daemon {
+    child: Child,
+    sock: PathBuf,
+    lines: mpsc::Receiver<String>,
+    log: Arc<Mutex<String>>,
+}
+
+impl Daemon {
+    /// `wasp serve` on the world's pool with the stand-in, snapshot `snap`,
+    /// listening on `<tmp>/api.sock` (and `extra`); returns once the daemon
+    /// told `READY=1`.
+    fn start(w: &World, extra: &[&str], env: &[(&str, &str)]) -> Daemon {
+        let sock = w.tmp.path().join("api.sock");
+        let notify_path = w
+            .tmp
+            .path()
+            .join(format!("notify-{}", testkit::unique_name("n")));
+        let notify = UnixDatagram::bind(&notify_path).unwrap();
+        notify.set_read_timeout(Some(EVENT_BOUND)).unwrap();
+        let mut args = vec![
+            "serve".to_owned(),
+            "--vmm".into(),
+            "standin".into(),
+            "--listen".into(),
+            format!("unix:{}", sock.display()),
+            "--snapshot".into(),
+            format!("snap={}", w.snap().display()),
+            "--warm".into(),
+            "2".into(),
+            "--low-water".into(),
+            "1".into(),
+            "--high-water".into(),
+            "32".into(),
+            "--parallel".into(),
+            "8".into(),
+            "--ready".into(),
+            "running".into(),
+            "--max-count".into(),
+            "16".into(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut c = w.wasp(&refs, true);
+        c.env("NOTIFY_SOCKET", &notify_path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        let mut child = c.spawn().unwrap();
+        let (tx, lines) = mpsc::channel();
+        let log = Arc::new(Mutex::new(String::new()));
+        let stderr = child.stderr.take().unwrap();
+        let l = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                l.lock().unwrap().push_str(&line);
+                l.lock().unwrap().push('\n');
+                let _ = tx.send(line);
+            }
+        });
+        let mut buf = [0u8; 64];
+        let got = notify.recv(&mut buf);
+        let _ = std::fs::remove_file(&notify_path);
+        match got {
+            Ok(n) => assert_eq!(&buf[..n], b"READY=1"),
+            Err(e) => panic!("no READY=1 ({e}); log:\n{}", log.lock().unwrap()),
+        }
+        Daemon {
+            child,
+            sock,
+            lines,
+            log,
+        }
+    }
+
+    fn client(&self) -> Client {
+        Client::unix(&self.sock)
+    }
+
+    fn call(&self, method: &str, path: &str, body: Option<Value>) -> Response {
+        let b = body.map(|v| serde_json::to_vec(&v).unwrap());
+        self.client().request(method, path, b.as_deref()).unwrap()
+    }
+
+    fn ok(&self, method: &str, path: &str, body: Option<Value>) -> Value {
+        let r = self.call(method, path, body);
+        assert!(
+            r.status / 100 == 2,
+            "{method} {path}: {} {}",
+            r.status,
+            String::from_utf8_lossy(&r.body)
+        );
+        r.json().unwrap()
+    }
+
+    fn ids(&self, query: &str) -> BTreeSet<String> {
+        let v = self.ok("GET", &format!("/v1/clones{query}"), None);
+        testkit::cli::ids(&v["clones"])
+    }
+
+    /// Waits for a log line containing every one of `needles`.
+    fn wait_line(&self, needles: &[&str]) -> String {
+        loop {
+            match self.lines.recv_timeout(EVENT_BOUND) {
+                Ok(l) if needles.iter().all(|n| l.contains(n)) => return l,
+                Ok(_) => {}
+                Err(e) => panic!(
+                    "no log line with {needles:?} ({e}); log:\n{}",
+                    self.log.lock().unwrap()
+                ),
+            }
+        }
+    }
+
+    fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// SIGTERM, and the daemon's exit status.
+    fn stop(mut self) -> (std::process::ExitStatus, String) {
+        kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM).unwrap();
+        let st = self.child.wait().unwrap();
+        // The reader thread ends with the pipe.
+        while self.lines.recv_timeout(EVENT_BOUND).is_ok() {}
+        (st, self.log())
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn alive(pid: i64) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+fn spawn_body(count: usize, team: &str) -> Value {
+    json!({"snapshot": "snap", "count": count, "labels": {"team": team}})
+}
+
+#[test]
+fn the_api_end_to_end_over_the_socket() {
+    root_or_skip!();
+    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let w = World::new(wasp_bin!(), "srvapi");
+    let d = Daemon::start(&w, &[], &[]);
+    assert_eq!(d.ok("GET", "/healthz", None)["status"], "ok");
+    assert_eq!(d.ok("GET", "/readyz", None)["ready"], true);
+    assert_eq!(
+        d.ok("GET", "/v1/snapshots", None)["snapshots"][0]["name"],
+        "snap"
+    );
+
+    // Bad bodies: a clear 4xx each, and nothing built.
+    let before = w.seen();
+    for (body, status, needle) in [
+        (
+            json!({"snapshot": "snap", "cuont": 1}),
+            400,
+            "unknown field `cuont`",
+        ),
+        (
+            json!({"snapshot": "snap", "count": 17}),
+            400,
+            "count 17 is out of range: use 1 to 16",
+        ),
+        (
+            json!({"snapshot": "snap", "env": {"NOT-A-KEY": "v"}}),
+            422,
+            "NOT-A-KEY",
+        ),
+        (
+            json!({"snapshot": "missing"}),
+            422,
+            "no snapshot named \"missing\"",
+        ),
+        (
+            json!({"snapshot": "/nonexistent/dir"}),
+            422,
+            "/nonexistent/dir",
+        ),
+    ] {
+        let r = d.call("POST", "/v1/clones", Some(body));
+        assert_eq!(r.status, status, "{}", String::from_utf8_lossy(&r.body));
+        let j = r.json().unwrap();
+        assert!(j["error"].is_string());
+        assert!(j["detail"].as_str().unwrap().contains(needle), "{j}");
+    }
+    assert_eq!(w.seen(), before, "a refused request built something");
+    assert!(d.ids("").is_empty());
+
+    // Spawn with env, a secret and labels: the same rows as `wasp spawn --json`.
+    let secret = "zq-SECRET-7731-value";
+    let body = json!({
+        "snapshot": "snap", "count": 3, "vmm": "standin",
+        "env": {"MODE": "test"}, "secrets": {"API_KEY": secret},
+        "labels": {"team": "a", "run": "1"}
+    });
+    let r = d.call("POST", "/v1/clones", Some(body));
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    assert!(!String::from_utf8_lossy(&r.body).contains(secret));
+    let rep = r.json().unwrap();
+    assert_eq!(rep["summary"]["ready"], 3, "{rep:#}");
+    for c in rep["clones"].as_array().unwrap() {
+        for key in [
+            "id",
+            "clone_ip",
+            "host_netns",
+            "ready_port",
+            "phases_ms",
+            "total_ms",
+        ] {
+            assert!(c.get(key).is_some(), "{key} missing: {c}");
+        }
+        assert!(alive(c["pid"].as_i64().unwrap()));
+    }
+    let a_ids = testkit::cli::ids(&rep["clones"]);
+    let r = d.ok("POST", "/v1/clones", Some(spawn_body(2, "b")));
+    let b_ids = testkit::cli::ids(&r["clones"]);
+
+    // List, filter, get.
+    assert_eq!(d.ids(""), a_ids.union(&b_ids).cloned().collect());
+    assert_eq!(d.ids("?label=team=a"), a_ids);
+    assert_eq!(d.ids("?label=team=a&label=run=1"), a_ids);
+    assert!(d.ids("?label=team=c").is_empty());
+    let one = a_ids.iter().next().unwrap().clone();
+    let g = d.ok("GET", &format!("/v1/clones/{one}"), None);
+    assert_eq!(g["id"], one.as_str());
+    assert_eq!(g["state"], "running");
+    assert_eq!(g["labels"]["team"], "a", "{g}");
+    // The records on disk hold no secret.
+    for f in std::fs::read_dir(w.state().join("clones")).unwrap() {
+        let text = std::fs::read_to_string(f.unwrap().path()).unwrap();
+        assert!(!text.contains(secret));
+    }
+    // TTL set and cleared.
+    let p = d.ok(
+        "PATCH",
+        &format!("/v1/clones/{one}"),
+        Some(json!({"ttl_s": 3600})),
+    );
+    assert!(p["expires_at_ms"].as_u64().is_some(), "{p}");
+    let p = d.ok(
+        "PATCH",
+        &format!("/v1/clones/{one}"),
+        Some(json!({"ttl_s": null})),
+    );
+    assert!(p.get("expires_at_ms").is_none_or(|v| v.is_null()), "{p}");
+    // Pools and capacity.
+    let pools = d.ok("GET", "/v1/pools", None);
+    assert_eq!(pools["pools"][0]["name"], w.pool.as_str());
+    assert_eq!(pools["pools"][0]["in_use"], 5, "{pools}");
+    let cap = d.ok("GET", "/v1/capacity", None);
+    assert_eq!(cap["clones"], 5, "{cap}");
+    assert!(cap["clones_possible"].as_u64().unwrap() > 0, "{cap}");
+
+    // Delete one, then by label.
+    let k = d.ok("DELETE", &format!("/v1/clones/{one}"), None);
+    let pid = k["killed"][0]["pid"].as_i64().unwrap();
+    assert!(!alive(pid));
+    let r = d.call("GET", &format!("/v1/clones/{one}"), None);
+    assert_eq!(r.status, 404);
+    let k = d.ok("DELETE", "/v1/clones?label=team=a", None);
+    assert_eq!(k["killed"].as_array().unwrap().len(), 2);
+    assert_eq!(d.ids(""), b_ids);
+
+    // The metrics scrape parses; it counted the 5 clones and the requests.
+    let text = String::from_utf8(d.call("GET", "/metrics", None).body).unwrap();
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).unwrap();
+    let total = scrape
+        .samples
+        .iter()
+        .find(|s| {
+            s.metric == "wasp_spawn_duration_seconds" && s.labels.get("phase") == Some("total")
+        })
+        .unwrap_or_else(|| panic!("{text}"));
+    match &total.value {
+        prometheus_parse::Value::Histogram(h) => {
+            assert_eq!(h.iter().map(|b| b.count).fold(0.0, f64::max), 5.0)
+        }
+        v => panic!("{v:?}"),
+    }
+    let created = scrape
+        .samples
+        .iter()
+        .find(|s| {
+            s.metric == "wasp_http_requests_total"
+                && s.labels.get("route") == Some("/v1/clones")
+                && s.labels.get("status") == Some("201")
+        })
+        .unwrap_or_else(|| panic!("{text}"));
+    // (OpenMetrics names a counter's family without `_total`; the parser
+    // then calls its samples untyped.)
+    assert!(
+        matches!(created.value, prometheus_parse::Value::Counter(c) | prometheus_parse::Value::Untyped(c) if c == 2.0),
+        "{created:?}"
+    );
+    assert_eq!(
+        scrape
+            .samples
+            .iter()
+            .find(|s| s.metric == "wasp_clones_running")
+            .map(|s| format!("{:?}", s.value)),
+        Some("Gauge(2.0)".into())
+    );
+
+    // One log line per request, never the secret.
+    d.wait_line(&["route=/v1/clones", "status=201", "clones="]);
+    let (st, log) = d.stop();
+    assert!(st.success(), "{log}");
+    assert!(!log.contains(secret), "{log}");
+    assert!(log.contains("method=DELETE"), "{log}");
+    // The socket is gone; the clones of team b keep running.
+    assert!(!w.tmp.path().join("api.sock").exists());
+    w.assert_only(&b_ids);
+}
+
+#[test]
+fn a_ttl_expiry_reaps_the_clone_and_counts_it() {
+    root_or_skip!();
+    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let w = World::new(wasp_bin!(), "srvttl");
+    let d = Daemon::start(&w, &[], &[]);
+    let r = d.ok(
+        "POST",
+        "/v1/clones",
+        Some(json!({"snapshot": "snap", "count": 1, "ttl_s": 1})),
+    );
+    let id = r["clones"][0]["id"].as_str().unwrap().to_owned();
+    let pid = r["clones"][0]["pid"].as_i64().unwrap();
+    // The reaper's exit event, as the daemon logs it.
+    d.wait_line(&["clone reaped", &id, "TtlExpired"]);
+    assert!(!alive(pid));
+    assert_eq!(d.call("GET", &format!("/v1/clones/{id}"), None).status, 404);
+    let text = String::from_utf8(d.call("GET", "/metrics", None).body).unwrap();
+    assert!(text.contains("wasp_ttl_expiries_total 1"), "{text}");
+    assert!(
+        text.contains("wasp_vmm_exits_total{cause=\"ttl_expired\"} 1"),
+        "{text}"
+    );
+    let (st, log) = d.stop();
+    assert!(st.success(), "{log}");
+    w.assert_only(&BTreeSet::new());
+}
+
+fn token_file(w: &World, text: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let p = w.tmp.path().join("token");
+    std::fs::write(&p, text).unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+    p
+}
+
+#[test]
+fn tcp_needs_a_token_file_and_the_token() {
+    root_or_skip!();
+    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let w = World::new(wasp_bin!(), "srvtcp");
+    // TCP without a token file: one clear error, nothing served.
+    let out = w
+        .wasp(
+            &["serve", "--vmm", "standin", "--listen", "tcp:127.0.0.1:0"],
+            true,
+        )
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("needs --token-file"), "{err}");
+    // A token file others can read: refused.
+    let tok = token_file(&w, "0123456789-token-abcdef\n");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&tok, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = w
+        .wasp(
+            &["serve", "--vmm", "standin", "--listen", "tcp:127.0.0.1:0"],
+            true,
+        )
+        .arg("--token-file")
+        .arg(&tok)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("mode 0644") && err.contains("chmod 600"),
+        "{err}"
+    );
+    std::fs::set_permissions(&tok, std::fs::Permissions::from_mode(0o600)).unwrap();
+
+    let tok_s = tok.display().to_string();
+    let d = Daemon::start(
+        &w,
+        &["--listen", "tcp:127.0.0.1:0", "--token-file", &tok_s],
+        &[],
+    );
+    let line = d.wait_line(&["listening on tcp:"]);
+    let addr: std::net::SocketAddr = line
+        .split("listening on tcp:")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let tcp = Client::new(Listen::Tcp(addr));
+    for c in [
+        tcp.clone(),
+        tcp.clone().with_token("the-wrong-token-1234567"),
+    ] {
+        let r = c.get("/v1/clones").unwrap();
+        assert_eq!(r.status, 401);
+        assert_eq!(r.json().unwrap()["error"], "unauthorized");
+        let r = c
+            .request("POST", "/v1/clones", Some(br#"{"snapshot":"snap"}"#))
+            .unwrap();
+        assert_eq!(r.status, 401);
+    }
+    let good = tcp.with_token("0123456789-token-abcdef");
+    let r = good.get("/v1/clones").unwrap();
+    assert_eq!(r.status, 200, "{}", r.detail());
+    // The unix socket needs none.
+    assert_eq!(d.call("GET", "/v1/clones", None).status, 200);
+    let (st, log) = d.stop();
+    assert!(st.success());
+    assert!(log.contains("refused"), "{log}");
+    assert!(!log.contains("the-wrong-token"), "{log}");
+    assert!(!log.contains("0123456789-token-abcdef"), "{log}");
+}
+
+/// Stops the daemon at `point` (its own SIGSTOP), waits for the stop.
+fn wait_stopped(d: &Daemon, point: &str) {
+    match waitpid(
+        Pid::from_raw(d.child.id() as i32),
+        Some(WaitPidFlag::WUNTRACED),
+    )
+    .unwrap()
+    {
+        WaitStatus::Stopped(_, Signal::SIGSTOP) => {}
+        other => panic!("the daemon did not stop at {point}: {other:?}\n{}", d.log()),
+    }
+}
+
+#[test]
+fn sigterm_finishes_the_request_in_flight_and_a_restart_adopts_the_clones() {
+    root_or_skip!();
+    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let w = World::new(wasp_bin!(), "srvterm");
+    let d = Daemon::start(&w, &[], &[("WASP_STOP_AT", "clone-recorded:2")]);
+    let c = d.client();
+    let req = std::thread::spawn(move || {
+        c.request(
+            "POST",
+            "/v1/clones",
+            Some(&serde_json::to_vec(&spawn_body(6, "t")).unwrap()),
+        )
+    });
+    // Mid-batch for sure: stopped after the 2nd of 6 records.
+    wait_stopped(&d, "clone-recorded:2");
+    let pid = Pid::from_raw(d.child.id() as i32);
+    kill(pid, Signal::SIGTERM).unwrap();
+    kill(pid, Signal::SIGCONT).unwrap();
+    // The request in flight is answered in full before the daemon exits.
+    let r = req.join().unwrap().unwrap();
+    assert_eq!(r.status, 201, "{}", r.detail());
+    let rep = r.json().unwrap();
+    assert_eq!(rep["summary"]["ready"], 6, "{rep:#}");
+    let ids = testkit::cli::ids(&rep["clones"]);
+    let (st, log) = d.stop();
+    assert!(st.success(), "{log}");
+    assert!(log.contains("SIGTERM"), "{log}");
+    // Clones keep running without --kill-on-exit.
+    w.assert_only(&ids);
+
+    // A new daemon adopts them before it says ready.
+    let d = Daemon::start(&w, &["--kill-on-exit"], &[]);
+    let ready = d.ok("GET", "/readyz", None);
+    assert_eq!(ready["adopted"], 6, "{ready}\n{}", d.log());
+    assert_eq!(d.ids("?label=team=t"), ids);
+    let one = ids.iter().next().unwrap();
+    assert_eq!(
+        d.ok("GET", &format!("/v1/clones/{one}"), None)["labels"]["team"],
+        "t"
+    );
+    // --kill-on-exit: none left.
+    let (st, log) = d.stop();
+    assert!(st.success(), "{log}");
+    assert!(log.contains("6 clone(s) killed"), "{log}");
+    w.assert_only(&BTreeSet::new());
+}
+
+#[test]
+fn kill_9_mid_batch_loses_no_record_and_leaks_nothing() {
+    root_or_skip!();
+    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let w = World::new(wasp_bin!(), "srvkill");
+    for point in ["clone-launched:3", "clone-recorded:1", "clone-recorded:4"] {
+        let d = Daemon::start(&w, &[], &[("WASP_STOP_AT", point)]);
+        let c = d.client();
+        let req = std::thread::spawn(move || {
+            c.request(
+                "POST",
+                "/v1/clones",
+                Some(&serde_json::to_vec(&spawn_body(6, "k")).unwrap()),
+            )
+        });
+        wait_stopped(&d, point);
+        let mut d = d;
+        d.child.kill().unwrap();
+        d.child.wait().unwrap();
+        // The client sees the connection end, not an answer.
+        assert!(req.join().unwrap().is_err(), "{point}");
+        drop(d);
+
+        // Restarted: every recorded clone is adopted and listed, nothing
+        // else of wasp's is left (VMMs, clone dirs, records, slots).
+        let d = Daemon::start(&w, &[], &[]);
+        let listed = d.ids("");
+        let n = w.assert_only(&listed);
+        if point.starts_with("clone-recorded") {
+            assert!(n >= 1, "{point}: a recorded clone was lost");
+        }
+        let (st, log) = d.stop();
+        assert!(st.success(), "{log}");
+        // Clean slate for the next point.
+        w.json(w.wasp(&["kill", "--all", "--json"], false));
+        w.assert_only(&BTreeSet::new());
+    }
+}
+
+#[test]
+fn a_client_that_goes_away_leaves_its_clones_listed() {
+    root_or_skip!();
+    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let w = World::new(wasp_bin!(), "srvgone");
+    let d = Daemon::start(&w, &[], &[]);
+    {
+        use std::io::Write;
+        let mut s = std::os::unix::net::UnixStream::connect(&d.sock).unwrap();
+        let body = serde_json::to_vec(&spawn_body(3, "gone")).unwrap();
+        write!(
+            s,
+            "POST /v1/clones HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .unwrap();
+        s.write_all(&body).unwrap();
+        s.shutdown(std::net::Shutdown::Both).unwrap();
+    }
+    // The daemon finishes the request either way: it logs the request, or
+    // that the client went away with the clones kept.
+    let line = loop {
+        let l = d.wait_line(&[]);
+        if l.contains("went away") || (l.contains("route=/v1/clones") && l.contains("status=201")) {
+            break l;
+        }
+    };
+    let listed = d.ids("?label=team=gone");
+    assert_eq!(listed.len(), 3, "{line}\n{}", d.log());
+    let k = d.ok("DELETE", "/v1/clones?label=team=gone", None);
+    assert_eq!(k["killed"].as_array().unwrap().len(), 3);
+    let (st, log) = d.stop();
+    assert!(st.success(), "{log}");
+    w.assert_only(&BTreeSet::new());
+}
