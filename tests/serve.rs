@@ -600,3 +600,71 @@ fn a_client_that_goes_away_leaves_its_clones_listed() {
     assert!(st.success(), "{log}");
     w.assert_only(&BTreeSet::new());
 }
+
+#[test]
+fn spawn_ls_and_kill_go_through_the_daemon_named_by_server() {
+    root_or_skip!();
+    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let w = World::new(wasp_bin!(), "srvcli");
+    let d = Daemon::start(&w, &[], &[]);
+    let server = format!("unix:{}", d.sock.display());
+    let run = |args: &[&str]| {
+        let out = testkit::wasp_command(w.bin())
+            .args(args)
+            .args(["--server", &server])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    };
+    let snap = w.snap().display().to_string();
+    let out = run(&[
+        "-v",
+        "spawn",
+        "--snapshot",
+        &snap,
+        "--count",
+        "2",
+        "--vmm",
+        "standin",
+        "--json",
+    ]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("using the wasp daemon"));
+    let rep: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(rep["summary"]["ready"], 2, "{rep:#}");
+    let ids = testkit::cli::ids(&rep["clones"]);
+    // The daemon holds them: it lists them, and so does `wasp ls` through it.
+    assert_eq!(d.ids(""), ids);
+    let ls: Value = serde_json::from_slice(&run(&["ls", "--json"]).stdout).unwrap();
+    assert_eq!(testkit::cli::ids(&ls["clones"]), ids);
+    assert!(ls["clones"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|c| c["alive"] == true));
+    let table = String::from_utf8(run(&["ls"]).stdout).unwrap();
+    assert!(table.contains("2 clone(s)"), "{table}");
+    let one = ids.iter().next().unwrap();
+    let out = String::from_utf8(run(&["kill", one]).stdout).unwrap();
+    assert!(
+        out.contains(&format!("{one}: ")) && out.contains("files and record removed"),
+        "{out}"
+    );
+    let k: Value = serde_json::from_slice(&run(&["kill", "--all", "--json"]).stdout).unwrap();
+    assert_eq!(k["killed"].as_array().unwrap().len(), 1, "{k}");
+    assert!(d.ids("").is_empty());
+    // A named daemon that does not answer is an error, not a silent fallback.
+    let out = testkit::wasp_command(w.bin())
+        .args(["ls", "--server", "unix:/nonexistent/wasp.sock"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no wasp daemon answers"));
+    let (st, log) = d.stop();
+    assert!(st.success(), "{log}");
+    w.assert_only(&BTreeSet::new());
+}

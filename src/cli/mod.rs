@@ -11,6 +11,7 @@ mod doctor;
 pub mod pool;
 mod progress;
 pub mod reconcile;
+mod remote;
 pub mod serve;
 mod snapshot;
 mod snapshot_create;

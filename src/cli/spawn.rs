@@ -128,6 +128,11 @@ pub struct SpawnArgs {
     pub jailer_gid: Option<u32>,
     #[command(flatten)]
     pub at: Where,
+    /// Use the wasp daemon at unix:PATH or tcp:ADDR (default: $WASP_SERVER,
+    /// else the daemon's socket when it answers and the command names no
+    /// dirs or pool of its own; else in process).
+    #[arg(long, value_name = "unix:PATH|tcp:ADDR")]
+    pub server: Option<String>,
     /// Print one JSON document.
     #[arg(long)]
     pub json: bool,
@@ -174,6 +179,11 @@ pub struct LsArgs {
     /// Clone records [paths.state_dir; default: /run/wasp].
     #[arg(long)]
     pub state_dir: Option<PathBuf>,
+    /// Use the wasp daemon at unix:PATH or tcp:ADDR (default: $WASP_SERVER,
+    /// else the daemon's socket when it answers and the command names no
+    /// dirs or pool of its own; else in process).
+    #[arg(long, value_name = "unix:PATH|tcp:ADDR")]
+    pub server: Option<String>,
     /// Print one JSON document.
     #[arg(long)]
     pub json: bool,
@@ -193,6 +203,11 @@ pub struct KillArgs {
     pub grace: f64,
     #[command(flatten)]
     pub dirs: Dirs,
+    /// Use the wasp daemon at unix:PATH or tcp:ADDR (default: $WASP_SERVER,
+    /// else the daemon's socket when it answers and the command names no
+    /// dirs or pool of its own; else in process).
+    #[arg(long, value_name = "unix:PATH|tcp:ADDR")]
+    pub server: Option<String>,
     /// Print one JSON document.
     #[arg(long)]
     pub json: bool,
@@ -293,6 +308,79 @@ fn timeouts(a: &SpawnArgs) -> anyhow::Result<Timeouts> {
     })
 }
 
+/// What of `a` the daemon's API cannot carry (a per-daemon setting or a
+/// per-spawn option it lacks), if anything.
+fn api_lacks(a: &SpawnArgs) -> Option<&'static str> {
+    let opts = [
+        (a.jailer, "--jailer"),
+        (a.jailer_id_range.is_some(), "--jailer-id-range"),
+        (a.memory_max.is_some(), "--memory-max"),
+        (a.cpu_max.is_some(), "--cpu-max"),
+        (!a.cgroup.is_empty(), "--cgroup"),
+        (!a.standin_args.is_empty(), "--standin-arg"),
+        (a.driver.is_some(), "--driver"),
+        (a.socket_timeout.is_some(), "--socket-timeout"),
+        (a.load_timeout.is_some(), "--load-timeout"),
+        (a.api_timeout.is_some(), "--api-timeout"),
+        (a.ready_timeout.is_some(), "--ready-timeout"),
+        (a.flags.parallel.is_some(), "--parallel"),
+        (a.flags.firecracker.is_some(), "--firecracker"),
+        (a.demo_snapshot, "--demo-snapshot"),
+    ];
+    opts.into_iter().find(|(on, _)| *on).map(|(_, f)| f)
+}
+
+/// Whether `w` names a pool or host side of its own.
+fn names_a_world(w: &Where) -> bool {
+    w.pool.is_some()
+        || w.host_netns.is_some()
+        || w.cidr.is_some()
+        || w.bridge.is_some()
+        || !w.allow_host.is_empty()
+        || w.connect_uids.is_some()
+}
+
+/// `wasp spawn` through a daemon, when one is to be used.
+fn spawn_remote(a: &SpawnArgs, cfg: &Config) -> anyhow::Result<Option<ExitCode>> {
+    let own_world =
+        names_a_world(&a.at) || a.flags.runtime_dir.is_some() || a.flags.state_dir.is_some();
+    let lacks = api_lacks(a);
+    let Some(c) = super::remote::pick(a.server.as_deref(), cfg, !own_world && lacks.is_none())?
+    else {
+        return Ok(None);
+    };
+    if let Some(flag) = lacks {
+        bail!("{flag} cannot go through the wasp daemon (it is the daemon's setting, or the API has no such option); drop --server/WASP_SERVER to run in process");
+    }
+    if own_world {
+        bail!("--pool, --host-netns, --cidr, --bridge, --allow-host, --connect-uids, --runtime-dir and --state-dir are the daemon's settings; drop them, or drop --server/WASP_SERVER to run in process");
+    }
+    let snap = a.snapshot.as_deref().expect("clap requires it");
+    let snap = std::path::absolute(snap).with_context(|| format!("snapshot {}", snap.display()))?;
+    let snap = snap
+        .to_str()
+        .with_context(|| format!("snapshot path {} is not UTF-8", snap.display()))?;
+    let env = build_env(a).context("bad environment")?;
+    let vmm = a.vmm.map(|v| match v {
+        VmmArg::Firecracker => "firecracker",
+        VmmArg::Standin => "standin",
+    });
+    let report = super::remote::spawn(
+        &c,
+        snap,
+        a.count,
+        &env,
+        a.flags.ready.map(|r| r.to_string()),
+        vmm,
+    )?;
+    if a.json {
+        super::print_json(&report)?;
+    } else {
+        print_report(&report);
+    }
+    Ok(Some(super::remote::exit(report.summary.failed > 0)))
+}
+
 /// Runs `wasp spawn`.
 pub fn spawn_cmd(a: SpawnArgs, mut cfg: Config) -> anyhow::Result<ExitCode> {
     if a.count == 0 || a.count > batch::MAX_COUNT {
@@ -301,6 +389,9 @@ pub fn spawn_cmd(a: SpawnArgs, mut cfg: Config) -> anyhow::Result<ExitCode> {
             a.count,
             batch::MAX_COUNT
         );
+    }
+    if let Some(code) = spawn_remote(&a, &cfg)? {
+        return Ok(code);
     }
     a.at.apply(&mut cfg);
     a.flags.apply(&mut cfg);
@@ -463,6 +554,26 @@ pub fn print_report(r: &SpawnReport) {
 
 /// Runs `wasp ls`.
 pub fn ls(a: LsArgs, mut cfg: Config) -> anyhow::Result<ExitCode> {
+    if let Some(c) = super::remote::pick(a.server.as_deref(), &cfg, a.state_dir.is_none())? {
+        if a.state_dir.is_some() {
+            bail!("--state-dir is the daemon's setting; drop it, or drop --server/WASP_SERVER to run in process");
+        }
+        // The daemon lists live clones only: each is alive.
+        let rows: Vec<serde_json::Value> = super::remote::list(&c)?
+            .into_iter()
+            .map(|mut v| {
+                v["alive"] = true.into();
+                v
+            })
+            .collect();
+        let recs: Vec<state::CloneRecord> = rows
+            .iter()
+            .map(|v| serde_json::from_value(strip_state(v.clone())))
+            .collect::<Result<_, _>>()
+            .context("the daemon's clone list")?;
+        print_ls(&rows, &recs, a.json, |_| true)?;
+        return Ok(ExitCode::SUCCESS);
+    }
     cfg.state_dir.flag("--state-dir", a.state_dir);
     let store = state::Store::open(&cfg.state_dir.value)?;
     let (recs, bad) = store.list()?;
@@ -477,14 +588,35 @@ pub fn ls(a: LsArgs, mut cfg: Config) -> anyhow::Result<ExitCode> {
             v
         })
         .collect();
-    if a.json {
+    print_ls(&rows, &recs, a.json, |r| {
+        state::same_process(r.pid, r.pid_start)
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A daemon's row without the fields a record does not have.
+fn strip_state(mut v: serde_json::Value) -> serde_json::Value {
+    if let Some(m) = v.as_object_mut() {
+        m.remove("state");
+        m.remove("alive");
+    }
+    v
+}
+
+fn print_ls(
+    rows: &[serde_json::Value],
+    recs: &[state::CloneRecord],
+    json: bool,
+    alive: impl Fn(&state::CloneRecord) -> bool,
+) -> anyhow::Result<()> {
+    if json {
         super::print_json(&serde_json::json!({ "clones": rows }))?;
     } else {
         println!(
             "{:<14} {:<8} {:<18} {:<13} {:>7} {:<6} host_netns",
             "id", "vmm", "netns", "clone_ip", "pid", "alive"
         );
-        for r in &recs {
+        for r in recs {
             println!(
                 "{:<14} {:<8} {:<18} {:<13} {:>7} {:<6} {}",
                 r.id,
@@ -492,17 +624,24 @@ pub fn ls(a: LsArgs, mut cfg: Config) -> anyhow::Result<ExitCode> {
                 r.netns,
                 r.clone_ip,
                 r.pid,
-                state::same_process(r.pid, r.pid_start),
+                alive(r),
                 r.host_netns.as_deref().unwrap_or("-")
             );
         }
         println!("{} clone(s)", recs.len());
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }
 
 /// Runs `wasp kill`.
 pub fn kill(a: KillArgs, mut cfg: Config) -> anyhow::Result<ExitCode> {
+    let own = a.dirs.runtime_dir.is_some() || a.dirs.state_dir.is_some();
+    if let Some(c) = super::remote::pick(a.server.as_deref(), &cfg, !own)? {
+        if own {
+            bail!("--runtime-dir and --state-dir are the daemon's settings; drop them, or drop --server/WASP_SERVER to run in process");
+        }
+        return kill_remote(&c, &a);
+    }
     a.dirs.apply(&mut cfg);
     let state_dir = &cfg.state_dir.value;
     let (_lock, rep) = reconcile::at_start(&reconcile::Options::from_config(&cfg, false))
@@ -561,6 +700,44 @@ pub fn kill(a: KillArgs, mut cfg: Config) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::from(1)
     })
+}
+
+fn kill_remote(c: &wasp::serve::client::Client, a: &KillArgs) -> anyhow::Result<ExitCode> {
+    let ids: Vec<String> = if a.all {
+        super::remote::list(c)?
+            .iter()
+            .filter_map(|v| v["id"].as_str().map(str::to_owned))
+            .collect()
+    } else {
+        a.ids.clone()
+    };
+    let mut out = Vec::new();
+    let mut failed = 0;
+    for id in &ids {
+        let Some(r) = super::remote::kill(c, id)? else {
+            if a.all {
+                continue; // gone meanwhile
+            }
+            bail!(
+                "no clone {id} in the wasp daemon at {}; `wasp ls` lists its clones",
+                c.target()
+            );
+        };
+        let fate: Option<teardown::VmmFate> = serde_json::from_value(r["vmm"].clone()).ok();
+        let errs: Vec<String> = serde_json::from_value(r["errors"].clone()).unwrap_or_default();
+        failed += usize::from(!errs.is_empty());
+        if !a.json {
+            match (&fate, errs.is_empty()) {
+                (Some(f), true) => println!("{id}: {f:?}; files and record removed"),
+                _ => println!("{id}: errors: {}", errs.join("; ")),
+            }
+        }
+        out.push(serde_json::json!({"id": id, "vmm": fate, "errors": errs}));
+    }
+    if a.json {
+        super::print_json(&serde_json::json!({ "killed": out }))?;
+    }
+    Ok(super::remote::exit(failed > 0))
 }
 
 /// Says on stderr what a killed demo or bench left and was removed.

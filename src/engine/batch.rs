@@ -182,7 +182,7 @@ pub enum SpawnError {
 }
 
 /// Milliseconds per phase of one clone.
-#[derive(Debug, Clone, Copy, Default, Serialize)]
+#[derive(Debug, Clone, Copy, Default, Serialize, serde::Deserialize)]
 pub struct PhasesMs {
     /// Taking a slot.
     pub slot: f64,
@@ -224,7 +224,7 @@ impl PhasesMs {
 }
 
 /// One clone's row.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct CloneReport {
     /// Clone id (AGENT_ID).
     pub id: String,
@@ -254,7 +254,7 @@ pub struct CloneReport {
 }
 
 /// The batch summary.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct Summary {
     /// Wall time of the batch.
     pub wall_ms: f64,
@@ -283,7 +283,7 @@ pub struct Summary {
 }
 
 /// The whole report (`--json`: `{"clones": [...], "summary": {...}}`).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct SpawnReport {
     /// One row per clone, by index.
     pub clones: Vec<CloneReport>,

@@ -65,7 +65,7 @@ pub enum TeardownError {
 }
 
 /// What happened to the VMM.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum VmmFate {
     /// Exited after SIGTERM.

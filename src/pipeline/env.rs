@@ -260,6 +260,12 @@ impl Env {
         Ok(())
     }
 
+    /// Every variable with its value, by key (for a client that sends them
+    /// on to a daemon; secret values stay [`Secret`]s).
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Value)> {
+        self.vars.iter().map(|(k, v)| (k.as_str(), v))
+    }
+
     /// Adds `--env KEY=VAL` (non-secret).
     pub fn add_plain(&mut self, kv: &str) -> Result<(), EnvError> {
         let (k, v) = kv

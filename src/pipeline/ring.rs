@@ -27,7 +27,7 @@ use crate::sys::tap::EventFd;
 use crate::sys::uring::{Op, Ring};
 
 /// Which driver runs the machines.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DriverKind {
     /// io_uring.
