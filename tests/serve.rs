@@ -43,6 +43,17 @@ impl Daemon {
     /// listening on `<tmp>/api.sock` (and `extra`); returns once the daemon
     /// told `READY=1`.
     fn start(w: &World, extra: &[&str], env: &[(&str, &str)]) -> Daemon {
+        Self::start_vmm(w, "standin", &w.snap(), extra, env)
+    }
+
+    /// [`Daemon::start`] with the VMM and the snapshot `snap` given.
+    fn start_vmm(
+        w: &World,
+        vmm: &str,
+        snap: &std::path::Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Daemon {
         let sock = w.tmp.path().join("api.sock");
         let notify_path = w
             .tmp
@@ -53,11 +64,11 @@ impl Daemon {
         let mut args = vec![
             "serve".to_owned(),
             "--vmm".into(),
-            "standin".into(),
+            vmm.into(),
             "--listen".into(),
             format!("unix:{}", sock.display()),
             "--snapshot".into(),
-            format!("snap={}", w.snap().display()),
+            format!("snap={}", snap.display()),
             "--warm".into(),
             "2".into(),
             "--low-water".into(),
@@ -667,4 +678,88 @@ fn spawn_ls_and_kill_go_through_the_daemon_named_by_server() {
     let (st, log) = d.stop();
     assert!(st.success(), "{log}");
     w.assert_only(&BTreeSet::new());
+}
+
+#[test]
+fn pause_and_resume_on_real_firecracker_keep_the_clone_and_its_slot() {
+    root_or_skip!();
+    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let w = World::new(wasp_bin!(), "srvfc");
+    let (golden, _) = testkit::firecracker_golden(w.tmp.path());
+    let fc = testkit::firecracker_bin().display().to_string();
+    let d = Daemon::start_vmm(&w, "firecracker", &golden, &["--firecracker", &fc], &[]);
+    let r = d.ok("POST", "/v1/clones", Some(spawn_body(1, "fc")));
+    assert_eq!(r["summary"]["ready"], 1, "{r:#}");
+    let id = r["clones"][0]["id"].as_str().unwrap().to_owned();
+    let pid = r["clones"][0]["pid"].as_i64().unwrap();
+    let netns = r["clones"][0]["netns"].as_str().unwrap().to_owned();
+    let g = d.ok("GET", &format!("/v1/clones/{id}"), None);
+    assert_eq!(
+        (g["vmm"].as_str(), g["state"].as_str()),
+        (Some("firecracker"), Some("running"))
+    );
+    let sock = std::path::PathBuf::from(g["api_sock"].as_str().unwrap());
+    let vm_state = || {
+        wasp::vmm::api::Client::connect(&sock)
+            .unwrap()
+            .get_instance_info()
+            .unwrap()
+            .state
+    };
+    assert_eq!(vm_state(), "Running");
+
+    let p = d.ok("POST", &format!("/v1/clones/{id}/pause"), None);
+    assert_eq!(p["state"], "paused");
+    assert_eq!(vm_state(), "Paused");
+    // Paused, it keeps its VMM and its slot.
+    assert!(alive(pid));
+    let again = d.ok("GET", &format!("/v1/clones/{id}"), None);
+    assert_eq!(
+        (again["state"].as_str(), again["netns"].as_str()),
+        (Some("paused"), Some(netns.as_str()))
+    );
+    let pools = d.ok("GET", "/v1/pools", None);
+    assert_eq!(pools["pools"][0]["in_use"], 1, "{pools}");
+    let twice = d.call("POST", &format!("/v1/clones/{id}/pause"), None);
+    assert_eq!(twice.status, 409, "{}", twice.detail());
+
+    let p = d.ok("POST", &format!("/v1/clones/{id}/resume"), None);
+    assert_eq!(p["state"], "running");
+    assert_eq!(vm_state(), "Running");
+    let twice = d.call("POST", &format!("/v1/clones/{id}/resume"), None);
+    assert_eq!(twice.status, 409, "{}", twice.detail());
+    d.ok("DELETE", &format!("/v1/clones/{id}"), None);
+    assert!(!alive(pid));
+    let (st, log) = d.stop();
+    assert!(st.success(), "{log}");
+    w.assert_only(&BTreeSet::new());
+}
+
+#[test]
+fn a_request_the_host_cannot_hold_gets_503_with_retry_after_and_builds_nothing() {
+    root_or_skip!();
+    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let w = World::new(wasp_bin!(), "srvfull");
+    // A /28: room for a handful of slots only.
+    let d = Daemon::start(&w, &["--cidr", "10.213.7.0/28"], &[]);
+    let cap = d.ok("GET", "/v1/capacity", None);
+    let possible = cap["clones_possible"].as_u64().unwrap() as usize;
+    assert!(possible < 16, "{cap}");
+    let before = w.seen();
+    let r = d.call("POST", "/v1/clones", Some(spawn_body(possible + 1, "x")));
+    assert_eq!(r.status, 503, "{}", r.detail());
+    assert!(r.header("retry-after").unwrap().parse::<u64>().unwrap() >= 1);
+    assert_eq!(r.json().unwrap()["error"], "unavailable");
+    assert!(
+        r.detail().contains(&format!("{possible} more")),
+        "{}",
+        r.detail()
+    );
+    assert_eq!(w.seen(), before, "an overloaded request built something");
+    // What fits is served.
+    let ok = d.ok("POST", "/v1/clones", Some(spawn_body(possible, "x")));
+    assert_eq!(ok["summary"]["ready"].as_u64().unwrap() as usize, possible);
+    d.ok("DELETE", "/v1/clones?label=team=x", None);
+    let (st, log) = d.stop();
+    assert!(st.success(), "{log}");
 }
