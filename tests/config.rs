@@ -101,9 +101,15 @@ fn config_show_names_the_source_of_every_value() {
         .iter()
         .map(|e| e["key"].as_str().unwrap().to_owned())
         .collect();
-    assert_eq!(keys.len(), 17, "{keys:?}");
+    assert_eq!(keys.len(), 26, "{keys:?}");
     let (ids, kind, _) = entry(&v, "jailer.id_range");
     assert_eq!((ids, kind.as_str()), ("70000-79999".into(), "default"));
+    // `[serve]`: the daemon's settings.
+    assert_eq!(
+        entry(&v, "serve.listen").0,
+        serde_json::json!(["unix:/run/wasp/wasp.sock"])
+    );
+    assert_eq!(entry(&v, "serve.max_count").0, 1000);
 
     // The table says the same for humans.
     let o = wasp()

@@ -407,6 +407,33 @@ mod tests {
         Config::from_toml(Path::new("/etc/wasp/test.toml"), text)
     }
 
+    #[test]
+    fn the_serve_section_parses_and_refuses_bad_values() {
+        let c = parse(
+            "[serve]\nlisten = [\"unix:/run/x.sock\", \"tcp:127.0.0.1:7070\"]\nmax_count = 5\nwarm = 2\ntoken_file = \"/etc/wasp/t\"\nmetrics = \"127.0.0.1:9464\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.serve_listen.value,
+            vec![
+                Listen::Unix("/run/x.sock".into()),
+                Listen::Tcp("127.0.0.1:7070".parse().unwrap())
+            ]
+        );
+        assert_eq!((c.serve_max_count.value, c.serve_warm.value), (5, 2));
+        assert_eq!(c.serve_low_water.value, DEFAULT_SERVE_LOW_WATER);
+        let e = err("[serve]\nlisten = [\"http://x\"]\n");
+        assert!(e.contains("serve.listen") && e.contains("unix:PATH"), "{e}");
+        let e = err("[serve]\nlisten = [\"unix:relative.sock\"]\n");
+        assert!(e.contains("absolute"), "{e}");
+        let e = err("[serve]\nmax_count = 0\n");
+        assert!(e.contains("serve.max_count"), "{e}");
+        let e = err("[serve]\nport = 1\n");
+        assert!(e.contains("serve.port"), "{e}");
+        let e = err("[serve]\ntoken_file = \"token\"\n");
+        assert!(e.contains("absolute"), "{e}");
+    }
+
     fn err(text: &str) -> String {
         crate::error::chain(&parse(text).unwrap_err())
     }
@@ -438,6 +465,17 @@ parallel = 64
 
 [jailer]
 id_range = "80000-80999"
+
+[serve]
+listen = ["unix:/run/wasp2/api.sock"]
+socket_group = "wasp"
+token_file = "/etc/wasp/token"
+metrics = "127.0.0.1:9464"
+max_count = 50
+body_limit = 4096
+warm = 4
+low_water = 2
+high_water = 8
 "#;
 
     #[test]
