@@ -198,6 +198,35 @@ fn the_api_end_to_end_over_the_socket() {
         d.ok("GET", "/v1/snapshots", None)["snapshots"][0]["name"],
         "snap"
     );
+    // The socket: mode 0660.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&d.sock).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o660, "{mode:o}");
+    // A snapshot added by name; adopting a directory that has a manifest
+    // goes through `snapshot adopt`, which refuses without force.
+    let snap = w.snap().display().to_string();
+    let s = d.ok(
+        "POST",
+        "/v1/snapshots",
+        Some(json!({"name": "snap2", "dir": snap})),
+    );
+    assert_eq!(
+        (s["name"].as_str(), s["vmm"].as_str()),
+        (Some("snap2"), Some("standin"))
+    );
+    let r = d.call(
+        "POST",
+        "/v1/snapshots",
+        Some(json!({"name": "snap3", "dir": snap, "adopt": {"vmm_version": "1"}})),
+    );
+    assert_eq!(r.status, 422, "{}", r.detail());
+    assert!(r.detail().contains("--force"), "{}", r.detail());
+    let r = d.call(
+        "POST",
+        "/v1/snapshots",
+        Some(json!({"name": "snap2", "dir": snap})),
+    );
+    assert_eq!(r.status, 409, "{}", r.detail());
 
     // Bad bodies: a clear 4xx each, and nothing built.
     let before = w.seen();
@@ -263,7 +292,9 @@ fn the_api_end_to_end_over_the_socket() {
         assert!(alive(c["pid"].as_i64().unwrap()));
     }
     let a_ids = testkit::cli::ids(&rep["clones"]);
-    let r = d.ok("POST", "/v1/clones", Some(spawn_body(2, "b")));
+    let mut b = spawn_body(2, "b");
+    b["snapshot"] = json!("snap2");
+    let r = d.ok("POST", "/v1/clones", Some(b));
     let b_ids = testkit::cli::ids(&r["clones"]);
 
     // List, filter, get.
@@ -301,6 +332,20 @@ fn the_api_end_to_end_over_the_socket() {
     let cap = d.ok("GET", "/v1/capacity", None);
     assert_eq!(cap["clones"], 5, "{cap}");
     assert!(cap["clones_possible"].as_u64().unwrap() > 0, "{cap}");
+    // The pool's marks at run time (the refill builds in the background).
+    let p = d.ok(
+        "PUT",
+        &format!("/v1/pools/{}", w.pool),
+        Some(json!({"size": 3, "low_water": 1, "high_water": 32})),
+    );
+    assert_eq!(p["size"], 3, "{p}");
+    let r = d.call(
+        "PUT",
+        &format!("/v1/pools/{}", w.pool),
+        Some(json!({"size": 40, "low_water": 1, "high_water": 32})),
+    );
+    assert_eq!(r.status, 422, "{}", r.detail());
+    assert_eq!(d.call("PUT", "/v1/pools/nope", Some(json!({}))).status, 404);
 
     // Delete one, then by label.
     let k = d.ok("DELETE", &format!("/v1/clones/{one}"), None);
