@@ -384,6 +384,39 @@ fn a_request_over_capacity_is_refused_before_anything_is_taken() {
 }
 
 #[test]
+fn a_clone_whose_record_cannot_be_written_fails_and_is_reclaimed() {
+    root_or_skip!();
+    let tmp = tempfile::tempdir().unwrap();
+    let store = snapshot(tmp.path());
+    let state = tmp.path().join("state");
+    let engine =
+        Engine::with_slots(config(tmp.path(), standin()), FakeSlots::new(1, true)).unwrap();
+    // The records' directory becomes a file: every write fails.
+    let clones = state.join(wasp::state::CLONES);
+    std::fs::remove_dir(&clones).unwrap();
+    std::fs::write(&clones, b"").unwrap();
+    let report = engine
+        .spawn(request(SnapshotSource::Store(store.clone()), 1))
+        .unwrap()
+        .wait()
+        .unwrap();
+    std::fs::remove_file(&clones).unwrap();
+    let _guard = testkit::TeardownGuard(&state);
+    // Never reported ready without a record: failed in its own phase, its
+    // VMM, files and slot reclaimed, nothing watched.
+    assert_eq!(report.summary.failed, 1, "{:#?}", report.clones);
+    let c = &report.clones[0];
+    assert_eq!(c.failed_phase.as_deref(), Some("record"), "{c:?}");
+    assert!(
+        c.error.as_deref().unwrap().contains("cannot write"),
+        "{c:?}"
+    );
+    assert!(!store.clone_dir(&c.id).exists());
+    assert_eq!(engine.on_slots(|s| s.given_back.len()), 1);
+    assert!(engine.list().is_empty());
+}
+
+#[test]
 fn firecracker_pause_and_resume_keep_the_clone_and_its_slot() {
     root_or_skip!();
     let tmp = tempfile::tempdir().unwrap();
@@ -509,6 +542,11 @@ fn a_new_engine_adopts_the_live_clones_and_reclaims_the_dead_ones() {
     rec.expires_at_ms = Some(now_ms() - 1);
     records.put(&rec).unwrap();
     let expired_fd = wasp::sys::pidfd::pidfd_open(expired.pid.unwrap()).unwrap();
+    // And the paused one was resumed by an engine that died before it
+    // could record it: its record still says paused.
+    let mut c = Client::connect(&kept_before.record.api_sock).unwrap();
+    c.patch_vm(wasp::vmm::api::VmRunState::Resumed).unwrap();
+    assert!(record(&state, &kept.id).unwrap().paused);
 
     // Engine B on the same state dir and pool.
     let b = Engine::open(cfg, pool.setup(0)).unwrap();
@@ -524,15 +562,18 @@ fn a_new_engine_adopts_the_live_clones_and_reclaims_the_dead_ones() {
     assert!(!store.clone_dir(&dead.id).exists());
     // The expired one: stopped by B's TTL timer at once.
     assert!(wasp::sys::pidfd::pidfd_exited(&expired_fd, -1).unwrap());
-    // The kept one: listed as A knew it (labels, request, deadline,
-    // paused), and B controls it.
+    // The kept one: listed as A knew it (labels, request, deadline), in
+    // the state its VMM reports, and B controls it.
     let live = b.list();
     assert!(live.iter().all(|c| c.record.id != dead.id));
     let kept_now = live.iter().find(|c| c.record.id == kept.id).unwrap();
     assert_eq!(kept_now.labels, labels(&[("team", "a")]));
     assert_eq!(kept_now.request, kept_before.request);
     assert_eq!(kept_now.expires_at_ms, kept_before.expires_at_ms);
-    assert_eq!(kept_now.state, CloneState::Paused);
+    assert_eq!(kept_now.state, CloneState::Running);
+    assert!(!record(&state, &kept.id).unwrap().paused);
+    assert_eq!(b.pause(&kept.id).unwrap().state, CloneState::Paused);
+    assert_eq!(vmm_state(&kept_now.record.api_sock), "Paused");
     assert_eq!(b.resume(&kept.id).unwrap().state, CloneState::Running);
     assert_eq!(vmm_state(&kept_now.record.api_sock), "Running");
     // Its slot is held: never handed out to a new clone.

@@ -7,7 +7,8 @@
 //! reconcile` makes), and the pool holds its slot aside for it (the pool's
 //! open leased the slot and saw its tap busy): the clone is then watched
 //! through that pidfd like one the engine started, with its request tag,
-//! labels, TTL deadline and paused state from the record. Its VMM is not
+//! labels and TTL deadline from the record, and the paused state its VMM
+//! reports (`GET /`; the record's when it does not answer). Its VMM is not
 //! this process's child, so its exit status is not known.
 //!
 //! A record whose VMM is gone (or is not the recorded process, or has
@@ -22,7 +23,7 @@
 
 use serde::Serialize;
 
-use super::{lock, Core, Engine, Running};
+use super::{control, lock, Core, Engine, Running};
 use crate::engine::batch::Slots;
 use crate::paths::PREFIX;
 use crate::pipeline::launch;
@@ -87,6 +88,17 @@ impl<S: Slots + 'static> Core<S> {
             };
             match (pidfd, verdict) {
                 (Some(pidfd), None) => {
+                    let mut r = r;
+                    // A crash between a pause (or resume) and its record
+                    // leaves the record behind: the VMM says which it is.
+                    if let Some(paused) = control::vmm_paused(&r.api_sock) {
+                        if paused != r.paused {
+                            r.paused = paused;
+                            if let Err(e) = self.state.put(&r) {
+                                rep.errors.push(crate::error::chain(&e));
+                            }
+                        }
+                    }
                     let adopted = self.slots().adopt(r.slot);
                     match adopted {
                         Ok(slot) => {

@@ -17,6 +17,18 @@ use crate::vmm::api::{Client, VmRunState};
 /// How long a pause or resume may take over the API socket.
 const VMM_API_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Whether the VMM behind `sock` reports itself paused (`GET /`), when it
+/// answers within a second.
+pub(crate) fn vmm_paused(sock: &std::path::Path) -> Option<bool> {
+    let mut c = Client::connect(sock).ok()?;
+    c.set_timeout(Duration::from_secs(1));
+    match c.get_instance_info().ok()?.state.as_str() {
+        "Paused" => Some(true),
+        "Running" => Some(false),
+        _ => None,
+    }
+}
+
 /// True when `have` holds every pair of `want`.
 pub(crate) fn labels_match(
     have: &BTreeMap<String, String>,

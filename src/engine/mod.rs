@@ -1531,33 +1531,42 @@ impl<S: Slots + 'static> Core<S> {
         phases.resume = ms(o.times.resume);
         phases.ready = ms(o.times.ready);
         let id = o.job.id.clone();
-        match o.result {
-            Ok(()) => {
-                let record = CloneRecord {
-                    id: id.clone(),
-                    pid: o.job.pid,
-                    pid_start: state::pid_start_time(o.job.pid).unwrap_or(0),
-                    vmm: vmm_name(&self.vmm).into(),
-                    netns: p.slot.netns.clone(),
-                    slot: p.slot.index,
-                    pool: p.slot.pool.clone(),
-                    host_netns: self.host_netns.clone(),
-                    clone_ip: p.slot.clone_ip,
-                    ready_port: r.ready_port(),
-                    api_sock: o.job.api_sock.clone(),
-                    clone_dir: p.files_dir.clone(),
-                    snapshot: r.store.snapshot_dir().to_owned(),
-                    created_at: crate::snapshot::manifest::rfc3339_utc(std::time::SystemTime::now()),
-                    cgroup: p.cgroup.clone(),
-                    jail_dir: p.jail_dir.clone(),
-                    request: Some(r.tag.clone()),
-                    labels: r.labels.clone(),
-                    expires_at_ms: r.ttl.map(ttl::deadline_ms),
-                    paused: false,
-                };
-                if let Err(e) = self.state.put(&record) {
-                    tracing::warn!(clone = %id, "cannot record clone: {}", crate::error::chain(&e));
-                }
+        // The record is written before the clone is reported ready or
+        // watched: a clone without one would be unknown to an engine that
+        // restarts, so a failed write fails the clone.
+        let result = o
+            .result
+            .map_err(|e| (e.phase().to_string(), crate::error::chain(&e)));
+        let result = result.and_then(|()| {
+            let rec = CloneRecord {
+                id: id.clone(),
+                pid: o.job.pid,
+                pid_start: state::pid_start_time(o.job.pid).unwrap_or(0),
+                vmm: vmm_name(&self.vmm).into(),
+                netns: p.slot.netns.clone(),
+                slot: p.slot.index,
+                pool: p.slot.pool.clone(),
+                host_netns: self.host_netns.clone(),
+                clone_ip: p.slot.clone_ip,
+                ready_port: r.ready_port(),
+                api_sock: o.job.api_sock.clone(),
+                clone_dir: p.files_dir.clone(),
+                snapshot: r.store.snapshot_dir().to_owned(),
+                created_at: crate::snapshot::manifest::rfc3339_utc(std::time::SystemTime::now()),
+                cgroup: p.cgroup.clone(),
+                jail_dir: p.jail_dir.clone(),
+                request: Some(r.tag.clone()),
+                labels: r.labels.clone(),
+                expires_at_ms: r.ttl.map(ttl::deadline_ms),
+                paused: false,
+            };
+            self.state
+                .put(&rec)
+                .map_err(|e| ("record".to_string(), crate::error::chain(&e)))?;
+            Ok(rec)
+        });
+        match result {
+            Ok(record) => {
                 crate::testhook::point("clone-recorded");
                 let row = CloneReport {
                     id,
@@ -1587,15 +1596,14 @@ impl<S: Slots + 'static> Core<S> {
                 };
                 self.set_row(&r, p.i, row, cpu);
             }
-            Err(e) => {
+            Err((phase, err)) => {
                 // Reclaim: kill exactly this VMM, reap it, remove its files,
                 // give its slot back.
                 let _ = sys::pidfd::pidfd_send_signal(&o.job.pidfd, libc::SIGKILL);
                 let _ = p.child.wait();
                 self.remove_clone_files(&r.store, &id, p.cgroup.as_deref(), p.jail_dir.as_deref());
-                let phase = e.phase().to_string();
                 self.give_back(&id, p.slot.clone());
-                let why = (phase.as_str(), crate::error::chain(&e));
+                let why = (phase.as_str(), err);
                 let cpu = p.cpu + sys::thread_cpu_time().saturating_sub(cpu_start);
                 self.fail_row(&r, p.i, id, Some(&p.slot), phases, p.admitted, why, cpu);
             }
