@@ -5,7 +5,7 @@
 //! adoption of live clones by a new engine on the same state dir.
 
 use wasp_testkit as testkit;
-use wasp_testkit::root_or_skip;
+use wasp_testkit::{root_or_skip, wasp_bin};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -668,4 +668,63 @@ fn pool_marks_change_at_run_time() {
     let slots = engine.into_slots();
     slots.pool().drain().unwrap();
     slots.pool().ops().remove_host().unwrap();
+}
+
+#[test]
+fn after_a_crash_mid_batch_reconcile_then_a_new_engine_adopts_every_recorded_clone() {
+    root_or_skip!();
+    // `wasp spawn` runs the engine; SIGKILLed right after its 15th record,
+    // with more clones in flight (launched, not recorded).
+    let s = testkit::cli::World::new(wasp_bin!(), "eadopt");
+    s.kill_at(s.spawn_n("40"), "clone-recorded:15");
+    let before = s.seen();
+    assert_eq!(before.records.len(), 15, "{before:?}");
+    assert!(before.vmms.len() >= 15, "{before:?}");
+
+    // A restarting service: reconcile first (it kills the VMMs that have
+    // no record, removes their files and recycles their slots), then the
+    // engine adopts every recorded clone.
+    let rec = s.reconcile();
+    let recorded: BTreeSet<String> = rec["adopted"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(recorded.len(), 15, "{rec:#}");
+    let setup = PoolSetup {
+        net: wasp::pipeline::slot::SlotNet {
+            pool: s.pool.clone(),
+            ..wasp::pipeline::slot::SlotNet::default()
+        },
+        host: wasp::pipeline::slot::HostNet {
+            netns: Some(s.host.name().to_owned()),
+            ..Default::default()
+        },
+        warm: 0,
+        low_water: 0,
+        high_water: usize::MAX,
+    };
+    let cfg = EngineConfig::new(standin(), s.state(), s.run_dir());
+    let engine = Engine::open(cfg, setup).unwrap();
+    let rep = engine.adopted();
+    assert!(rep.errors.is_empty() && rep.reclaimed.is_empty(), "{rep:?}");
+    assert_eq!(rep.adopted.into_iter().collect::<BTreeSet<_>>(), recorded);
+    let listed: BTreeSet<String> = engine.list().into_iter().map(|c| c.record.id).collect();
+    assert_eq!(listed, recorded);
+    // Not children of this process: stopped and reclaimed all the same.
+    let down = engine.shutdown(true);
+    assert_eq!(down.killed.len(), 15);
+    for r in &down.killed {
+        assert!(r.errors.is_empty(), "{r:?}");
+        assert_eq!(r.status, None);
+        // Gone, or a zombie left for its parent (init) to reap.
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", r.pid)).unwrap_or_default();
+        assert!(
+            stat.is_empty() || wasp::state::parse_state(&stat) == Some('Z'),
+            "{r:?}: {stat}"
+        );
+    }
+    drop(engine);
+    s.kill_drain_and_assert_zero();
 }
