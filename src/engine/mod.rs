@@ -612,6 +612,9 @@ struct Core<S> {
     adopt_report: Mutex<AdoptReport>,
     /// The pool reached its warm target once (latched).
     warm: std::sync::atomic::AtomicBool,
+    /// Fds open when the engine was opened (the base of the fd estimate
+    /// of [`Core::capacity_with`]).
+    base_fds: AtomicU64,
     /// Wakes the driver when a job is sent (or the jobs end).
     wake: EventFd,
     /// The driver thread's CPU time (ns), as of its last feed call.
@@ -739,6 +742,7 @@ impl<S: Slots + 'static> Engine<S> {
             timer,
             adopt_report: Mutex::new(AdoptReport::default()),
             warm: std::sync::atomic::AtomicBool::new(false),
+            base_fds: AtomicU64::new(sys::rlimit::open_fds().unwrap_or(0)),
             wake: EventFd::new().map_err(start_err("driver's eventfd"))?,
             driver_cpu_ns: AtomicU64::new(0),
             driver_error: Mutex::new(None),
@@ -1019,15 +1023,19 @@ impl<S: Slots + 'static> Core<S> {
         if r.count == 0 || r.count > MAX_COUNT {
             return Err(SpawnError::Count(r.count));
         }
-        let queued = {
+        let (queued, in_flight) = {
             let s = lock(&self.sched);
             if !s.accepting || s.driver_gone {
                 return Err(SpawnError::Stopped);
             }
             // Clones accepted but not admitted yet hold nothing so far.
-            s.queue.iter().map(|(q, i)| q.count - i).sum::<usize>()
+            let queued = s.queue.iter().map(|(q, i)| q.count - i).sum::<usize>();
+            (queued, s.in_flight)
         };
-        let possible = self.capacity().clones_possible.saturating_sub(queued);
+        let possible = self
+            .capacity_with(Some(in_flight + queued))
+            .clones_possible
+            .saturating_sub(queued);
         if r.count > possible {
             return Err(SpawnError::Overloaded {
                 asked: r.count,
