@@ -35,7 +35,37 @@
 //! is killed ([`Engine::kill`]) or the engine shuts down: the reaper blocks
 //! in `epoll_wait` on all of them at once (no periodic poll), and a VMM that
 //! exits on its own is reaped, its files, isolation and record removed and
-//! its slot given back.
+//! its slot given back. Each [`Reaped`] says why ([`ReapCause`]).
+//!
+//! Control of live clones (all recorded in the clone's record, so a
+//! restarted engine keeps them):
+//!
+//! - **TTL** (`ttl`): [`SpawnRequest::ttl`] gives each clone a deadline
+//!   (absolute, Unix ms) when it is ready; [`Engine::set_ttl`] moves or
+//!   clears it. One timerfd in the reaper's epoll is armed at the earliest
+//!   deadline; when it fires the reaper stops the clones whose time is up
+//!   (cause `TtlExpired`). No wake-up happens between deadlines.
+//! - **Pause and resume** (`control`): `PATCH /vm` over the clone's API
+//!   socket; the clone keeps its slot, pidfd watch and TTL, and a paused
+//!   clone whose VMM exits is reaped like any other.
+//! - **By label** (`control`): [`Engine::get`], [`Engine::kill_matching`]
+//!   (every clone whose labels include the given pairs; SIGTERM to all,
+//!   one grace, then SIGKILL).
+//! - **Capacity** (`capacity`): [`Engine::capacity`] (free and buildable
+//!   slots, `MemAvailable` over [`MEM_PER_CLONE_BYTES`], fd headroom);
+//!   [`Engine::spawn`] refuses a request larger than what the host can
+//!   take now with [`SpawnError::Overloaded`] and a retry hint, before
+//!   anything is taken. [`Engine::set_pool_marks`] resizes the warm pool at
+//!   run time; [`Engine::is_warm`] says when it reached its size once.
+//! - **Adoption** (`adopt`): [`Engine::open`] adopts the live clones its
+//!   state dir records for its pool (VMM checked through a pidfd: same
+//!   process, in its slot netns; slot lease taken; watched, with labels,
+//!   request tag, TTL and paused state) and reclaims the records whose VMM
+//!   is gone ([`Engine::adopted`]). A clone's record is written before it
+//!   is reported ready (a failed write fails the clone), so a crash leaves
+//!   every clone either recorded (adopted later) or unrecorded and
+//!   reclaimed by `wasp reconcile`, which a restarting service runs before
+//!   opening its engine.
 //!
 //! For a service (one engine per process, requests from many threads):
 //! keep the engine in an `Arc` (it is `Send + Sync`), give each request its
