@@ -246,6 +246,20 @@ fn pause_and_resume_go_through_the_vmm_api_and_a_paused_clone_is_still_reaped() 
     let e = engine.resume(id).unwrap_err();
     assert!(matches!(e, EngineError::WrongState { .. }), "{e}");
 
+    // A failed API call changes nothing: the socket is moved away.
+    let aside = sock.with_extension("aside");
+    std::fs::rename(&sock, &aside).unwrap();
+    let e = engine.pause(id).unwrap_err();
+    assert!(matches!(e, EngineError::Vmm { .. }), "{e}");
+    assert!(
+        wasp::error::chain(&e).contains(&sock.display().to_string()),
+        "{}",
+        wasp::error::chain(&e)
+    );
+    assert_eq!(engine.get(id).unwrap().state, CloneState::Running);
+    assert!(!record(&state, id).unwrap().paused);
+    std::fs::rename(&aside, &sock).unwrap();
+
     // A paused clone whose VMM dies is reaped like any other.
     engine.pause(id).unwrap();
     sigkill(report.clones[0].pid.unwrap());

@@ -7,8 +7,8 @@
 //! reconcile` makes), and the pool holds its slot aside for it (the pool's
 //! open leased the slot and saw its tap busy): the clone is then watched
 //! through that pidfd like one the engine started, with its request tag,
-//! labels and TTL deadline from the record, and the paused state its VMM
-//! reports (`GET /`; the record's when it does not answer). Its VMM is not
+//! labels, TTL deadline and paused state from the record (a record that
+//! says paused is checked with the VMM's `GET /`). Its VMM is not
 //! this process's child, so its exit status is not known.
 //!
 //! A record whose VMM is gone (or is not the recorded process, or has
@@ -89,9 +89,11 @@ impl<S: Slots + 'static> Core<S> {
             match (pidfd, verdict) {
                 (Some(pidfd), None) => {
                     let mut r = r;
-                    // A crash between a pause (or resume) and its record
-                    // leaves the record behind: the VMM says which it is.
-                    if let Some(paused) = control::vmm_paused(&r.api_sock) {
+                    // A record that says paused may be stale (a crash
+                    // around a pause or resume): the VMM says which it is.
+                    if let Some(paused) =
+                        r.paused.then(|| control::vmm_paused(&r.api_sock)).flatten()
+                    {
                         if paused != r.paused {
                             r.paused = paused;
                             if let Err(e) = self.state.put(&r) {
