@@ -742,3 +742,60 @@ fn after_a_crash_mid_batch_reconcile_then_a_new_engine_adopts_every_recorded_clo
     drop(engine);
     s.kill_drain_and_assert_zero();
 }
+
+#[test]
+fn a_vmm_started_ahead_runs_the_next_request_and_is_stopped_at_shutdown() {
+    root_or_skip!();
+    let tmp = tempfile::tempdir().unwrap();
+    let store = snapshot(tmp.path());
+    let state = tmp.path().join("state");
+    let _guard = testkit::TeardownGuard(&state);
+    let mut cfg = config(tmp.path(), standin());
+    cfg.standby = 1;
+    let engine = Engine::with_slots(cfg, FakeSlots::new(4, true)).unwrap();
+    engine
+        .hold_standby(SnapshotSource::Store(store.clone()))
+        .unwrap();
+    assert!(engine.wait_standby(EVENT_BOUND), "no standby VMM was made");
+    assert_eq!(engine.standbys(), 1);
+    let dirs = |s: &CloneStore| -> BTreeSet<String> {
+        std::fs::read_dir(s.clones_dir())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect()
+    };
+    // Started ahead: its clone dir and slot, no record, no clone.
+    let ahead = dirs(&store);
+    assert_eq!(ahead.len(), 1, "{ahead:?}");
+    assert!(engine.list().is_empty());
+
+    let r = engine
+        .spawn(request(SnapshotSource::Store(store.clone()), 1))
+        .unwrap()
+        .wait()
+        .unwrap();
+    assert_eq!(r.summary.ready, 1, "{:#?}", r.clones);
+    let c = &r.clones[0];
+    // It ran in the VMM started ahead: no slot, storage or launch on the
+    // request's path.
+    assert!(ahead.contains(&format!("wasp-{}", c.id)), "{ahead:?} {c:?}");
+    let p = c.phases_ms;
+    assert_eq!((p.slot, p.storage, p.launch), (0.0, 0.0, 0.0), "{p:?}");
+    assert!(record(&state, &c.id).is_some());
+
+    // The next one is made in the background; a request with VMM
+    // arguments never takes it (its VMM must be started with them).
+    assert!(engine.wait_standby(EVENT_BOUND));
+    let mut req = request(SnapshotSource::Store(store.clone()), 1);
+    req.vmm_args = vec!["--fault".into(), "slow-load=1".into()];
+    let r2 = engine.spawn(req).unwrap().wait().unwrap();
+    assert_eq!(r2.summary.ready, 1, "{:#?}", r2.clones);
+    assert!(r2.clones[0].phases_ms.launch > 0.0, "{:?}", r2.clones[0]);
+    assert_eq!(engine.standbys(), 1);
+
+    // Shutdown stops the standby too: no VMM, files or slot left.
+    let down = engine.shutdown(true);
+    assert_eq!(down.killed.len(), 2);
+    assert!(dirs(&store).is_empty(), "{:?}", dirs(&store));
+    assert_eq!(engine.on_slots(|s| s.given_back.len()), 3);
+}

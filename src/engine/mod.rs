@@ -100,6 +100,7 @@ mod adopt;
 pub mod batch;
 mod capacity;
 mod control;
+mod standby;
 mod ttl;
 
 pub use adopt::AdoptReport;
@@ -165,6 +166,9 @@ pub struct EngineConfig {
     pub driver: Option<DriverKind>,
     /// Per-clone cgroup limits and jailer mode (default: neither).
     pub isolation: Isolation,
+    /// VMMs to hold started ahead in their slots for the snapshot named
+    /// with [`Engine::hold_standby`] (experimental; default 0: none).
+    pub standby: usize,
 }
 
 impl EngineConfig {
@@ -179,6 +183,7 @@ impl EngineConfig {
             parallel: 32,
             driver: None,
             isolation: Isolation::default(),
+            standby: 0,
         }
     }
 }
@@ -491,6 +496,8 @@ struct Req {
     vmm_args: Vec<String>,
     labels: BTreeMap<String, String>,
     ttl: Option<Duration>,
+    /// The VMM started ahead that clone 0 runs in, until admitted.
+    standby: Mutex<Option<standby::Standby>>,
     plan: Arc<Plan>,
     isolation: Isolation,
     snapshot_tap: Option<(String, String)>,
@@ -645,6 +652,8 @@ struct Core<S> {
     /// Fds open when the engine was opened (the base of the fd estimate
     /// of [`Core::capacity_with`]).
     base_fds: AtomicU64,
+    /// VMMs started ahead ([`EngineConfig::standby`]).
+    standby: standby::Standbys,
     /// Wakes the driver when a job is sent (or the jobs end).
     wake: EventFd,
     /// The driver thread's CPU time (ns), as of its last feed call.
@@ -671,6 +680,7 @@ struct Threads {
     driver: Option<JoinHandle<()>>,
     outcomes: Option<JoinHandle<()>>,
     reaper: Option<JoinHandle<()>>,
+    standby: Option<JoinHandle<()>>,
 }
 
 impl<S: Slots + 'static> std::fmt::Debug for Engine<S> {
@@ -773,6 +783,7 @@ impl<S: Slots + 'static> Engine<S> {
             adopt_report: Mutex::new(AdoptReport::default()),
             warm: std::sync::atomic::AtomicBool::new(false),
             base_fds: AtomicU64::new(sys::rlimit::open_fds().unwrap_or(0)),
+            standby: standby::Standbys::new(cfg.standby),
             wake: EventFd::new().map_err(start_err("driver's eventfd"))?,
             driver_cpu_ns: AtomicU64::new(0),
             driver_error: Mutex::new(None),
@@ -833,6 +844,11 @@ impl<S: Slots + 'static> Engine<S> {
                 }),
             )?;
             lock(&engine.threads).driver = Some(h);
+        }
+        if core.standby_target() > 0 {
+            let c = core.clone();
+            let h = spawn("wasp-standby".into(), Box::new(move || c.standby_loop()))?;
+            lock(&engine.threads).standby = Some(h);
         }
         for w in 0..ADMISSION_WORKERS.min(parallel) {
             let (c, jobs) = (core.clone(), job_tx.clone());
@@ -913,6 +929,10 @@ impl<S: Slots + 'static> Engine<S> {
         // driver finishes what it has and sees the end; then the outcome
         // thread sees the driver's end.
         for h in t.workers.drain(..) {
+            let _ = h.join();
+        }
+        self.core.stop_standbys();
+        if let Some(h) = t.standby.take() {
             let _ = h.join();
         }
         let _ = self.core.wake.signal();
@@ -1049,6 +1069,27 @@ impl<S: Slots + 'static> Core<S> {
         Ok(s)
     }
 
+    /// The isolation of `store`'s clones. One template mount namespace for
+    /// the engine's life, made by the first request that needs it: each
+    /// VMM's copy then holds a few dozen mounts, not one per slot netns
+    /// (in jailer mode, the jailer's copy, with its slot's netns bound
+    /// back).
+    fn isolation_for(&self, store: &CloneStore) -> Result<Isolation, SpawnError> {
+        let mut isolation = self.isolation.clone();
+        if isolation.jailer.is_some() || !store.manifest().drives.is_empty() {
+            let mut t = lock(&self.template);
+            if t.is_none() {
+                *t = Some(Arc::new(MountTemplate::new().map_err(SpawnError::Mounts)?));
+            }
+            isolation.mount_template = t.clone();
+        }
+        Ok(isolation)
+    }
+
+    fn standby_target(&self) -> usize {
+        self.standby.target()
+    }
+
     fn submit(&self, r: SpawnRequest) -> Result<Ticket, SpawnError> {
         if r.count == 0 || r.count > MAX_COUNT {
             return Err(SpawnError::Count(r.count));
@@ -1103,18 +1144,7 @@ impl<S: Slots + 'static> Core<S> {
                 .collect();
             j.check_readable(&shared).map_err(SpawnError::Jailer)?;
         }
-        // One template mount namespace for the engine's life, made by the
-        // first request that needs it: each VMM's copy then holds a few
-        // dozen mounts, not one per slot netns (in jailer mode, the
-        // jailer's copy, with its slot's netns bound back).
-        let mut isolation = self.isolation.clone();
-        if isolation.jailer.is_some() || !m.drives.is_empty() {
-            let mut t = lock(&self.template);
-            if t.is_none() {
-                *t = Some(Arc::new(MountTemplate::new().map_err(SpawnError::Mounts)?));
-            }
-            isolation.mount_template = t.clone();
-        }
+        let isolation = self.isolation_for(&store)?;
         let plan = Arc::new(Plan {
             snapshot_path: isolation.visible_path(&vmstate),
             mem_path: isolation.visible_path(&mem),
@@ -1129,16 +1159,22 @@ impl<S: Slots + 'static> Core<S> {
                 (self.parallel as u64) * 8 + 1024 + 2 * (live.by_token.len() + r.count) as u64,
             );
         }
-        let tag = {
-            let mut live = lock(&self.live);
-            let tag = loop {
-                let t = batch_tag();
-                if !live.tags.contains_key(&t) {
-                    break t;
-                }
-            };
-            live.tags.insert(tag.clone(), 1);
-            tag
+        // A VMM started ahead runs clone 0; its reserved tag is the
+        // request's.
+        let standby = self.take_standby(&store, &r.vmm_args);
+        let tag = match &standby {
+            Some(sb) => sb.tag().to_owned(),
+            None => {
+                let mut live = lock(&self.live);
+                let tag = loop {
+                    let t = batch_tag();
+                    if !live.tags.contains_key(&t) {
+                        break t;
+                    }
+                };
+                live.tags.insert(tag.clone(), 1);
+                tag
+            }
         };
         let (tx, rx) = cb::unbounded();
         let req = Arc::new(Req {
@@ -1158,6 +1194,7 @@ impl<S: Slots + 'static> Core<S> {
             vmm_args: r.vmm_args,
             labels: r.labels,
             ttl: r.ttl,
+            standby: Mutex::new(standby),
             plan,
             isolation,
             started,
@@ -1171,7 +1208,12 @@ impl<S: Slots + 'static> Core<S> {
         {
             let mut s = lock(&self.sched);
             if !s.accepting || s.driver_gone {
-                lock(&self.live).unref_tag(&tag);
+                drop(s);
+                match lock(&req.standby).take() {
+                    // Its tag goes with it.
+                    Some(sb) => self.destroy_standby(sb),
+                    None => lock(&self.live).unref_tag(&tag),
+                }
                 return Err(SpawnError::Stopped);
             }
             s.queue.push_back((req, 0));
@@ -1221,6 +1263,10 @@ impl<S: Slots + 'static> Core<S> {
                 Claim::Fail(reqs) => {
                     let why = self.driver_gone_why();
                     for (r, from) in reqs {
+                        let held = lock(&r.standby).take();
+                        if let Some(sb) = held {
+                            self.destroy_standby_keep_tag(sb);
+                        }
                         for i in from..r.count {
                             let id = r.clone_id(i);
                             let why = ("driver", why.clone());
@@ -1372,6 +1418,10 @@ impl<S: Slots + 'static> Core<S> {
     /// Admits clone `i` of `r`: slot, storage, launch. `None` means it
     /// failed and was reclaimed (its row is written).
     fn admit(&self, r: &Arc<Req>, i: usize, seq: usize) -> Option<Job> {
+        let held = lock(&r.standby).take();
+        if let Some(sb) = held {
+            return Some(self.admit_standby(r, i, seq, sb));
+        }
         let id = r.clone_id(i);
         let admitted = Instant::now();
         let cpu_start = sys::thread_cpu_time();
