@@ -286,10 +286,7 @@ impl<S: Slots + 'static> Core<S> {
                         && s.clones_dir() == store.clones_dir())
             });
             let mut taken = None;
-            while same {
-                let Some(sb) = st.queue.pop_front() else {
-                    break;
-                };
+            while let Some(sb) = same.then(|| st.queue.pop_front()).flatten() {
                 // A VMM that died while it waited is no standby.
                 if sys::pidfd::pidfd_exited(&sb.launched.pidfd, 0).unwrap_or(true) {
                     dead.push(sb);
