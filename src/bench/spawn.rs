@@ -287,6 +287,7 @@ mod tests {
             cleanup_errors: cleanup,
             memory: Default::default(),
             hold: None,
+            request_ms: vec![],
         }
     }
 
@@ -299,6 +300,8 @@ mod tests {
             driver: None,
             mem_mib: 128,
             hold: false,
+            one_at_a_time: false,
+            standby: 0,
         }
     }
 
