@@ -571,6 +571,19 @@ fn a_new_engine_adopts_the_live_clones_and_reclaims_the_dead_ones() {
         BTreeSet::from([&kept.id, &expired.id])
     );
     assert_eq!(rep.reclaimed, vec![dead.id.clone()]);
+    // A third engine on the same state dir while B runs (a `wasp spawn`
+    // beside a service): B leases those slots, so C adopts nothing,
+    // reclaims nothing and reports nothing.
+    {
+        let c = Engine::open(config(tmp.path(), standin()), pool.setup(0)).unwrap();
+        let rep = c.adopted();
+        assert!(
+            rep.adopted.is_empty() && rep.reclaimed.is_empty() && rep.errors.is_empty(),
+            "{rep:?}"
+        );
+        assert!(c.list().is_empty());
+        c.shutdown(false);
+    }
     // The dead clone: record, files gone; its slot is free in B's pool.
     assert!(record(&state, &dead.id).is_none());
     assert!(!store.clone_dir(&dead.id).exists());

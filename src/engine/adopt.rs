@@ -16,7 +16,8 @@
 //! still the recorded process, is killed through the pidfd; the clone's
 //! directory (only when it carries the state dir's mark), cgroup and jail,
 //! and the record are removed, and its slot goes back to the pool. A
-//! record whose slot another process leases is left alone (reported).
+//! record whose slot another process leases (a `wasp spawn` running beside
+//! a service) is that process's clone: left alone, not reported.
 //! Corrupt records are left for `wasp reconcile`. VMMs without a record (a
 //! crash between launch and record) are `wasp reconcile`'s: run it before
 //! opening the engine.
@@ -78,6 +79,12 @@ impl<S: Slots + 'static> Core<S> {
         }
         for r in records {
             if r.pool != pool || r.host_netns != self.host_netns {
+                continue;
+            }
+            // Another live process (a `wasp spawn` beside a service) holds
+            // the slot: the clone is that process's.
+            if self.slots().held_elsewhere(r.slot) {
+                tracing::debug!(clone = %r.id, "its slot is leased by another process; not adopted");
                 continue;
             }
             // The pidfd pins the process before it is judged.
