@@ -5,7 +5,7 @@
 //! adoption of live clones by a new engine on the same state dir.
 
 use wasp_testkit as testkit;
-use wasp_testkit::root_or_skip;
+use wasp_testkit::{root_or_skip, wasp_bin};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -246,6 +246,20 @@ fn pause_and_resume_go_through_the_vmm_api_and_a_paused_clone_is_still_reaped() 
     let e = engine.resume(id).unwrap_err();
     assert!(matches!(e, EngineError::WrongState { .. }), "{e}");
 
+    // A failed API call changes nothing: the socket is moved away.
+    let aside = sock.with_extension("aside");
+    std::fs::rename(&sock, &aside).unwrap();
+    let e = engine.pause(id).unwrap_err();
+    assert!(matches!(e, EngineError::Vmm { .. }), "{e}");
+    assert!(
+        wasp::error::chain(&e).contains(&sock.display().to_string()),
+        "{}",
+        wasp::error::chain(&e)
+    );
+    assert_eq!(engine.get(id).unwrap().state, CloneState::Running);
+    assert!(!record(&state, id).unwrap().paused);
+    std::fs::rename(&aside, &sock).unwrap();
+
     // A paused clone whose VMM dies is reaped like any other.
     engine.pause(id).unwrap();
     sigkill(report.clones[0].pid.unwrap());
@@ -384,6 +398,39 @@ fn a_request_over_capacity_is_refused_before_anything_is_taken() {
 }
 
 #[test]
+fn a_clone_whose_record_cannot_be_written_fails_and_is_reclaimed() {
+    root_or_skip!();
+    let tmp = tempfile::tempdir().unwrap();
+    let store = snapshot(tmp.path());
+    let state = tmp.path().join("state");
+    let engine =
+        Engine::with_slots(config(tmp.path(), standin()), FakeSlots::new(1, true)).unwrap();
+    // The records' directory becomes a file: every write fails.
+    let clones = state.join(wasp::state::CLONES);
+    std::fs::remove_dir(&clones).unwrap();
+    std::fs::write(&clones, b"").unwrap();
+    let report = engine
+        .spawn(request(SnapshotSource::Store(store.clone()), 1))
+        .unwrap()
+        .wait()
+        .unwrap();
+    std::fs::remove_file(&clones).unwrap();
+    let _guard = testkit::TeardownGuard(&state);
+    // Never reported ready without a record: failed in its own phase, its
+    // VMM, files and slot reclaimed, nothing watched.
+    assert_eq!(report.summary.failed, 1, "{:#?}", report.clones);
+    let c = &report.clones[0];
+    assert_eq!(c.failed_phase.as_deref(), Some("record"), "{c:?}");
+    assert!(
+        c.error.as_deref().unwrap().contains("cannot write"),
+        "{c:?}"
+    );
+    assert!(!store.clone_dir(&c.id).exists());
+    assert_eq!(engine.on_slots(|s| s.given_back.len()), 1);
+    assert!(engine.list().is_empty());
+}
+
+#[test]
 fn firecracker_pause_and_resume_keep_the_clone_and_its_slot() {
     root_or_skip!();
     let tmp = tempfile::tempdir().unwrap();
@@ -509,6 +556,11 @@ fn a_new_engine_adopts_the_live_clones_and_reclaims_the_dead_ones() {
     rec.expires_at_ms = Some(now_ms() - 1);
     records.put(&rec).unwrap();
     let expired_fd = wasp::sys::pidfd::pidfd_open(expired.pid.unwrap()).unwrap();
+    // And the paused one was resumed by an engine that died before it
+    // could record it: its record still says paused.
+    let mut c = Client::connect(&kept_before.record.api_sock).unwrap();
+    c.patch_vm(wasp::vmm::api::VmRunState::Resumed).unwrap();
+    assert!(record(&state, &kept.id).unwrap().paused);
 
     // Engine B on the same state dir and pool.
     let b = Engine::open(cfg, pool.setup(0)).unwrap();
@@ -519,20 +571,36 @@ fn a_new_engine_adopts_the_live_clones_and_reclaims_the_dead_ones() {
         BTreeSet::from([&kept.id, &expired.id])
     );
     assert_eq!(rep.reclaimed, vec![dead.id.clone()]);
+    // A third engine on the same state dir while B runs (a `wasp spawn`
+    // beside a service): B leases those slots, so C adopts nothing,
+    // reclaims nothing and reports nothing.
+    {
+        let c = Engine::open(config(tmp.path(), standin()), pool.setup(0)).unwrap();
+        let rep = c.adopted();
+        assert!(
+            rep.adopted.is_empty() && rep.reclaimed.is_empty() && rep.errors.is_empty(),
+            "{rep:?}"
+        );
+        assert!(c.list().is_empty());
+        c.shutdown(false);
+    }
     // The dead clone: record, files gone; its slot is free in B's pool.
     assert!(record(&state, &dead.id).is_none());
     assert!(!store.clone_dir(&dead.id).exists());
     // The expired one: stopped by B's TTL timer at once.
     assert!(wasp::sys::pidfd::pidfd_exited(&expired_fd, -1).unwrap());
-    // The kept one: listed as A knew it (labels, request, deadline,
-    // paused), and B controls it.
+    // The kept one: listed as A knew it (labels, request, deadline), in
+    // the state its VMM reports, and B controls it.
     let live = b.list();
     assert!(live.iter().all(|c| c.record.id != dead.id));
     let kept_now = live.iter().find(|c| c.record.id == kept.id).unwrap();
     assert_eq!(kept_now.labels, labels(&[("team", "a")]));
     assert_eq!(kept_now.request, kept_before.request);
     assert_eq!(kept_now.expires_at_ms, kept_before.expires_at_ms);
-    assert_eq!(kept_now.state, CloneState::Paused);
+    assert_eq!(kept_now.state, CloneState::Running);
+    assert!(!record(&state, &kept.id).unwrap().paused);
+    assert_eq!(b.pause(&kept.id).unwrap().state, CloneState::Paused);
+    assert_eq!(vmm_state(&kept_now.record.api_sock), "Paused");
     assert_eq!(b.resume(&kept.id).unwrap().state, CloneState::Running);
     assert_eq!(vmm_state(&kept_now.record.api_sock), "Running");
     // Its slot is held: never handed out to a new clone.
@@ -627,4 +695,120 @@ fn pool_marks_change_at_run_time() {
     let slots = engine.into_slots();
     slots.pool().drain().unwrap();
     slots.pool().ops().remove_host().unwrap();
+}
+
+#[test]
+fn after_a_crash_mid_batch_reconcile_then_a_new_engine_adopts_every_recorded_clone() {
+    root_or_skip!();
+    // `wasp spawn` runs the engine; SIGKILLed right after its 15th record,
+    // with more clones in flight (launched, not recorded).
+    let s = testkit::cli::World::new(wasp_bin!(), "eadopt");
+    s.kill_at(s.spawn_n("40"), "clone-recorded:15");
+    let before = s.seen();
+    assert_eq!(before.records.len(), 15, "{before:?}");
+    assert!(before.vmms.len() >= 15, "{before:?}");
+
+    // A restarting service: reconcile first (it kills the VMMs that have
+    // no record, removes their files and recycles their slots), then the
+    // engine adopts every recorded clone.
+    let rec = s.reconcile();
+    let recorded: BTreeSet<String> = rec["adopted"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(recorded.len(), 15, "{rec:#}");
+    let setup = PoolSetup {
+        net: wasp::pipeline::slot::SlotNet {
+            pool: s.pool.clone(),
+            ..wasp::pipeline::slot::SlotNet::default()
+        },
+        host: wasp::pipeline::slot::HostNet {
+            netns: Some(s.host.name().to_owned()),
+            ..Default::default()
+        },
+        warm: 0,
+        low_water: 0,
+        high_water: usize::MAX,
+    };
+    let cfg = EngineConfig::new(standin(), s.state(), s.run_dir());
+    let engine = Engine::open(cfg, setup).unwrap();
+    let rep = engine.adopted();
+    assert!(rep.errors.is_empty() && rep.reclaimed.is_empty(), "{rep:?}");
+    assert_eq!(rep.adopted.into_iter().collect::<BTreeSet<_>>(), recorded);
+    let listed: BTreeSet<String> = engine.list().into_iter().map(|c| c.record.id).collect();
+    assert_eq!(listed, recorded);
+    // Not children of this process: stopped and reclaimed all the same.
+    let down = engine.shutdown(true);
+    assert_eq!(down.killed.len(), 15);
+    for r in &down.killed {
+        assert!(r.errors.is_empty(), "{r:?}");
+        assert_eq!(r.status, None);
+        // Gone, or a zombie left for its parent (init) to reap.
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", r.pid)).unwrap_or_default();
+        assert!(
+            stat.is_empty() || wasp::state::parse_state(&stat) == Some('Z'),
+            "{r:?}: {stat}"
+        );
+    }
+    drop(engine);
+    s.kill_drain_and_assert_zero();
+}
+
+#[test]
+fn a_vmm_started_ahead_runs_the_next_request_and_is_stopped_at_shutdown() {
+    root_or_skip!();
+    let tmp = tempfile::tempdir().unwrap();
+    let store = snapshot(tmp.path());
+    let state = tmp.path().join("state");
+    let _guard = testkit::TeardownGuard(&state);
+    let mut cfg = config(tmp.path(), standin());
+    cfg.standby = 1;
+    let engine = Engine::with_slots(cfg, FakeSlots::new(4, true)).unwrap();
+    engine
+        .hold_standby(SnapshotSource::Store(store.clone()))
+        .unwrap();
+    assert!(engine.wait_standby(EVENT_BOUND), "no standby VMM was made");
+    assert_eq!(engine.standbys(), 1);
+    let dirs = |s: &CloneStore| -> BTreeSet<String> {
+        std::fs::read_dir(s.clones_dir())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect()
+    };
+    // Started ahead: its clone dir and slot, no record, no clone.
+    let ahead = dirs(&store);
+    assert_eq!(ahead.len(), 1, "{ahead:?}");
+    assert!(engine.list().is_empty());
+
+    let r = engine
+        .spawn(request(SnapshotSource::Store(store.clone()), 1))
+        .unwrap()
+        .wait()
+        .unwrap();
+    assert_eq!(r.summary.ready, 1, "{:#?}", r.clones);
+    let c = &r.clones[0];
+    // It ran in the VMM started ahead: no slot, storage or launch on the
+    // request's path.
+    assert!(ahead.contains(&format!("wasp-{}", c.id)), "{ahead:?} {c:?}");
+    let p = c.phases_ms;
+    assert_eq!((p.slot, p.storage, p.launch), (0.0, 0.0, 0.0), "{p:?}");
+    assert!(record(&state, &c.id).is_some());
+
+    // The next one is made in the background; a request with VMM
+    // arguments never takes it (its VMM must be started with them).
+    assert!(engine.wait_standby(EVENT_BOUND));
+    let mut req = request(SnapshotSource::Store(store.clone()), 1);
+    req.vmm_args = vec!["--fault".into(), "slow-load=1".into()];
+    let r2 = engine.spawn(req).unwrap().wait().unwrap();
+    assert_eq!(r2.summary.ready, 1, "{:#?}", r2.clones);
+    assert!(r2.clones[0].phases_ms.launch > 0.0, "{:?}", r2.clones[0]);
+    assert_eq!(engine.standbys(), 1);
+
+    // Shutdown stops the standby too: no VMM, files or slot left.
+    let down = engine.shutdown(true);
+    assert_eq!(down.killed.len(), 2);
+    assert!(dirs(&store).is_empty(), "{:?}", dirs(&store));
+    assert_eq!(engine.on_slots(|s| s.given_back.len()), 3);
 }

@@ -7,7 +7,8 @@
 //! reconcile` makes), and the pool holds its slot aside for it (the pool's
 //! open leased the slot and saw its tap busy): the clone is then watched
 //! through that pidfd like one the engine started, with its request tag,
-//! labels, TTL deadline and paused state from the record. Its VMM is not
+//! labels, TTL deadline and paused state from the record (a record that
+//! says paused is checked with the VMM's `GET /`). Its VMM is not
 //! this process's child, so its exit status is not known.
 //!
 //! A record whose VMM is gone (or is not the recorded process, or has
@@ -15,14 +16,15 @@
 //! still the recorded process, is killed through the pidfd; the clone's
 //! directory (only when it carries the state dir's mark), cgroup and jail,
 //! and the record are removed, and its slot goes back to the pool. A
-//! record whose slot another process leases is left alone (reported).
+//! record whose slot another process leases (a `wasp spawn` running beside
+//! a service) is that process's clone: left alone, not reported.
 //! Corrupt records are left for `wasp reconcile`. VMMs without a record (a
 //! crash between launch and record) are `wasp reconcile`'s: run it before
 //! opening the engine.
 
 use serde::Serialize;
 
-use super::{lock, Core, Engine, Running};
+use super::{control, lock, Core, Engine, Running};
 use crate::engine::batch::Slots;
 use crate::paths::PREFIX;
 use crate::pipeline::launch;
@@ -79,6 +81,12 @@ impl<S: Slots + 'static> Core<S> {
             if r.pool != pool || r.host_netns != self.host_netns {
                 continue;
             }
+            // Another live process (a `wasp spawn` beside a service) holds
+            // the slot: the clone is that process's.
+            if self.slots().held_elsewhere(r.slot) {
+                tracing::debug!(clone = %r.id, "its slot is leased by another process; not adopted");
+                continue;
+            }
             // The pidfd pins the process before it is judged.
             let pidfd = sys::pidfd::pidfd_open(r.pid).ok();
             let verdict = match &pidfd {
@@ -87,6 +95,19 @@ impl<S: Slots + 'static> Core<S> {
             };
             match (pidfd, verdict) {
                 (Some(pidfd), None) => {
+                    let mut r = r;
+                    // A record that says paused may be stale (a crash
+                    // around a pause or resume): the VMM says which it is.
+                    if let Some(paused) =
+                        r.paused.then(|| control::vmm_paused(&r.api_sock)).flatten()
+                    {
+                        if paused != r.paused {
+                            r.paused = paused;
+                            if let Err(e) = self.state.put(&r) {
+                                rep.errors.push(crate::error::chain(&e));
+                            }
+                        }
+                    }
                     let adopted = self.slots().adopt(r.slot);
                     match adopted {
                         Ok(slot) => {

@@ -97,6 +97,12 @@ pub trait Slots: Send {
     fn is_warm(&self) -> bool {
         true
     }
+    /// True when another process leased slot `index` when the pool was
+    /// opened (its clones are that process's, not to be adopted).
+    fn held_elsewhere(&self, index: u32) -> bool {
+        let _ = index;
+        false
+    }
 }
 
 /// Options of one batch.
@@ -317,6 +323,8 @@ pub struct PoolSlots {
     host_netns: Option<String>,
     in_use: std::collections::HashSet<u32>,
     aside: Vec<crate::pipeline::slot::Slot>,
+    /// Slots another process leased when the pool was opened.
+    busy: std::collections::HashSet<u32>,
 }
 
 impl std::fmt::Debug for PoolSlots {
@@ -370,7 +378,7 @@ impl PoolSlots {
         let pool_name = net.pool.clone();
         let kernel = crate::pipeline::slot::Kernel::setup(net, host)?;
         let pool = crate::pipeline::pool::Pool::new(kernel, cfg);
-        pool.reconcile()?;
+        let busy = pool.reconcile()?.busy.into_iter().collect();
         let mut me = Self {
             pool,
             tap,
@@ -378,6 +386,7 @@ impl PoolSlots {
             host_netns: host.netns.clone(),
             in_use,
             aside: Vec::new(),
+            busy,
         };
         // Set aside adopted slots that live clones hold.
         let free = me.pool.status().free;
@@ -489,6 +498,10 @@ impl Slots for PoolSlots {
 
     fn max_slots(&self) -> usize {
         self.pool.ops().net().max_slots()
+    }
+
+    fn held_elsewhere(&self, index: u32) -> bool {
+        self.busy.contains(&index)
     }
 
     fn is_warm(&self) -> bool {

@@ -121,6 +121,15 @@ pub(crate) fn check_marks(
 
 impl<S: Slots + 'static> Core<S> {
     pub(crate) fn capacity(&self) -> Capacity {
+        self.capacity_with(None)
+    }
+
+    /// [`Core::capacity`]; with `in_flight`, the open fds are estimated
+    /// (the count at open, plus [`FDS_PER_CLONE`] per live clone and
+    /// [`FDS_PER_IN_FLIGHT`] per clone in flight) instead of listed:
+    /// listing /proc/self/fd costs milliseconds with thousands of fds,
+    /// too much for every request.
+    pub(crate) fn capacity_with(&self, in_flight: Option<usize>) -> Capacity {
         let (status, max_slots) = {
             let s = self.slots();
             (s.status(), s.max_slots())
@@ -130,14 +139,23 @@ impl<S: Slots + 'static> Core<S> {
             .ok()
             .and_then(|m| mem_available(&m))
             .unwrap_or(0);
+        let clones = lock(&self.live).by_token.len();
+        let fds_open = match in_flight {
+            None => crate::sys::rlimit::open_fds().unwrap_or(0),
+            Some(n) => {
+                self.base_fds.load(Ordering::Relaxed)
+                    + FDS_PER_CLONE * clones as u64
+                    + FDS_PER_IN_FLIGHT * n as u64
+            }
+        };
         let mut c = Capacity {
             free_slots: free,
             pool_slots,
             max_slots,
-            clones: lock(&self.live).by_token.len(),
+            clones,
             mem_available_bytes: mem,
             mem_per_clone_bytes: MEM_PER_CLONE_BYTES,
-            fds_open: crate::sys::rlimit::open_fds().unwrap_or(0),
+            fds_open,
             fd_limit: crate::sys::rlimit::nofile().map_or(0, |(_, hard)| hard),
             clones_possible: 0,
         };

@@ -4,18 +4,33 @@
 //! Pause and resume are Firecracker's `PATCH /vm` over the clone's API
 //! socket (its path is in the record). The clone keeps its slot, files,
 //! pidfd watch and TTL; the paused state is recorded, so an engine that
-//! adopts the clone after a restart knows it. The API call is made with
-//! the live set unlocked; a clone killed meanwhile is reported as gone.
+//! adopts the clone after a restart knows it: a pause is recorded before
+//! the call and a resume after it, so a record that says running is
+//! always right and one that says paused is checked with the VMM on
+//! adoption. The API call is made with the live set unlocked; a clone
+//! killed meanwhile is reported as gone.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use super::{lock, ttl, Engine, EngineError, LiveClone, ReapCause, Reaped};
+use super::{lock, ttl, Core, Engine, EngineError, LiveClone, ReapCause, Reaped, Running};
 use crate::engine::batch::Slots;
 use crate::vmm::api::{Client, VmRunState};
 
 /// How long a pause or resume may take over the API socket.
 const VMM_API_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Whether the VMM behind `sock` reports itself paused (`GET /`), when it
+/// answers within a second.
+pub(crate) fn vmm_paused(sock: &std::path::Path) -> Option<bool> {
+    let mut c = Client::connect(sock).ok()?;
+    c.set_timeout(Duration::from_secs(1));
+    match c.get_instance_info().ok()?.state.as_str() {
+        "Paused" => Some(true),
+        "Running" => Some(false),
+        _ => None,
+    }
+}
 
 /// True when `have` holds every pair of `want`.
 pub(crate) fn labels_match(
@@ -23,6 +38,17 @@ pub(crate) fn labels_match(
     want: &BTreeMap<String, String>,
 ) -> bool {
     want.iter().all(|(k, v)| have.get(k) == Some(v))
+}
+
+impl<S: Slots + 'static> Core<S> {
+    /// Sets a live clone's paused flag and writes its record (a failed
+    /// write is logged: the VMM's state is checked again on adoption).
+    fn set_recorded_pause(&self, r: &mut Running, paused: bool) {
+        r.record.paused = paused;
+        if let Err(e) = self.state.put(&r.record) {
+            tracing::warn!(clone = %r.record.id, "cannot record the paused state: {}", crate::error::chain(&e));
+        }
+    }
 }
 
 impl<S: Slots + 'static> Engine<S> {
@@ -53,10 +79,9 @@ impl<S: Slots + 'static> Engine<S> {
             let mut live = lock(&self.core.live);
             let (_, r) = live.get_mut(id).ok_or_else(gone)?;
             if r.record.paused == pause {
-                let c = r.live();
                 return Err(EngineError::WrongState {
                     id: id.to_owned(),
-                    state: c.state,
+                    state: r.live().state,
                     hint: if pause {
                         "resume it first, or leave it paused"
                     } else {
@@ -64,33 +89,44 @@ impl<S: Slots + 'static> Engine<S> {
                     },
                 });
             }
+            // A pause is recorded before it is made (and a resume after):
+            // a crash in between leaves a record that says paused, which
+            // adoption checks with the VMM; a record that says running is
+            // always right. It also keeps a second pause out meanwhile.
+            if pause {
+                self.core.set_recorded_pause(r, true);
+            }
             r.record.api_sock.clone()
         };
-        let call = if pause {
-            "PATCH /vm Paused"
+        let (call, to) = if pause {
+            ("PATCH /vm Paused", VmRunState::Paused)
         } else {
-            "PATCH /vm Resumed"
+            ("PATCH /vm Resumed", VmRunState::Resumed)
         };
-        let vmm_err = |source| EngineError::Vmm {
-            id: id.to_owned(),
-            call,
-            source,
-        };
-        let mut c = Client::connect(&sock).map_err(vmm_err)?;
-        c.set_timeout(VMM_API_TIMEOUT);
-        c.patch_vm(if pause {
-            VmRunState::Paused
-        } else {
-            VmRunState::Resumed
-        })
-        .map_err(vmm_err)?;
+        let made = Client::connect(&sock).and_then(|mut c| {
+            c.set_timeout(VMM_API_TIMEOUT);
+            c.patch_vm(to)
+        });
         let mut live = lock(&self.core.live);
         let (_, r) = live.get_mut(id).ok_or_else(gone)?;
-        r.record.paused = pause;
-        if let Err(e) = self.core.state.put(&r.record) {
-            tracing::warn!(clone = %id, "cannot record the paused state: {}", crate::error::chain(&e));
+        match made {
+            Ok(()) => {
+                if !pause {
+                    self.core.set_recorded_pause(r, false);
+                }
+                Ok(r.live())
+            }
+            Err(source) => {
+                if pause {
+                    self.core.set_recorded_pause(r, false);
+                }
+                Err(EngineError::Vmm {
+                    id: id.to_owned(),
+                    call,
+                    source,
+                })
+            }
         }
-        Ok(r.live())
     }
 
     /// Sets the clone's deadline to now + `ttl` (extends or shortens it);

@@ -35,7 +35,37 @@
 //! is killed ([`Engine::kill`]) or the engine shuts down: the reaper blocks
 //! in `epoll_wait` on all of them at once (no periodic poll), and a VMM that
 //! exits on its own is reaped, its files, isolation and record removed and
-//! its slot given back.
+//! its slot given back. Each [`Reaped`] says why ([`ReapCause`]).
+//!
+//! Control of live clones (all recorded in the clone's record, so a
+//! restarted engine keeps them):
+//!
+//! - **TTL** (`ttl`): [`SpawnRequest::ttl`] gives each clone a deadline
+//!   (absolute, Unix ms) when it is ready; [`Engine::set_ttl`] moves or
+//!   clears it. One timerfd in the reaper's epoll is armed at the earliest
+//!   deadline; when it fires the reaper stops the clones whose time is up
+//!   (cause `TtlExpired`). No wake-up happens between deadlines.
+//! - **Pause and resume** (`control`): `PATCH /vm` over the clone's API
+//!   socket; the clone keeps its slot, pidfd watch and TTL, and a paused
+//!   clone whose VMM exits is reaped like any other.
+//! - **By label** (`control`): [`Engine::get`], [`Engine::kill_matching`]
+//!   (every clone whose labels include the given pairs; SIGTERM to all,
+//!   one grace, then SIGKILL).
+//! - **Capacity** (`capacity`): [`Engine::capacity`] (free and buildable
+//!   slots, `MemAvailable` over [`MEM_PER_CLONE_BYTES`], fd headroom);
+//!   [`Engine::spawn`] refuses a request larger than what the host can
+//!   take now with [`SpawnError::Overloaded`] and a retry hint, before
+//!   anything is taken. [`Engine::set_pool_marks`] resizes the warm pool at
+//!   run time; [`Engine::is_warm`] says when it reached its size once.
+//! - **Adoption** (`adopt`): [`Engine::open`] adopts the live clones its
+//!   state dir records for its pool (VMM checked through a pidfd: same
+//!   process, in its slot netns; slot lease taken; watched, with labels,
+//!   request tag, TTL and paused state) and reclaims the records whose VMM
+//!   is gone ([`Engine::adopted`]). A clone's record is written before it
+//!   is reported ready (a failed write fails the clone), so a crash leaves
+//!   every clone either recorded (adopted later) or unrecorded and
+//!   reclaimed by `wasp reconcile`, which a restarting service runs before
+//!   opening its engine.
 //!
 //! For a service (one engine per process, requests from many threads):
 //! keep the engine in an `Arc` (it is `Send + Sync`), give each request its
@@ -70,6 +100,7 @@ mod adopt;
 pub mod batch;
 mod capacity;
 mod control;
+mod standby;
 mod ttl;
 
 pub use adopt::AdoptReport;
@@ -135,6 +166,9 @@ pub struct EngineConfig {
     pub driver: Option<DriverKind>,
     /// Per-clone cgroup limits and jailer mode (default: neither).
     pub isolation: Isolation,
+    /// VMMs to hold started ahead in their slots for the snapshot named
+    /// with [`Engine::hold_standby`] (experimental; default 0: none).
+    pub standby: usize,
 }
 
 impl EngineConfig {
@@ -149,6 +183,7 @@ impl EngineConfig {
             parallel: 32,
             driver: None,
             isolation: Isolation::default(),
+            standby: 0,
         }
     }
 }
@@ -461,6 +496,8 @@ struct Req {
     vmm_args: Vec<String>,
     labels: BTreeMap<String, String>,
     ttl: Option<Duration>,
+    /// The VMM started ahead that clone 0 runs in, until admitted.
+    standby: Mutex<Option<standby::Standby>>,
     plan: Arc<Plan>,
     isolation: Isolation,
     snapshot_tap: Option<(String, String)>,
@@ -612,6 +649,11 @@ struct Core<S> {
     adopt_report: Mutex<AdoptReport>,
     /// The pool reached its warm target once (latched).
     warm: std::sync::atomic::AtomicBool,
+    /// Fds open when the engine was opened (the base of the fd estimate
+    /// of [`Core::capacity_with`]).
+    base_fds: AtomicU64,
+    /// VMMs started ahead ([`EngineConfig::standby`]).
+    standby: standby::Standbys,
     /// Wakes the driver when a job is sent (or the jobs end).
     wake: EventFd,
     /// The driver thread's CPU time (ns), as of its last feed call.
@@ -638,6 +680,7 @@ struct Threads {
     driver: Option<JoinHandle<()>>,
     outcomes: Option<JoinHandle<()>>,
     reaper: Option<JoinHandle<()>>,
+    standby: Option<JoinHandle<()>>,
 }
 
 impl<S: Slots + 'static> std::fmt::Debug for Engine<S> {
@@ -739,6 +782,8 @@ impl<S: Slots + 'static> Engine<S> {
             timer,
             adopt_report: Mutex::new(AdoptReport::default()),
             warm: std::sync::atomic::AtomicBool::new(false),
+            base_fds: AtomicU64::new(sys::rlimit::open_fds().unwrap_or(0)),
+            standby: standby::Standbys::new(cfg.standby),
             wake: EventFd::new().map_err(start_err("driver's eventfd"))?,
             driver_cpu_ns: AtomicU64::new(0),
             driver_error: Mutex::new(None),
@@ -799,6 +844,11 @@ impl<S: Slots + 'static> Engine<S> {
                 }),
             )?;
             lock(&engine.threads).driver = Some(h);
+        }
+        if core.standby_target() > 0 {
+            let c = core.clone();
+            let h = spawn("wasp-standby".into(), Box::new(move || c.standby_loop()))?;
+            lock(&engine.threads).standby = Some(h);
         }
         for w in 0..ADMISSION_WORKERS.min(parallel) {
             let (c, jobs) = (core.clone(), job_tx.clone());
@@ -879,6 +929,10 @@ impl<S: Slots + 'static> Engine<S> {
         // driver finishes what it has and sees the end; then the outcome
         // thread sees the driver's end.
         for h in t.workers.drain(..) {
+            let _ = h.join();
+        }
+        self.core.stop_standbys();
+        if let Some(h) = t.standby.take() {
             let _ = h.join();
         }
         let _ = self.core.wake.signal();
@@ -1015,19 +1069,44 @@ impl<S: Slots + 'static> Core<S> {
         Ok(s)
     }
 
+    /// The isolation of `store`'s clones. One template mount namespace for
+    /// the engine's life, made by the first request that needs it: each
+    /// VMM's copy then holds a few dozen mounts, not one per slot netns
+    /// (in jailer mode, the jailer's copy, with its slot's netns bound
+    /// back).
+    fn isolation_for(&self, store: &CloneStore) -> Result<Isolation, SpawnError> {
+        let mut isolation = self.isolation.clone();
+        if isolation.jailer.is_some() || !store.manifest().drives.is_empty() {
+            let mut t = lock(&self.template);
+            if t.is_none() {
+                *t = Some(Arc::new(MountTemplate::new().map_err(SpawnError::Mounts)?));
+            }
+            isolation.mount_template = t.clone();
+        }
+        Ok(isolation)
+    }
+
+    fn standby_target(&self) -> usize {
+        self.standby.target()
+    }
+
     fn submit(&self, r: SpawnRequest) -> Result<Ticket, SpawnError> {
         if r.count == 0 || r.count > MAX_COUNT {
             return Err(SpawnError::Count(r.count));
         }
-        let queued = {
+        let (queued, in_flight) = {
             let s = lock(&self.sched);
             if !s.accepting || s.driver_gone {
                 return Err(SpawnError::Stopped);
             }
             // Clones accepted but not admitted yet hold nothing so far.
-            s.queue.iter().map(|(q, i)| q.count - i).sum::<usize>()
+            let queued = s.queue.iter().map(|(q, i)| q.count - i).sum::<usize>();
+            (queued, s.in_flight)
         };
-        let possible = self.capacity().clones_possible.saturating_sub(queued);
+        let possible = self
+            .capacity_with(Some(in_flight + queued))
+            .clones_possible
+            .saturating_sub(queued);
         if r.count > possible {
             return Err(SpawnError::Overloaded {
                 asked: r.count,
@@ -1065,18 +1144,7 @@ impl<S: Slots + 'static> Core<S> {
                 .collect();
             j.check_readable(&shared).map_err(SpawnError::Jailer)?;
         }
-        // One template mount namespace for the engine's life, made by the
-        // first request that needs it: each VMM's copy then holds a few
-        // dozen mounts, not one per slot netns (in jailer mode, the
-        // jailer's copy, with its slot's netns bound back).
-        let mut isolation = self.isolation.clone();
-        if isolation.jailer.is_some() || !m.drives.is_empty() {
-            let mut t = lock(&self.template);
-            if t.is_none() {
-                *t = Some(Arc::new(MountTemplate::new().map_err(SpawnError::Mounts)?));
-            }
-            isolation.mount_template = t.clone();
-        }
+        let isolation = self.isolation_for(&store)?;
         let plan = Arc::new(Plan {
             snapshot_path: isolation.visible_path(&vmstate),
             mem_path: isolation.visible_path(&mem),
@@ -1091,16 +1159,22 @@ impl<S: Slots + 'static> Core<S> {
                 (self.parallel as u64) * 8 + 1024 + 2 * (live.by_token.len() + r.count) as u64,
             );
         }
-        let tag = {
-            let mut live = lock(&self.live);
-            let tag = loop {
-                let t = batch_tag();
-                if !live.tags.contains_key(&t) {
-                    break t;
-                }
-            };
-            live.tags.insert(tag.clone(), 1);
-            tag
+        // A VMM started ahead runs clone 0; its reserved tag is the
+        // request's.
+        let standby = self.take_standby(&store, &r.vmm_args);
+        let tag = match &standby {
+            Some(sb) => sb.tag().to_owned(),
+            None => {
+                let mut live = lock(&self.live);
+                let tag = loop {
+                    let t = batch_tag();
+                    if !live.tags.contains_key(&t) {
+                        break t;
+                    }
+                };
+                live.tags.insert(tag.clone(), 1);
+                tag
+            }
         };
         let (tx, rx) = cb::unbounded();
         let req = Arc::new(Req {
@@ -1120,6 +1194,7 @@ impl<S: Slots + 'static> Core<S> {
             vmm_args: r.vmm_args,
             labels: r.labels,
             ttl: r.ttl,
+            standby: Mutex::new(standby),
             plan,
             isolation,
             started,
@@ -1133,7 +1208,12 @@ impl<S: Slots + 'static> Core<S> {
         {
             let mut s = lock(&self.sched);
             if !s.accepting || s.driver_gone {
-                lock(&self.live).unref_tag(&tag);
+                drop(s);
+                match lock(&req.standby).take() {
+                    // Its tag goes with it.
+                    Some(sb) => self.destroy_standby(sb),
+                    None => lock(&self.live).unref_tag(&tag),
+                }
                 return Err(SpawnError::Stopped);
             }
             s.queue.push_back((req, 0));
@@ -1183,6 +1263,10 @@ impl<S: Slots + 'static> Core<S> {
                 Claim::Fail(reqs) => {
                     let why = self.driver_gone_why();
                     for (r, from) in reqs {
+                        let held = lock(&r.standby).take();
+                        if let Some(sb) = held {
+                            self.destroy_standby_keep_tag(sb);
+                        }
                         for i in from..r.count {
                             let id = r.clone_id(i);
                             let why = ("driver", why.clone());
@@ -1334,6 +1418,10 @@ impl<S: Slots + 'static> Core<S> {
     /// Admits clone `i` of `r`: slot, storage, launch. `None` means it
     /// failed and was reclaimed (its row is written).
     fn admit(&self, r: &Arc<Req>, i: usize, seq: usize) -> Option<Job> {
+        let held = lock(&r.standby).take();
+        if let Some(sb) = held {
+            return Some(self.admit_standby(r, i, seq, sb));
+        }
         let id = r.clone_id(i);
         let admitted = Instant::now();
         let cpu_start = sys::thread_cpu_time();
@@ -1531,33 +1619,42 @@ impl<S: Slots + 'static> Core<S> {
         phases.resume = ms(o.times.resume);
         phases.ready = ms(o.times.ready);
         let id = o.job.id.clone();
-        match o.result {
-            Ok(()) => {
-                let record = CloneRecord {
-                    id: id.clone(),
-                    pid: o.job.pid,
-                    pid_start: state::pid_start_time(o.job.pid).unwrap_or(0),
-                    vmm: vmm_name(&self.vmm).into(),
-                    netns: p.slot.netns.clone(),
-                    slot: p.slot.index,
-                    pool: p.slot.pool.clone(),
-                    host_netns: self.host_netns.clone(),
-                    clone_ip: p.slot.clone_ip,
-                    ready_port: r.ready_port(),
-                    api_sock: o.job.api_sock.clone(),
-                    clone_dir: p.files_dir.clone(),
-                    snapshot: r.store.snapshot_dir().to_owned(),
-                    created_at: crate::snapshot::manifest::rfc3339_utc(std::time::SystemTime::now()),
-                    cgroup: p.cgroup.clone(),
-                    jail_dir: p.jail_dir.clone(),
-                    request: Some(r.tag.clone()),
-                    labels: r.labels.clone(),
-                    expires_at_ms: r.ttl.map(ttl::deadline_ms),
-                    paused: false,
-                };
-                if let Err(e) = self.state.put(&record) {
-                    tracing::warn!(clone = %id, "cannot record clone: {}", crate::error::chain(&e));
-                }
+        // The record is written before the clone is reported ready or
+        // watched: a clone without one would be unknown to an engine that
+        // restarts, so a failed write fails the clone.
+        let result = o
+            .result
+            .map_err(|e| (e.phase().to_string(), crate::error::chain(&e)));
+        let result = result.and_then(|()| {
+            let rec = CloneRecord {
+                id: id.clone(),
+                pid: o.job.pid,
+                pid_start: state::pid_start_time(o.job.pid).unwrap_or(0),
+                vmm: vmm_name(&self.vmm).into(),
+                netns: p.slot.netns.clone(),
+                slot: p.slot.index,
+                pool: p.slot.pool.clone(),
+                host_netns: self.host_netns.clone(),
+                clone_ip: p.slot.clone_ip,
+                ready_port: r.ready_port(),
+                api_sock: o.job.api_sock.clone(),
+                clone_dir: p.files_dir.clone(),
+                snapshot: r.store.snapshot_dir().to_owned(),
+                created_at: crate::snapshot::manifest::rfc3339_utc(std::time::SystemTime::now()),
+                cgroup: p.cgroup.clone(),
+                jail_dir: p.jail_dir.clone(),
+                request: Some(r.tag.clone()),
+                labels: r.labels.clone(),
+                expires_at_ms: r.ttl.map(ttl::deadline_ms),
+                paused: false,
+            };
+            self.state
+                .put(&rec)
+                .map_err(|e| ("record".to_string(), crate::error::chain(&e)))?;
+            Ok(rec)
+        });
+        match result {
+            Ok(record) => {
                 crate::testhook::point("clone-recorded");
                 let row = CloneReport {
                     id,
@@ -1587,15 +1684,14 @@ impl<S: Slots + 'static> Core<S> {
                 };
                 self.set_row(&r, p.i, row, cpu);
             }
-            Err(e) => {
+            Err((phase, err)) => {
                 // Reclaim: kill exactly this VMM, reap it, remove its files,
                 // give its slot back.
                 let _ = sys::pidfd::pidfd_send_signal(&o.job.pidfd, libc::SIGKILL);
                 let _ = p.child.wait();
                 self.remove_clone_files(&r.store, &id, p.cgroup.as_deref(), p.jail_dir.as_deref());
-                let phase = e.phase().to_string();
                 self.give_back(&id, p.slot.clone());
-                let why = (phase.as_str(), crate::error::chain(&e));
+                let why = (phase.as_str(), err);
                 let cpu = p.cpu + sys::thread_cpu_time().saturating_sub(cpu_start);
                 self.fail_row(&r, p.i, id, Some(&p.slot), phases, p.admitted, why, cpu);
             }

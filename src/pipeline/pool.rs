@@ -821,6 +821,38 @@ mod tests {
     }
 
     #[test]
+    fn marks_change_at_run_time_refill_to_the_size_and_drop_the_surplus() {
+        let mut p = Pool::new(Fake::default(), cfg(0, 10));
+        p.warm(2).unwrap();
+        let ev = p.refill_events();
+        // No refill thread yet; the new size starts one and it builds the
+        // difference in the background.
+        let st = p.set_marks(Some(5), Some(2), None).unwrap();
+        assert_eq!((st.size, st.low_water, st.high_water), (5, 2, 10));
+        assert_eq!(ev.recv().unwrap(), 5);
+        // Taking below the low mark refills up to the size, not the mark.
+        let taken: Vec<Slot> = (0..4).map(|_| p.take().unwrap()).collect();
+        assert_eq!(ev.recv().unwrap(), 5);
+        assert_eq!(p.status().free, 5);
+        // A smaller size destroys the surplus free slots at once.
+        let before = p.ops().calls().len();
+        let st = p.set_marks(Some(2), Some(0), None).unwrap();
+        assert_eq!(st.free, 2);
+        let destroyed = p.ops().calls()[before..]
+            .iter()
+            .filter(|c| c.starts_with("destroy"))
+            .count();
+        assert_eq!(destroyed, 3);
+        // A lower high-water mark: slots given back above it are destroyed.
+        p.set_marks(None, None, Some(3)).unwrap();
+        for s in taken {
+            p.give_back(s).unwrap();
+        }
+        assert_eq!(p.status().free, 3);
+        assert_eq!(p.status().in_use, 0);
+    }
+
+    #[test]
     fn reconcile_adopts_healthy_and_removes_broken() {
         let fake = Fake::default();
         fake.existing.lock().unwrap().extend([0, 3, 4]);
