@@ -483,7 +483,14 @@ fn tcp_needs_a_token_file_and_the_token() {
     let tok_s = tok.display().to_string();
     let d = Daemon::start(
         &w,
-        &["--listen", "tcp:127.0.0.1:0", "--token-file", &tok_s],
+        &[
+            "--listen",
+            "tcp:127.0.0.1:0",
+            "--token-file",
+            &tok_s,
+            "--metrics",
+            "127.0.0.1:0",
+        ],
         &[],
     );
     let line = d.wait_line(&["listening on tcp:"]);
@@ -496,6 +503,22 @@ fn tcp_needs_a_token_file_and_the_token() {
         .unwrap()
         .parse()
         .unwrap();
+    let mline = d.wait_line(&["metrics on tcp:"]);
+    let metrics_addr: std::net::SocketAddr = mline
+        .split("metrics on tcp:")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    // The metrics listener: /metrics only, no token.
+    let m = Client::new(Listen::Tcp(metrics_addr));
+    let r = m.get("/metrics").unwrap();
+    assert_eq!(r.status, 200);
+    assert!(String::from_utf8_lossy(&r.body).contains("wasp_build_info"));
+    assert_eq!(m.get("/v1/clones").unwrap().status, 404);
     let tcp = Client::new(Listen::Tcp(addr));
     for c in [
         tcp.clone(),
