@@ -279,12 +279,15 @@ impl<S: Slots + 'static> EngineBackend<S> {
         let p = Path::new(snapshot);
         if p.is_absolute() {
             // A directory by path is opened once and kept under its path.
-            return Ok(self.register(snapshot, p)?.name).and_then(|n| {
-                lock(&self.snapshots)
-                    .get(&n)
-                    .map(|k| k.store.clone())
-                    .ok_or_else(|| BackendError::Internal("snapshot vanished".into()))
-            });
+            let store = self.open_store(p)?;
+            lock(&self.snapshots).insert(
+                snapshot.to_owned(),
+                Known {
+                    dir: p.to_owned(),
+                    store: store.clone(),
+                },
+            );
+            return Ok(store);
         }
         Err(BackendError::Invalid(format!(
             "no snapshot named {snapshot:?}: GET /v1/snapshots lists them, POST /v1/snapshots adds one, or give an absolute directory"
