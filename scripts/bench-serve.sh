@@ -40,13 +40,48 @@ BODY='{"snapshot":"snap","count":1,"ready":"tcp:22","ttl_s":2}'
 H='Content-Type: application/json'
 # Warm-up (first request opens the snapshot store).
 curl -sf --unix-socket "$S" -X POST -H "$H" -d "$BODY" http://wasp/v1/clones >/dev/null
+# Sums and counts of the daemon's histograms: clone phases, and the
+# request's time in the daemon (route /v1/clones).
+scrape() {
+  curl -sf --unix-socket "$S" http://wasp/metrics | awk '
+    /^wasp_spawn_duration_seconds_(sum|count)/ || /^wasp_http_request_duration_seconds_(sum|count)\{route="\/v1\/clones"\}/ {
+      k=$1; sub(/_(sum|count)\{/, "{", k); if ($1 ~ /_sum\{/) s[k]=$2; else c[k]=$2 }
+    END { for (k in s) print k, s[k], c[k] }' | sort
+}
+# Means (ms) between two scrapes.
+means() {
+  join "$1" "$2" | awk '{ n=$5-$3; if (n > 0) printf "  %-58s %8.3f ms (n=%d)\n", $1, 1000*($4-$2)/n, n }'
+}
+scrape > "$W/m0"
 echo "== $N requests of 1 clone, one at a time"
 oha --no-tui -n "$N" -c 1 --unix-socket "$S" -m POST -H "$H" -d "$BODY" http://wasp/v1/clones
+scrape > "$W/m1"
+echo "-- the daemon's means over these requests"
+means "$W/m0" "$W/m1"
 echo "== 100 concurrent requests of 1 clone each"
 oha --no-tui -n 100 -c 100 --unix-socket "$S" -m POST -H "$H" -d "$BODY" http://wasp/v1/clones
-echo "== the daemon's phase means (ms) over every ready clone"
-curl -sf --unix-socket "$S" http://wasp/metrics | awk '
-  /^wasp_spawn_duration_seconds_sum/ { match($0, /phase="[a-z]+"/); p=substr($0, RSTART+7, RLENGTH-8); sum[p]=$2 }
-  /^wasp_spawn_duration_seconds_count/ { match($0, /phase="[a-z]+"/); p=substr($0, RSTART+7, RLENGTH-8); cnt[p]=$2 }
-  END { for (p in sum) if (cnt[p] > 0) printf "  %-8s %.3f\n", p, 1000*sum[p]/cnt[p] }'
+scrape > "$W/m2"
+echo "-- the daemon's means over these requests"
+means "$W/m1" "$W/m2"
+echo "== where a request's time goes (100 requests one at a time, by curl; the first 10 dropped)"
+: > "$W/bodies"
+for _ in $(seq 100); do
+  curl -s --unix-socket "$S" -X POST -H "$H" -d "$BODY" http://wasp/v1/clones >> "$W/bodies"
+  echo >> "$W/bodies"
+done
+python3 - "$W/bodies" "$W/daemon.log" <<'PY'
+import json, re, statistics as st, sys
+bodies = [json.loads(l) for l in open(sys.argv[1]) if l.strip()][10:]
+log = open(sys.argv[2]).read()
+handler = [float(m) for m in re.findall(r'route=/v1/clones status=201 ms=([0-9.]+)', log)][-len(bodies):]
+wall = [b["summary"]["wall_ms"] for b in bodies]
+total = [b["clones"][0]["total_ms"] for b in bodies]
+def row(name, xs):
+    print(f"  {name:<44} p50 {st.median(xs):7.3f} ms  mean {st.mean(xs):7.3f} ms")
+row("in the daemon (request log ms)", handler)
+row("engine: submit to answer (summary.wall_ms)", wall)
+row("the clone: admission to ready (total_ms)", total)
+row("HTTP layer: daemon minus engine", [a - b for a, b in zip(handler, wall)])
+row("engine: wall minus the clone", [a - b for a, b in zip(wall, total)])
+PY
 grep -c 'status=201' "$W/daemon.log" | sed 's/^/requests answered 201: /'
