@@ -104,7 +104,7 @@ mod standby;
 mod ttl;
 
 pub use adopt::AdoptReport;
-pub use capacity::{Capacity, PoolMarks, MEM_PER_CLONE_BYTES};
+pub use capacity::{Capacity, PoolMarks, FDS_PER_CLONE, FDS_PER_IN_FLIGHT, MEM_PER_CLONE_BYTES};
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::os::fd::{AsFd, OwnedFd};
@@ -1252,8 +1252,21 @@ impl<S: Slots + 'static> Core<S> {
     }
 
     fn room_made(&self) {
-        lock(&self.sched).in_flight -= 1;
+        let idle = {
+            let mut s = lock(&self.sched);
+            s.in_flight -= 1;
+            s.in_flight == 0 && s.queue.is_empty()
+        };
         self.room.notify_all();
+        if idle {
+            self.standby.wake();
+        }
+    }
+
+    /// No clone in flight or queued.
+    fn idle(&self) -> bool {
+        let s = lock(&self.sched);
+        s.in_flight == 0 && s.queue.is_empty()
     }
 
     fn admission_worker(&self, jobs: mpsc::Sender<Job>) {

@@ -4,7 +4,9 @@
 //! snapshot ([`Engine::hold_standby`]). A request for that snapshot (with
 //! no extra VMM arguments) takes one: its clone 0 skips slot, storage,
 //! launch and socket set-up, and goes straight to the restore. A thread of
-//! the engine's refills the standbys in the background.
+//! the engine's refills the standbys in the background, only while no
+//! clone is in flight or queued (on a small host a refill would take CPU
+//! from the request it follows).
 //!
 //! A standby is made with its final clone id: the engine reserves a
 //! request tag for it and the request that takes it gets that tag, so its
@@ -71,6 +73,16 @@ impl Standbys {
     /// VMMs to hold.
     pub(crate) fn target(&self) -> usize {
         self.target
+    }
+
+    /// Wakes the standby thread (the engine went idle). The state lock is
+    /// taken first, so a thread between its check and its wait never
+    /// misses the wake-up.
+    pub(crate) fn wake(&self) {
+        if self.target > 0 {
+            drop(lock(&self.state));
+            self.cv.notify_all();
+        }
     }
 }
 
@@ -146,8 +158,14 @@ impl<S: Slots + 'static> Core<S> {
                     if st.stopping {
                         return;
                     }
+                    // Made only while no clone is in flight or queued: a
+                    // refill never competes with a request for the CPU.
                     match &st.store {
-                        Some((s, i)) if !st.failed && st.queue.len() < self.standby.target => {
+                        Some((s, i))
+                            if !st.failed
+                                && st.queue.len() < self.standby.target
+                                && self.idle() =>
+                        {
                             break (s.clone(), i.clone());
                         }
                         _ => {}
@@ -298,7 +316,8 @@ impl<S: Slots + 'static> Core<S> {
             st.failed = false;
             taken
         };
-        self.standby.cv.notify_all();
+        // No wake-up here: the request is not queued yet, and the refill
+        // waits for the engine to go idle (`Core::room_made` wakes it).
         for sb in dead {
             tracing::warn!(clone = %sb.id, "a standby VMM exited while it waited; reclaimed");
             self.destroy_standby(sb);
