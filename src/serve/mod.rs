@@ -131,6 +131,7 @@ pub struct Server {
     opts: ServeOptions,
     bound: Vec<Bound>,
     app: Arc<App>,
+    on_ready: Option<Box<dyn FnOnce() + Send>>,
 }
 
 impl std::fmt::Debug for Server {
@@ -251,7 +252,15 @@ impl Server {
             opts,
             bound,
             app,
+            on_ready: None,
         })
+    }
+
+    /// Calls `f` once the daemon is ready (the backend is open and every
+    /// route answers), right after systemd's `READY=1`.
+    pub fn on_ready(mut self, f: Box<dyn FnOnce() + Send>) -> Self {
+        self.on_ready = Some(f);
+        self
     }
 
     /// The bound TCP addresses (API and metrics), e.g. for port 0.
@@ -280,6 +289,7 @@ impl Server {
             opts,
             bound,
             app,
+            on_ready,
         } = self;
         let r = rt.block_on(async move {
             let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -375,6 +385,9 @@ impl Server {
                         Err(e) => tracing::warn!("cannot notify systemd: {e}"),
                     }
                     tracing::info!("ready");
+                    if let Some(f) = on_ready {
+                        f();
+                    }
                     stopped.await;
                     None
                 }

@@ -10,6 +10,7 @@ use axum::http::{header, Request, StatusCode};
 use tower::ServiceExt;
 
 use super::*;
+use super::{client, ServeError, ServeOptions, Server, Stop};
 
 const LIMITS: Limits = Limits {
     max_count: 10,
@@ -496,4 +497,69 @@ fn the_openapi_document_lists_exactly_the_routes() {
         }
     }
     assert_eq!(documented, routes::route_set());
+}
+
+fn opts(listen: Vec<Listen>) -> ServeOptions {
+    ServeOptions {
+        listen,
+        token: None,
+        metrics: None,
+        socket_gid: None,
+        limits: LIMITS,
+        kill_on_exit: false,
+        workers: 1,
+    }
+}
+
+#[test]
+fn the_server_binds_serves_over_its_socket_and_stops_in_order() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sock = tmp.path().join("api.sock");
+    // TCP without a token: refused before anything is bound.
+    let e = Server::bind(opts(vec![Listen::Tcp("127.0.0.1:0".parse().unwrap())])).unwrap_err();
+    assert!(e.to_string().contains("needs --token-file"), "{e}");
+    // A file that is not a socket is left alone.
+    let plain = tmp.path().join("plain");
+    std::fs::write(&plain, "x").unwrap();
+    let e = Server::bind(opts(vec![Listen::Unix(plain.clone())])).unwrap_err();
+    assert!(matches!(e, ServeError::NotASocket(_)), "{e}");
+    assert_eq!(std::fs::read_to_string(&plain).unwrap(), "x");
+
+    let server = Server::bind(opts(vec![Listen::Unix(sock.clone())])).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o660);
+    // A second daemon on the same socket: refused while the first answers
+    // (once it serves).
+    let fake = Arc::new(FakeBackend::new());
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
+    let f = fake.clone();
+    let server = server.on_ready(Box::new(move || ready_tx.send(()).unwrap()));
+    let run = std::thread::spawn(move || {
+        server.run(
+            Box::new(move || Ok(f as Arc<dyn Backend>)),
+            Stop::Channel(stop_rx),
+        )
+    });
+    ready_rx.recv().unwrap();
+    let c = client::Client::unix(&sock);
+    let ready = c.get("/readyz").unwrap();
+    assert_eq!(ready.status, 200);
+    assert_eq!(ready.json().unwrap()["ready"], true);
+    let e = Server::bind(opts(vec![Listen::Unix(sock.clone())])).unwrap_err();
+    assert!(matches!(e, ServeError::InUse(_)), "{e}");
+    let r = c
+        .request(
+            "POST",
+            "/v1/clones",
+            Some(br#"{"snapshot":"snap","count":2}"#),
+        )
+        .unwrap();
+    assert_eq!(r.status, 201, "{}", r.detail());
+    stop_tx.send(()).unwrap();
+    let rep = run.join().unwrap().unwrap();
+    assert_eq!((rep.killed, rep.left_running), (0, 2));
+    assert!(!sock.exists(), "the socket is removed at the end");
+    assert!(fake.calls().iter().any(|c| c == "shutdown kill=false"));
 }
