@@ -18,6 +18,8 @@ pub enum Bench {
     Clone(super::bench_clone::BenchCloneArgs),
     /// A whole spawn batch in a private host netns.
     Spawn(super::bench_spawn::SpawnBenchArgs),
+    /// A running `wasp serve`: request-to-response latency over its socket.
+    Serve(super::bench_serve::BenchServeArgs),
     /// Two outputs of the same `wasp bench … --json`: A, B, B/A and B-A per figure.
     Compare(super::bench_tools::CompareArgs),
     /// The CI regression gate over criterion's results (scripts/bench-gate.sh).
@@ -46,6 +48,7 @@ pub fn run(b: Bench, cfg: super::LoadConfig) -> anyhow::Result<ExitCode> {
         Bench::Slots(a) => slots(a, cfg()?),
         Bench::Clone(a) => super::bench_clone::bench_clone(a, cfg()?),
         Bench::Spawn(a) => super::bench_spawn::run(a, cfg()?),
+        Bench::Serve(a) => super::bench_serve::run(a),
         Bench::Compare(a) => super::bench_tools::compare(a),
         Bench::Gate(a) => super::bench_tools::gate(a),
     }

@@ -3,6 +3,7 @@
 mod args;
 pub mod bench;
 pub mod bench_clone;
+mod bench_serve;
 mod bench_spawn;
 mod bench_tools;
 mod completions;

@@ -25,18 +25,21 @@
 //! - `auth`: the TCP listener's token file and constant-time check;
 //! - `client`: a small blocking client of the API (the CLI, the tests);
 //! - `backend`: the [`Backend`] seam and [`EngineBackend`];
+//! - `bench`: `wasp bench serve`, a running daemon's latency from a
+//!   client's side;
 //! - `error`: [`ApiError`], the `{error, detail}` body;
 //! - `fake`: [`FakeBackend`], a recording fake for tests without root;
 //! - `metrics`: the Prometheus registry;
 //! - `routes`: [`ROUTES`] (the one route table), handlers and layers;
 //! - this file: listeners and the daemon's life ([`Server`]).
 //!
-//! May use: `config`, `ops`, `engine` and everything below them. Not
-//! `bench` or the CLI.
+//! May use: `config`, `ops`, `bench` (its plots), `engine` and everything
+//! below them. Not the CLI.
 
 pub mod api;
 pub mod auth;
 pub mod backend;
+pub mod bench;
 pub mod client;
 pub mod error;
 pub mod fake;

@@ -10,7 +10,7 @@ use axum::http::{header, Request, StatusCode};
 use tower::ServiceExt;
 
 use super::*;
-use super::{client, ServeError, ServeOptions, Server, Stop};
+use super::{bench, client, ServeError, ServeOptions, Server, Stop};
 
 const LIMITS: Limits = Limits {
     max_count: 10,
@@ -562,4 +562,54 @@ fn the_server_binds_serves_over_its_socket_and_stops_in_order() {
     assert_eq!((rep.killed, rep.left_running), (0, 2));
     assert!(!sock.exists(), "the socket is removed at the end");
     assert!(fake.calls().iter().any(|c| c == "shutdown kill=false"));
+}
+
+#[test]
+fn bench_serve_measures_a_daemon_and_counts_its_refusals() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sock = tmp.path().join("api.sock");
+    let server = Server::bind(opts(vec![Listen::Unix(sock.clone())])).unwrap();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
+    let server = server.on_ready(Box::new(move || ready_tx.send(()).unwrap()));
+    let run = std::thread::spawn(move || {
+        server.run(
+            Box::new(|| Ok(Arc::new(FakeBackend::new()) as Arc<dyn Backend>)),
+            Stop::Channel(stop_rx),
+        )
+    });
+    ready_rx.recv().unwrap();
+    let o = bench::BenchOptions {
+        client: client::Client::unix(&sock),
+        snapshot: "snap".into(),
+        requests: 20,
+        concurrency: 3,
+        count: 2,
+        ready: Some("running".into()),
+        ttl_s: Some(2),
+        duration: None,
+        window: std::time::Duration::from_secs(60),
+    };
+    let r = bench::run(&o).unwrap();
+    assert_eq!((r.ok, r.failed), (20, 0), "{:?}", r.failures);
+    assert_eq!(r.latency_ms.n, 20);
+    // The fake's engine wall and clone total come back from its answers.
+    assert_eq!(r.engine_ms.p50, 3.0);
+    assert_eq!(r.clone_ms.p50, 2.81);
+    assert_eq!(r.windows.iter().map(|w| w.requests).sum::<usize>(), 20);
+    let bad = bench::run(&bench::BenchOptions {
+        snapshot: "nope".into(),
+        requests: 4,
+        ..o.clone()
+    })
+    .unwrap();
+    assert_eq!((bad.ok, bad.failed), (0, 4));
+    assert!(bad.failures[0].starts_with("422"), "{:?}", bad.failures);
+    assert!(bench::run(&bench::BenchOptions {
+        concurrency: 0,
+        ..o
+    })
+    .is_err());
+    stop_tx.send(()).unwrap();
+    run.join().unwrap().unwrap();
 }
