@@ -84,4 +84,12 @@ row("the clone: admission to ready (total_ms)", total)
 row("HTTP layer: daemon minus engine", [a - b for a, b in zip(handler, wall)])
 row("engine: wall minus the clone", [a - b for a, b in zip(wall, total)])
 PY
+echo "== wasp bench serve: 300 requests of 1 clone, one at a time"
+"$WASP" bench serve --server unix:"$S" --snapshot snap --requests 300 --ready tcp:22 --ttl-s 2
+if [ -n "${SOAK:-}" ]; then
+  echo "== wasp bench serve: a ${SOAK} s soak, 2 clients, ttl_s 1"
+  "$WASP" bench serve --server unix:"$S" --snapshot snap --duration "$SOAK" --concurrency 2 \
+    --ready tcp:22 --ttl-s 1 --window 10 ${PLOT:+--plot "$PLOT"}
+  echo "daemon: $(ls /proc/$PID/fd | wc -l) fds, $(awk '/VmRSS/ {print $2 " KiB RSS"}' /proc/$PID/status); slot netns: $(ip netns list | grep -c "wasp-$POOL-")"
+fi
 grep -c 'status=201' "$W/daemon.log" | sed 's/^/requests answered 201: /'
