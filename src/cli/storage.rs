@@ -86,7 +86,8 @@ pub fn run(a: StorageArgs, cfg: super::LoadConfig) -> anyhow::Result<ExitCode> {
                     match r.action {
                         InitAction::Created => "made the reflink store",
                         InitAction::Reattached => "re-attached the existing store image",
-                        InitAction::AlreadyMounted => "the store is set up already; nothing changed",
+                        InitAction::AlreadyMounted =>
+                            "the store is set up already; nothing changed",
                     }
                 );
                 print_status(&r.status);
@@ -176,7 +177,10 @@ fn print_status(s: &StoreStatus) {
         s.clone_disks,
         mib(s.clone_disk_bytes)
     );
-    println!("shared:        {} (blocks clone disks and snapshots share)", mib(s.shared_bytes));
+    println!(
+        "shared:        {} (blocks clone disks and snapshots share)",
+        mib(s.shared_bytes)
+    );
     for p in &s.snapshots {
         println!("snapshot:      {}", p.display());
     }

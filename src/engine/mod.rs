@@ -878,7 +878,10 @@ impl<S: Slots + 'static> Core<S> {
                 .with_owner(self.owner.clone()),
         );
         if let Some(b) = s.copy_check(self.allow_copy).map_err(SpawnError::Storage)? {
-            tracing::warn!("allow_copy: each clone of {} copies {b} bytes", key.display());
+            tracing::warn!(
+                "allow_copy: each clone of {} copies {b} bytes",
+                key.display()
+            );
         }
         lock(&self.stores).insert(key, s.clone());
         Ok(s)

@@ -847,9 +847,14 @@ mod tests {
         });
         let c = evaluate(&p).get("clone_disks").unwrap().clone();
         assert_eq!(c.status, Status::Warn);
-        assert!(c.detail.contains("copies 1073741824 bytes (1024 MiB)"), "{}", c.detail);
         assert!(
-            c.detail.contains("`wasp storage init --runtime-dir /var/lib/wasp` --snapshot /srv/golden"),
+            c.detail.contains("copies 1073741824 bytes (1024 MiB)"),
+            "{}",
+            c.detail
+        );
+        assert!(
+            c.detail
+                .contains("`wasp storage init --runtime-dir /var/lib/wasp` --snapshot /srv/golden"),
             "{}",
             c.detail
         );
@@ -870,7 +875,11 @@ mod tests {
             ..p.clone_cost.clone().unwrap()
         });
         let c = evaluate(&p).get("clone_disks").unwrap().clone();
-        assert!(c.detail.contains("4096 bytes") && c.detail.contains("wasp snapshot adopt /srv/golden"), "{}", c.detail);
+        assert!(
+            c.detail.contains("4096 bytes") && c.detail.contains("wasp snapshot adopt /srv/golden"),
+            "{}",
+            c.detail
+        );
     }
 
     #[test]

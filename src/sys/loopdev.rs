@@ -204,31 +204,4 @@ mod tests {
         assert_eq!(std::mem::size_of::<LoopInfo64>(), 232);
         assert_eq!(std::mem::size_of::<LoopConfig>(), 304);
     }
-
-    #[test]
-    fn attach_read_and_autoclear() {
-        if !crate::sys::is_root() {
-            eprintln!("SKIPPED attach_read_and_autoclear: needs root");
-            return;
-        }
-        let dir = tempfile::Builder::new()
-            .prefix("wasp-loopdev-test-")
-            .tempdir_in("/var/tmp")
-            .unwrap();
-        let img = dir.path().join("wasp-loop-test.img");
-        std::fs::write(&img, vec![0x5au8; 1 << 20]).unwrap();
-        let f = open_rw(&img).unwrap();
-        let dev = attach(&f, LO_FLAGS_AUTOCLEAR, &img).unwrap();
-        let canon = std::fs::canonicalize(&img).unwrap();
-        assert!(attached()
-            .unwrap()
-            .contains(&(dev.number(), canon.clone())));
-        let mut head = [0u8; 4];
-        std::os::unix::fs::FileExt::read_exact_at(dev.as_file(), &mut head, 4096).unwrap();
-        assert_eq!(head, [0x5a; 4]);
-        let n = dev.number();
-        drop(dev);
-        // Autoclear: the last close detached it.
-        assert!(!attached().unwrap().iter().any(|(k, p)| *k == n && *p == canon));
-    }
 }

@@ -11,7 +11,7 @@ pub mod probe;
 pub mod store;
 
 pub use clone::{
-    allocated_bytes, make_drive, probe_clone_strategy, reconcile_dir, CloneDrive, CloneFiles, CloneStore, Mode,
-    ProbeOutcome, StorageError, CLONES_SUBDIR,
+    allocated_bytes, make_drive, probe_clone_strategy, reconcile_dir, CloneDrive, CloneFiles,
+    CloneStore, Mode, ProbeOutcome, StorageError, CLONES_SUBDIR,
 };
 pub use store::reattach;

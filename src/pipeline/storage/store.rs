@@ -467,9 +467,7 @@ fn detach_stale(image: &Path, info: &str) -> Result<Vec<PathBuf>, StoreError> {
         let mounted = info
             .lines()
             .any(|l| l.split(" - ").nth(1).and_then(|p| p.split(' ').nth(1)) == dev.to_str());
-        if !mounted
-            && loopdev::detach(n).map_err(io_step(format!("detach {}", dev.display())))?
-        {
+        if !mounted && loopdev::detach(n).map_err(io_step(format!("detach {}", dev.display())))? {
             out.push(dev);
         }
     }
@@ -501,8 +499,10 @@ fn canonical_dir(dir: &Path, create: bool) -> Result<PathBuf, StoreError> {
 fn image_path(runtime_dir: &Path, image: Option<&Path>) -> Result<PathBuf, StoreError> {
     let image = image.map_or_else(|| default_image(runtime_dir), Path::to_path_buf);
     let parent = image.parent().unwrap_or(Path::new("/"));
-    let parent = fs::canonicalize(parent)
-        .map_err(io_step(format!("resolve the image's directory {}", parent.display())))?;
+    let parent = fs::canonicalize(parent).map_err(io_step(format!(
+        "resolve the image's directory {}",
+        parent.display()
+    )))?;
     Ok(parent.join(image.file_name().unwrap_or_default()))
 }
 
@@ -513,7 +513,9 @@ fn check_empty(dir: &Path) -> Result<(), StoreError> {
         let e = e.map_err(io_step(format!("list {}", dir.display())))?;
         let p = e.path();
         let empty_dir = e.file_type().map(|t| t.is_dir()).unwrap_or(false)
-            && fs::read_dir(&p).map(|mut d| d.next().is_none()).unwrap_or(false);
+            && fs::read_dir(&p)
+                .map(|mut d| d.next().is_none())
+                .unwrap_or(false);
         if !empty_dir {
             found.push(p);
         }
@@ -631,8 +633,10 @@ fn format_image(image: &Path, size: u64, snap_bytes: u64) -> Result<(), StoreErr
             .mode(0o600)
             .open(&partial)
             .map_err(io_step(format!("create {}", partial.display())))?;
-        f.set_len(size)
-            .map_err(io_step(format!("size {} to {size} bytes", partial.display())))?;
+        f.set_len(size).map_err(io_step(format!(
+            "size {} to {size} bytes",
+            partial.display()
+        )))?;
         drop(f);
         let out = Command::new(&mkfs)
             .args(["-q", "-m", "reflink=1", "-L", LABEL])
@@ -826,7 +830,11 @@ fn status_of(dir: &Path, image: Option<&Path>) -> Result<StoreStatus, StoreError
     let mut logical = 0u64;
     let clones = dir.join(CLONES_SUBDIR);
     for c in read_dir_or_empty(&clones)? {
-        if !c.file_name().to_string_lossy().starts_with(&format!("{PREFIX}-")) {
+        if !c
+            .file_name()
+            .to_string_lossy()
+            .starts_with(&format!("{PREFIX}-"))
+        {
             continue;
         }
         for f in read_dir_or_empty(&c.path())? {
@@ -902,7 +910,11 @@ pub fn remove(runtime_dir: &Path, image: Option<&Path>) -> Result<RemoveReport, 
     if mounted.is_some() {
         let busy: Vec<_> = read_dir_or_empty(&dir.join(CLONES_SUBDIR))?
             .into_iter()
-            .filter(|e| e.file_name().to_string_lossy().starts_with(&format!("{PREFIX}-")))
+            .filter(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with(&format!("{PREFIX}-"))
+            })
             .map(|e| e.path())
             .collect();
         if let Some(first) = busy.first() {
@@ -945,7 +957,9 @@ pub fn is_store(runtime_dir: &Path) -> bool {
     let Ok(info) = fs::read_to_string("/proc/self/mountinfo") else {
         return false;
     };
-    mount_at(&info, &dir).and_then(|m| store_image_of(&m)).is_some()
+    mount_at(&info, &dir)
+        .and_then(|m| store_image_of(&m))
+        .is_some()
 }
 
 /// Places the snapshot at `snapshot_dir` in the store at `runtime_dir`:
@@ -990,8 +1004,10 @@ pub fn place_snapshot(snapshot_dir: &Path, runtime_dir: &Path) -> Result<Placeme
         .unwrap_or_else(|| "snapshot".into());
     let snaps = dir.join(SNAPSHOTS_SUBDIR);
     let dest = snaps.join(&name);
-    let manifest_bytes = fs::read(src.join(MANIFEST_FILE))
-        .map_err(io_step(format!("read {}", src.join(MANIFEST_FILE).display())))?;
+    let manifest_bytes = fs::read(src.join(MANIFEST_FILE)).map_err(io_step(format!(
+        "read {}",
+        src.join(MANIFEST_FILE).display()
+    )))?;
     if dest.exists() {
         return if fs::read(dest.join(MANIFEST_FILE)).ok().as_deref() == Some(&manifest_bytes[..]) {
             Ok(Placement {
@@ -1031,13 +1047,18 @@ pub fn place_snapshot(snapshot_dir: &Path, runtime_dir: &Path) -> Result<Placeme
                     let _ = fs::remove_file(&to);
                     make_drive(Strategy::SparseCopy, &f, &to, e.size)
                 })
-                .map_err(io_step(format!("copy {} to {}", from.display(), to.display())))?;
+                .map_err(io_step(format!(
+                    "copy {} to {}",
+                    from.display(),
+                    to.display()
+                )))?;
             fs::set_permissions(&to, fs::Permissions::from_mode(0o444))
                 .map_err(io_step(format!("chmod {}", to.display())))?;
             copied += n;
         }
-        crate::state::write_atomic(&tmp, MANIFEST_FILE, &manifest_bytes, 0o644)
-            .map_err(io_step(format!("write {}", tmp.join(MANIFEST_FILE).display())))?;
+        crate::state::write_atomic(&tmp, MANIFEST_FILE, &manifest_bytes, 0o644).map_err(
+            io_step(format!("write {}", tmp.join(MANIFEST_FILE).display())),
+        )?;
         fs::rename(&tmp, &dest).map_err(io_step(format!(
             "rename {} to {}",
             tmp.display(),
@@ -1114,7 +1135,10 @@ mod tests {
                     90 22 7:3 / /var/lib/wasp rw,noatime - xfs /dev/loop3 rw\n\
                     91 22 0:50 / /var/lib/my\\040dir rw - tmpfs tmpfs rw\n";
         let m = mount_at(info, Path::new("/var/lib/wasp")).unwrap();
-        assert_eq!((m.fstype.as_str(), m.source.as_str()), ("xfs", "/dev/loop3"));
+        assert_eq!(
+            (m.fstype.as_str(), m.source.as_str()),
+            ("xfs", "/dev/loop3")
+        );
         let m = mount_at(info, Path::new("/var/lib/my dir")).unwrap();
         assert_eq!(m.fstype, "tmpfs");
         assert!(mount_at(info, Path::new("/var/lib")).is_none());
