@@ -8,7 +8,7 @@
 //! file, images carry the `wasp` prefix. `losetup`, `stat`, `cp` and
 //! `mount` appear only as independent readers and test tooling.
 
-use wasp_testkit::{root_or_skip, wasp_cmd};
+use wasp_testkit::{root_or_skip, wasp_bin, wasp_cmd};
 
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::{FileExt, MetadataExt};
@@ -21,7 +21,7 @@ use wasp::pipeline::storage::store::{self, InitAction, InitOptions, StoreError};
 use wasp::pipeline::storage::{CloneStore, Mode, StorageError};
 use wasp::snapshot::{synth, SynthOptions};
 use wasp::sys::loopdev;
-use wasp_testkit::cli::stop_and_kill;
+use wasp_testkit::cli::{stop_and_kill, World};
 use wasp_testkit::loopfs::LoopFs;
 
 /// Loop images and page cache of GiB-sized files: one test at a time.
@@ -577,5 +577,78 @@ fn bad_input_gets_one_clear_error_and_nothing_half_made() {
         stderr(&o)
     );
     assert_no_store(&rt);
+    drop(guard);
+}
+
+#[test]
+fn spawn_refuses_a_snapshot_on_another_filesystem_unless_allow_copy() {
+    root_or_skip!();
+    let _s = serial();
+    let ext4 = LoopFs::ext4(512);
+    // A writable 8 MiB rootfs, every block written, on the scratch ext4.
+    let golden = snap(&ext4.path().join("golden"), 8);
+    let img = ext4.path().join("wasp-store-run.img");
+    let world = World::new(wasp_bin!(), "stc");
+    let guard = StoreGuard {
+        rt: world.run_dir(),
+        img: img.clone(),
+    };
+    let storage = |args: &[&str]| {
+        let mut c = wasp_cmd!();
+        c.arg("storage").args(args).arg("--runtime-dir").arg(world.run_dir());
+        c.output().unwrap()
+    };
+    ok(&storage(&["init", "--size", "400M", "--image", img.to_str().unwrap()]));
+    assert_eq!(fs_type(&world.run_dir()), "xfs");
+
+    let spawn = |extra: &[&str], snapshot: &Path| {
+        let mut c = world.wasp(
+            &["spawn", "--vmm", "standin", "--count", "1", "--ready", "running", "--json"],
+            true,
+        );
+        c.args(extra).arg("--snapshot").arg(snapshot);
+        c.output().unwrap()
+    };
+    let o = spawn(&[], &golden);
+    assert_eq!(o.status.code(), Some(1));
+    let e = stderr(&o);
+    assert!(e.contains("is on another filesystem than the runtime dir"), "{e}");
+    assert!(e.contains("each clone would copy 8388608 bytes (8 MiB)"), "{e}");
+    assert!(e.contains("--allow-copy") && e.contains("wasp snapshot adopt"), "{e}");
+    assert_eq!(fs::read_dir(world.run_dir().join("clones")).unwrap().count(), 0);
+
+    let o = spawn(&["--allow-copy"], &golden);
+    ok(&o);
+    assert!(stderr(&o).contains("--allow-copy") && stderr(&o).contains("each clone copies 8388608 bytes"), "{}", stderr(&o));
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(r["summary"]["disk_bytes_copied"], 8u64 << 20, "{r:#}");
+
+    // Adopt places it in the store once; clones from there copy nothing.
+    let mut c = wasp_cmd!();
+    c.args(["snapshot", "adopt", "--force", "--json", "--runtime-dir"])
+        .arg(world.run_dir())
+        .arg(&golden);
+    let o = c.output().unwrap();
+    ok(&o);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let placed = PathBuf::from(v["placed"]["dir"].as_str().unwrap());
+    assert_eq!(placed, fs::canonicalize(world.run_dir()).unwrap().join("snapshots/golden"));
+    assert!(v["placed"]["bytes_copied"].as_u64().unwrap() >= 8 << 20);
+    let o = spawn(&[], &placed);
+    ok(&o);
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(r["summary"]["disk_bytes_copied"], 0, "{r:#}");
+    assert_eq!(r["summary"]["storage_strategy"], "reflink", "{r:#}");
+
+    // Clones live: remove refuses; after them it goes.
+    let o = storage(&["remove", "--image", img.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("2 clone dir(s)"), "{}", stderr(&o));
+    world.kill_drain_and_assert_zero();
+    ok(&storage(&["remove", "--image", img.to_str().unwrap()]));
+    assert!(mounted(&world.run_dir()).is_none());
+    assert_eq!(loops_of(&img), Vec::<String>::new());
+    assert!(!img.exists());
+    drop(world);
     drop(guard);
 }
