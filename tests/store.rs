@@ -595,15 +595,26 @@ fn spawn_refuses_a_snapshot_on_another_filesystem_unless_allow_copy() {
     };
     let storage = |args: &[&str]| {
         let mut c = wasp_cmd!();
-        c.arg("storage").args(args).arg("--runtime-dir").arg(world.run_dir());
+        c.arg("storage")
+            .args(args)
+            .arg("--runtime-dir")
+            .arg(world.run_dir());
         c.output().unwrap()
     };
-    ok(&storage(&["init", "--size", "400M", "--image", img.to_str().unwrap()]));
+    ok(&storage(&[
+        "init",
+        "--size",
+        "400M",
+        "--image",
+        img.to_str().unwrap(),
+    ]));
     assert_eq!(fs_type(&world.run_dir()), "xfs");
 
     let spawn = |extra: &[&str], snapshot: &Path| {
         let mut c = world.wasp(
-            &["spawn", "--vmm", "standin", "--count", "1", "--ready", "running", "--json"],
+            &[
+                "spawn", "--vmm", "standin", "--count", "1", "--ready", "running", "--json",
+            ],
             true,
         );
         c.args(extra).arg("--snapshot").arg(snapshot);
@@ -612,14 +623,33 @@ fn spawn_refuses_a_snapshot_on_another_filesystem_unless_allow_copy() {
     let o = spawn(&[], &golden);
     assert_eq!(o.status.code(), Some(1));
     let e = stderr(&o);
-    assert!(e.contains("is on another filesystem than the runtime dir"), "{e}");
-    assert!(e.contains("each clone would copy 8388608 bytes (8 MiB)"), "{e}");
-    assert!(e.contains("--allow-copy") && e.contains("wasp snapshot adopt"), "{e}");
-    assert_eq!(fs::read_dir(world.run_dir().join("clones")).unwrap().count(), 0);
+    assert!(
+        e.contains("is on another filesystem than the runtime dir"),
+        "{e}"
+    );
+    assert!(
+        e.contains("each clone would copy 8388608 bytes (8 MiB)"),
+        "{e}"
+    );
+    assert!(
+        e.contains("--allow-copy") && e.contains("wasp snapshot adopt"),
+        "{e}"
+    );
+    assert_eq!(
+        fs::read_dir(world.run_dir().join("clones"))
+            .unwrap()
+            .count(),
+        0
+    );
 
     let o = spawn(&["--allow-copy"], &golden);
     ok(&o);
-    assert!(stderr(&o).contains("--allow-copy") && stderr(&o).contains("each clone copies 8388608 bytes"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("--allow-copy")
+            && stderr(&o).contains("each clone copies 8388608 bytes"),
+        "{}",
+        stderr(&o)
+    );
     let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(r["summary"]["disk_bytes_copied"], 8u64 << 20, "{r:#}");
 
@@ -632,7 +662,12 @@ fn spawn_refuses_a_snapshot_on_another_filesystem_unless_allow_copy() {
     ok(&o);
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let placed = PathBuf::from(v["placed"]["dir"].as_str().unwrap());
-    assert_eq!(placed, fs::canonicalize(world.run_dir()).unwrap().join("snapshots/golden"));
+    assert_eq!(
+        placed,
+        fs::canonicalize(world.run_dir())
+            .unwrap()
+            .join("snapshots/golden")
+    );
     assert!(v["placed"]["bytes_copied"].as_u64().unwrap() >= 8 << 20);
     let o = spawn(&[], &placed);
     ok(&o);

@@ -155,7 +155,7 @@ pub enum CloneBenchError {
     Cleanup(usize, #[source] StorageError),
     /// The side-by-side run failed.
     #[error("the comparison run in {0}")]
-    Compare(String, #[source] StorageError),
+    Compare(String, #[source] Box<StorageError>),
     /// statfs of the runtime dir.
     #[error("statfs {0}")]
     Statfs(String, #[source] std::io::Error),
@@ -216,7 +216,9 @@ pub fn run(
                 let p = store.snapshot_dir().join(&d.file);
                 n += File::open(&p)
                     .and_then(|f| crate::pipeline::storage::allocated_bytes(&f))
-                    .map_err(|e| CloneBenchError::Baseline(format!("read extents of {}", p.display()), e))?;
+                    .map_err(|e| {
+                        CloneBenchError::Baseline(format!("read extents of {}", p.display()), e)
+                    })?;
             }
             n
         };
@@ -254,7 +256,10 @@ pub fn run(
         // The seed copied in place: with a comparison run, the baseline
         // copies there (the other filesystem), from that snapshot.
         let (clones_dir, snap) = match &o.compare {
-            Some(c) => (c.runtime_dir.join(crate::pipeline::storage::CLONES_SUBDIR), c.snapshot.clone()),
+            Some(c) => (
+                c.runtime_dir.join(crate::pipeline::storage::CLONES_SUBDIR),
+                c.snapshot.clone(),
+            ),
             None => (store.clones_dir().to_owned(), o.snapshot.clone()),
         };
         for f in files.iter_mut() {
@@ -315,7 +320,7 @@ impl Drop for HeldClones<'_> {
 
 /// The same prep, one clone at a time, in the comparison dirs.
 fn compare_run(c: &CompareOptions, pid: u32) -> Result<CompareRun, CloneBenchError> {
-    let err = |e| CloneBenchError::Compare(c.runtime_dir.display().to_string(), e);
+    let err = |e| CloneBenchError::Compare(c.runtime_dir.display().to_string(), Box::new(e));
     let store = CloneStore::open(&c.snapshot, &c.runtime_dir, Mode::Auto).map_err(err)?;
     let mut prep = Vec::with_capacity(c.count);
     let mut per_clone = 0;

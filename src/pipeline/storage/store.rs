@@ -168,7 +168,7 @@ pub enum StoreError {
         dir: String,
         /// Why.
         #[source]
-        source: snapshot::CheckError,
+        source: Box<snapshot::CheckError>,
     },
     /// One step failed (`what` names it and the path).
     #[error("cannot {what}")]
@@ -340,6 +340,7 @@ fn unescape(s: &str) -> String {
 pub fn mount_at(mountinfo: &str, dir: &Path) -> Option<MountEntry> {
     mountinfo
         .lines()
+        .rev()
         .filter_map(|l| {
             let (pre, post) = l.split_once(" - ")?;
             let mp = pre.split(' ').nth(4)?;
@@ -352,8 +353,7 @@ pub fn mount_at(mountinfo: &str, dir: &Path) -> Option<MountEntry> {
                 source: unescape(source),
             })
         })
-        .filter(|m| m.mount_point == dir)
-        .last()
+        .find(|m| m.mount_point == dir)
 }
 
 fn mountinfo() -> Result<String, StoreError> {
@@ -419,7 +419,7 @@ pub fn find_mkfs_xfs() -> Result<PathBuf, StoreError> {
 pub fn snapshot_bytes(dir: &Path) -> Result<u64, StoreError> {
     let r = snapshot::check(dir, false).map_err(|source| StoreError::Snapshot {
         dir: dir.display().to_string(),
-        source,
+        source: Box::new(source),
     })?;
     let mut n = 0;
     for (_, e) in r.manifest.files() {
@@ -983,7 +983,7 @@ pub fn place_snapshot(snapshot_dir: &Path, runtime_dir: &Path) -> Result<Placeme
     let dir = canonical_dir(runtime_dir, false)?;
     let checked = snapshot::check(snapshot_dir, false).map_err(|source| StoreError::Snapshot {
         dir: snapshot_dir.display().to_string(),
-        source,
+        source: Box::new(source),
     })?;
     let src = checked.opened.dir.clone();
     let dev_of = |p: &Path| {
