@@ -687,3 +687,64 @@ fn spawn_refuses_a_snapshot_on_another_filesystem_unless_allow_copy() {
     drop(world);
     drop(guard);
 }
+
+#[test]
+fn doctor_says_the_bytes_per_clone_and_the_fix_then_zero_in_the_store() {
+    root_or_skip!();
+    let _s = serial();
+    let ext4 = LoopFs::ext4(512);
+    let golden = snap(&ext4.path().join("golden"), 8);
+    let rt = ext4.path().join("rt");
+    let guard = StoreGuard::new(&rt);
+    let clone_disks = |snapshot: &Path| {
+        let mut c = wasp_cmd!();
+        c.args(["doctor", "--json", "--runtime-dir"])
+            .arg(&rt)
+            .arg("--snapshot")
+            .arg(snapshot);
+        let v: serde_json::Value = serde_json::from_slice(&c.output().unwrap().stdout).unwrap();
+        let c = v["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == "clone_disks")
+            .unwrap()
+            .clone();
+        (
+            c["status"].as_str().unwrap().to_owned(),
+            c["detail"].as_str().unwrap().to_owned(),
+        )
+    };
+    // Plain ext4: each clone copies the 8 MiB rootfs; the fix is printed.
+    let (status, detail) = clone_disks(&golden);
+    assert_eq!(status, "warn", "{detail}");
+    assert!(detail.contains("copies 8388608 bytes (8 MiB)"), "{detail}");
+    assert!(
+        detail.contains(&format!(
+            "`wasp storage init --runtime-dir {}`",
+            rt.display()
+        )),
+        "{detail}"
+    );
+    let mut c = wasp_cmd!();
+    c.args(["storage", "init", "--size", "400M", "--runtime-dir"])
+        .arg(&rt)
+        .arg("--snapshot")
+        .arg(&golden);
+    ok(&c.output().unwrap());
+    // In the store: nothing copied.
+    let (status, detail) = clone_disks(&rt.join("snapshots/golden"));
+    assert_eq!(status, "ok", "{detail}");
+    assert!(detail.contains("copy 0 bytes (reflink)"), "{detail}");
+    // The original, outside the store: place it.
+    let (status, detail) = clone_disks(&golden);
+    assert_eq!(status, "warn", "{detail}");
+    assert!(
+        detail.contains("on another filesystem than the store")
+            && detail.contains("wasp snapshot adopt"),
+        "{detail}"
+    );
+    ok(&wasp(&["storage", "remove"], &rt));
+    assert_no_store(&rt);
+    drop(guard);
+}
