@@ -32,6 +32,9 @@ use crate::sys::fs::{copy_file_range, ficlone, seek_data_hole, Whence};
 
 /// Sub-directory of the runtime dir that holds clone directories.
 pub const CLONES_SUBDIR: &str = "clones";
+/// Sub-directory of a reflink store ([`super::store`]) that holds the
+/// snapshots placed in it.
+pub const SNAPSHOTS_SUBDIR: &str = "snapshots";
 
 /// How the store picks its strategy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -335,18 +338,12 @@ impl CloneStore {
             return Ok(Some(bytes));
         }
         let runtime_dir = self.clones_dir.parent().unwrap_or(&self.clones_dir);
-        let hint = if super::store::is_store(runtime_dir) {
-            format!(
-                "Place it in the store once (`wasp snapshot adopt {}` copies it into {}) and spawn from there",
-                self.snapshot_dir.display(),
-                runtime_dir.join(super::store::SNAPSHOTS_SUBDIR).display()
-            )
-        } else {
-            format!(
-                "Make the runtime dir a reflink store (`wasp storage init --runtime-dir {}`) and place the snapshot in it (`wasp snapshot adopt`)",
-                runtime_dir.display()
-            )
-        };
+        let hint = format!(
+            "Place it in the runtime dir's reflink store once: `wasp storage init --runtime-dir {}` makes the store if there is none, and `wasp snapshot adopt {}` copies the snapshot into {}; spawn from there",
+            runtime_dir.display(),
+            self.snapshot_dir.display(),
+            runtime_dir.join(SNAPSHOTS_SUBDIR).display()
+        );
         Err(StorageError::WouldCopy {
             snapshot: self.snapshot_dir.display().to_string(),
             runtime_dir: runtime_dir.display().to_string(),

@@ -32,6 +32,7 @@ use std::process::Command;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+pub use super::clone::SNAPSHOTS_SUBDIR;
 use super::clone::{allocated_bytes, make_drive, CLONES_SUBDIR};
 use super::probe::Strategy;
 use crate::paths::PREFIX;
@@ -42,8 +43,6 @@ use crate::testhook;
 
 /// The store's filesystem label (XFS allows 12 bytes).
 pub const LABEL: &str = "wasp-store";
-/// Sub-directory of the store that holds placed snapshots.
-pub const SNAPSHOTS_SUBDIR: &str = "snapshots";
 /// The store's own record, in its root.
 pub const META_FILE: &str = ".wasp-store.json";
 /// The smallest image `mkfs.xfs` formats.
