@@ -231,6 +231,27 @@ fn init_makes_a_reflink_store_on_ext4_idempotently_and_remove_leaves_nothing() {
     assert!(stdout(&o).contains("set up already"), "{}", stdout(&o));
     assert_eq!(loops_of(&img), devs);
 
+    // A reboot drops the mount and (autoclear) the loop device; the
+    // library's re-attach, which a daemon calls at start, mounts it again.
+    assert!(Command::new("umount").arg(&rt).status().unwrap().success());
+    assert_eq!(loops_of(&img), Vec::<String>::new());
+    assert_eq!(
+        store::reattach(&rt, None).unwrap(),
+        store::Reattach::Reattached
+    );
+    assert_eq!(
+        store::reattach(&rt, None).unwrap(),
+        store::Reattach::AlreadyMounted
+    );
+    assert_eq!(fs_type(&rt), "xfs");
+    let devs = loops_of(&img);
+    assert_eq!(devs.len(), 1);
+    assert_eq!(
+        store::reattach(&ext4.path().join("none"), None).unwrap(),
+        store::Reattach::NoStore
+    );
+    assert!(!ext4.path().join("none").exists(), "reattach makes nothing");
+
     let o = wasp(&["storage", "status", "--json"], &rt);
     ok(&o);
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
@@ -251,6 +272,9 @@ fn init_makes_a_reflink_store_on_ext4_idempotently_and_remove_leaves_nothing() {
     ok(&o);
     assert!(stdout(&o).contains("nothing to remove"), "{}", stdout(&o));
     let o = wasp(&["storage", "status"], &rt);
+    ok(&o);
+    assert!(stdout(&o).contains("no store"), "{}", stdout(&o));
+    let o = wasp(&["storage", "status"], &ext4.path().join("never-made"));
     ok(&o);
     assert!(stdout(&o).contains("no store"), "{}", stdout(&o));
     drop(guard);

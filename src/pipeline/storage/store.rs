@@ -495,6 +495,17 @@ fn canonical_dir(dir: &Path, create: bool) -> Result<PathBuf, StoreError> {
     fs::canonicalize(dir).map_err(io_step(format!("resolve runtime dir {}", dir.display())))
 }
 
+/// The runtime dir resolved; one that does not exist is taken as given
+/// (nothing can be mounted on it), so `status` and `remove` say there is
+/// no store instead of failing.
+fn resolve_dir(dir: &Path) -> Result<PathBuf, StoreError> {
+    match fs::canonicalize(dir) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(std::path::absolute(dir)
+            .map_err(io_step(format!("resolve runtime dir {}", dir.display())))?),
+        r => r.map_err(io_step(format!("resolve runtime dir {}", dir.display()))),
+    }
+}
+
 fn image_path(runtime_dir: &Path, image: Option<&Path>) -> Result<PathBuf, StoreError> {
     let image = image.map_or_else(|| default_image(runtime_dir), Path::to_path_buf);
     let parent = image.parent().unwrap_or(Path::new("/"));
@@ -739,8 +750,15 @@ pub enum Reattach {
 /// default image, or `image`), makes nothing new. `wasp storage init`
 /// does the same when the image exists; a daemon calls this at start.
 pub fn reattach(runtime_dir: &Path, image: Option<&Path>) -> Result<Reattach, StoreError> {
-    let dir = canonical_dir(runtime_dir, false)?;
-    let image = image_path(&dir, image)?;
+    let dir = resolve_dir(runtime_dir)?;
+    let image = match image_path(&dir, image) {
+        Ok(i) => i,
+        // Not even the image's directory exists: no store.
+        Err(StoreError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+            return Ok(Reattach::NoStore)
+        }
+        Err(e) => return Err(e),
+    };
     let _lock = lock_dir(image.parent().unwrap_or(Path::new("/")))?;
     let info = mountinfo()?;
     if let Some(m) = mount_at(&info, &dir) {
@@ -759,6 +777,7 @@ pub fn reattach(runtime_dir: &Path, image: Option<&Path>) -> Result<Reattach, St
     if !is_store_image(&image).map_err(io_step(format!("read {}", image.display())))? {
         return Err(StoreError::NotAStoreImage(image.display().to_string()));
     }
+    let dir = canonical_dir(&dir, true)?;
     check_empty(&dir)?;
     detach_stale(&image, &info)?;
     attach_and_mount(&image, &dir)?;
@@ -769,7 +788,7 @@ pub fn reattach(runtime_dir: &Path, image: Option<&Path>) -> Result<Reattach, St
 /// The store at `runtime_dir`: `Ok(None)` when none is mounted there and
 /// no image exists for it.
 pub fn status(runtime_dir: &Path, image: Option<&Path>) -> Result<Option<StoreStatus>, StoreError> {
-    let dir = canonical_dir(runtime_dir, false)?;
+    let dir = resolve_dir(runtime_dir)?;
     let info = mountinfo()?;
     match mount_at(&info, &dir) {
         Some(m) => match store_image_of(&m) {
@@ -885,7 +904,7 @@ fn read_dir_or_empty(p: &Path) -> Result<Vec<fs::DirEntry>, StoreError> {
 /// `.partial` image, an unmounted image, a bound loop device). Nothing
 /// there: an empty report.
 pub fn remove(runtime_dir: &Path, image: Option<&Path>) -> Result<RemoveReport, StoreError> {
-    let dir = canonical_dir(runtime_dir, false)?;
+    let dir = resolve_dir(runtime_dir)?;
     let info = mountinfo()?;
     let mut r = RemoveReport::default();
     let mounted = match mount_at(&info, &dir) {
