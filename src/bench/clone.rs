@@ -156,8 +156,8 @@ pub enum CloneBenchError {
     /// The side-by-side run failed.
     #[error("the comparison run in {0}")]
     Compare(String, #[source] Box<StorageError>),
-    /// statfs of the runtime dir.
-    #[error("statfs {0}")]
+    /// syncfs or statfs of the runtime dir.
+    #[error("syncfs or statfs {0}")]
     Statfs(String, #[source] std::io::Error),
     /// A baseline step (`create DIR`, `baseline copy of FILE`, `remove DIR`).
     #[error("{0}")]
@@ -180,7 +180,11 @@ pub fn run(
     let mut prep = Vec::with_capacity(o.count);
     let mut cleanup = Vec::with_capacity(o.count);
     let (mut copied, mut mem_copied) = (0u64, 0u64);
+    // Flushed first (syncfs), so the figure is what the filesystem holds.
     let used = |dir: &Path| -> Result<u64, CloneBenchError> {
+        let io = |e: std::io::Error| CloneBenchError::Statfs(dir.display().to_string(), e);
+        let d = File::open(dir).map_err(io)?;
+        nix::unistd::syncfs(std::os::fd::AsRawFd::as_raw_fd(&d)).map_err(|e| io(e.into()))?;
         let st = nix::sys::statvfs::statvfs(dir)
             .map_err(|e| CloneBenchError::Statfs(dir.display().to_string(), e.into()))?;
         Ok((st.blocks() - st.blocks_free()) as u64 * st.fragment_size() as u64)

@@ -124,7 +124,7 @@ fn print_report(r: &BenchCloneReport) {
     println!("mem bytes copied:  {}", r.mem_bytes_copied);
     if let Some(h) = &r.held {
         println!(
-            "held by {} clones: {} bytes ({:.3} % of {} full copies, {} MiB)",
+            "held by {} clones: {} bytes ({:.5} % of {} full copies, {} MiB)",
             h.clones,
             h.bytes_used,
             h.percent_of_full_copies,

@@ -800,7 +800,13 @@ pub fn status(runtime_dir: &Path, image: Option<&Path>) -> Result<Option<StoreSt
             }),
         },
         None => {
-            let img = image_path(&dir, image)?;
+            let img = match image_path(&dir, image) {
+                Ok(i) => i,
+                Err(StoreError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+                    return Ok(None)
+                }
+                Err(e) => return Err(e),
+            };
             if img.exists() {
                 status_of(&dir, Some(&img)).map(Some)
             } else {
