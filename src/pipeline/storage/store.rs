@@ -1144,6 +1144,23 @@ mod tests {
     use super::*;
 
     #[test]
+    fn errors_name_the_package_and_the_sizes() {
+        let e = StoreError::NoMkfs.to_string();
+        assert!(e.contains("install the `xfsprogs` package"), "{e}");
+        let e = StoreError::SizeTooSmallForSnapshot {
+            size: 400 << 20,
+            snapshot: "/s".into(),
+            need: 512 << 20,
+        }
+        .to_string();
+        assert!(
+            e.contains("--size 400 MiB is too small for snapshot /s: its files hold 512 MiB"),
+            "{e}"
+        );
+        assert!(e.contains("give --size 656M or more"), "{e}");
+    }
+
+    #[test]
     fn sizes_parse() {
         assert_eq!(parse_size("64G"), Some(64 << 30));
         assert_eq!(parse_size("300M"), Some(300 << 20));
