@@ -14,6 +14,7 @@ pub mod reconcile;
 mod snapshot;
 mod snapshot_create;
 pub mod spawn;
+mod storage;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -54,6 +55,8 @@ pub enum Command {
     Snapshot(snapshot::SnapshotArgs),
     /// The pre-warmed pool of network slots.
     Pool(pool::PoolArgs),
+    /// The reflink store under the runtime dir: init, status, remove.
+    Storage(storage::StorageArgs),
     /// Find what a crashed wasp left: adopt healthy clones, remove broken
     /// ones, orphan VMMs, stray files and broken slots (also run at the
     /// start of spawn, kill, snapshot create, pool warm/drain).
@@ -112,6 +115,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             require_root("pool")?;
             pool::run(a, cfg()?)
         }
+        Command::Storage(a) => storage::run(a, &cfg),
         Command::Reconcile(a) => {
             require_root("reconcile")?;
             reconcile::run(a, cfg()?)

@@ -128,6 +128,11 @@ pub struct SpawnArgs {
     pub jailer_gid: Option<u32>,
     #[command(flatten)]
     pub at: Where,
+    /// Copy the clones' disks even though the snapshot is on another
+    /// filesystem than the runtime dir (refused by default: each clone
+    /// would copy its writable drives instead of reflinking them).
+    #[arg(long)]
+    pub allow_copy: bool,
     /// Print one JSON document.
     #[arg(long)]
     pub json: bool,
@@ -357,6 +362,14 @@ pub fn spawn_cmd(a: SpawnArgs, mut cfg: Config) -> anyhow::Result<ExitCode> {
     let store = CloneStore::open(&snapshot, runtime_dir, Mode::Auto)
         .context("open the snapshot")?
         .with_owner(owner(&cfg)?);
+    if let Some(bytes) = store.copy_check(a.allow_copy)? {
+        eprintln!(
+            "wasp: --allow-copy: snapshot {} is on another filesystem than the runtime dir {}; each clone copies {bytes} bytes ({} MiB) of its writable drives",
+            store.snapshot_dir().display(),
+            runtime_dir.display(),
+            bytes.div_ceil(1 << 20)
+        );
+    }
     cfg.check_guest(store.manifest())?;
     let mut engine_cfg = EngineConfig::new(vmm, state_dir.clone(), runtime_dir.clone());
     engine_cfg.parallel = cfg.parallel.value;
