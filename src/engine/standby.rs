@@ -290,7 +290,8 @@ impl<S: Slots + 'static> Core<S> {
         if let Err(e) = up {
             let _ = sys::pidfd::pidfd_send_signal(&launched.pidfd, libc::SIGKILL);
             let _ = launched.child.wait();
-            let _ = launch::remove_isolation(launched.cgroup.as_deref(), launched.jail_dir.as_deref());
+            let _ =
+                launch::remove_isolation(launched.cgroup.as_deref(), launched.jail_dir.as_deref());
             undo(true);
             return Err(format!("socket: {}", crate::error::chain(&e)));
         }
