@@ -5,6 +5,7 @@
 //! disk fault, a hand edit) gives a clear error naming the file and how to
 //! recover, never a panic.
 
+use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::net::Ipv4Addr;
@@ -58,6 +59,20 @@ pub struct CloneRecord {
     /// Its jailer chroot directory in jailer mode (removed on teardown).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jail_dir: Option<PathBuf>,
+    /// The tag of the engine request that made it (clone ids are
+    /// `<tag>-<i>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<String>,
+    /// The request's labels.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// When its TTL ends (Unix epoch, ms), absolute, so an engine that
+    /// adopts the clone after a restart keeps the deadline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at_ms: Option<u64>,
+    /// True while its vCPUs are paused (`PATCH /vm Paused`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub paused: bool,
 }
 
 /// Errors of the state store.
@@ -485,6 +500,33 @@ pub fn same_process(pid: i32, start: u64) -> bool {
     parse_start_time(&stat) == Some(start) && !matches!(parse_state(&stat), Some('Z' | 'X'))
 }
 
+/// Why the clone `r` describes is not alive in its slot, or `None` when
+/// it is: its VMM is the recorded process (pid and start time,
+/// [`same_process`]), that process lives in the recorded slot netns (the
+/// namespace inode of `/run/netns/<slot>`), and the clone's directory
+/// exists. Shared by reconcile and by an engine adopting clones after a
+/// restart; the caller pins the process with a pidfd first.
+pub fn clone_health(r: &CloneRecord) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let ino = |p: &Path| fs::metadata(p).ok().map(|m| m.ino());
+    if !same_process(r.pid, r.pid_start) {
+        return Some(format!("its VMM (pid {}) is gone", r.pid));
+    }
+    let Some(slot_ino) = ino(&crate::sys::netns::path_of(&r.netns)) else {
+        return Some(format!("its slot netns {} is gone", r.netns));
+    };
+    if ino(Path::new(&format!("/proc/{}/ns/net", r.pid))) != Some(slot_ino) {
+        return Some(format!(
+            "its VMM (pid {}) is not in slot netns {}",
+            r.pid, r.netns
+        ));
+    }
+    if !r.clone_dir.is_dir() {
+        return Some(format!("its directory {} is gone", r.clone_dir.display()));
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -507,6 +549,10 @@ mod tests {
             created_at: "2026-11-28T00:00:00Z".into(),
             cgroup: None,
             jail_dir: None,
+            request: None,
+            labels: Default::default(),
+            expires_at_ms: None,
+            paused: false,
         }
     }
 

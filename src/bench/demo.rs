@@ -69,6 +69,13 @@ pub struct DemoOptions {
     /// Running at the same time), and add the per-process and kernel
     /// memory breakdown ([`HoldFigures`]).
     pub hold: bool,
+    /// `count` requests of one clone each, one after the other (each
+    /// request's wall time is in [`DemoReport::request_ms`]).
+    pub one_at_a_time: bool,
+    /// VMMs the engine holds started ahead ([`EngineConfig::standby`];
+    /// experimental). With it, requests go one at a time, each once a
+    /// standby is held.
+    pub standby: usize,
 }
 
 /// What the demo saw.
@@ -88,6 +95,8 @@ pub struct DemoReport {
     pub memory: MemFigures,
     /// The hold's figures (`hold`).
     pub hold: Option<HoldFigures>,
+    /// Each request's wall time, submit to report (ms), one at a time.
+    pub request_ms: Vec<f64>,
 }
 
 /// Demo failures before any clone ran.
@@ -304,7 +313,7 @@ pub fn run_observed(
             cleanup_errors.push(format!("delete netns {host_netns}: {e}"));
         }
     }
-    let (spawn, agents_ok, agent_failures, memory, hold) = result?;
+    let (spawn, agents_ok, agent_failures, memory, hold, request_ms) = result?;
     let hold = hold.map(|mut h| {
         if let (Some(before), Some(after)) = (baseline, host_mem()) {
             h.residual_available_kib = before.available as i64 - after.available as i64;
@@ -320,6 +329,7 @@ pub fn run_observed(
         cleanup_errors,
         memory,
         hold,
+        request_ms,
     })
 }
 
@@ -329,6 +339,7 @@ type Inner = (
     Vec<(String, String)>,
     MemFigures,
     Option<HoldFigures>,
+    Vec<f64>,
 );
 
 fn run_inner(
@@ -390,23 +401,30 @@ fn run_inner(
         }
     };
     let owner = state::Owner::of_state_dir(&o.work_dir.join("state"))?;
-    let store = CloneStore::open(&snap, &o.work_dir.join("run"), Mode::Auto)?.with_owner(owner);
+    let store =
+        Arc::new(CloneStore::open(&snap, &o.work_dir.join("run"), Mode::Auto)?.with_owner(owner));
     let host_before = host_mem();
     let mut cfg = EngineConfig::new(vmm, o.work_dir.join("state"), o.work_dir.join("run"));
     cfg.parallel = o.parallel;
     cfg.driver = o.driver;
+    cfg.standby = o.standby;
     let engine = Engine::with_slots(cfg, slots)?;
     let mut env = Env::new();
     let _ = env.add_plain("API_URL=http://10.0.0.1:8080/");
-    let req = SpawnRequest {
-        env,
+    let req = |count| SpawnRequest {
+        env: env.clone(),
         ready,
         timeouts: Timeouts::default(),
-        ..SpawnRequest::new(SnapshotSource::Store(Arc::new(store)), o.count)
+        ..SpawnRequest::new(SnapshotSource::Store(store.clone()), count)
     };
-    let report = engine
-        .spawn(req)
-        .and_then(|t| t.wait_observed(|row| on_done(row)));
+    let mut request_ms = Vec::new();
+    let report = if o.one_at_a_time || o.standby > 0 {
+        one_at_a_time(&engine, o, &store, req, &mut request_ms, on_done)
+    } else {
+        engine
+            .spawn(req(o.count))
+            .and_then(|t| t.wait_observed(|row| on_done(row)))
+    };
     let memory = match &report {
         Ok(r) => {
             let pids: Vec<i32> = r.clones.iter().filter_map(|c| c.pid).collect();
@@ -470,5 +488,56 @@ fn run_inner(
     if let Err(e) = slots.pool().ops().remove_host() {
         cleanup_errors.push(crate::error::chain(&e));
     }
-    Ok((report?, ok, failures, memory, hold))
+    Ok((report?, ok, failures, memory, hold, request_ms))
+}
+
+/// `o.count` requests of one clone, one after the other (each once a
+/// standby VMM is held, with `o.standby`), merged into one report; each
+/// request's wall time goes to `request_ms`.
+fn one_at_a_time(
+    engine: &Engine<PoolSlots>,
+    o: &DemoOptions,
+    store: &Arc<CloneStore>,
+    req: impl Fn(usize) -> SpawnRequest,
+    request_ms: &mut Vec<f64>,
+    on_done: &mut (dyn FnMut(&batch::CloneReport) + Send),
+) -> Result<SpawnReport, batch::SpawnError> {
+    if o.standby > 0 {
+        engine.hold_standby(SnapshotSource::Store(store.clone()))?;
+    }
+    let started = std::time::Instant::now();
+    let mut merged: Option<SpawnReport> = None;
+    for _ in 0..o.count {
+        if o.standby > 0 && !engine.wait_standby(Duration::from_secs(30)) {
+            tracing::warn!("no standby VMM after 30 s; this request goes the normal way");
+        }
+        let t = std::time::Instant::now();
+        let r = engine
+            .spawn(req(1))
+            .and_then(|t| t.wait_observed(|row| on_done(row)))?;
+        request_ms.push(crate::stats::ms(t.elapsed()));
+        match &mut merged {
+            None => merged = Some(r),
+            Some(m) => {
+                m.clones.extend(r.clones);
+                m.summary.driver_cpu_ms += r.summary.driver_cpu_ms;
+                m.summary.admission_cpu_ms += r.summary.admission_cpu_ms;
+                m.summary.disk_bytes_copied += r.summary.disk_bytes_copied;
+            }
+        }
+    }
+    let mut m = merged.ok_or(batch::SpawnError::Count(0))?;
+    let totals: Vec<f64> = m
+        .clones
+        .iter()
+        .filter(|c| c.ok)
+        .map(|c| c.total_ms)
+        .collect();
+    let p = crate::stats::Percentiles::of(&totals);
+    m.summary.wall_ms = crate::stats::ms(started.elapsed());
+    m.summary.ready = totals.len();
+    m.summary.failed = m.clones.len() - totals.len();
+    m.summary.p50 = p.p50;
+    m.summary.p99 = p.p99;
+    Ok(m)
 }

@@ -30,6 +30,10 @@ pub struct SpawnBenchOptions {
     pub mem_mib: u64,
     /// Hold every clone at once and account host memory per clone.
     pub hold: bool,
+    /// `count` requests of one clone, one after the other.
+    pub one_at_a_time: bool,
+    /// VMMs held started ahead (experimental; implies one at a time).
+    pub standby: usize,
 }
 
 /// The figures of `wasp bench spawn` (its `--json` document).
@@ -98,6 +102,12 @@ pub struct SpawnBenchReport {
     /// Cleanup errors met.
     #[serde(skip)]
     pub cleanup_errors: usize,
+    /// With `--one-at-a-time` or `--standby`: each request's wall time,
+    /// submit to report (ms).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_ms: Option<Percentiles>,
+    /// VMMs held started ahead (`--standby`).
+    pub standby: usize,
 }
 
 /// The slowest ready clone of a batch.
@@ -150,6 +160,8 @@ pub fn run(
             driver: o.driver,
             mem_mib: o.mem_mib,
             hold: o.hold,
+            one_at_a_time: o.one_at_a_time,
+            standby: o.standby,
         },
         on_done,
     )?;
@@ -217,6 +229,8 @@ fn report(o: &SpawnBenchOptions, r: DemoReport) -> SpawnBenchReport {
         phase_samples: ok.iter().map(|c| c.phases_ms.values().to_vec()).collect(),
         latency_samples: totals,
         cleanup_errors: r.cleanup_errors.len(),
+        request_ms: (!r.request_ms.is_empty()).then(|| Percentiles::of(&r.request_ms)),
+        standby: o.standby,
     }
 }
 
@@ -273,6 +287,7 @@ mod tests {
             cleanup_errors: cleanup,
             memory: Default::default(),
             hold: None,
+            request_ms: vec![],
         }
     }
 
@@ -285,6 +300,8 @@ mod tests {
             driver: None,
             mem_mib: 128,
             hold: false,
+            one_at_a_time: false,
+            standby: 0,
         }
     }
 

@@ -45,6 +45,16 @@ pub struct SpawnBenchArgs {
     /// memory growth, MemAvailable drop) before removing everything.
     #[arg(long)]
     pub hold: bool,
+    /// `--count` requests of one clone each, one after the other: the
+    /// single-clone latency a service sees (`request_ms`: each request's
+    /// wall time, submit to report).
+    #[arg(long)]
+    pub one_at_a_time: bool,
+    /// Hold this many VMMs started ahead in their slots (exec and API
+    /// socket set-up off the request path; experimental). Implies
+    /// `--one-at-a-time`; each request is made once a standby is held.
+    #[arg(long, default_value_t = 0)]
+    pub standby: usize,
     /// Print one JSON document.
     #[arg(long)]
     pub json: bool,
@@ -85,6 +95,8 @@ pub fn run(a: SpawnBenchArgs, mut cfg: Config) -> anyhow::Result<ExitCode> {
             driver: a.driver.map(Into::into),
             mem_mib: a.mem_mib,
             hold: a.hold,
+            one_at_a_time: a.one_at_a_time,
+            standby: a.standby,
         },
         &mut |_| bar.inc(1),
     );
@@ -122,6 +134,9 @@ pub fn run(a: SpawnBenchArgs, mut cfg: Config) -> anyhow::Result<ExitCode> {
             out.wall_ms, out.ready, out.failed
         );
         let mut rows = vec![("latency", "ms", &out.latency_ms)];
+        if let Some(r) = &out.request_ms {
+            rows.push(("request", "ms", r));
+        }
         rows.extend(out.phase_rows.iter().map(|(n, p)| (*n, "ms", p)));
         super::bench_tools::print_percentiles(&rows);
         println!(

@@ -613,6 +613,8 @@ pub fn demo_cmd(a: DemoArgs, cfg: Config) -> anyhow::Result<ExitCode> {
             driver: None,
             mem_mib: 64,
             hold: false,
+            one_at_a_time: false,
+            standby: 0,
         },
         &mut |_| bar.inc(1),
     );

@@ -69,6 +69,40 @@ pub trait Slots: Send {
     fn status(&self) -> Option<crate::pipeline::pool::PoolStatus> {
         None
     }
+    /// Hands out slot `index`, which a live clone recorded in the state
+    /// dir holds (the pool set it aside when it was opened), for an engine
+    /// that adopts that clone; it comes back through [`Slots::give_back`]
+    /// like any taken slot. An error when the provider does not hold that
+    /// slot aside (another process leases it, or it was broken).
+    fn adopt(&mut self, index: u32) -> Result<SlotLease, SlotError> {
+        Err(format!("this slot provider holds no slot {index} for an adopted clone").into())
+    }
+    /// Re-marks the pool at run time (see [`crate::engine::PoolMarks`]):
+    /// the background refill reads the new marks, a larger size is built
+    /// in the background, surplus free slots are destroyed at once.
+    fn set_marks(
+        &mut self,
+        marks: crate::engine::PoolMarks,
+    ) -> Result<crate::pipeline::pool::PoolStatus, SlotError> {
+        let _ = marks;
+        Err("this slot provider has no pool to re-mark".into())
+    }
+    /// The most slots the provider can ever hold at once (the pool's CIDR
+    /// and index limit).
+    fn max_slots(&self) -> usize {
+        usize::MAX
+    }
+    /// True once the pool has reached its warm target (always, for a
+    /// provider without one).
+    fn is_warm(&self) -> bool {
+        true
+    }
+    /// True when another process leased slot `index` when the pool was
+    /// opened (its clones are that process's, not to be adopted).
+    fn held_elsewhere(&self, index: u32) -> bool {
+        let _ = index;
+        false
+    }
 }
 
 /// Options of one batch.
@@ -140,6 +174,17 @@ pub enum SpawnError {
     /// takes no more requests.
     #[error("the engine is shutting down and takes no more requests; open a new one")]
     Stopped,
+    /// More clones asked for than the host can take now (free and
+    /// buildable slots, memory, fds): refused before anything was taken.
+    #[error("{asked} clone(s) asked for, but this host can take {possible} more now (slots, memory and fds; see the engine's capacity); retry after {} s or ask for fewer", retry_after.as_secs().max(1))]
+    Overloaded {
+        /// Clones asked for.
+        asked: usize,
+        /// Clones the host can take now ([`crate::engine::Capacity::clones_possible`]).
+        possible: usize,
+        /// When a retry may succeed (clones expire or exit, the pool refills).
+        retry_after: Duration,
+    },
 }
 
 /// Milliseconds per phase of one clone.
@@ -278,6 +323,8 @@ pub struct PoolSlots {
     host_netns: Option<String>,
     in_use: std::collections::HashSet<u32>,
     aside: Vec<crate::pipeline::slot::Slot>,
+    /// Slots another process leased when the pool was opened.
+    busy: std::collections::HashSet<u32>,
 }
 
 impl std::fmt::Debug for PoolSlots {
@@ -331,7 +378,7 @@ impl PoolSlots {
         let pool_name = net.pool.clone();
         let kernel = crate::pipeline::slot::Kernel::setup(net, host)?;
         let pool = crate::pipeline::pool::Pool::new(kernel, cfg);
-        pool.reconcile()?;
+        let busy = pool.reconcile()?.busy.into_iter().collect();
         let mut me = Self {
             pool,
             tap,
@@ -339,6 +386,7 @@ impl PoolSlots {
             host_netns: host.netns.clone(),
             in_use,
             aside: Vec::new(),
+            busy,
         };
         // Set aside adopted slots that live clones hold.
         let free = me.pool.status().free;
@@ -370,6 +418,22 @@ impl PoolSlots {
     pub fn pool(&self) -> &crate::pipeline::pool::Pool<crate::pipeline::slot::Kernel> {
         &self.pool
     }
+
+    /// Slots set aside because live clones hold them (not handed out).
+    pub fn aside(&self) -> usize {
+        self.aside.len()
+    }
+
+    fn lease_of(&self, s: crate::pipeline::slot::Slot) -> SlotLease {
+        SlotLease {
+            pool: self.pool_name.clone(),
+            index: s.index,
+            netns: s.netns,
+            clone_ip: s.clone_ip,
+            tap: self.tap.clone(),
+            guest_ip: Some(self.pool.ops().net().guest_ip),
+        }
+    }
 }
 
 impl Slots for PoolSlots {
@@ -383,14 +447,7 @@ impl Slots for PoolSlots {
                     .ok_or("the slot pool is empty after warming")?
             }
         };
-        Ok(SlotLease {
-            pool: self.pool_name.clone(),
-            index: s.index,
-            netns: s.netns,
-            clone_ip: s.clone_ip,
-            tap: self.tap.clone(),
-            guest_ip: Some(self.pool.ops().net().guest_ip),
-        })
+        Ok(self.lease_of(s))
     }
 
     fn give_back(&mut self, slot: SlotLease) -> Result<(), SlotError> {
@@ -413,6 +470,44 @@ impl Slots for PoolSlots {
 
     fn status(&self) -> Option<crate::pipeline::pool::PoolStatus> {
         Some(self.pool.status())
+    }
+
+    fn adopt(&mut self, index: u32) -> Result<SlotLease, SlotError> {
+        let at = self
+            .aside
+            .iter()
+            .position(|s| s.index == index)
+            .ok_or_else(|| {
+                format!(
+                    "slot {index} of pool {} is not held for a live clone by this process (another process leases it, or it was broken and removed)",
+                    self.pool_name
+                )
+            })?;
+        let s = self.aside.swap_remove(at);
+        Ok(self.lease_of(s))
+    }
+
+    fn set_marks(
+        &mut self,
+        marks: crate::engine::PoolMarks,
+    ) -> Result<crate::pipeline::pool::PoolStatus, SlotError> {
+        Ok(self
+            .pool
+            .set_marks(marks.size, marks.low_water, marks.high_water)?)
+    }
+
+    fn max_slots(&self) -> usize {
+        self.pool.ops().net().max_slots()
+    }
+
+    fn held_elsewhere(&self, index: u32) -> bool {
+        self.busy.contains(&index)
+    }
+
+    fn is_warm(&self) -> bool {
+        let st = self.pool.status();
+        // Warm at its size, or as warm as the CIDR lets it be.
+        st.free >= st.size || st.free + st.in_use + self.aside.len() >= self.max_slots()
     }
 }
 

@@ -35,7 +35,37 @@
 //! is killed ([`Engine::kill`]) or the engine shuts down: the reaper blocks
 //! in `epoll_wait` on all of them at once (no periodic poll), and a VMM that
 //! exits on its own is reaped, its files, isolation and record removed and
-//! its slot given back.
+//! its slot given back. Each [`Reaped`] says why ([`ReapCause`]).
+//!
+//! Control of live clones (all recorded in the clone's record, so a
+//! restarted engine keeps them):
+//!
+//! - **TTL** (`ttl`): [`SpawnRequest::ttl`] gives each clone a deadline
+//!   (absolute, Unix ms) when it is ready; [`Engine::set_ttl`] moves or
+//!   clears it. One timerfd in the reaper's epoll is armed at the earliest
+//!   deadline; when it fires the reaper stops the clones whose time is up
+//!   (cause `TtlExpired`). No wake-up happens between deadlines.
+//! - **Pause and resume** (`control`): `PATCH /vm` over the clone's API
+//!   socket; the clone keeps its slot, pidfd watch and TTL, and a paused
+//!   clone whose VMM exits is reaped like any other.
+//! - **By label** (`control`): [`Engine::get`], [`Engine::kill_matching`]
+//!   (every clone whose labels include the given pairs; SIGTERM to all,
+//!   one grace, then SIGKILL).
+//! - **Capacity** (`capacity`): [`Engine::capacity`] (free and buildable
+//!   slots, `MemAvailable` over [`MEM_PER_CLONE_BYTES`], fd headroom);
+//!   [`Engine::spawn`] refuses a request larger than what the host can
+//!   take now with [`SpawnError::Overloaded`] and a retry hint, before
+//!   anything is taken. [`Engine::set_pool_marks`] resizes the warm pool at
+//!   run time; [`Engine::is_warm`] says when it reached its size once.
+//! - **Adoption** (`adopt`): [`Engine::open`] adopts the live clones its
+//!   state dir records for its pool (VMM checked through a pidfd: same
+//!   process, in its slot netns; slot lease taken; watched, with labels,
+//!   request tag, TTL and paused state) and reclaims the records whose VMM
+//!   is gone ([`Engine::adopted`]). A clone's record is written before it
+//!   is reported ready (a failed write fails the clone), so a crash leaves
+//!   every clone either recorded (adopted later) or unrecorded and
+//!   reclaimed by `wasp reconcile`, which a restarting service runs before
+//!   opening its engine.
 //!
 //! For a service (one engine per process, requests from many threads):
 //! keep the engine in an `Arc` (it is `Send + Sync`), give each request its
@@ -66,7 +96,15 @@
 //! # Ok(()) }
 //! ```
 
+mod adopt;
 pub mod batch;
+mod capacity;
+mod control;
+mod standby;
+mod ttl;
+
+pub use adopt::AdoptReport;
+pub use capacity::{Capacity, PoolMarks, FDS_PER_CLONE, FDS_PER_IN_FLIGHT, MEM_PER_CLONE_BYTES};
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::os::fd::{AsFd, OwnedFd};
@@ -99,6 +137,7 @@ use crate::sys;
 use crate::sys::epoll::Epoll;
 use crate::sys::spawn::Process;
 use crate::sys::tap::EventFd;
+use crate::sys::timerfd::TimerFd;
 use crate::vmm::api::{BackendType, NetworkOverride};
 
 /// Admission workers run at once: the launch waits for the VMM's exec,
@@ -107,6 +146,8 @@ const ADMISSION_WORKERS: usize = 2;
 
 /// The reaper's token for its stop eventfd.
 const STOP_TOKEN: u64 = u64::MAX;
+/// The reaper's token for its TTL timer.
+const TIMER_TOKEN: u64 = u64::MAX - 1;
 
 /// What an engine is opened with.
 #[derive(Debug, Clone)]
@@ -129,6 +170,9 @@ pub struct EngineConfig {
     pub driver: Option<DriverKind>,
     /// Per-clone cgroup limits and jailer mode (default: neither).
     pub isolation: Isolation,
+    /// VMMs to hold started ahead in their slots for the snapshot named
+    /// with [`Engine::hold_standby`] (experimental; default 0: none).
+    pub standby: usize,
 }
 
 impl EngineConfig {
@@ -144,6 +188,7 @@ impl EngineConfig {
             parallel: 32,
             driver: None,
             isolation: Isolation::default(),
+            standby: 0,
         }
     }
 }
@@ -188,6 +233,34 @@ pub enum EngineError {
     /// No live clone of this engine has the id.
     #[error("no live clone {0} in this engine; list() shows the clones it runs")]
     NoClone(String),
+    /// The clone is not in a state the call works from (pause of a paused
+    /// clone, resume of a running one).
+    #[error("clone {id} is {state}; {hint}")]
+    WrongState {
+        /// Clone id.
+        id: String,
+        /// Its state.
+        state: CloneState,
+        /// What to do instead.
+        hint: &'static str,
+    },
+    /// A call to the clone's VMM API failed.
+    #[error("clone {id}: the VMM's API call {call} failed")]
+    Vmm {
+        /// Clone id.
+        id: String,
+        /// The call (`PATCH /vm Paused`, ...).
+        call: &'static str,
+        /// Cause.
+        #[source]
+        source: crate::vmm::api::ApiError,
+    },
+    /// Pool marks that cannot be applied (the message names the field).
+    #[error("bad pool marks: {0}")]
+    BadMarks(String),
+    /// The slot provider refused the marks.
+    #[error("cannot re-mark the slot pool")]
+    Marks(#[source] SlotError),
 }
 
 fn start_err(what: &'static str) -> impl FnOnce(std::io::Error) -> EngineError {
@@ -224,6 +297,9 @@ pub struct SpawnRequest {
     pub vmm_args: Vec<String>,
     /// Free-form labels, shown with the clones in [`Engine::list`].
     pub labels: BTreeMap<String, String>,
+    /// How long each clone may live once ready (`None`: no expiry). The
+    /// deadline is recorded, so a restarted engine keeps it.
+    pub ttl: Option<Duration>,
 }
 
 impl SpawnRequest {
@@ -240,6 +316,7 @@ impl SpawnRequest {
             ready_retry: crate::pipeline::ready::READY_RETRY,
             vmm_args: Vec::new(),
             labels: BTreeMap::new(),
+            ttl: None,
         }
     }
 }
@@ -312,16 +389,58 @@ impl Ticket {
     }
 }
 
-/// A live clone of the engine.
+/// Whether a clone's vCPUs run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CloneState {
+    /// Running (as restored).
+    Running,
+    /// Paused through [`Engine::pause`]; it keeps its slot.
+    Paused,
+}
+
+impl std::fmt::Display for CloneState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            CloneState::Running => "running",
+            CloneState::Paused => "paused",
+        })
+    }
+}
+
+/// A live clone of the engine. As JSON: the record's fields (labels,
+/// request tag and `expires_at_ms` among them, as in the state dir) and
+/// `state`.
 #[derive(Debug, Clone, Serialize)]
 pub struct LiveClone {
     /// Its record (as in the state dir).
     #[serde(flatten)]
     pub record: CloneRecord,
     /// The tag of the request that made it.
+    #[serde(skip)]
     pub request: String,
     /// The request's labels.
+    #[serde(skip)]
     pub labels: BTreeMap<String, String>,
+    /// Running or paused.
+    pub state: CloneState,
+    /// When its TTL ends (Unix epoch, ms); `None`: no expiry.
+    #[serde(skip)]
+    pub expires_at_ms: Option<u64>,
+}
+
+/// Why the engine reaped a clone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReapCause {
+    /// Its VMM exited on its own.
+    Exited,
+    /// [`Engine::kill`] or [`Engine::kill_matching`].
+    Killed,
+    /// Its TTL ran out.
+    TtlExpired,
+    /// [`Engine::shutdown`] with `kill_clones`.
+    Shutdown,
 }
 
 /// A clone the engine stopped or saw exit, and what its reclaim met.
@@ -340,6 +459,8 @@ pub struct Reaped {
     pub status: Option<i32>,
     /// Every error of the reclaim (files, isolation, record, slot).
     pub errors: Vec<String>,
+    /// Why it was reaped.
+    pub cause: ReapCause,
 }
 
 /// What [`Engine::shutdown`] did.
@@ -379,6 +500,9 @@ struct Req {
     ready: Ready,
     vmm_args: Vec<String>,
     labels: BTreeMap<String, String>,
+    ttl: Option<Duration>,
+    /// The VMM started ahead that clone 0 runs in, until admitted.
+    standby: Mutex<Option<standby::Standby>>,
     plan: Arc<Plan>,
     isolation: Isolation,
     snapshot_tap: Option<(String, String)>,
@@ -420,15 +544,45 @@ struct Sched {
     seq: usize,
 }
 
-/// A clone that is up, watched through its pidfd.
+/// A clone that is up, watched through its pidfd. Its record (labels,
+/// request tag, TTL deadline, paused) is the one truth about it.
 struct Running {
     record: CloneRecord,
-    child: Process,
+    /// The VMM as this process's child; `None` for an adopted clone (its
+    /// VMM is another process's child, or init's).
+    child: Option<Process>,
     pidfd: OwnedFd,
     slot: SlotLease,
-    store: Arc<CloneStore>,
-    request: String,
-    labels: BTreeMap<String, String>,
+    /// The store its files came from; `None` for an adopted clone, whose
+    /// directory is removed by its record (when it carries the state
+    /// dir's mark).
+    store: Option<Arc<CloneStore>>,
+}
+
+impl Running {
+    /// The tag of the request that made it.
+    fn tag(&self) -> String {
+        self.record.request.clone().unwrap_or_else(|| {
+            let id = &self.record.id;
+            id.rsplit_once('-')
+                .map_or(id.as_str(), |(t, _)| t)
+                .to_owned()
+        })
+    }
+
+    fn live(&self) -> LiveClone {
+        LiveClone {
+            record: self.record.clone(),
+            request: self.tag(),
+            labels: self.record.labels.clone(),
+            state: if self.record.paused {
+                CloneState::Paused
+            } else {
+                CloneState::Running
+            },
+            expires_at_ms: self.record.expires_at_ms,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -438,18 +592,29 @@ struct Live {
     next_token: u64,
     /// Tags in use (by a request or a live clone), with their users.
     tags: HashMap<String, usize>,
+    /// TTL deadlines (Unix epoch ms) and their clones' tokens, earliest
+    /// first.
+    deadlines: std::collections::BTreeSet<(u64, u64)>,
 }
 
 impl Live {
     fn take_id(&mut self, id: &str) -> Option<Running> {
-        let t = self.by_id.remove(id)?;
-        self.by_token.remove(&t)
+        let t = *self.by_id.get(id)?;
+        self.take_token(t)
     }
 
     fn take_token(&mut self, t: u64) -> Option<Running> {
         let r = self.by_token.remove(&t)?;
         self.by_id.remove(&r.record.id);
+        if let Some(d) = r.record.expires_at_ms {
+            self.deadlines.remove(&(d, t));
+        }
         Some(r)
+    }
+
+    fn get_mut(&mut self, id: &str) -> Option<(u64, &mut Running)> {
+        let t = *self.by_id.get(id)?;
+        self.by_token.get_mut(&t).map(|r| (t, r))
     }
 
     fn unref_tag(&mut self, tag: &str) {
@@ -484,6 +649,17 @@ struct Core<S> {
     live: Mutex<Live>,
     epoll: Epoll,
     reaper_stop: EventFd,
+    /// Armed at the earliest TTL deadline of the live clones.
+    timer: TimerFd,
+    /// What [`Engine::open`] adopted and reclaimed.
+    adopt_report: Mutex<AdoptReport>,
+    /// The pool reached its warm target once (latched).
+    warm: std::sync::atomic::AtomicBool,
+    /// Fds open when the engine was opened (the base of the fd estimate
+    /// of [`Core::capacity_with`]).
+    base_fds: AtomicU64,
+    /// VMMs started ahead ([`EngineConfig::standby`]).
+    standby: standby::Standbys,
     /// Wakes the driver when a job is sent (or the jobs end).
     wake: EventFd,
     /// The driver thread's CPU time (ns), as of its last feed call.
@@ -510,6 +686,7 @@ struct Threads {
     driver: Option<JoinHandle<()>>,
     outcomes: Option<JoinHandle<()>>,
     reaper: Option<JoinHandle<()>>,
+    standby: Option<JoinHandle<()>>,
 }
 
 impl<S: Slots + 'static> std::fmt::Debug for Engine<S> {
@@ -525,20 +702,31 @@ impl<S: Slots + 'static> std::fmt::Debug for Engine<S> {
 impl Engine<PoolSlots> {
     /// Opens an engine on the real slot pool: sets up the host side,
     /// reconciles the pool's slots (those live clones recorded in the state
-    /// dir hold are set aside), warms it, and starts the refill when
-    /// `pool.low_water > 0`.
+    /// dir hold are set aside), warms it, starts the refill when
+    /// `pool.low_water > 0`, and adopts the live clones the state dir
+    /// records for this pool (reclaiming the dead ones; see
+    /// [`Engine::adopted`]). Run `wasp reconcile` (`ops::reconcile`)
+    /// first: it kills the VMMs a crash left without a record.
     pub fn open(cfg: EngineConfig, pool: PoolSetup) -> Result<Self, EngineError> {
         let in_use = state::Store::open(&cfg.state_dir)
             .map(|s| s.slots_in_use(&pool.net.pool))
             .unwrap_or_default();
         let pc = PoolConfig {
             low_water: pool.low_water,
+            size: pool.warm,
             high_water: pool.high_water,
             ..PoolConfig::default()
         };
+        let name = pool.net.pool.clone();
         let slots = PoolSlots::open_with(pool.net, &pool.host, pool.warm, in_use, pc)
             .map_err(EngineError::Pool)?;
-        Self::with_slots(cfg, slots)
+        let engine = Self::with_slots(cfg, slots)?;
+        let adopted = engine.core.adopt_all(&name);
+        for e in &adopted.errors {
+            tracing::warn!("adoption: {e}");
+        }
+        *lock(&engine.core.adopt_report) = adopted;
+        Ok(engine)
     }
 }
 
@@ -568,6 +756,10 @@ impl<S: Slots + 'static> Engine<S> {
         epoll
             .add(reaper_stop.as_fd(), STOP_TOKEN)
             .map_err(start_err("reaper's epoll"))?;
+        let timer = TimerFd::new().map_err(start_err("reaper's TTL timer"))?;
+        epoll
+            .add(timer.as_fd(), TIMER_TOKEN)
+            .map_err(start_err("reaper's epoll"))?;
         let core = Arc::new(Core {
             vmm: cfg.vmm,
             runtime_dir: cfg.runtime_dir,
@@ -594,6 +786,11 @@ impl<S: Slots + 'static> Engine<S> {
             live: Mutex::new(Live::default()),
             epoll,
             reaper_stop,
+            timer,
+            adopt_report: Mutex::new(AdoptReport::default()),
+            warm: std::sync::atomic::AtomicBool::new(false),
+            base_fds: AtomicU64::new(sys::rlimit::open_fds().unwrap_or(0)),
+            standby: standby::Standbys::new(cfg.standby),
             wake: EventFd::new().map_err(start_err("driver's eventfd"))?,
             driver_cpu_ns: AtomicU64::new(0),
             driver_error: Mutex::new(None),
@@ -655,6 +852,11 @@ impl<S: Slots + 'static> Engine<S> {
             )?;
             lock(&engine.threads).driver = Some(h);
         }
+        if core.standby_target() > 0 {
+            let c = core.clone();
+            let h = spawn("wasp-standby".into(), Box::new(move || c.standby_loop()))?;
+            lock(&engine.threads).standby = Some(h);
+        }
         for w in 0..ADMISSION_WORKERS.min(parallel) {
             let (c, jobs) = (core.clone(), job_tx.clone());
             let h = spawn(
@@ -677,15 +879,7 @@ impl<S: Slots + 'static> Engine<S> {
     /// Every live clone of this engine, by id.
     pub fn list(&self) -> Vec<LiveClone> {
         let live = lock(&self.core.live);
-        let mut v: Vec<LiveClone> = live
-            .by_token
-            .values()
-            .map(|r| LiveClone {
-                record: r.record.clone(),
-                request: r.request.clone(),
-                labels: r.labels.clone(),
-            })
-            .collect();
+        let mut v: Vec<LiveClone> = live.by_token.values().map(Running::live).collect();
         v.sort_by(|a, b| a.record.id.cmp(&b.record.id));
         v
     }
@@ -696,7 +890,7 @@ impl<S: Slots + 'static> Engine<S> {
     pub fn kill(&self, id: &str, grace: Duration) -> Result<Reaped, EngineError> {
         let r = lock(&self.core.live).take_id(id);
         let r = r.ok_or_else(|| EngineError::NoClone(id.to_owned()))?;
-        Ok(self.core.stop(r, grace))
+        Ok(self.core.stop(r, grace, ReapCause::Killed))
     }
 
     /// The slot pool's counters, when the slot provider has them.
@@ -744,6 +938,10 @@ impl<S: Slots + 'static> Engine<S> {
         for h in t.workers.drain(..) {
             let _ = h.join();
         }
+        self.core.stop_standbys();
+        if let Some(h) = t.standby.take() {
+            let _ = h.join();
+        }
         let _ = self.core.wake.signal();
         for h in [t.driver.take(), t.outcomes.take()].into_iter().flatten() {
             let _ = h.join();
@@ -755,12 +953,9 @@ impl<S: Slots + 'static> Engine<S> {
             ..Default::default()
         };
         if kill_clones {
-            let ids: Vec<String> = lock(&self.core.live).by_id.keys().cloned().collect();
-            for id in ids {
-                if let Ok(r) = self.kill(&id, Duration::from_secs(2)) {
-                    rep.killed.push(r);
-                }
-            }
+            rep.killed = self
+                .core
+                .stop_all(Duration::from_secs(2), ReapCause::Shutdown);
         }
         if let Some(h) = t.reaper.take() {
             let _ = self.core.reaper_stop.signal();
@@ -887,15 +1082,50 @@ impl<S: Slots + 'static> Core<S> {
         Ok(s)
     }
 
+    /// The isolation of `store`'s clones. One template mount namespace for
+    /// the engine's life, made by the first request that needs it: each
+    /// VMM's copy then holds a few dozen mounts, not one per slot netns
+    /// (in jailer mode, the jailer's copy, with its slot's netns bound
+    /// back).
+    fn isolation_for(&self, store: &CloneStore) -> Result<Isolation, SpawnError> {
+        let mut isolation = self.isolation.clone();
+        if isolation.jailer.is_some() || !store.manifest().drives.is_empty() {
+            let mut t = lock(&self.template);
+            if t.is_none() {
+                *t = Some(Arc::new(MountTemplate::new().map_err(SpawnError::Mounts)?));
+            }
+            isolation.mount_template = t.clone();
+        }
+        Ok(isolation)
+    }
+
+    fn standby_target(&self) -> usize {
+        self.standby.target()
+    }
+
     fn submit(&self, r: SpawnRequest) -> Result<Ticket, SpawnError> {
         if r.count == 0 || r.count > MAX_COUNT {
             return Err(SpawnError::Count(r.count));
         }
-        {
+        let (queued, in_flight) = {
             let s = lock(&self.sched);
             if !s.accepting || s.driver_gone {
                 return Err(SpawnError::Stopped);
             }
+            // Clones accepted but not admitted yet hold nothing so far.
+            let queued = s.queue.iter().map(|(q, i)| q.count - i).sum::<usize>();
+            (queued, s.in_flight)
+        };
+        let possible = self
+            .capacity_with(Some(in_flight + queued))
+            .clones_possible
+            .saturating_sub(queued);
+        if r.count > possible {
+            return Err(SpawnError::Overloaded {
+                asked: r.count,
+                possible,
+                retry_after: self.retry_after(),
+            });
         }
         let started = Instant::now();
         let store = match r.snapshot {
@@ -927,18 +1157,7 @@ impl<S: Slots + 'static> Core<S> {
                 .collect();
             j.check_readable(&shared).map_err(SpawnError::Jailer)?;
         }
-        // One template mount namespace for the engine's life, made by the
-        // first request that needs it: each VMM's copy then holds a few
-        // dozen mounts, not one per slot netns (in jailer mode, the
-        // jailer's copy, with its slot's netns bound back).
-        let mut isolation = self.isolation.clone();
-        if isolation.jailer.is_some() || !m.drives.is_empty() {
-            let mut t = lock(&self.template);
-            if t.is_none() {
-                *t = Some(Arc::new(MountTemplate::new().map_err(SpawnError::Mounts)?));
-            }
-            isolation.mount_template = t.clone();
-        }
+        let isolation = self.isolation_for(&store)?;
         let plan = Arc::new(Plan {
             snapshot_path: isolation.visible_path(&vmstate),
             mem_path: isolation.visible_path(&mem),
@@ -953,16 +1172,22 @@ impl<S: Slots + 'static> Core<S> {
                 (self.parallel as u64) * 8 + 1024 + 2 * (live.by_token.len() + r.count) as u64,
             );
         }
-        let tag = {
-            let mut live = lock(&self.live);
-            let tag = loop {
-                let t = batch_tag();
-                if !live.tags.contains_key(&t) {
-                    break t;
-                }
-            };
-            live.tags.insert(tag.clone(), 1);
-            tag
+        // A VMM started ahead runs clone 0; its reserved tag is the
+        // request's.
+        let standby = self.take_standby(&store, &r.vmm_args);
+        let tag = match &standby {
+            Some(sb) => sb.tag().to_owned(),
+            None => {
+                let mut live = lock(&self.live);
+                let tag = loop {
+                    let t = batch_tag();
+                    if !live.tags.contains_key(&t) {
+                        break t;
+                    }
+                };
+                live.tags.insert(tag.clone(), 1);
+                tag
+            }
         };
         let (tx, rx) = cb::unbounded();
         let req = Arc::new(Req {
@@ -981,6 +1206,8 @@ impl<S: Slots + 'static> Core<S> {
             ready: r.ready,
             vmm_args: r.vmm_args,
             labels: r.labels,
+            ttl: r.ttl,
+            standby: Mutex::new(standby),
             plan,
             isolation,
             started,
@@ -994,7 +1221,12 @@ impl<S: Slots + 'static> Core<S> {
         {
             let mut s = lock(&self.sched);
             if !s.accepting || s.driver_gone {
-                lock(&self.live).unref_tag(&tag);
+                drop(s);
+                match lock(&req.standby).take() {
+                    // Its tag goes with it.
+                    Some(sb) => self.destroy_standby(sb),
+                    None => lock(&self.live).unref_tag(&tag),
+                }
                 return Err(SpawnError::Stopped);
             }
             s.queue.push_back((req, 0));
@@ -1033,8 +1265,21 @@ impl<S: Slots + 'static> Core<S> {
     }
 
     fn room_made(&self) {
-        lock(&self.sched).in_flight -= 1;
+        let idle = {
+            let mut s = lock(&self.sched);
+            s.in_flight -= 1;
+            s.in_flight == 0 && s.queue.is_empty()
+        };
         self.room.notify_all();
+        if idle {
+            self.standby.wake();
+        }
+    }
+
+    /// No clone in flight or queued.
+    fn idle(&self) -> bool {
+        let s = lock(&self.sched);
+        s.in_flight == 0 && s.queue.is_empty()
     }
 
     fn admission_worker(&self, jobs: mpsc::Sender<Job>) {
@@ -1044,6 +1289,10 @@ impl<S: Slots + 'static> Core<S> {
                 Claim::Fail(reqs) => {
                     let why = self.driver_gone_why();
                     for (r, from) in reqs {
+                        let held = lock(&r.standby).take();
+                        if let Some(sb) = held {
+                            self.destroy_standby_keep_tag(sb);
+                        }
                         for i in from..r.count {
                             let id = r.clone_id(i);
                             let why = ("driver", why.clone());
@@ -1195,6 +1444,10 @@ impl<S: Slots + 'static> Core<S> {
     /// Admits clone `i` of `r`: slot, storage, launch. `None` means it
     /// failed and was reclaimed (its row is written).
     fn admit(&self, r: &Arc<Req>, i: usize, seq: usize) -> Option<Job> {
+        let held = lock(&r.standby).take();
+        if let Some(sb) = held {
+            return Some(self.admit_standby(r, i, seq, sb));
+        }
         let id = r.clone_id(i);
         let admitted = Instant::now();
         let cpu_start = sys::thread_cpu_time();
@@ -1392,29 +1645,42 @@ impl<S: Slots + 'static> Core<S> {
         phases.resume = ms(o.times.resume);
         phases.ready = ms(o.times.ready);
         let id = o.job.id.clone();
-        match o.result {
-            Ok(()) => {
-                let record = CloneRecord {
-                    id: id.clone(),
-                    pid: o.job.pid,
-                    pid_start: state::pid_start_time(o.job.pid).unwrap_or(0),
-                    vmm: vmm_name(&self.vmm).into(),
-                    netns: p.slot.netns.clone(),
-                    slot: p.slot.index,
-                    pool: p.slot.pool.clone(),
-                    host_netns: self.host_netns.clone(),
-                    clone_ip: p.slot.clone_ip,
-                    ready_port: r.ready_port(),
-                    api_sock: o.job.api_sock.clone(),
-                    clone_dir: p.files_dir.clone(),
-                    snapshot: r.store.snapshot_dir().to_owned(),
-                    created_at: crate::snapshot::manifest::rfc3339_utc(std::time::SystemTime::now()),
-                    cgroup: p.cgroup.clone(),
-                    jail_dir: p.jail_dir.clone(),
-                };
-                if let Err(e) = self.state.put(&record) {
-                    tracing::warn!(clone = %id, "cannot record clone: {}", crate::error::chain(&e));
-                }
+        // The record is written before the clone is reported ready or
+        // watched: a clone without one would be unknown to an engine that
+        // restarts, so a failed write fails the clone.
+        let result = o
+            .result
+            .map_err(|e| (e.phase().to_string(), crate::error::chain(&e)));
+        let result = result.and_then(|()| {
+            let rec = CloneRecord {
+                id: id.clone(),
+                pid: o.job.pid,
+                pid_start: state::pid_start_time(o.job.pid).unwrap_or(0),
+                vmm: vmm_name(&self.vmm).into(),
+                netns: p.slot.netns.clone(),
+                slot: p.slot.index,
+                pool: p.slot.pool.clone(),
+                host_netns: self.host_netns.clone(),
+                clone_ip: p.slot.clone_ip,
+                ready_port: r.ready_port(),
+                api_sock: o.job.api_sock.clone(),
+                clone_dir: p.files_dir.clone(),
+                snapshot: r.store.snapshot_dir().to_owned(),
+                created_at: crate::snapshot::manifest::rfc3339_utc(std::time::SystemTime::now()),
+                cgroup: p.cgroup.clone(),
+                jail_dir: p.jail_dir.clone(),
+                request: Some(r.tag.clone()),
+                labels: r.labels.clone(),
+                expires_at_ms: r.ttl.map(ttl::deadline_ms),
+                paused: false,
+            };
+            self.state
+                .put(&rec)
+                .map_err(|e| ("record".to_string(), crate::error::chain(&e)))?;
+            Ok(rec)
+        });
+        match result {
+            Ok(record) => {
                 crate::testhook::point("clone-recorded");
                 let row = CloneReport {
                     id,
@@ -1432,12 +1698,10 @@ impl<S: Slots + 'static> Core<S> {
                 };
                 self.watch(Running {
                     record,
-                    child: p.child,
+                    child: Some(p.child),
                     pidfd: o.job.pidfd,
                     slot: p.slot,
-                    store: r.store.clone(),
-                    request: r.tag.clone(),
-                    labels: r.labels.clone(),
+                    store: Some(r.store.clone()),
                 });
                 let cpu = p.cpu + sys::thread_cpu_time().saturating_sub(cpu_start);
                 let row = CloneReport {
@@ -1446,22 +1710,21 @@ impl<S: Slots + 'static> Core<S> {
                 };
                 self.set_row(&r, p.i, row, cpu);
             }
-            Err(e) => {
+            Err((phase, err)) => {
                 // Reclaim: kill exactly this VMM, reap it, remove its files,
                 // give its slot back.
                 let _ = sys::pidfd::pidfd_send_signal(&o.job.pidfd, libc::SIGKILL);
                 let _ = p.child.wait();
                 self.remove_clone_files(&r.store, &id, p.cgroup.as_deref(), p.jail_dir.as_deref());
-                let phase = e.phase().to_string();
                 self.give_back(&id, p.slot.clone());
-                let why = (phase.as_str(), crate::error::chain(&e));
+                let why = (phase.as_str(), err);
                 let cpu = p.cpu + sys::thread_cpu_time().saturating_sub(cpu_start);
                 self.fail_row(&r, p.i, id, Some(&p.slot), phases, p.admitted, why, cpu);
             }
         }
     }
 
-    /// Starts watching a ready clone's pidfd.
+    /// Starts watching a live clone's pidfd (and its TTL).
     fn watch(&self, run: Running) {
         let mut live = lock(&self.live);
         let token = live.next_token;
@@ -1469,9 +1732,13 @@ impl<S: Slots + 'static> Core<S> {
         if let Err(e) = self.epoll.add(run.pidfd.as_fd(), token) {
             tracing::warn!(clone = %run.record.id, "cannot watch the VMM's exit: {e}");
         }
-        *live.tags.entry(run.request.clone()).or_default() += 1;
+        *live.tags.entry(run.tag()).or_default() += 1;
+        if let Some(d) = run.record.expires_at_ms {
+            live.deadlines.insert((d, token));
+        }
         live.by_id.insert(run.record.id.clone(), token);
         live.by_token.insert(token, run);
+        self.arm_timer(&live);
     }
 
     /// The reaper: waits on every live clone's pidfd at once; a VMM that
@@ -1491,53 +1758,117 @@ impl<S: Slots + 'static> Core<S> {
                 if t == STOP_TOKEN {
                     return;
                 }
+                if t == TIMER_TOKEN {
+                    self.expire();
+                    continue;
+                }
                 let run = lock(&self.live).take_token(t);
                 if let Some(run) = run {
                     tracing::info!(clone = %run.record.id, pid = run.record.pid, "the VMM exited; reclaiming its clone");
-                    self.reclaim(run, VmmFate::AlreadyGone);
+                    self.reclaim(run, VmmFate::AlreadyGone, ReapCause::Exited);
                 }
             }
         }
     }
 
+    /// Stops every live clone: SIGTERM to all, up to `grace` for them
+    /// (once, not per clone), then SIGKILL; reclaims each.
+    fn stop_all(&self, grace: Duration, cause: ReapCause) -> Vec<Reaped> {
+        let runs: Vec<Running> = {
+            let mut live = lock(&self.live);
+            let tokens: Vec<u64> = live.by_token.keys().copied().collect();
+            tokens
+                .into_iter()
+                .filter_map(|t| live.take_token(t))
+                .collect()
+        };
+        self.stop_many(runs, grace, cause)
+    }
+
+    /// Stops `runs` (taken out of the live set) together: SIGTERM to all,
+    /// up to `grace` once, then SIGKILL; reclaims each. Sorted by id.
+    fn stop_many(&self, runs: Vec<Running>, grace: Duration, cause: ReapCause) -> Vec<Reaped> {
+        let termed: Vec<bool> = runs.iter().map(|r| self.term(r)).collect();
+        let deadline = Instant::now() + grace;
+        let mut v: Vec<Reaped> = runs
+            .into_iter()
+            .zip(termed)
+            .map(|(r, t)| self.finish_stop(r, t, deadline, cause))
+            .collect();
+        v.sort_by(|a, b| a.id.cmp(&b.id));
+        v
+    }
+
     /// Stops a live clone (taken out of the live set) and reclaims it.
-    fn stop(&self, run: Running, grace: Duration) -> Reaped {
-        // No exit event for it from now on.
+    fn stop(&self, run: Running, grace: Duration, cause: ReapCause) -> Reaped {
+        let termed = self.term(&run);
+        self.finish_stop(run, termed, Instant::now() + grace, cause)
+    }
+
+    /// The first half of a stop: no exit event for the clone from now on,
+    /// and SIGTERM through its pidfd unless it is gone. True when the
+    /// signal went.
+    fn term(&self, run: &Running) -> bool {
         let _ = self.epoll.delete(run.pidfd.as_fd());
+        !sys::pidfd::pidfd_exited(&run.pidfd, 0).unwrap_or(false)
+            && sys::pidfd::pidfd_send_signal(&run.pidfd, libc::SIGTERM).is_ok()
+    }
+
+    /// The second half: until `deadline` for a VMM sent SIGTERM to exit,
+    /// then SIGKILL; then the reclaim.
+    fn finish_stop(
+        &self,
+        run: Running,
+        termed: bool,
+        deadline: Instant,
+        cause: ReapCause,
+    ) -> Reaped {
         let exited = |ms: u128| {
             sys::pidfd::pidfd_exited(&run.pidfd, ms.min(i32::MAX as u128) as i32).unwrap_or(false)
         };
-        let fate = if exited(0) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let fate = if !termed && exited(0) {
             VmmFate::AlreadyGone
-        } else if sys::pidfd::pidfd_send_signal(&run.pidfd, libc::SIGTERM).is_ok()
-            && exited(grace.as_millis())
-        {
+        } else if termed && exited(left.as_millis()) {
             VmmFate::Terminated
         } else {
             let _ = sys::pidfd::pidfd_send_signal(&run.pidfd, libc::SIGKILL);
             VmmFate::Killed
         };
-        self.reclaim(run, fate)
+        self.reclaim(run, fate, cause)
     }
 
     /// Reaps a clone's VMM (gone, or going after SIGKILL), removes its
     /// files, isolation and record, gives its slot back, and tells the
     /// exit subscribers.
-    fn reclaim(&self, mut run: Running, fate: VmmFate) -> Reaped {
+    fn reclaim(&self, mut run: Running, fate: VmmFate, cause: ReapCause) -> Reaped {
         let _ = self.epoll.delete(run.pidfd.as_fd());
-        let status = run.child.wait().ok().and_then(status_code);
+        let status = match &mut run.child {
+            Some(c) => c.wait().ok().and_then(status_code),
+            None => {
+                // Not our child: its exit shows on the pidfd; reap it in
+                // case it is our child after all (an engine of this
+                // process adopted it), else its parent (or init) does.
+                let _ = sys::pidfd::pidfd_exited(&run.pidfd, 5_000);
+                adopt::reap_if_ours(&run.record);
+                None
+            }
+        };
         let rec = &run.record;
-        let mut errors = self.remove_clone_files(
-            &run.store,
-            &rec.id,
-            rec.cgroup.as_deref(),
-            rec.jail_dir.as_deref(),
-        );
+        let mut errors = match &run.store {
+            Some(store) => self.remove_clone_files(
+                store,
+                &rec.id,
+                rec.cgroup.as_deref(),
+                rec.jail_dir.as_deref(),
+            ),
+            None => self.remove_recorded_files(rec),
+        };
         if let Err(e) = self.state.remove(&rec.id) {
             errors.push(crate::error::chain(&e));
         }
         errors.extend(self.give_back(&rec.id, run.slot.clone()));
-        lock(&self.live).unref_tag(&run.request);
+        lock(&self.live).unref_tag(&run.tag());
         let reaped = Reaped {
             id: rec.id.clone(),
             pid: rec.pid,
@@ -1545,6 +1876,7 @@ impl<S: Slots + 'static> Core<S> {
             vmm: fate,
             status,
             errors,
+            cause,
         };
         lock(&self.exit_subs).retain(|s| s.send(reaped.clone()).is_ok());
         reaped

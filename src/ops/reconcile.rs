@@ -419,20 +419,8 @@ fn remove_unwired(net: &SlotNet, rep: &mut Report) {
 
 /// Why a record is not healthy, or `None` when it is.
 fn judge(r: &CloneRecord, view: Option<&SlotView>, scoped: bool) -> Option<String> {
-    if !state::same_process(r.pid, r.pid_start) {
-        return Some(format!("its VMM (pid {}) is gone", r.pid));
-    }
-    let Some(slot_ino) = ino(netns::path_of(&r.netns)) else {
-        return Some(format!("its slot netns {} is gone", r.netns));
-    };
-    if ino(format!("/proc/{}/ns/net", r.pid)) != Some(slot_ino) {
-        return Some(format!(
-            "its VMM (pid {}) is not in slot netns {}",
-            r.pid, r.netns
-        ));
-    }
-    if !r.clone_dir.is_dir() {
-        return Some(format!("its directory {} is gone", r.clone_dir.display()));
+    if let Some(why) = state::clone_health(r) {
+        return Some(why);
     }
     if scoped {
         if let Some(v) = view {
@@ -1128,6 +1116,10 @@ mod tests {
             created_at: "x".into(),
             cgroup: None,
             jail_dir: None,
+            request: None,
+            labels: Default::default(),
+            expires_at_ms: None,
+            paused: false,
         }
     }
 

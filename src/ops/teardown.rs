@@ -339,6 +339,10 @@ mod tests {
             created_at: "x".into(),
             cgroup: None,
             jail_dir: None,
+            request: None,
+            labels: Default::default(),
+            expires_at_ms: None,
+            paused: false,
         }
     }
 

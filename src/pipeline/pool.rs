@@ -3,7 +3,11 @@
 //! - [`Pool::take`] pops a free slot from a lock-free queue (crossbeam
 //!   `SegQueue`) in O(1) and never builds on the caller's path; when the
 //!   free count falls below the low-water mark it nudges the background
-//!   refill thread, which rebuilds up to the mark on all workers.
+//!   refill thread, which rebuilds up to the warm size (at least the mark)
+//!   on all workers.
+//! - [`Pool::set_marks`] changes the size and marks at run time: the
+//!   refill reads them on its next round, surplus free slots are
+//!   destroyed at once.
 //! - [`Pool::give_back`] recycles a slot whose VMM is gone (tap free,
 //!   conntrack flushed) or destroys it above the high-water mark.
 //! - [`Pool::reconcile`] finds what a crashed wasp left, by names and
@@ -34,8 +38,12 @@ use crate::pipeline::slot::{Slot, SlotError, SlotOps};
 /// Pool sizing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PoolConfig {
-    /// The refill thread keeps at least this many free slots (0: no refill).
+    /// The refill thread starts when fewer slots than this are free (0: no
+    /// refill).
     pub low_water: usize,
+    /// The warm size: the refill builds back up to this many free slots
+    /// (at least `low_water`).
+    pub size: usize,
     /// Slots given back above this many free ones are destroyed.
     pub high_water: usize,
     /// Threads building slots in parallel (warm and refill).
@@ -46,6 +54,7 @@ impl Default for PoolConfig {
     fn default() -> Self {
         PoolConfig {
             low_water: 0,
+            size: 0,
             high_water: usize::MAX,
             workers: std::thread::available_parallelism()
                 .map(|n| n.get())
@@ -108,6 +117,8 @@ pub struct PoolStatus {
     pub free: usize,
     /// Slots taken and not given back.
     pub in_use: usize,
+    /// The warm size the refill builds up to.
+    pub size: usize,
     /// Low-water mark.
     pub low_water: usize,
     /// High-water mark.
@@ -119,6 +130,10 @@ pub struct PoolStatus {
 struct Inner<O> {
     ops: O,
     cfg: PoolConfig,
+    /// The live marks ([`Pool::set_marks`]): low water, size, high water.
+    low: AtomicUsize,
+    size: AtomicUsize,
+    high: AtomicUsize,
     free: SegQueue<Slot>,
     free_len: AtomicUsize,
     in_use: AtomicUsize,
@@ -137,6 +152,8 @@ struct Inner<O> {
 pub struct Pool<O: SlotOps + 'static> {
     inner: Arc<Inner<O>>,
     nudge: Sender<()>,
+    /// The refill thread's end of `nudge`, until the thread is started.
+    nudged: Option<Receiver<()>>,
     refill: Option<JoinHandle<()>>,
 }
 
@@ -261,16 +278,25 @@ impl<O: SlotOps> Inner<O> {
         )
     }
 
+    /// Free slots the refill builds up to: the size, at least the low
+    /// water mark.
+    fn refill_target(&self) -> usize {
+        self.size
+            .load(Ordering::Acquire)
+            .max(self.low.load(Ordering::Acquire))
+    }
+
     fn refill_loop(&self, rx: Receiver<()>) {
         while rx.recv().is_ok() {
             if self.stop.load(Ordering::Relaxed) {
                 return;
             }
             let have = self.free_len.load(Ordering::Acquire);
-            if have >= self.cfg.low_water {
+            let want = self.refill_target();
+            if have >= want {
                 continue;
             }
-            let (_, err) = self.build_many(self.cfg.low_water - have);
+            let (_, err) = self.build_many(want - have);
             let _ = self
                 .refilled
                 .0
@@ -292,6 +318,9 @@ impl<O: SlotOps + 'static> Pool<O> {
         let inner = Arc::new(Inner {
             ops,
             cfg,
+            low: AtomicUsize::new(cfg.low_water),
+            size: AtomicUsize::new(cfg.size),
+            high: AtomicUsize::new(cfg.high_water),
             free: SegQueue::new(),
             free_len: AtomicUsize::new(0),
             in_use: AtomicUsize::new(0),
@@ -304,20 +333,75 @@ impl<O: SlotOps + 'static> Pool<O> {
             refilled: bounded(64),
         });
         let (tx, rx) = bounded(1);
-        let refill = (cfg.low_water > 0).then(|| {
-            let i = Arc::clone(&inner);
+        let mut p = Pool {
+            inner,
+            nudge: tx,
+            nudged: Some(rx),
+            refill: None,
+        };
+        if cfg.low_water > 0 {
+            p.start_refill();
+        }
+        p.nudge_if_low();
+        p
+    }
+
+    /// Starts the refill thread, once.
+    fn start_refill(&mut self) {
+        let Some(rx) = self.nudged.take() else {
+            return;
+        };
+        let i = Arc::clone(&self.inner);
+        self.refill = Some(
             std::thread::Builder::new()
                 .name("wasp-slot-refill".into())
                 .spawn(move || i.refill_loop(rx))
-                .expect("spawn the slot refill thread")
+                .expect("spawn the slot refill thread"),
+        );
+    }
+
+    /// Changes the warm size and the marks at run time (`None` keeps one):
+    /// the refill thread (started now if it was not running) builds up to
+    /// the size in the background; free slots above the high-water mark,
+    /// and above a size given here, are destroyed at once. The caller
+    /// checks the marks make sense (`low_water <= size <= high_water`).
+    pub fn set_marks(
+        &mut self,
+        size: Option<usize>,
+        low_water: Option<usize>,
+        high_water: Option<usize>,
+    ) -> Result<PoolStatus, PoolError> {
+        let inner = Arc::clone(&self.inner);
+        let i = &*inner;
+        if let Some(v) = low_water {
+            i.low.store(v, Ordering::Release);
+        }
+        if let Some(v) = size {
+            i.size.store(v, Ordering::Release);
+        }
+        if let Some(v) = high_water {
+            i.high.store(v, Ordering::Release);
+        }
+        let keep = size.map_or(i.high.load(Ordering::Acquire), |s| {
+            s.min(i.high.load(Ordering::Acquire))
         });
-        let p = Pool {
-            inner,
-            nudge: tx,
-            refill,
-        };
-        p.nudge_if_low();
-        p
+        let mut errs = Vec::new();
+        while i.free_len.load(Ordering::Acquire) > keep {
+            let Some(s) = i.pop_free() else { break };
+            if let Err(e) = self.destroy_index(s.index) {
+                errs.push(format!("slot {}: {}", s.index, crate::error::chain(&e)));
+            }
+        }
+        self.start_refill();
+        if i.free_len.load(Ordering::Acquire) < i.refill_target() {
+            // A full channel means a nudge is already pending.
+            let _ = self.nudge.try_send(());
+        }
+        if errs.is_empty() {
+            Ok(self.status())
+        } else {
+            Err(PoolError::Teardown(errs))
+        }
     }
 
     /// The kernel operations.
@@ -327,7 +411,7 @@ impl<O: SlotOps + 'static> Pool<O> {
 
     fn nudge_if_low(&self) {
         if self.refill.is_some()
-            && self.inner.free_len.load(Ordering::Acquire) < self.inner.cfg.low_water
+            && self.inner.free_len.load(Ordering::Acquire) < self.inner.low.load(Ordering::Acquire)
         {
             // A full channel means a nudge is already pending.
             let _ = self.nudge.try_send(());
@@ -363,7 +447,7 @@ impl<O: SlotOps + 'static> Pool<O> {
         let i = &self.inner;
         let index = slot.index;
         i.in_use.fetch_sub(1, Ordering::Relaxed);
-        if i.free_len.load(Ordering::Acquire) >= i.cfg.high_water {
+        if i.free_len.load(Ordering::Acquire) >= i.high.load(Ordering::Acquire) {
             return self.destroy_index(index);
         }
         match i.ops.recycle(&slot) {
@@ -523,8 +607,9 @@ impl<O: SlotOps + 'static> Pool<O> {
         PoolStatus {
             free: i.free_len.load(Ordering::Acquire),
             in_use: i.in_use.load(Ordering::Relaxed),
-            low_water: i.cfg.low_water,
-            high_water: i.cfg.high_water,
+            size: i.size.load(Ordering::Acquire),
+            low_water: i.low.load(Ordering::Acquire),
+            high_water: i.high.load(Ordering::Acquire),
             refill_failures: i.refill_failures.load(Ordering::Relaxed),
         }
     }
@@ -646,6 +731,7 @@ mod tests {
 
     fn cfg(low: usize, high: usize) -> PoolConfig {
         PoolConfig {
+            size: 0,
             low_water: low,
             high_water: high,
             workers: 2,
@@ -732,6 +818,38 @@ mod tests {
         // Below the mark: the background builds one more.
         assert_eq!(ev.recv().unwrap(), 3);
         assert_eq!(p.ops().calls().len(), 4);
+    }
+
+    #[test]
+    fn marks_change_at_run_time_refill_to_the_size_and_drop_the_surplus() {
+        let mut p = Pool::new(Fake::default(), cfg(0, 10));
+        p.warm(2).unwrap();
+        let ev = p.refill_events();
+        // No refill thread yet; the new size starts one and it builds the
+        // difference in the background.
+        let st = p.set_marks(Some(5), Some(2), None).unwrap();
+        assert_eq!((st.size, st.low_water, st.high_water), (5, 2, 10));
+        assert_eq!(ev.recv().unwrap(), 5);
+        // Taking below the low mark refills up to the size, not the mark.
+        let taken: Vec<Slot> = (0..4).map(|_| p.take().unwrap()).collect();
+        assert_eq!(ev.recv().unwrap(), 5);
+        assert_eq!(p.status().free, 5);
+        // A smaller size destroys the surplus free slots at once.
+        let before = p.ops().calls().len();
+        let st = p.set_marks(Some(2), Some(0), None).unwrap();
+        assert_eq!(st.free, 2);
+        let destroyed = p.ops().calls()[before..]
+            .iter()
+            .filter(|c| c.starts_with("destroy"))
+            .count();
+        assert_eq!(destroyed, 3);
+        // A lower high-water mark: slots given back above it are destroyed.
+        p.set_marks(None, None, Some(3)).unwrap();
+        for s in taken {
+            p.give_back(s).unwrap();
+        }
+        assert_eq!(p.status().free, 3);
+        assert_eq!(p.status().in_use, 0);
     }
 
     #[test]

@@ -20,6 +20,7 @@ pub mod rlimit;
 pub mod sock;
 pub mod spawn;
 pub mod tap;
+pub mod timerfd;
 pub mod uffd;
 pub mod uffd_mem;
 pub mod uring;

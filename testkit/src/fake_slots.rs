@@ -58,4 +58,19 @@ impl Slots for FakeSlots {
     fn host_netns(&self) -> Option<String> {
         None
     }
+    fn status(&self) -> Option<wasp::pipeline::pool::PoolStatus> {
+        let n = self.nss.len();
+        Some(wasp::pipeline::pool::PoolStatus {
+            free: self.free.len(),
+            // Given back slots are not handed out again.
+            in_use: n - self.free.len() - self.given_back.len(),
+            size: n,
+            low_water: 0,
+            high_water: n,
+            refill_failures: 0,
+        })
+    }
+    fn max_slots(&self) -> usize {
+        self.nss.len() - self.given_back.len()
+    }
 }

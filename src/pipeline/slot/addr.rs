@@ -166,6 +166,12 @@ impl SlotNet {
         Ok(())
     }
 
+    /// The most slots the pool can hold: its CIDR's clone addresses, at
+    /// most the index limit.
+    pub fn max_slots(&self) -> usize {
+        self.cidr.capacity().min(MAX_INDEX + 1) as usize
+    }
+
     /// Fails up front, before anything is built, when `n` slots cannot
     /// all have a clone address in the CIDR.
     pub fn check_fits(&self, n: usize) -> Result<(), SlotError> {

@@ -537,6 +537,32 @@ pub fn reconcile_dir(
     r
 }
 
+/// Removes clone `clone_id`'s directory `<clones_dir>/wasp-<id>` without
+/// an opened snapshot (for a clone adopted from its record): only when it
+/// carries `owner`'s mark; a missing directory is fine.
+pub fn remove_owned_clone_dir(
+    clones_dir: &Path,
+    clone_id: &str,
+    owner: &Owner,
+) -> Result<(), StorageError> {
+    if !snapshot::manifest::is_id(clone_id) {
+        return Err(StorageError::BadCloneId(clone_id.into()));
+    }
+    let dir = clones_dir.join(format!("{PREFIX}-{clone_id}"));
+    if !dir.exists() {
+        return Ok(());
+    }
+    if !owner.owns(&dir) {
+        return Err(StorageError::Cleanup {
+            path: dir.display().to_string(),
+            source: io::Error::other(
+                "it does not carry this state dir's ownership mark; left alone",
+            ),
+        });
+    }
+    remove_clone_dir(&dir)
+}
+
 fn remove_clone_dir(dir: &Path) -> Result<(), StorageError> {
     match fs::remove_dir_all(dir) {
         Ok(()) => Ok(()),
