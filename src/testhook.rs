@@ -12,6 +12,8 @@
 //! | `clone-launched` | spawn started a clone's VMM (before restore) |
 //! | `clone-recorded` | spawn wrote a ready clone's record |
 //! | `teardown-vmm-stopped` | teardown stopped a VMM, before its files and record go |
+//! | `storage-formatted` | `storage init` formatted the store image and renamed it into place, before attaching it |
+//! | `storage-attached` | `storage init` attached the image to a loop device, before mounting it |
 //!
 //! A malformed value is ignored with a warning; it never changes what wasp
 //! does otherwise.

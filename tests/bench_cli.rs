@@ -379,3 +379,48 @@ fn bench_commands_take_their_defaults_from_the_config_file() {
         .collect();
     assert!(left.is_empty(), "bench work dirs left: {left:?}");
 }
+
+#[test]
+fn bench_clone_holds_all_clones_and_runs_side_by_side() {
+    let (t, snap) = dir_with_snapshot("benchhold");
+    let rt = t.path().join("rt");
+    let rt2 = t.path().join("rt2");
+    let v = clean_json(&bench_clone(
+        &snap,
+        &rt,
+        "4",
+        &[
+            "--json",
+            "--hold",
+            "--compare-snapshot",
+            snap.to_str().unwrap(),
+            "--compare-runtime-dir",
+            rt2.to_str().unwrap(),
+            "--compare-count",
+            "2",
+        ],
+    ));
+    let held = &v["held"];
+    assert_eq!(held["clones"], 4);
+    // Four full copies of the 4 MiB rootfs (every block written by synth).
+    assert_eq!(held["full_copy_bytes"], 4u64 * (4 << 20), "{v:#}");
+    assert!(held["percent_of_full_copies"].as_f64().is_some());
+    assert_eq!(v["prep_ms"]["n"], 4);
+    assert_eq!(v["cleanup_ms"]["n"], 4);
+    let cmp = &v["compare"];
+    assert_eq!(cmp["count"], 2);
+    assert_eq!(cmp["prep_ms"]["n"], 2);
+    assert_eq!(cmp["runtime_dir"], rt2.display().to_string());
+    // The same filesystem, no reflink on ext4 here or reflink elsewhere:
+    // either way the figure is what one clone copied.
+    let per = cmp["bytes_copied_per_clone"].as_u64().unwrap();
+    assert!(per == 0 || per == 4 << 20, "{cmp}");
+    // The baseline ran in the side-by-side dir; nothing is left anywhere.
+    for d in [&rt, &rt2] {
+        let left: Vec<_> = std::fs::read_dir(d.join("clones"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert!(left.is_empty(), "{}: {left:?}", d.display());
+    }
+}

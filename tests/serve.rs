@@ -519,6 +519,8 @@ fn tcp_needs_a_token_file_and_the_token() {
     assert_eq!(r.status, 200);
     assert!(String::from_utf8_lossy(&r.body).contains("wasp_build_info"));
     assert_eq!(m.get("/v1/clones").unwrap().status, 404);
+    assert_eq!(m.get("/readyz").unwrap().json().unwrap()["ready"], true);
+    assert_eq!(m.get("/healthz").unwrap().status, 200);
     let tcp = Client::new(Listen::Tcp(addr));
     for c in [
         tcp.clone(),

@@ -32,6 +32,56 @@ pub struct CloneBenchOptions {
     pub mode: Mode,
     /// Baseline full copies to time (0: none).
     pub baseline_runs: usize,
+    /// Keep every clone until all are prepared, and measure the disk they
+    /// hold together (statfs) against as many full copies.
+    pub hold: bool,
+    /// The same prep in the same run for another snapshot dir and runtime
+    /// dir (e.g. a copy of the snapshot on ext4: copy-file-range), and
+    /// the plain-copy baseline there instead.
+    pub compare: Option<CompareOptions>,
+}
+
+/// The side-by-side run of [`CloneBenchOptions::compare`].
+#[derive(Debug, Clone)]
+pub struct CompareOptions {
+    /// Snapshot dir (the same snapshot, on the other filesystem).
+    pub snapshot: PathBuf,
+    /// Runtime dir on the other filesystem.
+    pub runtime_dir: PathBuf,
+    /// Clones to prepare there (one at a time, each cleaned up).
+    pub count: usize,
+}
+
+/// The figures of the side-by-side run.
+#[derive(Debug, Serialize)]
+pub struct CompareRun {
+    /// Snapshot dir.
+    pub snapshot: PathBuf,
+    /// Runtime dir.
+    pub runtime_dir: PathBuf,
+    /// The strategy the probe chose there.
+    pub strategy: Strategy,
+    /// Clones prepared.
+    pub count: usize,
+    /// Per-clone prep (ms).
+    pub prep_ms: Percentiles,
+    /// Bytes copied per clone.
+    pub bytes_copied_per_clone: u64,
+}
+
+/// What the clones held together ([`CloneBenchOptions::hold`]).
+#[derive(Debug, Serialize)]
+pub struct Held {
+    /// Clones held at once.
+    pub clones: usize,
+    /// Bytes the runtime dir's filesystem used more with all of them
+    /// (statfs), before any clone wrote.
+    pub bytes_used: u64,
+    /// What as many full copies of the writable drives would take
+    /// (clones x the drives' allocated bytes).
+    pub full_copy_bytes: u64,
+    /// `bytes_used / full_copy_bytes` in percent.
+    pub percent_of_full_copies: f64,
 }
 
 /// The figures.
@@ -65,6 +115,10 @@ pub struct BenchCloneReport {
     pub baseline: Option<Baseline>,
     /// baseline p50 / prep p50.
     pub speedup_p50: Option<f64>,
+    /// The disk all clones held at once, with `--hold`.
+    pub held: Option<Held>,
+    /// The side-by-side prep on another filesystem.
+    pub compare: Option<CompareRun>,
     /// Per-clone prep times (ms), for the plot.
     #[serde(skip)]
     pub prep_samples: Vec<f64>,
@@ -99,6 +153,12 @@ pub enum CloneBenchError {
     /// A clone's cleanup failed.
     #[error("clone {0} cleanup")]
     Cleanup(usize, #[source] StorageError),
+    /// The side-by-side run failed.
+    #[error("the comparison run in {0}")]
+    Compare(String, #[source] Box<StorageError>),
+    /// syncfs or statfs of the runtime dir.
+    #[error("syncfs or statfs {0}")]
+    Statfs(String, #[source] std::io::Error),
     /// A baseline step (`create DIR`, `baseline copy of FILE`, `remove DIR`).
     #[error("{0}")]
     Baseline(String, #[source] std::io::Error),
@@ -120,6 +180,18 @@ pub fn run(
     let mut prep = Vec::with_capacity(o.count);
     let mut cleanup = Vec::with_capacity(o.count);
     let (mut copied, mut mem_copied) = (0u64, 0u64);
+    // Flushed first (syncfs), so the figure is what the filesystem holds.
+    let used = |dir: &Path| -> Result<u64, CloneBenchError> {
+        let io = |e: std::io::Error| CloneBenchError::Statfs(dir.display().to_string(), e);
+        let d = File::open(dir).map_err(io)?;
+        nix::unistd::syncfs(std::os::fd::AsRawFd::as_raw_fd(&d)).map_err(|e| io(e.into()))?;
+        let st = nix::sys::statvfs::statvfs(dir)
+            .map_err(|e| CloneBenchError::Statfs(dir.display().to_string(), e.into()))?;
+        Ok((st.blocks() - st.blocks_free()) as u64 * st.fragment_size() as u64)
+    };
+    let used_before = if o.hold { used(store.clones_dir())? } else { 0 };
+    // Held clones are cleaned up on every exit path.
+    let mut held_ids = HeldClones(&store, Vec::new());
     for i in 0..o.count {
         let id = format!("bench-{pid}-{i}");
         let t = Instant::now();
@@ -129,6 +201,10 @@ pub fn run(
         prep.push(ms(t.elapsed()));
         copied += files.bytes_copied;
         mem_copied += files.mem_bytes_copied;
+        if o.hold {
+            held_ids.1.push(id);
+            continue;
+        }
         let t = Instant::now();
         store
             .cleanup(&id)
@@ -136,6 +212,42 @@ pub fn run(
         cleanup.push(ms(t.elapsed()));
         on_clone();
     }
+    let held = if o.hold {
+        let bytes_used = used(store.clones_dir())?.saturating_sub(used_before);
+        let per_clone = {
+            let mut n = 0;
+            for d in m.drives.iter().filter(|d| !d.read_only) {
+                let p = store.snapshot_dir().join(&d.file);
+                n += File::open(&p)
+                    .and_then(|f| crate::pipeline::storage::allocated_bytes(&f))
+                    .map_err(|e| {
+                        CloneBenchError::Baseline(format!("read extents of {}", p.display()), e)
+                    })?;
+            }
+            n
+        };
+        let full_copy = per_clone * o.count as u64;
+        for (i, id) in std::mem::take(&mut held_ids.1).into_iter().enumerate() {
+            let t = Instant::now();
+            store
+                .cleanup(&id)
+                .map_err(|e| CloneBenchError::Cleanup(i, e))?;
+            cleanup.push(ms(t.elapsed()));
+            on_clone();
+        }
+        Some(Held {
+            clones: o.count,
+            bytes_used,
+            full_copy_bytes: full_copy,
+            percent_of_full_copies: 100.0 * bytes_used as f64 / full_copy.max(1) as f64,
+        })
+    } else {
+        None
+    };
+    let compare = match &o.compare {
+        None => None,
+        Some(c) => Some(compare_run(c, pid)?),
+    };
 
     let mut files: Vec<PathBuf> = vec![
         o.snapshot.join(&m.vmstate.file),
@@ -145,9 +257,21 @@ pub fn run(
     let baseline = if o.baseline_runs == 0 {
         None
     } else {
-        let dir = store
-            .clones_dir()
-            .join(format!("{}-bench-{pid}-baseline", crate::paths::PREFIX));
+        // The seed copied in place: with a comparison run, the baseline
+        // copies there (the other filesystem), from that snapshot.
+        let (clones_dir, snap) = match &o.compare {
+            Some(c) => (
+                c.runtime_dir.join(crate::pipeline::storage::CLONES_SUBDIR),
+                c.snapshot.clone(),
+            ),
+            None => (store.clones_dir().to_owned(), o.snapshot.clone()),
+        };
+        for f in files.iter_mut() {
+            if let Some(name) = f.file_name() {
+                *f = snap.join(name);
+            }
+        }
+        let dir = clones_dir.join(format!("{}-bench-{pid}-baseline", crate::paths::PREFIX));
         Some(baseline(&dir, &files, o.baseline_runs)?)
     };
     let prep_ms = Percentiles::of(&prep);
@@ -178,8 +302,47 @@ pub fn run(
         mem_bytes_copied: mem_copied,
         baseline,
         speedup_p50,
+        held,
+        compare,
         prep_samples: prep,
         cleanup_samples: cleanup,
+    })
+}
+
+/// Clones `--hold` keeps; the ones still listed are removed on drop.
+struct HeldClones<'a>(&'a CloneStore, Vec<String>);
+
+impl Drop for HeldClones<'_> {
+    fn drop(&mut self) {
+        for id in &self.1 {
+            if let Err(e) = self.0.cleanup(id) {
+                tracing::warn!("bench clone: {}", crate::error::chain(&e));
+            }
+        }
+    }
+}
+
+/// The same prep, one clone at a time, in the comparison dirs.
+fn compare_run(c: &CompareOptions, pid: u32) -> Result<CompareRun, CloneBenchError> {
+    let err = |e| CloneBenchError::Compare(c.runtime_dir.display().to_string(), Box::new(e));
+    let store = CloneStore::open(&c.snapshot, &c.runtime_dir, Mode::Auto).map_err(err)?;
+    let mut prep = Vec::with_capacity(c.count);
+    let mut per_clone = 0;
+    for i in 0..c.count.max(1) {
+        let id = format!("bench-{pid}-cmp-{i}");
+        let t = Instant::now();
+        let files = store.prepare(&id).map_err(err)?;
+        prep.push(ms(t.elapsed()));
+        per_clone = files.bytes_copied;
+        store.cleanup(&id).map_err(err)?;
+    }
+    Ok(CompareRun {
+        snapshot: c.snapshot.clone(),
+        runtime_dir: c.runtime_dir.clone(),
+        strategy: store.strategy(),
+        count: prep.len(),
+        prep_ms: Percentiles::of(&prep),
+        bytes_copied_per_clone: per_clone,
     })
 }
 
@@ -267,6 +430,8 @@ mod tests {
                 count: 0,
                 mode: Mode::Auto,
                 baseline_runs: 0,
+                hold: false,
+                compare: None,
             },
             &mut || {},
         )

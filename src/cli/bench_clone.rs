@@ -37,6 +37,21 @@ pub struct BenchCloneArgs {
     /// Baseline full copies to time (0: none).
     #[arg(long, default_value_t = 1)]
     pub baseline_runs: usize,
+    /// Keep every clone until all are prepared and report the disk they
+    /// hold together (statfs) against as many full copies.
+    #[arg(long)]
+    pub hold: bool,
+    /// Side by side in the same run: the same snapshot on another
+    /// filesystem (e.g. ext4), prepared in --compare-runtime-dir; the
+    /// baseline copy then runs there too.
+    #[arg(long, requires = "compare_runtime_dir")]
+    pub compare_snapshot: Option<PathBuf>,
+    /// Runtime dir of the side-by-side run.
+    #[arg(long, requires = "compare_snapshot")]
+    pub compare_runtime_dir: Option<PathBuf>,
+    /// Clones of the side-by-side run.
+    #[arg(long, default_value_t = 5)]
+    pub compare_count: usize,
     /// Print one JSON document.
     #[arg(long)]
     pub json: bool,
@@ -67,6 +82,15 @@ pub fn bench_clone(a: BenchCloneArgs, mut cfg: Config) -> anyhow::Result<ExitCod
             count: a.count,
             mode,
             baseline_runs: a.baseline_runs,
+            hold: a.hold,
+            compare: match (&a.compare_snapshot, &a.compare_runtime_dir) {
+                (Some(snapshot), Some(runtime_dir)) => Some(clone::CompareOptions {
+                    snapshot: snapshot.clone(),
+                    runtime_dir: runtime_dir.clone(),
+                    count: a.compare_count,
+                }),
+                _ => None,
+            },
         },
         &mut || bar.inc(1),
     );
@@ -98,7 +122,27 @@ fn print_report(r: &BenchCloneReport) {
     println!("clones:            {}", r.count);
     println!("bytes copied:      {} total", r.bytes_copied_total);
     println!("mem bytes copied:  {}", r.mem_bytes_copied);
+    if let Some(h) = &r.held {
+        println!(
+            "held by {} clones: {} bytes ({:.5} % of {} full copies, {} MiB)",
+            h.clones,
+            h.bytes_used,
+            h.percent_of_full_copies,
+            h.clones,
+            h.full_copy_bytes >> 20
+        );
+    }
     let mut rows = vec![("prep", "ms", &r.prep_ms), ("cleanup", "ms", &r.cleanup_ms)];
+    if let Some(c) = &r.compare {
+        println!(
+            "side by side:      {} clones by {} in {} ({} bytes copied per clone)",
+            c.count,
+            c.strategy,
+            c.runtime_dir.display(),
+            c.bytes_copied_per_clone
+        );
+        rows.push(("prep (side by side)", "ms", &c.prep_ms));
+    }
     if let Some(b) = &r.baseline {
         println!(
             "baseline copy:     {} ({} MiB per run)",

@@ -20,6 +20,10 @@ pub struct DoctorArgs {
     /// [paths.runtime_dir; default: /var/lib/wasp].
     #[arg(long)]
     pub runtime_dir: Option<PathBuf>,
+    /// A snapshot: say how many bytes each of its clones' disks copy in
+    /// the runtime dir.
+    #[arg(long)]
+    pub snapshot: Option<PathBuf>,
 }
 
 pub fn doctor(a: DoctorArgs, mut cfg: Config) -> anyhow::Result<ExitCode> {
@@ -30,6 +34,7 @@ pub fn doctor(a: DoctorArgs, mut cfg: Config) -> anyhow::Result<ExitCode> {
         firecracker: cfg.firecracker_choice(),
         jailer: cfg.jailer_choice(),
         runtime_dir: cfg.runtime_dir.value.clone(),
+        snapshot: a.snapshot,
     });
     if a.json {
         super::print_json(&report)?;

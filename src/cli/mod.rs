@@ -17,6 +17,7 @@ pub mod serve;
 mod snapshot;
 mod snapshot_create;
 pub mod spawn;
+mod storage;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -60,6 +61,8 @@ pub enum Command {
     Snapshot(snapshot::SnapshotArgs),
     /// The pre-warmed pool of network slots.
     Pool(pool::PoolArgs),
+    /// The reflink store under the runtime dir: init, status, remove.
+    Storage(storage::StorageArgs),
     /// Find what a crashed wasp left: adopt healthy clones, remove broken
     /// ones, orphan VMMs, stray files and broken slots (also run at the
     /// start of spawn, kill, snapshot create, pool warm/drain).
@@ -123,6 +126,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             require_root("pool")?;
             pool::run(a, cfg()?)
         }
+        Command::Storage(a) => storage::run(a, &cfg),
         Command::Reconcile(a) => {
             require_root("reconcile")?;
             reconcile::run(a, cfg()?)

@@ -93,6 +93,14 @@ pub struct AdoptArgs {
     /// Replace an existing manifest.
     #[arg(long)]
     pub force: bool,
+    /// The runtime dir; when it is a reflink store (`wasp storage init`),
+    /// the snapshot is copied into it once [paths.runtime_dir; default:
+    /// /var/lib/wasp].
+    #[arg(long)]
+    pub runtime_dir: Option<PathBuf>,
+    /// Do not place the snapshot in the store.
+    #[arg(long)]
+    pub no_place: bool,
     /// Print one JSON document.
     #[arg(long)]
     pub json: bool,
@@ -152,7 +160,7 @@ pub struct WarmArgs {
 pub fn run(a: SnapshotArgs, cfg: super::LoadConfig) -> anyhow::Result<ExitCode> {
     match a.cmd {
         SnapshotCmd::Check(a) => check(a),
-        SnapshotCmd::Adopt(a) => adopt_cmd(*a),
+        SnapshotCmd::Adopt(a) => adopt_cmd(*a, cfg),
         SnapshotCmd::Synth(a) => synth_cmd(a),
         SnapshotCmd::Warm(a) => warm_cmd(a),
         SnapshotCmd::Create(a) => super::snapshot_create::create(*a, cfg()?),
@@ -202,7 +210,7 @@ fn check(a: CheckArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn adopt_cmd(a: AdoptArgs) -> anyhow::Result<ExitCode> {
+fn adopt_cmd(a: AdoptArgs, cfg: super::LoadConfig) -> anyhow::Result<ExitCode> {
     let iface = match (&a.tap, &a.guest_mac) {
         (Some(tap), Some(mac)) => Some(manifest::NetIface {
             iface_id: a.iface_id.clone(),
@@ -243,8 +251,19 @@ fn adopt_cmd(a: AdoptArgs) -> anyhow::Result<ExitCode> {
         force: a.force,
     };
     let r = adopt::adopt(&o).with_context(|| format!("cannot adopt {}", a.dir.display()))?;
+    let placed = if a.no_place {
+        None
+    } else {
+        let mut cfg = cfg()?;
+        cfg.runtime_dir.flag("--runtime-dir", a.runtime_dir.clone());
+        super::storage::place_if_store(&a.dir, &cfg.runtime_dir.value)?
+    };
     if a.json {
-        super::print_json(&r)?;
+        let mut v = serde_json::to_value(&r)?;
+        if let (Some(p), Some(obj)) = (&placed, v.as_object_mut()) {
+            obj.insert("placed".into(), serde_json::to_value(p)?);
+        }
+        super::print_json(&v)?;
     } else {
         println!(
             "wrote {}: {} {} snapshot, {} MiB memory, {} drive(s)",
@@ -256,6 +275,9 @@ fn adopt_cmd(a: AdoptArgs) -> anyhow::Result<ExitCode> {
         );
         for p in &r.made_read_only {
             println!("made read-only (0444): {} (clones share it; it must not change while any clone lives)", p.display());
+        }
+        if let Some(p) = &placed {
+            super::storage::print_placement(p);
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -117,15 +117,19 @@ pub fn create(a: CreateArgs, mut cfg: Config) -> anyhow::Result<ExitCode> {
         .parent()
         .map(PathBuf::from)
         .unwrap_or_else(|| ".".into());
-    let reflink = matches!(probe_reflink(&parent), Ok(ReflinkProbe::Supported));
+    let placed = super::storage::place_if_store(&a.out, &cfg.runtime_dir.value)?;
+    let reflink = placed.is_some() || matches!(probe_reflink(&parent), Ok(ReflinkProbe::Supported));
     if !reflink {
         eprintln!(
-            "warning: {} has no reflink support; clones of this snapshot get copied disks (put it on XFS with reflink=1 or btrfs)",
-            parent.display()
+            "warning: {} has no reflink support; clones of this snapshot get copied disks (`wasp storage init` makes the runtime dir {} a reflink store, and snapshots created then are placed in it)",
+            parent.display(),
+            cfg.runtime_dir.value.display()
         );
     }
     if a.json {
-        super::print_json(&serde_json::json!({ "out": a.out, "manifest": m, "reflink": reflink }))?;
+        super::print_json(
+            &serde_json::json!({ "out": a.out, "manifest": m, "reflink": reflink, "placed": placed }),
+        )?;
     } else {
         println!(
             "snapshot {}: {} {} guest, {} MiB, {} vCPU; base files are read-only (clones share them)",
@@ -135,6 +139,9 @@ pub fn create(a: CreateArgs, mut cfg: Config) -> anyhow::Result<ExitCode> {
             m.mem_mib,
             m.vcpus
         );
+        if let Some(p) = &placed {
+            super::storage::print_placement(p);
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -133,6 +133,11 @@ pub struct SpawnArgs {
     /// dirs or pool of its own; else in process).
     #[arg(long, value_name = "unix:PATH|tcp:ADDR")]
     pub server: Option<String>,
+    /// Copy the clones' disks even though the snapshot is on another
+    /// filesystem than the runtime dir (refused by default: each clone
+    /// would copy its writable drives instead of reflinking them).
+    #[arg(long)]
+    pub allow_copy: bool,
     /// Print one JSON document.
     #[arg(long)]
     pub json: bool,
@@ -326,6 +331,7 @@ fn api_lacks(a: &SpawnArgs) -> Option<&'static str> {
         (a.flags.parallel.is_some(), "--parallel"),
         (a.flags.firecracker.is_some(), "--firecracker"),
         (a.demo_snapshot, "--demo-snapshot"),
+        (a.allow_copy, "--allow-copy"),
     ];
     opts.into_iter().find(|(on, _)| *on).map(|(_, f)| f)
 }
@@ -448,6 +454,14 @@ pub fn spawn_cmd(a: SpawnArgs, mut cfg: Config) -> anyhow::Result<ExitCode> {
     let store = CloneStore::open(&snapshot, runtime_dir, Mode::Auto)
         .context("open the snapshot")?
         .with_owner(owner(&cfg)?);
+    if let Some(bytes) = store.copy_check(a.allow_copy)? {
+        eprintln!(
+            "wasp: --allow-copy: snapshot {} is on another filesystem than the runtime dir {}; each clone copies {bytes} bytes ({} MiB) of its writable drives",
+            store.snapshot_dir().display(),
+            runtime_dir.display(),
+            bytes.div_ceil(1 << 20)
+        );
+    }
     cfg.check_guest(store.manifest())?;
     let mut engine_cfg = EngineConfig::new(vmm, state_dir.clone(), runtime_dir.clone());
     engine_cfg.parallel = cfg.parallel.value;

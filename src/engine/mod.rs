@@ -160,6 +160,10 @@ pub struct EngineConfig {
     pub runtime_dir: PathBuf,
     /// How clone disks are made for snapshots given by directory.
     pub storage: Mode,
+    /// Copy the disks of a snapshot (given by directory) on another
+    /// filesystem than the runtime dir; false refuses it
+    /// ([`CloneStore::copy_check`]).
+    pub allow_copy: bool,
     /// Clones in flight at once, over all requests.
     pub parallel: usize,
     /// Force a driver (default: io_uring when the probe passes).
@@ -180,6 +184,7 @@ impl EngineConfig {
             state_dir,
             runtime_dir,
             storage: Mode::Auto,
+            allow_copy: false,
             parallel: 32,
             driver: None,
             isolation: Isolation::default(),
@@ -626,6 +631,7 @@ struct Core<S> {
     vmm: Vmm,
     runtime_dir: PathBuf,
     storage: Mode,
+    allow_copy: bool,
     /// This state dir's owner, marked on clone dirs.
     owner: state::Owner,
     parallel: usize,
@@ -758,6 +764,7 @@ impl<S: Slots + 'static> Engine<S> {
             vmm: cfg.vmm,
             runtime_dir: cfg.runtime_dir,
             storage: cfg.storage,
+            allow_copy: cfg.allow_copy,
             owner,
             parallel,
             kind,
@@ -1065,6 +1072,12 @@ impl<S: Slots + 'static> Core<S> {
                 .map_err(SpawnError::Storage)?
                 .with_owner(self.owner.clone()),
         );
+        if let Some(b) = s.copy_check(self.allow_copy).map_err(SpawnError::Storage)? {
+            tracing::warn!(
+                "allow_copy: each clone of {} copies {b} bytes",
+                key.display()
+            );
+        }
         lock(&self.stores).insert(key, s.clone());
         Ok(s)
     }

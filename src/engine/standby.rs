@@ -1,6 +1,6 @@
 //! VMMs started ahead of time (experimental, [`EngineConfig::standby`]):
 //! the engine holds up to `standby` VMMs already launched in their slots,
-//! each with its clone's disks made and its API socket up, for one
+//! each with its clone's disks made and its API socket accepting, for one
 //! snapshot ([`Engine::hold_standby`]). A request for that snapshot (with
 //! no extra VMM arguments) takes one: its clone 0 skips slot, storage,
 //! launch and socket set-up, and goes straight to the restore. A thread of
@@ -30,6 +30,9 @@ use crate::pipeline::storage::clone::CloneStore;
 use crate::stats::ms;
 use crate::sys;
 use crate::vmm::api::NetworkOverride;
+
+/// How long a standby VMM gets to open its API socket.
+const STANDBY_SOCKET_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// One VMM started ahead in its slot.
 pub(crate) struct Standby {
@@ -268,20 +271,38 @@ impl<S: Slots + 'static> Core<S> {
             isolation: isolation.clone(),
             snapshot_files: vec![files.vmstate.clone(), files.memory.clone()],
         };
-        match launch::launch(&spec) {
-            Ok(launched) => Ok(Standby {
-                tag,
-                id,
-                store: store.clone(),
-                slot,
-                files_dir: files.dir,
-                launched,
-            }),
+        let mut launched = match launch::launch(&spec) {
+            Ok(l) => l,
             Err(e) => {
                 undo(true);
-                Err(format!("launch: {}", crate::error::chain(&e)))
+                return Err(format!("launch: {}", crate::error::chain(&e)));
             }
+        };
+        // Held once its API socket accepts: then nothing of the start is
+        // left for the request.
+        let up = launch::wait_for_socket(
+            &launched.api_sock,
+            &launched.pidfd,
+            launched.pid,
+            &files.dir.join("vmm.stderr"),
+            STANDBY_SOCKET_TIMEOUT,
+        );
+        if let Err(e) = up {
+            let _ = sys::pidfd::pidfd_send_signal(&launched.pidfd, libc::SIGKILL);
+            let _ = launched.child.wait();
+            let _ =
+                launch::remove_isolation(launched.cgroup.as_deref(), launched.jail_dir.as_deref());
+            undo(true);
+            return Err(format!("socket: {}", crate::error::chain(&e)));
         }
+        Ok(Standby {
+            tag,
+            id,
+            store: store.clone(),
+            slot,
+            files_dir: files.dir,
+            launched,
+        })
     }
 
     /// A standby for a request of `store` with `vmm_args`, when one is

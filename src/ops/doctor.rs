@@ -71,6 +71,8 @@ pub struct Options {
     pub jailer: Option<Chosen>,
     /// The runtime directory whose filesystem holds clone disks.
     pub runtime_dir: PathBuf,
+    /// A snapshot whose clones' cost to report (`--snapshot`).
+    pub snapshot: Option<PathBuf>,
 }
 
 /// A probe's raw outcome: `Ok(value)` or the error text.
@@ -108,6 +110,8 @@ pub struct Probes {
     pub reflink: (PathBuf, Probe<ReflinkProbe>),
     /// The clone-disk strategy the runtime directory gets.
     pub strategy: Probe<Strategy>,
+    /// What each clone's disks cost (the `clone_disks` check).
+    pub clone_cost: Probe<CloneCost>,
     /// RLIMIT_NOFILE (soft, hard) and open fds.
     pub nofile: Probe<(u64, u64, u64)>,
     /// `net.netfilter.nf_conntrack_max`; `Ok(None)` when nf_conntrack is
@@ -119,6 +123,48 @@ pub struct Probes {
     pub pid_max: Probe<u64>,
     /// `net.ipv4.neigh.default.gc_thresh3`.
     pub neigh_max: Probe<u64>,
+}
+
+/// What each clone's disks cost in the runtime dir (`clone_disks`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CloneCost {
+    /// The runtime dir.
+    pub runtime_dir: PathBuf,
+    /// It is a wasp reflink store (`wasp storage init`).
+    pub is_store: bool,
+    /// The strategy clone disks get (of the snapshot, when one is given).
+    pub strategy: Strategy,
+    /// The snapshot, when one was given, and its bytes copied per clone
+    /// and whether it is on another filesystem than the runtime dir.
+    pub snapshot: Option<(PathBuf, u64, bool)>,
+}
+
+fn probe_clone_cost(opts: &Options) -> Probe<CloneCost> {
+    use crate::pipeline::storage::{store, CloneStore, Mode};
+    use std::os::unix::fs::MetadataExt;
+    let is_store = store::is_store(&opts.runtime_dir);
+    let Some(snap) = &opts.snapshot else {
+        let strategy = crate::pipeline::storage::probe::probe_dir_strategy(&opts.runtime_dir)
+            .map_err(|e| format!("{}: {e}", opts.runtime_dir.display()))?
+            .strategy;
+        return Ok(CloneCost {
+            runtime_dir: opts.runtime_dir.clone(),
+            is_store,
+            strategy,
+            snapshot: None,
+        });
+    };
+    let s = CloneStore::open(snap, &opts.runtime_dir, Mode::Auto)
+        .map_err(|e| format!("snapshot {}: {}", snap.display(), crate::error::chain(&e)))?;
+    let bytes = s.bytes_per_clone().map_err(|e| e.to_string())?;
+    let dev = |p: &Path| std::fs::metadata(p).map(|m| m.dev()).ok();
+    let cross = dev(s.snapshot_dir()) != dev(s.clones_dir());
+    Ok(CloneCost {
+        runtime_dir: opts.runtime_dir.clone(),
+        is_store,
+        strategy: s.strategy(),
+        snapshot: Some((s.snapshot_dir().to_owned(), bytes, cross)),
+    })
 }
 
 /// Reads a numeric sysctl from /proc/sys; `Ok(None)` when it does not exist.
@@ -249,6 +295,7 @@ pub fn probe(opts: &Options) -> Probes {
         strategy: crate::pipeline::storage::probe::probe_dir_strategy(&opts.runtime_dir)
             .map(|o| o.strategy)
             .map_err(|e| e.to_string()),
+        clone_cost: probe_clone_cost(opts),
         nofile: sys::rlimit::nofile()
             .and_then(|(s, h)| Ok((s, h, sys::rlimit::open_fds()?)))
             .map_err(|e| e.to_string()),
@@ -382,6 +429,12 @@ static CHECKS: &[Spec] = &[
         judge: reflink,
         failed: Status::Fail,
         fix: Some("create it or pass --runtime-dir"),
+    },
+    Spec {
+        name: "clone_disks",
+        judge: clone_disks,
+        failed: Status::Warn,
+        fix: None,
     },
     Spec {
         name: "nofile",
@@ -629,13 +682,50 @@ fn reflink(p: &Probes) -> Result<Verdict, String> {
         ReflinkProbe::Unsupported(errno) => (
             Status::Warn,
             format!(
-                "{}: {}; clone disks fall back to {} (put the runtime dir on XFS with reflink=1 or btrfs for O(1) clones)",
+                "{}: {}; clone disks fall back to {} (`wasp storage init` makes it a reflink store: see clone_disks)",
                 dir.display(),
                 explain_reflink_errno(*errno),
                 p.strategy
                     .as_ref()
                     .map(|s| s.to_string())
                     .unwrap_or_else(|e| format!("an unprobed strategy ({e})"))
+            ),
+        ),
+    })
+}
+
+/// What each clone's disks cost, and the `wasp storage init` line that
+/// makes it nothing.
+fn clone_disks(p: &Probes) -> Result<Verdict, String> {
+    let c = p.clone_cost.as_ref()?;
+    let dir = c.runtime_dir.display();
+    let init = format!("`wasp storage init --runtime-dir {dir}`");
+    let readonly = "(or, when the guest mounts its root read-only, the no-copy `shared-readonly` strategy: a read-only rootfs plus a per-clone scratch drive)";
+    Ok(match (&c.snapshot, c.strategy) {
+        (None, Strategy::Reflink) => (
+            Status::Ok,
+            format!("{dir}: clone disks are reflinked: 0 bytes copied per clone{}", if c.is_store { " (a wasp store)" } else { "" }),
+        ),
+        (None, s) => (
+            Status::Warn,
+            format!("{dir}: no reflinks, so each clone copies every allocated byte of its snapshot's writable drives by {s} (pass --snapshot DIR for the figure); fix: {init} {readonly}"),
+        ),
+        (Some((snap, 0, _)), s) => (
+            Status::Ok,
+            format!("{dir}: clones of {} copy 0 bytes ({s})", snap.display()),
+        ),
+        (Some((snap, bytes, true)), s) if c.is_store => (
+            Status::Warn,
+            format!("snapshot {} is on another filesystem than the store {dir}: each clone would copy {bytes} bytes ({} MiB) by {s}, and `wasp spawn` refuses it without --allow-copy; fix: `wasp snapshot adopt {} --runtime-dir {dir}` places it in the store once", snap.display(), bytes.div_ceil(1 << 20), snap.display()),
+        ),
+        (Some((snap, bytes, cross)), s) => (
+            Status::Warn,
+            format!(
+                "{dir}: each clone of {} copies {bytes} bytes ({} MiB) of its writable drives by {s}{}; fix: {init} --snapshot {} {readonly}",
+                snap.display(),
+                bytes.div_ceil(1 << 20),
+                if *cross { " (the snapshot is on another filesystem, so `wasp spawn` refuses it without --allow-copy)" } else { "" },
+                snap.display()
             ),
         ),
     })
@@ -669,6 +759,12 @@ mod tests {
             jailer: Ok(("/usr/bin/jailer".into(), Version(1, 12, 1))),
             reflink: ("/var/lib/wasp".into(), Ok(ReflinkProbe::Supported)),
             strategy: Ok(Strategy::Reflink),
+            clone_cost: Ok(CloneCost {
+                runtime_dir: "/var/lib/wasp".into(),
+                is_store: true,
+                strategy: Strategy::Reflink,
+                snapshot: None,
+            }),
             nofile: Ok((1024, 1 << 20, 5)),
             conntrack_max: Ok(Some(262_144)),
             max_netns: Ok(96_365),
@@ -729,6 +825,7 @@ mod tests {
                 "firecracker",
                 "jailer",
                 "reflink",
+                "clone_disks",
                 "nofile",
                 "conntrack",
                 "netns_max",
@@ -737,6 +834,52 @@ mod tests {
             ]
         );
         assert!(r.checks.iter().all(|c| c.status == Status::Ok), "{r:?}");
+    }
+
+    #[test]
+    fn clone_disks_say_the_bytes_per_clone_and_the_storage_init_line() {
+        let mut p = good();
+        p.clone_cost = Ok(CloneCost {
+            runtime_dir: "/var/lib/wasp".into(),
+            is_store: false,
+            strategy: Strategy::CopyFileRange,
+            snapshot: Some(("/srv/golden".into(), 1 << 30, false)),
+        });
+        let c = evaluate(&p).get("clone_disks").unwrap().clone();
+        assert_eq!(c.status, Status::Warn);
+        assert!(
+            c.detail.contains("copies 1073741824 bytes (1024 MiB)"),
+            "{}",
+            c.detail
+        );
+        assert!(
+            c.detail
+                .contains("`wasp storage init --runtime-dir /var/lib/wasp` --snapshot /srv/golden"),
+            "{}",
+            c.detail
+        );
+        assert!(c.detail.contains("shared-readonly"), "{}", c.detail);
+        // Without a snapshot: the fix, and how to get the figure.
+        p.clone_cost = Ok(CloneCost {
+            snapshot: None,
+            ..p.clone_cost.clone().unwrap()
+        });
+        let c = evaluate(&p).get("clone_disks").unwrap().clone();
+        assert_eq!(c.status, Status::Warn);
+        assert!(c.detail.contains("--snapshot DIR") && c.detail.contains("wasp storage init"));
+        // A store, and a snapshot outside it: place it.
+        p.clone_cost = Ok(CloneCost {
+            is_store: true,
+            strategy: Strategy::SparseCopy,
+            snapshot: Some(("/srv/golden".into(), 4096, true)),
+            ..p.clone_cost.clone().unwrap()
+        });
+        let c = evaluate(&p).get("clone_disks").unwrap().clone();
+        assert!(
+            c.detail.contains("4096 bytes") && c.detail.contains("wasp snapshot adopt /srv/golden"),
+            "{}",
+            c.detail
+        );
     }
 
     #[test]

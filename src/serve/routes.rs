@@ -572,10 +572,13 @@ pub fn router(app: Arc<App>, token: Option<Arc<Token>>) -> Router {
         .with_state(app)
 }
 
-/// The metrics-only router (`--metrics ADDR`).
+/// The metrics-only router (`--metrics ADDR`): `/metrics`, and `/healthz`
+/// and `/readyz` for probes, none with a token.
 pub fn metrics_router(app: Arc<App>) -> Router {
     Router::new()
         .route("/metrics", axum::routing::get(metrics))
+        .route("/healthz", axum::routing::get(healthz))
+        .route("/readyz", axum::routing::get(readyz))
         .fallback(not_found)
         .with_state(app)
 }

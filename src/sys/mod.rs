@@ -8,6 +8,7 @@
 pub mod epoll;
 pub mod fs;
 pub mod inotify;
+pub mod loopdev;
 pub mod mem;
 pub mod mntns;
 pub mod mount;

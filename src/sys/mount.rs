@@ -1,7 +1,8 @@
 //! Mount calls that both a VMM's child and a template's thread make: a
 //! private copy of the mount table made a slave, and the drive tmpfs. A
 //! leaf of `sys`: `sys::spawn` (the child) and `sys::mntns` (templates)
-//! both use it, and it uses neither.
+//! both use it, and it uses neither. Also the plain mount and unmount of
+//! a block device (the reflink store of `pipeline::storage::store`).
 
 use std::ffi::CStr;
 use std::io;
@@ -48,4 +49,36 @@ pub fn unshare_slave_copy() -> io::Result<()> {
         )
     })
     .map(drop)
+}
+
+/// Mounts block device `source` of type `fstype` on `target` with `flags`
+/// (`MS_*`) and filesystem options `data`.
+pub fn mount_device(
+    source: &std::path::Path,
+    target: &std::path::Path,
+    fstype: &CStr,
+    flags: libc::c_ulong,
+    data: &CStr,
+) -> io::Result<()> {
+    let src = super::c_path(source)?;
+    let dst = super::c_path(target)?;
+    // SAFETY: every pointer is a live NUL-terminated string; mount only
+    // reads them.
+    cvt(unsafe {
+        libc::mount(
+            src.as_ptr(),
+            dst.as_ptr(),
+            fstype.as_ptr(),
+            flags,
+            data.as_ptr().cast(),
+        )
+    })
+    .map(drop)
+}
+
+/// Unmounts `target` (`umount2` with `flags`, e.g. 0 or `MNT_DETACH`).
+pub fn unmount(target: &std::path::Path, flags: libc::c_int) -> io::Result<()> {
+    let dst = super::c_path(target)?;
+    // SAFETY: a live NUL-terminated path; umount2 only reads it.
+    cvt(unsafe { libc::umount2(dst.as_ptr(), flags) }).map(drop)
 }

@@ -1,5 +1,5 @@
 //! Private filesystems for storage tests and benches: an XFS image with
-//! reflink on a loop device, or a size-limited tmpfs, mounted on a
+//! reflink or an ext4 image on a loop device, or a size-limited tmpfs, mounted on a
 //! directory inside a throwaway temp dir under /var/tmp. Dropping the guard
 //! unmounts (the loop device detaches itself: `mount -o loop` sets
 //! autoclear) and removes the temp dir, also when the test panics.
@@ -55,6 +55,25 @@ impl LoopFs {
             .args(["-q", "-m", "reflink=1"])
             .arg(&img))
         .expect("mkfs.xfs -m reflink=1");
+        run(Command::new("mount")
+            .args(["-o", "loop"])
+            .arg(&img)
+            .arg(&fs.mnt))
+        .expect("mount -o loop");
+        fs.mounted = true;
+        fs
+    }
+
+    /// An ext4 filesystem of `size_mib` on a sparse image file
+    /// (`wasp-ext4.img` in the temp dir), so storage tests do not depend on
+    /// the machine's root filesystem.
+    pub fn ext4(size_mib: u64) -> Self {
+        let mut fs = Self::new_dir();
+        let img = fs.dir.as_ref().unwrap().path().join("wasp-ext4.img");
+        let f = std::fs::File::create(&img).expect("image file");
+        f.set_len(size_mib << 20).expect("size image");
+        drop(f);
+        run(Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&img)).expect("mkfs.ext4");
         run(Command::new("mount")
             .args(["-o", "loop"])
             .arg(&img)

@@ -32,6 +32,9 @@ use crate::sys::fs::{copy_file_range, ficlone, seek_data_hole, Whence};
 
 /// Sub-directory of the runtime dir that holds clone directories.
 pub const CLONES_SUBDIR: &str = "clones";
+/// Sub-directory of a reflink store ([`super::store`]) that holds the
+/// snapshots placed in it.
+pub const SNAPSHOTS_SUBDIR: &str = "snapshots";
 
 /// How the store picks its strategy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,6 +110,21 @@ pub enum StorageError {
         /// Cause.
         #[source]
         source: io::Error,
+    },
+    /// The snapshot is on another filesystem than the runtime dir and each
+    /// clone would copy its writable drives (see [`CloneStore::copy_check`]).
+    #[error("snapshot {snapshot} is on another filesystem than the runtime dir {runtime_dir}, so reflinks cannot reach it and each clone would copy {bytes_per_clone} bytes ({} MiB) of its writable drives by {strategy}. {hint}, or pass --allow-copy to copy anyway", bytes_per_clone.div_ceil(1 << 20))]
+    WouldCopy {
+        /// The snapshot.
+        snapshot: String,
+        /// The runtime dir.
+        runtime_dir: String,
+        /// Bytes each clone would copy.
+        bytes_per_clone: u64,
+        /// The copying strategy.
+        strategy: Strategy,
+        /// How to avoid it.
+        hint: String,
     },
     /// Removing a clone's directory failed.
     #[error("cannot remove clone directory {path}")]
@@ -275,6 +293,64 @@ impl CloneStore {
     /// `<runtime>/clones`.
     pub fn clones_dir(&self) -> &Path {
         &self.clones_dir
+    }
+
+    /// Bytes each clone's disks copy: the allocated extents of every
+    /// writable drive for a copying strategy (what `copy-file-range` and
+    /// `sparse-copy` copy), 0 for reflink and shared-readonly.
+    pub fn bytes_per_clone(&self) -> io::Result<u64> {
+        if matches!(self.strategy, Strategy::Reflink | Strategy::SharedReadonly) {
+            return Ok(0);
+        }
+        let mut n = 0;
+        for d in self.manifest.drives.iter().filter(|d| !d.read_only) {
+            if let Some(f) = self.bases.get(&d.drive_id) {
+                n += allocated_bytes(f)?;
+            }
+        }
+        Ok(n)
+    }
+
+    /// The copy policy of `wasp spawn`: a snapshot on another filesystem
+    /// than the runtime dir whose clones would copy their disks is refused
+    /// ([`StorageError::WouldCopy`], naming the bytes per clone) unless
+    /// `allow_copy`; then `Ok(Some(bytes per clone))` for the caller to
+    /// say. `Ok(None)`: nothing is copied, or the snapshot shares the
+    /// runtime dir's filesystem (a plain host without reflinks, which
+    /// `wasp doctor` reports).
+    pub fn copy_check(&self, allow_copy: bool) -> Result<Option<u64>, StorageError> {
+        let runtime_err = |source| StorageError::RuntimeDir {
+            path: self.clones_dir.display().to_string(),
+            source,
+        };
+        let bytes = self.bytes_per_clone().map_err(runtime_err)?;
+        if bytes == 0 {
+            return Ok(None);
+        }
+        use std::os::unix::fs::MetadataExt;
+        let dev = |p: &Path| fs::metadata(p).map(|m| m.dev());
+        let same_fs = dev(&self.snapshot_dir).map_err(runtime_err)?
+            == dev(&self.clones_dir).map_err(runtime_err)?;
+        if same_fs {
+            return Ok(None);
+        }
+        if allow_copy {
+            return Ok(Some(bytes));
+        }
+        let runtime_dir = self.clones_dir.parent().unwrap_or(&self.clones_dir);
+        let hint = format!(
+            "Place it in the runtime dir's reflink store once: `wasp storage init --runtime-dir {}` makes the store if there is none, and `wasp snapshot adopt {}` copies the snapshot into {}; spawn from there",
+            runtime_dir.display(),
+            self.snapshot_dir.display(),
+            runtime_dir.join(SNAPSHOTS_SUBDIR).display()
+        );
+        Err(StorageError::WouldCopy {
+            snapshot: self.snapshot_dir.display().to_string(),
+            runtime_dir: runtime_dir.display().to_string(),
+            bytes_per_clone: bytes,
+            strategy: self.strategy,
+            hint,
+        })
     }
 
     /// The directory of clone `id`.
@@ -533,6 +609,24 @@ pub fn make_drive(strategy: Strategy, src: &File, dest: &Path, size: u64) -> io:
     }
 }
 
+/// Bytes in the allocated extents of `f` (SEEK_DATA/SEEK_HOLE): what
+/// `copy-file-range` and `sparse-copy` copy of it.
+pub fn allocated_bytes(f: &File) -> io::Result<u64> {
+    let len = f.metadata()?.len() as i64;
+    let (mut pos, mut n) = (0i64, 0u64);
+    while pos < len {
+        let Some(start) = seek_data_hole(f, pos, Whence::Data)? else {
+            break;
+        };
+        let end = seek_data_hole(f, start, Whence::Hole)?
+            .unwrap_or(len)
+            .min(len);
+        n += (end - start) as u64;
+        pos = end;
+    }
+    Ok(n)
+}
+
 /// Copies the data ranges of `src` (skipping holes found with
 /// SEEK_DATA/SEEK_HOLE) into `dst`, which ends up the same length.
 fn copy_data(src: &File, dst: &File, use_cfr: bool) -> io::Result<u64> {
@@ -678,6 +772,8 @@ mod tests {
             assert_eq!(fs::read(&dest).unwrap(), fs::read(&base).unwrap(), "{s}");
             // Holes are not copied: far less than the 8 MiB length.
             assert!((5010..(4 << 20)).contains(&n), "{s}: copied {n}");
+            // What the copy copied is what the extents say it would.
+            assert_eq!(n, allocated_bytes(&File::open(&base).unwrap()).unwrap());
         }
     }
 
