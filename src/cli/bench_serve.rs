@@ -138,6 +138,15 @@ fn print(r: &BenchReport) {
             );
         }
     }
+    if !r.host.is_empty() {
+        println!("  the daemon (at s: fds, clones, pool slots, free slots):");
+        for h in &r.host {
+            println!(
+                "    {:>7.1}: {:>6} {:>6} {:>6} {:>6}",
+                h.at_s, h.fds_open, h.clones, h.pool_slots, h.free_slots
+            );
+        }
+    }
     for f in &r.failures {
         println!("  failed: {f}");
     }

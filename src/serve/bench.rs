@@ -62,6 +62,21 @@ pub struct Window {
     pub latency_ms: Percentiles,
 }
 
+/// The daemon's `GET /v1/capacity` at one moment of a timed run.
+#[derive(Debug, Clone, Serialize)]
+pub struct HostSample {
+    /// Seconds from the start.
+    pub at_s: f64,
+    /// The daemon's open fds.
+    pub fds_open: u64,
+    /// Its live clones.
+    pub clones: u64,
+    /// Slots its pool holds (free and taken).
+    pub pool_slots: u64,
+    /// Free slots.
+    pub free_slots: u64,
+}
+
 /// The figures.
 #[derive(Debug, Clone, Serialize)]
 pub struct BenchReport {
@@ -88,6 +103,9 @@ pub struct BenchReport {
     pub engine_overhead_ms: Percentiles,
     /// The run in windows (p99 of the last against the first shows drift).
     pub windows: Vec<Window>,
+    /// With a duration: the daemon's fds, clones and pool at the start and
+    /// after each window (growth shows a leak).
+    pub host: Vec<HostSample>,
     /// Every sample, in send order.
     #[serde(skip)]
     pub samples: Vec<Sample>,
@@ -163,9 +181,36 @@ pub fn run(o: &BenchOptions) -> Result<BenchReport, BenchError> {
     let samples = Mutex::new(Vec::new());
     let failures = Mutex::new(Vec::new());
     let start = Instant::now();
+    let host = Mutex::new(Vec::new());
+    let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
     std::thread::scope(|s| {
+        if o.duration.is_some() {
+            // A timer, not a synchronisation: one capacity sample per window.
+            let (host, stop_rx) = (&host, stop_rx);
+            s.spawn(move || loop {
+                if let Ok(r) = o.client.get("/v1/capacity") {
+                    if let Ok(v) = r.json() {
+                        let n = |k: &str| v[k].as_u64().unwrap_or(0);
+                        host.lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .push(HostSample {
+                                at_s: start.elapsed().as_secs_f64(),
+                                fds_open: n("fds_open"),
+                                clones: n("clones"),
+                                pool_slots: n("pool_slots"),
+                                free_slots: n("free_slots"),
+                            });
+                    }
+                }
+                match stop_rx.recv_timeout(o.window) {
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                    _ => break,
+                }
+            });
+        }
+        let mut clients = Vec::new();
         for _ in 0..o.concurrency {
-            s.spawn(|| loop {
+            clients.push(s.spawn(|| loop {
                 match o.duration {
                     Some(d) if start.elapsed() >= d => break,
                     None if next.fetch_add(1, Ordering::Relaxed) >= o.requests => break,
@@ -184,8 +229,12 @@ pub fn run(o: &BenchOptions) -> Result<BenchReport, BenchError> {
                         }),
                     Err(e) => failures.lock().unwrap_or_else(|p| p.into_inner()).push(e),
                 }
-            });
+            }));
         }
+        for c in clients {
+            let _ = c.join();
+        }
+        drop(stop_tx);
     });
     let wall = start.elapsed();
     let mut samples = samples.into_inner().unwrap_or_else(|p| p.into_inner());
@@ -221,6 +270,7 @@ pub fn run(o: &BenchOptions) -> Result<BenchReport, BenchError> {
         http_ms: col(|s| s.latency_ms - s.engine_ms),
         engine_overhead_ms: col(|s| s.engine_ms - s.clone_ms),
         windows,
+        host: host.into_inner().unwrap_or_else(|p| p.into_inner()),
         samples,
     })
 }

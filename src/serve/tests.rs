@@ -605,6 +605,18 @@ fn bench_serve_measures_a_daemon_and_counts_its_refusals() {
     .unwrap();
     assert_eq!((bad.ok, bad.failed), (0, 4));
     assert!(bad.failures[0].starts_with("422"), "{:?}", bad.failures);
+    // A timed run samples the daemon's capacity: at the start, then per
+    // window.
+    let timed = bench::run(&bench::BenchOptions {
+        duration: Some(std::time::Duration::from_millis(200)),
+        window: std::time::Duration::from_millis(100),
+        ..o.clone()
+    })
+    .unwrap();
+    assert!(timed.ok > 0 && timed.failed == 0, "{:?}", timed.failures);
+    assert!(!timed.host.is_empty());
+    assert_eq!(timed.host[0].fds_open, 10, "the fake's capacity");
+    assert!(r.host.is_empty(), "a counted run takes no samples");
     assert!(bench::run(&bench::BenchOptions {
         concurrency: 0,
         ..o
