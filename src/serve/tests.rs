@@ -1,6 +1,10 @@
 //! The HTTP layer over the recording fake: routing, checks, auth, errors,
-//! metrics, logs. No root, no sockets: requests go through the router
-//! itself (`tower::ServiceExt::oneshot`).
+//! metrics, logs. No root: requests go through the router itself
+//! (`tower::ServiceExt::oneshot`); the server's life and `bench serve` over
+//! a unix socket in a temp dir.
+
+// `EVENTS` only keeps the log test apart (current-thread runtimes).
+#![allow(clippy::await_holding_lock)]
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -11,6 +15,16 @@ use tower::ServiceExt;
 
 use super::*;
 use super::{bench, client, ServeError, ServeOptions, Server, Stop};
+
+/// The log test captures events through a thread-scoped subscriber, and
+/// tracing caches each callsite's interest process-wide: tests that send
+/// requests through the router (the same callsites) take this for reading,
+/// the log test for writing, so none runs beside it.
+static EVENTS: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+fn events() -> std::sync::RwLockReadGuard<'static, ()> {
+    EVENTS.read().unwrap_or_else(|p| p.into_inner())
+}
 
 const LIMITS: Limits = Limits {
     max_count: 10,
@@ -80,6 +94,7 @@ fn assert_error(r: &Reply, status: u16, needle: &str) {
 
 #[tokio::test]
 async fn every_route_answers_and_others_get_json_404_and_405() {
+    let _events = events();
     let (app, fake) = app();
     let r = router(app, None);
     let created = call(
@@ -188,6 +203,7 @@ async fn every_route_answers_and_others_get_json_404_and_405() {
 
 #[tokio::test]
 async fn bad_bodies_get_a_clear_4xx_and_nothing_is_built() {
+    let _events = events();
     let (app, fake) = app();
     let r = router(app, None);
     let cases: &[(&str, u16, &str)] = &[
@@ -260,6 +276,7 @@ async fn bad_bodies_get_a_clear_4xx_and_nothing_is_built() {
 
 #[tokio::test]
 async fn overload_is_503_with_retry_after_and_starting_is_503() {
+    let _events = events();
     let (app, fake) = app();
     let r = router(app, None);
     fake.overloaded.store(true, Ordering::Relaxed);
@@ -289,6 +306,7 @@ async fn overload_is_503_with_retry_after_and_starting_is_503() {
 
 #[tokio::test]
 async fn a_token_listener_refuses_without_the_right_token() {
+    let _events = events();
     let (app, _) = app();
     let token = Arc::new(Token::new("the-right-token-0123"));
     let r = router(app, Some(token));
@@ -353,7 +371,9 @@ async fn one_log_line_per_request_and_never_a_secret() {
         .with_ansi(false)
         .with_max_level(tracing::Level::TRACE)
         .finish();
+    let _events = EVENTS.write().unwrap_or_else(|p| p.into_inner());
     let _g = tracing::subscriber::set_default(sub);
+    tracing::callsite::rebuild_interest_cache();
     let (app, fake) = app();
     let token = Arc::new(Token::new("bearer-secret-value-77"));
     let r = router(app, Some(token));
@@ -407,6 +427,7 @@ async fn one_log_line_per_request_and_never_a_secret() {
 
 #[tokio::test]
 async fn metrics_scrape_parses_and_counts() {
+    let _events = events();
     let (app, fake) = app();
     let exits = fake.exits().unwrap();
     let r = router(app.clone(), None);
@@ -513,6 +534,7 @@ fn opts(listen: Vec<Listen>) -> ServeOptions {
 
 #[test]
 fn the_server_binds_serves_over_its_socket_and_stops_in_order() {
+    let _events = events();
     let tmp = tempfile::tempdir().unwrap();
     let sock = tmp.path().join("api.sock");
     // TCP without a token: refused before anything is bound.
@@ -566,6 +588,7 @@ fn the_server_binds_serves_over_its_socket_and_stops_in_order() {
 
 #[test]
 fn bench_serve_measures_a_daemon_and_counts_its_refusals() {
+    let _events = events();
     let tmp = tempfile::tempdir().unwrap();
     let sock = tmp.path().join("api.sock");
     let server = Server::bind(opts(vec![Listen::Unix(sock.clone())])).unwrap();
