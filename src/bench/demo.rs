@@ -69,6 +69,11 @@ pub struct DemoOptions {
     /// Running at the same time), and add the per-process and kernel
     /// memory breakdown ([`HoldFigures`]).
     pub hold: bool,
+    /// The pool registry to record the run's pool in, owned by this
+    /// process (the caller's state dir's, [`crate::pipeline::registry`]):
+    /// if the run is killed, a plain `wasp reconcile` of that state dir
+    /// removes the pool. `None`: not recorded.
+    pub registry: Option<PathBuf>,
 }
 
 /// What the demo saw.
@@ -283,7 +288,8 @@ pub fn run_observed(
     // Before anything is made: the hold's check that nothing stayed.
     let baseline = host_mem();
     let mut cleanup_errors = Vec::new();
-    let result = run_inner(o, &host_netns, &mut cleanup_errors, on_done);
+    let (net, host) = run_pool(o, &host_netns);
+    let result = run_inner(o, &net, &host, &mut cleanup_errors, on_done);
     // Remove everything, whatever happened above.
     let state_dir = o.work_dir.join("state");
     if let Ok(store) = state::Store::open(&state_dir) {
@@ -299,11 +305,10 @@ pub fn run_observed(
             cleanup_errors.push(format!("remove {}: {e}", o.work_dir.display()));
         }
     }
-    if sys::netns::exists(&host_netns) {
-        if let Err(e) = sys::netns::delete_named(&host_netns) {
-            cleanup_errors.push(format!("delete netns {host_netns}: {e}"));
-        }
-    }
+    // The run's pool, whatever stopped the run (a pool build that failed
+    // part-way, the golden boot, the engine): every slot, the host netns
+    // and the registry record.
+    cleanup_errors.extend(remove_run_pool(&net, &host));
     let (spawn, agents_ok, agent_failures, memory, hold) = result?;
     let hold = hold.map(|mut h| {
         if let (Some(before), Some(after)) = (baseline, host_mem()) {
@@ -331,14 +336,10 @@ type Inner = (
     Option<HoldFigures>,
 );
 
-fn run_inner(
-    o: &DemoOptions,
-    host_netns: &str,
-    cleanup_errors: &mut Vec<String>,
-    on_done: &mut (dyn FnMut(&batch::CloneReport) + Send),
-) -> Result<Inner, DemoError> {
-    let snap = o.work_dir.join("snapshot");
-    std::fs::create_dir_all(&o.work_dir).map_err(|e| DemoError::Io(o.work_dir.clone(), e))?;
+/// The pool and host side of this process's run: pool `demo<pid>` in
+/// the host netns `host_netns`, recorded as this process's own in
+/// `o.registry`.
+fn run_pool(o: &DemoOptions, host_netns: &str) -> (SlotNet, HostNet) {
     let net = SlotNet {
         pool: pool_of(std::process::id()),
         ..SlotNet::default()
@@ -346,10 +347,39 @@ fn run_inner(
     let host = HostNet {
         netns: Some(host_netns.to_owned()),
         egress_uplink: None,
+        registry: o.registry.clone(),
+        owner: crate::pipeline::registry::Owner::me(),
         ..Default::default()
     };
-    let guest = crate::snapshot::golden::GuestAddr::of(&net);
-    let mut slots = PoolSlots::open(net, &host, o.count, HashSet::new())?;
+    (net, host)
+}
+
+/// Removes the pool of a demo or bench run (its slots, its host netns and
+/// its registry record) and returns every error met.
+pub fn remove_run_pool(net: &SlotNet, host: &HostNet) -> Vec<String> {
+    let (_, mut errors) = crate::ops::reconcile::remove_owned_pool(net, host, true);
+    if errors.is_empty() {
+        if let Some(dir) = &host.registry {
+            if let Err(e) = crate::pipeline::registry::Registry::at(dir).remove(&net.pool) {
+                errors.push(crate::error::chain(&e));
+            }
+        }
+    }
+    errors
+}
+
+fn run_inner(
+    o: &DemoOptions,
+    net: &SlotNet,
+    host: &HostNet,
+    cleanup_errors: &mut Vec<String>,
+    on_done: &mut (dyn FnMut(&batch::CloneReport) + Send),
+) -> Result<Inner, DemoError> {
+    let snap = o.work_dir.join("snapshot");
+    std::fs::create_dir_all(&o.work_dir).map_err(|e| DemoError::Io(o.work_dir.clone(), e))?;
+    let host_netns = host.netns.as_deref().unwrap_or_default();
+    let guest = crate::snapshot::golden::GuestAddr::of(net);
+    let mut slots = PoolSlots::open(net.clone(), host, o.count, HashSet::new())?;
     let (vmm, ready) = match &o.vmm {
         DemoVmm::Standin => {
             ensure_snapshot_sized(&snap, o.mem_mib)?;

@@ -30,6 +30,9 @@ pub struct SpawnBenchOptions {
     pub mem_mib: u64,
     /// Hold every clone at once and account host memory per clone.
     pub hold: bool,
+    /// The registry the bench's pool is recorded in as this process's own
+    /// ([`DemoOptions::registry`]).
+    pub registry: Option<PathBuf>,
 }
 
 /// The figures of `wasp bench spawn` (its `--json` document).
@@ -150,6 +153,7 @@ pub fn run(
             driver: o.driver,
             mem_mib: o.mem_mib,
             hold: o.hold,
+            registry: o.registry.clone(),
         },
         on_done,
     )?;
@@ -285,6 +289,7 @@ mod tests {
             driver: None,
             mem_mib: 128,
             hold: false,
+            registry: None,
         }
     }
 

@@ -67,7 +67,8 @@ fn slots(a: SlotsArgs, cfg: Config) -> anyhow::Result<ExitCode> {
     })?;
     let total = a.count * 2;
     let bar = super::progress::bar(total, "slots");
-    let r = wasp::bench::slots::run(&net, a.count, &mut || {
+    let registry = wasp::pipeline::registry::Registry::dir_of(&cfg.state_dir.value);
+    let r = wasp::bench::slots::run(&net, a.count, Some(&registry), &mut || {
         bar.inc(1);
         if bar.position() == total as u64 {
             // Builds and destroys done: the fill shows no bar.

@@ -85,6 +85,9 @@ pub fn run(a: SpawnBenchArgs, mut cfg: Config) -> anyhow::Result<ExitCode> {
             driver: a.driver.map(Into::into),
             mem_mib: a.mem_mib,
             hold: a.hold,
+            registry: Some(wasp::pipeline::registry::Registry::dir_of(
+                &cfg.state_dir.value,
+            )),
         },
         &mut |_| bar.inc(1),
     );

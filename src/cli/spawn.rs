@@ -600,6 +600,9 @@ pub fn demo_cmd(a: DemoArgs, cfg: Config) -> anyhow::Result<ExitCode> {
             driver: None,
             mem_mib: 64,
             hold: false,
+            registry: Some(wasp::pipeline::registry::Registry::dir_of(
+                &cfg.state_dir.value,
+            )),
         },
         &mut |_| bar.inc(1),
     );

@@ -276,6 +276,7 @@ impl Config {
             registry: Some(crate::pipeline::registry::Registry::dir_of(
                 &self.state_dir.value,
             )),
+            owner: None,
         }
     }
 

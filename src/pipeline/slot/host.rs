@@ -25,7 +25,7 @@ impl SlotNet {
             guest_ip: self.guest_ip,
             allow_host: self.allow_host.clone(),
             egress: self.egress,
-            owner: None,
+            owner: host.owner,
         }
     }
 
@@ -54,10 +54,13 @@ impl SlotNet {
 
 /// The pools a command run without `--pool` covers: `configured` (the
 /// configuration's pool, found even when it predates the registry), then
-/// every pool `reg` records, each once.
+/// every shared pool `reg` records, each once. A pool one process owns
+/// alone (a demo or bench run) is its owner's while that process runs, and
+/// reconcile's to remove once it is gone: never in this list.
 pub fn registered_pools(reg: &Registry, configured: (SlotNet, HostNet)) -> Vec<(SlotNet, HostNet)> {
     let mut out = vec![configured];
-    for (net, host) in reg.list().0.iter().filter_map(SlotNet::from_entry) {
+    let shared = reg.list().0.into_iter().filter(|e| e.owner.is_none());
+    for (net, host) in shared.filter_map(|e| SlotNet::from_entry(&e)) {
         if !out
             .iter()
             .any(|(n, h)| n.pool == net.pool && h.netns == host.netns)
@@ -380,5 +383,38 @@ pub(super) fn remove_host_objects(net: &SlotNet) -> Result<(), SlotError> {
         Ok(())
     } else {
         Err(SlotError::Teardown(errs))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pools_one_process_owns_are_never_listed_for_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let reg = Registry::at(dir.path());
+        let shared = SlotNet {
+            pool: "shared".into(),
+            ..SlotNet::default()
+        };
+        let mine = SlotNet {
+            pool: "bench1".into(),
+            ..SlotNet::default()
+        };
+        let host = HostNet::default();
+        reg.put(shared.registry_entry(&host, false)).unwrap();
+        let owned = HostNet {
+            owner: crate::pipeline::registry::Owner::me(),
+            ..HostNet::default()
+        };
+        let e = mine.registry_entry(&owned, true);
+        assert_eq!(e.owner, crate::pipeline::registry::Owner::me());
+        reg.put(e).unwrap();
+        let names: Vec<String> = registered_pools(&reg, (SlotNet::default(), host))
+            .into_iter()
+            .map(|(n, _)| n.pool)
+            .collect();
+        assert_eq!(names, ["default", "shared"]);
     }
 }

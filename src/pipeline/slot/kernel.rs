@@ -73,6 +73,22 @@ impl Kernel {
         // One process at a time makes or checks the host side.
         let _setup = crate::pipeline::lease::host_setup_lock(Path::new(LEASE_DIR))
             .map_err(io_err(format!("lock {LEASE_DIR}/host-setup.lock")))?;
+        // A pool one process owns alone is recorded before anything is
+        // made: killed at any point from here on, what it made is found
+        // again (and removed) by a plain `wasp reconcile`.
+        let owned_reg = match (&host.registry, host.owner) {
+            (Some(dir), Some(_)) => {
+                let reg = Registry::at(dir);
+                let will_create = host.netns.as_deref().is_some_and(|n| !netns::exists(n));
+                reg.put(net.registry_entry(host, will_create))
+                    .map_err(|source| SlotError::Registry {
+                        pool: net.pool.clone(),
+                        source,
+                    })?;
+                Some(reg)
+            }
+            _ => None,
+        };
         let mut created = None;
         let host_ns = match &host.netns {
             Some(name) => {
@@ -80,10 +96,26 @@ impl Kernel {
                     match netns::create_named(name) {
                         Ok(()) => created = Some(name.clone()),
                         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-                        Err(e) => return Err(io_err(format!("create host netns {name}"))(e)),
+                        Err(e) => {
+                            if let Some(reg) = &owned_reg {
+                                let _ = reg.remove(&net.pool);
+                            }
+                            return Err(io_err(format!("create host netns {name}"))(e));
+                        }
                     }
                 }
-                netns::open_named(name).map_err(io_err(format!("open host netns {name}")))?
+                match netns::open_named(name) {
+                    Ok(fd) => fd,
+                    Err(e) => {
+                        if let Some(name) = &created {
+                            let _ = netns::delete_named(name);
+                        }
+                        if let Some(reg) = &owned_reg {
+                            let _ = reg.remove(&net.pool);
+                        }
+                        return Err(io_err(format!("open host netns {name}"))(e));
+                    }
+                }
             }
             None => netns::open_current().map_err(io_err("open the current netns"))?,
         };
@@ -116,6 +148,9 @@ impl Kernel {
                 // Nothing half-built: a host netns made just now goes too.
                 if let Some(name) = created {
                     let _ = netns::delete_named(&name);
+                }
+                if let Some(reg) = &owned_reg {
+                    let _ = reg.remove(&net.pool);
                 }
                 return Err(e);
             }

@@ -165,6 +165,15 @@ pub enum SlotError {
         /// Slot namespace.
         netns: String,
     },
+    /// The pool's registry record could not be written.
+    #[error("cannot record pool {pool} in the pool registry")]
+    Registry {
+        /// The pool.
+        pool: String,
+        /// Cause.
+        #[source]
+        source: crate::pipeline::registry::RegistryError,
+    },
     /// Several teardown steps failed.
     #[error("teardown had {} error(s): {}", .0.len(), .0.iter().map(|e| crate::error::chain(e)).collect::<Vec<_>>().join("; "))]
     Teardown(Vec<SlotError>),
@@ -253,6 +262,12 @@ pub struct HostNet {
     /// ([`crate::pipeline::registry`]: the state dir's `pools/`); `None`: not
     /// recorded.
     pub registry: Option<std::path::PathBuf>,
+    /// The process that owns the pool alone (`wasp demo`, `wasp bench`):
+    /// recorded with the pool before anything is made, so a plain
+    /// `wasp reconcile` removes the whole pool once that process is gone
+    /// ([`crate::pipeline::registry::PoolEntry::orphaned`]). `None`: a
+    /// shared pool, kept until drained.
+    pub owner: Option<crate::pipeline::registry::Owner>,
 }
 
 /// Which local uids of the host netns may open connections to the clone
