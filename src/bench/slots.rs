@@ -98,6 +98,9 @@ pub enum SlotsBenchError {
     /// The slots could not be removed at the end.
     #[error("remove the bench slots")]
     Drain(#[source] PoolError),
+    /// A host limit is too low for `count` slots (nothing was built).
+    #[error("the host cannot hold the bench's slots")]
+    Limits(#[source] crate::pipeline::limits::LimitsError),
     /// The bench's pool could not be removed completely at the end.
     #[error("remove the bench's pool: {0}")]
     Cleanup(String),
@@ -143,6 +146,12 @@ pub fn run(
         ..Default::default()
     };
     let r = (|| {
+        crate::pipeline::limits::check_pool(
+            &net,
+            &host,
+            crate::pipeline::limits::Demand::slots(count as u64, &net.cidr),
+        )
+        .map_err(SlotsBenchError::Limits)?;
         let k = Kernel::setup(net.clone(), &host).map_err(SlotsBenchError::Setup)?;
         let cfg = PoolConfig {
             low_water: 0,

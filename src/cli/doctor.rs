@@ -20,6 +20,11 @@ pub struct DoctorArgs {
     /// [paths.runtime_dir; default: /var/lib/wasp].
     #[arg(long)]
     pub runtime_dir: Option<PathBuf>,
+    /// Also check every host limit (pids, threads, fds, namespaces, ARP,
+    /// conntrack, the CIDR, the layout, memory) for N clones of the
+    /// configured pool.
+    #[arg(long, value_name = "N")]
+    pub clones: Option<u64>,
 }
 
 pub fn doctor(a: DoctorArgs, mut cfg: Config) -> anyhow::Result<ExitCode> {
@@ -30,6 +35,10 @@ pub fn doctor(a: DoctorArgs, mut cfg: Config) -> anyhow::Result<ExitCode> {
         firecracker: cfg.firecracker_choice(),
         jailer: cfg.jailer_choice(),
         runtime_dir: cfg.runtime_dir.value.clone(),
+        clones: a.clones.map(|n| {
+            let net = cfg.slot_net();
+            wasp::pipeline::limits::Demand::clones(n, &net.cidr).with_layout(&net)
+        }),
     });
     if a.json {
         super::print_json(&report)?;

@@ -262,6 +262,7 @@ impl Config {
             // uplink, or when the host netns holds the masquerade an
             // earlier `pool warm --egress-uplink` made.
             egress: false,
+            layout: Default::default(),
         }
     }
 

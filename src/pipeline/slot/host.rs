@@ -25,13 +25,14 @@ impl SlotNet {
             guest_ip: self.guest_ip,
             allow_host: self.allow_host.clone(),
             egress: self.egress,
+            layout: self.layout.to_string(),
             owner: host.owner,
         }
     }
 
     /// The settings a registry record names, to attach to the pool again
     /// (the egress uplink is not needed for that); `None` when its CIDR
-    /// does not parse.
+    /// or layout does not parse.
     pub fn from_entry(e: &PoolEntry) -> Option<(SlotNet, HostNet)> {
         let net = SlotNet {
             pool: e.pool.clone(),
@@ -43,6 +44,7 @@ impl SlotNet {
             guest_ip: e.guest_ip,
             allow_host: e.allow_host.clone(),
             egress: e.egress,
+            layout: e.layout.parse().ok()?,
         };
         let host = HostNet {
             netns: e.host_netns.clone(),
