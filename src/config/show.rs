@@ -35,6 +35,11 @@ impl Config {
             e("pool.cidr", &self.cidr, json!(self.cidr.value.to_string())),
             e("pool.bridge", &self.bridge, json!(self.bridge.value)),
             e(
+                "pool.layout",
+                &self.layout,
+                json!(self.layout.value.to_string()),
+            ),
+            e(
                 "pool.host_netns",
                 &self.host_netns,
                 json!(self.host_netns.value),

@@ -115,10 +115,21 @@ pub(super) fn ensure_bridge(net: &SlotNet) -> Result<(u32, [u8; 6]), SlotError> 
     // traffic would be routed two ways. The default route, the kernel's
     // local table and routes on wasp's own bridge do not count.
     let routes = dump_routes(&mut sock).map_err(nl("list host routes"))?;
+    // The routed layout's /32 routes through slots' host veths (marked
+    // `wasp:<pool>:<n>`) are wasp's too.
+    let slot_link = |oif: Option<u32>| {
+        links.iter().any(|l| {
+            Some(l.index) == oif
+                && l.alias
+                    .as_deref()
+                    .is_some_and(|a| a.starts_with(SLOT_MARK_PREFIX) && a != BRIDGE_ALIAS)
+        })
+    };
     for r in &routes {
         if r.prefix == 0
             || r.table == rtnl::RT_TABLE_LOCAL
             || (existing.is_some() && r.oif == existing.map(|l| l.index))
+            || slot_link(r.oif)
         {
             continue;
         }
@@ -247,6 +258,9 @@ pub(super) fn set_egress(net: &SlotNet, uplink: &str, owned: bool) -> Result<(),
         .map_err(nl("program host egress masquerade"))
 }
 
+/// How every ownership mark of wasp's starts (`wasp:`).
+const SLOT_MARK_PREFIX: &str = "wasp:";
+
 /// The host table's chain that masquerades clone traffic ([`set_egress`]).
 const EGRESS_CHAIN: &str = "postrouting";
 
@@ -351,7 +365,18 @@ pub(super) fn remove_host_objects(net: &SlotNet) -> Result<(), SlotError> {
         Ok(mut sock) => match dump_links(&mut sock) {
             Ok(links) => {
                 if let Some(l) = links.iter().find(|l| l.name == net.bridge) {
-                    let ports = links.iter().filter(|p| p.master == Some(l.index)).count();
+                    // Bridge ports, and routed slots' host ends (on no
+                    // bridge, but routed through the bridge's gateway
+                    // address).
+                    let ports = links
+                        .iter()
+                        .filter(|p| {
+                            p.master == Some(l.index)
+                                || p.alias.as_deref().is_some_and(|a| {
+                                    a.starts_with(SLOT_MARK_PREFIX) && a != BRIDGE_ALIAS
+                                })
+                        })
+                        .count();
                     if ports > 0 && l.alias.as_deref() == Some(BRIDGE_ALIAS) {
                         errs.push(SlotError::BadConfig(format!(
                             "bridge {} still has {ports} port(s) (slots of other pools?); drain them first",

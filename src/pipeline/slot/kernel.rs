@@ -14,7 +14,9 @@ use super::host::{
 };
 use super::links::{del_host_neigh, dump_links, get_link, send_acked};
 use super::workers::{Dispatch, Workers};
-use super::{io_err, nl, Found, HostNet, Slot, SlotError, SlotNet, SlotOps, BRIDGE_ALIAS, VETH0};
+use super::{
+    io_err, nl, Found, HostNet, Layout, Slot, SlotError, SlotNet, SlotOps, BRIDGE_ALIAS, VETH0,
+};
 use crate::netlink::{self, rtnl, MsgBuf, NetlinkError, Socket};
 use crate::pipeline::lease::{Lease, LEASE_DIR};
 use crate::pipeline::registry::Registry;
@@ -434,7 +436,9 @@ impl SlotOps for Kernel {
                     Ok(_) => {}
                     Err(e) => errs.push(nl(format!("look up host link {veth}"))(e)),
                 }
-                if let (Ok(ip), true) = (self.net.clone_ip(n), self.bridge.index != 0) {
+                // Routed: the entry (and the route) went with the host end.
+                let on_bridge = self.bridge.index != 0 && self.net.layout == Layout::Bridge;
+                if let (Ok(ip), true) = (self.net.clone_ip(n), on_bridge) {
                     if let Err(e) = del_host_neigh(&mut s, self.bridge.index, ip) {
                         errs.push(e);
                     }
@@ -504,7 +508,12 @@ impl SlotOps for Kernel {
                 continue;
             };
             let f = found.entry(i).or_insert_with(|| blank(i));
-            f.on_bridge = l.master == Some(self.bridge.index);
+            // Wired: a bridge port of the pool's bridge, or (routed) on no
+            // bridge at all.
+            f.on_bridge = match self.net.layout {
+                Layout::Bridge => l.master == Some(self.bridge.index),
+                Layout::Routed => l.master.is_none(),
+            };
             f.host_veth = Some(l.name);
         }
         Ok(found.into_values().collect())
