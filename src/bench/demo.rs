@@ -74,6 +74,8 @@ pub struct DemoOptions {
     /// if the run is killed, a plain `wasp reconcile` of that state dir
     /// removes the pool. `None`: not recorded.
     pub registry: Option<PathBuf>,
+    /// The slots' layout.
+    pub layout: crate::pipeline::slot::Layout,
 }
 
 /// What the demo saw.
@@ -342,6 +344,7 @@ type Inner = (
 fn run_pool(o: &DemoOptions, host_netns: &str) -> (SlotNet, HostNet) {
     let net = SlotNet {
         pool: pool_of(std::process::id()),
+        layout: o.layout,
         ..SlotNet::default()
     };
     let host = HostNet {

@@ -22,6 +22,8 @@ pub struct SlotFigures {
     pub count: usize,
     /// The clone address space the slots were built in (`pool.cidr`).
     pub cidr: String,
+    /// The slots' layout (`pool.layout`: `routed` or `bridge`).
+    pub layout: String,
     /// Per-slot build time, one after another (ms).
     pub create_ms: Percentiles,
     /// The same builds split into steps (ms per step, by step name; the
@@ -233,6 +235,7 @@ fn measure(
         kind: "slots",
         count,
         cidr,
+        layout: k.net().layout.to_string(),
         create_ms: Percentiles::of(&create),
         create_steps_ms,
         fill_slots_per_s: fill,

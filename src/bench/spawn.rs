@@ -33,6 +33,8 @@ pub struct SpawnBenchOptions {
     /// The registry the bench's pool is recorded in as this process's own
     /// ([`DemoOptions::registry`]).
     pub registry: Option<PathBuf>,
+    /// The slots' layout.
+    pub layout: crate::pipeline::slot::Layout,
 }
 
 /// The figures of `wasp bench spawn` (its `--json` document).
@@ -42,6 +44,8 @@ pub struct SpawnBenchReport {
     pub kind: &'static str,
     /// The VMM (`standin` or `firecracker`).
     pub vmm: String,
+    /// The slots' layout (`routed` or `bridge`).
+    pub layout: String,
     /// Clones.
     pub count: usize,
     /// In flight at once.
@@ -154,6 +158,7 @@ pub fn run(
             mem_mib: o.mem_mib,
             hold: o.hold,
             registry: o.registry.clone(),
+            layout: o.layout,
         },
         on_done,
     )?;
@@ -180,6 +185,7 @@ fn report(o: &SpawnBenchOptions, r: DemoReport) -> SpawnBenchReport {
     SpawnBenchReport {
         kind: "spawn",
         vmm: vmm_name(&o.vmm).to_owned(),
+        layout: o.layout.to_string(),
         count: o.count,
         parallel: o.parallel,
         runtime_dir: o.runtime_dir.clone(),
@@ -290,6 +296,7 @@ mod tests {
             mem_mib: 128,
             hold: false,
             registry: None,
+            layout: Default::default(),
         }
     }
 

@@ -45,6 +45,10 @@ pub struct SpawnBenchArgs {
     /// memory growth, MemAvailable drop) before removing everything.
     #[arg(long)]
     pub hold: bool,
+    /// How the bench's slots reach its host netns: `routed` or `bridge`
+    /// (at most 1023 slots) [pool.layout; default: routed].
+    #[arg(long)]
+    pub layout: Option<wasp::pipeline::slot::Layout>,
     /// Print one JSON document.
     #[arg(long)]
     pub json: bool,
@@ -64,6 +68,7 @@ pub fn run(a: SpawnBenchArgs, mut cfg: Config) -> anyhow::Result<ExitCode> {
     cfg.firecracker
         .flag("--firecracker", a.firecracker.clone().map(Some));
     cfg.parallel.flag("--parallel", a.parallel);
+    cfg.layout.flag("--layout", a.layout);
     let runtime_dir = cfg.runtime_dir.value.clone();
     let parallel = cfg.parallel.value;
     let vmm = match a.vmm {
@@ -88,6 +93,7 @@ pub fn run(a: SpawnBenchArgs, mut cfg: Config) -> anyhow::Result<ExitCode> {
             registry: Some(wasp::pipeline::registry::Registry::dir_of(
                 &cfg.state_dir.value,
             )),
+            layout: cfg.layout.value,
         },
         &mut |_| bar.inc(1),
     );

@@ -603,6 +603,7 @@ pub fn demo_cmd(a: DemoArgs, cfg: Config) -> anyhow::Result<ExitCode> {
             registry: Some(wasp::pipeline::registry::Registry::dir_of(
                 &cfg.state_dir.value,
             )),
+            layout: cfg.layout.value,
         },
         &mut |_| bar.inc(1),
     );
