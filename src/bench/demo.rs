@@ -95,6 +95,9 @@ pub struct DemoReport {
     pub memory: MemFigures,
     /// The hold's figures (`hold`).
     pub hold: Option<HoldFigures>,
+    /// Killing every clone (the engine's shutdown: pidfd kill, reap,
+    /// files and records) plus draining the pool, in ms.
+    pub teardown_ms: f64,
 }
 
 /// Demo failures before any clone ran.
@@ -311,7 +314,7 @@ pub fn run_observed(
     // part-way, the golden boot, the engine): every slot, the host netns
     // and the registry record.
     cleanup_errors.extend(remove_run_pool(&net, &host));
-    let (spawn, agents_ok, agent_failures, memory, hold) = result?;
+    let (spawn, agents_ok, agent_failures, memory, hold, teardown_ms) = result?;
     let hold = hold.map(|mut h| {
         if let (Some(before), Some(after)) = (baseline, host_mem()) {
             h.residual_available_kib = before.available as i64 - after.available as i64;
@@ -327,6 +330,7 @@ pub fn run_observed(
         cleanup_errors,
         memory,
         hold,
+        teardown_ms,
     })
 }
 
@@ -336,6 +340,7 @@ type Inner = (
     Vec<(String, String)>,
     MemFigures,
     Option<HoldFigures>,
+    f64,
 );
 
 /// The pool and host side of this process's run: pool `demo<pid>` in
@@ -488,6 +493,7 @@ fn run_inner(
     // Stop the clones before draining the pool (their slots go with it):
     // the engine kills each through its pidfd, reaps it, removes its files
     // and record, and gives its slot back.
+    let t_down = std::time::Instant::now();
     let down = engine.shutdown(true);
     for r in &down.killed {
         cleanup_errors.extend(r.errors.iter().map(|e| format!("{}: {e}", r.id)));
@@ -503,5 +509,6 @@ fn run_inner(
     if let Err(e) = slots.pool().ops().remove_host() {
         cleanup_errors.push(crate::error::chain(&e));
     }
-    Ok((report?, ok, failures, memory, hold))
+    let teardown_ms = crate::stats::ms(t_down.elapsed());
+    Ok((report?, ok, failures, memory, hold, teardown_ms))
 }

@@ -58,6 +58,8 @@ pub struct SpawnBenchReport {
     pub storage_strategy: String,
     /// Wall time of the batch (ms).
     pub wall_ms: f64,
+    /// Killing every clone plus draining the pool afterwards (ms).
+    pub teardown_ms: f64,
     /// Clones ready.
     pub ready: usize,
     /// Clones failed.
@@ -192,6 +194,7 @@ fn report(o: &SpawnBenchOptions, r: DemoReport) -> SpawnBenchReport {
         driver: s.driver.to_string(),
         storage_strategy: s.storage_strategy.to_string(),
         wall_ms: s.wall_ms,
+        teardown_ms: r.teardown_ms,
         ready: s.ready,
         failed: s.failed,
         latency_ms: Percentiles::of(&totals),
@@ -283,6 +286,7 @@ mod tests {
             cleanup_errors: cleanup,
             memory: Default::default(),
             hold: None,
+            teardown_ms: 0.0,
         }
     }
 

@@ -127,8 +127,8 @@ pub fn run(a: SpawnBenchArgs, mut cfg: Config) -> anyhow::Result<ExitCode> {
             out.count, out.vmm, out.parallel, out.driver, out.storage_strategy
         );
         println!(
-            "  wall {:.1} ms, {} ready, {} failed",
-            out.wall_ms, out.ready, out.failed
+            "  wall {:.1} ms, {} ready, {} failed; kill all + drain {:.1} ms",
+            out.wall_ms, out.ready, out.failed, out.teardown_ms
         );
         let mut rows = vec![("latency", "ms", &out.latency_ms)];
         rows.extend(out.phase_rows.iter().map(|(n, p)| (*n, "ms", p)));
