@@ -313,8 +313,11 @@ pub fn run_observed(
     // The run's pool, whatever stopped the run (a pool build that failed
     // part-way, the golden boot, the engine): every slot, the host netns
     // and the registry record.
+    let t_pool = std::time::Instant::now();
     cleanup_errors.extend(remove_run_pool(&net, &host));
-    let (spawn, agents_ok, agent_failures, memory, hold, teardown_ms) = result?;
+    let pool_ms = crate::stats::ms(t_pool.elapsed());
+    let (spawn, agents_ok, agent_failures, memory, hold, kill_ms) = result?;
+    let teardown_ms = kill_ms + pool_ms;
     let hold = hold.map(|mut h| {
         if let (Some(before), Some(after)) = (baseline, host_mem()) {
             h.residual_available_kib = before.available as i64 - after.available as i64;
@@ -499,14 +502,10 @@ fn run_inner(
         cleanup_errors.extend(r.errors.iter().map(|e| format!("{}: {e}", r.id)));
     }
     let driver_error = engine.take_driver_error();
-    let slots = engine.into_slots();
+    // The slots go with the run's host netns ([`remove_run_pool`], in
+    // `run_observed`): no slot-by-slot drain.
+    drop(engine.into_slots());
     if let Some(e) = driver_error {
-        cleanup_errors.push(crate::error::chain(&e));
-    }
-    if let Err(e) = slots.pool().drain() {
-        cleanup_errors.push(crate::error::chain(&e));
-    }
-    if let Err(e) = slots.pool().ops().remove_host() {
         cleanup_errors.push(crate::error::chain(&e));
     }
     let teardown_ms = crate::stats::ms(t_down.elapsed());
