@@ -96,8 +96,10 @@ pub struct DemoReport {
     /// The hold's figures (`hold`).
     pub hold: Option<HoldFigures>,
     /// Killing every clone (the engine's shutdown: pidfd kill, reap,
-    /// files and records) plus draining the pool, in ms.
+    /// files and records) plus removing the pool, in ms.
     pub teardown_ms: f64,
+    /// Of which removing the pool (its host netns, then the slot names).
+    pub teardown_pool_ms: f64,
 }
 
 /// Demo failures before any clone ran.
@@ -318,6 +320,7 @@ pub fn run_observed(
     let pool_ms = crate::stats::ms(t_pool.elapsed());
     let (spawn, agents_ok, agent_failures, memory, hold, kill_ms) = result?;
     let teardown_ms = kill_ms + pool_ms;
+    tracing::info!("teardown: clones stopped in {kill_ms:.1} ms, pool removed in {pool_ms:.1} ms");
     let hold = hold.map(|mut h| {
         if let (Some(before), Some(after)) = (baseline, host_mem()) {
             h.residual_available_kib = before.available as i64 - after.available as i64;
@@ -334,6 +337,7 @@ pub fn run_observed(
         memory,
         hold,
         teardown_ms,
+        teardown_pool_ms: pool_ms,
     })
 }
 

@@ -58,8 +58,10 @@ pub struct SpawnBenchReport {
     pub storage_strategy: String,
     /// Wall time of the batch (ms).
     pub wall_ms: f64,
-    /// Killing every clone plus draining the pool afterwards (ms).
+    /// Killing every clone plus removing the pool afterwards (ms).
     pub teardown_ms: f64,
+    /// Of which removing the pool (ms).
+    pub teardown_pool_ms: f64,
     /// Clones ready.
     pub ready: usize,
     /// Clones failed.
@@ -195,6 +197,7 @@ fn report(o: &SpawnBenchOptions, r: DemoReport) -> SpawnBenchReport {
         storage_strategy: s.storage_strategy.to_string(),
         wall_ms: s.wall_ms,
         teardown_ms: r.teardown_ms,
+        teardown_pool_ms: r.teardown_pool_ms,
         ready: s.ready,
         failed: s.failed,
         latency_ms: Percentiles::of(&totals),
@@ -287,6 +290,7 @@ mod tests {
             memory: Default::default(),
             hold: None,
             teardown_ms: 0.0,
+            teardown_pool_ms: 0.0,
         }
     }
 

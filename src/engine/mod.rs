@@ -748,12 +748,12 @@ impl<S: Slots + 'static> Engine<S> {
             ..Default::default()
         };
         if kill_clones {
-            let ids: Vec<String> = lock(&self.core.live).by_id.keys().cloned().collect();
-            for id in ids {
-                if let Ok(r) = self.kill(&id, Duration::from_secs(2)) {
-                    rep.killed.push(r);
-                }
-            }
+            let runs: Vec<Running> = {
+                let mut live = lock(&self.core.live);
+                let ids: Vec<String> = live.by_id.keys().cloned().collect();
+                ids.iter().filter_map(|id| live.take_id(id)).collect()
+            };
+            rep.killed = self.core.stop_all(runs, Duration::from_secs(2));
         }
         if let Some(h) = t.reaper.take() {
             let _ = self.core.reaper_stop.signal();
@@ -1505,6 +1505,43 @@ impl<S: Slots + 'static> Core<S> {
             VmmFate::Killed
         };
         self.reclaim(run, fate)
+    }
+
+    /// [`Core::stop`] for many clones at once: every VMM is signalled
+    /// first, so they exit (and the kernel frees them) side by side, then
+    /// each is waited for within what is left of one shared `grace`,
+    /// SIGKILLed past it, and reclaimed.
+    fn stop_all(&self, runs: Vec<Running>, grace: Duration) -> Vec<Reaped> {
+        let exited = |run: &Running, d: Duration| {
+            let ms = d.as_millis().min(i32::MAX as u128) as i32;
+            sys::pidfd::pidfd_exited(&run.pidfd, ms).unwrap_or(false)
+        };
+        let gone: Vec<bool> = runs
+            .iter()
+            .map(|run| {
+                let _ = self.epoll.delete(run.pidfd.as_fd());
+                let gone = exited(run, Duration::ZERO);
+                if !gone {
+                    let _ = sys::pidfd::pidfd_send_signal(&run.pidfd, libc::SIGTERM);
+                }
+                gone
+            })
+            .collect();
+        let deadline = Instant::now() + grace;
+        runs.into_iter()
+            .zip(gone)
+            .map(|(run, gone)| {
+                let fate = if gone {
+                    VmmFate::AlreadyGone
+                } else if exited(&run, deadline.saturating_duration_since(Instant::now())) {
+                    VmmFate::Terminated
+                } else {
+                    let _ = sys::pidfd::pidfd_send_signal(&run.pidfd, libc::SIGKILL);
+                    VmmFate::Killed
+                };
+                self.reclaim(run, fate)
+            })
+            .collect()
     }
 
     /// Reaps a clone's VMM (gone, or going after SIGKILL), removes its
