@@ -781,6 +781,9 @@ impl<S: Slots + 'static> Drop for Engine<S> {
     }
 }
 
+/// How many VMMs a shutdown signals before waiting for them.
+const STOP_WAVE: usize = 256;
+
 fn placeholder_plan() -> Arc<Plan> {
     Arc::new(Plan {
         snapshot_path: PathBuf::new(),
@@ -1511,7 +1514,19 @@ impl<S: Slots + 'static> Core<S> {
     /// first, so they exit (and the kernel frees them) side by side, then
     /// each is waited for within what is left of one shared `grace`,
     /// SIGKILLed past it, and reclaimed.
-    fn stop_all(&self, runs: Vec<Running>, grace: Duration) -> Vec<Reaped> {
+    fn stop_all(&self, mut runs: Vec<Running>, grace: Duration) -> Vec<Reaped> {
+        // In waves, so thousands of exiting VMMs do not all contend for
+        // the CPUs (and the load average) at once.
+        let mut out = Vec::with_capacity(runs.len());
+        while !runs.is_empty() {
+            let rest = runs.split_off(runs.len().min(STOP_WAVE));
+            out.extend(self.stop_wave(std::mem::replace(&mut runs, rest), grace));
+        }
+        out
+    }
+
+    /// One wave of [`Core::stop_all`].
+    fn stop_wave(&self, runs: Vec<Running>, grace: Duration) -> Vec<Reaped> {
         let exited = |run: &Running, d: Duration| {
             let ms = d.as_millis().min(i32::MAX as u128) as i32;
             sys::pidfd::pidfd_exited(&run.pidfd, ms).unwrap_or(false)

@@ -210,26 +210,32 @@ pub fn teardown(
     finish_teardown(store, r, stopped)
 }
 
-/// [`teardown`] of many clones at once: every VMM is signalled first, so
-/// they exit side by side, then each is waited for within what is left of
-/// one shared `grace` (SIGKILL past it) and its files, isolation and
-/// record removed. One result per record, in order.
+/// [`teardown`] of many clones at once: the VMMs of a wave are signalled
+/// first, so they exit side by side, then each is waited for within what
+/// is left of the wave's `grace` (SIGKILL past it) and its files,
+/// isolation and record removed. One result per record, in order.
 pub fn teardown_many(
     store: &state::Store,
     records: &[CloneRecord],
     grace: Duration,
 ) -> Vec<(Option<VmmFate>, Vec<TeardownError>)> {
-    let begun: Vec<_> = records.iter().map(begin_stop).collect();
-    let deadline = std::time::Instant::now() + grace;
-    records
-        .iter()
-        .zip(begun)
-        .map(|(r, b)| {
+    let mut out = Vec::with_capacity(records.len());
+    // In waves of [`STOP_WAVE`]: thousands of VMMs exiting at once would
+    // all contend for the CPUs together.
+    for wave in records.chunks(STOP_WAVE) {
+        let begun: Vec<_> = wave.iter().map(begin_stop).collect();
+        let deadline = std::time::Instant::now() + grace;
+        out.extend(wave.iter().zip(begun).map(|(r, b)| {
             let stopped = b.and_then(|s| finish_stop(r, s, deadline));
             finish_teardown(store, r, stopped)
-        })
-        .collect()
+        }));
+    }
+    out
 }
+
+/// How many VMMs [`teardown_many`] (and the engine's shutdown) signal
+/// before waiting for them.
+pub const STOP_WAVE: usize = 256;
 
 /// The rest of a teardown once the VMM's stop is known: files, isolation
 /// and record.
