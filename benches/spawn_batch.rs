@@ -38,6 +38,8 @@ fn spawn_batch(c: &mut Criterion) {
                     driver: None,
                     mem_mib: 16,
                     hold: false,
+                    registry: None,
+                    layout: Default::default(),
                 })
                 .expect("a stand-in batch");
                 assert_eq!(r.spawn.summary.ready, CLONES, "{:?}", r.spawn.clones);

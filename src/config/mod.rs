@@ -343,6 +343,7 @@ mod tests {
 name = "batch"
 cidr = "10.20.0.0/16"
 bridge = "wasp1"
+layout = "bridge"
 host_netns = "wasp-host"
 allow_host = ["10.20.0.1:9000", "10.20.0.1:9001"]
 connect_uids = [990]
@@ -405,6 +406,7 @@ id_range = "80000-80999"
         assert_eq!(c.state_dir.value, Path::new("/run/wasp2"));
         assert_eq!(c.ready.value, Ready::Running);
         assert_eq!(c.parallel.value, 64);
+        assert_eq!(c.slot_net().layout, crate::pipeline::slot::Layout::Bridge);
         assert_eq!(c.jailer_ids.value.to_string(), "80000-80999");
         let fc = c.firecracker_choice().unwrap();
         assert_eq!(fc.path, Path::new("/opt/fc/firecracker"));

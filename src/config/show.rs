@@ -35,14 +35,14 @@ impl Config {
             e("pool.cidr", &self.cidr, json!(self.cidr.value.to_string())),
             e("pool.bridge", &self.bridge, json!(self.bridge.value)),
             e(
-                "pool.layout",
-                &self.layout,
-                json!(self.layout.value.to_string()),
-            ),
-            e(
                 "pool.host_netns",
                 &self.host_netns,
                 json!(self.host_netns.value),
+            ),
+            e(
+                "pool.layout",
+                &self.layout,
+                json!(self.layout.value.to_string()),
             ),
             e(
                 "pool.allow_host",
