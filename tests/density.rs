@@ -4,8 +4,8 @@
 //! allowed host port, clone to clone and a port that is not allowed are
 //! dropped, and a rebuilt slot keeps its clone IP. A bridge pool of the
 //! same size is refused before anything is built, naming the limit.
-//! Takes about 33 s on the 2-core reference host (debug build, load
-//! average 8 from other builds), most of it building (14 s) and draining
+//! Takes 18 s on the 2-core reference host (debug build, load average 4
+//! from other builds; 33 s at load 8), most of it building and draining
 //! the 1 100 slots.
 
 use wasp_testkit as testkit;
