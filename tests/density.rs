@@ -162,3 +162,29 @@ fn a_routed_pool_crosses_the_bridge_port_limit_isolated() {
     );
     g.stop().expect("guest ran cleanly");
 }
+
+#[test]
+fn a_bridge_pool_keeps_its_layout_under_the_routed_default() {
+    root_or_skip!();
+    let w = testkit::cli::World::new(wasp_testkit::wasp_bin!(), "keep");
+    let warm = w
+        .wasp(&["pool", "warm", "--size", "3", "--layout", "bridge"], true)
+        .output()
+        .unwrap();
+    testkit::ok(&warm);
+    // Reconcile with the default (routed) settings: the pool's record says
+    // bridge, so its three bridge-port slots are healthy, not broken.
+    let r = w.reconcile();
+    let pool = r["pools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["pool"] == w.pool.as_str())
+        .unwrap_or_else(|| panic!("{r:#}"))
+        .clone();
+    assert_eq!(pool["healthy"], 3, "{pool:#}");
+    assert_eq!(pool["removed"], serde_json::json!([]), "{pool:#}");
+    let links = w.host.sh("ip -o link show master wasp0");
+    assert_eq!(links.lines().count(), 3, "still bridge ports: {links}");
+    testkit::ok(&w.wasp(&["pool", "drain"], true).output().unwrap());
+}

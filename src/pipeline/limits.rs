@@ -312,7 +312,16 @@ pub fn check_pool(
     host: &crate::pipeline::slot::HostNet,
     d: Demand,
 ) -> Result<Vec<Limit>, LimitsError> {
-    let d = d.with_layout(net);
+    // The layout the pool keeps (its record's), not only the one asked for.
+    let mut net = net.clone();
+    if let Some(dir) = &host.registry {
+        let recorded = crate::pipeline::registry::Registry::at(dir)
+            .get(&net.pool)
+            .ok()
+            .flatten();
+        net.keep_recorded_layout(recorded.as_ref());
+    }
+    let d = d.with_layout(&net);
     let fd = match host.netns.as_deref().filter(|n| sys::netns::exists(n)) {
         Some(n) => Some(
             sys::netns::open_named(n).map_err(|source| LimitsError::Read {

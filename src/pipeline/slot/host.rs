@@ -3,7 +3,9 @@
 //! registry record.
 
 use super::links::{del_host_link, dump_addrs, dump_links, dump_routes, get_link, send_acked};
-use super::{io_err, nl, Cidr, ConnectUids, HostNet, SlotError, SlotNet, BRIDGE_ALIAS, NFT_TABLE};
+use super::{
+    io_err, nl, Cidr, ConnectUids, HostNet, Layout, SlotError, SlotNet, BRIDGE_ALIAS, NFT_TABLE,
+};
 use crate::netlink::nft::{self, BaseChain, Batch, ChainType, CmpOp, Expr, Hook};
 use crate::netlink::{rtnl, MsgBuf, NetlinkError, Socket};
 use crate::pipeline::registry::{PoolEntry, Registry};
@@ -51,6 +53,20 @@ impl SlotNet {
             ..HostNet::default()
         };
         Some((net, host))
+    }
+}
+
+impl SlotNet {
+    /// A pool keeps the layout it was built with: when `recorded` (its
+    /// registry record) names another layout than these settings, the
+    /// recorded one is taken (returned as `Some(old)`, the layout asked
+    /// for), so an upgrade to a new default or a changed `pool.layout`
+    /// never judges the pool's wired slots (and their clones) broken.
+    /// Drain the pool to change its layout. Records older than layouts
+    /// are bridge pools.
+    pub fn keep_recorded_layout(&mut self, recorded: Option<&PoolEntry>) -> Option<Layout> {
+        let old = recorded?.layout.parse::<Layout>().ok()?;
+        (old != self.layout).then(|| std::mem::replace(&mut self.layout, old))
     }
 }
 
@@ -443,5 +459,29 @@ mod tests {
             .map(|(n, _)| n.pool)
             .collect();
         assert_eq!(names, ["default", "shared"]);
+    }
+
+    #[test]
+    fn a_pool_keeps_the_layout_it_was_built_with() {
+        let bridge = SlotNet {
+            layout: Layout::Bridge,
+            ..SlotNet::default()
+        };
+        let mut e = bridge.registry_entry(&HostNet::default(), false);
+        let mut net = SlotNet::default();
+        assert_eq!(net.layout, Layout::Routed);
+        assert_eq!(net.keep_recorded_layout(Some(&e)), Some(Layout::Routed));
+        assert_eq!(net.layout, Layout::Bridge);
+        assert_eq!(net.keep_recorded_layout(Some(&e)), None);
+        // No record, or one that does not parse: the settings stand.
+        let mut net = SlotNet::default();
+        assert_eq!(net.keep_recorded_layout(None), None);
+        e.layout = "mesh".into();
+        assert_eq!(net.keep_recorded_layout(Some(&e)), None);
+        assert_eq!(net.layout, Layout::Routed);
+        // A record written before layouts existed is a bridge pool.
+        let old = r#"{"pool":"p","host_netns":null,"host_netns_created":false,"cidr":"10.0.0.0/16","bridge":"wasp0","tap":"tap0","tap_ip":"192.168.241.1","tap_prefix":29,"guest_ip":"192.168.241.2","allow_host":[],"egress":false,"owner":null}"#;
+        let e: PoolEntry = serde_json::from_str(old).unwrap();
+        assert_eq!(e.layout, "bridge");
     }
 }

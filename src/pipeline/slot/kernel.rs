@@ -65,6 +65,7 @@ impl Kernel {
     /// each time (the rule is replaced, or removed for
     /// [`ConnectUids::Any`](super::ConnectUids::Any)).
     pub fn setup(mut net: SlotNet, host: &HostNet) -> Result<Kernel, SlotError> {
+        keep_recorded_layout(&mut net, host);
         // An egress uplink means the slots must forward to it too.
         net.egress |= host.egress_uplink.is_some();
         net.validate()?;
@@ -184,7 +185,8 @@ impl Kernel {
 
     /// Attaches to an existing host side without creating anything (for
     /// status, reconcile and drain). A missing bridge is fine (index 0).
-    pub fn attach(net: SlotNet, host: &HostNet) -> Result<Kernel, SlotError> {
+    pub fn attach(mut net: SlotNet, host: &HostNet) -> Result<Kernel, SlotError> {
+        keep_recorded_layout(&mut net, host);
         net.validate()?;
         let host_ns = match &host.netns {
             Some(name) => netns::open_named(name).map_err(io_err(format!(
@@ -265,6 +267,22 @@ impl Kernel {
     /// The worker threads, started on first use.
     fn workers(&self) -> &Workers {
         self.workers.get_or_init(|| Workers::start(&self.host_ns))
+    }
+}
+
+/// [`SlotNet::keep_recorded_layout`] with the pool's record in `host`'s
+/// registry, saying so when it changes the layout.
+fn keep_recorded_layout(net: &mut SlotNet, host: &HostNet) {
+    let Some(dir) = &host.registry else {
+        return;
+    };
+    let recorded = Registry::at(dir).get(&net.pool).ok().flatten();
+    if let Some(asked) = net.keep_recorded_layout(recorded.as_ref()) {
+        tracing::warn!(
+            "pool {} was built with the {} layout and keeps it ({asked} asked for); drain the pool to change its layout",
+            net.pool,
+            net.layout
+        );
     }
 }
 
