@@ -40,6 +40,8 @@ fn spawn_batch(c: &mut Criterion) {
                     hold: false,
                     one_at_a_time: false,
                     standby: 0,
+                    registry: None,
+                    layout: Default::default(),
                 })
                 .expect("a stand-in batch");
                 assert_eq!(r.spawn.summary.ready, CLONES, "{:?}", r.spawn.clones);

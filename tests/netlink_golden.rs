@@ -36,6 +36,11 @@
 //! - `nft_del_chain.strace.txt`: `nft delete chain ip wasp
 //!   connect_golden`, the same way.
 //!
+//! - `ip_routed.strace.txt` (kernel 6.18, iproute2 6.1.0): the routed
+//!   layout's host veth (a MAC of its own, no master) and its `/32` host
+//!   route, made by `sh tests/tools/capture_routed.sh` (the commands are
+//!   in it; it runs them in `unshare -n` and a scratch peer netns).
+//!
 //! Only the fields the kernel or the tool chooses per run are normalised:
 //! `nlmsg_seq` (ip uses the time) and `nlmsg_pid`.
 
@@ -104,6 +109,7 @@ fn rtnetlink_messages_match_ip() {
         peer_index: 0,
         peer_up: false,
         peer_mac: None,
+        mac: None,
         queues: None,
     };
     assert_eq!(built(|b| rtnl::new_veth(b, 0, &veth)), cap[1]);
@@ -183,6 +189,7 @@ fn neighbour_and_mac_messages_match_ip() {
         peer_index: 0,
         peer_up: false,
         peer_mac: Some(*b"\x02wasp\x08"),
+        mac: None,
         queues: Some(1),
     };
     assert_eq!(built(|b| rtnl::new_veth(b, 0, &slot_veth)), cap[3]);
@@ -197,6 +204,41 @@ fn neighbour_and_mac_messages_match_ip() {
             [0x06, 0, 0xc0, 0xa8, 0xf1, 0x02]
         )),
         cap[4]
+    );
+}
+
+#[test]
+fn routed_layout_messages_match_ip() {
+    let cap: Vec<Vec<u8>> = parse_dump(include_str!("golden/ip_routed.strace.txt"))
+        .into_iter()
+        .map(normalise)
+        .collect();
+    assert_eq!(cap.len(), 2, "one capture per command");
+    // The routed slot's host veth: one queue pair per end, on no bridge,
+    // with the gateway's MAC; the peer in NS (fd 4) with its fixed MAC.
+    let slot_veth = rtnl::VethSpec {
+        name: "wp-x-3",
+        up: false,
+        master: None,
+        peer_name: "veth0",
+        peer_ns_fd: Some(4),
+        peer_index: 0,
+        peer_up: false,
+        peer_mac: Some(*b"\x02wasp\x09"),
+        mac: Some(*b"\x0awasp\x01"),
+        queues: Some(1),
+    };
+    assert_eq!(built(|b| rtnl::new_veth(b, 0, &slot_veth)), cap[0]);
+    // ip route add 10.0.0.9/32 dev wp-x-3 src 10.0.0.1 (wp-x-3 is ifindex 3)
+    assert_eq!(
+        built(|b| rtnl::host_route(
+            b,
+            0,
+            Ipv4Addr::new(10, 0, 0, 9),
+            Ipv4Addr::new(10, 0, 0, 1),
+            3
+        )),
+        cap[1]
     );
 }
 

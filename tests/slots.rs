@@ -12,7 +12,7 @@ use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 use testkit::TestNetns;
-use wasp::pipeline::slot::{HostNet, Kernel, Slot, SlotError, SlotNet, SlotOps};
+use wasp::pipeline::slot::{HostNet, Kernel, Layout, Slot, SlotError, SlotNet, SlotOps};
 use wasp::standin::guestnet::{GuestIface, GuestNet, GuestNetConfig, Outbound};
 use wasp::sys::{netns, tap};
 
@@ -25,7 +25,11 @@ fn pool_name(tag: &str) -> String {
 }
 
 fn setup(tag: &str) -> (TestNetns, Kernel) {
-    testkit::slot_host(tag, pool_name(tag))
+    setup_with(tag, Layout::Bridge)
+}
+
+fn setup_with(tag: &str, layout: Layout) -> (TestNetns, Kernel) {
+    testkit::slot_host_with(tag, pool_name(tag), layout)
 }
 
 /// Destroys slots on drop, even when the test panics.
@@ -87,7 +91,31 @@ fn packets_flow_both_ways_and_clones_are_isolated() {
     let _guard = Slots(&k, vec![0, 1, 2]);
     assert_eq!(s0.clone_ip, Ipv4Addr::new(10, 0, 0, 2));
     assert_eq!(s1.clone_ip, Ipv4Addr::new(10, 0, 0, 3));
+    packets_and_isolation(&host, [&s0, &s1, &s2]);
+}
 
+#[test]
+fn routed_packets_flow_both_ways_and_clones_are_isolated() {
+    root_or_skip!();
+    let (host, k) = setup_with("pr", Layout::Routed);
+    let s0 = k.build(0).expect("build slot 0");
+    let s1 = k.build(1).expect("build slot 1");
+    let s2 = k.build(2).expect("build slot 2");
+    let _guard = Slots(&k, vec![0, 1, 2]);
+    // No bridge port: the host end carries the clone's /32 route.
+    let r = host.sh("ip -o route show 10.0.0.3");
+    assert!(
+        r.contains(&format!("dev {} ", s1.host_veth)) && r.contains("src 10.0.0.1"),
+        "{r}"
+    );
+    let v = host.sh(&format!("ip -d -o link show dev {}", s1.host_veth));
+    assert!(!v.contains("master") && !v.contains("bridge_slave"), "{v}");
+    packets_and_isolation(&host, [&s0, &s1, &s2]);
+}
+
+/// Host <-> guest both ways on the allowed port, clone 1 -> clone 0 and
+/// clone 2 -> a port that is not allowed both dropped.
+fn packets_and_isolation(host: &TestNetns, [s0, s1, s2]: [&Slot; 3]) {
     // The host's API server on the allowed port, and one on a port that
     // is not allowed.
     let api = host.run(|| TcpListener::bind((GW, 8080)).expect("bind api"));
@@ -96,9 +124,9 @@ fn packets_flow_both_ways_and_clones_are_isolated() {
     let (ob0, rx0) = outbound(SocketAddrV4::new(GW, 8080));
     let (ob1, rx1) = outbound(SocketAddrV4::new(s0.clone_ip, 22));
     let (ob2, rx2) = outbound(SocketAddrV4::new(GW, 9999));
-    let g0 = guest(&s0, Some(ob0));
-    let g1 = guest(&s1, Some(ob1));
-    let g2 = guest(&s2, Some(ob2));
+    let g0 = guest(s0, Some(ob0));
+    let g1 = guest(s1, Some(ob1));
+    let g2 = guest(s2, Some(ob2));
 
     // Guest 0 -> host API: arrives with the clone IP as source.
     let (mut c, peer) = netutil::accept_within(&api, NET);

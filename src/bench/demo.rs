@@ -76,6 +76,13 @@ pub struct DemoOptions {
     /// experimental). With it, requests go one at a time, each once a
     /// standby is held.
     pub standby: usize,
+    /// The pool registry to record the run's pool in, owned by this
+    /// process (the caller's state dir's, [`crate::pipeline::registry`]):
+    /// if the run is killed, a plain `wasp reconcile` of that state dir
+    /// removes the pool. `None`: not recorded.
+    pub registry: Option<PathBuf>,
+    /// The slots' layout.
+    pub layout: crate::pipeline::slot::Layout,
 }
 
 /// What the demo saw.
@@ -97,6 +104,11 @@ pub struct DemoReport {
     pub hold: Option<HoldFigures>,
     /// Each request's wall time, submit to report (ms), one at a time.
     pub request_ms: Vec<f64>,
+    /// Killing every clone (the engine's shutdown: pidfd kill, reap,
+    /// files and records) plus removing the pool, in ms.
+    pub teardown_ms: f64,
+    /// Of which removing the pool (its host netns, then the slot names).
+    pub teardown_pool_ms: f64,
 }
 
 /// Demo failures before any clone ran.
@@ -292,7 +304,8 @@ pub fn run_observed(
     // Before anything is made: the hold's check that nothing stayed.
     let baseline = host_mem();
     let mut cleanup_errors = Vec::new();
-    let result = run_inner(o, &host_netns, &mut cleanup_errors, on_done);
+    let (net, host) = run_pool(o, &host_netns);
+    let result = run_inner(o, &net, &host, &mut cleanup_errors, on_done);
     // Remove everything, whatever happened above.
     let state_dir = o.work_dir.join("state");
     if let Ok(store) = state::Store::open(&state_dir) {
@@ -308,12 +321,15 @@ pub fn run_observed(
             cleanup_errors.push(format!("remove {}: {e}", o.work_dir.display()));
         }
     }
-    if sys::netns::exists(&host_netns) {
-        if let Err(e) = sys::netns::delete_named(&host_netns) {
-            cleanup_errors.push(format!("delete netns {host_netns}: {e}"));
-        }
-    }
-    let (spawn, agents_ok, agent_failures, memory, hold, request_ms) = result?;
+    // The run's pool, whatever stopped the run (a pool build that failed
+    // part-way, the golden boot, the engine): every slot, the host netns
+    // and the registry record.
+    let t_pool = std::time::Instant::now();
+    cleanup_errors.extend(remove_run_pool(&net, &host));
+    let pool_ms = crate::stats::ms(t_pool.elapsed());
+    let (spawn, agents_ok, agent_failures, memory, hold, request_ms, kill_ms) = result?;
+    let teardown_ms = kill_ms + pool_ms;
+    tracing::info!("teardown: clones stopped in {kill_ms:.1} ms, pool removed in {pool_ms:.1} ms");
     let hold = hold.map(|mut h| {
         if let (Some(before), Some(after)) = (baseline, host_mem()) {
             h.residual_available_kib = before.available as i64 - after.available as i64;
@@ -330,6 +346,8 @@ pub fn run_observed(
         memory,
         hold,
         request_ms,
+        teardown_ms,
+        teardown_pool_ms: pool_ms,
     })
 }
 
@@ -340,27 +358,54 @@ type Inner = (
     MemFigures,
     Option<HoldFigures>,
     Vec<f64>,
+    f64,
 );
 
-fn run_inner(
-    o: &DemoOptions,
-    host_netns: &str,
-    cleanup_errors: &mut Vec<String>,
-    on_done: &mut (dyn FnMut(&batch::CloneReport) + Send),
-) -> Result<Inner, DemoError> {
-    let snap = o.work_dir.join("snapshot");
-    std::fs::create_dir_all(&o.work_dir).map_err(|e| DemoError::Io(o.work_dir.clone(), e))?;
+/// The pool and host side of this process's run: pool `demo<pid>` in
+/// the host netns `host_netns`, recorded as this process's own in
+/// `o.registry`.
+fn run_pool(o: &DemoOptions, host_netns: &str) -> (SlotNet, HostNet) {
     let net = SlotNet {
         pool: pool_of(std::process::id()),
+        layout: o.layout,
         ..SlotNet::default()
     };
     let host = HostNet {
         netns: Some(host_netns.to_owned()),
         egress_uplink: None,
+        registry: o.registry.clone(),
+        owner: crate::pipeline::registry::Owner::me(),
         ..Default::default()
     };
-    let guest = crate::snapshot::golden::GuestAddr::of(&net);
-    let mut slots = PoolSlots::open(net, &host, o.count, HashSet::new())?;
+    (net, host)
+}
+
+/// Removes the pool of a demo or bench run (its slots, its host netns and
+/// its registry record) and returns every error met.
+pub fn remove_run_pool(net: &SlotNet, host: &HostNet) -> Vec<String> {
+    let (_, mut errors) = crate::ops::reconcile::remove_owned_pool(net, host, true);
+    if errors.is_empty() {
+        if let Some(dir) = &host.registry {
+            if let Err(e) = crate::pipeline::registry::Registry::at(dir).remove(&net.pool) {
+                errors.push(crate::error::chain(&e));
+            }
+        }
+    }
+    errors
+}
+
+fn run_inner(
+    o: &DemoOptions,
+    net: &SlotNet,
+    host: &HostNet,
+    cleanup_errors: &mut Vec<String>,
+    on_done: &mut (dyn FnMut(&batch::CloneReport) + Send),
+) -> Result<Inner, DemoError> {
+    let snap = o.work_dir.join("snapshot");
+    std::fs::create_dir_all(&o.work_dir).map_err(|e| DemoError::Io(o.work_dir.clone(), e))?;
+    let host_netns = host.netns.as_deref().unwrap_or_default();
+    let guest = crate::snapshot::golden::GuestAddr::of(net);
+    let mut slots = PoolSlots::open(net.clone(), host, o.count, HashSet::new())?;
     let (vmm, ready) = match &o.vmm {
         DemoVmm::Standin => {
             ensure_snapshot_sized(&snap, o.mem_mib)?;
@@ -473,22 +518,20 @@ fn run_inner(
     // Stop the clones before draining the pool (their slots go with it):
     // the engine kills each through its pidfd, reaps it, removes its files
     // and record, and gives its slot back.
+    let t_down = std::time::Instant::now();
     let down = engine.shutdown(true);
     for r in &down.killed {
         cleanup_errors.extend(r.errors.iter().map(|e| format!("{}: {e}", r.id)));
     }
     let driver_error = engine.take_driver_error();
-    let slots = engine.into_slots();
+    // The slots go with the run's host netns ([`remove_run_pool`], in
+    // `run_observed`): no slot-by-slot drain.
+    drop(engine.into_slots());
     if let Some(e) = driver_error {
         cleanup_errors.push(crate::error::chain(&e));
     }
-    if let Err(e) = slots.pool().drain() {
-        cleanup_errors.push(crate::error::chain(&e));
-    }
-    if let Err(e) = slots.pool().ops().remove_host() {
-        cleanup_errors.push(crate::error::chain(&e));
-    }
-    Ok((report?, ok, failures, memory, hold, request_ms))
+    let teardown_ms = crate::stats::ms(t_down.elapsed());
+    Ok((report?, ok, failures, memory, hold, request_ms, teardown_ms))
 }
 
 /// `o.count` requests of one clone, one after the other (each once a

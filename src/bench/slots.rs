@@ -12,7 +12,6 @@ use thiserror::Error;
 use crate::pipeline::pool::{Pool, PoolConfig, PoolError};
 use crate::pipeline::slot::{BuildSteps, HostNet, Kernel, SlotError, SlotNet, SlotOps};
 use crate::stats::{ms, us, Percentiles};
-use crate::sys::netns;
 
 /// Figures of `wasp bench slots`.
 #[derive(Debug, Serialize)]
@@ -23,6 +22,8 @@ pub struct SlotFigures {
     pub count: usize,
     /// The clone address space the slots were built in (`pool.cidr`).
     pub cidr: String,
+    /// The slots' layout (`pool.layout`: `routed` or `bridge`).
+    pub layout: String,
     /// Per-slot build time, one after another (ms).
     pub create_ms: Percentiles,
     /// The same builds split into steps (ms per step, by step name; the
@@ -64,9 +65,6 @@ pub enum SlotsBenchError {
     /// The kernel counters could not be read.
     #[error("read /proc/meminfo")]
     Meminfo(#[source] std::io::Error),
-    /// The bench's host netns could not be made.
-    #[error("create netns {0}")]
-    HostNetns(String, #[source] std::io::Error),
     /// The bridge side in the bench's host netns could not be made.
     #[error("set up the bench host side")]
     Setup(#[source] SlotError),
@@ -102,19 +100,12 @@ pub enum SlotsBenchError {
     /// The slots could not be removed at the end.
     #[error("remove the bench slots")]
     Drain(#[source] PoolError),
-    /// The bridge could not be removed at the end.
-    #[error("remove the bench bridge")]
-    RemoveHost(#[source] SlotError),
-}
-
-/// Deletes the bench's host netns on every exit path.
-struct HostNs(String);
-impl Drop for HostNs {
-    fn drop(&mut self) {
-        if let Err(e) = netns::delete_named(&self.0) {
-            eprintln!("warning: could not delete {}: {e}", self.0);
-        }
-    }
+    /// A host limit is too low for `count` slots (nothing was built).
+    #[error("the host cannot hold the bench's slots")]
+    Limits(#[source] crate::pipeline::limits::LimitsError),
+    /// The bench's pool could not be removed completely at the end.
+    #[error("remove the bench's pool: {0}")]
+    Cleanup(String),
 }
 
 /// (unreclaimable kernel memory, slab) from /proc/meminfo, KiB.
@@ -125,14 +116,17 @@ fn meminfo() -> Result<(f64, f64), SlotsBenchError> {
 }
 
 /// Runs `wasp bench slots` on `count` slots of the shape `net` (its CIDR,
-/// bridge, tap and guest addressing; the caller checks that `count` fits),
-/// in a pool and host netns of the bench's own, so it never touches the
-/// configured pool or the machine's network. `on_step` is called after
-/// each slot build and each destroy (`2 * count` calls in all, before the
-/// fill).
+/// bridge, tap and guest addressing), in a pool and host netns of the
+/// bench's own (`bench<pid>`, `waspbench-<pid>`), so it never touches the
+/// configured pool or the machine's network. The pool is recorded in
+/// `registry` (the caller's state dir's) as this process's own, so a plain
+/// `wasp reconcile` removes it if the bench is killed; on every exit path
+/// the bench removes it itself. `on_step` is called after each slot build
+/// and each destroy (`2 * count` calls in all, before the fill).
 pub fn run(
     net: &SlotNet,
     count: usize,
+    registry: Option<&std::path::Path>,
     on_step: &mut dyn FnMut(),
 ) -> Result<SlotFigures, SlotsBenchError> {
     if count == 0 {
@@ -143,30 +137,43 @@ pub fn run(
         pool: format!("bench{pid}"),
         ..net.clone()
     };
-    // Not `wasp-<pool>-<n>`-shaped, so no pool's reconcile mistakes it.
-    let host_name = format!("waspbench-{pid}");
-    netns::create_named(&host_name)
-        .map_err(|e| SlotsBenchError::HostNetns(host_name.clone(), e))?;
-    let _host = HostNs(host_name.clone());
+    net.check_fits(count).map_err(SlotsBenchError::Setup)?;
     let cidr = net.cidr.to_string();
     let host = HostNet {
-        netns: Some(host_name),
+        // Not `wasp-<pool>-<n>`-shaped, so no pool's reconcile mistakes it.
+        netns: Some(format!("waspbench-{pid}")),
         egress_uplink: None,
+        registry: registry.map(std::path::Path::to_owned),
+        owner: crate::pipeline::registry::Owner::me(),
         ..Default::default()
     };
-    let k = Kernel::setup(net, &host).map_err(SlotsBenchError::Setup)?;
-    let cfg = PoolConfig {
-        low_water: 0,
-        ..PoolConfig::default()
-    };
-    let workers = cfg.workers;
-    let pool = Pool::new(k, cfg);
-    let r = measure(&pool, count, workers, cidr, on_step);
-    let drained = pool.drain();
-    let host_removed = pool.ops().remove_host();
+    let r = (|| {
+        crate::pipeline::limits::check_pool(
+            &net,
+            &host,
+            crate::pipeline::limits::Demand::slots(count as u64, &net.cidr),
+        )
+        .map_err(SlotsBenchError::Limits)?;
+        let k = Kernel::setup(net.clone(), &host).map_err(SlotsBenchError::Setup)?;
+        let cfg = PoolConfig {
+            low_water: 0,
+            ..PoolConfig::default()
+        };
+        let workers = cfg.workers;
+        let pool = Pool::new(k, cfg);
+        let r = measure(&pool, count, workers, cidr, on_step);
+        let drained = pool.drain();
+        let figs = r?;
+        drained.map_err(SlotsBenchError::Drain)?;
+        Ok(figs)
+    })();
+    // Whatever happened: the slots, the host netns (bridge and table with
+    // it) and the registry record.
+    let left = super::demo::remove_run_pool(&net, &host);
     let figs = r?;
-    drained.map_err(SlotsBenchError::Drain)?;
-    host_removed.map_err(SlotsBenchError::RemoveHost)?;
+    if !left.is_empty() {
+        return Err(SlotsBenchError::Cleanup(left.join("; ")));
+    }
     Ok(figs)
 }
 
@@ -228,6 +235,7 @@ fn measure(
         kind: "slots",
         count,
         cidr,
+        layout: k.net().layout.to_string(),
         create_ms: Percentiles::of(&create),
         create_steps_ms,
         fill_slots_per_s: fill,
@@ -289,8 +297,25 @@ mod tests {
     }
 
     #[test]
+    fn a_count_past_the_cidr_is_refused_before_anything_is_made() {
+        let net = SlotNet {
+            cidr: "10.9.0.0/28".parse().unwrap(),
+            ..SlotNet::default()
+        };
+        // 13 clone addresses in a /28: 14 slots cannot all be built. The
+        // refusal comes before any kernel object (this runs without root).
+        let e = run(&net, 14, None, &mut || {}).unwrap_err();
+        assert!(matches!(e, SlotsBenchError::Setup(_)), "{e}");
+        assert!(
+            crate::error::chain(&e).contains("exhausted"),
+            "{}",
+            crate::error::chain(&e)
+        );
+    }
+
+    #[test]
     fn zero_slots_is_refused_before_anything_is_made() {
-        let e = run(&SlotNet::default(), 0, &mut || {}).unwrap_err();
+        let e = run(&SlotNet::default(), 0, None, &mut || {}).unwrap_err();
         assert_eq!(e.to_string(), "--count must be at least 1");
     }
 }

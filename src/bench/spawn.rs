@@ -34,6 +34,11 @@ pub struct SpawnBenchOptions {
     pub one_at_a_time: bool,
     /// VMMs held started ahead (experimental; implies one at a time).
     pub standby: usize,
+    /// The registry the bench's pool is recorded in as this process's own
+    /// ([`DemoOptions::registry`]).
+    pub registry: Option<PathBuf>,
+    /// The slots' layout.
+    pub layout: crate::pipeline::slot::Layout,
 }
 
 /// The figures of `wasp bench spawn` (its `--json` document).
@@ -43,6 +48,8 @@ pub struct SpawnBenchReport {
     pub kind: &'static str,
     /// The VMM (`standin` or `firecracker`).
     pub vmm: String,
+    /// The slots' layout (`routed` or `bridge`).
+    pub layout: String,
     /// Clones.
     pub count: usize,
     /// In flight at once.
@@ -55,6 +62,10 @@ pub struct SpawnBenchReport {
     pub storage_strategy: String,
     /// Wall time of the batch (ms).
     pub wall_ms: f64,
+    /// Killing every clone plus removing the pool afterwards (ms).
+    pub teardown_ms: f64,
+    /// Of which removing the pool (ms).
+    pub teardown_pool_ms: f64,
     /// Clones ready.
     pub ready: usize,
     /// Clones failed.
@@ -162,6 +173,8 @@ pub fn run(
             hold: o.hold,
             one_at_a_time: o.one_at_a_time,
             standby: o.standby,
+            registry: o.registry.clone(),
+            layout: o.layout,
         },
         on_done,
     )?;
@@ -188,12 +201,15 @@ fn report(o: &SpawnBenchOptions, r: DemoReport) -> SpawnBenchReport {
     SpawnBenchReport {
         kind: "spawn",
         vmm: vmm_name(&o.vmm).to_owned(),
+        layout: o.layout.to_string(),
         count: o.count,
         parallel: o.parallel,
         runtime_dir: o.runtime_dir.clone(),
         driver: s.driver.to_string(),
         storage_strategy: s.storage_strategy.to_string(),
         wall_ms: s.wall_ms,
+        teardown_ms: r.teardown_ms,
+        teardown_pool_ms: r.teardown_pool_ms,
         ready: s.ready,
         failed: s.failed,
         latency_ms: Percentiles::of(&totals),
@@ -288,6 +304,8 @@ mod tests {
             memory: Default::default(),
             hold: None,
             request_ms: vec![],
+            teardown_ms: 0.0,
+            teardown_pool_ms: 0.0,
         }
     }
 
@@ -302,6 +320,8 @@ mod tests {
             hold: false,
             one_at_a_time: false,
             standby: 0,
+            registry: None,
+            layout: Default::default(),
         }
     }
 

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 use wasp::config::Config;
-use wasp::pipeline::slot::{Cidr, ConnectUids};
+use wasp::pipeline::slot::{Cidr, ConnectUids, Layout};
 
 /// Where the pool lives; shared by every pool subcommand. Each flag
 /// overrides the config file's `[pool]` value (see `wasp config show`).
@@ -26,6 +26,11 @@ pub struct Where {
     /// Host bridge name [pool.bridge; default: wasp0].
     #[arg(long)]
     pub bridge: Option<String>,
+    /// How slots reach the host netns: `routed` (a /32 route per slot, no
+    /// port limit) or `bridge` (one bridge, at most 1023 slots)
+    /// [pool.layout; default: routed].
+    #[arg(long)]
+    pub layout: Option<Layout>,
     /// Host ports clones may reach (repeatable), e.g. 10.0.0.1:8080
     /// [pool.allow_host; default: the bridge address, port 8080].
     #[arg(long = "allow-host", value_name = "ADDR:PORT")]
@@ -46,6 +51,7 @@ impl Where {
             .flag("--host-netns", self.host_netns.clone().map(Some));
         cfg.cidr.flag("--cidr", self.cidr);
         cfg.bridge.flag("--bridge", self.bridge.clone());
+        cfg.layout.flag("--layout", self.layout);
         cfg.allow_host.flag(
             "--allow-host",
             (!self.allow_host.is_empty()).then(|| Some(self.allow_host.clone())),

@@ -33,6 +33,10 @@ pub struct SlotsArgs {
     /// Slots to build (all are held at once).
     #[arg(long, default_value_t = 200)]
     pub count: usize,
+    /// How the slots reach the bench's host netns: `routed` or `bridge`
+    /// (at most 1023 slots) [pool.layout; default: routed].
+    #[arg(long)]
+    pub layout: Option<wasp::pipeline::slot::Layout>,
     /// Print one JSON document.
     #[arg(long)]
     pub json: bool,
@@ -54,7 +58,8 @@ pub fn run(b: Bench, cfg: super::LoadConfig) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn slots(a: SlotsArgs, cfg: Config) -> anyhow::Result<ExitCode> {
+fn slots(a: SlotsArgs, mut cfg: Config) -> anyhow::Result<ExitCode> {
+    cfg.layout.flag("--layout", a.layout);
     anyhow::ensure!(a.count > 0, "--count must be at least 1");
     if let Some(p) = &a.plot {
         wasp::bench::plot::check_path(p)?;
@@ -70,7 +75,8 @@ fn slots(a: SlotsArgs, cfg: Config) -> anyhow::Result<ExitCode> {
     })?;
     let total = a.count * 2;
     let bar = super::progress::bar(total, "slots");
-    let r = wasp::bench::slots::run(&net, a.count, &mut || {
+    let registry = wasp::pipeline::registry::Registry::dir_of(&cfg.state_dir.value);
+    let r = wasp::bench::slots::run(&net, a.count, Some(&registry), &mut || {
         bar.inc(1);
         if bar.position() == total as u64 {
             // Builds and destroys done: the fill shows no bar.
@@ -94,8 +100,8 @@ fn slots(a: SlotsArgs, cfg: Config) -> anyhow::Result<ExitCode> {
         super::print_json(&figs)?;
     } else {
         println!(
-            "wasp bench slots: {} slots in {}, fill on {} workers",
-            figs.count, figs.cidr, figs.workers
+            "wasp bench slots: {} {} slots in {}, fill on {} workers",
+            figs.count, figs.layout, figs.cidr, figs.workers
         );
         super::bench_tools::print_percentiles(&[
             ("build", "ms", &figs.create_ms),

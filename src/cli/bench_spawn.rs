@@ -55,6 +55,10 @@ pub struct SpawnBenchArgs {
     /// `--one-at-a-time`; each request is made once a standby is held.
     #[arg(long, default_value_t = 0)]
     pub standby: usize,
+    /// How the bench's slots reach its host netns: `routed` or `bridge`
+    /// (at most 1023 slots) [pool.layout; default: routed].
+    #[arg(long)]
+    pub layout: Option<wasp::pipeline::slot::Layout>,
     /// Print one JSON document.
     #[arg(long)]
     pub json: bool,
@@ -74,6 +78,7 @@ pub fn run(a: SpawnBenchArgs, mut cfg: Config) -> anyhow::Result<ExitCode> {
     cfg.firecracker
         .flag("--firecracker", a.firecracker.clone().map(Some));
     cfg.parallel.flag("--parallel", a.parallel);
+    cfg.layout.flag("--layout", a.layout);
     let runtime_dir = cfg.runtime_dir.value.clone();
     let parallel = cfg.parallel.value;
     let vmm = match a.vmm {
@@ -97,6 +102,10 @@ pub fn run(a: SpawnBenchArgs, mut cfg: Config) -> anyhow::Result<ExitCode> {
             hold: a.hold,
             one_at_a_time: a.one_at_a_time,
             standby: a.standby,
+            registry: Some(wasp::pipeline::registry::Registry::dir_of(
+                &cfg.state_dir.value,
+            )),
+            layout: cfg.layout.value,
         },
         &mut |_| bar.inc(1),
     );
@@ -130,8 +139,8 @@ pub fn run(a: SpawnBenchArgs, mut cfg: Config) -> anyhow::Result<ExitCode> {
             out.count, out.vmm, out.parallel, out.driver, out.storage_strategy
         );
         println!(
-            "  wall {:.1} ms, {} ready, {} failed",
-            out.wall_ms, out.ready, out.failed
+            "  wall {:.1} ms, {} ready, {} failed; kill all + drain {:.1} ms",
+            out.wall_ms, out.ready, out.failed, out.teardown_ms
         );
         let mut rows = vec![("latency", "ms", &out.latency_ms)];
         if let Some(r) = &out.request_ms {

@@ -24,6 +24,11 @@ pub struct DoctorArgs {
     /// the runtime dir.
     #[arg(long)]
     pub snapshot: Option<PathBuf>,
+    /// Also check every host limit (pids, threads, fds, namespaces, ARP,
+    /// conntrack, the CIDR, the layout, memory) for N clones of the
+    /// configured pool.
+    #[arg(long, value_name = "N")]
+    pub clones: Option<u64>,
 }
 
 pub fn doctor(a: DoctorArgs, mut cfg: Config) -> anyhow::Result<ExitCode> {
@@ -35,6 +40,10 @@ pub fn doctor(a: DoctorArgs, mut cfg: Config) -> anyhow::Result<ExitCode> {
         jailer: cfg.jailer_choice(),
         runtime_dir: cfg.runtime_dir.value.clone(),
         snapshot: a.snapshot,
+        clones: a.clones.map(|n| {
+            let net = cfg.slot_net();
+            wasp::pipeline::limits::Demand::clones(n, &net.cidr).with_layout(&net)
+        }),
     });
     if a.json {
         super::print_json(&report)?;

@@ -101,7 +101,14 @@ pub fn run(a: PoolArgs, mut cfg: Config) -> anyhow::Result<ExitCode> {
                 .context("reconcile what an earlier run left")?;
             let mut host = cfg.host_net();
             host.egress_uplink = egress_uplink;
-            let k = Kernel::setup(cfg.slot_net(), &host).context("set up the host side")?;
+            // Every host limit for `size` clones, before anything is built.
+            let net = cfg.slot_net();
+            wasp::pipeline::limits::check_pool(
+                &net,
+                &host,
+                wasp::pipeline::limits::Demand::clones(size as u64, &net.cidr),
+            )?;
+            let k = Kernel::setup(net, &host).context("set up the host side")?;
             let pool = Pool::new(k, PoolConfig::default());
             let rep = pool.reconcile().context("reconcile existing slots")?;
             let need = size.saturating_sub(pool.status().free);

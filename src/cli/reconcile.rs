@@ -32,6 +32,12 @@ pub fn run(a: ReconcileArgs, mut cfg: Config) -> anyhow::Result<ExitCode> {
         let reg = wasp::pipeline::registry::Registry::of_state_dir(&cfg.state_dir.value);
         o.pools = wasp::pipeline::slot::registered_pools(&reg, (cfg.slot_net(), cfg.host_net()));
     }
+    // What killed demo and bench runs left under the runtime dir (their
+    // VMMs, work dirs, host netns); their pools go with the registry's
+    // orphaned pools in the reconcile below.
+    super::spawn::report_leftovers(&wasp::bench::demo::reconcile_leftovers(
+        &cfg.runtime_dir.value,
+    ));
     let rep = reconcile::reconcile(&o)?;
     if a.json {
         super::print_json(&rep)?;

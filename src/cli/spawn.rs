@@ -694,8 +694,11 @@ pub fn kill(a: KillArgs, mut cfg: Config) -> anyhow::Result<ExitCode> {
     };
     let grace = Duration::from_secs_f64(a.grace.max(0.0));
     let mut failed = 0;
-    for r in &targets {
-        let (fate, errors) = teardown::teardown(&store, r, grace);
+    // Every VMM is signalled before any is waited for.
+    for (r, (fate, errors)) in targets
+        .iter()
+        .zip(teardown::teardown_many(&store, &targets, grace))
+    {
         failed += usize::from(!errors.is_empty());
         let errs: Vec<String> = errors.iter().map(|e| wasp::error::chain(e)).collect();
         if !a.json {
@@ -793,6 +796,10 @@ pub fn demo_cmd(a: DemoArgs, cfg: Config) -> anyhow::Result<ExitCode> {
             hold: false,
             one_at_a_time: false,
             standby: 0,
+            registry: Some(wasp::pipeline::registry::Registry::dir_of(
+                &cfg.state_dir.value,
+            )),
+            layout: cfg.layout.value,
         },
         &mut |_| bar.inc(1),
     );

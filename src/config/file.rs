@@ -15,6 +15,7 @@ use serde::{Deserialize, Deserializer};
 use super::error::ConfigError;
 use super::{Config, Source, MAX_FILE_BYTES};
 use crate::pipeline::ready::Ready;
+use crate::pipeline::slot::Layout;
 use crate::pipeline::slot::{Cidr, ConnectUids};
 use crate::sys::netns;
 use crate::vmm::jailer::IdRange;
@@ -107,6 +108,7 @@ struct RawPool {
     name: Option<String>,
     cidr: Option<Parsed<Cidr>>,
     bridge: Option<String>,
+    layout: Option<Parsed<Layout>>,
     host_netns: Option<Parsed<NetnsName>>,
     allow_host: Option<Vec<Parsed<SocketAddrV4>>>,
     connect_uids: Option<ConnectUids>,
@@ -239,6 +241,7 @@ impl Config {
         c.pool.set(pool.name, src);
         c.cidr.set(pool.cidr.map(|v| v.0), src);
         c.bridge.set(pool.bridge, src);
+        c.layout.set(pool.layout.map(|v| v.0), src);
         c.host_netns.set(pool.host_netns.map(|v| Some(v.0 .0)), src);
         c.allow_host.set(
             pool.allow_host

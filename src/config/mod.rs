@@ -33,7 +33,7 @@ use std::path::{Path, PathBuf};
 
 use crate::paths::{DEFAULT_RUNTIME_DIR, DEFAULT_STATE_DIR};
 use crate::pipeline::ready::Ready;
-use crate::pipeline::slot::{Cidr, ConnectUids, HostNet, SlotNet};
+use crate::pipeline::slot::{Cidr, ConnectUids, HostNet, Layout, SlotNet};
 use crate::snapshot::manifest::Manifest;
 use crate::vmm::firecracker::Chosen;
 use crate::vmm::jailer::{IdRange, DEFAULT_ID_RANGE};
@@ -192,6 +192,9 @@ pub struct Config {
     pub cidr: Setting<Cidr>,
     /// `pool.bridge`: the host bridge.
     pub bridge: Setting<String>,
+    /// `pool.layout`: how slots reach the host netns (`routed` or
+    /// `bridge`).
+    pub layout: Setting<Layout>,
     /// `pool.host_netns`: the host netns for the bridge (`None`: current).
     pub host_netns: Setting<Option<String>>,
     /// `pool.allow_host` (`None`: the bridge address, port
@@ -252,6 +255,7 @@ impl Default for Config {
             pool: Setting::default(net.pool),
             cidr: Setting::default(net.cidr),
             bridge: Setting::default(net.bridge),
+            layout: Setting::default(net.layout),
             host_netns: Setting::default(None),
             allow_host: Setting::default(None),
             connect_uids: Setting::default(ConnectUids::default()),
@@ -341,6 +345,7 @@ impl Config {
             // uplink, or when the host netns holds the masquerade an
             // earlier `pool warm --egress-uplink` made.
             egress: false,
+            layout: self.layout.value,
         }
     }
 
@@ -355,6 +360,7 @@ impl Config {
             registry: Some(crate::pipeline::registry::Registry::dir_of(
                 &self.state_dir.value,
             )),
+            owner: None,
         }
     }
 
@@ -443,6 +449,7 @@ mod tests {
 name = "batch"
 cidr = "10.20.0.0/16"
 bridge = "wasp1"
+layout = "bridge"
 host_netns = "wasp-host"
 allow_host = ["10.20.0.1:9000", "10.20.0.1:9001"]
 connect_uids = [990]
@@ -516,6 +523,7 @@ high_water = 8
         assert_eq!(c.state_dir.value, Path::new("/run/wasp2"));
         assert_eq!(c.ready.value, Ready::Running);
         assert_eq!(c.parallel.value, 64);
+        assert_eq!(c.slot_net().layout, crate::pipeline::slot::Layout::Bridge);
         assert_eq!(c.jailer_ids.value.to_string(), "80000-80999");
         let fc = c.firecracker_choice().unwrap();
         assert_eq!(fc.path, Path::new("/opt/fc/firecracker"));

@@ -43,6 +43,11 @@ impl Config {
                 json!(self.host_netns.value),
             ),
             e(
+                "pool.layout",
+                &self.layout,
+                json!(self.layout.value.to_string()),
+            ),
+            e(
                 "pool.allow_host",
                 &self.allow_host,
                 json!(self

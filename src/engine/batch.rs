@@ -344,6 +344,9 @@ pub enum PoolSlotsError {
     /// Reconcile or warm.
     #[error("cannot prepare the slot pool")]
     Pool(#[from] crate::pipeline::pool::PoolError),
+    /// A host limit is too low for the pool (nothing was built).
+    #[error("the host cannot hold the pool")]
+    Limits(#[from] crate::pipeline::limits::LimitsError),
 }
 
 impl PoolSlots {
@@ -376,6 +379,10 @@ impl PoolSlots {
     ) -> Result<Self, PoolSlotsError> {
         let tap = net.tap.clone();
         let pool_name = net.pool.clone();
+        // Every host limit, before anything is built.
+        let demand =
+            crate::pipeline::limits::Demand::clones((count + in_use.len()) as u64, &net.cidr);
+        crate::pipeline::limits::check_pool(&net, host, demand)?;
         let kernel = crate::pipeline::slot::Kernel::setup(net, host)?;
         let pool = crate::pipeline::pool::Pool::new(kernel, cfg);
         let busy = pool.reconcile()?.busy.into_iter().collect();

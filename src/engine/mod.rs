@@ -983,6 +983,9 @@ impl<S: Slots + 'static> Drop for Engine<S> {
     }
 }
 
+/// How many VMMs a shutdown signals before waiting for them.
+const STOP_WAVE: usize = 256;
+
 fn placeholder_plan() -> Arc<Plan> {
     Arc::new(Plan {
         snapshot_path: PathBuf::new(),
@@ -1787,14 +1790,21 @@ impl<S: Slots + 'static> Core<S> {
 
     /// Stops `runs` (taken out of the live set) together: SIGTERM to all,
     /// up to `grace` once, then SIGKILL; reclaims each. Sorted by id.
-    fn stop_many(&self, runs: Vec<Running>, grace: Duration, cause: ReapCause) -> Vec<Reaped> {
-        let termed: Vec<bool> = runs.iter().map(|r| self.term(r)).collect();
-        let deadline = Instant::now() + grace;
-        let mut v: Vec<Reaped> = runs
-            .into_iter()
-            .zip(termed)
-            .map(|(r, t)| self.finish_stop(r, t, deadline, cause))
-            .collect();
+    /// In waves of [`STOP_WAVE`], each with its own `grace`, so thousands
+    /// of exiting VMMs do not all contend for the CPUs at once.
+    fn stop_many(&self, mut runs: Vec<Running>, grace: Duration, cause: ReapCause) -> Vec<Reaped> {
+        let mut v = Vec::with_capacity(runs.len());
+        while !runs.is_empty() {
+            let rest = runs.split_off(runs.len().min(STOP_WAVE));
+            let wave = std::mem::replace(&mut runs, rest);
+            let termed: Vec<bool> = wave.iter().map(|r| self.term(r)).collect();
+            let deadline = Instant::now() + grace;
+            v.extend(
+                wave.into_iter()
+                    .zip(termed)
+                    .map(|(r, t)| self.finish_stop(r, t, deadline, cause)),
+            );
+        }
         v.sort_by(|a, b| a.id.cmp(&b.id));
         v
     }

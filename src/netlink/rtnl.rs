@@ -229,6 +229,8 @@ pub struct VethSpec<'a> {
     pub peer_up: bool,
     /// The peer's MAC address (`None`: the kernel picks a random one).
     pub peer_mac: Option<[u8; 6]>,
+    /// This end's MAC address (`None`: the kernel picks a random one).
+    pub mac: Option<[u8; 6]>,
     /// TX and RX queues of both ends (`numtxqueues N numrxqueues N`);
     /// `None`: the kernel's default (one per possible CPU). With `Some(1)`
     /// the kernel allocates one queue pair and never trims the real count
@@ -244,8 +246,9 @@ fn queue_attrs(b: &mut MsgBuf, queues: Option<u32>) {
     }
 }
 
-/// `ip link add NAME [numtxqueues N numrxqueues N] [up] [master M] type
-/// veth peer name PEER netns NS [numtxqueues N numrxqueues N]`, the
+/// `ip link add NAME [numtxqueues N numrxqueues N] [address MAC] [up]
+/// [master M] type veth peer name PEER netns NS [numtxqueues N
+/// numrxqueues N] [address MAC]`, the
 /// attributes in the order `ip` sends them for that argument order.
 pub fn new_veth(b: &mut MsgBuf, seq: u32, v: &VethSpec<'_>) {
     let up = |on: bool| if on { (IFF_UP, IFF_UP) } else { (0, 0) };
@@ -253,6 +256,9 @@ pub fn new_veth(b: &mut MsgBuf, seq: u32, v: &VethSpec<'_>) {
     b.begin(RTM_NEWLINK, NEW_FLAGS, seq)
         .raw(&ifinfomsg(0, f, c));
     queue_attrs(b, v.queues);
+    if let Some(mac) = v.mac {
+        b.attr(IFLA_ADDRESS, &mac);
+    }
     if let Some(m) = v.master {
         b.attr_u32(IFLA_MASTER, m);
     }
@@ -418,6 +424,37 @@ pub fn default_route(b: &mut MsgBuf, seq: u32, gw: Ipv4Addr) {
     b.begin(RTM_NEWROUTE, NEW_FLAGS, seq)
         .raw(&rtm)
         .attr(RTA_GATEWAY, &gw.octets())
+        .end();
+}
+
+/// `RTA_PREFSRC`.
+pub const RTA_PREFSRC: u16 = 7;
+/// `RT_SCOPE_LINK`.
+pub const RT_SCOPE_LINK: u8 = 253;
+
+/// `ip route add DST/32 dev OIF src SRC`: the routed layout's host route
+/// to one clone IP through its slot's host veth (scope link, the gateway
+/// address as the source of what the host sends the clone).
+pub fn host_route(b: &mut MsgBuf, seq: u32, dst: Ipv4Addr, src: Ipv4Addr, oif: u32) {
+    let rtm = [
+        AF_INET,
+        32, // dst_len
+        0,  // src_len
+        0,  // tos
+        RT_TABLE_MAIN,
+        RTPROT_BOOT,
+        RT_SCOPE_LINK,
+        RTN_UNICAST,
+        0,
+        0,
+        0,
+        0, // flags
+    ];
+    b.begin(RTM_NEWROUTE, NEW_FLAGS, seq)
+        .raw(&rtm)
+        .attr(RTA_DST, &dst.octets())
+        .attr(RTA_PREFSRC, &src.octets())
+        .attr_u32(RTA_OIF, oif)
         .end();
 }
 

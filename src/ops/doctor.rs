@@ -73,6 +73,9 @@ pub struct Options {
     pub runtime_dir: PathBuf,
     /// A snapshot whose clones' cost to report (`--snapshot`).
     pub snapshot: Option<PathBuf>,
+    /// `--clones N`: every host limit judged for N clones of the
+    /// configured pool (`None`: not asked).
+    pub clones: Option<crate::pipeline::limits::Demand>,
 }
 
 /// A probe's raw outcome: `Ok(value)` or the error text.
@@ -123,6 +126,12 @@ pub struct Probes {
     pub pid_max: Probe<u64>,
     /// `net.ipv4.neigh.default.gc_thresh3`.
     pub neigh_max: Probe<u64>,
+    /// `--clones N`: the demand and the host's values
+    /// ([`crate::pipeline::limits`]).
+    pub clones: Option<(
+        crate::pipeline::limits::Demand,
+        Probe<crate::pipeline::limits::HostValues>,
+    )>,
 }
 
 /// What each clone's disks cost in the runtime dir (`clone_disks`).
@@ -303,6 +312,11 @@ pub fn probe(opts: &Options) -> Probes {
         max_netns: required_sysctl(MAX_NETNS),
         pid_max: required_sysctl(PID_MAX),
         neigh_max: required_sysctl(NEIGH_MAX),
+        clones: opts.clones.clone().map(|d| {
+            let v = crate::pipeline::limits::HostValues::read(None)
+                .map_err(|e| crate::error::chain(&e));
+            (d, v)
+        }),
     }
 }
 
@@ -519,7 +533,43 @@ static CHECKS: &[Spec] = &[
         failed: Status::Warn,
         fix: None,
     },
+    Spec {
+        name: "clones",
+        judge: clones,
+        failed: Status::Fail,
+        fix: None,
+    },
 ];
+
+/// `--clones N`: every host limit of [`crate::pipeline::limits`] for N
+/// clones; fails naming each limit that is too low, its value, the need
+/// and the fix.
+fn clones(p: &Probes) -> Result<Verdict, String> {
+    let Some((d, v)) = &p.clones else {
+        return Ok((
+            Status::Ok,
+            "not asked: `wasp doctor --clones N` checks every host limit for N clones".into(),
+        ));
+    };
+    let all = crate::pipeline::limits::evaluate(v.as_ref()?, d);
+    let low: Vec<String> = all
+        .iter()
+        .filter(|l| !l.ok)
+        .map(|l| l.to_string())
+        .collect();
+    if low.is_empty() {
+        let fits: Vec<String> = all.iter().map(|l| l.to_string()).collect();
+        Ok((
+            Status::Ok,
+            format!("{} clones fit: {}", d.clones, fits.join("; ")),
+        ))
+    } else {
+        Ok((
+            Status::Fail,
+            format!("{} clones do not fit: {}", d.clones, low.join("; ")),
+        ))
+    }
+}
 
 /// Turns probe results into checks, one per row of [`CHECKS`]. Pure.
 pub fn evaluate(p: &Probes) -> Report {
@@ -770,7 +820,48 @@ mod tests {
             max_netns: Ok(96_365),
             pid_max: Ok(4_194_304),
             neigh_max: Ok(8192),
+            clones: None,
         }
+    }
+
+    #[test]
+    fn clones_judges_every_host_limit_for_n_clones() {
+        use crate::pipeline::limits::{Demand, HostValues};
+        let mut p = good();
+        assert_eq!(evaluate(&p).get("clones").unwrap().status, Status::Ok);
+        let v = HostValues {
+            pid_max: 4_194_304,
+            threads_max: 190_000,
+            tasks_now: 300,
+            nofile_hard: 1 << 20,
+            fds_now: 8,
+            max_net_namespaces: 2000,
+            netns_now: 0,
+            gc_thresh3: Some(1024),
+            conntrack_max: Some(262_144),
+            mem_available_kib: 20 << 20,
+        };
+        let d = Demand::clones(5000, &"10.0.0.0/16".parse().unwrap());
+        p.clones = Some((d.clone(), Ok(v.clone())));
+        let c = evaluate(&p).get("clones").unwrap().clone();
+        assert_eq!(c.status, Status::Fail, "{}", c.detail);
+        assert!(
+            c.detail
+                .contains("user.max_net_namespaces is 2000, 5256 needed")
+                && c.detail.contains("sysctl -w user.max_net_namespaces=5256"),
+            "{}",
+            c.detail
+        );
+        p.clones = Some((
+            d,
+            Ok(HostValues {
+                max_net_namespaces: 100_000,
+                ..v
+            }),
+        ));
+        let c = evaluate(&p).get("clones").unwrap().clone();
+        assert_eq!(c.status, Status::Ok, "{}", c.detail);
+        assert!(c.detail.starts_with("5000 clones fit"), "{}", c.detail);
     }
 
     #[test]
@@ -830,7 +921,8 @@ mod tests {
                 "conntrack",
                 "netns_max",
                 "pid_max",
-                "neigh"
+                "neigh",
+                "clones"
             ]
         );
         assert!(r.checks.iter().all(|c| c.status == Status::Ok), "{r:?}");

@@ -788,9 +788,132 @@ fn clones_dirs(runtime_dir: &Path) -> Vec<PathBuf> {
     v
 }
 
+/// Removes a whole pool that one process owned alone (`wasp demo`,
+/// `wasp bench`): every slot of it (through the pool's drain when its host
+/// side is there, then any slot namespace still named for it), and its host
+/// netns when wasp created it (`delete_host_netns`; the bridge and the host
+/// nft table go with it). A shared host netns keeps its bridge and table.
+/// Goes on past every error and returns them all, with the slot count.
+/// Used by [`run`] for pools whose owner is gone, and by demo and bench
+/// runs on every exit path.
+pub fn remove_owned_pool(
+    net: &SlotNet,
+    host: &HostNet,
+    delete_host_netns: bool,
+) -> (SlotsReport, Vec<String>) {
+    let mut sr = SlotsReport {
+        pool: net.pool.clone(),
+        ..Default::default()
+    };
+    let mut errors = Vec::new();
+    // A host netns of its own goes first: the kernel removes all of its
+    // links (every slot's host veth, and with it the slot's veth0) in one
+    // batch, far faster than deleting the slots' links one by one (each
+    // waits out RCU grace periods under the RTNL lock). The slot
+    // namespaces are then only names to remove.
+    if delete_host_netns {
+        if let Some(h) = host.netns.as_deref().filter(|h| netns::exists(h)) {
+            if let Err(e) = netns::delete_named(h) {
+                errors.push(format!("delete host netns {h}: {e}"));
+            }
+        }
+    }
+    let host_there = host.netns.as_deref().is_none_or(netns::exists);
+    if host_there && !delete_host_netns {
+        match Kernel::attach(net.clone(), host) {
+            Ok(k) => {
+                let found: Vec<u32> = k
+                    .scan()
+                    .map(|f| f.into_iter().map(|f| f.index).collect())
+                    .unwrap_or_default();
+                let pool = Pool::new(
+                    k,
+                    PoolConfig {
+                        low_water: 0,
+                        ..PoolConfig::default()
+                    },
+                );
+                match pool.drain() {
+                    Ok(_) => sr.removed.extend(found),
+                    Err(e) => {
+                        errors.push(format!("pool {}: {}", net.pool, crate::error::chain(&e)))
+                    }
+                }
+            }
+            Err(e) => errors.push(format!("pool {}: {}", net.pool, crate::error::chain(&e))),
+        }
+    }
+    // Slot namespaces the drain did not find wired (a slot killed half
+    // built, or the host netns already gone): the pool's by name.
+    match netns::list_named() {
+        Ok(names) => {
+            let lease_dir = Path::new(crate::pipeline::lease::LEASE_DIR);
+            for n in names {
+                let Some(i) = net.index_of_netns(&n) else {
+                    continue;
+                };
+                match crate::pipeline::lease::Lease::remove_leftover_slot(lease_dir, &n) {
+                    Ok(true) => sr.removed.push(i),
+                    Ok(false) => errors.push(format!(
+                        "slot {n}: another process holds its lease; it is not a leftover"
+                    )),
+                    Err(e) => errors.push(format!("delete netns {n}: {e}")),
+                }
+            }
+        }
+        Err(e) => errors.push(format!("list {}: {e}", netns::NETNS_RUN_DIR)),
+    }
+    (sr, errors)
+}
+
+/// Removes every pool the state dir's registry records whose owning
+/// process is gone ([`remove_owned_pool`]), whatever its name; a pool
+/// removed without error loses its record. Returns the pools' names.
+fn remove_orphaned_pools(state_dir: &Path, rep: &mut Report) -> BTreeSet<String> {
+    let reg = crate::pipeline::registry::Registry::of_state_dir(state_dir);
+    let mut gone = BTreeSet::new();
+    for e in reg.list().0.into_iter().filter(|e| e.orphaned()) {
+        let Some((net, host)) = SlotNet::from_entry(&e) else {
+            rep.errors.push(format!(
+                "pool {}: its registry record names the CIDR {:?}, which does not parse",
+                e.pool, e.cidr
+            ));
+            continue;
+        };
+        let (sr, errs) = remove_owned_pool(&net, &host, e.host_netns_created);
+        if errs.is_empty() {
+            if let Err(err) = reg.remove(&e.pool) {
+                rep.errors.push(crate::error::chain(&err));
+            }
+        }
+        tracing::info!(
+            "reconcile: pool {} of a process that is gone (pid {}): {} slot(s) removed",
+            e.pool,
+            e.owner.map(|o| o.pid).unwrap_or_default(),
+            sr.removed.len()
+        );
+        rep.errors.extend(errs);
+        rep.pools.push(sr);
+        gone.insert(e.pool);
+    }
+    gone
+}
+
 /// Runs reconcile; the caller holds the exclusive lock.
 pub fn run(o: &Options) -> Result<Report, ReconcileError> {
     let mut rep = Report::default();
+    // Pools of demo and bench runs that are gone, whatever their names.
+    let gone = remove_orphaned_pools(&o.state_dir, &mut rep);
+    let scoped: Vec<(SlotNet, HostNet)> = o
+        .pools
+        .iter()
+        .filter(|(net, _)| !gone.contains(&net.pool))
+        .cloned()
+        .collect();
+    let o = &Options {
+        pools: scoped,
+        ..o.clone()
+    };
     let store = Store::open(&o.state_dir)?;
     let owner = Owner::of_state_dir(&o.state_dir)?;
     rep.temp_removed = store.sweep_temp();

@@ -77,47 +77,68 @@ pub enum VmmFate {
     AlreadyGone,
 }
 
-/// Stops the clone's VMM: SIGTERM, up to `grace` for it to exit, then
-/// SIGKILL (at once for a VMM that is init of its own pid namespace, which
-/// would drop the SIGTERM). Never signals a process that is not the
-/// recorded one.
-pub fn stop_vmm(r: &CloneRecord, grace: Duration) -> Result<VmmFate, TeardownError> {
+/// A VMM whose stop has begun ([`begin_stop`]).
+pub enum Stopping {
+    /// It was gone already.
+    Gone,
+    /// Signalled (SIGTERM, or SIGKILL first for the init of a pid
+    /// namespace), through this pidfd.
+    Signalled {
+        /// The pidfd the signals went through.
+        fd: std::os::fd::OwnedFd,
+        /// SIGKILL went first.
+        init: bool,
+    },
+}
+
+/// The first half of [`stop_vmm`]: opens a pidfd on the recorded VMM,
+/// checks it is the process wasp started, and sends the first signal.
+pub fn begin_stop(r: &CloneRecord) -> Result<Stopping, TeardownError> {
     let Ok(fd) = pidfd::pidfd_open(r.pid) else {
-        return Ok(VmmFate::AlreadyGone);
+        return Ok(Stopping::Gone);
     };
     // The pidfd pins the process; check it is the one we started.
     if !state::same_process(r.pid, r.pid_start) {
-        return Ok(VmmFate::AlreadyGone);
+        return Ok(Stopping::Gone);
     }
-    let sig = |s| {
-        pidfd::pidfd_send_signal(&fd, s).map_err(|source| TeardownError::Signal {
-            id: r.id.clone(),
-            pid: r.pid,
-            source,
-        })
-    };
-    let wait =
-        |ms: u128| pidfd::pidfd_exited(&fd, ms.min(i32::MAX as u128) as i32).unwrap_or(false);
     // Init of its own pid namespace (a jailed VMM, `--new-pid-ns`): the
     // kernel drops a SIGTERM it has no handler for, so grace would only
     // delay the SIGKILL, which goes first.
     let init = is_pid_ns_init(r.pid);
     let first = if init { libc::SIGKILL } else { libc::SIGTERM };
-    if let Err(e) = sig(first) {
-        return match e {
-            TeardownError::Signal { ref source, .. }
-                if source.raw_os_error() == Some(libc::ESRCH) =>
-            {
-                Ok(VmmFate::AlreadyGone)
-            }
-            e => Err(e),
-        };
+    match pidfd::pidfd_send_signal(&fd, first) {
+        Ok(()) => Ok(Stopping::Signalled { fd, init }),
+        Err(source) if source.raw_os_error() == Some(libc::ESRCH) => Ok(Stopping::Gone),
+        Err(source) => Err(TeardownError::Signal {
+            id: r.id.clone(),
+            pid: r.pid,
+            source,
+        }),
     }
-    if !init && wait(grace.as_millis()) {
+}
+
+/// The second half of [`stop_vmm`]: waits for the VMM until `deadline`,
+/// SIGKILLs it past that, and waits for it to go.
+pub fn finish_stop(
+    r: &CloneRecord,
+    s: Stopping,
+    deadline: std::time::Instant,
+) -> Result<VmmFate, TeardownError> {
+    let Stopping::Signalled { fd, init } = s else {
+        return Ok(VmmFate::AlreadyGone);
+    };
+    let wait =
+        |ms: u128| pidfd::pidfd_exited(&fd, ms.min(i32::MAX as u128) as i32).unwrap_or(false);
+    let left = deadline.saturating_duration_since(std::time::Instant::now());
+    if !init && wait(left.as_millis()) {
         return Ok(VmmFate::Terminated);
     }
     if !init {
-        sig(libc::SIGKILL)?;
+        pidfd::pidfd_send_signal(&fd, libc::SIGKILL).map_err(|source| TeardownError::Signal {
+            id: r.id.clone(),
+            pid: r.pid,
+            source,
+        })?;
     }
     if wait(5_000) {
         Ok(VmmFate::Killed)
@@ -127,6 +148,15 @@ pub fn stop_vmm(r: &CloneRecord, grace: Duration) -> Result<VmmFate, TeardownErr
             pid: r.pid,
         })
     }
+}
+
+/// Stops the clone's VMM: SIGTERM, up to `grace` for it to exit, then
+/// SIGKILL (at once for a VMM that is init of its own pid namespace, which
+/// would drop the SIGTERM). Never signals a process that is not the
+/// recorded one.
+pub fn stop_vmm(r: &CloneRecord, grace: Duration) -> Result<VmmFate, TeardownError> {
+    let s = begin_stop(r)?;
+    finish_stop(r, s, std::time::Instant::now() + grace)
 }
 
 /// True when `pid` is init (pid 1) of a pid namespace below wasp's: its
@@ -176,8 +206,46 @@ pub fn teardown(
     r: &CloneRecord,
     grace: Duration,
 ) -> (Option<VmmFate>, Vec<TeardownError>) {
+    let stopped = stop_vmm(r, grace);
+    finish_teardown(store, r, stopped)
+}
+
+/// [`teardown`] of many clones at once: the VMMs of a wave are signalled
+/// first, so they exit side by side, then each is waited for within what
+/// is left of the wave's `grace` (SIGKILL past it) and its files,
+/// isolation and record removed. One result per record, in order.
+pub fn teardown_many(
+    store: &state::Store,
+    records: &[CloneRecord],
+    grace: Duration,
+) -> Vec<(Option<VmmFate>, Vec<TeardownError>)> {
+    let mut out = Vec::with_capacity(records.len());
+    // In waves of [`STOP_WAVE`]: thousands of VMMs exiting at once would
+    // all contend for the CPUs together.
+    for wave in records.chunks(STOP_WAVE) {
+        let begun: Vec<_> = wave.iter().map(begin_stop).collect();
+        let deadline = std::time::Instant::now() + grace;
+        out.extend(wave.iter().zip(begun).map(|(r, b)| {
+            let stopped = b.and_then(|s| finish_stop(r, s, deadline));
+            finish_teardown(store, r, stopped)
+        }));
+    }
+    out
+}
+
+/// How many VMMs [`teardown_many`] (and the engine's shutdown) signal
+/// before waiting for them.
+pub const STOP_WAVE: usize = 256;
+
+/// The rest of a teardown once the VMM's stop is known: files, isolation
+/// and record.
+fn finish_teardown(
+    store: &state::Store,
+    r: &CloneRecord,
+    stopped: Result<VmmFate, TeardownError>,
+) -> (Option<VmmFate>, Vec<TeardownError>) {
     let mut errors = Vec::new();
-    let fate = match stop_vmm(r, grace) {
+    let fate = match stopped {
         Ok(f) => Some(f),
         Err(e) => {
             errors.push(e);

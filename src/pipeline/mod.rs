@@ -12,6 +12,8 @@
 //! - [`launch`]: the VMM started inside its slot, in its own mount namespace;
 //! - [`restore`]: the per-clone state machine (load, MMDS with [`env`],
 //!   resume), [`ready`]: readiness kinds;
+//! - [`limits`]: the host limits a pool of N clones needs, checked before
+//!   anything is built;
 //! - [`ring`]: the drivers that run many restores at once (io_uring, and
 //!   a poll(2) fallback).
 //!
@@ -21,6 +23,7 @@
 pub mod env;
 pub mod launch;
 pub mod lease;
+pub mod limits;
 pub mod pool;
 pub mod ready;
 pub mod registry;

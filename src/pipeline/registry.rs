@@ -97,8 +97,16 @@ pub struct PoolEntry {
     pub allow_host: Vec<SocketAddrV4>,
     /// Clones may reach beyond the CIDR.
     pub egress: bool,
+    /// The slots' layout, `bridge` or `routed` (records older than
+    /// layouts are bridge pools).
+    #[serde(default = "bridge")]
+    pub layout: String,
     /// The process that owns the pool alone, if one does.
     pub owner: Option<Owner>,
+}
+
+fn bridge() -> String {
+    "bridge".into()
 }
 
 impl PoolEntry {
@@ -248,6 +256,7 @@ mod tests {
             guest_ip: paths::DEFAULT_GUEST_IP,
             allow_host: vec![],
             egress: false,
+            layout: bridge(),
             owner: None,
         }
     }

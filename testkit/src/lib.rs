@@ -204,9 +204,19 @@ impl Drop for NetnsPrefixGuard {
 /// A private host netns (`tag`) with the slot pool `pool`'s host side set
 /// up in it: the bridge and wasp's host nft table.
 pub fn slot_host(tag: &str, pool: String) -> (TestNetns, wasp::pipeline::slot::Kernel) {
+    slot_host_with(tag, pool, wasp::pipeline::slot::Layout::default())
+}
+
+/// [`slot_host`] with the slots in `layout`.
+pub fn slot_host_with(
+    tag: &str,
+    pool: String,
+    layout: wasp::pipeline::slot::Layout,
+) -> (TestNetns, wasp::pipeline::slot::Kernel) {
     let host = TestNetns::new(tag);
     let net = wasp::pipeline::slot::SlotNet {
         pool,
+        layout,
         ..wasp::pipeline::slot::SlotNet::default()
     };
     let k = wasp::pipeline::slot::Kernel::setup(

@@ -6,7 +6,7 @@ use std::net::Ipv4Addr;
 use std::os::fd::{AsFd, AsRawFd};
 
 use super::links::{del_host_link, del_host_neigh, send_acked};
-use super::{io_err, nl, Slot, SlotError, SlotNet, NFT_TABLE, VETH0};
+use super::{io_err, nl, Layout, Slot, SlotError, SlotNet, NFT_TABLE, VETH0};
 use crate::netlink::nft::{self, BaseChain, Batch, ChainType, CmpOp, Expr, Hook};
 use crate::netlink::{rtnl, MsgBuf, NetlinkError, Socket};
 use crate::sys::{netns, tap};
@@ -217,6 +217,7 @@ pub(super) fn fill_slot(
     laps.lap(|s| &mut s.tap);
     let me = netns::open_current().map_err(io_err("open the slot netns"))?;
     let veth0_mac = net.veth0_mac(n);
+    let routed = net.layout == Layout::Routed;
     // Host socket: the veth pair, peer created directly in here. The host
     // end stays down until the end, so the pair has no carrier while the
     // slot is configured: carrier on makes the kernel run its link watch
@@ -230,7 +231,10 @@ pub(super) fn fill_slot(
         &rtnl::VethSpec {
             name: host_veth,
             up: false,
-            master: Some(bridge.index),
+            // Routed: no bridge port; the host end carries the gateway's
+            // MAC itself (the slot's permanent entry for the gateway).
+            master: (!routed).then_some(bridge.index),
+            mac: if routed { bridge.mac } else { None },
             peer_name: VETH0,
             peer_ns_fd: Some(me.as_raw_fd()),
             // The kernel honours a peer ifindex only when the main
@@ -266,8 +270,14 @@ pub(super) fn fill_slot(
     let seq = host.next_seq(2);
     let link = rtnl::Link::Name(host_veth);
     rtnl::set_alias(&mut b, seq, link, &net.alias(n));
-    rtnl::set_isolated(&mut b, seq + 1, link, true);
-    if let Err(e) = send_acked(host, &b, &[seq, seq + 1], "mark and isolate the host veth") {
+    // Bridge ports are isolated from each other; a routed host end is on
+    // no bridge.
+    let mut seqs = vec![seq];
+    if !routed {
+        rtnl::set_isolated(&mut b, seq + 1, link, true);
+        seqs.push(seq + 1);
+    }
+    if let Err(e) = send_acked(host, &b, &seqs, "mark and isolate the host veth") {
         let _ = del_host_link(host, host_veth);
         return Err(e);
     }
@@ -312,12 +322,23 @@ pub(super) fn fill_slot(
         // thousand clones do not overflow the host-wide neighbour table
         // (gc_thresh3, 1 024 by default), which dropped packets to clones
         // past it.
+        // Routed: the host end carries the clone IP's /32 route (from the
+        // gateway address) and the permanent entry instead of the bridge.
         b.clear();
-        let seq = host.next_seq(3);
+        let seq = host.next_seq(4);
         rtnl::set_up(&mut b, seq, link);
         rtnl::get_link(&mut b, seq + 1, link);
-        rtnl::set_neigh_permanent(&mut b, seq + 2, bridge.index, clone_ip, veth0_mac);
-        send_acked(host, &b, &[seq, seq + 1, seq + 2], "bring up the host veth")?;
+        let mut seqs = vec![seq, seq + 1, seq + 2];
+        if routed {
+            let index = tap::ifindex_via(host.as_fd(), host_veth)
+                .map_err(io_err("look up the host veth's index"))?;
+            rtnl::set_neigh_permanent(&mut b, seq + 2, index, clone_ip, veth0_mac);
+            rtnl::host_route(&mut b, seq + 3, clone_ip, net.cidr.gateway(), index);
+            seqs.push(seq + 3);
+        } else {
+            rtnl::set_neigh_permanent(&mut b, seq + 2, bridge.index, clone_ip, veth0_mac);
+        }
+        send_acked(host, &b, &seqs, "bring up the host veth")?;
         b.clear();
         let seq = sock.next_seq(1);
         rtnl::get_link(&mut b, seq, rtnl::Link::Index(veth0));
@@ -327,7 +348,9 @@ pub(super) fn fill_slot(
     })();
     if let Err(e) = rest {
         let _ = del_host_link(host, host_veth);
-        let _ = del_host_neigh(host, bridge.index, clone_ip);
+        if !routed {
+            let _ = del_host_neigh(host, bridge.index, clone_ip);
+        }
         return Err(e);
     }
     Ok(())

@@ -3,7 +3,9 @@
 //! registry record.
 
 use super::links::{del_host_link, dump_addrs, dump_links, dump_routes, get_link, send_acked};
-use super::{io_err, nl, Cidr, ConnectUids, HostNet, SlotError, SlotNet, BRIDGE_ALIAS, NFT_TABLE};
+use super::{
+    io_err, nl, Cidr, ConnectUids, HostNet, Layout, SlotError, SlotNet, BRIDGE_ALIAS, NFT_TABLE,
+};
 use crate::netlink::nft::{self, BaseChain, Batch, ChainType, CmpOp, Expr, Hook};
 use crate::netlink::{rtnl, MsgBuf, NetlinkError, Socket};
 use crate::pipeline::registry::{PoolEntry, Registry};
@@ -25,13 +27,14 @@ impl SlotNet {
             guest_ip: self.guest_ip,
             allow_host: self.allow_host.clone(),
             egress: self.egress,
-            owner: None,
+            layout: self.layout.to_string(),
+            owner: host.owner,
         }
     }
 
     /// The settings a registry record names, to attach to the pool again
     /// (the egress uplink is not needed for that); `None` when its CIDR
-    /// does not parse.
+    /// or layout does not parse.
     pub fn from_entry(e: &PoolEntry) -> Option<(SlotNet, HostNet)> {
         let net = SlotNet {
             pool: e.pool.clone(),
@@ -43,6 +46,7 @@ impl SlotNet {
             guest_ip: e.guest_ip,
             allow_host: e.allow_host.clone(),
             egress: e.egress,
+            layout: e.layout.parse().ok()?,
         };
         let host = HostNet {
             netns: e.host_netns.clone(),
@@ -52,12 +56,29 @@ impl SlotNet {
     }
 }
 
+impl SlotNet {
+    /// A pool keeps the layout it was built with: when `recorded` (its
+    /// registry record) names another layout than these settings, the
+    /// recorded one is taken (returned as `Some(old)`, the layout asked
+    /// for), so an upgrade to a new default or a changed `pool.layout`
+    /// never judges the pool's wired slots (and their clones) broken.
+    /// Drain the pool to change its layout. Records older than layouts
+    /// are bridge pools.
+    pub fn keep_recorded_layout(&mut self, recorded: Option<&PoolEntry>) -> Option<Layout> {
+        let old = recorded?.layout.parse::<Layout>().ok()?;
+        (old != self.layout).then(|| std::mem::replace(&mut self.layout, old))
+    }
+}
+
 /// The pools a command run without `--pool` covers: `configured` (the
 /// configuration's pool, found even when it predates the registry), then
-/// every pool `reg` records, each once.
+/// every shared pool `reg` records, each once. A pool one process owns
+/// alone (a demo or bench run) is its owner's while that process runs, and
+/// reconcile's to remove once it is gone: never in this list.
 pub fn registered_pools(reg: &Registry, configured: (SlotNet, HostNet)) -> Vec<(SlotNet, HostNet)> {
     let mut out = vec![configured];
-    for (net, host) in reg.list().0.iter().filter_map(SlotNet::from_entry) {
+    let shared = reg.list().0.into_iter().filter(|e| e.owner.is_none());
+    for (net, host) in shared.filter_map(|e| SlotNet::from_entry(&e)) {
         if !out
             .iter()
             .any(|(n, h)| n.pool == net.pool && h.netns == host.netns)
@@ -110,10 +131,21 @@ pub(super) fn ensure_bridge(net: &SlotNet) -> Result<(u32, [u8; 6]), SlotError> 
     // traffic would be routed two ways. The default route, the kernel's
     // local table and routes on wasp's own bridge do not count.
     let routes = dump_routes(&mut sock).map_err(nl("list host routes"))?;
+    // The routed layout's /32 routes through slots' host veths (marked
+    // `wasp:<pool>:<n>`) are wasp's too.
+    let slot_link = |oif: Option<u32>| {
+        links.iter().any(|l| {
+            Some(l.index) == oif
+                && l.alias
+                    .as_deref()
+                    .is_some_and(|a| a.starts_with(SLOT_MARK_PREFIX) && a != BRIDGE_ALIAS)
+        })
+    };
     for r in &routes {
         if r.prefix == 0
             || r.table == rtnl::RT_TABLE_LOCAL
             || (existing.is_some() && r.oif == existing.map(|l| l.index))
+            || slot_link(r.oif)
         {
             continue;
         }
@@ -242,6 +274,9 @@ pub(super) fn set_egress(net: &SlotNet, uplink: &str, owned: bool) -> Result<(),
         .map_err(nl("program host egress masquerade"))
 }
 
+/// How every ownership mark of wasp's starts (`wasp:`).
+const SLOT_MARK_PREFIX: &str = "wasp:";
+
 /// The host table's chain that masquerades clone traffic ([`set_egress`]).
 const EGRESS_CHAIN: &str = "postrouting";
 
@@ -346,7 +381,18 @@ pub(super) fn remove_host_objects(net: &SlotNet) -> Result<(), SlotError> {
         Ok(mut sock) => match dump_links(&mut sock) {
             Ok(links) => {
                 if let Some(l) = links.iter().find(|l| l.name == net.bridge) {
-                    let ports = links.iter().filter(|p| p.master == Some(l.index)).count();
+                    // Bridge ports, and routed slots' host ends (on no
+                    // bridge, but routed through the bridge's gateway
+                    // address).
+                    let ports = links
+                        .iter()
+                        .filter(|p| {
+                            p.master == Some(l.index)
+                                || p.alias.as_deref().is_some_and(|a| {
+                                    a.starts_with(SLOT_MARK_PREFIX) && a != BRIDGE_ALIAS
+                                })
+                        })
+                        .count();
                     if ports > 0 && l.alias.as_deref() == Some(BRIDGE_ALIAS) {
                         errs.push(SlotError::BadConfig(format!(
                             "bridge {} still has {ports} port(s) (slots of other pools?); drain them first",
@@ -380,5 +426,62 @@ pub(super) fn remove_host_objects(net: &SlotNet) -> Result<(), SlotError> {
         Ok(())
     } else {
         Err(SlotError::Teardown(errs))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pools_one_process_owns_are_never_listed_for_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let reg = Registry::at(dir.path());
+        let shared = SlotNet {
+            pool: "shared".into(),
+            ..SlotNet::default()
+        };
+        let mine = SlotNet {
+            pool: "bench1".into(),
+            ..SlotNet::default()
+        };
+        let host = HostNet::default();
+        reg.put(shared.registry_entry(&host, false)).unwrap();
+        let owned = HostNet {
+            owner: crate::pipeline::registry::Owner::me(),
+            ..HostNet::default()
+        };
+        let e = mine.registry_entry(&owned, true);
+        assert_eq!(e.owner, crate::pipeline::registry::Owner::me());
+        reg.put(e).unwrap();
+        let names: Vec<String> = registered_pools(&reg, (SlotNet::default(), host))
+            .into_iter()
+            .map(|(n, _)| n.pool)
+            .collect();
+        assert_eq!(names, ["default", "shared"]);
+    }
+
+    #[test]
+    fn a_pool_keeps_the_layout_it_was_built_with() {
+        let bridge = SlotNet {
+            layout: Layout::Bridge,
+            ..SlotNet::default()
+        };
+        let mut e = bridge.registry_entry(&HostNet::default(), false);
+        let mut net = SlotNet::default();
+        assert_eq!(net.layout, Layout::Routed);
+        assert_eq!(net.keep_recorded_layout(Some(&e)), Some(Layout::Routed));
+        assert_eq!(net.layout, Layout::Bridge);
+        assert_eq!(net.keep_recorded_layout(Some(&e)), None);
+        // No record, or one that does not parse: the settings stand.
+        let mut net = SlotNet::default();
+        assert_eq!(net.keep_recorded_layout(None), None);
+        e.layout = "mesh".into();
+        assert_eq!(net.keep_recorded_layout(Some(&e)), None);
+        assert_eq!(net.layout, Layout::Routed);
+        // A record written before layouts existed is a bridge pool.
+        let old = r#"{"pool":"p","host_netns":null,"host_netns_created":false,"cidr":"10.0.0.0/16","bridge":"wasp0","tap":"tap0","tap_ip":"192.168.241.1","tap_prefix":29,"guest_ip":"192.168.241.2","allow_host":[],"egress":false,"owner":null}"#;
+        let e: PoolEntry = serde_json::from_str(old).unwrap();
+        assert_eq!(e.layout, "bridge");
     }
 }

@@ -14,7 +14,9 @@ use super::host::{
 };
 use super::links::{del_host_neigh, dump_links, get_link, send_acked};
 use super::workers::{Dispatch, Workers};
-use super::{io_err, nl, Found, HostNet, Slot, SlotError, SlotNet, SlotOps, BRIDGE_ALIAS, VETH0};
+use super::{
+    io_err, nl, Found, HostNet, Layout, Slot, SlotError, SlotNet, SlotOps, BRIDGE_ALIAS, VETH0,
+};
 use crate::netlink::{self, rtnl, MsgBuf, NetlinkError, Socket};
 use crate::pipeline::lease::{Lease, LEASE_DIR};
 use crate::pipeline::registry::Registry;
@@ -63,6 +65,7 @@ impl Kernel {
     /// each time (the rule is replaced, or removed for
     /// [`ConnectUids::Any`](super::ConnectUids::Any)).
     pub fn setup(mut net: SlotNet, host: &HostNet) -> Result<Kernel, SlotError> {
+        keep_recorded_layout(&mut net, host);
         // An egress uplink means the slots must forward to it too.
         net.egress |= host.egress_uplink.is_some();
         net.validate()?;
@@ -73,6 +76,22 @@ impl Kernel {
         // One process at a time makes or checks the host side.
         let _setup = crate::pipeline::lease::host_setup_lock(Path::new(LEASE_DIR))
             .map_err(io_err(format!("lock {LEASE_DIR}/host-setup.lock")))?;
+        // A pool one process owns alone is recorded before anything is
+        // made: killed at any point from here on, what it made is found
+        // again (and removed) by a plain `wasp reconcile`.
+        let owned_reg = match (&host.registry, host.owner) {
+            (Some(dir), Some(_)) => {
+                let reg = Registry::at(dir);
+                let will_create = host.netns.as_deref().is_some_and(|n| !netns::exists(n));
+                reg.put(net.registry_entry(host, will_create))
+                    .map_err(|source| SlotError::Registry {
+                        pool: net.pool.clone(),
+                        source,
+                    })?;
+                Some(reg)
+            }
+            _ => None,
+        };
         let mut created = None;
         let host_ns = match &host.netns {
             Some(name) => {
@@ -80,10 +99,26 @@ impl Kernel {
                     match netns::create_named(name) {
                         Ok(()) => created = Some(name.clone()),
                         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-                        Err(e) => return Err(io_err(format!("create host netns {name}"))(e)),
+                        Err(e) => {
+                            if let Some(reg) = &owned_reg {
+                                let _ = reg.remove(&net.pool);
+                            }
+                            return Err(io_err(format!("create host netns {name}"))(e));
+                        }
                     }
                 }
-                netns::open_named(name).map_err(io_err(format!("open host netns {name}")))?
+                match netns::open_named(name) {
+                    Ok(fd) => fd,
+                    Err(e) => {
+                        if let Some(name) = &created {
+                            let _ = netns::delete_named(name);
+                        }
+                        if let Some(reg) = &owned_reg {
+                            let _ = reg.remove(&net.pool);
+                        }
+                        return Err(io_err(format!("open host netns {name}"))(e));
+                    }
+                }
             }
             None => netns::open_current().map_err(io_err("open the current netns"))?,
         };
@@ -117,6 +152,9 @@ impl Kernel {
                 if let Some(name) = created {
                     let _ = netns::delete_named(&name);
                 }
+                if let Some(reg) = &owned_reg {
+                    let _ = reg.remove(&net.pool);
+                }
                 return Err(e);
             }
         };
@@ -147,7 +185,8 @@ impl Kernel {
 
     /// Attaches to an existing host side without creating anything (for
     /// status, reconcile and drain). A missing bridge is fine (index 0).
-    pub fn attach(net: SlotNet, host: &HostNet) -> Result<Kernel, SlotError> {
+    pub fn attach(mut net: SlotNet, host: &HostNet) -> Result<Kernel, SlotError> {
+        keep_recorded_layout(&mut net, host);
         net.validate()?;
         let host_ns = match &host.netns {
             Some(name) => netns::open_named(name).map_err(io_err(format!(
@@ -228,6 +267,22 @@ impl Kernel {
     /// The worker threads, started on first use.
     fn workers(&self) -> &Workers {
         self.workers.get_or_init(|| Workers::start(&self.host_ns))
+    }
+}
+
+/// [`SlotNet::keep_recorded_layout`] with the pool's record in `host`'s
+/// registry, saying so when it changes the layout.
+fn keep_recorded_layout(net: &mut SlotNet, host: &HostNet) {
+    let Some(dir) = &host.registry else {
+        return;
+    };
+    let recorded = Registry::at(dir).get(&net.pool).ok().flatten();
+    if let Some(asked) = net.keep_recorded_layout(recorded.as_ref()) {
+        tracing::warn!(
+            "pool {} was built with the {} layout and keeps it ({asked} asked for); drain the pool to change its layout",
+            net.pool,
+            net.layout
+        );
     }
 }
 
@@ -399,7 +454,9 @@ impl SlotOps for Kernel {
                     Ok(_) => {}
                     Err(e) => errs.push(nl(format!("look up host link {veth}"))(e)),
                 }
-                if let (Ok(ip), true) = (self.net.clone_ip(n), self.bridge.index != 0) {
+                // Routed: the entry (and the route) went with the host end.
+                let on_bridge = self.bridge.index != 0 && self.net.layout == Layout::Bridge;
+                if let (Ok(ip), true) = (self.net.clone_ip(n), on_bridge) {
                     if let Err(e) = del_host_neigh(&mut s, self.bridge.index, ip) {
                         errs.push(e);
                     }
@@ -469,7 +526,12 @@ impl SlotOps for Kernel {
                 continue;
             };
             let f = found.entry(i).or_insert_with(|| blank(i));
-            f.on_bridge = l.master == Some(self.bridge.index);
+            // Wired: a bridge port of the pool's bridge, or (routed) on no
+            // bridge at all.
+            f.on_bridge = match self.net.layout {
+                Layout::Bridge => l.master == Some(self.bridge.index),
+                Layout::Routed => l.master.is_none(),
+            };
             f.host_veth = Some(l.name);
         }
         Ok(found.into_values().collect())

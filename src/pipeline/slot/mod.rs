@@ -64,6 +64,60 @@ pub const NFT_TABLE: &str = "wasp";
 /// IFLA_IFALIAS of a bridge wasp created.
 pub const BRIDGE_ALIAS: &str = "wasp:bridge";
 
+/// How a pool's slots reach the host netns.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Layout {
+    /// Every host veth is a port of one Linux bridge that holds the
+    /// gateway address; ports are isolated from each other. A bridge takes
+    /// at most [`BRIDGE_MAX_SLOTS`] ports.
+    Bridge,
+    /// No bridge: each host veth carries the `/32` route to its clone IP
+    /// (and a permanent neighbour entry); the gateway address sits on a
+    /// dummy link named like the bridge. No L2 domain is shared between
+    /// clones; no port limit. The default: it builds faster and costs
+    /// less kernel memory per slot (docs/benchmarks.md, "Density").
+    #[default]
+    Routed,
+}
+
+/// Most slots one Linux bridge takes: `BR_MAX_PORTS` is 1 024 port
+/// numbers, and number 0 is never used.
+pub const BRIDGE_MAX_SLOTS: u64 = 1023;
+
+impl Layout {
+    /// Most slots one pool of this layout holds (`None`: only the CIDR
+    /// limits it).
+    pub fn max_slots(&self) -> Option<u64> {
+        match self {
+            Layout::Bridge => Some(BRIDGE_MAX_SLOTS),
+            Layout::Routed => None,
+        }
+    }
+}
+
+impl fmt::Display for Layout {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Layout::Bridge => "bridge",
+            Layout::Routed => "routed",
+        })
+    }
+}
+
+impl FromStr for Layout {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "bridge" => Ok(Layout::Bridge),
+            "routed" => Ok(Layout::Routed),
+            _ => Err(format!(
+                "unknown layout {s:?}: write `routed` (no bridge, no port limit) or `bridge` (at most 1023 slots)"
+            )),
+        }
+    }
+}
+
 /// The configuration all slots of a pool share.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SlotNet {
@@ -86,6 +140,8 @@ pub struct SlotNet {
     /// Let clones reach addresses outside the clone CIDR (pair it with
     /// host-side masquerade, see [`HostNet::egress_uplink`]).
     pub egress: bool,
+    /// How the slots reach the host netns.
+    pub layout: Layout,
 }
 
 impl Default for SlotNet {
@@ -105,6 +161,7 @@ impl Default for SlotNet {
             guest_ip: paths::DEFAULT_GUEST_IP,
             allow_host: vec![SocketAddrV4::new(cidr.gateway(), 8080)],
             egress: false,
+            layout: Layout::default(),
         }
     }
 }
@@ -164,6 +221,15 @@ pub enum SlotError {
         tap: String,
         /// Slot namespace.
         netns: String,
+    },
+    /// The pool's registry record could not be written.
+    #[error("cannot record pool {pool} in the pool registry")]
+    Registry {
+        /// The pool.
+        pool: String,
+        /// Cause.
+        #[source]
+        source: crate::pipeline::registry::RegistryError,
     },
     /// Several teardown steps failed.
     #[error("teardown had {} error(s): {}", .0.len(), .0.iter().map(|e| crate::error::chain(e)).collect::<Vec<_>>().join("; "))]
@@ -253,6 +319,12 @@ pub struct HostNet {
     /// ([`crate::pipeline::registry`]: the state dir's `pools/`); `None`: not
     /// recorded.
     pub registry: Option<std::path::PathBuf>,
+    /// The process that owns the pool alone (`wasp demo`, `wasp bench`):
+    /// recorded with the pool before anything is made, so a plain
+    /// `wasp reconcile` removes the whole pool once that process is gone
+    /// ([`crate::pipeline::registry::PoolEntry::orphaned`]). `None`: a
+    /// shared pool, kept until drained.
+    pub owner: Option<crate::pipeline::registry::Owner>,
 }
 
 /// Which local uids of the host netns may open connections to the clone

@@ -142,6 +142,7 @@ fn spec() -> rtnl::VethSpec<'static> {
         peer_index: 0,
         peer_up: false,
         peer_mac: Some([2, 0x12, 0x34, 0, 0, 1]),
+        mac: None,
         queues: Some(1),
     }
 }
