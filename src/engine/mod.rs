@@ -526,6 +526,16 @@ impl Req {
         format!("{}-{i}", self.tag)
     }
 
+    /// The network override a clone in `slot` loads with: the slot's tap
+    /// when the snapshot was taken with another.
+    fn net_override(&self, slot: &SlotLease) -> Option<NetworkOverride> {
+        let (iface, tap) = self.snapshot_tap.as_ref()?;
+        (*tap != slot.tap).then(|| NetworkOverride {
+            iface_id: iface.clone(),
+            host_dev_name: slot.tap.clone(),
+        })
+    }
+
     fn ready_port(&self) -> Option<u16> {
         match self.ready {
             Ready::Tcp(p) => Some(p),
@@ -598,6 +608,18 @@ struct Live {
 }
 
 impl Live {
+    /// A new tag, unused by any request or live clone, held by one user.
+    fn reserve_tag(&mut self) -> String {
+        let tag = loop {
+            let t = batch_tag();
+            if !self.tags.contains_key(&t) {
+                break t;
+            }
+        };
+        self.tags.insert(tag.clone(), 1);
+        tag
+    }
+
     fn take_id(&mut self, id: &str) -> Option<Running> {
         let t = *self.by_id.get(id)?;
         self.take_token(t)
@@ -1180,17 +1202,7 @@ impl<S: Slots + 'static> Core<S> {
         let standby = self.take_standby(&store, &r.vmm_args);
         let tag = match &standby {
             Some(sb) => sb.tag().to_owned(),
-            None => {
-                let mut live = lock(&self.live);
-                let tag = loop {
-                    let t = batch_tag();
-                    if !live.tags.contains_key(&t) {
-                        break t;
-                    }
-                };
-                live.tags.insert(tag.clone(), 1);
-                tag
-            }
+            None => lock(&self.live).reserve_tag(),
         };
         let (tx, rx) = cb::unbounded();
         let req = Arc::new(Req {
@@ -1529,12 +1541,7 @@ impl<S: Slots + 'static> Core<S> {
         phases.launch = ms(t.elapsed());
         crate::testhook::point("clone-launched");
 
-        let net_override = r.snapshot_tap.as_ref().and_then(|(iface, tap)| {
-            (*tap != slot.tap).then(|| NetworkOverride {
-                iface_id: iface.clone(),
-                host_dev_name: slot.tap.clone(),
-            })
-        });
+        let net_override = r.net_override(&slot);
         let vmm = launched.pidfd.try_clone().ok();
         let job = Job {
             index: seq,

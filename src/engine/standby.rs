@@ -23,13 +23,12 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use super::{lock, Core, Engine, Pending, Req, SnapshotSource};
-use crate::engine::batch::{batch_tag, link_sync, PhasesMs, SlotLease, Slots, SpawnError};
+use crate::engine::batch::{link_sync, PhasesMs, SlotLease, Slots, SpawnError};
 use crate::pipeline::launch::{self, Isolation, LaunchSpec, Launched};
 use crate::pipeline::restore::Job;
 use crate::pipeline::storage::clone::CloneStore;
 use crate::stats::ms;
 use crate::sys;
-use crate::vmm::api::NetworkOverride;
 
 /// How long a standby VMM gets to open its API socket.
 const STANDBY_SOCKET_TIMEOUT: Duration = Duration::from_secs(10);
@@ -212,17 +211,7 @@ impl<S: Slots + 'static> Core<S> {
         store: &Arc<CloneStore>,
         isolation: &Isolation,
     ) -> Result<Standby, String> {
-        let tag = {
-            let mut live = lock(&self.live);
-            let tag = loop {
-                let t = batch_tag();
-                if !live.tags.contains_key(&t) {
-                    break t;
-                }
-            };
-            live.tags.insert(tag.clone(), 1);
-            tag
-        };
+        let tag = lock(&self.live).reserve_tag();
         let id = format!("{tag}-0");
         let unref = || lock(&self.live).unref_tag(&tag);
         let taken = self.slots().take();
@@ -394,12 +383,7 @@ impl<S: Slots + 'static> Core<S> {
             launched,
             ..
         } = sb;
-        let net_override = r.snapshot_tap.as_ref().and_then(|(iface, tap)| {
-            (*tap != slot.tap).then(|| NetworkOverride {
-                iface_id: iface.clone(),
-                host_dev_name: slot.tap.clone(),
-            })
-        });
+        let net_override = r.net_override(&slot);
         let vmm = launched.pidfd.try_clone().ok();
         let job = Job {
             index: seq,
