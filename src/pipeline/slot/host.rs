@@ -97,6 +97,11 @@ pub fn registered_pools(reg: &Registry, configured: (SlotNet, HostNet)) -> Vec<(
 /// keeps its current address, so live clones' caches stay right.
 pub(super) fn ensure_bridge(net: &SlotNet) -> Result<(u32, [u8; 6]), SlotError> {
     let mut sock = Socket::route().map_err(nl("open a route socket in the host netns"))?;
+    // Routes before links: a slot another wasp process builds meanwhile
+    // marks its host veth before it adds the veth's /32 route, so every
+    // route of the dump is on a link the later link dump shows with its
+    // mark (or on one deleted since, whose route is gone too).
+    let routes = dump_routes(&mut sock).map_err(nl("list host routes"))?;
     let links = dump_links(&mut sock).map_err(nl("list host links"))?;
     let gw = net.cidr.gateway();
     let existing = links.iter().find(|l| l.name == net.bridge);
@@ -127,40 +132,7 @@ pub(super) fn ensure_bridge(net: &SlotNet) -> Result<(u32, [u8; 6]), SlotError> 
             )));
         }
     }
-    // Nor any route (a VPN, a container network, a static route): clone
-    // traffic would be routed two ways. The default route, the kernel's
-    // local table and routes on wasp's own bridge do not count.
-    let routes = dump_routes(&mut sock).map_err(nl("list host routes"))?;
-    // The routed layout's /32 routes through slots' host veths (marked
-    // `wasp:<pool>:<n>`) are wasp's too.
-    let slot_link = |oif: Option<u32>| {
-        links.iter().any(|l| {
-            Some(l.index) == oif
-                && l.alias
-                    .as_deref()
-                    .is_some_and(|a| a.starts_with(SLOT_MARK_PREFIX) && a != BRIDGE_ALIAS)
-        })
-    };
-    for r in &routes {
-        if r.prefix == 0
-            || r.table == rtnl::RT_TABLE_LOCAL
-            || (existing.is_some() && r.oif == existing.map(|l| l.index))
-            || slot_link(r.oif)
-        {
-            continue;
-        }
-        if Cidr::new(r.dst, r.prefix)?.overlaps(&net.cidr) {
-            let dev = r
-                .oif
-                .and_then(|i| links.iter().find(|l| l.index == i))
-                .map(|l| format!(" dev {}", l.name))
-                .unwrap_or_default();
-            return Err(SlotError::BadConfig(format!(
-                "clone CIDR {} overlaps the host route {}/{}{dev}; choose another --cidr",
-                net.cidr, r.dst, r.prefix
-            )));
-        }
-    }
+    check_routes(net, &routes, &links, existing.map(|l| l.index))?;
     let mut b = MsgBuf::new();
     if let Some(l) = existing {
         let mac = l.address.ok_or_else(|| {
@@ -429,9 +401,91 @@ pub(super) fn remove_host_objects(net: &SlotNet) -> Result<(), SlotError> {
     }
 }
 
+/// Refuses a clone CIDR that overlaps a host route (a VPN, a container
+/// network, a static route): clone traffic would be routed two ways. The
+/// default route, the kernel's local table, routes on wasp's own bridge
+/// (`bridge`), the routed layout's /32 routes through slots' host veths
+/// (marked `wasp:<pool>:<n>`), and routes on a link gone since the route
+/// dump (`links` is dumped after `routes`) do not count.
+fn check_routes(
+    net: &SlotNet,
+    routes: &[rtnl::RouteInfo],
+    links: &[rtnl::LinkInfo],
+    bridge: Option<u32>,
+) -> Result<(), SlotError> {
+    let link = |oif: Option<u32>| oif.and_then(|i| links.iter().find(|l| l.index == i));
+    for r in routes {
+        let ours = match link(r.oif) {
+            Some(l) => {
+                Some(l.index) == bridge
+                    || l.alias
+                        .as_deref()
+                        .is_some_and(|a| a.starts_with(SLOT_MARK_PREFIX) && a != BRIDGE_ALIAS)
+            }
+            None => r.oif.is_some(),
+        };
+        if r.prefix == 0 || r.table == rtnl::RT_TABLE_LOCAL || ours {
+            continue;
+        }
+        if Cidr::new(r.dst, r.prefix)?.overlaps(&net.cidr) {
+            let dev = link(r.oif)
+                .map(|l| format!(" dev {}", l.name))
+                .unwrap_or_default();
+            return Err(SlotError::BadConfig(format!(
+                "clone CIDR {} overlaps the host route {}/{}{dev}; choose another --cidr",
+                net.cidr, r.dst, r.prefix
+            )));
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_foreign_routes_overlapping_the_cidr_are_refused() {
+        let net = SlotNet::default();
+        let ip = |n: u8| {
+            let o = net.cidr.gateway().octets();
+            std::net::Ipv4Addr::new(o[0], o[1], o[2], n)
+        };
+        let route = |dst, prefix, oif| rtnl::RouteInfo {
+            dst,
+            prefix,
+            oif,
+            table: 254,
+        };
+        let link = |index, name: &str, alias: Option<String>| rtnl::LinkInfo {
+            index,
+            name: name.into(),
+            alias,
+            ..Default::default()
+        };
+        let links = vec![
+            link(2, "eth0", None),
+            link(3, &net.bridge, Some(BRIDGE_ALIAS.into())),
+            link(4, "waspslot", Some(net.alias(7))),
+        ];
+        let ok = [
+            route(std::net::Ipv4Addr::UNSPECIFIED, 0, Some(2)), // default
+            route(ip(0), net.cidr.prefix, Some(3)),             // the bridge's
+            route(ip(9), 32, Some(4)),                          // a marked slot veth
+            // A slot veth made (and marked) after the route dump, and gone
+            // before the link dump: its route went with it.
+            route(ip(10), 32, Some(99)),
+        ];
+        check_routes(&net, &ok, &links, Some(3)).unwrap();
+        let foreign = route(ip(0), 24, Some(2));
+        let e = check_routes(&net, &[foreign], &links, Some(3)).unwrap_err();
+        assert!(e.to_string().contains("dev eth0"), "{e}");
+        // Without a bridge of its own, a route on a link named like it is
+        // not wasp's.
+        let on_unmarked = route(ip(11), 32, Some(3));
+        let unmarked = vec![link(3, &net.bridge, None)];
+        assert!(check_routes(&net, &[on_unmarked], &unmarked, None).is_err());
+    }
 
     #[test]
     fn pools_one_process_owns_are_never_listed_for_others() {
