@@ -16,7 +16,12 @@
 # default 2, ttl_s 1), sampling per 10 s window the daemon's fds, RSS,
 # the pool's slot netns, conntrack entries in the pool's host netns and
 # the state dir's files; PLOT_TIME=FILE.svg draws its p50/p99 per window
-# against time, PLOT=FILE.svg its CDFs; SERVE_ARGS are added to `wasp
+# against time, PLOT=FILE.svg its CDFs; WARM and LOW_WATER set the pool's
+# warm size and low-water mark (default 128 and 96; a burst that takes the
+# free slots below the low water mark builds new slots meanwhile);
+# TMPFS_STATE=1 (default) puts the state dir (clone records) on a tmpfs, as
+# /run is on a systemd host (on ext4, creating a record per clone under
+# churn spends its time in ext4's inode allocator); SERVE_ARGS are added to `wasp
 # serve`'s; STORE=1 puts the runtime dir (and the snapshot) on a reflink
 # store (`wasp storage init`, a 1 GiB sparse XFS image in the work dir), so
 # clone disks are reflinked instead of copied. VMM=firecracker runs real
@@ -36,10 +41,13 @@ cleanup() {
   "$WASP" kill --all --state-dir "$W/state" --runtime-dir "$W/run" >/dev/null 2>&1 || true
   "$WASP" pool drain --force --pool "$POOL" --host-netns "$HOST" --state-dir "$W/state" --runtime-dir "$W/run" >/dev/null 2>&1 || true
   ip netns del "$HOST" 2>/dev/null || true
+  mountpoint -q "$W/state" && umount "$W/state"
   [ -n "${STORE:-}" ] && "$WASP" storage remove --runtime-dir "$W/run" --image "$W/store.img" >/dev/null 2>&1
   rm -rf "$W"
 }
 trap cleanup EXIT
+mkdir -p "$W/state"
+[ "${TMPFS_STATE:-1}" = 1 ] && mount -t tmpfs -o mode=0700,size=64m wasp-bench-state "$W/state"
 VMM=${VMM:-standin}
 READY=tcp:22
 VMM_ARGS=()
@@ -80,7 +88,7 @@ else
 fi
 "$WASP" serve --vmm "$VMM" "${VMM_ARGS[@]}" ${STANDBY:+--standby "$STANDBY"} --snapshot snap="$SNAP" --listen unix:"$S" \
   --host-netns "$HOST" --pool "$POOL" --state-dir "$W/state" --runtime-dir "$W/run" \
-  --warm 128 --low-water 96 --high-water 512 --parallel 32 --max-count 100 \
+  --warm "${WARM:-128}" --low-water "${LOW_WATER:-96}" --high-water 512 --parallel 32 --max-count 100 \
   --kill-on-exit ${SERVE_ARGS:-} 2>"$W/daemon.log" &
 PID=$!
 # A benchmark script, not a test: wait for readiness by asking.
@@ -104,6 +112,8 @@ scrape() {
 means() {
   join "$1" "$2" | awk '{ n=$5-$3; if (n > 0) printf "  %-58s %8.3f ms (n=%d)\n", $1, 1000*($4-$2)/n, n }'
 }
+# The daemon's own CPU (utime + stime, ms) so far: per request, with a delta.
+cpu_ms() { awk -v hz="$(getconf CLK_TCK)" '{ print ($14 + $15) * 1000 / hz }' "/proc/$PID/stat"; }
 scrape > "$W/m0"
 if [ "$VMM" = firecracker ]; then
   echo "== firecracker: wasp bench serve, $N requests of 1 clone, one at a time (standby ${STANDBY:-0}; load: $(cut -d' ' -f1-3 /proc/loadavg))"
@@ -121,8 +131,16 @@ oha --no-tui -n "$N" -c 1 --unix-socket "$S" -m POST -H "$H" -d "$BODY" http://w
 scrape > "$W/m1"
 echo "-- the daemon's means over these requests"
 means "$W/m0" "$W/m1"
-echo "== 100 concurrent requests of 1 clone each"
+echo "== 100 concurrent requests of 1 clone each (load: $(cut -d' ' -f1-3 /proc/loadavg))"
+C0=$(cpu_ms)
+if [ -n "${PERF:-}" ]; then
+  perf record -F 2000 -g -p "$PID" -o "$PERF" 2>/dev/null &
+  PERFPID=$!
+  sleep 0.5 # perf attaching; a benchmark script, not a test
+fi
 oha --no-tui -n 100 -c 100 --unix-socket "$S" -m POST -H "$H" -d "$BODY" http://wasp/v1/clones
+[ -n "${PERF:-}" ] && kill -INT "$PERFPID" && wait "$PERFPID" || true
+echo "-- the daemon's own CPU over these 100 requests: $(awk -v a="$C0" -v b="$(cpu_ms)" 'BEGIN { printf "%.0f ms (%.2f ms per request)", b - a, (b - a) / 100 }')"
 scrape > "$W/m2"
 echo "-- the daemon's means over these requests"
 means "$W/m1" "$W/m2"
