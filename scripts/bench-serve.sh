@@ -42,7 +42,8 @@ cleanup() {
   "$WASP" pool drain --force --pool "$POOL" --host-netns "$HOST" --state-dir "$W/state" --runtime-dir "$W/run" >/dev/null 2>&1 || true
   ip netns del "$HOST" 2>/dev/null || true
   mountpoint -q "$W/state" && umount "$W/state"
-  [ -n "${STORE:-}" ] && "$WASP" storage remove --runtime-dir "$W/run" --image "$W/store.img" >/dev/null 2>&1
+  # The store's loop device detaches on unmount (LO_FLAGS_AUTOCLEAR).
+  mountpoint -q "$W/run" && umount "$W/run"
   rm -rf "$W"
 }
 trap cleanup EXIT
