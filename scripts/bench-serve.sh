@@ -24,7 +24,8 @@
 # churn spends its time in ext4's inode allocator); SERVE_ARGS are added to `wasp
 # serve`'s; STORE=1 puts the runtime dir (and the snapshot) on a reflink
 # store (`wasp storage init`, a 1 GiB sparse XFS image in the work dir), so
-# clone disks are reflinked instead of copied. VMM=firecracker runs real
+# clone disks are reflinked instead of copied; PERF=FILE records `perf
+# record -g` of the daemon and its VMMs over the 100 concurrent requests. VMM=firecracker runs real
 # Firecracker ($WASP_FIRECRACKER; implies STORE=1) on a golden snapshot of
 # wasp's built-in test guest (128 MiB, made here by `wasp snapshot
 # create`), with `ready: running`, and only the N one-at-a-time requests
