@@ -101,7 +101,7 @@ fn config_show_names_the_source_of_every_value() {
         .iter()
         .map(|e| e["key"].as_str().unwrap().to_owned())
         .collect();
-    assert_eq!(keys.len(), 27, "{keys:?}");
+    assert_eq!(keys.len(), 28, "{keys:?}");
     let (layout, kind, _) = entry(&v, "pool.layout");
     assert_eq!((layout, kind.as_str()), ("routed".into(), "default"));
     let (ids, kind, _) = entry(&v, "jailer.id_range");

@@ -1,5 +1,6 @@
 //! SVG plots for `wasp bench … --plot FILE.svg`: the latency CDF of a
-//! figure's samples, and for spawn a stacked bar per clone of its phases.
+//! figure's samples, for spawn a stacked bar per clone of its phases, and
+//! plain lines against time (a soak's p50/p99 per window).
 //! plotters with its SVG backend only (no font files: text is placed by
 //! estimate and rendered by the viewer).
 
@@ -118,6 +119,86 @@ pub fn draw_svg(path: &Path, p: &Plot<'_>) -> Result<(), PlotError> {
         path: path.to_owned(),
         message,
     })
+}
+
+/// Draws labelled lines of `(x, y)` points (e.g. p50 and p99 per window
+/// of a soak against time) into the SVG file `path`, one point marked per
+/// sample.
+pub fn lines_svg(
+    path: &Path,
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    lines: &[(&str, &[(f64, f64)])],
+) -> Result<(), PlotError> {
+    check_path(path)?;
+    if lines.iter().all(|(_, pts)| pts.is_empty()) {
+        return Err(PlotError::Empty(path.to_owned()));
+    }
+    draw_lines(path, title, x_label, y_label, lines).map_err(|message| PlotError::Draw {
+        path: path.to_owned(),
+        message,
+    })
+}
+
+fn draw_lines(
+    path: &Path,
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    lines: &[(&str, &[(f64, f64)])],
+) -> Result<(), String> {
+    let e = |e: &dyn std::fmt::Display| e.to_string();
+    let root = SVGBackend::new(path, (900, 420)).into_drawing_area();
+    root.fill(&WHITE).map_err(|x| e(&x))?;
+    let finite = || {
+        lines
+            .iter()
+            .flat_map(|(_, p)| p.iter().copied())
+            .filter(|(x, y)| x.is_finite() && y.is_finite())
+    };
+    let max_x = finite().map(|(x, _)| x).fold(0.0f64, f64::max);
+    let max_y = finite().map(|(_, y)| y).fold(0.0f64, f64::max);
+    let max_x = if max_x > 0.0 { max_x * 1.02 } else { 1.0 };
+    let max_y = if max_y > 0.0 { max_y * 1.1 } else { 1.0 };
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 20))
+        .margin(15)
+        .x_label_area_size(45)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0f64..max_x, 0f64..max_y)
+        .map_err(|x| e(&x))?;
+    chart
+        .configure_mesh()
+        .x_desc(x_label)
+        .y_desc(y_label)
+        .draw()
+        .map_err(|x| e(&x))?;
+    for (i, (label, pts)) in lines.iter().enumerate() {
+        let color = COLORS[i % COLORS.len()];
+        let pts: Vec<(f64, f64)> = pts
+            .iter()
+            .copied()
+            .filter(|(x, y)| x.is_finite() && y.is_finite())
+            .collect();
+        chart
+            .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
+            .map_err(|x| e(&x))?
+            .label(*label)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+        chart
+            .draw_series(pts.into_iter().map(|p| Circle::new(p, 2, color.filled())))
+            .map_err(|x| e(&x))?;
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()
+        .map_err(|x| e(&x))?;
+    root.present().map_err(|x| e(&x))?;
+    Ok(())
 }
 
 fn draw(path: &Path, p: &Plot<'_>) -> Result<(), String> {

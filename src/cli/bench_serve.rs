@@ -46,6 +46,27 @@ pub struct BenchServeArgs {
     /// Also draw the CDFs of request latency, engine wall and clone total.
     #[arg(long, value_name = "FILE.svg")]
     pub plot: Option<PathBuf>,
+    /// Each client pauses this long after an answer (a paced rate; lets
+    /// the daemon's standby VMMs refill between requests).
+    #[arg(long, default_value_t = 0, value_name = "MS")]
+    pub gap_ms: u64,
+    /// With --duration: draw p50 and p99 per window against time.
+    #[arg(long, value_name = "FILE.svg")]
+    pub plot_time: Option<PathBuf>,
+    /// With --duration: sample this daemon's RSS per window.
+    #[arg(long, value_name = "PID")]
+    pub daemon_pid: Option<u32>,
+    /// With --duration: count the named netns (/run/netns) starting with
+    /// this per window (e.g. wasp-POOL-: the pool's slots).
+    #[arg(long, value_name = "PREFIX")]
+    pub netns_prefix: Option<String>,
+    /// With --duration: read nf_conntrack_count in this named netns (the
+    /// pool's host netns) per window; "" for the bench's own.
+    #[arg(long, value_name = "NETNS")]
+    pub conntrack_netns: Option<String>,
+    /// With --duration: count the files under this state dir per window.
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
     /// Print one JSON document.
     #[arg(long)]
     pub json: bool,
@@ -60,7 +81,7 @@ fn row(name: &str, p: &Percentiles) {
 
 /// Runs `wasp bench serve`.
 pub fn run(a: BenchServeArgs) -> anyhow::Result<ExitCode> {
-    if let Some(p) = &a.plot {
+    for p in [&a.plot, &a.plot_time].into_iter().flatten() {
         wasp::bench::plot::check_path(p)?;
     }
     let mut client = Client::new(a.server.clone());
@@ -84,7 +105,22 @@ pub fn run(a: BenchServeArgs) -> anyhow::Result<ExitCode> {
         ttl_s: (a.ttl_s > 0).then_some(a.ttl_s),
         duration: a.duration.map(Duration::from_secs),
         window: Duration::from_secs(a.window.max(1)),
+        gap: Duration::from_millis(a.gap_ms),
+        probe: bench::HostProbe {
+            daemon_pid: a.daemon_pid,
+            netns_prefix: a.netns_prefix,
+            conntrack_netns: a.conntrack_netns,
+            state_dir: a.state_dir,
+        },
     })?;
+    if let Some(p) = &a.plot_time {
+        bench::timeline_svg(
+            p,
+            "wasp serve: request to response per window",
+            &r.windows,
+            Duration::from_secs(a.window.max(1)),
+        )?;
+    }
     if let Some(p) = &a.plot {
         let col = |f: fn(&bench::Sample) -> f64| r.samples.iter().map(f).collect::<Vec<_>>();
         let (l, e, c) = (
@@ -139,11 +175,23 @@ fn print(r: &BenchReport) {
         }
     }
     if !r.host.is_empty() {
-        println!("  the daemon (at s: fds, clones, pool slots, free slots):");
+        println!(
+            "  the daemon (at s: fds, clones, pool slots, free slots, RSS KiB, netns, conntrack, state files; - not sampled):"
+        );
+        let o = |v: Option<u64>| v.map_or_else(|| "-".to_owned(), |v| v.to_string());
         for h in &r.host {
+            let c = &h.counts;
             println!(
-                "    {:>7.1}: {:>6} {:>6} {:>6} {:>6}",
-                h.at_s, h.fds_open, h.clones, h.pool_slots, h.free_slots
+                "    {:>7.1}: {:>6} {:>6} {:>6} {:>6} {:>8} {:>6} {:>6} {:>6}",
+                h.at_s,
+                h.fds_open,
+                h.clones,
+                h.pool_slots,
+                h.free_slots,
+                o(c.rss_kib),
+                o(c.netns),
+                o(c.conntrack),
+                o(c.state_files)
             );
         }
     }

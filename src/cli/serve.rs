@@ -90,6 +90,10 @@ pub struct ServeArgs {
     /// Free slots above this are destroyed [serve.high_water; default: 256].
     #[arg(long)]
     pub high_water: Option<usize>,
+    /// Experimental: VMMs to hold started ahead in their slots for the
+    /// first --snapshot [serve.standby; default: 0].
+    #[arg(long, value_name = "N")]
+    pub standby: Option<usize>,
     /// HTTP worker threads (1 or 2; the restore itself runs on the
     /// engine's own threads).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=2))]
@@ -147,6 +151,7 @@ pub fn serve_cmd(a: ServeArgs, mut cfg: Config) -> anyhow::Result<ExitCode> {
     cfg.serve_warm.flag("--warm", a.warm);
     cfg.serve_low_water.flag("--low-water", a.low_water);
     cfg.serve_high_water.flag("--high-water", a.high_water);
+    cfg.serve_standby.flag("--standby", a.standby);
     let (warm, low, high) = (
         cfg.serve_warm.value,
         cfg.serve_low_water.value,
@@ -216,6 +221,14 @@ pub fn serve_cmd(a: ServeArgs, mut cfg: Config) -> anyhow::Result<ExitCode> {
     })?;
     let mut engine_cfg = EngineConfig::new(vmm, state_dir.clone(), runtime_dir.clone());
     engine_cfg.parallel = cfg.parallel.value;
+    engine_cfg.standby = cfg.serve_standby.value;
+    if engine_cfg.standby > 0 && snapshots.is_empty() {
+        bail!(
+            "serve.standby ({}) holds VMMs for the first --snapshot NAME=DIR, and none is given",
+            cfg.serve_standby.source
+        );
+    }
+    let standby_for = snapshots.first().map(|(n, _)| n.clone());
     // The refill starts only once the engine has set aside the slots of
     // the live clones it adopts (a refill running during that hand-over
     // can leave an adopted clone's slot among the free ones).
@@ -264,6 +277,9 @@ pub fn serve_cmd(a: ServeArgs, mut cfg: Config) -> anyhow::Result<ExitCode> {
             .map_err(|e| format!("set the pool's marks: {}", wasp::error::chain(&e)))?;
         let b = EngineBackend::new(Arc::new(engine), vmm_name, opts, &snapshots)
             .map_err(|e| e.to_string())?;
+        if let Some(name) = &standby_for {
+            b.hold_standby(name).map_err(|e| e.to_string())?;
+        }
         Ok(Arc::new(b) as Arc<dyn Backend>)
     });
     let rep = server.run(open, Stop::Signals)?;

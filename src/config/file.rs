@@ -94,6 +94,7 @@ struct RawServe {
     warm: Option<usize>,
     low_water: Option<usize>,
     high_water: Option<usize>,
+    standby: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -276,6 +277,7 @@ impl Config {
         c.serve_warm.set(serve.warm, src);
         c.serve_low_water.set(serve.low_water, src);
         c.serve_high_water.set(serve.high_water, src);
+        c.serve_standby.set(serve.standby, src);
         c.slot_net()
             .validate()
             .map_err(|source| ConfigError::Invalid {

@@ -244,6 +244,9 @@ pub struct Config {
     pub serve_low_water: Setting<usize>,
     /// `serve.high_water`: free slots above this are destroyed.
     pub serve_high_water: Setting<usize>,
+    /// `serve.standby`: VMMs the daemon holds started ahead in their slots
+    /// for its first snapshot (experimental; 0: none).
+    pub serve_standby: Setting<usize>,
 }
 
 impl Default for Config {
@@ -279,6 +282,7 @@ impl Default for Config {
             serve_warm: Setting::default(DEFAULT_SERVE_WARM),
             serve_low_water: Setting::default(DEFAULT_SERVE_LOW_WATER),
             serve_high_water: Setting::default(DEFAULT_SERVE_HIGH_WATER),
+            serve_standby: Setting::default(0),
         }
     }
 }
@@ -483,6 +487,7 @@ body_limit = 4096
 warm = 4
 low_water = 2
 high_water = 8
+standby = 1
 "#;
 
     #[test]
@@ -525,6 +530,7 @@ high_water = 8
         assert_eq!(c.parallel.value, 64);
         assert_eq!(c.slot_net().layout, crate::pipeline::slot::Layout::Bridge);
         assert_eq!(c.jailer_ids.value.to_string(), "80000-80999");
+        assert_eq!(c.serve_standby.value, 1);
         let fc = c.firecracker_choice().unwrap();
         assert_eq!(fc.path, Path::new("/opt/fc/firecracker"));
         assert!(fc.origin.contains("paths.firecracker"), "{}", fc.origin);

@@ -155,6 +155,11 @@ impl Config {
                 &self.serve_high_water,
                 json!(self.serve_high_water.value),
             ),
+            e(
+                "serve.standby",
+                &self.serve_standby,
+                json!(self.serve_standby.value),
+            ),
         ]
     }
 }

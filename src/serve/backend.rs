@@ -233,6 +233,16 @@ impl<S: Slots + 'static> EngineBackend<S> {
         &self.engine
     }
 
+    /// Has the engine hold its VMMs started ahead
+    /// ([`Engine::hold_standby`]) for the snapshot `name` (as requests
+    /// name it); nothing when the engine holds none.
+    pub fn hold_standby(&self, name: &str) -> Result<(), BackendError> {
+        let store = self.resolve(name)?;
+        self.engine
+            .hold_standby(SnapshotSource::Store(store))
+            .map_err(|e| BackendError::Invalid(format!("standby VMMs for {name}: {}", chain(&e))))
+    }
+
     fn open_store(&self, dir: &Path) -> Result<Arc<CloneStore>, BackendError> {
         let mut store = CloneStore::open(dir, &self.opts.runtime_dir, Mode::Auto).map_err(|e| {
             BackendError::Invalid(format!(

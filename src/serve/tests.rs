@@ -612,6 +612,12 @@ fn bench_serve_measures_a_daemon_and_counts_its_refusals() {
         ttl_s: Some(2),
         duration: None,
         window: std::time::Duration::from_secs(60),
+        gap: std::time::Duration::ZERO,
+        probe: bench::HostProbe {
+            daemon_pid: Some(std::process::id()),
+            state_dir: Some(tmp.path().to_owned()),
+            ..bench::HostProbe::default()
+        },
     };
     let r = bench::run(&o).unwrap();
     assert_eq!((r.ok, r.failed), (20, 0), "{:?}", r.failures);
@@ -639,6 +645,10 @@ fn bench_serve_measures_a_daemon_and_counts_its_refusals() {
     assert!(timed.ok > 0 && timed.failed == 0, "{:?}", timed.failures);
     assert!(!timed.host.is_empty());
     assert_eq!(timed.host[0].fds_open, 10, "the fake's capacity");
+    // … and the host counts asked for (this process stands for the daemon).
+    let c = timed.host[0].counts;
+    assert!(c.rss_kib.is_some_and(|k| k > 0) && c.state_files.is_some());
+    assert_eq!((c.netns, c.conntrack), (None, None));
     assert!(r.host.is_empty(), "a counted run takes no samples");
     assert!(bench::run(&bench::BenchOptions {
         concurrency: 0,
