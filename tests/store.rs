@@ -281,6 +281,37 @@ fn init_makes_a_reflink_store_on_ext4_idempotently_and_remove_leaves_nothing() {
 }
 
 #[test]
+fn a_store_with_an_image_of_any_name_is_found_by_status_and_remove() {
+    root_or_skip!();
+    let _s = serial();
+    let ext4 = LoopFs::ext4(1024);
+    let rt = ext4.path().join("rt");
+    let mut guard = StoreGuard::new(&rt);
+    let img = ext4.path().join("images").join("mine.img");
+    fs::create_dir_all(img.parent().unwrap()).unwrap();
+    guard.img = img.clone();
+    let img_arg = img.to_str().unwrap();
+
+    ok(&wasp(
+        &["storage", "init", "--size", "1G", "--image", img_arg],
+        &rt,
+    ));
+    assert_eq!(fs_type(&rt), "xfs");
+    // Found by its label, not its name: status shows it, remove takes it.
+    let o = wasp(&["storage", "status", "--json"], &rt);
+    ok(&o);
+    assert!(stdout(&o).contains("mine.img"), "{}", stdout(&o));
+    ok(&wasp(&["storage", "remove", "--image", img_arg], &rt));
+    assert!(
+        mounted(&rt).is_none(),
+        "{} is still a mount point",
+        rt.display()
+    );
+    assert_eq!(loops_of(&img), Vec::<String>::new(), "loop devices left");
+    assert!(!img.exists(), "{} left", img.display());
+}
+
+#[test]
 fn a_hundred_clones_of_a_1gib_rootfs_use_only_the_blocks_they_write() {
     root_or_skip!();
     let _s = serial();

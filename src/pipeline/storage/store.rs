@@ -384,7 +384,8 @@ fn loop_number(source: &str) -> Option<u32> {
 }
 
 /// A mount that is a wasp store: an XFS on a loop device whose backing
-/// file is a `wasp-store-*.img`. Returns the image.
+/// file is a `wasp-store-*.img` or carries the store's label. Returns the
+/// image.
 fn store_image_of(m: &MountEntry) -> Option<PathBuf> {
     if m.fstype != "xfs" {
         return None;
@@ -394,8 +395,11 @@ fn store_image_of(m: &MountEntry) -> Option<PathBuf> {
         .ok()?
         .into_iter()
         .find(|(k, _)| *k == n)?;
+    // The default name, or any name `--image` gave: the label `init`
+    // formats every store with.
     let name = file.file_name()?.to_string_lossy().into_owned();
-    (name.starts_with(&format!("{PREFIX}-store-")) && name.ends_with(".img")).then_some(file)
+    let named = name.starts_with(&format!("{PREFIX}-store-")) && name.ends_with(".img");
+    (named || is_store_image(&file).unwrap_or(false)).then_some(file)
 }
 
 /// Finds `mkfs.xfs`: `$PATH`, then the sbin directories a non-login root
