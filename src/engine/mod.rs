@@ -1800,17 +1800,38 @@ impl<S: Slots + 'static> Core<S> {
     /// In waves of [`STOP_WAVE`], each with its own `grace`, so thousands
     /// of exiting VMMs do not all contend for the CPUs at once.
     fn stop_many(&self, mut runs: Vec<Running>, grace: Duration, cause: ReapCause) -> Vec<Reaped> {
+        /// Threads reclaiming a wave's clones.
+        const STOP_THREADS: usize = 8;
         let mut v = Vec::with_capacity(runs.len());
         while !runs.is_empty() {
             let rest = runs.split_off(runs.len().min(STOP_WAVE));
             let wave = std::mem::replace(&mut runs, rest);
             let termed: Vec<bool> = wave.iter().map(|r| self.term(r)).collect();
             let deadline = Instant::now() + grace;
-            v.extend(
-                wave.into_iter()
-                    .zip(termed)
-                    .map(|(r, t)| self.finish_stop(r, t, deadline, cause)),
-            );
+            let mut wave: Vec<(Running, bool)> = wave.into_iter().zip(termed).collect();
+            // The reclaims side by side: each waits on its VMM's exit and
+            // on the kernel (file and slot removal), not on the CPU.
+            let per = wave.len().div_ceil(STOP_THREADS).max(1);
+            let mut chunks = Vec::new();
+            while !wave.is_empty() {
+                let rest = wave.split_off(wave.len().min(per));
+                chunks.push(std::mem::replace(&mut wave, rest));
+            }
+            std::thread::scope(|s| {
+                let hs: Vec<_> = chunks
+                    .into_iter()
+                    .map(|c| {
+                        s.spawn(move || {
+                            c.into_iter()
+                                .map(|(r, t)| self.finish_stop(r, t, deadline, cause))
+                                .collect::<Vec<_>>()
+                        })
+                    })
+                    .collect();
+                for h in hs {
+                    v.extend(h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)));
+                }
+            });
         }
         v.sort_by(|a, b| a.id.cmp(&b.id));
         v

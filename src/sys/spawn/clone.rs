@@ -15,6 +15,8 @@ use crate::sys::cvt;
 const CLONE_VM: u64 = 0x100;
 /// `CLONE_VFORK` (linux/sched.h).
 const CLONE_VFORK: u64 = 0x4000;
+/// `CLONE_FILES` (linux/sched.h).
+const CLONE_FILES: u64 = 0x400;
 /// `CLONE_PIDFD` (linux/sched.h).
 const CLONE_PIDFD: u64 = 0x1000;
 /// `CLONE_INTO_CGROUP` (linux/sched.h, 5.7).
@@ -189,7 +191,8 @@ fn clone3_vfork(args: &mut CloneArgs, size: usize, plan: &ChildPlan) -> io::Resu
     // execs or _exits (ud2 guards the impossible return). The child thus
     // never runs on this thread's stack or returns into this function,
     // whose frame the parent still needs. Sharing memory (CLONE_VM) is
-    // sound because the child only reads `plan` (alive: this thread sleeps
+    // sound because the child only reads `plan` (but for its atomic
+    // `lost`, written before it exits; alive: this thread sleeps
     // in the syscall until the child execs or exits, CLONE_VFORK), makes
     // raw calls, never allocates and takes no lock (`child_steps`); the
     // errno it may set is this sleeping thread's.
@@ -243,10 +246,13 @@ pub(super) fn create_vfork(
     cgroup: Option<(RawFd, RawFd)>,
 ) -> io::Result<Option<Created>> {
     let _blocked = SignalsBlocked::new()?;
+    // A child that makes its own fd table before exec shares ours until
+    // then instead of copying it (see `plan::own_fd_table`).
+    let shared_fds = if plan.shared_fds { CLONE_FILES } else { 0 };
     with_child_stack(|stack| {
         let mut pidfd: libc::c_int = -1;
         let mut args = CloneArgs {
-            flags: CLONE_PIDFD | CLONE_VM | CLONE_VFORK,
+            flags: CLONE_PIDFD | CLONE_VM | CLONE_VFORK | shared_fds,
             pidfd: &mut pidfd as *mut libc::c_int as u64,
             exit_signal: libc::SIGCHLD as u64,
             stack: stack.low(),

@@ -20,7 +20,12 @@
 //!   or exited; wasp's other threads go on. The child shares wasp's memory
 //!   until exec, so it only reads the `plan::ChildPlan` prepared before the
 //!   clone, makes raw async-signal-safe calls, never allocates and never
-//!   touches a lock. All signals are blocked in the calling thread across
+//!   touches a lock. It also shares wasp's fd table (`CLONE_FILES`) and,
+//!   just before exec, makes its own holding only what it needs
+//!   (`close_range(CLOSE_RANGE_UNSHARE)` above stdio, then `pidfd_getfd`
+//!   of its stdio and error pipe): copying wasp's table and closing every
+//!   close-on-exec fd of it at exec made each launch cost O(fds wasp
+//!   holds), which grows with the live clones. All signals are blocked in the calling thread across
 //!   the clone, so no handler of wasp's runs on the child's side before
 //!   the child has reset every caught signal to its default.
 //! - **fork-style**: `clone3` without `CLONE_VM` (the child gets a copy of
@@ -68,7 +73,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
 
 use self::clone::{create_fork, create_vfork, Cloned};
-use self::plan::{child_error, child_main, ChildPlan, MountPlan};
+use self::plan::{child_error, child_main, is_fd_table_step, lost_error, ChildPlan, MountPlan};
 use super::cvt;
 
 /// How the child was created (see the module docs for when each is used).
@@ -84,6 +89,13 @@ pub enum CloneStyle {
 
 /// Whether this build has the vfork-style entry (an x86-64 trampoline).
 pub const VFORK_SUPPORTED: bool = cfg!(target_arch = "x86_64");
+
+/// Whether a vfork-style child shares wasp's fd table until it makes its
+/// own with only what it needs (see `plan::own_fd_table`). Cleared for
+/// good the first time a child cannot (no `close_range` or `pidfd_getfd`,
+/// or no ptrace access to wasp: e.g. Yama's `ptrace_scope` 3, or not
+/// root); that child's spawn fails, later ones copy the table.
+static SHARE_FDS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
 
 /// How the child was put into its cgroup.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -472,6 +484,7 @@ pub fn spawn(exec: Exec, setup: ChildSetup) -> io::Result<Spawned> {
         above_stdio(OwnedFd::from(exec.stderr))?,
     ];
     let (err_r, err_w) = pipe()?;
+    let lost = std::sync::atomic::AtomicU64::new(0);
 
     let mut plan = ChildPlan {
         program: &program,
@@ -488,6 +501,11 @@ pub fn spawn(exec: Exec, setup: ChildSetup) -> io::Result<Spawned> {
         mounts,
         drive_tmpfs,
         binds: &binds,
+        shared_fds: VFORK_SUPPORTED
+            && !force_fork
+            && SHARE_FDS.load(std::sync::atomic::Ordering::Relaxed),
+        parent: std::process::id() as libc::pid_t,
+        lost: &lost,
     };
     let vfork_cgroup = cgroup.as_ref().map(|c| {
         let dir = if c.force_procs_write {
@@ -514,6 +532,7 @@ pub fn spawn(exec: Exec, setup: ChildSetup) -> io::Result<Spawned> {
         Some(c) => (CloneStyle::Vfork, c.pid, c.pidfd, c.into),
         None => {
             plan.procs = None;
+            plan.shared_fds = false;
             let into_fd = vfork_cgroup.and_then(|(dir, _)| dir);
             // Whether the child must write itself to cgroup.procs is known
             // only after the clone; the child decides from `into` on its
@@ -559,6 +578,12 @@ pub fn spawn(exec: Exec, setup: ChildSetup) -> io::Result<Spawned> {
             }
         }
     }
+    let no_fd_table = || SHARE_FDS.store(false, std::sync::atomic::Ordering::Relaxed);
+    if let (0, Some(e)) = (got, lost_error(&lost)) {
+        no_fd_table();
+        let _ = process.wait();
+        return Err(e);
+    }
     if got == 0 {
         // The pipe closed at exec: the program runs.
         let placement = cgroup.map(|_| {
@@ -576,6 +601,9 @@ pub fn spawn(exec: Exec, setup: ChildSetup) -> io::Result<Spawned> {
         });
     }
     let _ = process.wait();
+    if is_fd_table_step(&msg) {
+        no_fd_table();
+    }
     Err(child_error(&msg))
 }
 
@@ -692,6 +720,36 @@ mod tests {
             out.read_to_string(&mut text).unwrap();
             assert_eq!(text.trim(), "x1:none", "{style:?}");
         }
+    }
+
+    #[test]
+    fn the_child_gets_only_its_stdio_and_ours_stay_put() {
+        // A vfork-style child shares our fd table until it makes its own:
+        // none of our fds may reach the program, and its dup2s onto 0-2
+        // must not land in our table.
+        let ours = |fd: i32| std::fs::read_link(format!("/proc/self/fd/{fd}")).ok();
+        let before: Vec<_> = (0..3).map(ours).collect();
+        let held: Vec<File> = (0..64).map(|_| File::open("/dev/null").unwrap()).collect();
+        for (force, style) in styles() {
+            let text = output_of("ls -1 /proc/self/fd; readlink /proc/self/fd/0", force);
+            let fds: Vec<&str> = text.lines().filter(|l| !l.starts_with('/')).collect();
+            for f in &held {
+                let n = f.as_raw_fd().to_string();
+                assert!(!fds.contains(&n.as_str()), "{style:?}: {text}");
+            }
+            if style == CloneStyle::Vfork {
+                // Not even an fd inherited without close-on-exec (the test
+                // harness has some) gets through; ls's own directory fd is
+                // the 4th.
+                assert_eq!(fds, ["0", "1", "2", "3"], "{style:?}: {text}");
+            }
+            assert!(text.contains("/dev/null"), "{style:?}: {text}");
+            let after: Vec<_> = (0..3).map(ours).collect();
+            assert_eq!(before, after, "{style:?}");
+        }
+        // The vfork-style children made their own tables (no fallback).
+        assert!(!VFORK_SUPPORTED || SHARE_FDS.load(std::sync::atomic::Ordering::Relaxed));
+        drop(held);
     }
 
     #[test]

@@ -7,6 +7,7 @@
 use std::ffi::CString;
 use std::io;
 use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::sys::cvt;
 
@@ -26,6 +27,7 @@ enum Step {
     Template = 10,
     Cwd = 11,
     Remount = 12,
+    FdTable = 13,
 }
 
 impl Step {
@@ -44,6 +46,7 @@ impl Step {
             Template,
             Cwd,
             Remount,
+            FdTable,
         ]
         .into_iter()
         .find(|s| *s as u32 == v)
@@ -63,6 +66,9 @@ impl Step {
             Step::Template => "entering the template mount namespace (setns)",
             Step::Cwd => "returning to wasp's working directory in its mount namespace",
             Step::Remount => "remounting a bind read-only, nosuid, nodev, noexec",
+            Step::FdTable => {
+                "making its own fd table (close_range CLOSE_RANGE_UNSHARE, pidfd_getfd)"
+            }
         }
     }
 }
@@ -93,6 +99,14 @@ pub(super) struct ChildPlan<'a> {
     /// Mount the private drive tmpfs here (not when the template has it).
     pub(super) drive_tmpfs: Option<&'a CString>,
     pub(super) binds: &'a [(CString, CString, libc::c_ulong)],
+    /// The child shares wasp's fd table (`CLONE_FILES`, vfork-style only)
+    /// and makes its own just before exec ([`own_fd_table`]).
+    pub(super) shared_fds: bool,
+    /// wasp's pid, whose fds a child with `shared_fds` copies.
+    pub(super) parent: libc::pid_t,
+    /// (step, errno) of a child that failed after leaving the shared fd
+    /// table but before it had its own copy of the error pipe; 0 if not.
+    pub(super) lost: &'a AtomicU64,
 }
 
 type ChildResult = Result<(), (Step, i32)>;
@@ -149,7 +163,7 @@ fn reset_signals() -> ChildResult {
 /// The child's whole life: async-signal-safe raw syscalls on data prepared
 /// before the clone, no allocation, no lock, then exec. Returns only on
 /// failure.
-fn child_steps(p: &ChildPlan) -> ChildResult {
+fn child_steps(p: &ChildPlan, err: &mut RawFd) -> ChildResult {
     if let Some(fd) = p.procs {
         // "0" is the writing process itself.
         // SAFETY: the buffer is a 1-byte literal; fd is open (inherited).
@@ -162,12 +176,6 @@ fn child_steps(p: &ChildPlan) -> ChildResult {
     reset_signals()?;
     // SAFETY: setpgid only reads its integer arguments.
     cvt(unsafe { libc::setpgid(0, 0) }).map_err(at(Step::ProcessGroup))?;
-    for (target, &fd) in p.stdio.iter().enumerate() {
-        // The sources are >= 3 (see `above_stdio`), so dup2 never clobbers
-        // one it still needs, and it clears FD_CLOEXEC on the copy.
-        // SAFETY: dup2 only reads its integer arguments.
-        cvt(unsafe { libc::dup2(fd, target as RawFd) }).map_err(at(Step::Stdio))?;
-    }
     if let Some(fd) = p.netns {
         // SAFETY: setns only reads its integer arguments; fd is open in the
         // child (inherited; CLOEXEC only closes it at exec).
@@ -238,24 +246,87 @@ fn child_steps(p: &ChildPlan) -> ChildResult {
             .map_err(at(Step::Remount))?;
         }
     }
+    // Stdio last: a child sharing wasp's fd table must not dup2 onto
+    // wasp's own 0-2, so it first makes its own table.
+    let mut stdio = p.stdio;
+    if p.shared_fds {
+        own_fd_table(p, err, &mut stdio)?;
+    }
+    for (target, &fd) in stdio.iter().enumerate() {
+        // The sources are >= 3 (see `above_stdio`; pidfd_getfd's copies
+        // are too), so dup2 never clobbers one it still needs, and it
+        // clears FD_CLOEXEC on the copy.
+        // SAFETY: dup2 only reads its integer arguments.
+        cvt(unsafe { libc::dup2(fd, target as RawFd) }).map_err(at(Step::Stdio))?;
+    }
     // SAFETY: program is a live CString; argv and envp are null-terminated
     // arrays of pointers to live CStrings (checked by `spawn`).
     unsafe { libc::execve(p.program.as_ptr(), p.argv.as_ptr(), p.envp.as_ptr()) };
     Err(at(Step::Exec)(io::Error::last_os_error()))
 }
 
+/// `CLOSE_RANGE_UNSHARE` (linux/close_range.h, 5.9).
+const CLOSE_RANGE_UNSHARE: libc::c_uint = 1 << 1;
+
+/// A child sharing wasp's fd table (`CLONE_FILES`) makes its own holding
+/// only fds 0-2: `close_range(3, ~0, CLOSE_RANGE_UNSHARE)` copies nothing
+/// above them, so exec has no close-on-exec fd of wasp's to close (with
+/// thousands of live clones wasp holds thousands of fds, and copying then
+/// closing each at exec made every launch cost O(live clones)). It then
+/// copies the few fds it still needs from wasp (`pidfd_getfd`, close-on-
+/// exec copies): the error pipe first (into `err`), then the stdio
+/// sources (into `stdio`).
+fn own_fd_table(p: &ChildPlan, err: &mut RawFd, stdio: &mut [RawFd; 3]) -> ChildResult {
+    // SAFETY: close_range only reads its integer arguments; on failure the
+    // table is still the shared one and `err` still valid.
+    cvt(unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, CLOSE_RANGE_UNSHARE) })
+        .map_err(at(Step::FdTable))?;
+    // From here wasp's fds are gone from this table: a failure before the
+    // error pipe is copied goes to `lost`.
+    let shared_err = std::mem::replace(err, -1);
+    // SAFETY: pidfd_open only reads its integer arguments; the fd it
+    // returns is this child's and closed below or at exec (O_CLOEXEC).
+    let pidfd = cvt(unsafe { libc::syscall(libc::SYS_pidfd_open, p.parent, 0u32) })
+        .map_err(at(Step::FdTable))? as RawFd;
+    let copy = |fd: RawFd| {
+        // SAFETY: pidfd_getfd only reads its integer arguments; the copy
+        // it returns is close-on-exec.
+        cvt(unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd, fd, 0u32) })
+            .map(|n| n as RawFd)
+            .map_err(at(Step::FdTable))
+    };
+    *err = copy(shared_err)?;
+    for s in stdio.iter_mut() {
+        *s = copy(*s)?;
+    }
+    // SAFETY: pidfd was returned by pidfd_open above and is closed once.
+    unsafe { libc::close(pidfd) };
+    Ok(())
+}
+
 /// Runs in the child right after the clone; never returns.
 pub(super) fn child_main(p: &ChildPlan) -> ! {
-    let (step, errno) = match child_steps(p) {
+    let mut err = p.err_pipe;
+    let (step, errno) = match child_steps(p, &mut err) {
         Ok(()) => (Step::Exec, libc::EINVAL),
         Err(e) => e,
     };
+    if err < 0 {
+        // No error pipe in this table: tell the parent through memory
+        // (shared: only a vfork-style child has `shared_fds`).
+        p.lost.store(
+            (u64::from(step as u32) << 32) | u64::from(errno as u32),
+            Ordering::Release,
+        );
+        // SAFETY: _exit ends the child without touching wasp's memory.
+        unsafe { libc::_exit(127) }
+    }
     let mut msg = [0u8; 8];
     msg[..4].copy_from_slice(&(step as u32).to_ne_bytes());
     msg[4..].copy_from_slice(&errno.to_ne_bytes());
     // SAFETY: msg is an 8-byte buffer on our stack; a short or failed write
     // only loses the detail (the parent then sees the exit).
-    unsafe { libc::write(p.err_pipe, msg.as_ptr().cast(), msg.len()) };
+    unsafe { libc::write(err, msg.as_ptr().cast(), msg.len()) };
     // SAFETY: _exit ends the child (its own thread group: no CLONE_THREAD)
     // without running atexit handlers or destructors, which would touch
     // wasp's memory in a vfork-style child and the heap copy otherwise.
@@ -265,8 +336,28 @@ pub(super) fn child_main(p: &ChildPlan) -> ! {
 /// The parent's error for the 8 bytes a failed child wrote to its error
 /// pipe in [`child_main`]: (step, errno), naming the step.
 pub(super) fn child_error(msg: &[u8; 8]) -> io::Error {
-    let step = Step::from_u32(u32::from_ne_bytes(msg[..4].try_into().expect("4 bytes")));
+    let step = u32::from_ne_bytes(msg[..4].try_into().expect("4 bytes"));
     let errno = i32::from_ne_bytes(msg[4..].try_into().expect("4 bytes"));
+    step_error(step, errno)
+}
+
+/// The parent's error for a child that failed after leaving wasp's fd
+/// table ([`ChildPlan::lost`]), or `None` when it did not.
+pub(super) fn lost_error(lost: &AtomicU64) -> Option<io::Error> {
+    match lost.load(Ordering::Acquire) {
+        0 => None,
+        v => Some(step_error((v >> 32) as u32, v as u32 as i32)),
+    }
+}
+
+/// True when the child's message is its failure to make its own fd table
+/// (the parent then stops sharing its table with later children).
+pub(super) fn is_fd_table_step(msg: &[u8; 8]) -> bool {
+    msg[..4] == (Step::FdTable as u32).to_ne_bytes()
+}
+
+fn step_error(step: u32, errno: i32) -> io::Error {
+    let step = Step::from_u32(step);
     let os = io::Error::from_raw_os_error(errno);
     io::Error::new(
         os.kind(),
