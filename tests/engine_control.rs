@@ -635,6 +635,88 @@ fn a_new_engine_adopts_the_live_clones_and_reclaims_the_dead_ones() {
 }
 
 #[test]
+fn an_engine_with_a_refill_reopened_over_live_clones_adopts_them_all_and_never_hands_out_their_slots(
+) {
+    root_or_skip!();
+    let tmp = tempfile::tempdir().unwrap();
+    let state = tmp.path().join("state");
+    let store = snapshot(tmp.path());
+    let pool = RealPool::new("rf", state.clone());
+    let cfg = config(tmp.path(), standin());
+    // With the background refill on (low water > 0), which starts building
+    // the moment the pool opens, while the live clones' slots are being set
+    // aside.
+    let refilling = || PoolSetup {
+        low_water: 4,
+        ..pool.setup(4)
+    };
+
+    let a = Engine::open(cfg.clone(), refilling()).unwrap();
+    let mut req = request(SnapshotSource::Store(store.clone()), 3);
+    req.ttl = Some(HOUR);
+    let report = a.spawn(req).unwrap().wait().unwrap();
+    assert_eq!(report.summary.ready, 3, "{:#?}", report.clones);
+    let kept: BTreeMap<String, String> = report
+        .clones
+        .iter()
+        .map(|c| (c.id.clone(), c.netns.clone().unwrap()))
+        .collect();
+    assert_eq!(a.shutdown(false).left_running, 3);
+    drop(a);
+
+    // Re-opened several times: the race between the refill and the
+    // set-aside gets its chances.
+    for round in 0..6 {
+        let b = Engine::open(cfg.clone(), refilling()).unwrap();
+        let rep = b.adopted();
+        assert!(rep.errors.is_empty(), "round {round}: {rep:?}");
+        assert_eq!(
+            rep.adopted.iter().collect::<BTreeSet<_>>(),
+            kept.keys().collect::<BTreeSet<_>>(),
+            "round {round}: {rep:?}"
+        );
+        assert_eq!(
+            b.pool_status().unwrap().in_use,
+            3,
+            "round {round}: the live clones hold their slots"
+        );
+        // Everything free, and more built on demand: never a live clone's
+        // slot.
+        let n = b.pool_status().unwrap().free + 2;
+        let next = b
+            .spawn(request(SnapshotSource::Store(store.clone()), n))
+            .unwrap()
+            .wait()
+            .unwrap();
+        assert_eq!(next.summary.ready, n, "round {round}: {:#?}", next.clones);
+        for c in &next.clones {
+            assert!(
+                !kept
+                    .values()
+                    .any(|ns| c.netns.as_deref() == Some(ns.as_str())),
+                "round {round}: {} got the live clone's slot {:?}",
+                c.id,
+                c.netns
+            );
+            assert!(b
+                .kill(&c.id, Duration::from_secs(5))
+                .unwrap()
+                .errors
+                .is_empty());
+        }
+        assert_eq!(b.shutdown(false).left_running, 3, "round {round}");
+        drop(b);
+    }
+
+    let b = Engine::open(cfg, pool.setup(0)).unwrap();
+    assert_eq!(b.adopted().adopted.len(), 3);
+    assert_eq!(b.shutdown(true).killed.len(), 3);
+    let slots = b.into_slots();
+    slots.pool().drain().unwrap();
+    slots.pool().ops().remove_host().unwrap();
+}
+
+#[test]
 fn pool_marks_change_at_run_time() {
     root_or_skip!();
     let tmp = tempfile::tempdir().unwrap();

@@ -315,6 +315,15 @@ impl<O: SlotOps> Inner<O> {
 impl<O: SlotOps + 'static> Pool<O> {
     /// A pool over `ops`; starts the refill thread when `low_water > 0`.
     pub fn new(ops: O, cfg: PoolConfig) -> Self {
+        let mut p = Self::without_refill(ops, cfg);
+        p.start_refill();
+        p
+    }
+
+    /// A pool over `ops` whose refill thread does not run yet: the caller
+    /// reconciles and sorts the free slots first (nothing is built behind
+    /// its back), then calls [`Pool::start_refill`].
+    pub fn without_refill(ops: O, cfg: PoolConfig) -> Self {
         let inner = Arc::new(Inner {
             ops,
             cfg,
@@ -333,21 +342,26 @@ impl<O: SlotOps + 'static> Pool<O> {
             refilled: bounded(64),
         });
         let (tx, rx) = bounded(1);
-        let mut p = Pool {
+        Pool {
             inner,
             nudge: tx,
             nudged: Some(rx),
             refill: None,
-        };
-        if cfg.low_water > 0 {
-            p.start_refill();
         }
-        p.nudge_if_low();
-        p
+    }
+
+    /// Starts the refill thread when the low-water mark is above 0 (a
+    /// no-op when it runs already), and nudges it when fewer slots than
+    /// the mark are free.
+    pub fn start_refill(&mut self) {
+        if self.inner.low.load(Ordering::Acquire) > 0 {
+            self.spawn_refill();
+        }
+        self.nudge_if_low();
     }
 
     /// Starts the refill thread, once.
-    fn start_refill(&mut self) {
+    fn spawn_refill(&mut self) {
         let Some(rx) = self.nudged.take() else {
             return;
         };
@@ -392,7 +406,7 @@ impl<O: SlotOps + 'static> Pool<O> {
                 errs.push(format!("slot {}: {}", s.index, crate::error::chain(&e)));
             }
         }
-        self.start_refill();
+        self.spawn_refill();
         if i.free_len.load(Ordering::Acquire) < i.refill_target() {
             // A full channel means a nudge is already pending.
             let _ = self.nudge.try_send(());
