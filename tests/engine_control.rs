@@ -717,6 +717,64 @@ fn an_engine_with_a_refill_reopened_over_live_clones_adopts_them_all_and_never_h
 }
 
 #[test]
+fn a_slash_28_pool_fills_to_its_last_address_while_its_refill_builds_too() {
+    use wasp::engine::batch::{PoolSlots, Slots};
+    root_or_skip!();
+    let tmp = tempfile::tempdir().unwrap();
+    let pool = RealPool::new("cx", tmp.path().join("state"));
+    let setup = pool.setup(2);
+    let cidr: wasp::pipeline::slot::Cidr = "10.213.7.0/28".parse().unwrap();
+    let net = wasp::pipeline::slot::SlotNet {
+        cidr,
+        allow_host: vec![std::net::SocketAddrV4::new(cidr.gateway(), 8080)],
+        ..setup.net
+    };
+    let cap = net.max_slots();
+    assert_eq!(cap, 13);
+    // Warm 2, refill below 1 back up to 2: every take past the warm ones
+    // builds on demand while the refill builds in the background.
+    let cfg = wasp::pipeline::pool::PoolConfig {
+        low_water: 1,
+        size: 2,
+        high_water: usize::MAX,
+        workers: 2,
+    };
+    for round in 0..3 {
+        let mut slots = PoolSlots::open_with(
+            net.clone(),
+            &setup.host,
+            2,
+            std::collections::HashSet::new(),
+            cfg,
+        )
+        .unwrap();
+        let taken: Vec<_> = (0..cap)
+            .map(|k| {
+                slots.take().unwrap_or_else(|e| {
+                    panic!(
+                        "round {round}: take {k} of {cap}: {}",
+                        wasp::error::chain(&*e)
+                    )
+                })
+            })
+            .collect();
+        let idx: BTreeSet<u32> = taken.iter().map(|s| s.index).collect();
+        assert_eq!(idx, (0..cap as u32).collect(), "round {round}");
+        // Every address is in use now: one more is the CIDR's clear error.
+        let e = wasp::error::chain(&*slots.take().unwrap_err());
+        assert!(e.contains("is exhausted"), "round {round}: {e}");
+        assert_eq!(slots.pool().status().in_use, cap, "round {round}");
+        for s in taken {
+            slots.give_back(s).unwrap();
+        }
+        assert_eq!(slots.pool().drain().unwrap(), cap, "round {round}");
+        if round == 2 {
+            slots.pool().ops().remove_host().unwrap();
+        }
+    }
+}
+
+#[test]
 fn pool_marks_change_at_run_time() {
     root_or_skip!();
     let tmp = tempfile::tempdir().unwrap();

@@ -450,15 +450,9 @@ impl PoolSlots {
 
 impl Slots for PoolSlots {
     fn take(&mut self) -> Result<SlotLease, SlotError> {
-        let s = match self.pool.take() {
-            Some(s) => s,
-            None => {
-                self.pool.warm(1)?;
-                self.pool
-                    .take()
-                    .ok_or("the slot pool is empty after warming")?
-            }
-        };
+        // A free slot, else one built now (the refill's builds in flight
+        // are waited for when the CIDR has no other index left).
+        let s = self.pool.take_or_build()?;
         Ok(self.lease_of(s))
     }
 
