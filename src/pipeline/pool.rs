@@ -820,8 +820,11 @@ mod tests {
         /// Told every index leased past the CIDR.
         exhausted: Mutex<Option<Sender<u32>>>,
         /// The build of this index says so, then waits to be let go.
-        gate: Mutex<Option<(u32, Sender<()>, Receiver<()>)>>,
+        gate: Mutex<Option<Gate>>,
     }
+
+    /// An index, where its build says it has started, and the go signal.
+    type Gate = (u32, Sender<()>, Receiver<()>);
 
     fn slot(n: u32) -> Slot {
         Slot {
