@@ -635,6 +635,146 @@ fn a_new_engine_adopts_the_live_clones_and_reclaims_the_dead_ones() {
 }
 
 #[test]
+fn an_engine_with_a_refill_reopened_over_live_clones_adopts_them_all_and_never_hands_out_their_slots(
+) {
+    root_or_skip!();
+    let tmp = tempfile::tempdir().unwrap();
+    let state = tmp.path().join("state");
+    let store = snapshot(tmp.path());
+    let pool = RealPool::new("rf", state.clone());
+    let cfg = config(tmp.path(), standin());
+    // With the background refill on (low water > 0), which starts building
+    // the moment the pool opens, while the live clones' slots are being set
+    // aside.
+    let refilling = || PoolSetup {
+        low_water: 4,
+        ..pool.setup(4)
+    };
+
+    let a = Engine::open(cfg.clone(), refilling()).unwrap();
+    let mut req = request(SnapshotSource::Store(store.clone()), 3);
+    req.ttl = Some(HOUR);
+    let report = a.spawn(req).unwrap().wait().unwrap();
+    assert_eq!(report.summary.ready, 3, "{:#?}", report.clones);
+    let kept: BTreeMap<String, String> = report
+        .clones
+        .iter()
+        .map(|c| (c.id.clone(), c.netns.clone().unwrap()))
+        .collect();
+    assert_eq!(a.shutdown(false).left_running, 3);
+    drop(a);
+
+    // Re-opened several times: the race between the refill and the
+    // set-aside gets its chances.
+    for round in 0..6 {
+        let b = Engine::open(cfg.clone(), refilling()).unwrap();
+        let rep = b.adopted();
+        assert!(rep.errors.is_empty(), "round {round}: {rep:?}");
+        assert_eq!(
+            rep.adopted.iter().collect::<BTreeSet<_>>(),
+            kept.keys().collect::<BTreeSet<_>>(),
+            "round {round}: {rep:?}"
+        );
+        assert_eq!(
+            b.pool_status().unwrap().in_use,
+            3,
+            "round {round}: the live clones hold their slots"
+        );
+        // Everything free, and more built on demand: never a live clone's
+        // slot.
+        let n = b.pool_status().unwrap().free + 2;
+        let next = b
+            .spawn(request(SnapshotSource::Store(store.clone()), n))
+            .unwrap()
+            .wait()
+            .unwrap();
+        assert_eq!(next.summary.ready, n, "round {round}: {:#?}", next.clones);
+        for c in &next.clones {
+            assert!(
+                !kept
+                    .values()
+                    .any(|ns| c.netns.as_deref() == Some(ns.as_str())),
+                "round {round}: {} got the live clone's slot {:?}",
+                c.id,
+                c.netns
+            );
+            assert!(b
+                .kill(&c.id, Duration::from_secs(5))
+                .unwrap()
+                .errors
+                .is_empty());
+        }
+        assert_eq!(b.shutdown(false).left_running, 3, "round {round}");
+        drop(b);
+    }
+
+    let b = Engine::open(cfg, pool.setup(0)).unwrap();
+    assert_eq!(b.adopted().adopted.len(), 3);
+    assert_eq!(b.shutdown(true).killed.len(), 3);
+    let slots = b.into_slots();
+    slots.pool().drain().unwrap();
+    slots.pool().ops().remove_host().unwrap();
+}
+
+#[test]
+fn a_slash_28_pool_fills_to_its_last_address_while_its_refill_builds_too() {
+    use wasp::engine::batch::{PoolSlots, Slots};
+    root_or_skip!();
+    let tmp = tempfile::tempdir().unwrap();
+    let pool = RealPool::new("cx", tmp.path().join("state"));
+    let setup = pool.setup(2);
+    let cidr: wasp::pipeline::slot::Cidr = "10.213.7.0/28".parse().unwrap();
+    let net = wasp::pipeline::slot::SlotNet {
+        cidr,
+        allow_host: vec![std::net::SocketAddrV4::new(cidr.gateway(), 8080)],
+        ..setup.net
+    };
+    let cap = net.max_slots();
+    assert_eq!(cap, 13);
+    // Warm 2, refill below 1 back up to 2: every take past the warm ones
+    // builds on demand while the refill builds in the background.
+    let cfg = wasp::pipeline::pool::PoolConfig {
+        low_water: 1,
+        size: 2,
+        high_water: usize::MAX,
+        workers: 2,
+    };
+    for round in 0..3 {
+        let mut slots = PoolSlots::open_with(
+            net.clone(),
+            &setup.host,
+            2,
+            std::collections::HashSet::new(),
+            cfg,
+        )
+        .unwrap();
+        let taken: Vec<_> = (0..cap)
+            .map(|k| {
+                slots.take().unwrap_or_else(|e| {
+                    panic!(
+                        "round {round}: take {k} of {cap}: {}",
+                        wasp::error::chain(&*e)
+                    )
+                })
+            })
+            .collect();
+        let idx: BTreeSet<u32> = taken.iter().map(|s| s.index).collect();
+        assert_eq!(idx, (0..cap as u32).collect(), "round {round}");
+        // Every address is in use now: one more is the CIDR's clear error.
+        let e = wasp::error::chain(&*slots.take().unwrap_err());
+        assert!(e.contains("is exhausted"), "round {round}: {e}");
+        assert_eq!(slots.pool().status().in_use, cap, "round {round}");
+        for s in taken {
+            slots.give_back(s).unwrap();
+        }
+        assert_eq!(slots.pool().drain().unwrap(), cap, "round {round}");
+        if round == 2 {
+            slots.pool().ops().remove_host().unwrap();
+        }
+    }
+}
+
+#[test]
 fn pool_marks_change_at_run_time() {
     root_or_skip!();
     let tmp = tempfile::tempdir().unwrap();

@@ -828,15 +828,16 @@ fn a_request_the_host_cannot_hold_gets_503_with_retry_after_and_builds_nothing()
         r.detail()
     );
     assert_eq!(w.seen(), before, "an overloaded request built something");
-    // What fits is served. (Half of it: at exactly `possible` the pool
-    // can run out of CIDR indexes while its refill builds too; an engine
-    // matter, see the report.)
-    let ok = d.ok("POST", "/v1/clones", Some(spawn_body(possible / 2, "x")));
+    // What fits is served, to the CIDR's last address (while the refill
+    // builds too); then not one more.
+    let ok = d.ok("POST", "/v1/clones", Some(spawn_body(possible, "x")));
     assert_eq!(
         ok["summary"]["ready"].as_u64().unwrap() as usize,
-        possible / 2,
+        possible,
         "{ok:#}"
     );
+    let r = d.call("POST", "/v1/clones", Some(spawn_body(1, "x")));
+    assert_eq!(r.status, 503, "{}", r.detail());
     d.ok("DELETE", "/v1/clones?label=team=x", None);
     let (st, log) = d.stop();
     assert!(st.success(), "{log}");

@@ -229,14 +229,13 @@ pub fn serve_cmd(a: ServeArgs, mut cfg: Config) -> anyhow::Result<ExitCode> {
         );
     }
     let standby_for = snapshots.first().map(|(n, _)| n.clone());
-    // The refill starts only once the engine has set aside the slots of
-    // the live clones it adopts (a refill running during that hand-over
-    // can leave an adopted clone's slot among the free ones).
+    // The engine starts the refill once it has set aside the slots of the
+    // live clones it adopts.
     let pool = PoolSetup {
         net: cfg.slot_net(),
         host: cfg.host_net(),
         warm,
-        low_water: 0,
+        low_water: low,
         high_water: high,
     };
     let owner = wasp::state::Owner::of_state_dir(&state_dir)?;
@@ -268,13 +267,6 @@ pub fn serve_cmd(a: ServeArgs, mut cfg: Config) -> anyhow::Result<ExitCode> {
         for e in &a.errors {
             tracing::warn!("adoption: {e}");
         }
-        engine
-            .set_pool_marks(wasp::engine::PoolMarks {
-                size: Some(warm),
-                low_water: Some(low),
-                high_water: Some(high),
-            })
-            .map_err(|e| format!("set the pool's marks: {}", wasp::error::chain(&e)))?;
         let b = EngineBackend::new(Arc::new(engine), vmm_name, opts, &snapshots)
             .map_err(|e| e.to_string())?;
         if let Some(name) = &standby_for {

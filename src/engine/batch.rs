@@ -368,8 +368,9 @@ impl PoolSlots {
         )
     }
 
-    /// [`PoolSlots::open`] with the pool's sizing (its low-water mark
-    /// starts the background refill).
+    /// [`PoolSlots::open`] with the pool's sizing: its low-water mark
+    /// starts the background refill, once the slots of live clones are set
+    /// aside and the pool is warm.
     pub fn open_with(
         net: crate::pipeline::slot::SlotNet,
         host: &crate::pipeline::slot::HostNet,
@@ -384,7 +385,10 @@ impl PoolSlots {
             crate::pipeline::limits::Demand::clones((count + in_use.len()) as u64, &net.cidr);
         crate::pipeline::limits::check_pool(&net, host, demand)?;
         let kernel = crate::pipeline::slot::Kernel::setup(net, host)?;
-        let pool = crate::pipeline::pool::Pool::new(kernel, cfg);
+        // The refill starts only once the live clones' slots are set
+        // aside: running meanwhile, it would race the reconcile for the
+        // slots' leases and mix its new slots into the ones sorted below.
+        let pool = crate::pipeline::pool::Pool::without_refill(kernel, cfg);
         let busy = pool.reconcile()?.busy.into_iter().collect();
         let mut me = Self {
             pool,
@@ -418,6 +422,7 @@ impl PoolSlots {
         }
         let need = count.saturating_sub(me.pool.status().free);
         me.pool.warm(need)?;
+        me.pool.start_refill();
         Ok(me)
     }
 
@@ -445,15 +450,9 @@ impl PoolSlots {
 
 impl Slots for PoolSlots {
     fn take(&mut self) -> Result<SlotLease, SlotError> {
-        let s = match self.pool.take() {
-            Some(s) => s,
-            None => {
-                self.pool.warm(1)?;
-                self.pool
-                    .take()
-                    .ok_or("the slot pool is empty after warming")?
-            }
-        };
+        // A free slot, else one built now (the refill's builds in flight
+        // are waited for when the CIDR has no other index left).
+        let s = self.pool.take_or_build()?;
         Ok(self.lease_of(s))
     }
 

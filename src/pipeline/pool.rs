@@ -23,8 +23,8 @@
 //! recording fake.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
 use crossbeam::channel::{bounded, Receiver, Sender};
@@ -137,8 +137,12 @@ struct Inner<O> {
     free: SegQueue<Slot>,
     free_len: AtomicUsize,
     in_use: AtomicUsize,
-    next_index: AtomicU32,
-    spare: SegQueue<u32>,
+    /// Which slot indexes are free to build.
+    indexes: Mutex<Indexes>,
+    /// Builds in flight into the free queue (warm and refill), and the
+    /// signal that one ended ([`Pool::take_or_build`] waits on it).
+    building: Mutex<usize>,
+    built: Condvar,
     /// The lease of every slot this pool holds, free or taken.
     leases: Mutex<HashMap<u32, Lease>>,
     refill_failures: AtomicUsize,
@@ -165,11 +169,114 @@ impl<O: SlotOps + 'static> std::fmt::Debug for Pool<O> {
     }
 }
 
+/// The slot indexes the pool may build: every index below `next` not in
+/// use is in `spare`, and the lowest is handed out first, so the pool
+/// uses its CIDR to the last address whatever the order slots come and
+/// go in.
+#[derive(Debug, Default)]
+struct Indexes {
+    /// The lowest index never handed out.
+    next: u32,
+    /// Indexes below `next` free to build.
+    spare: BTreeSet<u32>,
+}
+
+impl Indexes {
+    /// The lowest free index.
+    fn take(&mut self) -> u32 {
+        self.spare.pop_first().unwrap_or_else(|| {
+            self.next += 1;
+            self.next - 1
+        })
+    }
+
+    /// Index `n` is free to build again.
+    fn put(&mut self, n: u32) {
+        if n >= self.next {
+            // Taken by an index of its own (never past `next` otherwise).
+            self.spare.extend(self.next..n);
+            self.next = n + 1;
+        }
+        self.spare.insert(n);
+        // Keep `next` just past the highest index in use.
+        while self.next > 0 && self.spare.remove(&(self.next - 1)) {
+            self.next -= 1;
+        }
+    }
+
+    /// Index `n` is in use (adopted, or held by another process).
+    fn claim(&mut self, n: u32) {
+        if n >= self.next {
+            self.spare.extend(self.next..n);
+            self.next = n + 1;
+        }
+        self.spare.remove(&n);
+    }
+}
+
+/// Counts a build into the free queue for its whole life (the count goes
+/// down, and waiters wake, once its slot is queued or its index back).
+struct Building<'a>(&'a Mutex<usize>, &'a Condvar);
+
+impl<'a> Building<'a> {
+    fn start(count: &'a Mutex<usize>, ended: &'a Condvar) -> Self {
+        *lock(count) += 1;
+        Building(count, ended)
+    }
+}
+
+impl Drop for Building<'_> {
+    fn drop(&mut self) {
+        let mut g = lock(self.0);
+        *g = g.saturating_sub(1);
+        drop(g);
+        self.1.notify_all();
+    }
+}
+
+/// The guard of `m`, poisoned or not (every value it guards stays valid
+/// whatever panicked).
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 impl<O: SlotOps> Inner<O> {
     fn alloc_index(&self) -> u32 {
-        self.spare
-            .pop()
-            .unwrap_or_else(|| self.next_index.fetch_add(1, Ordering::Relaxed))
+        lock(&self.indexes).take()
+    }
+
+    fn free_index(&self, n: u32) {
+        lock(&self.indexes).put(n);
+    }
+
+    /// Builds one slot on the first index whose lease this process gets
+    /// and whose names are free; a failed index is free again.
+    fn build_slot(&self) -> Result<Slot, SlotError> {
+        loop {
+            let n = self.alloc_index();
+            let lease = match self.ops.lease(n) {
+                Ok(Some(l)) => l,
+                // Another process holds slot n: never ours to reuse here.
+                Ok(None) => continue,
+                Err(e) => {
+                    self.free_index(n);
+                    return Err(e);
+                }
+            };
+            match self.ops.build(n) {
+                Ok(slot) => {
+                    self.hold(n, lease);
+                    return Ok(slot);
+                }
+                // Built by a process that has let it go: a reconcile
+                // adopts it. Move on.
+                Err(SlotError::NameTaken { .. }) => continue,
+                Err(e) => {
+                    self.free_index(n);
+                    return Err(e);
+                }
+            }
+        }
     }
 
     fn push_free(&self, s: Slot) {
@@ -223,12 +330,9 @@ impl<O: SlotOps> Inner<O> {
         let built = AtomicUsize::new(0);
         let first_err: Mutex<Option<SlotError>> = Mutex::new(None);
         let workers = self.cfg.workers.clamp(1, want.max(1));
-        // Index `n` failed with `e`: every worker stops, and the first
-        // error is kept. Exhausted indices are not reused; others are.
-        let fail = |n: u32, e: SlotError| {
-            if !matches!(e, SlotError::Exhausted { .. }) {
-                self.spare.push(n);
-            }
+        // A build failed with `e`: every worker stops, and the first error
+        // is kept.
+        let fail = |e: SlotError| {
             todo.store(0, Ordering::Release);
             if let Ok(mut g) = first_err.lock() {
                 g.get_or_insert(e);
@@ -244,30 +348,14 @@ impl<O: SlotOps> Inner<O> {
                     {
                         return;
                     }
-                    // The first index whose lease this process gets and
-                    // whose names are free.
-                    loop {
-                        let n = self.alloc_index();
-                        let lease = match self.ops.lease(n) {
-                            Ok(Some(l)) => l,
-                            // Another process holds slot n: never ours to
-                            // reuse here.
-                            Ok(None) => continue,
-                            Err(e) => return fail(n, e),
-                        };
-                        match self.ops.build(n) {
-                            Ok(slot) => {
-                                self.hold(n, lease);
-                                self.push_free(slot);
-                                built.fetch_add(1, Ordering::Relaxed);
-                                crate::testhook::point("slot-built");
-                                break;
-                            }
-                            // Built by a process that has let it go: a
-                            // reconcile adopts it. Move on.
-                            Err(SlotError::NameTaken { .. }) => continue,
-                            Err(e) => return fail(n, e),
+                    let _counted = Building::start(&self.building, &self.built);
+                    match self.build_slot() {
+                        Ok(slot) => {
+                            self.push_free(slot);
+                            built.fetch_add(1, Ordering::Relaxed);
+                            crate::testhook::point("slot-built");
                         }
+                        Err(e) => return fail(e),
                     }
                 });
             }
@@ -315,6 +403,15 @@ impl<O: SlotOps> Inner<O> {
 impl<O: SlotOps + 'static> Pool<O> {
     /// A pool over `ops`; starts the refill thread when `low_water > 0`.
     pub fn new(ops: O, cfg: PoolConfig) -> Self {
+        let mut p = Self::without_refill(ops, cfg);
+        p.start_refill();
+        p
+    }
+
+    /// A pool over `ops` whose refill thread does not run yet: the caller
+    /// reconciles and sorts the free slots first (nothing is built behind
+    /// its back), then calls [`Pool::start_refill`].
+    pub fn without_refill(ops: O, cfg: PoolConfig) -> Self {
         let inner = Arc::new(Inner {
             ops,
             cfg,
@@ -324,8 +421,9 @@ impl<O: SlotOps + 'static> Pool<O> {
             free: SegQueue::new(),
             free_len: AtomicUsize::new(0),
             in_use: AtomicUsize::new(0),
-            next_index: AtomicU32::new(0),
-            spare: SegQueue::new(),
+            indexes: Mutex::new(Indexes::default()),
+            building: Mutex::new(0),
+            built: Condvar::new(),
             leases: Mutex::new(HashMap::new()),
             refill_failures: AtomicUsize::new(0),
             last_refill_error: Mutex::new(None),
@@ -333,21 +431,26 @@ impl<O: SlotOps + 'static> Pool<O> {
             refilled: bounded(64),
         });
         let (tx, rx) = bounded(1);
-        let mut p = Pool {
+        Pool {
             inner,
             nudge: tx,
             nudged: Some(rx),
             refill: None,
-        };
-        if cfg.low_water > 0 {
-            p.start_refill();
         }
-        p.nudge_if_low();
-        p
+    }
+
+    /// Starts the refill thread when the low-water mark is above 0 (a
+    /// no-op when it runs already), and nudges it when fewer slots than
+    /// the mark are free.
+    pub fn start_refill(&mut self) {
+        if self.inner.low.load(Ordering::Acquire) > 0 {
+            self.spawn_refill();
+        }
+        self.nudge_if_low();
     }
 
     /// Starts the refill thread, once.
-    fn start_refill(&mut self) {
+    fn spawn_refill(&mut self) {
         let Some(rx) = self.nudged.take() else {
             return;
         };
@@ -392,7 +495,7 @@ impl<O: SlotOps + 'static> Pool<O> {
                 errs.push(format!("slot {}: {}", s.index, crate::error::chain(&e)));
             }
         }
-        self.start_refill();
+        self.spawn_refill();
         if i.free_len.load(Ordering::Acquire) < i.refill_target() {
             // A full channel means a nudge is already pending.
             let _ = self.nudge.try_send(());
@@ -427,6 +530,63 @@ impl<O: SlotOps + 'static> Pool<O> {
                 wanted: n,
                 source,
             }),
+        }
+    }
+
+    /// A free slot, or one built now for the caller when none is free.
+    /// When the CIDR has no index left while builds into the free queue
+    /// are in flight (the refill's), it waits for them: each ends with a
+    /// free slot to take or its index free again, so the pool is used to
+    /// its last address. The CIDR's `Exhausted` error only when every
+    /// address is in use.
+    pub fn take_or_build(&self) -> Result<Slot, PoolError> {
+        let warm_err = |source| PoolError::Warm {
+            built: 0,
+            wanted: 1,
+            source,
+        };
+        loop {
+            if let Some(s) = self.take() {
+                return Ok(s);
+            }
+            match self.inner.build_slot() {
+                Ok(s) => {
+                    self.inner.in_use.fetch_add(1, Ordering::Relaxed);
+                    return Ok(s);
+                }
+                Err(e @ SlotError::Exhausted { .. }) => {
+                    let SlotError::Exhausted { index, .. } = &e else {
+                        unreachable!("matched above")
+                    };
+                    if !self.wait_for_room(*index) {
+                        return Err(warm_err(e));
+                    }
+                }
+                Err(e) => return Err(warm_err(e)),
+            }
+        }
+    }
+
+    /// After index `past` was found past the CIDR: waits until a slot is
+    /// free or an index below `past` is, while builds are in flight;
+    /// `false` when none is and nothing is free (every address in use).
+    fn wait_for_room(&self, past: u32) -> bool {
+        let i = &self.inner;
+        let room = || {
+            i.free_len.load(Ordering::Acquire) > 0
+                || lock(&i.indexes).spare.first().is_some_and(|&n| n < past)
+        };
+        let mut g = lock(&i.building);
+        loop {
+            // Builds queue their slot or free their index before they
+            // count down (under this lock): nothing is missed.
+            if room() {
+                return true;
+            }
+            if *g == 0 {
+                return false;
+            }
+            g = i.built.wait(g).unwrap_or_else(|p| p.into_inner());
         }
     }
 
@@ -477,7 +637,7 @@ impl<O: SlotOps + 'static> Pool<O> {
     fn destroy_index(&self, index: u32) -> Result<(), PoolError> {
         let r = self.inner.destroy_held(index);
         if r.is_ok() {
-            self.inner.spare.push(index);
+            self.inner.free_index(index);
         }
         r.map_err(PoolError::from)
     }
@@ -491,9 +651,8 @@ impl<O: SlotOps + 'static> Pool<O> {
         let found = i.ops.scan()?;
         let held = i.held();
         let mut rep = ReconcileReport::default();
-        let mut max = None;
+        let seen: Vec<u32> = found.iter().map(|f| f.index).collect();
         for f in found {
-            max = max.max(Some(f.index));
             if held.contains(&f.index) {
                 continue;
             }
@@ -527,19 +686,16 @@ impl<O: SlotOps + 'static> Pool<O> {
                     .push(format!("slot {}: {}", f.index, crate::error::chain(&e))),
             }
         }
-        // Fresh indices continue after everything seen; the holes below
-        // are reused first.
-        if let Some(m) = max {
-            let next = i.next_index.load(Ordering::Acquire).max(m + 1);
-            let adopted: BTreeSet<u32> = rep.adopted.iter().copied().collect();
-            let old_next = i.next_index.swap(next, Ordering::AcqRel);
-            let busy: BTreeSet<u32> = rep.busy.iter().copied().collect();
-            for n in old_next..next {
-                if !adopted.contains(&n) && !held.contains(&n) && !busy.contains(&n) {
-                    i.spare.push(n);
-                }
-            }
+        // Every index seen is in use but the removed ones; the holes below
+        // the highest are built first.
+        let mut ix = lock(&i.indexes);
+        for n in seen {
+            ix.claim(n);
         }
+        for &n in &rep.removed {
+            ix.put(n);
+        }
+        drop(ix);
         Ok(rep)
     }
 
@@ -592,8 +748,7 @@ impl<O: SlotOps + 'static> Pool<O> {
             }
         }
         i.in_use.store(0, Ordering::Relaxed);
-        i.next_index.store(0, Ordering::Relaxed);
-        while i.spare.pop().is_some() {}
+        *lock(&i.indexes) = Indexes::default();
         if errs.is_empty() {
             Ok(done.len())
         } else {
@@ -660,7 +815,16 @@ mod tests {
         /// Slots whose lease another process holds.
         elsewhere: Mutex<BTreeSet<u32>>,
         fail_build_at: Option<u32>,
+        /// Indexes from this one on are past the CIDR.
+        capacity: Option<u32>,
+        /// Told every index leased past the CIDR.
+        exhausted: Mutex<Option<Sender<u32>>>,
+        /// The build of this index says so, then waits to be let go.
+        gate: Mutex<Option<Gate>>,
     }
+
+    /// An index, where its build says it has started, and the go signal.
+    type Gate = (u32, Sender<()>, Receiver<()>);
 
     fn slot(n: u32) -> Slot {
         Slot {
@@ -683,6 +847,11 @@ mod tests {
     impl SlotOps for Fake {
         fn build(&self, n: u32) -> Result<Slot, SlotError> {
             self.log(format!("build {n}"));
+            let gate = self.gate.lock().unwrap().take_if(|g| g.0 == n);
+            if let Some((_, entered, go)) = gate {
+                entered.send(()).unwrap();
+                go.recv().unwrap();
+            }
             if Some(n) == self.fail_build_at {
                 return Err(SlotError::BadConfig("injected".into()));
             }
@@ -724,6 +893,16 @@ mod tests {
             Ok(slot(n))
         }
         fn lease(&self, n: u32) -> Result<Option<Lease>, SlotError> {
+            if let Some(cap) = self.capacity.filter(|&c| n >= c) {
+                if let Some(tx) = &*self.exhausted.lock().unwrap() {
+                    let _ = tx.send(n);
+                }
+                return Err(SlotError::Exhausted {
+                    cidr: "10.0.0.0/28".parse().unwrap(),
+                    index: n,
+                    capacity: cap,
+                });
+            }
             let free = !self.elsewhere.lock().unwrap().contains(&n);
             Ok(free.then(Lease::detached))
         }
@@ -763,6 +942,110 @@ mod tests {
         // The destroyed index is reused first.
         p.warm(1).unwrap();
         assert!(p.ops().calls().contains(&format!("build {}", third.index)));
+    }
+
+    #[test]
+    fn indexes_are_handed_out_lowest_first_and_every_one_comes_back() {
+        let mut ix = Indexes::default();
+        let got: Vec<u32> = (0..6).map(|_| ix.take()).collect();
+        assert_eq!(got, vec![0, 1, 2, 3, 4, 5]);
+        ix.put(4);
+        ix.put(1);
+        ix.put(3);
+        assert_eq!((ix.take(), ix.take(), ix.take(), ix.take()), (1, 3, 4, 6));
+        // The highest ones back: `next` comes down, nothing is kept past it.
+        ix.put(6);
+        ix.put(5);
+        assert_eq!((ix.next, ix.spare.len()), (5, 0));
+        // An index in use elsewhere (adopted, another process's) is never
+        // handed out; the holes below it are.
+        ix.claim(8);
+        let got: Vec<u32> = (0..4).map(|_| ix.take()).collect();
+        assert_eq!(got, vec![5, 6, 7, 9]);
+    }
+
+    #[test]
+    fn take_or_build_waits_for_the_refills_last_build_instead_of_failing() {
+        // 3 addresses; the refill builds the last one (2) and is held in
+        // the middle of it while the caller finds index 3 past the CIDR.
+        let (entered_tx, entered) = bounded(1);
+        let (go, go_rx) = bounded(1);
+        let (ex_tx, exhausted) = bounded(8);
+        let fake = Fake {
+            capacity: Some(3),
+            ..Default::default()
+        };
+        *fake.gate.lock().unwrap() = Some((2, entered_tx, go_rx));
+        *fake.exhausted.lock().unwrap() = Some(ex_tx);
+        let p = Pool::new(
+            fake,
+            PoolConfig {
+                low_water: 1,
+                size: 1,
+                high_water: 10,
+                workers: 1,
+            },
+        );
+        let ev = p.refill_events();
+        assert_eq!(ev.recv().unwrap(), 1);
+        // Taking the refill's slot nudges it: it builds index 1, then,
+        // taken too, index 2, and waits in the middle of that one.
+        let a = p.take_or_build().unwrap();
+        assert_eq!(ev.recv().unwrap(), 1);
+        let b = p.take_or_build().unwrap();
+        entered.recv().unwrap();
+        assert_eq!(
+            BTreeSet::from([a.index, b.index]),
+            BTreeSet::from([0, 1]),
+            "{:?}",
+            p.ops().calls()
+        );
+        std::thread::scope(|s| {
+            let c = s.spawn(|| p.take_or_build());
+            // The caller found no index left while the build is in flight.
+            assert_eq!(exhausted.recv().unwrap(), 3);
+            go.send(()).unwrap();
+            let c = c.join().unwrap().unwrap();
+            assert_eq!(c.index, 2);
+        });
+        // Now every address is in use: the CIDR's error, at once.
+        match p.take_or_build() {
+            Err(PoolError::Warm {
+                source: SlotError::Exhausted { index: 3, .. },
+                ..
+            }) => {}
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(p.status().in_use, 3);
+    }
+
+    #[test]
+    fn a_pool_fills_its_cidr_to_the_last_index_under_a_concurrent_refill() {
+        for round in 0..50 {
+            let fake = Fake {
+                capacity: Some(13),
+                ..Default::default()
+            };
+            let p = Pool::new(
+                fake,
+                PoolConfig {
+                    low_water: 1,
+                    size: 2,
+                    high_water: usize::MAX,
+                    workers: 2,
+                },
+            );
+            p.warm(2).unwrap();
+            let mut idx: Vec<u32> = (0..13)
+                .map(|k| match p.take_or_build() {
+                    Ok(s) => s.index,
+                    Err(e) => panic!("round {round}, take {k}: {}", crate::error::chain(&e)),
+                })
+                .collect();
+            idx.sort();
+            assert_eq!(idx, (0..13).collect::<Vec<_>>(), "round {round}");
+            assert!(p.take_or_build().is_err(), "round {round}");
+        }
     }
 
     #[test]
