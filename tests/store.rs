@@ -707,6 +707,7 @@ fn spawn_refuses_a_snapshot_on_another_filesystem_unless_allow_copy() {
     );
     let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(r["summary"]["disk_bytes_copied"], 8u64 << 20, "{r:#}");
+    assert_eq!(r["clones"][0]["bytes_copied"], 8u64 << 20, "{r:#}");
 
     // Adopt places it in the store once; clones from there copy nothing.
     let mut c = wasp_cmd!();
@@ -729,6 +730,7 @@ fn spawn_refuses_a_snapshot_on_another_filesystem_unless_allow_copy() {
     let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(r["summary"]["disk_bytes_copied"], 0, "{r:#}");
     assert_eq!(r["summary"]["storage_strategy"], "reflink", "{r:#}");
+    assert_eq!(r["clones"][0]["bytes_copied"], 0, "{r:#}");
 
     // Clones live: remove refuses; after them it goes.
     let o = storage(&["remove", "--image", img.to_str().unwrap()]);

@@ -270,6 +270,7 @@ mod tests {
                 ..PhasesMs::default()
             },
             total_ms: total,
+            bytes_copied: 0,
             wasp_cpu_ms: cpu,
             ok,
             error: (!ok).then(|| "load: refused".to_owned()),

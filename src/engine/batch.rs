@@ -248,6 +248,10 @@ pub struct CloneReport {
     pub phases_ms: PhasesMs,
     /// Total from admission to ready.
     pub total_ms: f64,
+    /// Bytes its disks copied: 0 when reflinked (a failed clone's copy
+    /// is removed with it and reported as 0; the summary's
+    /// `disk_bytes_copied` counts every copy).
+    pub bytes_copied: u64,
     /// CPU time wasp's admission thread spent on this clone (slot, storage,
     /// launch, record), in ms. The driver's share is in the summary.
     pub wasp_cpu_ms: f64,

@@ -41,6 +41,8 @@ pub(crate) struct Standby {
     store: Arc<CloneStore>,
     slot: SlotLease,
     files_dir: PathBuf,
+    /// Bytes its disks copied (0 when reflinked).
+    bytes_copied: u64,
     launched: Launched,
 }
 
@@ -290,6 +292,7 @@ impl<S: Slots + 'static> Core<S> {
             store: store.clone(),
             slot,
             files_dir: files.dir,
+            bytes_copied: files.bytes_copied,
             launched,
         })
     }
@@ -380,6 +383,7 @@ impl<S: Slots + 'static> Core<S> {
             id,
             slot,
             files_dir,
+            bytes_copied,
             launched,
             ..
         } = sb;
@@ -408,6 +412,7 @@ impl<S: Slots + 'static> Core<S> {
             cgroup: launched.cgroup,
             jail_dir: launched.jail_dir,
             files_dir,
+            bytes_copied,
             admitted,
             phases: PhasesMs::default(),
             cpu: sys::thread_cpu_time().saturating_sub(cpu_start),

@@ -200,6 +200,7 @@ impl Backend for FakeBackend {
                     ready: 0.5,
                 },
                 total_ms: 2.81,
+                bytes_copied: 0,
                 wasp_cpu_ms: 0.3,
                 ok: true,
                 error: None,
