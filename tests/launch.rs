@@ -80,6 +80,11 @@ fn start(spec: &LaunchSpec) -> (Kill, String) {
 fn firecracker_runs_in_the_slot_netns_with_its_own_drive_view() {
     root_or_skip!();
     let fc = testkit::firecracker_bin();
+    let soft = wasp::sys::rlimit::raise_nofile(8192).unwrap();
+    assert!(
+        soft > 2048,
+        "this test needs RLIMIT_NOFILE above 2048 (hard limit)"
+    );
     let dir = tempfile::tempdir().unwrap();
     let a = TestNetns::new("la");
     let b = TestNetns::new("lb");
@@ -115,6 +120,34 @@ fn firecracker_runs_in_the_slot_netns_with_its_own_drive_view() {
             .unwrap()
             .ino();
         assert_eq!(ino_inside, std::fs::metadata(&disk).unwrap().ino());
+        // Its open-files limit is the VMM's own 2048, not ours (raised
+        // above it at the top, as wasp raises its own for dense batches),
+        // and so is the fd table Firecracker sizes to it at start.
+        let status = std::fs::read_to_string(format!("/proc/{}/status", l.pid)).unwrap();
+        let fd_size = status.lines().find(|l| l.starts_with("FDSize:")).unwrap();
+        assert_eq!(
+            fd_size.split_whitespace().nth(1),
+            Some(
+                wasp::pipeline::launch::VMM_MAX_OPEN_FILES
+                    .to_string()
+                    .as_str()
+            ),
+            "{fd_size}"
+        );
+        let limits = std::fs::read_to_string(format!("/proc/{}/limits", l.pid)).unwrap();
+        let nofile = limits
+            .lines()
+            .find(|l| l.starts_with("Max open files"))
+            .unwrap();
+        assert_eq!(
+            nofile
+                .split_whitespace()
+                .skip(3)
+                .take(2)
+                .collect::<Vec<_>>(),
+            ["2048", "2048"],
+            "{nofile}"
+        );
         // A clean environment: nothing of ours leaks into the VMM.
         let environ = std::fs::read(format!("/proc/{}/environ", l.pid)).unwrap();
         assert!(

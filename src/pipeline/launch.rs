@@ -35,6 +35,16 @@ use crate::vmm::jailer::{JailPlan, Jailer, JailerError};
 
 pub use crate::sys::spawn::{CloneStyle, Placement, Process};
 
+/// RLIMIT_NOFILE of a VMM wasp starts directly: its soft and hard limit
+/// are lowered to this (a lower one stays). wasp raises its own limit for
+/// dense batches (several fds per live clone), and a VMM would inherit it:
+/// Firecracker sizes its fd table to its soft limit at start (`dup2(0,
+/// soft - 1)`), so with wasp's 20 000 each VMM held a 160 KiB table of
+/// kernel memory, zeroed at every start (1 MiB limits: 8 MiB each). A VMM
+/// of wasp's needs a few dozen fds; 2048 is the official jailer's default
+/// `no-file` limit, which jailer mode gets from the jailer itself.
+pub const VMM_MAX_OPEN_FILES: u64 = 2048;
+
 /// Optional isolation for every VMM of a batch: a per-clone cgroup with
 /// limits, and jailer mode. The default is neither.
 #[derive(Debug, Clone, Default)]
@@ -430,6 +440,9 @@ fn start(
             (j.binary().to_owned(), plan.api_sock.clone())
         }
         _ => {
+            // The jailer sets the VMM's limit itself (its `no-file`
+            // default is the same 2048).
+            setup = setup.max_open_files(VMM_MAX_OPEN_FILES);
             if let Some(ns) = &spec.netns {
                 let fd = sys::netns::open_named(ns).map_err(|source| LaunchError::Netns {
                     netns: ns.clone(),

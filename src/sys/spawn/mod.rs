@@ -156,12 +156,24 @@ pub struct ChildSetup {
     binds: Vec<(CString, CString, libc::c_ulong)>,
     cgroup: Option<CgroupTarget>,
     force_fork: bool,
+    /// Lower RLIMIT_NOFILE (soft and hard) to at most this before exec.
+    max_open_files: Option<u64>,
 }
 
 impl ChildSetup {
     /// Nothing to do: the child inherits the parent's namespaces.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Lower the child's RLIMIT_NOFILE, soft and hard, to at most `n`
+    /// (a limit already lower stays). The child's own limit only: wasp
+    /// keeps its own. A program that sizes its fd table to its soft limit
+    /// up front (Firecracker does, `dup2(0, soft - 1)`) then gets a table
+    /// of `n` entries, whatever wasp needed for itself.
+    pub fn max_open_files(mut self, n: u64) -> Self {
+        self.max_open_files = Some(n);
+        self
     }
 
     /// Enter this network namespace (an fd on `/run/netns/NAME`).
@@ -426,6 +438,7 @@ pub fn spawn(exec: Exec, setup: ChildSetup) -> io::Result<Spawned> {
         binds,
         cgroup,
         force_fork,
+        max_open_files,
     } = setup;
     let program = super::c_path(&resolve(&exec.program, &exec.env)?)?;
     let mut argv_c = vec![super::c_path(&exec.program)?];
@@ -485,6 +498,16 @@ pub fn spawn(exec: Exec, setup: ChildSetup) -> io::Result<Spawned> {
     ];
     let (err_r, err_w) = pipe()?;
     let lost = std::sync::atomic::AtomicU64::new(0);
+    let nofile = match max_open_files {
+        Some(n) => {
+            let (soft, hard) = super::rlimit::nofile()?;
+            Some(libc::rlimit {
+                rlim_cur: soft.min(n),
+                rlim_max: hard.min(n),
+            })
+        }
+        None => None,
+    };
 
     let mut plan = ChildPlan {
         program: &program,
@@ -501,6 +524,7 @@ pub fn spawn(exec: Exec, setup: ChildSetup) -> io::Result<Spawned> {
         mounts,
         drive_tmpfs,
         binds: &binds,
+        nofile,
         shared_fds: VFORK_SUPPORTED
             && !force_fork
             && SHARE_FDS.load(std::sync::atomic::Ordering::Relaxed),
@@ -750,6 +774,47 @@ mod tests {
         // The vfork-style children made their own tables (no fallback).
         assert!(!VFORK_SUPPORTED || SHARE_FDS.load(std::sync::atomic::Ordering::Relaxed));
         drop(held);
+    }
+
+    #[test]
+    fn the_child_gets_the_lower_open_files_limit_and_ours_stays() {
+        let ours = crate::sys::rlimit::nofile().unwrap();
+        assert!(
+            ours.0 > 100,
+            "the test needs a soft RLIMIT_NOFILE above 100"
+        );
+        for (force, style) in styles() {
+            let mut out = tempfile::tempfile().unwrap();
+            let mut e = exec("sh", &["-c", "ulimit -Sn; ulimit -Hn"]);
+            e.stdout = out.try_clone().unwrap();
+            let child = setup(force).max_open_files(100);
+            let mut s = spawn(e, child).unwrap();
+            assert!(s.process.wait().unwrap().success());
+            use std::io::{Read, Seek};
+            let mut text = String::new();
+            out.rewind().unwrap();
+            out.read_to_string(&mut text).unwrap();
+            assert_eq!(text, "100\n100\n", "{style:?}");
+            // A cap above both limits leaves them as they are.
+            let text = {
+                let mut out = tempfile::tempfile().unwrap();
+                let mut e = exec("sh", &["-c", "ulimit -Sn"]);
+                e.stdout = out.try_clone().unwrap();
+                let cap = ours.1.saturating_add(1);
+                let mut s = spawn(e, setup(force).max_open_files(cap)).unwrap();
+                assert!(s.process.wait().unwrap().success());
+                let mut text = String::new();
+                out.rewind().unwrap();
+                out.read_to_string(&mut text).unwrap();
+                text
+            };
+            assert_eq!(text.trim(), ours.0.to_string(), "{style:?}");
+        }
+        assert_eq!(
+            crate::sys::rlimit::nofile().unwrap(),
+            ours,
+            "wasp's own limit"
+        );
     }
 
     #[test]

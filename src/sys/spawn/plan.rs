@@ -28,6 +28,7 @@ enum Step {
     Cwd = 11,
     Remount = 12,
     FdTable = 13,
+    Rlimit = 14,
 }
 
 impl Step {
@@ -47,6 +48,7 @@ impl Step {
             Cwd,
             Remount,
             FdTable,
+            Rlimit,
         ]
         .into_iter()
         .find(|s| *s as u32 == v)
@@ -66,6 +68,7 @@ impl Step {
             Step::Template => "entering the template mount namespace (setns)",
             Step::Cwd => "returning to wasp's working directory in its mount namespace",
             Step::Remount => "remounting a bind read-only, nosuid, nodev, noexec",
+            Step::Rlimit => "lowering its RLIMIT_NOFILE",
             Step::FdTable => {
                 "making its own fd table (close_range CLOSE_RANGE_UNSHARE, pidfd_getfd)"
             }
@@ -99,6 +102,8 @@ pub(super) struct ChildPlan<'a> {
     /// Mount the private drive tmpfs here (not when the template has it).
     pub(super) drive_tmpfs: Option<&'a CString>,
     pub(super) binds: &'a [(CString, CString, libc::c_ulong)],
+    /// RLIMIT_NOFILE to set before exec, if any.
+    pub(super) nofile: Option<libc::rlimit>,
     /// The child shares wasp's fd table (`CLONE_FILES`, vfork-style only)
     /// and makes its own just before exec ([`own_fd_table`]).
     pub(super) shared_fds: bool,
@@ -176,6 +181,11 @@ fn child_steps(p: &ChildPlan, err: &mut RawFd) -> ChildResult {
     reset_signals()?;
     // SAFETY: setpgid only reads its integer arguments.
     cvt(unsafe { libc::setpgid(0, 0) }).map_err(at(Step::ProcessGroup))?;
+    if let Some(lim) = &p.nofile {
+        // No CLONE_THREAD: the limit is this child's alone.
+        // SAFETY: lim points to a valid rlimit in the prepared plan.
+        cvt(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, lim) }).map_err(at(Step::Rlimit))?;
+    }
     if let Some(fd) = p.netns {
         // SAFETY: setns only reads its integer arguments; fd is open in the
         // child (inherited; CLOEXEC only closes it at exec).
