@@ -85,6 +85,12 @@ fn firecracker_runs_in_the_slot_netns_with_its_own_drive_view() {
         soft > 2048,
         "this test needs RLIMIT_NOFILE above 2048 (hard limit)"
     );
+    // Hold more fds than the VMM's limit, as wasp does with a thousand live
+    // clones: the child makes its binds in our fd table, before it lowers
+    // its limit.
+    let held: Vec<std::fs::File> = (0..2100)
+        .map(|_| std::fs::File::open("/dev/null").unwrap())
+        .collect();
     let dir = tempfile::tempdir().unwrap();
     let a = TestNetns::new("la");
     let b = TestNetns::new("lb");
@@ -159,6 +165,7 @@ fn firecracker_runs_in_the_slot_netns_with_its_own_drive_view() {
     // The host's own mount namespace never sees the binds.
     assert!(!Path::new(&wasp::paths::stable_drive_path("rootfs")).exists());
     drop(running);
+    drop(held);
 }
 
 #[test]

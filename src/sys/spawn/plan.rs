@@ -181,11 +181,6 @@ fn child_steps(p: &ChildPlan, err: &mut RawFd) -> ChildResult {
     reset_signals()?;
     // SAFETY: setpgid only reads its integer arguments.
     cvt(unsafe { libc::setpgid(0, 0) }).map_err(at(Step::ProcessGroup))?;
-    if let Some(lim) = &p.nofile {
-        // No CLONE_THREAD: the limit is this child's alone.
-        // SAFETY: lim points to a valid rlimit in the prepared plan.
-        cvt(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, lim) }).map_err(at(Step::Rlimit))?;
-    }
     if let Some(fd) = p.netns {
         // SAFETY: setns only reads its integer arguments; fd is open in the
         // child (inherited; CLOEXEC only closes it at exec).
@@ -261,6 +256,13 @@ fn child_steps(p: &ChildPlan, err: &mut RawFd) -> ChildResult {
     let mut stdio = p.stdio;
     if p.shared_fds {
         own_fd_table(p, err, &mut stdio)?;
+    }
+    if let Some(lim) = &p.nofile {
+        // Only now: fds opened above (in wasp's shared table, numbered
+        // past any lower limit) would fail with EMFILE under it. No
+        // CLONE_THREAD: the limit is this child's alone.
+        // SAFETY: lim points to a valid rlimit in the prepared plan.
+        cvt(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, lim) }).map_err(at(Step::Rlimit))?;
     }
     for (target, &fd) in stdio.iter().enumerate() {
         // The sources are >= 3 (see `above_stdio`; pidfd_getfd's copies
