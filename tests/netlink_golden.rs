@@ -40,6 +40,12 @@
 //!   layout's host veth (a MAC of its own, no master) and its `/32` host
 //!   route, made by `sh tests/tools/capture_routed.sh` (the commands are
 //!   in it; it runs them in `unshare -n` and a scratch peer netns).
+//! - `ip_addrgenmode.strace.txt` (kernel 6.18, iproute2 6.1.0): `ip link
+//!   set dev X addrgenmode none` for the host end (ifindex 3) and veth0
+//!   (ifindex 2), made by `sh tests/tools/capture_addrgenmode.sh`.
+//!   iproute2 has no command for a link's IPv4 devconf (`IFLA_INET_CONF`),
+//!   so that message is checked against its layout written out by hand
+//!   from `linux/if_link.h` and `linux/ip.h`.
 //!
 //! Only the fields the kernel or the tool chooses per run are normalised:
 //! `nlmsg_seq` (ip uses the time) and `nlmsg_pid`.
@@ -240,6 +246,39 @@ fn routed_layout_messages_match_ip() {
         )),
         cap[1]
     );
+}
+
+#[test]
+fn address_mode_and_inet_conf_messages() {
+    let cap: Vec<Vec<u8>> = parse_dump(include_str!("golden/ip_addrgenmode.strace.txt"))
+        .into_iter()
+        .map(normalise)
+        .collect();
+    assert_eq!(cap.len(), 2, "one capture per command");
+    let mode = |i| built(|b| rtnl::set_addrgenmode_none(b, 0, rtnl::Link::Index(i)));
+    assert_eq!(mode(3), cap[0]);
+    assert_eq!(mode(2), cap[1]);
+    // RTM_NEWLINK, REQUEST|ACK, ifindex 2; IFLA_AF_SPEC { AF_INET {
+    // IFLA_INET_CONF { FORWARDING = 1, ACCEPT_REDIRECTS = 0 } } }.
+    let mut want: Vec<u8> = Vec::new();
+    want.extend(60u32.to_ne_bytes()); // header 16 + ifinfomsg 16 + IFLA_AF_SPEC 28
+    want.extend(16u16.to_ne_bytes());
+    want.extend(5u16.to_ne_bytes());
+    want.extend([0u8; 8]);
+    want.extend([0u8, 0, 0, 0]);
+    want.extend(2i32.to_ne_bytes());
+    want.extend([0u8; 8]);
+    for (len, ty) in [(28u16, 26u16), (24, 2), (20, 1)] {
+        want.extend(len.to_ne_bytes());
+        want.extend(ty.to_ne_bytes());
+    }
+    for (ty, v) in [(1u16, 1u32), (4, 0)] {
+        want.extend(8u16.to_ne_bytes());
+        want.extend(ty.to_ne_bytes());
+        want.extend(v.to_ne_bytes());
+    }
+    let conf = built(|b| rtnl::set_inet_conf(b, 0, rtnl::Link::Index(2), &SlotNet::SLOT_INET_CONF));
+    assert_eq!(conf, want);
 }
 
 #[test]

@@ -229,16 +229,22 @@ fn independent_readers_confirm_the_slot_and_destroy_removes_it() {
     let r: serde_json::Value = serde_json::from_str(&sh("ip -j route show default")).unwrap();
     assert_eq!(r[0]["gateway"], "10.0.0.1");
     assert_eq!(r[0]["dev"], "veth0");
-    // Forwarding is on for the namespace, so both slot links forward (the
-    // input device decides), and the veth pair has one queue pair per end.
-    assert_eq!(sh("cat /proc/sys/net/ipv4/ip_forward").trim(), "1");
+    // Both slot links forward (the input device decides) and ignore ICMP
+    // redirects, as `ip_forward=1` would make them; they have no IPv6
+    // link-local address, nor has the host end (so no fe80::/64 route per
+    // slot in the host's table); and the veth pair has one queue pair per
+    // end.
     for dev in ["tap0", "veth0"] {
-        assert_eq!(
-            sh(&format!("cat /proc/sys/net/ipv4/conf/{dev}/forwarding")).trim(),
-            "1",
-            "{dev}"
-        );
+        let conf = |k: &str| sh(&format!("cat /proc/sys/net/ipv4/conf/{dev}/{k}"));
+        assert_eq!(conf("forwarding").trim(), "1", "{dev}");
+        assert_eq!(conf("accept_redirects").trim(), "0", "{dev}");
+        let v6 = sh(&format!("ip -6 -o addr show dev {dev}"));
+        assert!(v6.trim().is_empty(), "{dev}: {v6}");
     }
+    let v6 = host.sh(&format!("ip -6 -o addr show dev {}", s.host_veth));
+    assert!(v6.trim().is_empty(), "host end: {v6}");
+    let r6 = host.sh(&format!("ip -6 route show dev {}", s.host_veth));
+    assert!(!r6.contains("fe80::"), "host end: {r6}");
     let l: serde_json::Value = serde_json::from_str(&sh("ip -j -d link show veth0")).unwrap();
     assert_eq!(l[0]["num_tx_queues"], 1);
     assert_eq!(l[0]["num_rx_queues"], 1);

@@ -119,6 +119,22 @@ pub const RTN_UNICAST: u8 = 1;
 pub const RT_SCOPE_UNIVERSE: u8 = 0;
 /// `AF_INET`.
 pub const AF_INET: u8 = 2;
+/// `AF_INET6`.
+pub const AF_INET6: u16 = 10;
+/// `IFLA_AF_SPEC`.
+pub const IFLA_AF_SPEC: u16 = 26;
+/// `IFLA_INET6_ADDR_GEN_MODE` (in `IFLA_AF_SPEC`/`AF_INET6`).
+pub const IFLA_INET6_ADDR_GEN_MODE: u16 = 8;
+/// `IN6_ADDR_GEN_MODE_NONE`: no IPv6 link-local address (nor its route,
+/// duplicate address detection or router solicitations).
+pub const IN6_ADDR_GEN_MODE_NONE: u8 = 1;
+/// `IFLA_INET_CONF` (in `IFLA_AF_SPEC`/`AF_INET`): the device's IPv4
+/// devconf, one attribute per `IPV4_DEVCONF_*` index.
+pub const IFLA_INET_CONF: u16 = 1;
+/// `IPV4_DEVCONF_FORWARDING`.
+pub const IPV4_DEVCONF_FORWARDING: u16 = 1;
+/// `IPV4_DEVCONF_ACCEPT_REDIRECTS`.
+pub const IPV4_DEVCONF_ACCEPT_REDIRECTS: u16 = 4;
 
 /// Create flags `ip link add` uses.
 const NEW_FLAGS: u16 = NLM_F_REQUEST | NLM_F_ACK | NLM_F_EXCL | NLM_F_CREATE;
@@ -309,6 +325,39 @@ pub fn set_isolated(b: &mut MsgBuf, seq: u32, link: Link<'_>, on: bool) {
     b.attr_u8(IFLA_BRPORT_ISOLATED, u8::from(on));
     b.nest_end(sd);
     b.nest_end(li).end();
+}
+
+/// `ip link set dev X addrgenmode none`: the link gets no IPv6 link-local
+/// address, so no `fe80::/64` route, no duplicate address detection and
+/// no router solicitations. Sent while the link is down (the kernel
+/// generates the address when it comes up).
+pub fn set_addrgenmode_none(b: &mut MsgBuf, seq: u32, link: Link<'_>) {
+    b.begin(RTM_NEWLINK, SET_FLAGS, seq)
+        .raw(&ifinfomsg(link.index(), 0, 0));
+    link.name_attr(b);
+    let spec = b.nest_begin_plain(IFLA_AF_SPEC);
+    let v6 = b.nest_begin_plain(AF_INET6);
+    b.attr_u8(IFLA_INET6_ADDR_GEN_MODE, IN6_ADDR_GEN_MODE_NONE);
+    b.nest_end(v6);
+    b.nest_end(spec).end();
+}
+
+/// Sets IPv4 devconf values of one link (`IPV4_DEVCONF_*` index, value):
+/// what `/proc/sys/net/ipv4/conf/X/*` writes, as one message (iproute2
+/// has no command for it).
+pub fn set_inet_conf(b: &mut MsgBuf, seq: u32, link: Link<'_>, conf: &[(u16, u32)]) {
+    b.begin(RTM_NEWLINK, SET_FLAGS, seq)
+        .raw(&ifinfomsg(link.index(), 0, 0));
+    link.name_attr(b);
+    let spec = b.nest_begin_plain(IFLA_AF_SPEC);
+    let v4 = b.nest_begin_plain(u16::from(AF_INET));
+    let c = b.nest_begin_plain(IFLA_INET_CONF);
+    for &(id, v) in conf {
+        b.attr_u32(id, v);
+    }
+    b.nest_end(c);
+    b.nest_end(v4);
+    b.nest_end(spec).end();
 }
 
 /// `ip link set dev X up`.

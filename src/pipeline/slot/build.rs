@@ -88,11 +88,23 @@ impl SlotNet {
     }
 
     /// How many messages [`SlotNet::inner_links`] appends.
-    pub const INNER_MSGS: u32 = 6;
+    pub const INNER_MSGS: u32 = 10;
+
+    /// IPv4 devconf of the slot's two links: forwarding on and ICMP
+    /// redirects ignored, which is what `net.ipv4.ip_forward=1` does for
+    /// them (it also sets `all.accept_redirects=0`), without its
+    /// `/proc/sys` write, whose path lookup walks one dentry per live
+    /// namespace (O(slots) per build).
+    pub const SLOT_INET_CONF: [(u16, u32); 2] = [
+        (rtnl::IPV4_DEVCONF_FORWARDING, 1),
+        (rtnl::IPV4_DEVCONF_ACCEPT_REDIRECTS, 0),
+    ];
 
     /// The rtnetlink messages run inside a fresh slot netns once veth0
-    /// exists: lo, tap and veth0 up, their addresses, the default route. Returns the [`Self::INNER_MSGS`]
-    /// sequence numbers from `seq`.
+    /// exists: tap and veth0 without IPv6 link-local addresses and
+    /// forwarding IPv4 ([`Self::SLOT_INET_CONF`]), then lo, tap and veth0
+    /// up, their addresses, the default route. Returns the
+    /// [`Self::INNER_MSGS`] sequence numbers from `seq`.
     pub fn inner_links(
         &self,
         b: &mut MsgBuf,
@@ -101,12 +113,22 @@ impl SlotNet {
         veth0_index: u32,
         clone_ip: Ipv4Addr,
     ) -> Vec<u32> {
-        rtnl::set_up(b, seq, rtnl::Link::Index(1));
-        rtnl::set_up(b, seq + 1, rtnl::Link::Index(tap_index));
-        rtnl::set_up(b, seq + 2, rtnl::Link::Index(veth0_index));
-        rtnl::new_addr(b, seq + 3, tap_index, self.tap_ip, self.tap_prefix);
-        rtnl::new_addr(b, seq + 4, veth0_index, clone_ip, self.cidr.prefix);
-        rtnl::default_route(b, seq + 5, self.cidr.gateway());
+        let (tap, veth0) = (rtnl::Link::Index(tap_index), rtnl::Link::Index(veth0_index));
+        // While they are down: the address mode is read when a link comes
+        // up. No link-local address means no IPv6 packet from the slot
+        // (duplicate address detection, router solicitations, MLD reports)
+        // reaches the host end, where each would be routed against one
+        // multicast route per slot.
+        rtnl::set_addrgenmode_none(b, seq, tap);
+        rtnl::set_addrgenmode_none(b, seq + 1, veth0);
+        rtnl::set_inet_conf(b, seq + 2, tap, &Self::SLOT_INET_CONF);
+        rtnl::set_inet_conf(b, seq + 3, veth0, &Self::SLOT_INET_CONF);
+        rtnl::set_up(b, seq + 4, rtnl::Link::Index(1));
+        rtnl::set_up(b, seq + 5, tap);
+        rtnl::set_up(b, seq + 6, veth0);
+        rtnl::new_addr(b, seq + 7, tap_index, self.tap_ip, self.tap_prefix);
+        rtnl::new_addr(b, seq + 8, veth0_index, clone_ip, self.cidr.prefix);
+        rtnl::default_route(b, seq + 9, self.cidr.gateway());
         (seq..seq + Self::INNER_MSGS).collect()
     }
 }
@@ -123,10 +145,9 @@ pub struct BuildSteps {
     pub veth: f64,
     /// The host end's ownership mark and bridge-port isolation.
     pub mark: f64,
-    /// Links up, addresses and the route inside (one datagram).
+    /// Inside, one datagram: the links' IPv6 address mode and IPv4
+    /// forwarding, links up, addresses and the route.
     pub links: f64,
-    /// `net.ipv4.ip_forward=1`.
-    pub forwarding: f64,
     /// The nf_tables batch.
     pub nft: f64,
     /// The host end up, and the link-watch syncs of both ends.
@@ -135,28 +156,12 @@ pub struct BuildSteps {
 
 impl BuildSteps {
     /// The step names, in build order.
-    pub const NAMES: [&'static str; 8] = [
-        "netns",
-        "tap",
-        "veth",
-        "mark",
-        "links",
-        "forwarding",
-        "nft",
-        "up",
-    ];
+    pub const NAMES: [&'static str; 7] = ["netns", "tap", "veth", "mark", "links", "nft", "up"];
 
     /// The values, in [`BuildSteps::NAMES`] order.
-    pub fn values(&self) -> [f64; 8] {
+    pub fn values(&self) -> [f64; 7] {
         [
-            self.netns,
-            self.tap,
-            self.veth,
-            self.mark,
-            self.links,
-            self.forwarding,
-            self.nft,
-            self.up,
+            self.netns, self.tap, self.veth, self.mark, self.links, self.nft, self.up,
         ]
     }
 }
@@ -194,7 +199,7 @@ pub(super) struct Bridge {
 
 /// Everything of slot `slot` once the calling thread is inside its fresh
 /// namespace: tap, veth pair (through `host`, a route socket of the host
-/// netns), marks, forwarding, links, addresses, route, neighbour entries
+/// netns), marks, links and their forwarding, addresses, route, neighbour entries
 /// and the nft batch. `steps` gets the time of each step. On error the host
 /// veth and the host's entry for the clone are removed again (the caller
 /// removes the netns).
@@ -267,15 +272,20 @@ pub(super) fn fill_slot(
     // when the kernel frees the slot namespace, some time after its name
     // is removed.
     b.clear();
-    let seq = host.next_seq(2);
+    let seq = host.next_seq(3);
     let link = rtnl::Link::Name(host_veth);
     rtnl::set_alias(&mut b, seq, link, &net.alias(n));
+    // No IPv6 link-local address on the host end (it is down until the
+    // end): each would add a `fe80::/64` route to the host's table, and
+    // the kernel walks that table on every link change there, and the
+    // routes to one prefix on every IPv6 packet: O(slots) each.
+    rtnl::set_addrgenmode_none(&mut b, seq + 1, link);
+    let mut seqs = vec![seq, seq + 1];
     // Bridge ports are isolated from each other; a routed host end is on
     // no bridge.
-    let mut seqs = vec![seq];
     if !routed {
-        rtnl::set_isolated(&mut b, seq + 1, link, true);
-        seqs.push(seq + 1);
+        rtnl::set_isolated(&mut b, seq + 2, link, true);
+        seqs.push(seq + 2);
     }
     if let Err(e) = send_acked(host, &b, &seqs, "mark and isolate the host veth") {
         let _ = del_host_link(host, host_veth);
@@ -283,8 +293,8 @@ pub(super) fn fill_slot(
     }
     laps.lap(|s| &mut s.mark);
     let rest = (|| {
-        // Inside: links up, addresses, route, in one datagram; then
-        // forwarding for the whole namespace.
+        // Inside: IPv6 address mode and IPv4 forwarding of the links,
+        // links up, addresses, route, in one datagram.
         b.clear();
         let seq = sock.next_seq(SlotNet::INNER_MSGS + 1);
         let veth0 = tap::ifindex_via(sock.as_fd(), VETH0).map_err(io_err("look up veth0"))?;
@@ -299,9 +309,6 @@ pub(super) fn fill_slot(
         }
         send_acked(&mut sock, &b, &seqs, "configure links in the slot")?;
         laps.lap(|s| &mut s.links);
-        std::fs::write("/proc/sys/net/ipv4/ip_forward", b"1")
-            .map_err(io_err("set net.ipv4.ip_forward=1 in the slot"))?;
-        laps.lap(|s| &mut s.forwarding);
         let mut nfs = Socket::netfilter().map_err(nl("open a netfilter socket"))?;
         let seq = nfs.next_seq(64);
         net.ruleset(seq, clone_ip)

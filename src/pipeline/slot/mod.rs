@@ -7,10 +7,13 @@
 //!   enslaved to the bridge, isolated as a bridge port, with the ownership
 //!   mark IFLA_IFALIAS `wasp:<p>:<n>`; the end inside is `veth0` with the
 //!   clone IP and the CIDR's prefix, default route via the bridge address;
-//! - the tap (default `tap0`, 192.168.241.1/29), `lo` up,
-//!   `net.ipv4.ip_forward=1` (which turns forwarding on for every device of
-//!   the namespace; one /proc/sys write whose path lookup costs O(live
-//!   namespaces), ~0.2–0.4 ms here);
+//! - the tap (default `tap0`, 192.168.241.1/29), `lo` up; `tap0` and
+//!   `veth0` forward IPv4 and ignore ICMP redirects (what
+//!   `net.ipv4.ip_forward=1` makes of them, set per link over rtnetlink: the
+//!   /proc/sys write's path lookup costs O(live namespaces)), and neither
+//!   they nor the host end get an IPv6 link-local address (each would add
+//!   a route to the host's IPv6 table, which the kernel walks on every link
+//!   change: O(slots) per slot);
 //! - one nf_tables batch: table `ip wasp` with DNAT clone->guest on input
 //!   from veth0, SNAT guest->clone on output to veth0, and a forward chain
 //!   (policy drop) that lets the host reach the guest and the guest reach
