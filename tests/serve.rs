@@ -944,7 +944,11 @@ fn a_snapshot_on_another_filesystem_gets_409_unless_allow_copy() {
         Some(json!({"name": "far", "dir": far_s})),
     );
     assert_eq!(s["name"], "far");
-    d.wait_line(&["serve.allow_copy", &far_s, "each clone copies 8388608 bytes"]);
+    d.wait_line(&[
+        "serve.allow_copy",
+        &far_s,
+        "each clone copies 8388608 bytes",
+    ]);
     let r = d.ok(
         "POST",
         "/v1/clones",

@@ -122,7 +122,6 @@ use crate::engine::batch::{
     batch_tag, link_sync, CloneReport, PhasesMs, PoolSlots, PoolSlotsError, SlotError, SlotLease,
     Slots, SpawnError, SpawnOptions, SpawnReport, Summary, MAX_COUNT,
 };
-use crate::ops::teardown::VmmFate;
 use crate::pipeline::env::Env;
 use crate::pipeline::launch::{self, Isolation, LaunchSpec, MountTemplate, Vmm};
 use crate::pipeline::pool::{PoolConfig, PoolStatus};
@@ -139,6 +138,7 @@ use crate::sys::spawn::Process;
 use crate::sys::tap::EventFd;
 use crate::sys::timerfd::TimerFd;
 use crate::vmm::api::{BackendType, NetworkOverride};
+use crate::vmm::VmmFate;
 
 /// Admission workers run at once: the launch waits for the VMM's exec,
 /// which another worker's clone can overlap.
