@@ -101,7 +101,7 @@ fn config_show_names_the_source_of_every_value() {
         .iter()
         .map(|e| e["key"].as_str().unwrap().to_owned())
         .collect();
-    assert_eq!(keys.len(), 28, "{keys:?}");
+    assert_eq!(keys.len(), 29, "{keys:?}");
     let (layout, kind, _) = entry(&v, "pool.layout");
     assert_eq!((layout, kind.as_str()), ("routed".into(), "default"));
     let (ids, kind, _) = entry(&v, "jailer.id_range");
@@ -112,6 +112,7 @@ fn config_show_names_the_source_of_every_value() {
         serde_json::json!(["unix:/run/wasp/wasp.sock"])
     );
     assert_eq!(entry(&v, "serve.max_count").0, 1000);
+    assert_eq!(entry(&v, "serve.allow_copy").0, false);
 
     // The table says the same for humans.
     let o = wasp()

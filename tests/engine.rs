@@ -14,12 +14,12 @@ use std::time::Duration;
 use testkit::fake_slots::FakeSlots;
 use wasp::engine::batch::SpawnError;
 use wasp::engine::{Engine, EngineConfig, PoolSetup, SnapshotSource, SpawnRequest};
-use wasp::ops::teardown::VmmFate;
 use wasp::pipeline::launch::Vmm;
 use wasp::pipeline::ready::Ready;
 use wasp::pipeline::restore::Timeouts;
 use wasp::pipeline::storage::clone::{CloneStore, Mode};
 use wasp::snapshot::synth::{synth, SynthOptions};
+use wasp::vmm::VmmFate;
 
 /// A bound on waits for an event that must come (never a sleep).
 const EVENT_BOUND: Duration = Duration::from_secs(60);

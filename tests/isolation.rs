@@ -594,7 +594,7 @@ fn jailed_clones_get_own_ids_read_only_snapshot_binds_and_a_pid_namespace() {
     let (fate, errors) = wasp::ops::teardown::teardown(&st, &r, Duration::from_secs(5));
     assert!(errors.is_empty(), "{errors:?}");
     // Init of its pid namespace drops SIGTERM: killed at once.
-    assert_eq!(fate, Some(wasp::ops::teardown::VmmFate::Killed));
+    assert_eq!(fate, Some(wasp::vmm::VmmFate::Killed));
     assert!(
         wasp::sys::pidfd::pidfd_exited(&fd, 0).unwrap(),
         "VMM still runs"

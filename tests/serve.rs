@@ -842,3 +842,122 @@ fn a_request_the_host_cannot_hold_gets_503_with_retry_after_and_builds_nothing()
     let (st, log) = d.stop();
     assert!(st.success(), "{log}");
 }
+
+#[test]
+fn a_snapshot_on_another_filesystem_gets_409_unless_allow_copy() {
+    root_or_skip!();
+    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    // The snapshot on a scratch ext4 of its own: another filesystem than
+    // the world's runtime dir, so each clone would copy its 8 MiB rootfs
+    // (every block written).
+    let ext4 = testkit::loopfs::LoopFs::ext4(128);
+    let far = ext4.path().join("far");
+    wasp::snapshot::synth(&wasp::snapshot::SynthOptions {
+        out: far.clone(),
+        mem_mib: 16,
+        rootfs_mib: 8,
+        ..Default::default()
+    })
+    .unwrap();
+    let far_s = far.display().to_string();
+    let w = World::new(wasp_bin!(), "srvcopy");
+    let refused = |detail: &str| {
+        for needle in [
+            far_s.as_str(),
+            "is on another filesystem than the runtime dir",
+            "each clone would copy 8388608 bytes (8 MiB)",
+            "wasp storage init",
+            "wasp snapshot adopt",
+            "`allow_copy = true`",
+            "[serve]",
+            "wasp serve --allow-copy",
+        ] {
+            assert!(detail.contains(needle), "no {needle:?} in: {detail}");
+        }
+    };
+
+    // Named at start: the daemon does not start, and says why (a daemon
+    // that starts is killed at the bound and fails the test).
+    let c = w
+        .wasp(
+            &[
+                "serve",
+                "--vmm",
+                "standin",
+                "--listen",
+                &format!("unix:{}", w.tmp.path().join("api.sock").display()),
+                "--snapshot",
+                &format!("far={far_s}"),
+                "--warm",
+                "1",
+                "--low-water",
+                "1",
+            ],
+            true,
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = Pid::from_raw(c.id() as i32);
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(c.wait_with_output());
+    });
+    let o = rx.recv_timeout(EVENT_BOUND).unwrap_or_else(|e| {
+        let _ = kill(pid, Signal::SIGKILL);
+        panic!("the daemon started with a snapshot it must refuse ({e})")
+    });
+    let o = o.unwrap();
+    assert!(!o.status.success());
+    refused(&String::from_utf8_lossy(&o.stderr));
+
+    // Added or named by a running daemon: 409, nothing known or built.
+    let d = Daemon::start(&w, &[], &[]);
+    let before = w.seen();
+    let r = d.call(
+        "POST",
+        "/v1/snapshots",
+        Some(json!({"name": "far", "dir": far_s})),
+    );
+    assert_eq!(r.status, 409, "{}", r.detail());
+    assert_eq!(r.json().unwrap()["error"], "conflict");
+    refused(&r.detail());
+    let known = d.ok("GET", "/v1/snapshots", None);
+    assert_eq!(known["snapshots"].as_array().unwrap().len(), 1, "{known}");
+    let r = d.call(
+        "POST",
+        "/v1/clones",
+        Some(json!({"snapshot": far_s, "count": 1})),
+    );
+    assert_eq!(r.status, 409, "{}", r.detail());
+    refused(&r.detail());
+    assert_eq!(w.seen(), before, "a refused snapshot built something");
+    let (st, log) = d.stop();
+    assert!(st.success(), "{log}");
+
+    // With --allow-copy: accepted, and each clone copies its rootfs.
+    let d = Daemon::start(&w, &["--allow-copy"], &[]);
+    let s = d.ok(
+        "POST",
+        "/v1/snapshots",
+        Some(json!({"name": "far", "dir": far_s})),
+    );
+    assert_eq!(s["name"], "far");
+    d.wait_line(&[
+        "serve.allow_copy",
+        &far_s,
+        "each clone copies 8388608 bytes",
+    ]);
+    let r = d.ok(
+        "POST",
+        "/v1/clones",
+        Some(json!({"snapshot": "far", "count": 1, "labels": {"team": "far"}})),
+    );
+    assert_eq!(r["summary"]["ready"], 1, "{r:#}");
+    assert_eq!(r["clones"][0]["bytes_copied"], 8u64 << 20, "{r:#}");
+    d.ok("DELETE", "/v1/clones?label=team=far", None);
+    let (st, log) = d.stop();
+    assert!(st.success(), "{log}");
+    w.kill_drain_and_assert_zero();
+}

@@ -98,6 +98,11 @@ pub struct ServeArgs {
     /// engine's own threads).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=2))]
     pub workers: u8,
+    /// Accept snapshots on another filesystem than the runtime dir whose
+    /// clones would copy their disks (refused by default with 409, as
+    /// `wasp spawn` refuses them without --allow-copy) [serve.allow_copy].
+    #[arg(long)]
+    pub allow_copy: bool,
     /// Seconds between SIGTERM and SIGKILL when a clone is deleted.
     #[arg(long, default_value_t = 2.0)]
     pub grace: f64,
@@ -152,6 +157,8 @@ pub fn serve_cmd(a: ServeArgs, mut cfg: Config) -> anyhow::Result<ExitCode> {
     cfg.serve_low_water.flag("--low-water", a.low_water);
     cfg.serve_high_water.flag("--high-water", a.high_water);
     cfg.serve_standby.flag("--standby", a.standby);
+    cfg.serve_allow_copy
+        .flag("--allow-copy", a.allow_copy.then_some(true));
     let (warm, low, high) = (
         cfg.serve_warm.value,
         cfg.serve_low_water.value,
@@ -222,6 +229,7 @@ pub fn serve_cmd(a: ServeArgs, mut cfg: Config) -> anyhow::Result<ExitCode> {
     let mut engine_cfg = EngineConfig::new(vmm, state_dir.clone(), runtime_dir.clone());
     engine_cfg.parallel = cfg.parallel.value;
     engine_cfg.standby = cfg.serve_standby.value;
+    engine_cfg.allow_copy = cfg.serve_allow_copy.value;
     if engine_cfg.standby > 0 && snapshots.is_empty() {
         bail!(
             "serve.standby ({}) holds VMMs for the first --snapshot NAME=DIR, and none is given",
@@ -250,6 +258,7 @@ pub fn serve_cmd(a: ServeArgs, mut cfg: Config) -> anyhow::Result<ExitCode> {
         check_guest: Some(Arc::new(move |m| {
             check_cfg.check_guest(m).map_err(|e| wasp::error::chain(&e))
         })),
+        allow_copy: cfg.serve_allow_copy.value,
     };
     let open: OpenBackend = Box::new(move || {
         let engine = Engine::open(engine_cfg, pool).map_err(|e| match e {

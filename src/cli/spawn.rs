@@ -740,7 +740,7 @@ fn kill_remote(c: &wasp::serve::client::Client, a: &KillArgs) -> anyhow::Result<
                 c.target()
             );
         };
-        let fate: Option<teardown::VmmFate> = serde_json::from_value(r["vmm"].clone()).ok();
+        let fate: Option<wasp::vmm::VmmFate> = serde_json::from_value(r["vmm"].clone()).ok();
         let errs: Vec<String> = serde_json::from_value(r["errors"].clone()).unwrap_or_default();
         failed += usize::from(!errs.is_empty());
         if !a.json {

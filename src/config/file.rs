@@ -95,6 +95,7 @@ struct RawServe {
     low_water: Option<usize>,
     high_water: Option<usize>,
     standby: Option<usize>,
+    allow_copy: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -278,6 +279,7 @@ impl Config {
         c.serve_low_water.set(serve.low_water, src);
         c.serve_high_water.set(serve.high_water, src);
         c.serve_standby.set(serve.standby, src);
+        c.serve_allow_copy.set(serve.allow_copy, src);
         c.slot_net()
             .validate()
             .map_err(|source| ConfigError::Invalid {

@@ -247,6 +247,9 @@ pub struct Config {
     /// `serve.standby`: VMMs the daemon holds started ahead in their slots
     /// for its first snapshot (experimental; 0: none).
     pub serve_standby: Setting<usize>,
+    /// `serve.allow_copy`: accept snapshots on another filesystem than the
+    /// runtime dir whose clones would copy their disks (refused by default).
+    pub serve_allow_copy: Setting<bool>,
 }
 
 impl Default for Config {
@@ -283,6 +286,7 @@ impl Default for Config {
             serve_low_water: Setting::default(DEFAULT_SERVE_LOW_WATER),
             serve_high_water: Setting::default(DEFAULT_SERVE_HIGH_WATER),
             serve_standby: Setting::default(0),
+            serve_allow_copy: Setting::default(false),
         }
     }
 }
@@ -488,6 +492,7 @@ warm = 4
 low_water = 2
 high_water = 8
 standby = 1
+allow_copy = true
 "#;
 
     #[test]
@@ -531,6 +536,7 @@ standby = 1
         assert_eq!(c.slot_net().layout, crate::pipeline::slot::Layout::Bridge);
         assert_eq!(c.jailer_ids.value.to_string(), "80000-80999");
         assert_eq!(c.serve_standby.value, 1);
+        assert!(c.serve_allow_copy.value);
         let fc = c.firecracker_choice().unwrap();
         assert_eq!(fc.path, Path::new("/opt/fc/firecracker"));
         assert!(fc.origin.contains("paths.firecracker"), "{}", fc.origin);

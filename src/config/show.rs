@@ -160,6 +160,11 @@ impl Config {
                 &self.serve_standby,
                 json!(self.serve_standby.value),
             ),
+            e(
+                "serve.allow_copy",
+                &self.serve_allow_copy,
+                json!(self.serve_allow_copy.value),
+            ),
         ]
     }
 }

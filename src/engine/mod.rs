@@ -122,7 +122,6 @@ use crate::engine::batch::{
     batch_tag, link_sync, CloneReport, PhasesMs, PoolSlots, PoolSlotsError, SlotError, SlotLease,
     Slots, SpawnError, SpawnOptions, SpawnReport, Summary, MAX_COUNT,
 };
-use crate::ops::teardown::VmmFate;
 use crate::pipeline::env::Env;
 use crate::pipeline::launch::{self, Isolation, LaunchSpec, MountTemplate, Vmm};
 use crate::pipeline::pool::{PoolConfig, PoolStatus};
@@ -130,7 +129,7 @@ use crate::pipeline::ready::Ready;
 use crate::pipeline::restore::{Job, Plan, Timeouts};
 use crate::pipeline::ring::{self, DriverError, DriverKind, Feed, Next, Outcome};
 use crate::pipeline::slot::{HostNet, SlotNet};
-use crate::pipeline::storage::clone::{CloneStore, Mode};
+use crate::pipeline::storage::clone::{CloneFiles, CloneStore, Mode};
 use crate::state::{self, CloneRecord};
 use crate::stats::{ms, Percentiles};
 use crate::sys;
@@ -139,6 +138,7 @@ use crate::sys::spawn::Process;
 use crate::sys::tap::EventFd;
 use crate::sys::timerfd::TimerFd;
 use crate::vmm::api::{BackendType, NetworkOverride};
+use crate::vmm::VmmFate;
 
 /// Admission workers run at once: the launch waits for the VMM's exec,
 /// which another worker's clone can overlap.
@@ -491,6 +491,24 @@ struct Pending {
     admitted: Instant,
     phases: PhasesMs,
     cpu: Duration,
+}
+
+/// A clone admitted up to its launched VMM (now, or ahead as a standby),
+/// for [`Core::hand_to_driver`]: what differs between the two ways in.
+struct AdmittedClone {
+    id: String,
+    slot: SlotLease,
+    launched: launch::Launched,
+    /// Where the driver's socket phase starts: the VMM's spawn, or the
+    /// admission of a standby whose socket is up already.
+    launched_at: Instant,
+    files_dir: PathBuf,
+    /// Bytes the clone's disks copied (0 when reflinked).
+    bytes_copied: u64,
+    admitted: Instant,
+    phases: PhasesMs,
+    /// The admitting thread's CPU time when the admission began.
+    cpu_start: Duration,
 }
 
 /// A request in the engine.
@@ -1515,22 +1533,7 @@ impl<S: Slots + 'static> Core<S> {
         }
 
         let t = Instant::now();
-        let spec = LaunchSpec {
-            vmm: self.vmm.clone(),
-            id: id.clone(),
-            api_sock: files.dir.join("api.sock"),
-            netns: Some(slot.netns.clone()),
-            drives: files
-                .drives
-                .iter()
-                .map(|d| (d.file.clone(), d.drive_id.clone()))
-                .collect(),
-            log_dir: files.dir.clone(),
-            extra_args: r.vmm_args.clone(),
-            stdin_pipe: false,
-            isolation: r.isolation.clone(),
-            snapshot_files: vec![files.vmstate.clone(), files.memory.clone()],
-        };
+        let spec = self.launch_spec(&id, &files, &slot, r.vmm_args.clone(), &r.isolation);
         let launched = match launch::launch(&spec) {
             Ok(l) => l,
             Err(e) => {
@@ -1544,6 +1547,68 @@ impl<S: Slots + 'static> Core<S> {
         phases.launch = ms(t.elapsed());
         crate::testhook::point("clone-launched");
 
+        let launched_at = launched.spawned_at;
+        Some(self.hand_to_driver(
+            r,
+            i,
+            seq,
+            AdmittedClone {
+                id,
+                slot,
+                launched,
+                launched_at,
+                files_dir: files.dir,
+                bytes_copied: files.bytes_copied,
+                admitted,
+                phases,
+                cpu_start,
+            },
+        ))
+    }
+
+    /// How clone `id` is launched in `slot` from its `files` (at admission,
+    /// or ahead as a standby).
+    fn launch_spec(
+        &self,
+        id: &str,
+        files: &CloneFiles,
+        slot: &SlotLease,
+        extra_args: Vec<String>,
+        isolation: &Isolation,
+    ) -> LaunchSpec {
+        LaunchSpec {
+            vmm: self.vmm.clone(),
+            id: id.to_owned(),
+            api_sock: files.dir.join("api.sock"),
+            netns: Some(slot.netns.clone()),
+            drives: files
+                .drives
+                .iter()
+                .map(|d| (d.file.clone(), d.drive_id.clone()))
+                .collect(),
+            log_dir: files.dir.clone(),
+            extra_args,
+            stdin_pipe: false,
+            isolation: isolation.clone(),
+            snapshot_files: vec![files.vmstate.clone(), files.memory.clone()],
+        }
+    }
+
+    /// Hands an admitted clone to the driver: its [`Job`] (returned) and
+    /// its [`Pending`] entry under `seq`, for the driver's outcome or a
+    /// reclaim. Both [`Core::admit`] and `admit_standby` end here.
+    fn hand_to_driver(&self, r: &Arc<Req>, i: usize, seq: usize, a: AdmittedClone) -> Job {
+        let AdmittedClone {
+            id,
+            slot,
+            launched,
+            launched_at,
+            files_dir,
+            bytes_copied,
+            admitted,
+            phases,
+            cpu_start,
+        } = a;
         let net_override = r.net_override(&slot);
         let vmm = launched.pidfd.try_clone().ok();
         let job = Job {
@@ -1553,7 +1618,7 @@ impl<S: Slots + 'static> Core<S> {
             api_sock: launched.api_sock,
             pid: launched.pid,
             pidfd: launched.pidfd,
-            launched_at: launched.spawned_at,
+            launched_at,
             net_override,
             clone_ip: slot.clone_ip,
             mmds_body: r.env.mmds_body(&id),
@@ -1567,14 +1632,14 @@ impl<S: Slots + 'static> Core<S> {
             vmm,
             cgroup: launched.cgroup,
             jail_dir: launched.jail_dir,
-            files_dir: files.dir,
-            bytes_copied: files.bytes_copied,
+            files_dir,
+            bytes_copied,
             admitted,
             phases,
-            cpu: cpu(),
+            cpu: sys::thread_cpu_time().saturating_sub(cpu_start),
         };
         lock(&self.pending).insert(seq, pending);
-        Some(job)
+        job
     }
 
     /// Reclaims a clone the driver never finished (it failed as a whole):

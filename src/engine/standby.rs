@@ -22,9 +22,9 @@ use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use super::{lock, Core, Engine, Pending, Req, SnapshotSource};
-use crate::engine::batch::{link_sync, PhasesMs, SlotLease, Slots, SpawnError};
-use crate::pipeline::launch::{self, Isolation, LaunchSpec, Launched};
+use super::{lock, AdmittedClone, Core, Engine, Req, SnapshotSource};
+use crate::engine::batch::{PhasesMs, SlotLease, Slots, SpawnError};
+use crate::pipeline::launch::{self, Isolation, Launched};
 use crate::pipeline::restore::Job;
 use crate::pipeline::storage::clone::CloneStore;
 use crate::stats::ms;
@@ -246,22 +246,7 @@ impl<S: Slots + 'static> Core<S> {
                 crate::error::chain(&*e)
             ));
         }
-        let spec = LaunchSpec {
-            vmm: self.vmm.clone(),
-            id: id.clone(),
-            api_sock: files.dir.join("api.sock"),
-            netns: Some(slot.netns.clone()),
-            drives: files
-                .drives
-                .iter()
-                .map(|d| (d.file.clone(), d.drive_id.clone()))
-                .collect(),
-            log_dir: files.dir.clone(),
-            extra_args: Vec::new(),
-            stdin_pipe: false,
-            isolation: isolation.clone(),
-            snapshot_files: vec![files.vmstate.clone(), files.memory.clone()],
-        };
+        let spec = self.launch_spec(&id, &files, &slot, Vec::new(), isolation);
         let mut launched = match launch::launch(&spec) {
             Ok(l) => l,
             Err(e) => {
@@ -387,38 +372,24 @@ impl<S: Slots + 'static> Core<S> {
             launched,
             ..
         } = sb;
-        let net_override = r.net_override(&slot);
-        let vmm = launched.pidfd.try_clone().ok();
-        let job = Job {
-            index: seq,
-            plan: Some(r.plan.clone()),
-            id: id.clone(),
-            api_sock: launched.api_sock,
-            pid: launched.pid,
-            pidfd: launched.pidfd,
-            // Its socket is up: the socket phase is the connect alone.
-            launched_at: admitted,
-            net_override,
-            clone_ip: slot.clone_ip,
-            mmds_body: r.env.mmds_body(&id),
-            link_sync: link_sync(&slot, r.guest_mac),
-        };
-        let pending = Pending {
-            req: r.clone(),
+        let job = self.hand_to_driver(
+            r,
             i,
-            slot,
-            child: launched.child,
-            vmm,
-            cgroup: launched.cgroup,
-            jail_dir: launched.jail_dir,
-            files_dir,
-            bytes_copied,
-            admitted,
-            phases: PhasesMs::default(),
-            cpu: sys::thread_cpu_time().saturating_sub(cpu_start),
-        };
-        lock(&self.pending).insert(seq, pending);
-        tracing::debug!(clone = %id, "admitted on a standby VMM in {:.3} ms", ms(admitted.elapsed()));
+            seq,
+            AdmittedClone {
+                id,
+                slot,
+                launched,
+                // Its socket is up: the socket phase is the connect alone.
+                launched_at: admitted,
+                files_dir,
+                bytes_copied,
+                admitted,
+                phases: PhasesMs::default(),
+                cpu_start,
+            },
+        );
+        tracing::debug!(clone = %job.id, "admitted on a standby VMM in {:.3} ms", ms(admitted.elapsed()));
         job
     }
 }

@@ -54,7 +54,7 @@ use std::time::Duration;
 use serde::Serialize;
 use thiserror::Error;
 
-use crate::ops::teardown::{self, VmmFate};
+use crate::ops::teardown;
 use crate::paths::PREFIX;
 use crate::pipeline::pool::{Pool, PoolConfig};
 use crate::pipeline::slot::{HostNet, Kernel, SlotNet, SlotOps};
@@ -63,6 +63,7 @@ use crate::state::{self, CloneRecord, Owner, StateError, Store};
 use crate::sys::fs::{flock, FlockMode};
 use crate::sys::{netns, pidfd};
 use crate::vmm::firecracker::Chosen;
+use crate::vmm::VmmFate;
 
 /// The lock file in the state dir.
 pub const LOCK_FILE: &str = "lock";

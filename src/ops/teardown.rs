@@ -10,6 +10,7 @@ use thiserror::Error;
 
 use crate::state::{self, CloneRecord};
 use crate::sys::pidfd;
+use crate::vmm::VmmFate;
 
 /// One failed teardown step.
 #[derive(Debug, Error)]
@@ -62,19 +63,6 @@ pub enum TeardownError {
         #[source]
         source: state::StateError,
     },
-}
-
-/// What happened to the VMM.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum VmmFate {
-    /// Exited after SIGTERM.
-    Terminated,
-    /// Needed SIGKILL.
-    Killed,
-    /// Was already gone (or its pid now belongs to another process, which
-    /// was left alone).
-    AlreadyGone,
 }
 
 /// A VMM whose stop has begun ([`begin_stop`]).

@@ -147,6 +147,8 @@ struct Inner<O> {
     leases: Mutex<HashMap<u32, Lease>>,
     refill_failures: AtomicUsize,
     last_refill_error: Mutex<Option<String>>,
+    /// Times the refill reached the CIDR's end (logged once each).
+    cidr_end_reached: AtomicUsize,
     stop: AtomicBool,
     /// Free count after each refill round (bounded; dropped when full).
     refilled: (Sender<usize>, Receiver<usize>),
@@ -375,6 +377,10 @@ impl<O: SlotOps> Inner<O> {
     }
 
     fn refill_loop(&self, rx: Receiver<()>) {
+        // Whether the last round stopped at the CIDR's end: reaching it is
+        // the pool's capacity, not a failure, and is logged once each time
+        // it is reached (not on every round that finds it again).
+        let mut at_cidr_end = false;
         while rx.recv().is_ok() {
             if self.stop.load(Ordering::Relaxed) {
                 return;
@@ -385,17 +391,28 @@ impl<O: SlotOps> Inner<O> {
                 continue;
             }
             let (_, err) = self.build_many(want - have);
-            let _ = self
-                .refilled
-                .0
-                .try_send(self.free_len.load(Ordering::Acquire));
-            if let Some(e) = err {
-                self.refill_failures.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!("slot pool refill failed: {}", crate::error::chain(&e));
-                if let Ok(mut g) = self.last_refill_error.lock() {
-                    *g = Some(crate::error::chain(&e));
+            let free = self.free_len.load(Ordering::Acquire);
+            match err {
+                None => at_cidr_end = false,
+                Some(e @ SlotError::Exhausted { .. }) => {
+                    if !at_cidr_end {
+                        at_cidr_end = true;
+                        self.cidr_end_reached.fetch_add(1, Ordering::Relaxed);
+                        tracing::info!(
+                            "slot pool refill reached the end of its CIDR with {free} free slot(s) of the {want} it keeps: {e}"
+                        );
+                    }
+                }
+                Some(e) => {
+                    self.refill_failures.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!("slot pool refill failed: {}", crate::error::chain(&e));
+                    if let Ok(mut g) = self.last_refill_error.lock() {
+                        *g = Some(crate::error::chain(&e));
+                    }
                 }
             }
+            // Told last, so a listener sees the round's counters.
+            let _ = self.refilled.0.try_send(free);
         }
     }
 }
@@ -427,6 +444,7 @@ impl<O: SlotOps + 'static> Pool<O> {
             leases: Mutex::new(HashMap::new()),
             refill_failures: AtomicUsize::new(0),
             last_refill_error: Mutex::new(None),
+            cidr_end_reached: AtomicUsize::new(0),
             stop: AtomicBool::new(false),
             refilled: bounded(64),
         });
@@ -775,6 +793,13 @@ impl<O: SlotOps + 'static> Pool<O> {
         self.inner.refilled.1.clone()
     }
 
+    /// How many times the background refill has reached the end of the
+    /// pool's CIDR (each logged once at info; not counted as a refill
+    /// failure: the pool then holds every address it has).
+    pub fn cidr_end_reached(&self) -> usize {
+        self.inner.cidr_end_reached.load(Ordering::Relaxed)
+    }
+
     /// The last refill failure, if any.
     pub fn last_refill_error(&self) -> Option<String> {
         self.inner
@@ -1017,6 +1042,53 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert_eq!(p.status().in_use, 3);
+    }
+
+    #[test]
+    fn a_refill_at_the_cidrs_end_is_no_failure_and_is_told_once_each_time() {
+        // 3 addresses; the refill keeps 4 free.
+        let fake = Fake {
+            capacity: Some(3),
+            ..Default::default()
+        };
+        let mut p = Pool::new(
+            fake,
+            PoolConfig {
+                low_water: 2,
+                size: 4,
+                high_water: 10,
+                workers: 1,
+            },
+        );
+        let ev = p.refill_events();
+        let quiet = |p: &Pool<Fake>| {
+            assert_eq!(p.status().refill_failures, 0);
+            assert_eq!(p.last_refill_error(), None);
+        };
+        // The first round builds every address and reaches the end.
+        assert_eq!(ev.recv().unwrap(), 3);
+        quiet(&p);
+        assert_eq!(p.cidr_end_reached(), 1);
+        // A round that finds the end again at once: not told again.
+        let a = p.take().unwrap();
+        let b = p.take().unwrap();
+        assert_eq!(ev.recv().unwrap(), 1);
+        quiet(&p);
+        assert_eq!(p.cidr_end_reached(), 1);
+        // An address comes free (a slot given back, then destroyed by a
+        // smaller size) and a round builds it without reaching the end...
+        p.give_back(a).unwrap();
+        p.set_marks(Some(1), Some(1), None).unwrap();
+        assert_eq!(p.status().free, 1);
+        p.set_marks(Some(2), None, None).unwrap();
+        assert_eq!(ev.recv().unwrap(), 2);
+        assert_eq!(p.cidr_end_reached(), 1);
+        // ...so the next time the end is reached, it is told once more.
+        p.set_marks(Some(4), None, None).unwrap();
+        assert_eq!(ev.recv().unwrap(), 2);
+        quiet(&p);
+        assert_eq!(p.cidr_end_reached(), 2);
+        p.give_back(b).unwrap();
     }
 
     #[test]

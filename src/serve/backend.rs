@@ -22,7 +22,7 @@ use crate::engine::{
 use crate::pipeline::pool::PoolStatus;
 use crate::pipeline::ready::Ready;
 use crate::pipeline::restore::Timeouts;
-use crate::pipeline::storage::clone::{CloneStore, Mode};
+use crate::pipeline::storage::clone::{CloneStore, Mode, StorageError};
 use crate::snapshot::adopt;
 
 /// A backend's refusal or failure.
@@ -154,6 +154,10 @@ pub struct EngineBackendOptions {
     /// Checks a snapshot's guest network against the config (the CLI's
     /// `Config::check_guest`).
     pub check_guest: Option<Arc<GuestCheck>>,
+    /// Accept a snapshot on another filesystem than the runtime dir whose
+    /// clones would copy their disks (`serve.allow_copy`); refused (409)
+    /// otherwise, as `wasp spawn` refuses it without `--allow-copy`.
+    pub allow_copy: bool,
 }
 
 impl std::fmt::Debug for EngineBackendOptions {
@@ -162,9 +166,15 @@ impl std::fmt::Debug for EngineBackendOptions {
             .field("runtime_dir", &self.runtime_dir)
             .field("pool", &self.pool)
             .field("ready", &self.ready)
+            .field("allow_copy", &self.allow_copy)
             .finish_non_exhaustive()
     }
 }
+
+/// How the daemon is told to copy a snapshot's disks anyway, said in its
+/// refusal ([`StorageError::WouldCopy`]).
+pub const ALLOW_COPY_HINT: &str =
+    "set `allow_copy = true` in the config's [serve] section (or run `wasp serve --allow-copy`)";
 
 /// A snapshot check run before a snapshot is accepted.
 pub type GuestCheck =
@@ -265,6 +275,27 @@ impl<S: Slots + 'static> EngineBackend<S> {
         if let Some(check) = &self.opts.check_guest {
             check(store.manifest())
                 .map_err(|e| BackendError::Invalid(format!("snapshot {}: {e}", dir.display())))?;
+        }
+        // `wasp spawn`'s copy policy: clones that would copy their disks
+        // across filesystems are refused unless allowed.
+        match store.copy_check_as(self.opts.allow_copy, ALLOW_COPY_HINT) {
+            Ok(None) => {}
+            Ok(Some(bytes)) => tracing::warn!(
+                "serve.allow_copy: snapshot {} is on another filesystem than the runtime dir {}; each clone copies {bytes} bytes ({} MiB) of its writable drives",
+                dir.display(),
+                self.opts.runtime_dir.display(),
+                bytes.div_ceil(1 << 20)
+            ),
+            Err(e @ StorageError::WouldCopy { .. }) => {
+                return Err(BackendError::Conflict(chain(&e)))
+            }
+            Err(e) => {
+                return Err(BackendError::Internal(format!(
+                    "cannot check snapshot {}: {}",
+                    dir.display(),
+                    chain(&e)
+                )))
+            }
         }
         Ok(Arc::new(store))
     }

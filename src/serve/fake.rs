@@ -12,11 +12,11 @@ use super::api::{PoolBody, SnapshotBody, SpawnSpec};
 use super::backend::{Backend, BackendError, PoolInfo, Readiness, SnapshotInfo};
 use crate::engine::batch::{CloneReport, PhasesMs, SpawnReport, Summary};
 use crate::engine::{Capacity, CloneState, LiveClone, ReapCause, Reaped};
-use crate::ops::teardown::VmmFate;
 use crate::pipeline::pool::PoolStatus;
 use crate::pipeline::ring::DriverKind;
 use crate::pipeline::storage::probe::Strategy;
 use crate::state::CloneRecord;
+use crate::vmm::VmmFate;
 
 /// The fake.
 #[derive(Debug)]

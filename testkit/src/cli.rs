@@ -317,10 +317,20 @@ impl World {
     }
 }
 
-impl Drop for World {
-    fn drop(&mut self) {
+impl World {
+    /// Kills every clone of this world (`wasp kill --all`, which reconciles
+    /// first: what a killed spawner left goes too) and removes its pool
+    /// (`wasp pool drain --force`), ignoring failures: for guards that
+    /// clean up after a failed test.
+    pub fn remove_clones_and_pool(&self) {
         let _ = self.wasp(&["kill", "--all"], false).output();
         let _ = self.wasp(&["pool", "drain", "--force"], true).output();
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        self.remove_clones_and_pool();
         if let Host::ByWasp(n) = &self.host {
             let _ = wasp::sys::netns::delete_named(n);
         }

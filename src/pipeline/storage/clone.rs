@@ -113,7 +113,7 @@ pub enum StorageError {
     },
     /// The snapshot is on another filesystem than the runtime dir and each
     /// clone would copy its writable drives (see [`CloneStore::copy_check`]).
-    #[error("snapshot {snapshot} is on another filesystem than the runtime dir {runtime_dir}, so reflinks cannot reach it and each clone would copy {bytes_per_clone} bytes ({} MiB) of its writable drives by {strategy}. {hint}, or pass --allow-copy to copy anyway", bytes_per_clone.div_ceil(1 << 20))]
+    #[error("snapshot {snapshot} is on another filesystem than the runtime dir {runtime_dir}, so reflinks cannot reach it and each clone would copy {bytes_per_clone} bytes ({} MiB) of its writable drives by {strategy}. {hint}, or {allow} to copy anyway", bytes_per_clone.div_ceil(1 << 20))]
     WouldCopy {
         /// The snapshot.
         snapshot: String,
@@ -125,6 +125,8 @@ pub enum StorageError {
         strategy: Strategy,
         /// How to avoid it.
         hint: String,
+        /// How to copy anyway (`pass --allow-copy` for `wasp spawn`).
+        allow: String,
     },
     /// Removing a clone's directory failed.
     #[error("cannot remove clone directory {path}")]
@@ -319,6 +321,16 @@ impl CloneStore {
     /// runtime dir's filesystem (a plain host without reflinks, which
     /// `wasp doctor` reports).
     pub fn copy_check(&self, allow_copy: bool) -> Result<Option<u64>, StorageError> {
+        self.copy_check_as(allow_copy, "pass --allow-copy")
+    }
+
+    /// [`CloneStore::copy_check`] for a caller whose way to copy anyway is
+    /// `allow` (the daemon's: its config key or flag), said in the refusal.
+    pub fn copy_check_as(
+        &self,
+        allow_copy: bool,
+        allow: &str,
+    ) -> Result<Option<u64>, StorageError> {
         let runtime_err = |source| StorageError::RuntimeDir {
             path: self.clones_dir.display().to_string(),
             source,
@@ -350,6 +362,7 @@ impl CloneStore {
             bytes_per_clone: bytes,
             strategy: self.strategy,
             hint,
+            allow: allow.to_owned(),
         })
     }
 
