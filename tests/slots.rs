@@ -8,6 +8,7 @@ use wasp_testkit::root_or_skip;
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream};
+use std::os::unix::fs::MetadataExt;
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
@@ -241,6 +242,16 @@ fn independent_readers_confirm_the_slot_and_destroy_removes_it() {
         let v6 = sh(&format!("ip -6 -o addr show dev {dev}"));
         assert!(v6.trim().is_empty(), "{dev}: {v6}");
     }
+    // The slot's namespace is owned by wasp's user namespace, not the
+    // host's (the kernel's broadcast of unowned uevents, one per VMM start
+    // and exit, then skips it); the host's stays the host's.
+    let ns = wasp::sys::netns::open_named(&s.netns).unwrap();
+    let host_users = std::fs::metadata("/proc/self/ns/user").unwrap().ino();
+    assert_ne!(wasp::sys::netns::owner_inode(&ns).unwrap(), host_users);
+    assert_eq!(
+        wasp::sys::netns::owner_inode(host.fd()).unwrap(),
+        host_users
+    );
     let v6 = host.sh(&format!("ip -6 -o addr show dev {}", s.host_veth));
     assert!(v6.trim().is_empty(), "host end: {v6}");
     let r6 = host.sh(&format!("ip -6 route show dev {}", s.host_veth));

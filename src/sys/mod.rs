@@ -14,6 +14,7 @@ pub mod mntns;
 pub mod mount;
 pub mod netns;
 pub mod notify;
+pub mod nsowner;
 pub mod pagecache;
 pub mod pidfd;
 pub mod poll;

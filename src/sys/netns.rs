@@ -155,13 +155,48 @@ where
     E: Send,
     F: FnOnce() -> Result<T, E> + Send,
 {
+    create_named_inner(name, false, f)
+}
+
+/// [`create_named_with`] for a slot's namespace: owned by wasp's user
+/// namespace where one can be made (see `sys::nsowner`), so the kernel's
+/// broadcast of unowned uevents (one per VMM start and exit) skips it.
+pub fn create_slot_named_with<T, E, F>(name: &str, f: F) -> Result<T, CreateError<E>>
+where
+    T: Send,
+    E: Send,
+    F: FnOnce() -> Result<T, E> + Send,
+{
+    create_named_inner(name, true, f)
+}
+
+/// Moves the calling thread into a new network namespace: owned by
+/// wasp's user namespace (`slot`, where one can be made) or by the
+/// calling thread's.
+fn new_current(slot: bool) -> io::Result<()> {
+    if slot {
+        match super::nsowner::new_netns() {
+            Ok(fd) => return enter(&fd),
+            Err(super::nsowner::NewNetnsError::Failed(e)) => return Err(e),
+            Err(super::nsowner::NewNetnsError::Unavailable) => {}
+        }
+    }
+    unshare(CloneFlags::CLONE_NEWNET).map_err(io::Error::from)
+}
+
+fn create_named_inner<T, E, F>(name: &str, slot: bool, f: F) -> Result<T, CreateError<E>>
+where
+    T: Send,
+    E: Send,
+    F: FnOnce() -> Result<T, E> + Send,
+{
     validate_name(name).map_err(CreateError::Io)?;
     prepare_run_dir().map_err(CreateError::Io)?;
     let path = path_of(name);
     new_name_file(&path).map_err(CreateError::Io)?;
     let result = std::thread::scope(|s| {
         s.spawn(|| -> Result<T, CreateError<E>> {
-            unshare(CloneFlags::CLONE_NEWNET).map_err(|e| CreateError::Io(e.into()))?;
+            new_current(slot).map_err(CreateError::Io)?;
             mount(
                 Some("/proc/thread-self/ns/net"),
                 &path,
@@ -181,7 +216,8 @@ where
     result
 }
 
-/// Creates the named namespace `name` and moves the *calling thread* into
+/// Creates the named slot namespace `name` (owned as with
+/// [`create_slot_named_with`]) and moves the *calling thread* into
 /// it, for long-lived worker threads that build many namespaces without a
 /// thread spawn each. Only call this on a thread you own, and move it back
 /// with [`enter`] when done. On failure the thread is moved back into
@@ -193,23 +229,21 @@ pub fn create_named_here(name: &str, back: impl AsFd) -> io::Result<()> {
     prepare_run_dir()?;
     let path = path_of(name);
     new_name_file(&path)?;
-    let r = unshare(CloneFlags::CLONE_NEWNET)
-        .map_err(io::Error::from)
-        .and_then(|()| {
-            let m = mount(
-                Some("/proc/thread-self/ns/net"),
-                &path,
-                Some("none"),
-                MsFlags::MS_BIND,
-                None::<&str>,
-            )
-            .map_err(io::Error::from);
-            if m.is_err() {
-                // Back out of the fresh namespace before reporting.
-                enter(&back)?;
-            }
-            m
-        });
+    let r = new_current(true).and_then(|()| {
+        let m = mount(
+            Some("/proc/thread-self/ns/net"),
+            &path,
+            Some("none"),
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(io::Error::from);
+        if m.is_err() {
+            // Back out of the fresh namespace before reporting.
+            enter(&back)?;
+        }
+        m
+    });
     if r.is_err() {
         let _ = delete_named(name);
     }
@@ -288,6 +322,20 @@ pub fn open_named(name: &str) -> io::Result<OwnedFd> {
 /// Opens a handle on the calling thread's current namespace.
 pub fn open_current() -> io::Result<OwnedFd> {
     Ok(File::open("/proc/thread-self/ns/net")?.into())
+}
+
+/// Inode of the user namespace that owns `ns` (`NS_GET_USERNS`): the
+/// host's (`/proc/self/ns/user`) or, for a slot's, wasp's own.
+pub fn owner_inode(ns: impl AsFd) -> io::Result<u64> {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    use std::os::unix::fs::MetadataExt;
+    /// `NS_GET_USERNS` (linux/nsfs.h: `_IO(0xb7, 0x1)`).
+    const NS_GET_USERNS: libc::c_ulong = 0xb701;
+    // SAFETY: the ioctl only reads the fd; it returns a new fd or -1.
+    let u = super::cvt(unsafe { libc::ioctl(ns.as_fd().as_raw_fd(), NS_GET_USERNS) })?;
+    // SAFETY: u is a fresh fd that nothing else owns.
+    let u = File::from(unsafe { OwnedFd::from_raw_fd(u) });
+    Ok(u.metadata()?.ino())
 }
 
 /// Moves the *calling thread* into `ns`. Only call this on a thread you own

@@ -253,7 +253,7 @@ impl Kernel {
         let slot = net.slot(n)?;
         let bridge = self.bridge;
         let t = std::time::Instant::now();
-        let r = netns::create_named_with(&slot.netns, || {
+        let r = netns::create_slot_named_with(&slot.netns, || {
             steps.netns = crate::stats::ms(t.elapsed());
             fill_slot(net, bridge, &slot, host, steps)
         });
