@@ -254,8 +254,15 @@ fn independent_readers_confirm_the_slot_and_destroy_removes_it() {
     );
     let v6 = host.sh(&format!("ip -6 -o addr show dev {}", s.host_veth));
     assert!(v6.trim().is_empty(), "host end: {v6}");
-    let r6 = host.sh(&format!("ip -6 route show dev {}", s.host_veth));
-    assert!(!r6.contains("fe80::"), "host end: {r6}");
+    // No IPv6 at all on the host end: not even the `ff00::/8` route each
+    // link gets (the host's table is walked on every link change there).
+    let r6 = host.sh(&format!("ip -6 route show table all dev {}", s.host_veth));
+    assert!(r6.trim().is_empty(), "host end: {r6}");
+    let off = host.sh(&format!(
+        "cat /proc/sys/net/ipv6/conf/{}/disable_ipv6",
+        s.host_veth
+    ));
+    assert_eq!(off.trim(), "1");
     let l: serde_json::Value = serde_json::from_str(&sh("ip -j -d link show veth0")).unwrap();
     assert_eq!(l[0]["num_tx_queues"], 1);
     assert_eq!(l[0]["num_rx_queues"], 1);

@@ -84,6 +84,17 @@ pub fn open_file_nofollow(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<File>
     Ok(File::from(fd))
 }
 
+/// Writes `data` to the existing file `rel` under the directory `dir`
+/// (`openat(O_WRONLY)`, one write): for per-device sysctls through a
+/// `/proc/sys` directory opened in another network namespace, whose
+/// entries a lookup relative to it finds whatever namespace the calling
+/// thread is in.
+pub fn write_at(dir: BorrowedFd<'_>, rel: &OsStr, data: &[u8]) -> io::Result<()> {
+    use std::io::Write;
+    let fd = open_at_nofollow(Some(dir), rel, libc::O_WRONLY)?;
+    File::from(fd).write_all(data)
+}
+
 /// `FICLONE` from `<linux/fs.h>`: `_IOW(0x94, 9, int)`.
 const FICLONE: libc::c_ulong = 0x4004_9409;
 

@@ -208,6 +208,7 @@ pub(super) fn fill_slot(
     bridge: Bridge,
     slot: &Slot,
     host: &mut Socket,
+    host_v6conf: Option<&std::fs::File>,
     steps: &mut BuildSteps,
 ) -> Result<(), SlotError> {
     let n = slot.index;
@@ -290,6 +291,19 @@ pub(super) fn fill_slot(
     if let Err(e) = send_acked(host, &b, &seqs, "mark and isolate the host veth") {
         let _ = del_host_link(host, host_veth);
         return Err(e);
+    }
+    // And no IPv6 at all on the host end, while it is down: without a
+    // link-local address it would still get an `ff00::/8` route in the
+    // host's table, which the kernel walks whole on every link up or down
+    // there (O(slots) per slot: the up step took 0.73 ms at 5 000 slots).
+    if let Some(dir) = host_v6conf {
+        let rel = format!("{host_veth}/disable_ipv6");
+        if let Err(e) = crate::sys::fs::write_at(dir.as_fd(), rel.as_ref(), b"1") {
+            let _ = del_host_link(host, host_veth);
+            return Err(io_err(format!(
+                "turn IPv6 off on the host veth (net.ipv6.conf.{host_veth}.disable_ipv6)"
+            ))(e));
+        }
     }
     laps.lap(|s| &mut s.mark);
     let rest = (|| {

@@ -3,10 +3,11 @@
 //! and the scan reconcile uses.
 
 use std::fmt;
+use std::fs::File;
 use std::io;
 use std::os::fd::OwnedFd;
 use std::path::Path;
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use super::build::{fill_slot, Bridge, BuildSteps};
 use super::host::{
@@ -31,6 +32,10 @@ pub struct Kernel {
     bridge: Bridge,
     /// Route sockets bound in the host netns, reused across builds.
     host_socks: Mutex<Vec<Socket>>,
+    /// The host netns's `/proc/sys/net/ipv6/conf` (`None` without IPv6,
+    /// and for a Kernel that only attaches): each host veth's
+    /// `disable_ipv6` is written through it from the slot's worker.
+    host_v6conf: Option<Arc<File>>,
     /// Namespace worker threads for build and recycle.
     workers: OnceLock<Workers>,
 }
@@ -41,6 +46,24 @@ impl fmt::Debug for Kernel {
             .field("net", &self.net)
             .field("bridge_index", &self.bridge.index)
             .finish_non_exhaustive()
+    }
+}
+
+/// The host netns's IPv6 per-device sysctl directory, `None` when the
+/// kernel has no IPv6 there (or it cannot be opened: the slots then keep
+/// only their `addrgenmode none`).
+fn open_v6conf(host_ns: &OwnedFd) -> Option<Arc<File>> {
+    match in_ns(host_ns, || File::open("/proc/sys/net/ipv6/conf")) {
+        Ok(Ok(f)) => Some(Arc::new(f)),
+        Ok(Err(e)) if e.kind() == io::ErrorKind::NotFound => None,
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "cannot open the host's /proc/sys/net/ipv6/conf; host veths keep IPv6");
+            None
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot open the host's /proc/sys/net/ipv6/conf; host veths keep IPv6");
+            None
+        }
     }
 }
 
@@ -170,6 +193,7 @@ impl Kernel {
                 );
             }
         }
+        let host_v6conf = open_v6conf(&host_ns);
         let k = Kernel {
             net,
             host_ns,
@@ -178,6 +202,7 @@ impl Kernel {
                 mac: Some(bridge_mac),
             },
             host_socks: Mutex::new(Vec::new()),
+            host_v6conf,
             workers: OnceLock::new(),
         };
         Ok(k)
@@ -214,6 +239,7 @@ impl Kernel {
                 mac: bridge_mac,
             },
             host_socks: Mutex::new(Vec::new()),
+            host_v6conf: None,
             workers: OnceLock::new(),
         })
     }
@@ -253,9 +279,10 @@ impl Kernel {
         let slot = net.slot(n)?;
         let bridge = self.bridge;
         let t = std::time::Instant::now();
+        let v6 = self.host_v6conf.as_deref();
         let r = netns::create_slot_named_with(&slot.netns, || {
             steps.netns = crate::stats::ms(t.elapsed());
-            fill_slot(net, bridge, &slot, host, steps)
+            fill_slot(net, bridge, &slot, host, v6, steps)
         });
         match r {
             Ok(()) => Ok(slot),
@@ -360,6 +387,7 @@ impl Kernel {
         let slot = self.net.slot(n)?;
         let net = self.net.clone();
         let bridge = self.bridge;
+        let v6 = self.host_v6conf.clone();
         let r = self.workers().call(move |cx| {
             let mut steps = BuildSteps::default();
             let r = (|| {
@@ -369,7 +397,7 @@ impl Kernel {
                 netns::create_named_here(&slot.netns, &cx.home)
                     .map_err(|e| create_ns_err(&slot.netns, e))?;
                 steps.netns = crate::stats::ms(t.elapsed());
-                let r = fill_slot(&net, bridge, &slot, cx.host()?, &mut steps);
+                let r = fill_slot(&net, bridge, &slot, cx.host()?, v6.as_deref(), &mut steps);
                 if r.is_err() {
                     // Leave the namespace before removing it.
                     let _ = netns::enter(&cx.home);
