@@ -27,6 +27,18 @@ const NET: Duration = Duration::from_secs(15);
 const GW: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
 const SLOTS: u32 = 1100;
 
+/// The pool size: 1 100 in CI; `WASP_TEST_DENSITY_SLOTS=5000` runs the
+/// same checks at 5 000 by hand (docs/benchmarks.md, "Density").
+fn slots() -> u32 {
+    std::env::var("WASP_TEST_DENSITY_SLOTS")
+        .ok()
+        .map(|v| {
+            v.parse()
+                .expect("WASP_TEST_DENSITY_SLOTS: a number of slots")
+        })
+        .unwrap_or(SLOTS)
+}
+
 fn guest(slot: &Slot, outbound: Option<Outbound>) -> GuestNet {
     let ns = netns::open_named(&slot.netns).unwrap();
     let fd = netns::run_in(&ns, || tap::open_tap("tap0", false))
@@ -110,13 +122,20 @@ fn a_routed_pool_crosses_the_bridge_port_limit_isolated() {
     );
     let _drain = Drain(&p);
     let t = std::time::Instant::now();
-    p.warm(SLOTS as usize).expect("warm 1100 routed slots");
-    eprintln!("built {SLOTS} routed slots in {:?}", t.elapsed());
-    assert_eq!(p.status().free, SLOTS as usize);
+    let n = slots();
+    p.warm(n as usize).expect("warm the routed slots");
+    eprintln!("built {n} routed slots in {:?}", t.elapsed());
+    assert_eq!(p.status().free, n as usize);
     let k = p.ops();
     let d = |n: u32| k.describe(n).unwrap();
-    let (s_a, s_b, s_c) = (d(1050), d(1080), d(1099));
-    assert_eq!(s_a.clone_ip, Ipv4Addr::new(10, 0, 4, 28));
+    // Slots past the bridge limit (1050, 1080, 1099 of 1 100).
+    let (i_a, i_b, i_c) = (n - 50, n - 20, n - 1);
+    let (s_a, s_b, s_c) = (d(i_a), d(i_b), d(i_c));
+    // Index i is 10.0.0.0 + i + 2 (.1 is the gateway): 1050 is 10.0.4.28.
+    assert_eq!(
+        s_a.clone_ip,
+        Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 0, 0, 2)) + i_a)
+    );
 
     let api = host.run(|| TcpListener::bind((GW, 8080)).expect("bind api"));
     let other = host.run(|| TcpListener::bind((GW, 9999)).expect("bind other"));
@@ -127,24 +146,27 @@ fn a_routed_pool_crosses_the_bridge_port_limit_isolated() {
     let g_b = guest(&s_b, Some(ob_b));
     let g_c = guest(&s_c, Some(ob_c));
 
-    // Slot 1099's guest reaches the allowed host port, as its clone IP.
+    // Slot c's guest reaches the allowed host port, as its clone IP.
     let (c, peer) = netutil::accept_within(&api, NET);
     assert_eq!(peer.ip(), std::net::IpAddr::V4(s_c.clone_ip));
     drop(c);
     let _ = rx_c
         .recv_timeout(NET)
         .expect("guest saw its connection end");
-    // The host reaches slot 1050's guest.
-    assert!(host.run(|| netutil::ping(s_a.clone_ip, 3)), "ping 1050");
+    // The host reaches slot a's guest.
+    assert!(
+        host.run(|| netutil::ping(s_a.clone_ip, 3)),
+        "ping slot {i_a}"
+    );
     host.run(|| {
         TcpStream::connect_timeout(&SocketAddrV4::new(s_a.clone_ip, 22).into(), NET)
-            .expect("host reaches clone 1050 port 22")
+            .expect("host reaches clone a's port 22")
     });
-    // Clone 1080 -> clone 1050, clone 1050 -> port 9999: dropped.
+    // Clone b -> clone a, clone a -> port 9999: dropped.
     let r = rx_b.recv_timeout(NET * 2).expect("isolation callback");
-    assert!(r.is_err(), "clone 1080 reached clone 1050: {r:?}");
+    assert!(r.is_err(), "clone {i_b} reached clone {i_a}: {r:?}");
     let r = rx_x.recv_timeout(NET * 2).expect("port callback");
-    assert!(r.is_err(), "clone 1050 reached host port 9999: {r:?}");
+    assert!(r.is_err(), "clone {i_a} reached host port 9999: {r:?}");
     other.set_nonblocking(true).unwrap();
     assert!(other.accept().is_err(), "nothing arrived on port 9999");
     for g in [g_a, g_b, g_c] {
@@ -152,8 +174,8 @@ fn a_routed_pool_crosses_the_bridge_port_limit_isolated() {
     }
 
     // A rebuilt slot keeps its clone IP, and is reachable again.
-    k.destroy(1050).expect("destroy 1050");
-    let again = k.build(1050).expect("rebuild 1050");
+    k.destroy(i_a).expect("destroy slot a");
+    let again = k.build(i_a).expect("rebuild slot a");
     assert_eq!(again.clone_ip, s_a.clone_ip);
     let g = guest(&again, None);
     assert!(
