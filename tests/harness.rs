@@ -44,10 +44,15 @@ fn run_in_enters_another_namespace_and_leaves_the_caller_alone() {
 fn create_named_with_runs_inside_and_cleans_up_on_error() {
     root_or_skip!();
     let name = testkit::unique_name("cw");
-    let r = netns::create_named_with(&name, || -> Result<(), &'static str> { Err("boom") });
+    let r = netns::create_named_with(&name, netns::Owner::Host, || -> Result<(), &'static str> {
+        Err("boom")
+    });
     assert!(matches!(r, Err(netns::CreateError::Inner("boom"))));
     assert!(!netns::exists(&name), "a failed create left {name} behind");
-    let ino = netns::create_named_with(&name, || netns::inode_of(netns::open_current()?)).unwrap();
+    let ino = netns::create_named_with(&name, netns::Owner::Host, || {
+        netns::inode_of(netns::open_current()?)
+    })
+    .unwrap();
     assert_eq!(
         ino,
         netns::inode_of(netns::open_named(&name).unwrap()).unwrap()

@@ -144,47 +144,25 @@ fn link_or_create(inode: &Mutex<Option<OwnedFd>>, dir: &Path, path: &Path) -> io
         .map(drop)
 }
 
-/// Creates the named namespace `name` and runs `f` inside it, on one fresh
-/// thread, before returning its result. The namespace is visible to
-/// `ip netns` once this returns. If `f` fails, the namespace is deleted again.
+/// Who owns a new network namespace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Owner {
+    /// The calling thread's user namespace (the host's).
+    Host,
+    /// wasp's own user namespace where one can be made (see
+    /// `sys::nsowner`), else the host's: for slots, so the kernel's
+    /// broadcast of unowned uevents (one per VMM start and exit) skips
+    /// them.
+    Wasp,
+}
+
+/// Creates the named namespace `name`, owned by `owner`, and runs `f`
+/// inside it, on one fresh thread, before returning its result. The
+/// namespace is visible to `ip netns` once this returns. If `f` fails,
+/// the namespace is deleted again.
 ///
 /// Fails with `AlreadyExists` when the name is taken.
-pub fn create_named_with<T, E, F>(name: &str, f: F) -> Result<T, CreateError<E>>
-where
-    T: Send,
-    E: Send,
-    F: FnOnce() -> Result<T, E> + Send,
-{
-    create_named_inner(name, false, f)
-}
-
-/// [`create_named_with`] for a slot's namespace: owned by wasp's user
-/// namespace where one can be made (see `sys::nsowner`), so the kernel's
-/// broadcast of unowned uevents (one per VMM start and exit) skips it.
-pub fn create_slot_named_with<T, E, F>(name: &str, f: F) -> Result<T, CreateError<E>>
-where
-    T: Send,
-    E: Send,
-    F: FnOnce() -> Result<T, E> + Send,
-{
-    create_named_inner(name, true, f)
-}
-
-/// Moves the calling thread into a new network namespace: owned by
-/// wasp's user namespace (`slot`, where one can be made) or by the
-/// calling thread's.
-fn new_current(slot: bool) -> io::Result<()> {
-    if slot {
-        match super::nsowner::new_netns() {
-            Ok(fd) => return enter(&fd),
-            Err(super::nsowner::NewNetnsError::Failed(e)) => return Err(e),
-            Err(super::nsowner::NewNetnsError::Unavailable) => {}
-        }
-    }
-    unshare(CloneFlags::CLONE_NEWNET).map_err(io::Error::from)
-}
-
-fn create_named_inner<T, E, F>(name: &str, slot: bool, f: F) -> Result<T, CreateError<E>>
+pub fn create_named_with<T, E, F>(name: &str, owner: Owner, f: F) -> Result<T, CreateError<E>>
 where
     T: Send,
     E: Send,
@@ -196,7 +174,7 @@ where
     new_name_file(&path).map_err(CreateError::Io)?;
     let result = std::thread::scope(|s| {
         s.spawn(|| -> Result<T, CreateError<E>> {
-            new_current(slot).map_err(CreateError::Io)?;
+            new_current(owner).map_err(CreateError::Io)?;
             mount(
                 Some("/proc/thread-self/ns/net"),
                 &path,
@@ -216,8 +194,21 @@ where
     result
 }
 
+/// Moves the calling thread into a new network namespace owned by
+/// `owner`.
+fn new_current(owner: Owner) -> io::Result<()> {
+    if owner == Owner::Wasp {
+        match super::nsowner::new_netns() {
+            Ok(fd) => return enter(&fd),
+            Err(super::nsowner::NewNetnsError::Failed(e)) => return Err(e),
+            Err(super::nsowner::NewNetnsError::Unavailable) => {}
+        }
+    }
+    unshare(CloneFlags::CLONE_NEWNET).map_err(io::Error::from)
+}
+
 /// Creates the named slot namespace `name` (owned as with
-/// [`create_slot_named_with`]) and moves the *calling thread* into
+/// [`Owner::Wasp`]) and moves the *calling thread* into
 /// it, for long-lived worker threads that build many namespaces without a
 /// thread spawn each. Only call this on a thread you own, and move it back
 /// with [`enter`] when done. On failure the thread is moved back into
@@ -229,7 +220,7 @@ pub fn create_named_here(name: &str, back: impl AsFd) -> io::Result<()> {
     prepare_run_dir()?;
     let path = path_of(name);
     new_name_file(&path)?;
-    let r = new_current(true).and_then(|()| {
+    let r = new_current(Owner::Wasp).and_then(|()| {
         let m = mount(
             Some("/proc/thread-self/ns/net"),
             &path,
@@ -252,7 +243,7 @@ pub fn create_named_here(name: &str, back: impl AsFd) -> io::Result<()> {
 
 /// Creates the named namespace `name` (like `ip netns add`).
 pub fn create_named(name: &str) -> io::Result<()> {
-    create_named_with(name, || Ok::<(), io::Error>(())).map_err(CreateError::into_io)
+    create_named_with(name, Owner::Host, || Ok::<(), io::Error>(())).map_err(CreateError::into_io)
 }
 
 /// Error of [`create_named_with`]: the namespace itself, or the closure.

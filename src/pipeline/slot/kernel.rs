@@ -280,7 +280,7 @@ impl Kernel {
         let bridge = self.bridge;
         let t = std::time::Instant::now();
         let v6 = self.host_v6conf.as_deref();
-        let r = netns::create_slot_named_with(&slot.netns, || {
+        let r = netns::create_named_with(&slot.netns, netns::Owner::Wasp, || {
             steps.netns = crate::stats::ms(t.elapsed());
             fill_slot(net, bridge, &slot, host, v6, steps)
         });
