@@ -118,6 +118,7 @@ fn doctor_json_reports_every_check_on_this_host() {
         "nofile",
         "conntrack",
         "netns_max",
+        "slot_owner",
         "pid_max",
         "neigh",
     ] {
@@ -129,6 +130,8 @@ fn doctor_json_reports_every_check_on_this_host() {
     }
     let get = |n: &str| checks.iter().find(|c| c["name"] == n).unwrap();
     assert_eq!(get("root")["status"], "ok");
+    // This host can make wasp's user namespace for slot namespaces.
+    assert_eq!(get("slot_owner")["status"], "ok", "{}", get("slot_owner"));
     assert_eq!(
         get("nftables")["status"],
         "ok",

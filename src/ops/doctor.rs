@@ -122,6 +122,9 @@ pub struct Probes {
     pub conntrack_max: Probe<Option<u64>>,
     /// `user.max_net_namespaces`.
     pub max_netns: Probe<u64>,
+    /// A slot namespace made in wasp's own user namespace
+    /// (`sys::nsowner`), then dropped.
+    pub slot_owner: Probe<()>,
     /// `kernel.pid_max`.
     pub pid_max: Probe<u64>,
     /// `net.ipv4.neigh.default.gc_thresh3`.
@@ -310,6 +313,17 @@ pub fn probe(opts: &Options) -> Probes {
             .map_err(|e| e.to_string()),
         conntrack_max: read_sysctl(CONNTRACK_MAX),
         max_netns: required_sysctl(MAX_NETNS),
+        slot_owner: match sys::nsowner::new_netns() {
+            Ok(_ns) => Ok(()),
+            Err(sys::nsowner::NewNetnsError::Unavailable) => Err(format!(
+                "no user namespace of wasp's can be made here (user.max_user_namespaces is {})",
+                read_sysctl(MAX_USERNS)
+                    .ok()
+                    .flatten()
+                    .map_or_else(|| "unreadable".to_owned(), |n| n.to_string())
+            )),
+            Err(sys::nsowner::NewNetnsError::Failed(e)) => Err(e.to_string()),
+        },
         pid_max: required_sysctl(PID_MAX),
         neigh_max: required_sysctl(NEIGH_MAX),
         clones: opts.clones.clone().map(|d| {
@@ -336,6 +350,8 @@ pub const MAX_NETNS: &str = "/proc/sys/user/max_net_namespaces";
 pub const NETNS_WANTED: u64 = DENSE_CLONES + 64;
 /// `kernel.pid_max`.
 pub const PID_MAX: &str = "/proc/sys/kernel/pid_max";
+/// `user.max_user_namespaces`.
+pub const MAX_USERNS: &str = "/proc/sys/user/max_user_namespaces";
 /// Tasks wanted: a Firecracker VMM runs about 3 threads plus one per vCPU.
 pub const PIDS_WANTED: u64 = DENSE_CLONES * 8;
 /// `net.ipv4.neigh.default.gc_thresh3` (exists only in the initial netns).
@@ -502,6 +518,18 @@ static CHECKS: &[Spec] = &[
         },
         failed: Status::Warn,
         fix: None,
+    },
+    Spec {
+        name: "slot_owner",
+        judge: |p| {
+            opens(&p.slot_owner, "")?;
+            Ok((
+                Status::Ok,
+                "slot namespaces are owned by wasp's user namespace (off the kernel's list for KVM's uevents)".into(),
+            ))
+        },
+        failed: Status::Warn,
+        fix: Some("slots are then owned by the host's user namespace, and every VMM start and exit costs the kernel one check per slot namespace (uevent broadcast): sysctl -w user.max_user_namespaces=15000"),
     },
     Spec {
         name: "pid_max",
@@ -818,6 +846,7 @@ mod tests {
             nofile: Ok((1024, 1 << 20, 5)),
             conntrack_max: Ok(Some(262_144)),
             max_netns: Ok(96_365),
+            slot_owner: Ok(()),
             pid_max: Ok(4_194_304),
             neigh_max: Ok(8192),
             clones: None,
@@ -920,6 +949,7 @@ mod tests {
                 "nofile",
                 "conntrack",
                 "netns_max",
+                "slot_owner",
                 "pid_max",
                 "neigh",
                 "clones"
@@ -1022,9 +1052,13 @@ mod tests {
         p.max_netns = Ok(100);
         p.pid_max = Ok(4096);
         p.neigh_max = Ok(512);
+        p.slot_owner = Err(
+            "no user namespace of wasp's can be made here (user.max_user_namespaces is 0)".into(),
+        );
         let r = evaluate(&p);
         assert!(r.ok());
         for (name, fix) in [
+            ("slot_owner", "sysctl -w user.max_user_namespaces="),
             ("conntrack", "sysctl -w net.netfilter.nf_conntrack_max="),
             ("netns_max", "sysctl -w user.max_net_namespaces="),
             ("pid_max", "sysctl -w kernel.pid_max="),
