@@ -12,8 +12,8 @@ use criterion::Criterion;
 use netlink_packet_core::DefaultNla;
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{
-    InfoBridgePort, InfoData, InfoPortData, InfoVeth, LinkAttribute, LinkFlags, LinkInfo,
-    LinkMessage,
+    AfSpecInet, AfSpecInet6, AfSpecUnspec, In6AddrGenMode, InfoBridgePort, InfoData, InfoPortData,
+    InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
 };
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope, RouteType,
@@ -105,6 +105,36 @@ pub fn set_up(b: &mut MsgBuf, seq: u32, index: u32) {
     b.push(SET, seq, RouteNetlinkMessage::NewLink(m));
 }
 
+/// `rtnl::set_addrgenmode_none` (by index) with the crate.
+pub fn set_addrgenmode_none(b: &mut MsgBuf, seq: u32, index: u32) {
+    let mut m = LinkMessage::default();
+    m.header.index = index;
+    m.attributes
+        .push(LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet6(
+            vec![AfSpecInet6::AddrGenMode(In6AddrGenMode::None)],
+        )]));
+    b.push(SET, seq, RouteNetlinkMessage::NewLink(m));
+}
+
+/// `rtnl::set_inet_conf` (by index) with the crate. Its typed devconf
+/// (`InetDevConf`) sends every field, so the two values go as raw
+/// attributes of `IFLA_INET_CONF`.
+pub fn set_inet_conf(b: &mut MsgBuf, seq: u32, index: u32, conf: &[(u16, u32)]) {
+    let mut raw = Vec::new();
+    for &(id, v) in conf {
+        raw.extend(8u16.to_ne_bytes());
+        raw.extend(id.to_ne_bytes());
+        raw.extend(v.to_ne_bytes());
+    }
+    let mut m = LinkMessage::default();
+    m.header.index = index;
+    m.attributes
+        .push(LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet(vec![
+            AfSpecInet::Other(DefaultNla::new(rtnl::IFLA_INET_CONF, raw)),
+        ])]));
+    b.push(SET, seq, RouteNetlinkMessage::NewLink(m));
+}
+
 /// `rtnl::new_addr` with the crate.
 pub fn new_addr(b: &mut MsgBuf, seq: u32, index: u32, addr: Ipv4Addr, prefix: u8) {
     let mut m = AddressMessage::default();
@@ -155,12 +185,16 @@ pub fn slot_messages(m: &mut MsgBuf, net: &SlotNet, ip: Ipv4Addr) -> usize {
     set_alias(m, 2, HOST, "wasp:default:1");
     set_isolated(m, 3, HOST, true);
     // SlotNet::inner_links for tap 2, veth0 3.
-    set_up(m, 4, 1);
-    set_up(m, 5, 2);
-    set_up(m, 6, 3);
-    new_addr(m, 7, 2, net.tap_ip, net.tap_prefix);
-    new_addr(m, 8, 3, ip, net.cidr.prefix);
-    default_route(m, 9, net.cidr.gateway());
+    set_addrgenmode_none(m, 4, 2);
+    set_addrgenmode_none(m, 5, 3);
+    set_inet_conf(m, 6, 2, &SlotNet::SLOT_INET_CONF);
+    set_inet_conf(m, 7, 3, &SlotNet::SLOT_INET_CONF);
+    set_up(m, 8, 1);
+    set_up(m, 9, 2);
+    set_up(m, 10, 3);
+    new_addr(m, 11, 2, net.tap_ip, net.tap_prefix);
+    new_addr(m, 12, 3, ip, net.cidr.prefix);
+    default_route(m, 13, net.cidr.gateway());
     m.as_bytes().len()
 }
 
