@@ -214,18 +214,15 @@ pub fn run(
     }
     let held = if o.hold {
         let bytes_used = used(store.clones_dir())?.saturating_sub(used_before);
-        let per_clone = {
-            let mut n = 0;
-            for d in m.drives.iter().filter(|d| !d.read_only) {
-                let p = store.snapshot_dir().join(&d.file);
-                n += File::open(&p)
-                    .and_then(|f| crate::pipeline::storage::allocated_bytes(&f))
-                    .map_err(|e| {
-                        CloneBenchError::Baseline(format!("read extents of {}", p.display()), e)
-                    })?;
-            }
-            n
-        };
+        let per_clone = store.writable_bytes().map_err(|e| {
+            CloneBenchError::Baseline(
+                format!(
+                    "read extents of the writable drives in {}",
+                    store.snapshot_dir().display()
+                ),
+                e,
+            )
+        })?;
         let full_copy = per_clone * o.count as u64;
         for (i, id) in std::mem::take(&mut held_ids.1).into_iter().enumerate() {
             let t = Instant::now();

@@ -304,6 +304,12 @@ impl CloneStore {
         if matches!(self.strategy, Strategy::Reflink | Strategy::SharedReadonly) {
             return Ok(0);
         }
+        self.writable_bytes()
+    }
+
+    /// Allocated bytes of every writable drive of the snapshot: what one
+    /// clone's disks hold as full copies, whatever the strategy.
+    pub fn writable_bytes(&self) -> io::Result<u64> {
         let mut n = 0;
         for d in self.manifest.drives.iter().filter(|d| !d.read_only) {
             if let Some(f) = self.bases.get(&d.drive_id) {
