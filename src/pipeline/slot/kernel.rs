@@ -53,13 +53,9 @@ impl fmt::Debug for Kernel {
 /// kernel has no IPv6 there (or it cannot be opened: the slots then keep
 /// only their `addrgenmode none`).
 fn open_v6conf(host_ns: &OwnedFd) -> Option<Arc<File>> {
-    match in_ns(host_ns, || File::open("/proc/sys/net/ipv6/conf")) {
-        Ok(Ok(f)) => Some(Arc::new(f)),
-        Ok(Err(e)) if e.kind() == io::ErrorKind::NotFound => None,
-        Ok(Err(e)) => {
-            tracing::warn!(error = %e, "cannot open the host's /proc/sys/net/ipv6/conf; host veths keep IPv6");
-            None
-        }
+    match netns::run_in(host_ns, || File::open("/proc/sys/net/ipv6/conf")).and_then(|r| r) {
+        Ok(f) => Some(Arc::new(f)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
         Err(e) => {
             tracing::warn!(error = %e, "cannot open the host's /proc/sys/net/ipv6/conf; host veths keep IPv6");
             None
